@@ -1,0 +1,5 @@
+import sys
+
+from hpo.run import main
+
+sys.exit(main())

@@ -1,0 +1,194 @@
+"""trial -> sampled params -> trainer config -> train -> objective values (and every artifact).
+
+The objective is the only place where Optuna meets a trainer: trainers get a
+:class:`StudyTrialContext`, which forwards attrs and per-epoch reports to the trial, and return
+a metrics dict; the values go back to Optuna in the study's objective order.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from hpo.config import Param, StudySpec
+from trainers.config import from_mapping, to_mapping
+from trainers.context import TrialContext, atomic_write_json
+from trainers.errors import StopRequested, TrialFailed, TrialPruned, UserError
+from trainers.registry import get_workload
+
+# Trial user attrs that belong to one attempt; a retried trial inherits its predecessor's
+# user attrs from Optuna, so these are cleared to keep the dashboard truthful.
+_PER_ATTEMPT_ATTRS = ("history", "epoch", "fail_reason", "prune_reason", "oom_retries")
+OVERRIDES_ATTR = "enqueued_overrides"
+ENQUEUED_NAME_ATTR = "enqueued_name"
+
+
+def suggest(trial: optuna.Trial, param: Param) -> Any:
+    if param.kind == "categorical":
+        return trial.suggest_categorical(param.name, list(param.choices))
+    if param.kind == "int":
+        step = param.step if not param.log else 1
+        return trial.suggest_int(param.name, int(param.low), int(param.high), step=int(step),
+                                 log=param.log)
+    return trial.suggest_float(param.name, float(param.low), float(param.high),
+                               step=param.step, log=param.log)
+
+
+def trial_dir(output_dir: Path, study_name: str, number: int) -> Path:
+    return Path(output_dir) / study_name / f"trial_{number}"
+
+
+def retry_history(study: optuna.Study, number: int) -> list[int]:
+    """Numbers of the trials this one retries, oldest first (empty for a fresh trial).
+
+    Optuna 5's helper needs the FrozenTrial from storage (a live Trial has no system attrs).
+    """
+    frozen = study._storage.get_trial(study._storage.get_trial_id_from_study_id_trial_number(
+        study._study_id, number))
+    return list(optuna.storages.RetryHeartbeatStaleTrialCallback.retry_history(frozen))
+
+
+class StudyTrialContext(TrialContext):
+    """A TrialContext whose attrs and reports land on the Optuna trial as user attrs."""
+
+    def __init__(self, trial: optuna.Trial, *, output_dir: Path, seed: int,
+                 predecessors: list[tuple[int, Path]], single_objective_metric: str | None,
+                 pruning: bool) -> None:
+        # The newest predecessor with a checkpoint is the one to resume from.
+        resume = next((d for _, d in reversed(predecessors) if (d / "checkpoint.pt").exists()),
+                      None)
+        super().__init__(output_dir, trial_number=trial.number, seed=seed, resume_dir=resume)
+        self.trial = trial
+        self._predecessors = dict((d, n) for n, d in predecessors)
+        self._metric = single_objective_metric
+        self._pruning = pruning
+
+    def set_attr(self, key: str, value: Any) -> None:
+        super().set_attr(key, value)
+        self.trial.set_user_attr(key, self.attrs[key])
+
+    def report(self, epoch: int, metrics: dict[str, float]) -> None:
+        super().report(epoch, metrics)
+        self.trial.set_user_attr("history", self.history)
+        self.trial.set_user_attr("epoch", int(epoch))
+        if self._metric is not None:
+            value = metrics.get(self._metric)
+            if value is not None and math.isfinite(value):
+                self.trial.report(float(value), step=int(epoch))
+                if self._pruning and self.trial.should_prune():
+                    raise optuna.TrialPruned(f"pruned by the median rule at epoch {epoch}")
+
+    def restore(self) -> dict[str, Any] | None:
+        own_exists = self.checkpoint_path.exists()
+        state = super().restore()
+        if state is not None:
+            source = (self.trial.number if own_exists
+                      else self._predecessors.get(self.resume_dir, None))
+            self.set_attr("resumed_from", {"trial": source, "epoch": int(state.get("epoch", 0))})
+            self.log(f"resuming from trial {source} at epoch {state.get('epoch', 0)}")
+        return state
+
+
+class Objective:
+    """Callable handed to ``study.optimize``; returns the values in objective order."""
+
+    def __init__(self, spec: StudySpec, *, output_dir: Path) -> None:
+        self.spec = spec
+        self.output_dir = Path(output_dir)
+        self.workload = get_workload(spec.workload)
+        self.stop_requested: str | None = None
+        self.current_ctx: StudyTrialContext | None = None
+
+    def request_stop(self, reason: str) -> None:
+        """Called from a signal handler: the running trial stops at its next step."""
+        self.stop_requested = reason
+        if self.current_ctx is not None:
+            self.current_ctx.request_stop(reason)
+
+    def __call__(self, trial: optuna.Trial) -> float | list[float]:
+        spec = self.spec
+        for key in _PER_ATTEMPT_ATTRS:
+            if key in trial.user_attrs:
+                trial.set_user_attr(key, None)
+        params = {p.name: suggest(trial, p) for p in spec.search_space}
+        overrides = dict(trial.user_attrs.get(OVERRIDES_ATTR) or {})
+        settings = {**spec.fixed_settings(), **overrides, **params}
+        config = from_mapping(self.workload.config_cls, settings, where=f"trial {trial.number}")
+
+        out = trial_dir(self.output_dir, spec.name, trial.number)
+        history = retry_history(trial.study, trial.number)
+        predecessors = [(n, trial_dir(self.output_dir, spec.name, n)) for n in history]
+        seed = (spec.sampler.seed or 0) + (history[0] if history else trial.number)
+        single = spec.metric_names[0] if len(spec.objectives) == 1 else None
+        ctx = StudyTrialContext(trial, output_dir=out, seed=seed, predecessors=predecessors,
+                                single_objective_metric=single,
+                                pruning=spec.pruner.name != "none")
+        self.current_ctx = ctx
+        if self.stop_requested:
+            ctx.request_stop(self.stop_requested)
+        ctx.set_attr("output_dir", str(out))
+        ctx.set_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        ctx.set_attr("seed", seed)
+        if history:
+            ctx.set_attr("retry_of", history[-1])
+
+        started = time.perf_counter()
+        try:
+            metrics = self.workload.train(config, ctx)
+        except TrialPruned as exc:
+            if single is not None:
+                ctx.set_attr("prune_reason", str(exc))
+                raise optuna.TrialPruned(str(exc)) from None
+            ctx.set_attr("fail_reason", str(exc))
+            raise TrialFailed(str(exc)) from None
+        except TrialFailed as exc:
+            ctx.set_attr("fail_reason", str(exc))
+            raise
+        except (StopRequested, KeyboardInterrupt) as exc:
+            ctx.set_attr("fail_reason", f"interrupted ({exc or 'signal'}); retried later")
+            self._enqueue_retry(trial)
+            raise StopRequested(str(exc) or "interrupted") from None
+        except optuna.TrialPruned:
+            raise
+        except UserError:
+            raise
+        except Exception as exc:  # a crash in one trial must not end an overnight study
+            ctx.set_attr("fail_reason", f"{type(exc).__name__}: {exc}")
+            (out / "traceback.txt").write_text(traceback.format_exc())
+            raise TrialFailed(f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            self.current_ctx = None
+
+        elapsed = time.perf_counter() - started
+        values = []
+        for name in spec.metric_names:
+            value = metrics.get(name)
+            if value is None or not math.isfinite(float(value)):
+                reason = f"metric {name!r} is {value!r}; the trainer could not compute it"
+                ctx.set_attr("fail_reason", reason)
+                raise TrialFailed(reason)
+            values.append(float(value))
+        for name, value in metrics.items():
+            ctx.set_attr(name, float(value) if value is not None else None)
+        ctx.set_attr("train_seconds", round(elapsed, 3))
+        atomic_write_json(out / "metrics.json", {
+            "study": spec.name, "trial": trial.number, "params": params,
+            "overrides": overrides, "objectives": dict(zip(spec.metric_names, values,
+                                                           strict=True)),
+            "metrics": metrics, "config": to_mapping(config), "attrs": ctx.attrs,
+            "history": ctx.history,
+        })
+        return values[0] if single is not None else values
+
+    def _enqueue_retry(self, trial: optuna.Trial) -> None:
+        """Queue a copy of an interrupted trial (same params, retry history kept) to run again."""
+        study = trial.study
+        frozen = study._storage.get_trial(trial._trial_id)
+        optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=None)(study, frozen)

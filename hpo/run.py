@@ -1,0 +1,191 @@
+"""``python -m hpo.run --study NAME``: run or resume a study until its study-wide target.
+
+Example:
+    python -m hpo.run --study demo
+    HPO_STORAGE=postgresql+psycopg2://hpo@127.0.0.1:5432/hpo python -m hpo.run --study production --workers 4
+
+``n_trials`` is a target for the whole study: COMPLETE and PRUNED trials already in storage
+count, across restarts, workers and hosts, so rerunning the command resumes and never overshoots.
+Exit codes: 0 done (target or timeout reached), 1 the study could not go on (repeated trial
+failures, a worker crashed), 2 a user error (one line ``error: ...``), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from trainers.errors import UserError
+
+log = logging.getLogger("hpo")
+
+EXIT_OK, EXIT_FAILED, EXIT_USER, EXIT_INTERRUPTED = 0, 1, 2, 130
+# A study whose trials keep crashing has a bug, not bad luck: stop instead of burning the night.
+MAX_CONSECUTIVE_FAILURES = 5
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m hpo.run",
+        description="Run (or resume) the Optuna study defined in studies/<NAME>.toml. "
+        "Example: python -m hpo.run --study demo --n-trials 8",
+    )
+    p.add_argument("--study", required=True,
+                   help="a study name in studies/ (e.g. production, demo) or a path to a .toml")
+    p.add_argument("--storage", default=None,
+                   help="storage URL (default: $HPO_STORAGE, else sqlite:///<output>/hpo.db)")
+    p.add_argument("--output", type=Path, default=Path("output"),
+                   help="directory for trial outputs and the embedded database (default: output)")
+    p.add_argument("--n-trials", type=int, default=None,
+                   help="study-wide target of finished trials (default: the study file's)")
+    p.add_argument("--timeout", type=float, default=None,
+                   help="stop starting new trials after this many seconds (default: the file's)")
+    p.add_argument("--workers", default="1",
+                   help="worker processes on this host: a number, or 'auto' = one per GPU")
+    p.add_argument("--force", action="store_true",
+                   help="run even though the study file changed since the study was created")
+    p.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
+    return p
+
+
+def _parse_workers(value: str) -> int | str:
+    if value == "auto":
+        return "auto"
+    try:
+        n = int(value)
+    except ValueError:
+        raise UserError(f"--workers must be a positive number or 'auto', got {value!r}") from None
+    if n < 1:
+        raise UserError(f"--workers must be >= 1, got {n}")
+    return n
+
+
+def _limit_threads(n_workers: int) -> None:
+    """Split the host's cores between workers before torch/polars start their thread pools."""
+    threads = str(max(1, (os.cpu_count() or 1) // n_workers))
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "POLARS_MAX_THREADS"):
+        os.environ.setdefault(var, threads)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
+                        stream=sys.stderr)
+    try:
+        workers = _parse_workers(args.workers)
+        if args.n_trials is not None and args.n_trials < 1:
+            raise UserError(f"--n-trials must be >= 1, got {args.n_trials}")
+        if args.timeout is not None and args.timeout <= 0:
+            raise UserError(f"--timeout must be > 0 seconds, got {args.timeout}")
+        if workers == "auto":
+            workers_n = _visible_gpus() or 1
+        else:
+            workers_n = int(workers)
+        if args.worker_index is None:
+            _limit_threads(workers_n)
+        return _run(args, workers_n, gpu_pinning=(workers == "auto"))
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER
+
+
+def _visible_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def _run(args: argparse.Namespace, n_workers: int, *, gpu_pinning: bool) -> int:
+    import optuna
+
+    from hpo.config import load_study_spec
+    from hpo.storage import mask_url, resolve_url
+    from hpo.study import open_study
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    spec = load_study_spec(args.study)
+    target = args.n_trials or spec.n_trials
+    timeout = args.timeout if args.timeout is not None else spec.timeout_s
+    output = args.output
+    output.mkdir(parents=True, exist_ok=True)
+    url = resolve_url(args.storage, output)
+    worker_index = args.worker_index or 0
+    study = open_study(spec, url, force=args.force, target=target, worker_index=worker_index,
+                       quiet=args.worker_index is not None)
+
+    if args.worker_index is None:
+        log.info("study %s (%s) on %s: target %d finished trials", spec.name, spec.workload,
+                 mask_url(url), target)
+    if n_workers > 1 and args.worker_index is None:
+        code = _spawn_workers(args, url, n_workers, gpu_pinning=gpu_pinning)
+        from hpo.progress import print_summary
+
+        print_summary(study, spec, url, target)
+        return code
+    from hpo.worker import run_worker
+
+    code = run_worker(study, spec, output=output, target=target, timeout=timeout,
+                      announce=args.worker_index is None)
+    if args.worker_index is None:
+        from hpo.progress import print_summary
+
+        print_summary(study, spec, url, target)
+    return code
+
+
+def _spawn_workers(args: argparse.Namespace, url: str, n: int, *, gpu_pinning: bool) -> int:
+    """Start ``n`` worker processes on this host against the (already created) study."""
+    procs: list[subprocess.Popen] = []
+    for i in range(n):
+        env = dict(os.environ)
+        # The URL travels in the environment, not argv, so its password never shows in `ps`.
+        env["HPO_STORAGE"] = url
+        if gpu_pinning:
+            env["CUDA_VISIBLE_DEVICES"] = str(i)
+        cmd = [sys.executable, "-m", "hpo.run", "--study", str(args.study),
+               "--output", str(args.output), "--worker-index", str(i)]
+        if args.n_trials is not None:
+            cmd += ["--n-trials", str(args.n_trials)]
+        if args.timeout is not None:
+            cmd += ["--timeout", str(args.timeout)]
+        if args.force:
+            cmd.append("--force")
+        procs.append(subprocess.Popen(cmd, env=env))
+    log.info("started %d workers (pids %s)", n, " ".join(str(p.pid) for p in procs))
+
+    interrupted = False
+
+    def forward(signum: int, _frame: object) -> None:
+        nonlocal interrupted
+        if interrupted and signum == signal.SIGINT:
+            for p in procs:
+                p.kill()
+            os._exit(EXIT_INTERRUPTED)
+        interrupted = True
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while any(p.poll() is None for p in procs):
+            time.sleep(0.2)
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+    codes = [p.returncode for p in procs]
+    if interrupted or EXIT_INTERRUPTED in codes:
+        return EXIT_INTERRUPTED
+    if any(c == EXIT_USER for c in codes):
+        return EXIT_USER
+    return EXIT_OK if all(c == 0 for c in codes) else EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""Create or load a study from its StudySpec: directions, metric names, fingerprint, sampler."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import optuna
+
+from hpo.config import StudySpec
+from hpo.objective import ENQUEUED_NAME_ATTR, OVERRIDES_ATTR
+from hpo.storage import mask_url, open_storage
+from trainers.errors import UserError
+
+log = logging.getLogger("hpo")
+
+FINGERPRINT_ATTR = "fingerprint"
+SPEC_ATTR = "spec"
+TARGET_ATTR = "n_trials_target"
+# Seeds of different workers are spread far apart so their samplers never share a stream.
+WORKER_SEED_STRIDE = 100_003
+
+
+def make_sampler(spec: StudySpec, *, seed_offset: int) -> optuna.samplers.BaseSampler:
+    s = spec.sampler
+    seed = None if s.seed is None else s.seed + seed_offset
+    if s.name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=s.n_startup_trials,
+                                          multivariate=True, constant_liar=True)
+    if s.name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    if s.name == "gp":
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=s.n_startup_trials)
+    if s.name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if s.name == "grid":
+        return optuna.samplers.GridSampler({p.name: p.grid_values() for p in spec.search_space},
+                                           seed=seed)
+    raise UserError(f"unknown sampler {s.name!r}")
+
+
+def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
+    if spec.pruner.name == "median":
+        return optuna.pruners.MedianPruner(n_warmup_steps=spec.pruner.n_warmup_steps)
+    return optuna.pruners.NopPruner()
+
+
+def _describe_change(old: dict[str, Any], new: dict[str, Any]) -> str:
+    changes = []
+    for key in ("workload", "objectives", "search_space", "fixed"):
+        a, b = old.get(key), new.get(key)
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            names = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+            changes.append(f"{key} ({', '.join(names)})")
+        else:
+            changes.append(f"{key} ({a} -> {b})")
+    return ", ".join(changes) or "unknown"
+
+
+def open_study(spec: StudySpec, url: str, *, force: bool, target: int, worker_index: int = 0,
+               quiet: bool = False) -> optuna.Study:
+    """Load the study named by ``spec`` or create it; refuse an incompatible existing study.
+
+    Checked before anything is written: directions must match, and the stored fingerprint
+    (workload, objectives, search space, fixed settings) must equal the file's unless
+    ``force``. The sampler seed is advanced by the number of trials already stored, so a
+    restarted seeded study draws new points instead of re-proposing its first ones.
+    """
+    s = spec.storage
+    storage = open_storage(url, heartbeat_interval=s.heartbeat_interval,
+                           grace_period=s.grace_period, max_retry=s.max_retry)
+    directions = [optuna.study.StudyDirection[d.upper()] for d in spec.directions]
+    existing = None
+    try:
+        existing = optuna.load_study(study_name=spec.name, storage=storage)
+    except KeyError:
+        pass
+    if existing is not None:
+        if list(existing.directions) != directions:
+            have = [d.name.lower() for d in existing.directions]
+            raise UserError(
+                f"study {spec.name!r} in {mask_url(url)} has directions {have} but "
+                f"{spec.path} asks for {spec.directions}; use a new study name (name = ... in "
+                "the file) or another storage")
+        stored = existing.user_attrs.get(FINGERPRINT_ATTR)
+        if stored is not None and stored != spec.fingerprint():
+            change = _describe_change(existing.user_attrs.get(SPEC_ATTR, {}),
+                                      spec.fingerprint_content())
+            if not force:
+                raise UserError(
+                    f"study {spec.name!r} was created from a different version of {spec.path} "
+                    f"(changed: {change}); its {len(existing.trials)} trials would not be "
+                    "comparable. Use a new study name, or --force to continue anyway")
+            log.warning("study file changed (%s); continuing because of --force", change)
+            existing.set_user_attr(FINGERPRINT_ATTR, spec.fingerprint())
+            existing.set_user_attr(SPEC_ATTR, spec.fingerprint_content())
+        n_stored = len(existing.get_trials(deepcopy=False))
+        existing.sampler = make_sampler(
+            spec, seed_offset=n_stored + worker_index * WORKER_SEED_STRIDE)
+        existing.pruner = make_pruner(spec)
+        if existing.user_attrs.get(TARGET_ATTR) != target:
+            existing.set_user_attr(TARGET_ATTR, target)
+        return existing
+
+    try:
+        study = optuna.create_study(
+            study_name=spec.name, storage=storage, directions=directions,
+            sampler=make_sampler(spec, seed_offset=worker_index * WORKER_SEED_STRIDE),
+            pruner=make_pruner(spec),
+        )
+    except optuna.exceptions.DuplicatedStudyError:
+        # Another host created it between our check and our create: use theirs.
+        return open_study(spec, url, force=force, target=target, worker_index=worker_index,
+                          quiet=quiet)
+    study.set_metric_names(spec.metric_names)
+    study.set_user_attr(FINGERPRINT_ATTR, spec.fingerprint())
+    study.set_user_attr(SPEC_ATTR, spec.fingerprint_content())
+    study.set_user_attr(TARGET_ATTR, target)
+    study.set_user_attr("workload", spec.workload)
+    study.set_user_attr("description", spec.description)
+    space = {p.name for p in spec.search_space}
+    for item in spec.enqueue:
+        params = {k: v for k, v in item.params.items() if k in space}
+        overrides = {k: v for k, v in item.params.items() if k not in space}
+        study.enqueue_trial(params, user_attrs={ENQUEUED_NAME_ATTR: item.name,
+                                                OVERRIDES_ATTR: overrides})
+    if not quiet:
+        log.info("created study %s (%d enqueued trials)", spec.name, len(spec.enqueue))
+    return study

@@ -1,0 +1,116 @@
+"""Study-file validation: every problem is reported at once, each naming file, key and value."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hpo.config import available_studies, load_study_spec, resolve_study_path
+from trainers.errors import UserError
+
+TOY = """
+description = "toy"
+workload = "tests.hpo.toy_workload"
+n_trials = 4
+[[objectives]]
+metric = "loss"
+direction = "minimize"
+[sampler]
+name = "tpe"
+seed = 1
+[trainer]
+epochs = 2
+[search_space.lr]
+type = "float"
+low = 0.01
+high = 0.5
+log = true
+[search_space.width]
+type = "int"
+low = 1
+high = 4
+[search_space.optimizer]
+type = "categorical"
+choices = ["sgd", "momentum"]
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "toy.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_valid_file_parses_into_frozen_spec(tmp_path: Path) -> None:
+    spec = load_study_spec(str(write(tmp_path, TOY)))
+    assert spec.name == "toy" and spec.n_trials == 4
+    assert [p.name for p in spec.search_space] == ["lr", "width", "optimizer"]
+    lr = spec.search_space[0]
+    assert (lr.kind, lr.low, lr.high, lr.log) == ("float", 0.01, 0.5, True)
+    assert spec.directions == ["minimize"]
+    with pytest.raises(AttributeError):
+        spec.n_trials = 5  # type: ignore[misc]
+
+
+def test_all_problems_reported_together(tmp_path: Path) -> None:
+    bad = TOY.replace('low = 0.01\nhigh = 0.5', 'low = 0.5\nhigh = 0.01') \
+             .replace('choices = ["sgd", "momentum"]', 'choices = []') \
+             .replace('metric = "loss"', 'metric = "sharpe"') \
+             .replace("[trainer]\nepochs = 2", "[trainer]\nepochs = 2\nepoch = 3") \
+             .replace('name = "tpe"', 'name = "bayes"')
+    with pytest.raises(UserError) as err:
+        load_study_spec(str(write(tmp_path, bad)))
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert str(tmp_path / "toy.toml") in msg
+    assert "5 problems" in msg
+    assert "[search_space.lr] low 0.5 > high 0.01" in msg
+    assert "[search_space.optimizer.choices] must be a non-empty list, got []" in msg
+    assert "unknown metric 'sharpe'" in msg and "allowed: loss, score, x" in msg
+    assert "unknown key 'epoch' (did you mean 'epochs'?)" in msg
+    assert "[sampler.name] got 'bayes'; allowed: tpe, nsga2, gp, random, grid" in msg
+
+
+@pytest.mark.parametrize("snippet, expected", [
+    ("workload = \"nope\"", "unknown workload 'nope'"),
+    ("[objectives]", "malformed TOML"),
+    ("colour = 3", "[colour] unknown key 'colour'"),
+])
+def test_single_problems(tmp_path: Path, snippet: str, expected: str) -> None:
+    text = TOY.replace('workload = "tests.hpo.toy_workload"', snippet) if "workload" in snippet \
+        else snippet + "\n" + TOY
+    with pytest.raises(UserError, match=expected.replace("[", r"\[").replace("]", r"\]")):
+        load_study_spec(str(write(tmp_path, text)))
+
+
+def test_search_space_name_must_be_a_trainer_setting(tmp_path: Path) -> None:
+    text = TOY + '\n[search_space.hiden]\ntype = "int"\nlow = 1\nhigh = 2\n'
+    with pytest.raises(UserError, match=r"unknown key 'hiden'"):
+        load_study_spec(str(write(tmp_path, text)))
+
+
+def test_trainer_range_errors_come_from_the_workload_config(tmp_path: Path) -> None:
+    text = TOY.replace("epochs = 2", "epochs = 0")
+    with pytest.raises(UserError, match="epochs must be >= 1, got 0"):
+        load_study_spec(str(write(tmp_path, text)))
+
+
+def test_unknown_study_lists_available(tmp_path: Path) -> None:
+    write(tmp_path, TOY, "alpha.toml")
+    with pytest.raises(UserError, match="unknown study 'beta'; available: alpha"):
+        resolve_study_path("beta", tmp_path)
+
+
+def test_shipped_study_files_all_load() -> None:
+    names = available_studies()
+    assert {"production", "demo"} <= set(names)
+    for name in names:
+        spec = load_study_spec(name)
+        assert spec.objectives and spec.n_trials >= 1
+
+
+def test_fingerprint_changes_with_search_space(tmp_path: Path) -> None:
+    a = load_study_spec(str(write(tmp_path, TOY)))
+    b = load_study_spec(str(write(tmp_path, TOY.replace("high = 4", "high = 5"), "b.toml")))
+    assert a.fingerprint() != b.fingerprint()

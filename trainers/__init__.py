@@ -1,0 +1,4 @@
+"""Trainers: one sub-package per workload plus the shared runtime, context and metrics.
+
+Trainers never import optuna: they receive a :class:`trainers.context.TrialContext`.
+"""

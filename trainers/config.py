@@ -1,0 +1,172 @@
+"""Frozen-dataclass configs built from mappings (TOML, CLI flags, sampled trial params).
+
+Every problem is collected before failing: unknown keys (with a close-match hint), wrong
+types and the config's own range checks are reported together in one ``UserError``.
+The same dataclass also generates the standalone CLI flags, so a study parameter named
+``batch_size`` is the flag ``--batch-size`` of ``python -m trainers.<workload>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+from trainers.errors import UserError
+
+T = TypeVar("T")
+
+
+def _describe(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (tuple,):
+        args = typing.get_args(tp)
+        return f"list of {_describe(args[0])}" if args else "list"
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(tp))
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "none"
+    return getattr(tp, "__name__", str(tp))
+
+
+def coerce(value: Any, tp: Any) -> Any:
+    """Convert ``value`` to the annotated type ``tp`` or raise TypeError saying what was wanted.
+
+    Ints are accepted where floats are expected (TOML writes ``1`` for 1.0); bools are never
+    accepted as numbers, because ``True`` silently becoming 1 is exactly the kind of quiet
+    misconfiguration this module exists to stop.
+    """
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return coerce(value, option)
+            except TypeError:
+                continue
+        raise TypeError(f"expected {_describe(tp)}")
+    if origin is typing.Literal:
+        if value in typing.get_args(tp):
+            return value
+        raise TypeError(f"expected {_describe(tp)}")
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise TypeError(f"expected {_describe(tp)}")
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(coerce(v, args[0]) for v in value)
+        if len(args) != len(value):
+            raise TypeError(f"expected a list of {len(args)} items")
+        return tuple(coerce(v, a) for v, a in zip(args, value, strict=True))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise TypeError("expected true or false")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise TypeError("expected an integer")
+    if tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise TypeError("expected a number")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise TypeError("expected a string")
+    return value
+
+
+def field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.init}
+
+
+def unknown_key_problem(key: str, allowed: list[str], *, where: str) -> str:
+    close = difflib.get_close_matches(key, allowed, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"{where}: unknown key {key!r}{hint}; allowed: {', '.join(sorted(allowed))}"
+
+
+def config_problems(cls: type, data: Mapping[str, Any], *, where: str) -> tuple[dict, list[str]]:
+    """Coerce ``data`` to ``cls``'s field types; return (kwargs, problems) without raising."""
+    types_ = field_types(cls)
+    kwargs: dict[str, Any] = {}
+    problems: list[str] = []
+    for key, value in data.items():
+        if key not in types_:
+            problems.append(unknown_key_problem(key, list(types_), where=where))
+            continue
+        try:
+            kwargs[key] = coerce(value, types_[key])
+        except TypeError as exc:
+            problems.append(f"{where}.{key}: {exc}, got {value!r}")
+    return kwargs, problems
+
+
+def from_mapping(cls: type[T], data: Mapping[str, Any], *, where: str = "config") -> T:
+    """Build ``cls`` from ``data``, reporting unknown keys, bad types and range errors together.
+
+    ``cls.__post_init__`` may raise ``UserError`` for range checks; its message joins the
+    list. ``where`` prefixes each problem (e.g. ``studies/demo.toml [trainer]``).
+    """
+    kwargs, problems = config_problems(cls, data, where=where)
+    if not problems:
+        try:
+            return cls(**kwargs)
+        except UserError as exc:
+            problems.append(f"{where}: {exc}")
+    raise UserError(f"{len(problems)} problem(s): " + "; ".join(problems))
+
+
+def to_mapping(config: Any) -> dict[str, Any]:
+    """The resolved config as plain JSON-able data (stored in checkpoints and metrics.json)."""
+    out = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        out[f.name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
+    """Add one ``--field-name`` flag per dataclass field, with the field's default and type."""
+    defaults = {f.name: f.default for f in dataclasses.fields(cls) if f.init}
+    for name, tp in field_types(cls).items():
+        flag = "--" + name.replace("_", "-")
+        default = defaults.get(name)
+        base = tp
+        if typing.get_origin(tp) in (typing.Union, types.UnionType):
+            base = next(a for a in typing.get_args(tp) if a is not type(None))
+        help_text = f"{_describe(tp)} (default: {default!r})"
+        if base is bool:
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction,
+                                default=argparse.SUPPRESS, help=help_text)
+        elif typing.get_origin(base) is tuple:
+            item = typing.get_args(base)[0]
+            parser.add_argument(flag, dest=name, nargs="+", type=item,
+                                default=argparse.SUPPRESS, help=help_text)
+        elif typing.get_origin(base) is typing.Literal:
+            choices = typing.get_args(base)
+            parser.add_argument(flag, dest=name, choices=choices,
+                                default=argparse.SUPPRESS, help=help_text)
+        else:
+            parser.add_argument(flag, dest=name, type=base if base in (int, float, str) else str,
+                                default=argparse.SUPPRESS, help=help_text)
+
+
+def namespace_values(ns: argparse.Namespace, cls: type) -> dict[str, Any]:
+    """The flags the user actually gave (defaults stay the dataclass's own)."""
+    names = set(field_types(cls))
+    return {k: v for k, v in vars(ns).items() if k in names}

@@ -1,0 +1,154 @@
+"""TrialContext: everything a trainer sees of the world outside its training loop.
+
+A trainer calls ``ctx.set_attr`` for facts about the run (device, optimizer class, OOM
+retries), ``ctx.report`` once per epoch, ``ctx.checkpoint`` after each epoch and
+``ctx.restore`` at start-up. Standalone runs (``python -m trainers.<name>``) use this class
+as it is; ``hpo.objective`` subclasses it to forward attrs and reports to the Optuna trial.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("trainers")
+
+CHECKPOINT_NAME = "checkpoint.pt"
+HISTORY_NAME = "history.json"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that a crash leaves the old file or the new one, never half.
+
+    Temp file in the same directory, fsync, rename, then fsync the directory so the rename
+    itself survives a power loss.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _json_safe(value: Any) -> Any:
+    """Map NaN/inf to None and numpy/torch scalars to Python, so JSON stays standard."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if hasattr(value, "item") and callable(value.item):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(
+        Path(path), (json.dumps(_json_safe(obj), indent=2, sort_keys=False) + "\n").encode()
+    )
+
+
+class TrialContext:
+    """Per-run context handed to ``train(config, ctx)``.
+
+    Args:
+        output_dir: the run's own directory (``<output>/<study>/trial_<n>`` under a study).
+        trial_number: the Optuna trial number, or None for a standalone run.
+        seed: the seed the trainer must use (per trial under a study).
+        resume_dir: a directory holding a predecessor's checkpoint to resume from
+            (set by the study when this trial retries a crashed one).
+    """
+
+    def __init__(
+        self,
+        output_dir: Path | str,
+        *,
+        trial_number: int | None = None,
+        seed: int = 0,
+        resume_dir: Path | str | None = None,
+    ) -> None:
+        self.output_dir = Path(output_dir)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.trial_number = trial_number
+        self.seed = seed
+        self.resume_dir = Path(resume_dir) if resume_dir is not None else None
+        self.attrs: dict[str, Any] = {}
+        self.history: list[dict[str, Any]] = []
+        self._stop_reason: str | None = None
+
+    # -- facts about the run -------------------------------------------------------------
+    def set_attr(self, key: str, value: Any) -> None:
+        """Record a JSON-able fact about the run (stored as a trial user attr under a study)."""
+        self.attrs[key] = _json_safe(value)
+
+    def log(self, message: str) -> None:
+        prefix = f"[trial {self.trial_number}] " if self.trial_number is not None else ""
+        log.info("%s%s", prefix, message)
+
+    # -- per-epoch progress --------------------------------------------------------------
+    def report(self, epoch: int, metrics: dict[str, float]) -> None:
+        """Record one epoch's metrics; the history is rewritten atomically each time."""
+        row = {"epoch": int(epoch), **{k: _json_safe(v) for k, v in metrics.items()}}
+        self.history.append(row)
+        atomic_write_json(self.output_dir / HISTORY_NAME, self.history)
+
+    # -- stopping ------------------------------------------------------------------------
+    def request_stop(self, reason: str) -> None:
+        """Ask the trainer to stop at its next check (called from a signal handler)."""
+        self._stop_reason = reason
+
+    def should_stop(self) -> str | None:
+        """The reason to stop now, or None. Trainers check this between steps."""
+        return self._stop_reason
+
+    # -- checkpoints ---------------------------------------------------------------------
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.output_dir / CHECKPOINT_NAME
+
+    def checkpoint(self, state: dict[str, Any], *, epoch: int) -> None:
+        """Save ``state`` (model, optimizer, scheduler, scaler, RNG...) atomically.
+
+        ``epoch`` is the number of epochs completed; a resumed run starts at that epoch.
+        """
+        import io
+
+        import torch
+
+        buf = io.BytesIO()
+        torch.save({**state, "epoch": int(epoch), "history": self.history}, buf)
+        atomic_write_bytes(self.checkpoint_path, buf.getvalue())
+
+    def restore(self) -> dict[str, Any] | None:
+        """The newest checkpoint to resume from: this run's own, else its predecessor's."""
+        import torch
+
+        for candidate in (self.checkpoint_path, self._predecessor_checkpoint()):
+            if candidate is not None and candidate.exists():
+                state = torch.load(candidate, map_location="cpu", weights_only=False)
+                self.history = list(state.get("history", []))
+                return state
+        return None
+
+    def _predecessor_checkpoint(self) -> Path | None:
+        if self.resume_dir is None:
+            return None
+        return self.resume_dir / CHECKPOINT_NAME

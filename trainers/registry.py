@@ -1,0 +1,68 @@
+"""The workloads the service can drive, looked up by the name a study file gives."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from trainers.context import TrialContext
+from trainers.errors import UserError
+
+# name -> package; each package exposes ``WORKLOAD``. Imported lazily: a study of one
+# workload must not pay for (or break on) another workload's imports.
+_PACKAGES = {
+    "atft_gat": "trainers.atft_gat",
+    "condor": "trainers.condor",
+    "lm": "trainers.lm",
+    "denoise": "trainers.denoise",
+}
+
+
+@dataclass(frozen=True)
+class Workload:
+    """A trainable workload.
+
+    Attributes:
+        config_cls: frozen dataclass of every training setting; study parameters and fixed
+            settings are its field names, and so are the standalone CLI flags.
+        train: ``train(config, ctx) -> metrics``; metrics are finite floats (or NaN when a
+            metric is undefined), keyed by the names in ``metrics``.
+        metrics: every metric ``train`` returns -> its natural direction ("maximize" or
+            "minimize"), used to validate study objectives.
+    """
+
+    name: str
+    config_cls: type
+    train: Callable[[Any, TrialContext], dict[str, float]]
+    metrics: Mapping[str, str]
+    description: str = ""
+
+
+def workload_names() -> list[str]:
+    return sorted(_PACKAGES)
+
+
+def get_workload(name: str) -> Workload:
+    """A built-in workload by name, or a user's own by dotted module path.
+
+    A module such as ``mylab.workloads.ranker`` that defines ``WORKLOAD = Workload(...)``
+    plugs a custom model into the service without changing it.
+    """
+    if name in _PACKAGES:
+        return importlib.import_module(_PACKAGES[name]).WORKLOAD
+    if "." in name:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            raise UserError(f"workload module {name!r} cannot be imported ({exc}); check "
+                            "the name and that it is on PYTHONPATH") from None
+        workload = getattr(module, "WORKLOAD", None)
+        if not isinstance(workload, Workload):
+            raise UserError(f"workload module {name!r} defines no WORKLOAD = Workload(...)")
+        return workload
+    raise UserError(
+        f"unknown workload {name!r}; available: {', '.join(workload_names())} "
+        "(or a dotted module path that defines WORKLOAD)"
+    )
