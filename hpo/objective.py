@@ -60,11 +60,12 @@ class StudyTrialContext(TrialContext):
 
     def __init__(self, trial: optuna.Trial, *, output_dir: Path, seed: int,
                  predecessors: list[tuple[int, Path]], single_objective_metric: str | None,
-                 pruning: bool) -> None:
+                 pruning: bool, cache_dir: Path) -> None:
         # The newest predecessor with a checkpoint is the one to resume from.
         resume = next((d for _, d in reversed(predecessors) if (d / "checkpoint.pt").exists()),
                       None)
-        super().__init__(output_dir, trial_number=trial.number, seed=seed, resume_dir=resume)
+        super().__init__(output_dir, trial_number=trial.number, seed=seed, resume_dir=resume,
+                         cache_dir=cache_dir)
         self.trial = trial
         self._predecessors = dict((d, n) for n, d in predecessors)
         self._metric = single_objective_metric
@@ -129,7 +130,8 @@ class Objective:
         single = spec.metric_names[0] if len(spec.objectives) == 1 else None
         ctx = StudyTrialContext(trial, output_dir=out, seed=seed, predecessors=predecessors,
                                 single_objective_metric=single,
-                                pruning=spec.pruner.name != "none")
+                                pruning=spec.pruner.name != "none",
+                                cache_dir=self.output_dir / "cache")
         self.current_ctx = ctx
         if self.stop_requested:
             ctx.request_stop(self.stop_requested)

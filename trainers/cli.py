@@ -24,6 +24,8 @@ def main(workload_name: str, argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=Path("output") / "standalone" /
                         workload_name, help="directory for metrics.json, checkpoint, history")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument("--cache-root", type=Path, default=Path("output") / "cache",
+                        help="where data caches live, shared with studies (default: output/cache)")
     parser.add_argument("--resume", action="store_true",
                         help="continue from the checkpoint in --output if there is one")
     add_arguments(parser, workload.config_cls)
@@ -34,7 +36,7 @@ def main(workload_name: str, argv: list[str] | None = None) -> int:
                               where="flags")
         if not ns.resume:
             (ns.output / "checkpoint.pt").unlink(missing_ok=True)
-        ctx = TrialContext(ns.output, seed=ns.seed)
+        ctx = TrialContext(ns.output, seed=ns.seed, cache_dir=ns.cache_root)
         metrics = workload.train(config, ctx)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

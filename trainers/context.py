@@ -75,6 +75,8 @@ class TrialContext:
         seed: the seed the trainer must use (per trial under a study).
         resume_dir: a directory holding a predecessor's checkpoint to resume from
             (set by the study when this trial retries a crashed one).
+        cache_dir: where data caches shared by runs live (the feature cache); default
+            ``<output_dir>/cache``. Under a study it is ``<output>/cache`` for every trial.
     """
 
     def __init__(
@@ -84,8 +86,10 @@ class TrialContext:
         trial_number: int | None = None,
         seed: int = 0,
         resume_dir: Path | str | None = None,
+        cache_dir: Path | str | None = None,
     ) -> None:
         self.output_dir = Path(output_dir)
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else self.output_dir / "cache"
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.trial_number = trial_number
         self.seed = seed

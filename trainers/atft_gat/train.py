@@ -1,0 +1,368 @@
+"""The ATFT-GAT-FAN training recipe: data -> graph -> model -> loop -> validation -> metrics.
+
+Read it top to bottom:
+
+1. Features come only from the Arrow feature cache (built once from the synthetic market or
+   the user's panel, then memory-mapped), densified to (dates, stocks, features).
+2. Dates are split into train / purge gap / validation; features are standardised with
+   train-date statistics only; per-date k-NN correlation graphs come from trailing returns
+   and are cached beside the features.
+3. One step = whole dates' cross-sections packed up to ``batch_size`` stock-day rows, each
+   date its own graph (disjoint union). The shared runtime splits a step into micro-batches
+   only after an out-of-memory error (then graph edges across chunks are dropped for that
+   step, documented in the README).
+4. Loss, per date: Huber/MSE on cross-sectionally z-scored targets of every horizon +
+   ``rank_weight`` x (1 - soft Spearman) + ``ic_weight`` x (1 - IC) + ``quantile_weight`` x
+   pinball loss of the quantile heads.
+5. After every epoch: validation metrics on the ``metric_horizon`` target, a report to the
+   study, an atomic checkpoint. The last epoch's metrics are the trial's result, and its
+   validation predictions are written to ``predictions.parquet``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+
+from cache import CacheSpec, FeatureCache, load_or_build
+from losses import rank_preserving_loss
+from trainers.atft_gat.config import TrainConfig
+from trainers.atft_gat.data import Panel, dense_panel, purged_split, standardise
+from trainers.atft_gat.graph import DateGraphs, GraphConfig, build_graphs
+from trainers.atft_gat.model import ATFTGATFAN, pinball_loss
+from trainers.config import to_mapping
+from trainers.context import TrialContext, atomic_write_bytes
+from trainers.errors import UserError
+from trainers.metrics import panel_metrics
+from trainers.runtime import StepRunner, seed_everything
+
+# Validation packs this many dates into one forward pass: large enough to keep the model
+# busy, small enough that 4,000-stock cross-sections stay within a GPU's memory.
+VAL_DATES_PER_FORWARD = 8
+# Per-date z-scoring of targets needs a few stocks to estimate a spread.
+MIN_STOCKS_FOR_ZSCORE = 3
+
+
+# -- data ---------------------------------------------------------------------------------
+def cache_source(config: TrainConfig) -> str:
+    if config.source == "synthetic":
+        return (f"synthetic:n_stocks={config.n_stocks},n_dates={config.n_dates},"
+                f"seed={config.market_seed}")
+    return config.source
+
+
+def load_features(config: TrainConfig, cache_dir: Path) -> FeatureCache:
+    spec = CacheSpec(feature_columns=config.features or None,
+                     target_columns=tuple(f"ret_{h}d" for h in config.horizons),
+                     nan_policy=config.nan_policy)
+    return load_or_build(cache_source(config), Path(config.cache_dir or cache_dir), spec)
+
+
+def load_graphs(fc: FeatureCache, panel: Panel, config: TrainConfig) -> DateGraphs:
+    """Per-date correlation graphs, cached beside the features under the same key."""
+    gcfg = GraphConfig(window=config.graph_window, k=config.graph_k,
+                       threshold=config.graph_threshold)
+    params = {"window": gcfg.window, "k": gcfg.k, "threshold": gcfg.threshold,
+              "min_periods": gcfg.min_periods, "source": config.graph_source}
+    cached = fc.load_sidecar("graphs", params=params)
+    if cached is not None:
+        return DateGraphs(src=cached["src"], dst=cached["dst"], weight=cached["weight"],
+                          offsets=cached["offsets"])
+    if config.graph_source not in panel.feature_names:
+        raise UserError(f"graph_source {config.graph_source!r} is not a feature of the panel; "
+                        f"features: {', '.join(panel.feature_names)}")
+    col = panel.feature_names.index(config.graph_source)
+    returns = panel.x[:, :, col].numpy().astype(np.float64)  # (D, S), raw (unstandardised)
+    returns = np.where(panel.present.numpy(), returns, np.nan)
+    graphs = build_graphs(returns, gcfg)
+    fc.save_sidecar("graphs", {"src": graphs.src, "dst": graphs.dst, "weight": graphs.weight,
+                               "offsets": graphs.offsets}, params=params)
+    return graphs
+
+
+def zscore_targets(y: torch.Tensor) -> torch.Tensor:
+    """Cross-sectional z-score per (date, horizon); NaN stays NaN. y: (D, S, H)."""
+    valid = torch.isfinite(y)
+    n = valid.sum(dim=1, keepdim=True).clamp_min(1)
+    filled = torch.where(valid, y, 0.0)
+    mean = filled.sum(dim=1, keepdim=True) / n
+    var = (torch.where(valid, y - mean, 0.0) ** 2).sum(dim=1, keepdim=True) / n
+    z = (y - mean) / var.sqrt().clamp_min(1e-12)
+    few = valid.sum(dim=1, keepdim=True) < MIN_STOCKS_FOR_ZSCORE
+    return torch.where(few, torch.full_like(z, float("nan")), z)
+
+
+# -- batches --------------------------------------------------------------------------------
+@dataclass
+class Batch:
+    """Several dates' cross-sections as one disjoint graph.
+
+    x: (N, L, F) windows; y: (N, H) z-scored targets (NaN = no label); y_raw: (N, H) returns;
+    group: (N,) date slot 0..G-1 (contiguous); stock: (N,) stock index; date: (G,) date index;
+    edges: (2, E) node ids; weight: (E,).
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor
+    y_raw: torch.Tensor
+    group: torch.Tensor
+    stock: torch.Tensor
+    date: np.ndarray
+    edges: torch.Tensor
+    weight: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    def sub(self, s: slice) -> Batch:
+        """The nodes in ``s`` and the edges among them (used when a step is micro-batched)."""
+        lo, hi = s.start or 0, s.stop if s.stop is not None else len(self)
+        if lo == 0 and hi == len(self):
+            return self
+        keep = (self.edges[0] >= lo) & (self.edges[0] < hi) & (self.edges[1] >= lo) & (
+            self.edges[1] < hi)
+        group = self.group[lo:hi]
+        first = int(group[0]) if len(group) else 0
+        return Batch(self.x[lo:hi], self.y[lo:hi], self.y_raw[lo:hi], group - first,
+                     self.stock[lo:hi], self.date, self.edges[:, keep] - lo, self.weight[keep])
+
+
+def make_batch(panel: Panel, y_z: torch.Tensor, graphs: DateGraphs, dates: np.ndarray, *,
+               lookback: int, with_graph: bool) -> Batch:
+    xs, ys, yr, groups, stocks, edges, weights = [], [], [], [], [], [], []
+    offset = 0
+    lookup = np.full(panel.present.shape[1], -1, dtype=np.int64)
+    for g, d in enumerate(dates):
+        window, idx = panel.window(int(d), lookback)  # (n, L, F), (n,) stock ids
+        idx_np = idx.numpy() if isinstance(idx, torch.Tensor) else np.asarray(idx)
+        n = len(idx_np)
+        xs.append(window)
+        ys.append(y_z[int(d), idx_np])
+        yr.append(panel.y[int(d), idx_np])
+        groups.append(torch.full((n,), g, dtype=torch.long))
+        stocks.append(torch.as_tensor(idx_np, dtype=torch.long))
+        if with_graph:
+            src, dst, w = graphs.edges(int(d))
+            lookup[idx_np] = np.arange(n) + offset
+            s_node, d_node = lookup[src], lookup[dst]
+            ok = (s_node >= 0) & (d_node >= 0)
+            edges.append(np.stack([s_node[ok], d_node[ok]]))
+            weights.append(w[ok])
+            lookup[idx_np] = -1
+        offset += n
+    if with_graph and edges:
+        e = torch.from_numpy(np.concatenate(edges, axis=1).astype(np.int64))
+        w = torch.from_numpy(np.concatenate(weights).astype(np.float32))
+    else:
+        e, w = torch.zeros((2, 0), dtype=torch.long), torch.zeros(0)
+    return Batch(torch.cat(xs), torch.cat(ys), torch.cat(yr), torch.cat(groups),
+                 torch.cat(stocks), np.asarray(dates), e, w)
+
+
+def per_date(values: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
+    """(N, ...) node values -> (G, max_n, ...) per-date rows padded with NaN."""
+    n_groups = int(group.max()) + 1 if len(group) else 0
+    counts = torch.bincount(group, minlength=n_groups)
+    starts = torch.cumsum(counts, 0) - counts
+    pos = torch.arange(len(group), device=group.device) - starts[group]
+    out = values.new_full((n_groups, int(counts.max()) if n_groups else 0, *values.shape[1:]),
+                          float("nan"))
+    out[group, pos] = values
+    return out
+
+
+def batch_loss(out: dict[str, torch.Tensor], batch: Batch, config: TrainConfig
+               ) -> tuple[torch.Tensor, dict[str, float]]:
+    """The per-date training loss of one batch (see the module docstring, step 4)."""
+    point = per_date(out["point"].float(), batch.group)  # (G, n, H)
+    target = per_date(batch.y, batch.group)  # (G, n, H)
+    total = point.new_zeros(())
+    parts = {"base": 0.0, "rank": 0.0, "ic": 0.0}
+    n_h = point.shape[-1]
+    for h in range(n_h):
+        loss_h, parts_h = rank_preserving_loss(
+            point[..., h], target[..., h], mask=torch.isfinite(target[..., h]),
+            rank_weight=config.rank_weight, ic_weight=config.ic_weight, base=config.base_loss,
+            huber_delta=config.huber_delta, strength=config.rank_strength)
+        total = total + loss_h / n_h
+        for k in parts:
+            parts[k] += float(parts_h[k]) / n_h
+    if config.quantile_weight > 0:
+        q = pinball_loss(out["quantiles"].float(), batch.y, config.quantiles)
+        total = total + config.quantile_weight * q
+    return total, parts
+
+
+# -- the recipe ----------------------------------------------------------------------------
+def train(config: TrainConfig, ctx: TrialContext) -> dict[str, float]:
+    t_setup = time.perf_counter()
+    seed_everything(ctx.seed)
+
+    # 1-2. data, split, graphs
+    fc = load_features(config, ctx.cache_dir)
+    panel = dense_panel(fc)
+    n_dates = panel.x.shape[0]
+    train_dates, val_dates = purged_split(n_dates, val_fraction=config.val_fraction,
+                                          purge=config.purge, lookback=config.lookback)
+    if len(train_dates) == 0 or len(val_dates) == 0:
+        raise UserError(f"the panel's {n_dates} dates leave {len(train_dates)} training and "
+                        f"{len(val_dates)} validation dates after lookback {config.lookback} and "
+                        f"purge {config.purge}; use more dates or smaller settings")
+    graphs = load_graphs(fc, panel, config)
+    panel = standardise(panel, train_dates)
+    y_z = zscore_targets(panel.y)
+    h_idx = list(config.horizons).index(config.metric_horizon)
+    # Train only on dates whose scored horizon has labels.
+    train_dates = train_dates[torch.isfinite(y_z[train_dates, :, h_idx]).any(dim=1).numpy()]
+    ctx.set_attr("data", {"rows": int(fc.n_rows), "dates": n_dates,
+                          "stocks": int(panel.x.shape[1]), "features": list(panel.feature_names),
+                          "train_dates": len(train_dates), "val_dates": len(val_dates),
+                          "cache_key": fc.key,
+                          "edges_per_date": round(len(graphs.src) / max(1, n_dates), 1)})
+
+    # 3. model and runtime
+    stocks_per_date = float(panel.present.sum()) / max(1, n_dates)
+    dates_per_step = max(1, int(config.batch_size // max(1.0, stocks_per_date)))
+    steps_per_epoch = math.ceil(len(train_dates) / dates_per_step)
+    if config.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
+    plan = config.phase_plan()
+    model = ATFTGATFAN(config.model_config(), n_features=len(panel.feature_names))
+    # The runtime's first micro-batch covers a whole step, so dates are only cut into chunks
+    # after an out-of-memory error, never by default.
+    rows_per_step = int(math.ceil(stocks_per_date * dates_per_step))
+    runner = StepRunner(model, config.runtime_config(), ctx=ctx,
+                        total_steps=steps_per_epoch * len(plan),
+                        batch_size=max(config.batch_size, rows_per_step))
+    base_lrs = list(runner.scheduler.base_lrs)
+    ctx.set_attr("n_params", sum(p.numel() for p in model.parameters()))
+    ctx.set_attr("dates_per_step", dates_per_step)
+
+    start_epoch, best_ic, stale = 0, -math.inf, 0
+    state = ctx.restore()
+    if state is not None:
+        runner.load_state_dict(state)
+        start_epoch = int(state["epoch"])
+        best_ic, stale = state["best_ic"], state["stale"]
+    ctx.set_attr("setup_seconds", round(time.perf_counter() - t_setup, 3))
+
+    metrics: dict[str, float] = {}
+    preds: dict[str, np.ndarray] = {}
+    epoch_seconds: list[float] = []
+    for epoch in range(start_epoch, len(plan)):
+        t0 = time.perf_counter()
+        phase = plan[epoch]
+        scale = config.finetune_lr_scale if phase == "finetune" else 1.0
+        runner.scheduler.base_lrs = [lr * scale for lr in base_lrs]
+        with_graph = phase != "baseline"
+        # Shuffle order depends only on (seed, epoch): a resumed run replays it exactly.
+        order = np.random.default_rng([ctx.seed, epoch]).permutation(train_dates)
+        runner.module.train()
+        losses = []
+        for step in range(steps_per_epoch):
+            dates = np.sort(order[step * dates_per_step:(step + 1) * dates_per_step])
+            if len(dates) == 0:
+                break
+            batch = make_batch(panel, y_z, graphs, dates, lookback=config.lookback,
+                               with_graph=with_graph)
+
+            def loss_fn(s: slice, batch: Batch = batch) -> torch.Tensor:
+                b = batch.sub(s)
+                x, y, e, w = runner.to_device(b.x, b.y, b.edges, b.weight)
+                b = Batch(x, y, b.y_raw, runner.to_device(b.group), b.stock, b.date, e, w)
+                out = runner.model(b.x, b.edges if with_graph else None,
+                                   b.weight if with_graph else None)
+                return batch_loss(out, b, config)[0]
+
+            losses.append(runner.step(len(batch), loss_fn))
+        train_seconds = time.perf_counter() - t0
+
+        # 5. validation
+        t1 = time.perf_counter()
+        metrics, preds = validate(runner, panel, y_z, graphs, val_dates, config,
+                                  with_graph=with_graph, h_idx=h_idx)
+        metrics["train_loss"] = float(np.mean(losses)) if losses else float("nan")
+        val_seconds = time.perf_counter() - t1
+        epoch_seconds.append(round(time.perf_counter() - t0, 3))
+        if metrics["rank_ic"] > best_ic + 1e-6:
+            best_ic, stale = metrics["rank_ic"], 0
+        else:
+            stale += 1
+        ctx.report(epoch + 1, {**metrics, "phase": phase, "lr": runner.lr,
+                               "train_s": round(train_seconds, 3),
+                               "val_s": round(val_seconds, 3)})
+        ctx.checkpoint({**runner.state_dict(), "config": to_mapping(config),
+                        "best_ic": best_ic, "stale": stale}, epoch=epoch + 1)
+        ctx.log(f"epoch {epoch + 1}/{len(plan)} [{phase}] train_loss={metrics['train_loss']:.4f}"
+                f" val_loss={metrics['val_loss']:.4f} rank_ic={metrics['rank_ic']:.4f} "
+                f"sharpe={metrics['sharpe']:.3f} ({epoch_seconds[-1]:.1f}s)")
+        if config.patience and stale >= config.patience and epoch + 1 < len(plan):
+            ctx.set_attr("stopped_early", {"epoch": epoch + 1, "best_rank_ic": best_ic})
+            break
+
+    if not metrics:  # resumed after the last epoch: re-score the final model
+        metrics, preds = validate(runner, panel, y_z, graphs, val_dates, config,
+                                  with_graph=plan[-1] != "baseline", h_idx=h_idx)
+        metrics["train_loss"] = float("nan")
+    ctx.set_attr("epoch_seconds", epoch_seconds)
+    ctx.set_attr("final_batch_size", runner.micro_batch)
+    write_predictions(ctx.output_dir / "predictions.parquet", preds)
+    _save_model(ctx.output_dir / "model.pt", runner, config)
+    return metrics
+
+
+def validate(runner: StepRunner, panel: Panel, y_z: torch.Tensor, graphs: DateGraphs,
+             val_dates: np.ndarray, config: TrainConfig, *, with_graph: bool, h_idx: int
+             ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    runner.module.eval()
+    cols: dict[str, list[np.ndarray]] = {"date": [], "code": [], "pred": [], "target": []}
+    losses, weights = [], []
+    with runner.eval_context():
+        for i in range(0, len(val_dates), VAL_DATES_PER_FORWARD):
+            dates = val_dates[i:i + VAL_DATES_PER_FORWARD]
+            b = make_batch(panel, y_z, graphs, dates, lookback=config.lookback,
+                           with_graph=with_graph)
+            x, y, e, w, group = runner.to_device(b.x, b.y, b.edges, b.weight, b.group)
+            out = runner.model(x, e if with_graph else None, w if with_graph else None)
+            dev = Batch(x, y, b.y_raw, group, b.stock, b.date, e, w)
+            loss, _ = batch_loss(out, dev, config)
+            losses.append(float(loss))
+            weights.append(len(dates))
+            pred = out["point"][:, h_idx].float().cpu().numpy()
+            cols["pred"].append(pred)
+            cols["target"].append(b.y_raw[:, h_idx].numpy())
+            cols["date"].append(panel.dates[b.date[b.group.numpy()]])
+            cols["code"].append(np.asarray(panel.codes, dtype=object)[b.stock.numpy()])
+    preds = {k: np.concatenate(v) for k, v in cols.items()}
+    keep = np.isfinite(preds["target"])
+    preds = {k: v[keep] for k, v in preds.items()}
+    metrics = panel_metrics(preds["date"], preds["pred"], preds["target"])
+    metrics["val_loss"] = float(np.average(losses, weights=weights))
+    return metrics, preds
+
+
+def write_predictions(path: Path, preds: dict[str, np.ndarray]) -> None:
+    """Validation rows (date, code, pred, target): anyone can recompute the metrics from them."""
+    frame = pl.DataFrame({"date": preds["date"].astype("datetime64[D]"),
+                          "code": preds["code"].astype(str),
+                          "pred": preds["pred"].astype(np.float64),
+                          "target": preds["target"].astype(np.float64)})
+    import io
+
+    buf = io.BytesIO()
+    frame.write_parquet(buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _save_model(path: Path, runner: StepRunner, config: TrainConfig) -> None:
+    import io
+
+    buf = io.BytesIO()
+    torch.save({"model": runner.module.state_dict(), "config": to_mapping(config)}, buf)
+    atomic_write_bytes(path, buf.getvalue())
