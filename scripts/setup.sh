@@ -14,4 +14,5 @@ fi
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   .venv/bin/python -m pip install --quiet "$TORCH_SPEC"
 fi
-.venv/bin/python -m pip install --quiet -e '.[dev]'
+# compat mode puts the repository on sys.path, so packages added later import without a reinstall
+.venv/bin/python -m pip install --quiet -e '.[dev]' --config-settings editable_mode=compat

@@ -177,6 +177,23 @@ def per_date(values: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def scoring_loss(out: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
+    """The ``val_loss`` objective: Huber (delta 1) on per-date z-scored targets, all horizons.
+
+    Deliberately independent of the searched loss weights (rank_weight, ic_weight, ...), so
+    that val_loss compares trials with each other; the training loss does not.
+    """
+    point = per_date(out["point"].float(), batch.group)  # (G, n, H)
+    target = per_date(batch.y, batch.group)
+    valid = torch.isfinite(target)
+    err = torch.nn.functional.huber_loss(torch.where(valid, point, 0.0),
+                                         torch.where(valid, target, 0.0), reduction="none",
+                                         delta=1.0)
+    per_date_loss = (err * valid).sum(dim=1) / valid.sum(dim=1).clamp_min(1)  # (G, H)
+    has = valid.any(dim=1)
+    return per_date_loss[has].mean()
+
+
 def batch_loss(out: dict[str, torch.Tensor], batch: Batch, config: TrainConfig
                ) -> tuple[torch.Tensor, dict[str, float]]:
     """The per-date training loss of one batch (see the module docstring, step 4)."""
@@ -331,8 +348,7 @@ def validate(runner: StepRunner, panel: Panel, y_z: torch.Tensor, graphs: DateGr
             x, y, e, w, group = runner.to_device(b.x, b.y, b.edges, b.weight, b.group)
             out = runner.model(x, e if with_graph else None, w if with_graph else None)
             dev = Batch(x, y, b.y_raw, group, b.stock, b.date, e, w)
-            loss, _ = batch_loss(out, dev, config)
-            losses.append(float(loss))
+            losses.append(float(scoring_loss(out, dev)))
             weights.append(len(dates))
             pred = out["point"][:, h_idx].float().cpu().numpy()
             cols["pred"].append(pred)

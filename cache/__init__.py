@@ -1,0 +1,30 @@
+"""Arrow feature cache: the one way trainers get (date, code) panel features.
+
+    from cache import CacheSpec, load_or_build
+    fc = load_or_build("panel.parquet", Path("output/cache"), CacheSpec(nan_policy="mask"))
+    x = fc.features_torch()                  # (rows, n_features) float32, no copy
+    rows = fc.cross_section(0)               # slice of the first date's rows
+
+A source (parquet, CSV, polars DataFrame or the synthetic market) is checked against the
+data contract once, written as an uncompressed Arrow IPC file whose feature block is one
+row-major float32 buffer, and from then on only memory-mapped. See ``cache.core`` for keys,
+invalidation and crash safety, ``cache.feature_cache`` for the file layout.
+"""
+
+from __future__ import annotations
+
+from cache.core import build_cache, cache_key, load_or_build
+from cache.feature_cache import FORMAT_VERSION, FeatureCache, open_cache
+from cache.spec import DEFAULT_TARGETS, NAN_POLICIES, CacheSpec
+
+__all__ = [
+    "DEFAULT_TARGETS",
+    "FORMAT_VERSION",
+    "NAN_POLICIES",
+    "CacheSpec",
+    "FeatureCache",
+    "build_cache",
+    "cache_key",
+    "load_or_build",
+    "open_cache",
+]

@@ -1,0 +1,89 @@
+"""``python -m cache.info``: what a feature cache (or a directory of caches) holds."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from cache.feature_cache import MANIFEST_FILE, cache_dirs, read_manifest
+from trainers.errors import UserError
+
+EXAMPLE = """examples:
+  python -m cache.info output/cache/3f9c2a...      one cache: manifest summary
+  python -m cache.info output/cache                every cache under a root, one per line
+  python -m cache.info output/cache/3f9c2a... --json
+"""
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+def summary(path: Path, manifest: dict[str, Any]) -> str:
+    src = manifest["source"]
+    spec = manifest["spec"]
+    nan = manifest["nan"]
+    features = manifest["feature_names"]
+    shown = ", ".join(features[:10]) + (f", ... ({len(features) - 10} more)"
+                                        if len(features) > 10 else "")
+    lines = [
+        f"cache      {path}",
+        f"key        {manifest['key']}  (format version {manifest['format_version']})",
+        f"source     {src['kind']} {src['id']}  content hash {src['content_hash']}",
+        f"built      {manifest['created_at']}  in {manifest['build_seconds']} s",
+        f"rows       {manifest['rows']}  ({manifest['n_dates']} dates "
+        f"{manifest['first_date']} .. {manifest['last_date']}, {manifest['n_codes']} codes)",
+        f"features   {manifest['n_features']}: {shown}",
+        f"targets    {manifest['n_targets']}: {', '.join(manifest['target_names'])}",
+        f"nan policy {spec['nan_policy']}"
+        + (f" (fill {spec['fill_value']})" if "fill_value" in spec else "")
+        + f"; bad values {sum(nan['bad_values'].values())}, invalid rows "
+        f"{nan['invalid_rows']}",
+        "files      " + ", ".join(f"{k} {_mib(v)}" for k, v in manifest["files"].items()),
+        "schema     " + ", ".join(f"{k}: {v}" for k, v in manifest["schema"].items()),
+    ]
+    return "\n".join(lines)
+
+
+def _one_line(path: Path) -> str:
+    try:
+        m = read_manifest(path)
+    except UserError as exc:
+        return f"{path.name}  unusable: {exc}"
+    return (f"{m['key']}  {m['rows']:>10} rows x {m['n_features']:>4} features  "
+            f"{m['created_at'][:19]}  {m['source']['kind']} {m['source']['id']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m cache.info",
+        description="Print the manifest summary of a feature cache, or list the caches "
+        "under a cache root.",
+        epilog=EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("path", metavar="PATH", type=Path,
+                        help="a cache directory (holding manifest.json) or a cache root")
+    parser.add_argument("--json", action="store_true", help="print the full manifest as JSON")
+    args = parser.parse_args(argv)
+    try:
+        if (args.path / MANIFEST_FILE).is_file():
+            manifest = read_manifest(args.path)
+            print(json.dumps(manifest, indent=2) if args.json else summary(args.path, manifest))
+            return 0
+        caches = cache_dirs(args.path)
+        if not caches:
+            raise UserError(f"{args.path} is neither a feature cache nor a directory of caches")
+        for cache_dir in caches:
+            print(_one_line(cache_dir))
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

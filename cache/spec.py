@@ -1,0 +1,104 @@
+"""What goes into a feature cache: which columns, and what to do with missing values."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from trainers.errors import UserError
+
+DATE_COLUMN = "date"
+CODE_COLUMN = "code"
+KEY_COLUMNS = (DATE_COLUMN, CODE_COLUMN)
+DEFAULT_TARGETS = ("ret_1d", "ret_5d", "ret_10d", "ret_20d")
+NAN_POLICIES = ("refuse", "mask", "fill")
+
+
+@dataclass(frozen=True)
+class CacheSpec:
+    """The feature configuration of a cache; part of the cache key.
+
+    Attributes:
+        feature_columns: the feature columns in the order they take in the feature matrix;
+            None takes every numeric column that is neither ``date``/``code`` nor a target,
+            in the panel's column order (non-numeric extra columns are then skipped).
+        target_columns: forward-return columns stored as the target matrix.
+        nan_policy: what a NaN, inf or null in a feature or target does:
+            ``"refuse"`` fails the build with a UserError naming each column and its count;
+            ``"mask"`` keeps the rows, sets the bad values to 0 and records ``valid[row] =
+            False`` for every row with any bad value; ``"fill"`` replaces bad values with
+            ``fill_value`` and records no mask.
+        fill_value: the replacement under ``"fill"`` (ignored otherwise, and then not part
+            of the key).
+    """
+
+    feature_columns: tuple[str, ...] | None = None
+    target_columns: tuple[str, ...] = DEFAULT_TARGETS
+    nan_policy: str = "refuse"
+    fill_value: float = 0.0
+
+    def __post_init__(self) -> None:
+        # Lists are accepted for convenience; the frozen spec keeps tuples so it hashes.
+        if self.feature_columns is not None and not isinstance(self.feature_columns, tuple):
+            object.__setattr__(self, "feature_columns", tuple(self.feature_columns))
+        if not isinstance(self.target_columns, tuple):
+            object.__setattr__(self, "target_columns", tuple(self.target_columns))
+        problems = self._problems()
+        if problems:
+            raise UserError("invalid cache spec: " + "; ".join(problems))
+
+    def _problems(self) -> list[str]:
+        """Every problem at once, so one run shows all of them."""
+        problems: list[str] = []
+        if self.nan_policy not in NAN_POLICIES:
+            problems.append(
+                f"nan_policy={self.nan_policy!r} is not one of {', '.join(NAN_POLICIES)}"
+            )
+        if not isinstance(self.fill_value, int | float) or not math.isfinite(self.fill_value):
+            problems.append(f"fill_value={self.fill_value!r} must be a finite number")
+        if not self.target_columns:
+            problems.append("target_columns is empty; give at least one target column")
+        features = self.feature_columns or ()
+        if self.feature_columns is not None and not features:
+            problems.append("feature_columns is empty; give at least one column or None")
+        for kind, names in (("feature_columns", features), ("target_columns",
+                                                             self.target_columns)):
+            bad = [n for n in names if not isinstance(n, str) or not n]
+            if bad:
+                problems.append(f"{kind} holds non-string or empty names: {bad!r}")
+            dups = sorted({n for n in names if names.count(n) > 1})
+            if dups:
+                problems.append(f"{kind} lists {', '.join(dups)} more than once")
+            keys = [n for n in names if n in KEY_COLUMNS]
+            if keys:
+                problems.append(f"{kind} may not include the key column(s) {', '.join(keys)}")
+        both = sorted(set(features) & set(self.target_columns))
+        if both:
+            problems.append(f"{', '.join(both)} is both a feature and a target")
+        return problems
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form stored in the manifest and hashed into the key.
+
+        ``fill_value`` is left out unless the policy uses it, so changing it under
+        ``"refuse"`` or ``"mask"`` does not rebuild an identical cache.
+        """
+        out: dict[str, Any] = {
+            "feature_columns": list(self.feature_columns) if self.feature_columns else None,
+            "target_columns": list(self.target_columns),
+            "nan_policy": self.nan_policy,
+        }
+        if self.nan_policy == "fill":
+            out["fill_value"] = float(self.fill_value)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CacheSpec:
+        feats = data.get("feature_columns")
+        return cls(
+            feature_columns=tuple(feats) if feats is not None else None,
+            target_columns=tuple(data.get("target_columns", DEFAULT_TARGETS)),
+            nan_policy=data.get("nan_policy", "refuse"),
+            fill_value=float(data.get("fill_value", 0.0)),
+        )

@@ -1,0 +1,159 @@
+"""Bad panels: one clear UserError line each, and nothing left in the cache root."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from cache import CacheSpec, load_or_build
+from cache.testing import make_panel
+from trainers.errors import UserError
+
+
+def _leftovers(root: Path) -> list[str]:
+    """Anything in the root that is, or could pass for, a cache (locks and memo are fine)."""
+    if not root.exists():
+        return []
+    return sorted(p.name for p in root.iterdir()
+                  if p.name not in (".locks", ".source-hashes.json"))
+
+
+def _fails(source: object, root: Path, spec: CacheSpec, match: str) -> str:
+    with pytest.raises(UserError, match=match) as err:
+        load_or_build(source, root, spec)  # type: ignore[arg-type]
+    message = str(err.value)
+    assert "\n" not in message
+    assert _leftovers(root) == []
+    return message
+
+
+def _with_cell(frame: pl.DataFrame, column: str, row: int, value: float | None) -> pl.DataFrame:
+    values = frame[column].to_list()
+    values[row] = value
+    return frame.with_columns(pl.Series(column, values, dtype=frame[column].dtype))
+
+
+def test_missing_and_misnamed_columns_are_named_with_what_was_expected(tmp_path: Path) -> None:
+    frame = make_panel().rename({"ret_5d": "ret5d"}).drop("ret_20d")
+    message = _fails(frame, tmp_path, CacheSpec(), "missing column")
+    assert "missing column(s) ret_5d, ret_20d" in message
+    assert "(did you mean 'ret5d' for 'ret_5d'?)" in message
+    assert "expected date, code, ret_1d, ret_5d, ret_10d, ret_20d" in message
+    assert "found date, code, f0, f1, f2, ret_1d, ret5d, ret_10d" in message
+
+    parquet = tmp_path / "p.parquet"
+    make_panel().write_parquet(parquet)
+    message = _fails(parquet, tmp_path / "c", CacheSpec(feature_columns=("f0", "f9")),
+                     "missing column")
+    assert "missing column(s) f9" in message and "and the features f0, f9" in message
+
+
+def test_non_numeric_feature_column(tmp_path: Path) -> None:
+    frame = make_panel().with_columns(pl.lit("tech").alias("sector"))
+    message = _fails(frame, tmp_path / "a", CacheSpec(feature_columns=("f0", "sector")),
+                     "not numeric")
+    assert "feature column 'sector' is not numeric (dtype String, e.g. value 'tech' in row 0)" \
+        in message
+    csv = tmp_path / "p.csv"
+    make_panel().with_columns(pl.col("f1").cast(pl.String)).with_row_index().with_columns(
+        pl.when(pl.col("index") == 3).then(pl.lit("n/a")).otherwise(pl.col("f1")).alias("f1")
+    ).drop("index").write_csv(csv)
+    message = _fails(csv, tmp_path / "c", CacheSpec(feature_columns=("f0", "f1")),
+                     "not numeric")
+    assert "'f1' is not numeric (dtype String, e.g. value 'n/a' in row 3)" in message
+    _fails(make_panel().with_columns(pl.col("ret_1d").cast(pl.String)), tmp_path / "b",
+           CacheSpec(), "target column 'ret_1d' is not numeric")
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), None])
+def test_refuse_policy_names_each_column_and_count(tmp_path: Path, bad: float | None) -> None:
+    frame = _with_cell(make_panel(), "f1", 2, bad)
+    frame = _with_cell(_with_cell(frame, "ret_20d", 0, bad), "ret_20d", 5, bad)
+    message = _fails(frame, tmp_path, CacheSpec(), "NaN/inf/null")
+    assert "NaN/inf/null values in 2 column(s): f1 (1), ret_20d (2)" in message
+    assert "nan_policy 'refuse'" in message and "'mask'" in message
+
+
+def test_mask_policy_keeps_rows_zeroes_values_and_marks_them(tmp_path: Path) -> None:
+    frame = make_panel(shuffle=False)  # rows already in (date, code) order
+    frame = _with_cell(_with_cell(frame, "f0", 3, float("nan")), "ret_10d", 7, float("-inf"))
+    fc = load_or_build(frame, tmp_path, CacheSpec(nan_policy="mask"))
+    assert fc.features.shape[0] == frame.height
+    assert fc.valid is not None and fc.valid.dtype == np.bool_
+    assert np.flatnonzero(~fc.valid).tolist() == [3, 7]
+    assert fc.target_valid is not None and fc.target_valid.shape == (frame.height, 4)
+    assert np.argwhere(~fc.target_valid).tolist() == [[7, 2]]  # the NaN feature is no target
+    assert fc.features[3, 0] == 0.0 and fc.targets[7, 2] == 0.0
+    assert fc.features[7, 0] == pytest.approx(frame["f0"][7])  # other cells untouched
+    assert fc.manifest["nan"] == {"bad_values": {"f0": 1, "ret_10d": 1}, "invalid_rows": 2}
+
+
+def test_fill_policy_replaces_and_records_no_mask(tmp_path: Path) -> None:
+    frame = _with_cell(make_panel(shuffle=False), "f2", 4, None)
+    fc = load_or_build(frame, tmp_path, CacheSpec(nan_policy="fill", fill_value=-1.5))
+    assert fc.valid is None and fc.target_valid is None and fc.features[4, 2] == -1.5
+    assert np.isfinite(fc.features).all()
+
+
+def test_float64_overflow_to_float32_counts_as_inf(tmp_path: Path) -> None:
+    frame = make_panel().with_columns(pl.col("f0").cast(pl.Float64))
+    frame = _with_cell(frame, "f0", 0, 1e300)
+    _fails(frame, tmp_path, CacheSpec(), r"f0 \(1\)")
+
+
+def test_duplicate_rows(tmp_path: Path) -> None:
+    frame = make_panel()
+    doubled = pl.concat([frame, frame.head(2)])
+    message = _fails(doubled, tmp_path, CacheSpec(), "duplicate")
+    assert "has 2 duplicate (date, code) row(s), e.g. (" in message
+
+
+@pytest.mark.parametrize("name,content,match", [
+    ("empty.parquet", b"", r"is empty \(0 bytes\)"),
+    ("empty.csv", b"", r"is empty \(0 bytes\)"),
+    ("header.csv", b"date,code,f0,ret_1d,ret_5d,ret_10d,ret_20d\n", "header but no rows"),
+    ("junk.parquet", b"this is not parquet", "cannot read parquet"),
+    ("panel.txt", b"x", "neither parquet"),
+])
+def test_empty_or_unreadable_files(tmp_path: Path, name: str, content: bytes, match: str,
+                                   ) -> None:
+    path = tmp_path / name
+    path.write_bytes(content)
+    _fails(path, tmp_path / "caches", CacheSpec(), match)
+
+
+def test_empty_frame_and_bad_keys(tmp_path: Path) -> None:
+    frame = make_panel()
+    _fails(frame.head(0), tmp_path, CacheSpec(), "has no rows")
+    bad_dates = frame.with_columns(pl.col("date").cast(pl.String).str.replace_all("-", "/"))
+    _fails(bad_dates, tmp_path, CacheSpec(), r"not ISO dates \(YYYY-MM-DD\), e.g. '2024/")
+    _fails(_with_cell(frame.with_columns(pl.col("code")), "code", 1, None), tmp_path,
+           CacheSpec(), "column 'code' has 1 missing value")
+    _fails(frame.with_columns(pl.lit(1.5).alias("date")), tmp_path, CacheSpec(),
+           "column 'date' has dtype Float64; expected a date")
+
+
+def test_datetime_dates_and_integer_codes_are_accepted(tmp_path: Path) -> None:
+    frame = make_panel(n_stocks=3, n_dates=2).with_columns(
+        pl.col("date").cast(pl.Datetime("us")), pl.col("code").cast(pl.Int64))
+    fc = load_or_build(frame, tmp_path, CacheSpec())
+    assert fc.codes == ["1", "2", "3"]
+    assert fc.unique_dates.tolist() == [dt.date(2024, 1, 1), dt.date(2024, 1, 2)]
+
+
+@pytest.mark.parametrize("make_spec,match", [
+    (lambda: CacheSpec(nan_policy="drop"), "nan_policy='drop' is not one of refuse, mask, fill"),
+    (lambda: CacheSpec(feature_columns=("a", "a", "ret_1d")),
+     "feature_columns lists a more than once; ret_1d is both a feature and a target"),
+    (lambda: CacheSpec(target_columns=()), "target_columns is empty"),
+    (lambda: CacheSpec(feature_columns=("date",), fill_value=float("nan")),
+     "fill_value=nan must be a finite number; feature_columns may not include the key"),
+])
+def test_bad_spec_reports_every_problem(make_spec: Callable[[], CacheSpec], match: str) -> None:
+    with pytest.raises(UserError, match=match):
+        make_spec()

@@ -1,0 +1,263 @@
+"""Dense panel, standardisation and the purged date split."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from trainers.atft_gat.data import Panel, dense_panel, purged_split, standardise
+from trainers.atft_gat.synthetic import FEATURE_NAMES, TARGET_NAMES, generate_market
+from trainers.errors import UserError
+from trainers.metrics import panel_metrics
+
+
+@dataclass
+class FakeCache:
+    """The attributes of ``cache.FeatureCache`` that ``dense_panel`` reads."""
+
+    features: np.ndarray
+    targets: np.ndarray
+    valid: np.ndarray | None
+    date_index: np.ndarray
+    code_index: np.ndarray
+    unique_dates: np.ndarray
+    codes: list[str]
+    date_offsets: np.ndarray
+    feature_names: tuple[str, ...]
+    target_names: tuple[str, ...]
+
+
+def _cache(
+    frame: pl.DataFrame,
+    features: tuple[str, ...] = FEATURE_NAMES,
+    targets: tuple[str, ...] = TARGET_NAMES,
+    *,
+    mask: bool = True,
+) -> FakeCache:
+    """Rows sorted by (date, code); under ``mask`` bad values read 0 and their row is invalid,
+    as the cache's nan_policy="mask" does."""
+    frame = frame.sort(["date", "code"])
+    dates = frame["date"].to_numpy().astype("datetime64[D]")
+    unique_dates = np.unique(dates)
+    codes = sorted(frame["code"].unique().to_list())
+    x = frame.select(features).to_numpy().astype(np.float32)
+    y = frame.select(targets).to_numpy().astype(np.float32)
+    valid = None
+    if mask:
+        valid = np.isfinite(x).all(1) & np.isfinite(y).all(1)
+        x, y = np.nan_to_num(x, nan=0.0), np.nan_to_num(y, nan=0.0)
+    date_index = np.searchsorted(unique_dates, dates).astype(np.int32)
+    return FakeCache(
+        features=x,
+        targets=y,
+        valid=valid,
+        date_index=date_index,
+        code_index=np.searchsorted(np.array(codes), frame["code"].to_numpy()).astype(np.int32),
+        unique_dates=unique_dates,
+        codes=codes,
+        date_offsets=np.concatenate([[0], np.cumsum(np.bincount(date_index))]).astype(np.int64),
+        feature_names=features,
+        target_names=targets,
+    )
+
+
+@pytest.fixture(scope="module")
+def frame() -> pl.DataFrame:
+    return generate_market(n_stocks=30, n_dates=80, seed=1, missing_rate=0.1)
+
+
+def test_dense_panel_places_every_row(frame: pl.DataFrame) -> None:
+    fc = _cache(frame)
+    panel = dense_panel(fc)
+    assert panel.x.shape == (80, 30, len(FEATURE_NAMES)) and panel.x.dtype == torch.float32
+    assert panel.y.shape == (80, 30, len(TARGET_NAMES))
+    assert panel.present.shape == (80, 30) and panel.present.dtype == torch.bool
+    assert panel.feature_names == FEATURE_NAMES and panel.target_names == TARGET_NAMES
+    assert panel.codes == fc.codes and np.array_equal(panel.dates, fc.unique_dates)
+
+    rows = np.flatnonzero(fc.valid)
+    d, s = fc.date_index[rows], fc.code_index[rows]
+    np.testing.assert_array_equal(panel.x[d, s].numpy(), fc.features[rows])
+    np.testing.assert_array_equal(panel.y[d, s].numpy(), fc.targets[rows])
+    # Exactly the valid rows are present; everything else is 0 in x and NaN in y.
+    assert int(panel.present.sum()) == len(rows)
+    absent = ~panel.present
+    assert (panel.x[absent] == 0).all() and torch.isnan(panel.y[absent]).all()
+    # ~10% of rows are missing, and under the mask policy the last 20 dates (NaN ret_20d).
+    assert 0.85 < panel.present[:-20].float().mean() < 0.95
+    assert not panel.present[-20:].any()
+
+
+def test_rows_with_bad_features_are_absent_without_a_mask() -> None:
+    frame = generate_market(n_stocks=6, n_dates=10, seed=2)
+    frame = frame.with_columns(
+        pl.when((pl.col("code") == "S0002") & (pl.col("date") == pl.col("date").min()))
+        .then(float("nan"))
+        .otherwise(pl.col("f_own"))
+        .alias("f_own")
+    )
+    panel = dense_panel(_cache(frame, mask=False))
+    assert panel.present.sum() == 6 * 10 - 1 and not panel.present[0, 1]
+    assert panel.x[0, 1].abs().sum() == 0
+    # Without a mask, NaN targets stay NaN on present rows (the loss masks them).
+    assert panel.present[-1].all() and torch.isnan(panel.y[-1, :, 0]).all()
+
+
+def test_duplicate_rows_are_refused() -> None:
+    fc = _cache(generate_market(n_stocks=4, n_dates=5, seed=0))
+    fc.code_index[1] = fc.code_index[0]
+    with pytest.raises(UserError, match="twice"):
+        dense_panel(fc)
+
+
+def test_window(frame: pl.DataFrame) -> None:
+    panel = dense_panel(_cache(frame))
+    d, lookback = 40, 7
+    x, idx = panel.window(d, lookback)
+    expected_idx = torch.nonzero(panel.present[d]).squeeze(1)
+    assert torch.equal(idx, expected_idx) and idx.dtype == torch.int64
+    assert x.shape == (len(idx), lookback, len(FEATURE_NAMES)) and x.is_contiguous()
+    for row, stock in enumerate(idx.tolist()):
+        assert torch.equal(x[row], panel.x[d - lookback + 1 : d + 1, stock])
+    assert torch.equal(x[:, -1], panel.x[d, idx])  # the last step is date d itself
+    # A fresh tensor: writing to it leaves the panel alone.
+    before = x.clone()
+    x.add_(1.0)
+    assert torch.equal(panel.window(d, lookback)[0], before)
+    assert panel.window(lookback - 1, lookback)[0].shape[1] == lookback
+    with pytest.raises(ValueError, match="start at date index >= lookback - 1"):
+        panel.window(lookback - 2, lookback)
+    with pytest.raises(IndexError):
+        panel.window(80, 1)
+
+
+def test_standardise_uses_training_dates_only(frame: pl.DataFrame) -> None:
+    panel = dense_panel(_cache(frame))
+    train = np.arange(5, 40)
+    z = standardise(panel, train)
+
+    rows = panel.x[train][panel.present[train]].double().numpy()  # (n, F)
+    mean, std = rows.mean(0), rows.std(0)
+    np.testing.assert_allclose(z.feature_mean.numpy(), mean, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(z.feature_std.numpy(), std, rtol=1e-5)
+    present = panel.present
+    expected = (panel.x.double().numpy() - mean) / std
+    np.testing.assert_allclose(z.x[present].numpy(), expected[present.numpy()], atol=1e-4)
+    assert (z.x[~present] == 0).all()
+    train_rows = z.x[train][present[train]].double()
+    np.testing.assert_allclose(train_rows.mean(0).numpy(), 0.0, atol=1e-5)
+    np.testing.assert_allclose(train_rows.std(0, unbiased=False).numpy(), 1.0, atol=1e-4)
+    assert panel.feature_mean is None  # the input panel is untouched
+    assert z.y is panel.y  # targets are not touched
+
+    # No leakage: wild values on non-training dates do not move the statistics.
+    wild = panel.x.clone()
+    wild[45:] = 1e6
+    z2 = standardise(Panel(**{**panel.__dict__, "x": wild}), train)
+    assert torch.equal(z2.feature_mean, z.feature_mean)
+    assert torch.equal(z2.feature_std, z.feature_std)
+    assert torch.equal(z2.x[:45], z.x[:45])
+
+
+def test_standardise_constant_feature_is_centred_only() -> None:
+    frame = generate_market(n_stocks=5, n_dates=30, seed=3).with_columns(
+        pl.lit(2.5, dtype=pl.Float32).alias("f_const")
+    )
+    panel = dense_panel(_cache(frame, ("f_own", "f_const")))
+    z = standardise(panel, np.arange(10))
+    assert z.feature_std[1] == 1.0 and (z.x[..., 1] == 0).all()
+    with pytest.raises(ValueError, match="at least one training date"):
+        standardise(panel, np.array([], dtype=np.int64))
+
+
+@pytest.mark.parametrize("n_dates", [60, 250, 1000])
+@pytest.mark.parametrize("purge", [20, 25])
+@pytest.mark.parametrize("lookback", [1, 20, 60])
+@pytest.mark.parametrize("val_fraction", [0.1, 0.25, 0.5])
+def test_purged_split_invariants(
+    n_dates: int, purge: int, lookback: int, val_fraction: float
+) -> None:
+    horizon = 20
+    train, val = purged_split(
+        n_dates, val_fraction=val_fraction, purge=purge, lookback=lookback, horizon=horizon
+    )
+    assert train.dtype == np.int64 and val.dtype == np.int64
+    usable = n_dates - horizon - (lookback - 1)
+    if usable < 1:  # too short for the settings: both empty, the caller reports it
+        assert len(train) == len(val) == 0
+        return
+    assert np.all(np.diff(val) == 1) and (len(train) == 0 or np.all(np.diff(train) == 1))
+    assert val[-1] == n_dates - 1 - horizon  # the last date with a label in the sample
+    assert len(val) == max(1, round(val_fraction * usable))
+    if len(train):
+        assert train[0] == lookback - 1
+        assert val[0] - train[-1] - 1 == purge  # the gap, exactly
+        assert train[-1] + horizon < val[0]
+        # No training label window [t, t + horizon] touches a validation date.
+        label_dates = train[:, None] + np.arange(horizon + 1)[None, :]
+        assert not np.isin(label_dates, val).any()
+        assert len(train) + purge + len(val) == usable
+
+
+def test_purged_split_defaults_horizon_to_purge_and_handles_tiny_panels() -> None:
+    train, val = purged_split(100, val_fraction=0.2, purge=20, lookback=10)
+    assert val[-1] == 100 - 1 - 20 and val[0] - train[-1] - 1 == 20
+    train, val = purged_split(30, val_fraction=0.5, purge=20, lookback=10)
+    assert len(train) == 0 and len(val) == 1  # 30 - 20 - 9 = 1 usable date
+    train, val = purged_split(25, val_fraction=0.5, purge=20, lookback=10)
+    assert len(train) == 0 and len(val) == 0
+
+
+def test_purged_split_reports_every_problem() -> None:
+    with pytest.raises(UserError, match="val_fraction.*lookback.*purge=5 must be >= the longest"):
+        purged_split(100, val_fraction=1.5, purge=5, lookback=0, horizon=20)
+
+
+def test_future_feature_cannot_leak_across_the_split() -> None:
+    """A feature equal to the future 20-day return predicts validation labels perfectly, yet
+    the training labels end before validation begins."""
+    n_dates, horizon = 120, 20
+    frame = generate_market(n_stocks=25, n_dates=n_dates, seed=4)
+    frame = frame.with_columns(pl.col("ret_20d").alias("f_future"))
+    # Fill policy so the last dates stay present (their target is NaN, the feature too).
+    panel = dense_panel(_cache(frame, (*FEATURE_NAMES, "f_future"), mask=False))
+    train, val = purged_split(
+        n_dates, val_fraction=0.25, purge=horizon, lookback=20, horizon=horizon
+    )
+    h = panel.target_names.index("ret_20d")
+    col = panel.feature_names.index("f_future")
+
+    def rank_ic(dates: np.ndarray) -> float:
+        x = panel.x[dates, :, col].numpy()  # (n, S)
+        y = panel.y[dates, :, h].numpy()
+        day = np.repeat(dates, x.shape[1])
+        rank = np.argsort(np.argsort(x, axis=1), axis=1)  # per-date rank of the feature
+        return panel_metrics(day, rank.reshape(-1).astype(float), y.reshape(-1))["rank_ic"]
+
+    assert rank_ic(val) == pytest.approx(1.0)
+    assert rank_ic(train) == pytest.approx(1.0)
+    # Knowledge from training labels cannot reach validation labels: every training label is
+    # realised (t + horizon) before the first validation date.
+    assert train.max() + horizon < val.min()
+    # And every validation label is inside the sample.
+    assert np.isfinite(panel.y[val, :, h].numpy()).all()
+
+
+def test_real_feature_cache_gives_the_same_panel(tmp_path: Path) -> None:
+    """The contract this module is written against, checked on the real cache."""
+    from cache import CacheSpec, load_or_build
+
+    frame = generate_market(n_stocks=12, n_dates=40, seed=6, missing_rate=0.1)
+    fc = load_or_build(frame, tmp_path, CacheSpec(nan_policy="mask"))
+    real = dense_panel(fc)
+    fake = dense_panel(_cache(frame))
+    assert torch.equal(real.present, fake.present)
+    assert torch.equal(real.x, fake.x)
+    assert torch.equal(torch.nan_to_num(real.y, nan=-9.0), torch.nan_to_num(fake.y, nan=-9.0))
+    assert real.codes == fake.codes and np.array_equal(real.dates, fake.dates)
+    assert real.feature_names == FEATURE_NAMES and real.target_names == TARGET_NAMES

@@ -1,0 +1,204 @@
+"""The feature cache as a dense (dates, stocks) panel, its standardisation and its date split.
+
+The model reads one date's cross-section with a lookback window of history, and the graph
+links stocks by index, so a dense ``(D, S, ...)`` layout with a presence mask is simpler and
+faster than the cache's ragged rows: a window is one slice plus one gather.
+
+Presence: a (date, stock) row is *present* when it exists in the cache, the cache marks it
+valid and all its features are finite. Under the cache's ``nan_policy="mask"`` a row is
+invalid when any feature **or target** is NaN; such rows are absent here, which drops, for
+example, the last ``h`` dates of a panel whose ``ret_{h}d`` is NaN there. Features of absent
+rows read 0 and their targets NaN.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from trainers.errors import UserError
+
+# Dates standardised per pass: bounds the temporary copy to a few MB at 4,000 stocks.
+STANDARDISE_CHUNK = 64
+# A feature whose training spread is below this is constant: it is centred, not scaled.
+MIN_STD = 1e-12
+
+
+class FeatureCacheLike(Protocol):
+    """The attributes of ``cache.FeatureCache`` that this module reads."""
+
+    features: np.ndarray  # (rows, F) float32
+    targets: np.ndarray  # (rows, H) float32
+    valid: np.ndarray | None  # (rows,) bool
+    date_index: np.ndarray  # (rows,) int32
+    code_index: np.ndarray  # (rows,) int32
+    unique_dates: np.ndarray  # (D,) datetime64[D]
+    codes: list[str]
+    feature_names: tuple[str, ...]
+    target_names: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Panel:
+    """A dense panel; D dates, S stocks (codes), F features, H target horizons.
+
+    ``feature_mean`` / ``feature_std`` are None on a raw panel and the (F,) statistics that
+    :func:`standardise` used on a standardised one (saved with a model so that new data can be
+    scaled the same way).
+    """
+
+    x: torch.Tensor  # (D, S, F) float32, 0 where absent
+    y: torch.Tensor  # (D, S, H) float32, NaN where absent
+    present: torch.Tensor  # (D, S) bool
+    dates: np.ndarray  # (D,) datetime64[D]
+    codes: list[str]  # (S,)
+    feature_names: tuple[str, ...]
+    target_names: tuple[str, ...]
+    feature_mean: torch.Tensor | None = None
+    feature_std: torch.Tensor | None = None
+
+    def window(self, d: int, lookback: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features of the stocks present at date ``d`` over dates ``[d - lookback + 1, d]``.
+
+        Returns ``(x, idx)``: ``x`` is a contiguous ``(n, lookback, F)`` tensor (oldest date
+        first) made by a single gather, and ``idx`` the ``(n,)`` int64 stock indices, ascending.
+        A stock present at d but absent earlier in the window reads 0 on those dates (see
+        ``present`` for where).
+        """
+        n_dates = self.x.shape[0]
+        if not 0 <= d < n_dates:
+            raise IndexError(f"date index {d} out of range for {n_dates} dates")
+        if lookback < 1 or d - lookback + 1 < 0:
+            raise ValueError(
+                f"date index {d} has {d} earlier dates, a lookback of {lookback} needs "
+                f"{lookback - 1}; start at date index >= lookback - 1"
+            )
+        idx = self.present[d].nonzero().squeeze(1)  # (n,)
+        history = self.x[d - lookback + 1 : d + 1]  # (L, S, F) view, no copy
+        return history.permute(1, 0, 2)[idx], idx  # (n, L, F): the one copy
+
+
+def dense_panel(fc: FeatureCacheLike) -> Panel:
+    """Scatter the cache's rows into a dense panel (one copy of features and targets)."""
+    n_dates, n_stocks = len(fc.unique_dates), len(fc.codes)
+    features = np.asarray(fc.features)
+    targets = np.asarray(fc.targets)
+    n_features, n_targets = features.shape[1], targets.shape[1]
+    flat = np.asarray(fc.date_index, dtype=np.int64) * n_stocks + np.asarray(
+        fc.code_index, dtype=np.int64
+    )  # (rows,) cell of each row
+    if len(flat) and np.bincount(flat, minlength=n_dates * n_stocks).max() > 1:
+        raise UserError("the feature cache holds a (date, code) pair twice; rebuild it")
+    ok = np.isfinite(features).all(axis=1)
+    if fc.valid is not None:
+        ok &= np.asarray(fc.valid, dtype=bool)
+    cells = torch.from_numpy(flat[ok])
+
+    # Boolean indexing copies the rows into fresh writable arrays, the only copy made.
+    x = torch.zeros(n_dates * n_stocks, n_features, dtype=torch.float32)
+    x[cells] = torch.from_numpy(features[ok].astype(np.float32, copy=False))
+    y = torch.full((n_dates * n_stocks, n_targets), float("nan"), dtype=torch.float32)
+    y[cells] = torch.from_numpy(targets[ok].astype(np.float32, copy=False))
+    present = torch.zeros(n_dates * n_stocks, dtype=torch.bool)
+    present[cells] = True
+    return Panel(
+        x=x.view(n_dates, n_stocks, n_features),
+        y=y.view(n_dates, n_stocks, n_targets),
+        present=present.view(n_dates, n_stocks),
+        dates=np.asarray(fc.unique_dates).astype("datetime64[D]"),
+        codes=list(fc.codes),
+        feature_names=tuple(fc.feature_names),
+        target_names=tuple(fc.target_names),
+    )
+
+
+def standardise(panel: Panel, train_dates: np.ndarray) -> Panel:
+    """A new panel whose features are z-scored with statistics of the training dates only.
+
+    Mean and standard deviation are per feature, pooled over the present rows of
+    ``train_dates`` (date indices), so nothing about validation dates leaks into the scaling.
+    Every date is then scaled with them; absent rows stay 0. A feature constant over the
+    training rows is centred only. The input panel is left untouched.
+    """
+    train_dates = np.asarray(train_dates, dtype=np.int64)
+    if len(train_dates) == 0:
+        raise ValueError("standardise needs at least one training date")
+    n_features = panel.x.shape[2]
+    total = torch.zeros(n_features, dtype=torch.float64)
+    count = 0
+    chunks = [
+        torch.from_numpy(train_dates[i : i + STANDARDISE_CHUNK])
+        for i in range(0, len(train_dates), STANDARDISE_CHUNK)
+    ]
+    for chunk in chunks:
+        rows = panel.x[chunk][panel.present[chunk]].double()  # (n, F)
+        total += rows.sum(0)
+        count += rows.shape[0]
+    if count == 0:
+        raise UserError("no stock is present on any training date; nothing to standardise on")
+    mean = total / count
+    # Second pass about the mean: no cancellation, unlike sum of squares minus squared sum.
+    square = torch.zeros(n_features, dtype=torch.float64)
+    for chunk in chunks:
+        rows = panel.x[chunk][panel.present[chunk]].double()
+        square += (rows - mean).square().sum(0)
+    std = (square / count).sqrt()
+    std = torch.where(std > MIN_STD, std, torch.ones_like(std))
+    mean32, std32 = mean.float(), std.float()
+    x = (panel.x - mean32).div_(std32).mul_(panel.present.unsqueeze(-1))  # (D, S, F)
+    return replace(panel, x=x, feature_mean=mean32, feature_std=std32)
+
+
+def purged_split(
+    n_dates: int,
+    *,
+    val_fraction: float,
+    purge: int,
+    lookback: int,
+    horizon: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Training and validation date indices, in time order, with a purge gap between them.
+
+    Layout over ``0..n_dates-1``::
+
+        [lookback-1 ............ train ...........][ purge ][ .... validation .... ][ horizon ]
+
+    * Dates before ``lookback - 1`` lack a full window of history and are not used.
+    * The last ``horizon`` dates (default ``purge``) have no ``horizon``-day label inside the
+      sample and are excluded.
+    * Validation takes the last ``round(val_fraction * usable)`` (at least 1) of the dates in
+      between, then ``purge`` dates are left out before it, and training takes the rest.
+      A training label at t spans dates [t, t + horizon]; with ``purge >= horizon`` it ends
+      before the first validation date: ``max(train) + horizon < min(val)``.
+
+    Returns two int64 arrays; either is empty when ``n_dates`` is too small for the settings,
+    which the caller reports with its own context.
+    """
+    horizon = purge if horizon is None else horizon
+    problems = []
+    if not 0.0 < val_fraction < 1.0:
+        problems.append(f"val_fraction must be in (0, 1), got {val_fraction}")
+    if lookback < 1:
+        problems.append(f"lookback must be >= 1, got {lookback}")
+    if horizon < 0:
+        problems.append(f"horizon must be >= 0, got {horizon}")
+    if purge < horizon:
+        problems.append(
+            f"purge={purge} must be >= the longest label horizon ({horizon} dates), or "
+            "training labels overlap validation dates"
+        )
+    if problems:
+        raise UserError("; ".join(problems))
+    first = lookback - 1
+    last = n_dates - 1 - horizon  # last date whose label lies inside the sample
+    usable = last - first + 1
+    empty = np.zeros(0, dtype=np.int64)
+    if usable < 1:
+        return empty, empty
+    n_val = max(1, round(val_fraction * usable))
+    val = np.arange(last - n_val + 1, last + 1, dtype=np.int64)
+    train = np.arange(first, val[0] - purge, dtype=np.int64)  # empty if the gap eats it all
+    return train, val
