@@ -187,6 +187,12 @@ class Objective:
             "metrics": metrics, "config": to_mapping(config), "attrs": ctx.attrs,
             "history": ctx.history,
         })
+        # -- dashboard artifacts (hpo.artifacts): metrics.json, learning curve, checkpoint --
+        from hpo.artifacts import upload_trial_artifacts
+
+        upload_trial_artifacts(trial, trial_dir=out, output_dir=self.output_dir,
+                               metric_names=spec.metric_names)
+        # -- end dashboard artifacts --
         return values[0] if single is not None else values
 
     def _enqueue_retry(self, trial: optuna.Trial) -> None:

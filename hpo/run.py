@@ -2,7 +2,8 @@
 
 Example:
     python -m hpo.run --study demo
-    HPO_STORAGE=postgresql+psycopg2://hpo@127.0.0.1:5432/hpo python -m hpo.run --study production --workers 4
+    export HPO_STORAGE=postgresql+psycopg2://hpo@127.0.0.1:5432/hpo
+    python -m hpo.run --study production --workers 4   # the same on every host
 
 ``n_trials`` is a target for the whole study: COMPLETE and PRUNED trials already in storage
 count, across restarts, workers and hosts, so rerunning the command resumes and never overshoots.
@@ -13,6 +14,7 @@ failures, a worker crashed), 2 a user error (one line ``error: ...``), 130 inter
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import signal
@@ -20,8 +22,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from trainers.errors import UserError
+
+if TYPE_CHECKING:
+    from hpo.config import StudySpec
 
 log = logging.getLogger("hpo")
 
@@ -48,6 +54,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop starting new trials after this many seconds (default: the file's)")
     p.add_argument("--workers", default="1",
                    help="worker processes on this host: a number, or 'auto' = one per GPU")
+    p.add_argument("--heartbeat-interval", type=int, default=None, metavar="SECONDS",
+                   help="seconds between a running trial's heartbeats "
+                        "(default: [storage] heartbeat_interval of the study file, else 30)")
+    p.add_argument("--grace-period", type=int, default=None, metavar="SECONDS",
+                   help="a RUNNING trial without a heartbeat for this long is failed and "
+                        "retried (default: [storage] grace_period, else 120)")
+    p.add_argument("--max-retry", type=int, default=None, metavar="N",
+                   help="how often a trial whose worker died is retried "
+                        "(default: [storage] max_retry, else 2)")
     p.add_argument("--force", action="store_true",
                    help="run even though the study file changed since the study was created")
     p.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
@@ -64,6 +79,30 @@ def _parse_workers(value: str) -> int | str:
     if n < 1:
         raise UserError(f"--workers must be >= 1, got {n}")
     return n
+
+
+def _storage_overrides(args: argparse.Namespace) -> dict[str, int]:
+    """The crash-safety flags that were given, checked like the study file's [storage]."""
+    given = {"heartbeat_interval": args.heartbeat_interval, "grace_period": args.grace_period,
+             "max_retry": args.max_retry}
+    return {k: v for k, v in given.items() if v is not None}
+
+
+def apply_storage_overrides(spec: StudySpec, overrides: dict[str, int]) -> StudySpec:
+    """``spec`` with its [storage] settings replaced by the flags; a bad combination is refused."""
+    if not overrides:
+        return spec
+    storage = dataclasses.replace(spec.storage, **overrides)
+    if storage.heartbeat_interval < 1:
+        raise UserError(f"--heartbeat-interval must be >= 1 second, got "
+                        f"{storage.heartbeat_interval}")
+    if storage.grace_period <= storage.heartbeat_interval:
+        raise UserError(f"the grace period ({storage.grace_period} s) must be longer than the "
+                        f"heartbeat interval ({storage.heartbeat_interval} s), or live trials "
+                        "would be failed as dead; raise --grace-period")
+    if storage.max_retry < 0:
+        raise UserError(f"--max-retry must be >= 0, got {storage.max_retry}")
+    return dataclasses.replace(spec, storage=storage)
 
 
 def _limit_threads(n_workers: int) -> None:
@@ -84,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.timeout is not None and args.timeout <= 0:
             raise UserError(f"--timeout must be > 0 seconds, got {args.timeout}")
         if workers == "auto":
-            workers_n = _visible_gpus() or 1
+            workers_n = _visible_gpus() or 1  # no GPU: one worker, in this process
         else:
             workers_n = int(workers)
         if args.worker_index is None:
@@ -109,7 +148,7 @@ def _run(args: argparse.Namespace, n_workers: int, *, gpu_pinning: bool) -> int:
     from hpo.study import open_study
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    spec = load_study_spec(args.study)
+    spec = apply_storage_overrides(load_study_spec(args.study), _storage_overrides(args))
     target = args.n_trials or spec.n_trials
     timeout = args.timeout if args.timeout is not None else spec.timeout_s
     output = args.output
@@ -139,15 +178,31 @@ def _run(args: argparse.Namespace, n_workers: int, *, gpu_pinning: bool) -> int:
     return code
 
 
+def pinned_devices(n: int) -> list[str]:
+    """The GPU each of ``n`` workers gets: the i-th entry of an existing
+    ``CUDA_VISIBLE_DEVICES`` (which torch already counted from), else GPU i."""
+    visible = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")
+               if d.strip()]
+    if visible:
+        return visible[:n]
+    return [str(i) for i in range(n)]
+
+
 def _spawn_workers(args: argparse.Namespace, url: str, n: int, *, gpu_pinning: bool) -> int:
-    """Start ``n`` worker processes on this host against the (already created) study."""
+    """Start ``n`` worker processes on this host against the (already created) study.
+
+    Each worker runs in its own session, so a Ctrl-C in the terminal reaches only this
+    process, which forwards it once (a worker that got it twice would exit at once, leaving
+    its trial to the heartbeat timeout instead of re-queueing it).
+    """
     procs: list[subprocess.Popen] = []
+    devices = pinned_devices(n) if gpu_pinning else []
     for i in range(n):
         env = dict(os.environ)
         # The URL travels in the environment, not argv, so its password never shows in `ps`.
         env["HPO_STORAGE"] = url
         if gpu_pinning:
-            env["CUDA_VISIBLE_DEVICES"] = str(i)
+            env["CUDA_VISIBLE_DEVICES"] = devices[i]
         cmd = [sys.executable, "-m", "hpo.run", "--study", str(args.study),
                "--output", str(args.output), "--worker-index", str(i)]
         if args.n_trials is not None:
@@ -156,7 +211,9 @@ def _spawn_workers(args: argparse.Namespace, url: str, n: int, *, gpu_pinning: b
             cmd += ["--timeout", str(args.timeout)]
         if args.force:
             cmd.append("--force")
-        procs.append(subprocess.Popen(cmd, env=env))
+        for key, value in _storage_overrides(args).items():
+            cmd += [f"--{key.replace('_', '-')}", str(value)]
+        procs.append(subprocess.Popen(cmd, env=env, start_new_session=True))
     log.info("started %d workers (pids %s)", n, " ".join(str(p.pid) for p in procs))
 
     interrupted = False
@@ -164,8 +221,9 @@ def _spawn_workers(args: argparse.Namespace, url: str, n: int, *, gpu_pinning: b
     def forward(signum: int, _frame: object) -> None:
         nonlocal interrupted
         if interrupted and signum == signal.SIGINT:
-            for p in procs:
-                p.kill()
+            for p in procs:  # their second SIGINT: each exits at once, like this process
+                if p.poll() is None:
+                    p.send_signal(signal.SIGINT)
             os._exit(EXIT_INTERRUPTED)
         interrupted = True
         for p in procs:

@@ -4,16 +4,32 @@ Optuna's RDB storage is the coordination engine for many workers and hosts; this
 chooses its settings: ``pool_pre_ping`` (PostgreSQL restarts), a small pool per process (many
 workers must not exhaust the server's connection limit), heartbeats, and the callback that
 re-enqueues a trial whose worker died.
+
+Two adjustments to Optuna's ``RDBStorage`` (class :class:`ServiceRDBStorage`), both measured:
+
+* A heartbeat that cannot reach the database (a restarting server) is logged and retried at the
+  next beat instead of killing the heartbeat thread; without this a trial that outlives a
+  database restart stops beating and is failed as stale while it is still training.
+* Trial user attrs are written in one transaction per trial per heartbeat instead of one per
+  attribute (a trial sets ~10: metrics, history, worker, seed...). Pending attrs are written
+  before every state change and every read of the trial, and by the heartbeat thread, so the
+  dashboard lags at most one heartbeat and nothing is lost that a finished trial had set.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from trainers.errors import UserError
+
+log = logging.getLogger("hpo")
 
 ENV_VAR = "HPO_STORAGE"
 DEFAULT_DB_NAME = "hpo.db"
@@ -91,7 +107,7 @@ def open_storage(
     if heartbeat_interval is not None:
         callback = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
     try:
-        return optuna.storages.RDBStorage(
+        return _service_storage_class()(
             url,
             engine_kwargs=_engine_kwargs(url),
             heartbeat_interval=heartbeat_interval,
@@ -104,3 +120,158 @@ def open_storage(
     except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError, ImportError,
             ValueError) as exc:
         raise UserError(f"bad storage URL {mask_url(url)}: {_short_reason(exc)}") from None
+
+
+def storage_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean "the database is unreachable right now", not "this trial is bad".
+
+    Optuna wraps SQLAlchemy errors raised inside its transactions in StorageInternalError.
+    """
+    import optuna
+    import sqlalchemy.exc
+
+    return (optuna.exceptions.StorageInternalError, sqlalchemy.exc.OperationalError,
+            sqlalchemy.exc.InterfaceError)
+
+
+# A heartbeat that fails is reported once per outage, not once per beat.
+_OUTAGE_LOG_EVERY_S = 60.0
+
+_STORAGE_CLASS: type | None = None
+
+
+def _service_storage_class() -> type:
+    """Built on first use so that importing this module does not import optuna."""
+    global _STORAGE_CLASS
+    if _STORAGE_CLASS is None:
+        _STORAGE_CLASS = _make_service_storage_class()
+    return _STORAGE_CLASS
+
+
+def _is_outage(exc: BaseException) -> bool:
+    import sqlalchemy.exc
+
+    return isinstance(exc, storage_errors() + (sqlalchemy.exc.DBAPIError,))
+
+
+def _make_service_storage_class() -> type:  # noqa: C901 - one class, kept together
+    from contextlib import contextmanager
+
+    import optuna
+    import sqlalchemy.dialects.postgresql as pg_dialect
+    import sqlalchemy.dialects.sqlite as sqlite_dialect
+    from optuna.storages._rdb import models
+
+    class ServiceRDBStorage(optuna.storages.RDBStorage):
+        """RDBStorage with resilient heartbeats and batched trial user attrs (module doc)."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._pending: dict[int, dict[str, Any]] = {}
+            self._pending_lock = threading.Lock()
+            self._last_outage_log = 0.0
+
+        def __getstate__(self) -> dict[Any, Any]:
+            state = super().__getstate__()
+            state.pop("_pending_lock", None)
+            return state
+
+        def __setstate__(self, state: dict[Any, Any]) -> None:
+            super().__setstate__(state)
+            self._pending_lock = threading.Lock()
+
+        # -- batched user attrs -------------------------------------------------------------
+        def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
+            if self.heartbeat_interval is None:  # nobody would flush: write through
+                super().set_trial_user_attr(trial_id, key, value)
+                return
+            with self._pending_lock:
+                self._pending.setdefault(trial_id, {})[key] = value
+
+        def flush_user_attrs(self, trial_id: int | None = None) -> None:
+            """Write the pending user attrs of one trial (or of all), one transaction each."""
+            with self._pending_lock:
+                ids = list(self._pending) if trial_id is None else [trial_id]
+            for i in ids:
+                with self._staged(i) as session:
+                    if session is not None:
+                        session.commit()
+
+        @contextmanager
+        def _staged(self, trial_id: int) -> Iterator[Any]:
+            """Stage the trial's pending attrs in this thread's session, without committing.
+
+            Optuna's own write that follows in the block uses the same thread-local session,
+            so its commit carries the attrs too (one commit instead of two). On a failure the
+            attrs go back to the pending buffer (newer values win) when the database was
+            unreachable, and are dropped when the trial was already finished elsewhere.
+            """
+            with self._pending_lock:
+                attrs = self._pending.pop(trial_id, None)
+            if not attrs:
+                yield None
+                return
+            session = self.scoped_session()
+            try:
+                trial = models.TrialModel.find_or_raise_by_id(trial_id, session)
+                self.check_trial_is_updatable(trial_id, trial.state)
+                self._upsert_user_attrs(session, trial_id, attrs)
+                yield session
+            except BaseException as exc:
+                session.rollback()
+                if _is_outage(exc):
+                    with self._pending_lock:
+                        self._pending[trial_id] = {**attrs, **self._pending.get(trial_id, {})}
+                raise
+            finally:
+                session.close()
+
+        def _upsert_user_attrs(self, session: Any, trial_id: int, attrs: dict[str, Any]) -> None:
+            import json
+
+            model = models.TrialUserAttributeModel
+            dialect = {"postgresql": pg_dialect, "sqlite": sqlite_dialect}.get(self.engine.name)
+            if dialect is None:
+                for k, v in attrs.items():
+                    self._set_trial_attr_without_commit(session, model, trial_id, k, v)
+                return
+            stmt = dialect.insert(model).values(
+                [{"trial_id": trial_id, "key": k, "value_json": json.dumps(v)}
+                 for k, v in attrs.items()])
+            session.execute(stmt.on_conflict_do_update(
+                index_elements=[model.trial_id, model.key],
+                set_={"value_json": stmt.excluded.value_json}))
+
+        def set_trial_state_values(self, trial_id: int, state: Any,
+                                   values: Any = None) -> bool:
+            with self._staged(trial_id):
+                return super().set_trial_state_values(trial_id, state=state, values=values)
+
+        def get_trial(self, trial_id: int) -> Any:
+            self.flush_user_attrs(trial_id)
+            return super().get_trial(trial_id)
+
+        def _get_trials(self, *args: Any, **kwargs: Any) -> Any:
+            if self._pending:
+                self.flush_user_attrs()
+            return super()._get_trials(*args, **kwargs)
+
+        # -- heartbeats that survive a database restart -------------------------------------
+        def record_heartbeat(self, trial_id: int) -> None:
+            try:
+                with self._staged(trial_id):
+                    super().record_heartbeat(trial_id)
+            except storage_errors() as exc:
+                now = time.monotonic()
+                if now - self._last_outage_log >= _OUTAGE_LOG_EVERY_S:
+                    self._last_outage_log = now
+                    log.warning("heartbeat of trial id %d could not reach the storage (%s); "
+                                "retrying at the next beat", trial_id, _short_reason(
+                                    exc.__cause__ or exc))
+            except optuna.exceptions.UpdateFinishedTrialError:
+                # Another worker declared this trial dead (no beat within the grace period);
+                # its retry is queued already. The attrs of this attempt are dropped.
+                with self._pending_lock:
+                    self._pending.pop(trial_id, None)
+
+    return ServiceRDBStorage

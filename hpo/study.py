@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import socket
+import zlib
 from typing import Any
 
 import optuna
@@ -19,11 +21,24 @@ SPEC_ATTR = "spec"
 TARGET_ATTR = "n_trials_target"
 # Seeds of different workers are spread far apart so their samplers never share a stream.
 WORKER_SEED_STRIDE = 100_003
+# numpy's RandomState (behind every Optuna sampler) takes seeds below 2**32.
+_SEED_MODULUS = 2**32
+
+
+def host_seed_offset() -> int:
+    """A stable per-host number, so two hosts started at the same moment on the same study
+    (same stored-trial count, both worker 0) do not draw the same points."""
+    return zlib.crc32(socket.gethostname().encode())
+
+
+def sampler_seed_offset(*, n_stored: int, worker_index: int) -> int:
+    """Advance the seed past the trials already stored, apart per worker and per host."""
+    return n_stored + worker_index * WORKER_SEED_STRIDE + host_seed_offset()
 
 
 def make_sampler(spec: StudySpec, *, seed_offset: int) -> optuna.samplers.BaseSampler:
     s = spec.sampler
-    seed = None if s.seed is None else s.seed + seed_offset
+    seed = None if s.seed is None else (s.seed + seed_offset) % _SEED_MODULUS
     if s.name == "tpe":
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=s.n_startup_trials,
                                           multivariate=True, constant_liar=True)
@@ -98,7 +113,7 @@ def open_study(spec: StudySpec, url: str, *, force: bool, target: int, worker_in
             existing.set_user_attr(SPEC_ATTR, spec.fingerprint_content())
         n_stored = len(existing.get_trials(deepcopy=False))
         existing.sampler = make_sampler(
-            spec, seed_offset=n_stored + worker_index * WORKER_SEED_STRIDE)
+            spec, seed_offset=sampler_seed_offset(n_stored=n_stored, worker_index=worker_index))
         existing.pruner = make_pruner(spec)
         if existing.user_attrs.get(TARGET_ATTR) != target:
             existing.set_user_attr(TARGET_ATTR, target)
@@ -107,7 +122,8 @@ def open_study(spec: StudySpec, url: str, *, force: bool, target: int, worker_in
     try:
         study = optuna.create_study(
             study_name=spec.name, storage=storage, directions=directions,
-            sampler=make_sampler(spec, seed_offset=worker_index * WORKER_SEED_STRIDE),
+            sampler=make_sampler(spec, seed_offset=sampler_seed_offset(
+                n_stored=0, worker_index=worker_index)),
             pruner=make_pruner(spec),
         )
     except optuna.exceptions.DuplicatedStudyError:
@@ -120,6 +136,11 @@ def open_study(spec: StudySpec, url: str, *, force: bool, target: int, worker_in
     study.set_user_attr(TARGET_ATTR, target)
     study.set_user_attr("workload", spec.workload)
     study.set_user_attr("description", spec.description)
+    # -- dashboard note (hpo.artifacts): the description shown on the study page --
+    from hpo.artifacts import save_study_note
+
+    save_study_note(study)
+    # -- end dashboard note --
     space = {p.name for p in spec.search_space}
     for item in spec.enqueue:
         params = {k: v for k, v in item.params.items() if k in space}

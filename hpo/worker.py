@@ -1,18 +1,26 @@
 """One worker's trial loop: run trials until the study-wide target, a timeout or a signal.
 
 Heartbeats only work through ``study.optimize``, so each trial is one ``optimize(n_trials=1)``
-call; between trials the loop re-reads the study, fails stale RUNNING trials of dead workers
-(so their retries are queued now, not when some trial happens to finish), and decides whether
-another trial is still needed.
+call (which first fails stale RUNNING trials of dead workers, so their retries run next). When a
+worker starts, and while it waits for trials that other workers are still running, it fails stale
+trials itself: a study whose other workers all died is picked up here, not left with zombies.
+
+Per trial the loop reads the study once (Optuna's cached storage fetches only what changed) and
+every progress line and results file is computed from that one snapshot. The results files are
+rewritten after a trial when the last write is older than ``RESULTS_EVERY_S`` (so after every
+trial of any real training run), and always when the worker stops.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
 import time
+from collections.abc import Container
 from pathlib import Path
+from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -21,6 +29,7 @@ from hpo.config import StudySpec
 from hpo.objective import Objective
 from hpo.progress import Progress
 from hpo.results import write_results
+from hpo.storage import storage_errors
 from trainers.errors import StopRequested, TrialFailed
 
 log = logging.getLogger("hpo")
@@ -28,6 +37,18 @@ log = logging.getLogger("hpo")
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 MAX_CONSECUTIVE_FAILURES = 5
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+# all_trials.json grows with the study; rewriting it after every instant trial made the service
+# ~25 ms/trial slower than bare Optuna. Trials longer than this still get a write each.
+RESULTS_EVERY_S = 5.0
+# A full gc.collect() costs ~30 ms with torch loaded: worth it after a real trial (frees GPU
+# memory held by reference cycles), pure overhead after an instant one.
+GC_AFTER_TRIAL_S = 1.0
+# How long a worker rides out an unreachable database (server restart, failover) before giving
+# up, and how often it looks again meanwhile.
+STORAGE_OUTAGE_LIMIT_S = 300.0
+STORAGE_RETRY_S = 2.0
+# Seconds between looks at a study whose remaining trials run in other workers.
+WAIT_POLL_MAX_S = 5.0
 
 
 class BudgetGuard:
@@ -42,10 +63,63 @@ class BudgetGuard:
     def __init__(self, target: int) -> None:
         self.target = target
 
-    def is_surplus(self, study: optuna.Study, number: int) -> bool:
-        ahead = sum(1 for t in study.get_trials(deepcopy=False)
-                    if t.number < number and t.state != TrialState.FAIL)
+    def is_surplus(self, trials: list[FrozenTrial], number: int) -> bool:
+        """``trials``: a list read after trial ``number`` was created (so it holds every trial
+        with a smaller number; their states may be older, which only errs towards surplus)."""
+        ahead = sum(1 for t in trials if t.number < number and t.state != TrialState.FAIL)
         return ahead >= self.target
+
+
+class StudySnapshot:
+    """The study as one ``get_trials`` call saw it, read by progress lines and result files.
+
+    Offers the parts of ``optuna.Study`` that ``hpo.progress`` and ``hpo.results`` read, so a
+    finished trial costs one storage read, not one per line and file (multi-objective
+    ``Study.best_trials`` deep-copies every trial).
+    """
+
+    def __init__(self, study: optuna.Study, trials: list[FrozenTrial],
+                 metric_names: list[str] | None) -> None:
+        self.study_name = study.study_name
+        self.directions = study.directions
+        self.metric_names = metric_names
+        self._trials = trials
+        self._best: list[FrozenTrial] | None = None
+
+    def get_trials(self, deepcopy: bool = False,
+                   states: Container[TrialState] | None = None) -> list[FrozenTrial]:
+        if states is None:
+            return list(self._trials)
+        return [t for t in self._trials if t.state in states]
+
+    @property
+    def trials(self) -> list[FrozenTrial]:
+        return list(self._trials)
+
+    def trial(self, number: int) -> FrozenTrial | None:
+        return next((t for t in reversed(self._trials) if t.number == number), None)
+
+    @property
+    def best_trials(self) -> list[FrozenTrial]:
+        if self._best is None:
+            from optuna.study._multi_objective import _get_pareto_front_trials_by_trials
+
+            self._best = _get_pareto_front_trials_by_trials(self._trials, self.directions)
+        return self._best
+
+
+def _interruptible_sleep(seconds: float, objective: Objective) -> None:
+    end = time.monotonic() + seconds
+    while not objective.stop_requested and time.monotonic() < end:
+        time.sleep(min(0.2, max(0.0, end - time.monotonic())))
+
+
+def _is_storage_error(exc: BaseException | None) -> bool:
+    while exc is not None:
+        if isinstance(exc, storage_errors()):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def run_worker(study: optuna.Study, spec: StudySpec, *, output: Path, target: int,
@@ -55,7 +129,13 @@ def run_worker(study: optuna.Study, spec: StudySpec, *, output: Path, target: in
     progress = Progress(spec, target=target, announce=announce)
     study_dir = Path(output) / spec.name
     study_dir.mkdir(parents=True, exist_ok=True)
-    state = {"interrupts": 0, "failures": 0}
+    metric_names = study.metric_names
+    heartbeat = spec.storage.heartbeat_interval
+    # number/outcome/storage_error/seen: the trial just run and the trial list it started with;
+    # pending: the trial whose progress line is due once a trial list shows it finished.
+    state: dict[str, Any] = {"interrupts": 0, "failures": 0, "number": None, "outcome": None,
+                             "storage_error": False, "seen": None, "pending": None}
+    results_written = [float("-inf")]
 
     def on_signal(signum: int, _frame: object) -> None:
         state["interrupts"] += 1
@@ -66,57 +146,198 @@ def run_worker(study: optuna.Study, spec: StudySpec, *, output: Path, target: in
                     "press Ctrl-C again to exit at once", name)
         objective.request_stop(name)
 
+    def snapshot() -> StudySnapshot:
+        return StudySnapshot(study, study.get_trials(deepcopy=False), metric_names)
+
+    def write_results_now(view: StudySnapshot) -> None:
+        write_results(view, study_dir)
+        results_written[0] = time.monotonic()
+
+    def report_pending(view: StudySnapshot) -> None:
+        """Progress line (and, now and then, the results files) of the previous trial."""
+        number, state["pending"] = state["pending"], None
+        trial = view.trial(number) if number is not None else None
+        if trial is None or not trial.state.is_finished():
+            return  # its final state never reached the storage: it goes stale, is retried
+        duration = trial.duration.total_seconds() if trial.duration else 0.0
+        if duration >= RESULTS_EVERY_S or time.monotonic() - results_written[0] >= \
+                RESULTS_EVERY_S:
+            write_results_now(view)
+        if not trial.user_attrs.get("surplus"):
+            progress.trial_done(view, trial)
+
     def guarded(trial: optuna.Trial) -> float | list[float]:
-        if guard.is_surplus(study, trial.number):
+        state.update(number=trial.number, outcome="fail", storage_error=False)
+        # The list ``ask`` read for the sampler (fetched after this trial was created) serves
+        # the budget guard and the previous trial's progress line: no extra storage read.
+        view = StudySnapshot(study, study._get_trials(deepcopy=False, use_cache=True),
+                             metric_names)
+        state["seen"] = view
+        report_pending(view)
+        if guard.is_surplus(view.get_trials(), trial.number):
+            state["outcome"] = "surplus"
             trial.set_user_attr("surplus", True)
             raise TrialFailed("surplus: the study target was reached by other trials")
-        return objective(trial)
+        try:
+            values = objective(trial)
+        except optuna.TrialPruned:
+            state["outcome"] = "pruned"
+            raise
+        except TrialFailed as exc:
+            state["storage_error"] = _is_storage_error(exc)
+            raise
+        except storage_errors():
+            state["storage_error"] = True
+            raise
+        state["outcome"] = "complete"
+        return values
 
-    def after_trial(study_: optuna.Study, trial: FrozenTrial) -> None:
-        write_results(study_, study_dir)
-        if trial.user_attrs.get("surplus"):
-            return
-        state["failures"] = state["failures"] + 1 if trial.state == TrialState.FAIL else 0
-        progress.trial_done(study_, trial)
+    def requeue_after_outage(view: StudySnapshot, number: int) -> None:
+        """A trial that lost the database mid-run is not at fault: queue it again (it
+        resumes from its last checkpoint), within the study's retry limit."""
+        trial = view.trial(number)
+        if trial is None or trial.state != TrialState.FAIL:
+            return  # still RUNNING: its heartbeat goes stale and Optuna's callback retries it
+        callback = optuna.storages.RetryHeartbeatStaleTrialCallback(
+            max_retry=spec.storage.max_retry)
+        callback(study, study._storage.get_trial(trial._trial_id))
+        log.warning("trial %d lost the storage connection; queued for retry", number)
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     deadline = time.monotonic() + timeout if timeout else None
+    check_stale, waiting_announced = True, False
+    view: StudySnapshot | None = None
+    outage_since: float | None = None
+    code: int | None = None
+    started = time.monotonic()
     try:
-        while True:
+        while code is None:
             if objective.stop_requested:
-                return EXIT_INTERRUPTED
-            optuna.storages.fail_stale_trials(study)
-            trials = study.get_trials(deepcopy=False)
-            finished = sum(t.state in FINISHED for t in trials)
-            running = sum(t.state == TrialState.RUNNING for t in trials)
-            waiting = sum(t.state == TrialState.WAITING for t in trials)
-            if finished >= target:
-                progress.done(study)
-                return EXIT_OK
-            if waiting == 0 and finished + running >= target:
-                log.info("the remaining %d trial(s) are running in other workers",
-                         target - finished)
-                return EXIT_OK
-            if deadline is not None and time.monotonic() >= deadline:
-                log.info("timeout reached with %d/%d finished trials", finished, target)
-                return EXIT_OK
-            if state["failures"] >= MAX_CONSECUTIVE_FAILURES:
-                last = trials[-1].user_attrs.get("fail_reason", "unknown")
-                log.error("%d trials in a row failed (last: %s); stopping this worker",
-                          state["failures"], last)
-                return EXIT_FAILED
-            progress.trial_started(finished)
+                code = EXIT_INTERRUPTED
+                break
             try:
-                study.optimize(guarded, n_trials=1, catch=(TrialFailed,), callbacks=[after_trial],
-                               gc_after_trial=True)
+                if check_stale:
+                    optuna.storages.fail_stale_trials(study)
+                    check_stale, view = False, None
+                if state["storage_error"]:
+                    view = snapshot()
+                    requeue_after_outage(view, state["number"])
+                    state["storage_error"] = False
+                if view is None or _near_the_end(state, target) or state["failures"] >= \
+                        MAX_CONSECUTIVE_FAILURES or (deadline and time.monotonic() >= deadline):
+                    view = view or snapshot()
+                    report_pending(view)
+                    code = _decide(view, target=target, deadline=deadline,
+                                   failures=state["failures"])
+                    if code is not None:
+                        if code == EXIT_OK and _finished(view) >= target:
+                            progress.done(study)
+                        break
+                    if _others_hold_the_rest(view, target):
+                        # Stay until they finish: if their worker dies, its retry runs here.
+                        if not waiting_announced:
+                            log.info("the remaining %d trial(s) are running in other workers; "
+                                     "waiting for them (a dead worker's trial is retried "
+                                     "here)", target - _finished(view))
+                            waiting_announced = True
+                        _interruptible_sleep(min(float(heartbeat), WAIT_POLL_MAX_S), objective)
+                        check_stale = True
+                        continue
+                if view is not None:
+                    progress.trial_started(_finished(view))
+                view = None  # from here on, what the trial's own ``ask`` read
+                outage_since = None
+                started = time.monotonic()
+                study.optimize(guarded, n_trials=1, catch=(TrialFailed,))
             except StopRequested:
-                write_results(study, study_dir)
                 log.warning("trial interrupted and queued for retry; rerun the same command "
                             "to resume")
-                return EXIT_INTERRUPTED
+                code = EXIT_INTERRUPTED
             except KeyboardInterrupt:
-                write_results(study, study_dir)
-                return EXIT_INTERRUPTED
+                code = EXIT_INTERRUPTED
+            except storage_errors() as exc:
+                now = time.monotonic()
+                if outage_since is None:
+                    outage_since = now
+                    log.warning("storage unreachable (%s); retrying for up to %d s",
+                                exc.__cause__ or exc, STORAGE_OUTAGE_LIMIT_S)
+                if now - outage_since >= STORAGE_OUTAGE_LIMIT_S:
+                    log.error("storage unreachable for %d s; stopping this worker (its "
+                              "running trial is retried by the next worker)",
+                              STORAGE_OUTAGE_LIMIT_S)
+                    return EXIT_FAILED
+                _interruptible_sleep(STORAGE_RETRY_S, objective)
+                check_stale = True
+                continue
+            finally:
+                _count_outcome(state)
+            if time.monotonic() - started >= GC_AFTER_TRIAL_S:
+                gc.collect()
+        _final_report(snapshot, report_pending, write_results_now)
+        return code
     finally:
         for s, handler in old.items():
             signal.signal(s, handler)
+
+
+def _count_outcome(state: dict[str, Any]) -> None:
+    """Consecutive failures (surplus trials are no failures); the trial's line becomes due."""
+    outcome, state["outcome"] = state["outcome"], None
+    if outcome is None:
+        return
+    state["last_outcome"] = outcome
+    if outcome == "fail":
+        state["failures"] += 1
+    elif outcome in ("complete", "pruned"):
+        state["failures"] = 0
+    state["pending"] = state["number"]
+
+
+def _near_the_end(state: dict[str, Any], target: int) -> bool:
+    """Whether the list the last trial started with (plus that trial's own outcome) says the
+    target may be reached now; only then is the study read again before the next trial."""
+    seen: StudySnapshot | None = state["seen"]
+    if seen is None:
+        return True
+    trials = [t for t in seen.get_trials() if t.number != state["number"]]
+    finished = sum(t.state in FINISHED for t in trials) + (
+        state.get("last_outcome") in ("complete", "pruned"))
+    running = sum(t.state == TrialState.RUNNING for t in trials)
+    return finished + running + 1 >= target
+
+
+def _final_report(snapshot: Any, report_pending: Any, write_results_now: Any) -> None:
+    try:
+        view = snapshot()
+        report_pending(view)
+        write_results_now(view)
+    except storage_errors() as exc:
+        log.warning("results files not refreshed: storage unreachable (%s)", exc)
+
+
+def _finished(view: StudySnapshot) -> int:
+    return sum(t.state in FINISHED for t in view.get_trials())
+
+
+def _others_hold_the_rest(view: StudySnapshot, target: int) -> bool:
+    trials = view.get_trials()
+    running = sum(t.state == TrialState.RUNNING for t in trials)
+    waiting = sum(t.state == TrialState.WAITING for t in trials)
+    return waiting == 0 and _finished(view) + running >= target
+
+
+def _decide(view: StudySnapshot, *, target: int, deadline: float | None,
+            failures: int) -> int | None:
+    """The exit code if this worker should stop now, else None."""
+    finished = _finished(view)
+    if finished >= target:
+        return EXIT_OK
+    if deadline is not None and time.monotonic() >= deadline:
+        log.info("timeout reached with %d/%d finished trials", finished, target)
+        return EXIT_OK
+    if failures >= MAX_CONSECUTIVE_FAILURES:
+        trials = view.get_trials()
+        last = trials[-1].user_attrs.get("fail_reason", "unknown") if trials else "unknown"
+        log.error("%d trials in a row failed (last: %s); stopping this worker", failures, last)
+        return EXIT_FAILED
+    return None

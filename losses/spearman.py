@@ -51,6 +51,7 @@ Results come back on the input's device and in its dtype.
 from __future__ import annotations
 
 import math
+from functools import cached_property
 from typing import Literal
 
 import numpy as np
@@ -137,8 +138,8 @@ def _check_mask(mask: torch.Tensor | None, like: torch.Tensor) -> None:
 
 def _as_rows(
     pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Checks (dates, stocks) or (stocks,) inputs -> 2-D pred, target, used-entry mask."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Checks (dates, stocks) or (stocks,) inputs -> 2-D pred, target (work dtype), mask."""
     for name, t in (("pred", pred), ("target", target)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -159,11 +160,7 @@ def _as_rows(
     if pred.dim() == 1:  # one date
         pred, target = pred.unsqueeze(0), target.unsqueeze(0)
         mask = None if mask is None else mask.unsqueeze(0)
-    pred2, target2 = pred.to(work), target.detach().to(work)
-    valid = torch.isfinite(target2)
-    if mask is not None:
-        valid = valid & mask
-    return pred2, target2, valid
+    return pred.to(work), target.detach().to(work), mask
 
 
 def _work_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -243,36 +240,54 @@ class _SoftSpearman(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):  # type: ignore[override]
-        g64 = grad.detach().to(device="cpu", dtype=torch.float64).numpy()
+        g64 = grad.detach().cpu().numpy().astype(np.float64, copy=False)
         gx = _soft_spearman.backward(g64, ctx.state)
+        if ctx.dtype == torch.float32:  # cast on the host, single-threaded (see _Rows)
+            gx = gx.astype(np.float32)
         return torch.from_numpy(gx).to(device=ctx.device, dtype=ctx.dtype), *(None,) * 5
 
 
 class _Rows:
-    """One (pred, target, used-entry) batch: the per-row pieces the loss terms share."""
+    """One (pred, target, mask) batch: the per-row pieces the loss terms share.
+
+    The bookkeeping runs on host numpy arrays (single-threaded, no per-op thread-pool wake-ups);
+    torch only sees per-row results, plus the used-entry mask on the device for the base and IC
+    terms.
+    """
 
     def __init__(
-        self, pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, min_valid: int
+        self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None, min_valid: int
     ):
-        self.pred, self.target, self.valid = pred, target, valid
-        self.all_valid = bool(valid.all())
-        self.valid_np = None if self.all_valid else valid.cpu().numpy()
-        # Host copies: the ranking work runs in numpy (see the module docstring).
-        self.x_np = pred.detach().to(device="cpu", dtype=torch.float64).numpy()
-        t_np = target.detach().cpu().numpy()
+        self.pred, self.target = pred, target
+        t_np = target.cpu().numpy()
+        valid_np = np.isfinite(t_np)  # NaN/inf targets are dropped
+        if mask is not None:
+            valid_np &= mask.cpu().numpy()
+        self.valid_np = None if valid_np.all() else valid_np
         if self.valid_np is not None:
-            t_np = np.where(self.valid_np, t_np, 0)
+            t_np = np.where(valid_np, t_np, 0)
         self.target_rank, varies = _permutahedron.hard_rank(t_np, self.valid_np)
-        counts = valid.sum(dim=1)
-        self.counts = counts
+        # float64 host copy of the predictions (a view when pred is float64 on the CPU).
+        self.x_np = pred.detach().cpu().numpy().astype(np.float64, copy=False)
+        counts_np = valid_np.sum(axis=1)
         # A row counts when it has enough entries and its target actually orders them.
-        self.usable_np = (counts.cpu().numpy() >= min_valid) & varies
-        self.usable = torch.from_numpy(self.usable_np).to(pred.device)
+        self.usable_np = (counts_np >= min_valid) & varies
         bad = _permutahedron.bad_rows(self.x_np, self.valid_np)
         # A NaN/inf prediction at a used entry must surface (NaN loss), even in a row not counted.
-        self.counted = (
-            self.usable if bad is None else self.usable | torch.from_numpy(bad).to(pred.device)
-        )
+        counted = self.usable_np if bad is None else self.usable_np | bad
+        self.counted = torch.from_numpy(counted).to(pred.device)
+        self._valid_np_full = valid_np
+        self._counts_np = counts_np
+
+    @cached_property
+    def valid(self) -> torch.Tensor:
+        """Used entries, (rows, n) bool on the device."""
+        return torch.from_numpy(self._valid_np_full).to(self.pred.device)
+
+    @cached_property
+    def counts(self) -> torch.Tensor:
+        """Used entries per row, (rows,) on the device."""
+        return torch.from_numpy(self._counts_np).to(self.pred.device)
 
     def spearman(self, strength: float) -> torch.Tensor:
         """Soft Spearman correlation per row (rows,): 0 where not usable or pred is constant."""
@@ -282,10 +297,12 @@ class _Rows:
 
     def pearson(self) -> torch.Tensor:
         """Pearson correlation (IC) per row between predictions and targets (rows,)."""
-        p, var_p, const_p = _centre(self.pred, self.valid, self.counts)
+        valid, counts = self.valid, self.counts
+        usable = torch.from_numpy(self.usable_np).to(self.pred.device)
+        p, var_p, const_p = _centre(self.pred, valid, counts)
         with torch.no_grad():
-            t, var_t, _ = _centre(self.target, self.valid, self.counts)
-        return _correlation(p, t, var_p, var_t, self.counts, self.usable & ~const_p)
+            t, var_t, _ = _centre(self.target, valid, counts)
+        return _correlation(p, t, var_p, var_t, counts, usable & ~const_p)
 
     def mean(self, values: torch.Tensor) -> torch.Tensor:
         """Mean of per-row ``values`` over the counted rows; 0 (zero gradient) if none."""
@@ -375,8 +392,8 @@ def spearman_loss(
     """
     strength = _check_strength(strength)
     min_valid = _check_min_valid(min_valid)
-    pred2, target2, valid = _as_rows(pred, target, mask)
-    rows = _Rows(pred2, target2, valid, min_valid)
+    pred2, target2, mask2 = _as_rows(pred, target, mask)
+    rows = _Rows(pred2, target2, mask2, min_valid)
     return rows.mean(1.0 - rows.spearman(strength)).to(pred.dtype)
 
 
@@ -413,8 +430,10 @@ def rank_preserving_loss(
         huber_delta = _check_weight("huber_delta", huber_delta)
         if huber_delta == 0:
             raise ValueError("huber_delta must be > 0, got 0")
-    pred2, target2, valid = _as_rows(pred, target, mask)
+    pred2, target2, mask2 = _as_rows(pred, target, mask)
+    rows = _Rows(pred2, target2, mask2, min_valid)
 
+    valid = rows.valid
     p, t = torch.where(valid, pred2, 0.0), torch.where(valid, target2, 0.0)
     if base == "huber":
         err = F.huber_loss(p, t, reduction="none", delta=huber_delta)
@@ -423,8 +442,6 @@ def rank_preserving_loss(
     counts = valid.sum(dim=1)
     per_date = torch.where(valid, err, 0.0).sum(dim=1) / counts.clamp_min(1).to(err.dtype)
     base_loss = _row_mean(per_date, counts > 0)
-
-    rows = _Rows(pred2, target2, valid, min_valid)
     with torch.set_grad_enabled(torch.is_grad_enabled() and rank_weight > 0):
         rank_loss = rows.mean(1.0 - rows.spearman(strength))
     with torch.set_grad_enabled(torch.is_grad_enabled() and ic_weight > 0):

@@ -93,8 +93,24 @@ __all__ = [
 
 INJECT_OOM_ENV = "HPO_INJECT_OOM_ABOVE_BATCH"
 INJECT_NAN_ENV = "HPO_INJECT_NAN_AT_STEP"
+# Optional comma-separated trial numbers: injections apply only to those trials, so a test can
+# break one trial of a study and watch the study carry on.
+INJECT_TRIALS_ENV = "HPO_INJECT_TRIALS"
 
 log = logging.getLogger("trainers")
+
+
+def _injection_targets(ctx: TrialContext | None) -> bool:
+    """Whether fault injection applies to this run (see ``INJECT_TRIALS_ENV``)."""
+    raw = os.environ.get(INJECT_TRIALS_ENV, "").strip()
+    if not raw:
+        return True
+    try:
+        trials = {int(x) for x in raw.split(",") if x.strip()}
+    except ValueError:
+        raise UserError(f"{INJECT_TRIALS_ENV}={raw!r} must be comma-separated trial numbers, "
+                        "e.g. 0,3") from None
+    return ctx is not None and ctx.trial_number in trials
 
 
 def _env_int(name: str, *, minimum: int) -> int | None:
@@ -192,6 +208,8 @@ class StepRunner:
         self._stash: list[torch.Tensor | None] | None = None
         self._inject_oom_above = _env_int(INJECT_OOM_ENV, minimum=1)
         self._inject_nan_at = _env_int(INJECT_NAN_ENV, minimum=1)
+        if not _injection_targets(ctx):
+            self._inject_oom_above = self._inject_nan_at = None
         self._record_setup()
 
     # -- facts ----------------------------------------------------------------------------

@@ -521,3 +521,31 @@ def test_bad_shapes_and_masks_are_named():
         spearman_loss(torch.ones(2, 5, dtype=torch.long), pred)
     with pytest.raises(ValueError, match="at least one dimension"):
         soft_rank(torch.tensor(1.0))
+
+
+# --------------------------------------------------------------------------- the benchmark script
+
+
+def test_bench_script_runs_on_a_tiny_shape_and_writes_the_documented_json(tmp_path):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / "bench_spearman.py"
+    spec = importlib.util.spec_from_file_location("bench_spearman", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "spearman.json"
+    argv = ["--shapes", "3x40,2x30", "--repeats", "2", "--pairwise-repeats", "1"]
+    assert bench.main([*argv, "--pairwise-rows", "1", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    for key in ("shape", "ours_ms", "pairwise_ms", "torchsort_ms", "ours_peak_mb"):
+        assert key in report
+    assert report["shape"] == [3, 40] and len(report["shapes"]) == 2
+    assert report["ours_ms"] > 0 and report["pairwise_ms"] > 0
+    assert report["ours_peak_mb"] is not None and report["pairwise_peak_mb"] is not None
+    # The three soft ranks agree on what they compute: same loss at a tiny strength.
+    pred, target = bench._inputs(2, 30)
+    q = hard_rank(target)
+    pairwise = bench._pearson_loss(bench._pairwise_soft_rank(bench._scaled(pred), 1e-4), q)
+    assert pairwise.item() == pytest.approx(spearman_loss(pred, target, strength=1e-4).item())

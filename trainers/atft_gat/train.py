@@ -224,6 +224,7 @@ def train(config: TrainConfig, ctx: TrialContext) -> dict[str, float]:
     # 1-2. data, split, graphs
     fc = load_features(config, ctx.cache_dir)
     panel = dense_panel(fc)
+    t_graph = time.perf_counter()
     n_dates = panel.x.shape[0]
     train_dates, val_dates = purged_split(n_dates, val_fraction=config.val_fraction,
                                           purge=config.purge, lookback=config.lookback)
@@ -232,11 +233,16 @@ def train(config: TrainConfig, ctx: TrialContext) -> dict[str, float]:
                         f"{len(val_dates)} validation dates after lookback {config.lookback} and "
                         f"purge {config.purge}; use more dates or smaller settings")
     graphs = load_graphs(fc, panel, config)
+    graph_seconds = time.perf_counter() - t_graph
     panel = standardise(panel, train_dates)
     y_z = zscore_targets(panel.y)
     h_idx = list(config.horizons).index(config.metric_horizon)
     # Train only on dates whose scored horizon has labels.
     train_dates = train_dates[torch.isfinite(y_z[train_dates, :, h_idx]).any(dim=1).numpy()]
+    ctx.set_attr("split", {
+        "train": [str(panel.dates[train_dates[0]]), str(panel.dates[train_dates[-1]])],
+        "val": [str(panel.dates[val_dates[0]]), str(panel.dates[val_dates[-1]])],
+        "purge_dates": int(val_dates[0] - train_dates[-1] - 1)})
     ctx.set_attr("data", {"rows": int(fc.n_rows), "dates": n_dates,
                           "stocks": int(panel.x.shape[1]), "features": list(panel.feature_names),
                           "train_dates": len(train_dates), "val_dates": len(val_dates),
@@ -267,7 +273,10 @@ def train(config: TrainConfig, ctx: TrialContext) -> dict[str, float]:
         runner.load_state_dict(state)
         start_epoch = int(state["epoch"])
         best_ic, stale = state["best_ic"], state["stale"]
-    ctx.set_attr("setup_seconds", round(time.perf_counter() - t_setup, 3))
+    setup_seconds = time.perf_counter() - t_setup
+    ctx.set_attr("timing", {"setup_s": round(setup_seconds, 3),
+                            "graph_s": round(graph_seconds, 3),
+                            "data_s": round(setup_seconds - graph_seconds, 3)})
 
     metrics: dict[str, float] = {}
     preds: dict[str, np.ndarray] = {}
@@ -281,13 +290,15 @@ def train(config: TrainConfig, ctx: TrialContext) -> dict[str, float]:
         # Shuffle order depends only on (seed, epoch): a resumed run replays it exactly.
         order = np.random.default_rng([ctx.seed, epoch]).permutation(train_dates)
         runner.module.train()
-        losses = []
+        losses, batch_seconds, samples = [], 0.0, 0
         for step in range(steps_per_epoch):
             dates = np.sort(order[step * dates_per_step:(step + 1) * dates_per_step])
             if len(dates) == 0:
                 break
+            tb = time.perf_counter()
             batch = make_batch(panel, y_z, graphs, dates, lookback=config.lookback,
                                with_graph=with_graph)
+            batch_seconds += time.perf_counter() - tb
 
             def loss_fn(s: slice, batch: Batch = batch) -> torch.Tensor:
                 b = batch.sub(s)
@@ -298,6 +309,7 @@ def train(config: TrainConfig, ctx: TrialContext) -> dict[str, float]:
                 return batch_loss(out, b, config)[0]
 
             losses.append(runner.step(len(batch), loss_fn))
+            samples += len(batch)
         train_seconds = time.perf_counter() - t0
 
         # 5. validation
@@ -313,7 +325,8 @@ def train(config: TrainConfig, ctx: TrialContext) -> dict[str, float]:
             stale += 1
         ctx.report(epoch + 1, {**metrics, "phase": phase, "lr": runner.lr,
                                "train_s": round(train_seconds, 3),
-                               "val_s": round(val_seconds, 3)})
+                               "batch_s": round(batch_seconds, 3),
+                               "val_s": round(val_seconds, 3), "samples": samples})
         ctx.checkpoint({**runner.state_dict(), "config": to_mapping(config),
                         "best_ic": best_ic, "stale": stale}, epoch=epoch + 1)
         ctx.log(f"epoch {epoch + 1}/{len(plan)} [{phase}] train_loss={metrics['train_loss']:.4f}"

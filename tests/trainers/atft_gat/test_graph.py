@@ -164,10 +164,11 @@ def test_degenerate_shapes() -> None:
 
 def test_fast_enough() -> None:
     returns = _factor_returns(750, 500, seed=5)
-    began = time.perf_counter()
+    began = time.process_time()
     graphs = build_graphs(returns, GraphConfig())
-    elapsed = time.perf_counter() - began
+    cpu = time.process_time() - began
     assert graphs.n_dates == 750 and len(graphs.src) > 0
-    # Measured 1.4 s on 2 idle CPU cores (up to ~6 s while other jobs share them); the bound
-    # leaves room for a shared machine.
-    assert elapsed < 15.0
+    # Measured 1.4 s wall (~2.5 s CPU over 2 threads) on an idle 2-core machine; CPU time,
+    # not wall time, so that other jobs on a shared machine do not make this flaky. A loop
+    # per stock or per edge would be orders of magnitude slower.
+    assert cpu < 20.0

@@ -1,0 +1,138 @@
+"""``python -m hpo.export --study NAME``: a study's trials and plots as files, read from storage.
+
+Example:
+    python -m hpo.export --study demo
+    python -m hpo.export --study production --storage postgresql+psycopg2://hpo@db:5432/hpo
+
+Writes under ``<output>/<study>/``: ``all_trials.json`` and ``best_params.json`` (the same files
+the workers refresh after every trial), ``trials.csv`` (one row per trial: values, params and
+user attrs flattened into columns) and ``plots/`` with a Pareto front (several objectives),
+optimisation history, parameter importances and parallel coordinates, each as a self-contained
+HTML file (plotly.js embedded: opens offline) and a PNG. Plots the study cannot support yet are
+skipped with a note.
+Exit codes: 0 ok, 2 a user error (one line ``error: ...``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from hpo.results import metric_names, write_results
+from hpo.status import load_existing_study, open_existing_storage
+from hpo.storage import mask_url, resolve_url
+from trainers.errors import UserError
+
+EXIT_OK, EXIT_USER = 0, 2
+CSV_NAME = "trials.csv"
+PLOTS_DIRNAME = "plots"
+# Per-epoch history is a list per trial: it stays in metrics.json / history.json, not the CSV.
+_CSV_SKIP_ATTRS = ("history",)
+
+
+def _cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, dict | list | tuple | bool):
+        return json.dumps(value)
+    return value
+
+
+def trial_rows(study: optuna.Study) -> tuple[list[str], list[dict[str, Any]]]:
+    """Columns and rows of ``trials.csv``, named like ``Study.trials_dataframe()``'s columns.
+
+    ``values_<metric>``, ``params_<name>``, ``user_attrs_<key>``; nested attrs become JSON text.
+    (Built directly, so the export needs no pandas.)
+    """
+    names = metric_names(study)
+    trials = study.get_trials(deepcopy=False)
+    params = list(dict.fromkeys(p for t in trials for p in t.params))
+    attrs = list(dict.fromkeys(k for t in trials for k in t.user_attrs
+                               if k not in _CSV_SKIP_ATTRS))
+    columns = ["number", "state", *(f"values_{n}" for n in names), "datetime_start",
+               "datetime_complete", "duration_s", *(f"params_{p}" for p in params),
+               *(f"user_attrs_{k}" for k in attrs)]
+    rows = []
+    for t in trials:
+        row: dict[str, Any] = {"number": t.number, "state": t.state.name}
+        for i, n in enumerate(names):
+            row[f"values_{n}"] = t.values[i] if t.values else None
+        row["datetime_start"] = t.datetime_start.isoformat() if t.datetime_start else None
+        row["datetime_complete"] = (t.datetime_complete.isoformat()
+                                    if t.datetime_complete else None)
+        row["duration_s"] = t.duration.total_seconds() if t.duration else None
+        for p in params:
+            row[f"params_{p}"] = t.params.get(p)
+        for k in attrs:
+            row[f"user_attrs_{k}"] = t.user_attrs.get(k)
+        rows.append({k: _cell(v) for k, v in row.items()})
+    return columns, rows
+
+
+def write_csv(study: optuna.Study, path: Path) -> Path:
+    columns, rows = trial_rows(study)
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(path)
+    return path
+
+
+def export_study(study: optuna.Study, out_dir: Path) -> tuple[list[Path], list[str]]:
+    """Write every export file for ``study`` into ``out_dir``; returns (files, notes)."""
+    from hpo.plots import write_plots
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_results(study, out_dir)
+    files = [out_dir / "all_trials.json", out_dir / "best_params.json",
+             write_csv(study, out_dir / CSV_NAME)]
+    plots, notes = write_plots(study, out_dir / PLOTS_DIRNAME)
+    return files + plots, notes
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m hpo.export",
+        description="Export a study's trials (JSON, CSV) and plots (HTML + PNG) to "
+        "<output>/<study>/. Example: python -m hpo.export --study demo")
+    p.add_argument("--study", required=True, help="the study name in storage (e.g. demo)")
+    p.add_argument("--storage", default=None,
+                   help="storage URL (default: $HPO_STORAGE, else sqlite:///<output>/hpo.db)")
+    p.add_argument("--output", type=Path, default=Path("output"),
+                   help="directory holding the embedded database; files go to "
+                   "<output>/<study>/ (default: output)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        url = resolve_url(args.storage, args.output)
+        storage = open_existing_storage(url)
+        study = load_existing_study(storage, args.study, url)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER
+    out_dir = args.output / args.study
+    files, notes = export_study(study, out_dir)
+    n_plots = sum(1 for f in files if f.parent.name == PLOTS_DIRNAME and f.suffix == ".html")
+    print(f"exported study {study.study_name} ({len(study.get_trials(deepcopy=False))} trials) "
+          f"from {mask_url(url)} to {out_dir}: all_trials.json, best_params.json, {CSV_NAME}, "
+          f"{PLOTS_DIRNAME}/ ({n_plots} plots as HTML + PNG)")
+    for note in notes:
+        print(f"note: {note}")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,384 @@
+"""``python -m hpo.status --study NAME``: where a study stands, read live from its storage.
+
+Example:
+    python -m hpo.status --study production --watch 30
+    python -m hpo.status --study demo --json
+    python -m hpo.status --study demo --trial 7      # one trial's per-epoch metrics
+
+Shows the trial states, progress toward the study-wide target (the ``n_trials_target`` user
+attr), an ETA from observed trial durations and the number of live workers, each running trial
+with its current epoch and last heartbeat, zombies (RUNNING trials whose worker stopped sending
+heartbeats), and the best trial or the Pareto front so far. Everything is read from storage on
+each call, never from a results file, so it cannot show a previous run's numbers.
+Exit codes: 0 ok, 2 a user error (one line ``error: ...``), 130 ``--watch`` ended by Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from hpo.results import best_trials, metric_names
+from hpo.storage import mask_url, open_storage, resolve_url
+from trainers.errors import UserError
+
+EXIT_OK, EXIT_USER, EXIT_INTERRUPTED = 0, 2, 130
+DEFAULT_WATCH_S = 10.0
+STATE_KEYS = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned",
+              TrialState.FAIL: "failed", TrialState.RUNNING: "running",
+              TrialState.WAITING: "waiting"}
+_sleep = time.sleep  # replaced in tests
+
+
+# -- opening an existing study (shared by hpo.dashboard and hpo.export) -----------------------
+def open_existing_storage(url: str) -> optuna.storages.RDBStorage:
+    """Open the storage at ``url`` without creating an empty SQLite file where none exists."""
+    if url.startswith("sqlite:///"):
+        path = Path(url.removeprefix("sqlite:///"))
+        if not path.is_file():
+            raise UserError(f"no study database at {path}; run `python -m hpo.run --study NAME` "
+                            "first, or pass --storage (or set $HPO_STORAGE)")
+    return open_storage(url)
+
+
+def load_existing_study(storage: optuna.storages.BaseStorage, name: str,
+                        url: str) -> optuna.Study:
+    """The study ``name``; an unknown name is a UserError listing the studies that exist."""
+    names = sorted(optuna.study.get_all_study_names(storage))
+    if name not in names:
+        have = ", ".join(names) if names else "(none)"
+        raise UserError(f"unknown study {name!r} in {mask_url(url)}; studies there: {have}")
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+# -- heartbeats -------------------------------------------------------------------------------
+def heartbeat_ages(storage: optuna.storages.BaseStorage, study_id: int) -> dict[int, float]:
+    """Seconds since the last heartbeat of each RUNNING trial that has one, by trial number.
+
+    Read from Optuna's ``trial_heartbeats`` table, with "now" taken from the database clock
+    (as Optuna's own stale-trial check does), so the clocks of the watching host and of the
+    workers never mix. Trials of a study run without heartbeats have no row and are absent.
+    """
+    import sqlalchemy
+
+    engine = getattr(storage, "engine", None)
+    if engine is None:  # not an RDB storage: no heartbeat table to read
+        return {}
+    query = sqlalchemy.text(
+        "SELECT t.number, h.heartbeat FROM trials t "
+        "JOIN trial_heartbeats h ON h.trial_id = t.trial_id "
+        "WHERE t.study_id = :study_id AND t.state = 'RUNNING'"
+    ).columns(sqlalchemy.column("number", sqlalchemy.Integer),
+              sqlalchemy.column("heartbeat", sqlalchemy.DateTime))
+    with engine.connect() as conn:
+        now = conn.execute(sqlalchemy.select(sqlalchemy.func.now())).scalar()
+        rows = conn.execute(query, {"study_id": study_id}).all()
+    # PostgreSQL answers now() with a time zone, the column has none (same as Optuna's check).
+    now = now.replace(tzinfo=None)
+    return {int(n): max(0.0, (now - hb).total_seconds()) for n, hb in rows}
+
+
+def default_grace_period(study_name: str) -> tuple[int, str]:
+    """The grace period of ``studies/<name>.toml`` when it exists, else the StudySpec default."""
+    from hpo.config import StorageSpec, load_study_spec
+
+    try:
+        spec = load_study_spec(study_name, check_workload=False)
+        if spec.name == study_name:
+            return spec.storage.grace_period, str(spec.path)
+    except (UserError, OSError):
+        pass
+    return StorageSpec().grace_period, "default"
+
+
+# -- the status itself ------------------------------------------------------------------------
+def estimate_eta(*, remaining: int, durations: list[float], running_elapsed: list[float],
+                 workers: int) -> float | None:
+    """Seconds until ``remaining`` more trials finish, or None when there is nothing to go on.
+
+    Each live worker runs one trial at a time: the work left is ``remaining`` mean trial
+    durations minus what the running trials have already done (each capped at the mean),
+    shared by the live workers.
+    """
+    if remaining <= 0:
+        return 0.0
+    if not durations or workers <= 0:
+        return None
+    mean = sum(durations) / len(durations)
+    done = sum(min(e, mean) for e in running_elapsed)
+    return max(0.0, remaining * mean - done) / workers
+
+
+def _values(names: list[str], trial: FrozenTrial) -> dict[str, float]:
+    return dict(zip(names, trial.values or [], strict=False))
+
+
+def _total_epochs(study: optuna.Study, trial: FrozenTrial) -> int | None:
+    epochs = trial.params.get("epochs")
+    if epochs is None:
+        epochs = (study.user_attrs.get("spec") or {}).get("fixed", {}).get("epochs")
+    return int(epochs) if isinstance(epochs, int | float) else None
+
+
+def collect_status(study: optuna.Study, storage: optuna.storages.BaseStorage, *,
+                   grace_period: float, url: str = "",
+                   now: datetime | None = None) -> dict[str, Any]:
+    """Everything ``hpo.status`` shows, as a JSON-able dict (the ``--json`` output)."""
+    now = now or datetime.now()
+    names = metric_names(study)
+    trials = study.get_trials(deepcopy=False)
+    counts = dict.fromkeys(["complete", "pruned", "failed", "running", "waiting", "surplus"], 0)
+    for t in trials:
+        if t.state == TrialState.FAIL and t.user_attrs.get("surplus"):
+            counts["surplus"] += 1  # lost the race for the last slot: not a real failure
+        elif t.state in STATE_KEYS:
+            counts[STATE_KEYS[t.state]] += 1
+    finished = counts["complete"] + counts["pruned"]
+    target = study.user_attrs.get("n_trials_target")
+    durations = [t.duration.total_seconds() for t in trials
+                 if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and t.duration]
+
+    ages = heartbeat_ages(storage, study._study_id)
+    running = []
+    for t in trials:
+        if t.state != TrialState.RUNNING:
+            continue
+        age = ages.get(t.number)
+        history = t.user_attrs.get("history") or []
+        running.append({
+            "number": t.number,
+            "epoch": t.user_attrs.get("epoch"),
+            "epochs": _total_epochs(study, t),
+            "worker": t.user_attrs.get("worker"),
+            "elapsed_s": (now - t.datetime_start).total_seconds() if t.datetime_start else None,
+            "heartbeat_age_s": age,
+            "zombie": age is not None and age > grace_period,
+            "latest": {k: v for k, v in (history[-1] if history else {}).items()
+                       if k != "epoch"},
+            "params": t.params,
+        })
+    live = [r for r in running if not r["zombie"]]
+    workers = len({r["worker"] or f"trial {r['number']}" for r in live})
+    remaining = max(0, target - finished) if isinstance(target, int) else None
+    eta = None
+    if remaining is not None:
+        eta = estimate_eta(remaining=remaining, durations=durations, workers=workers,
+                           running_elapsed=[r["elapsed_s"] or 0.0 for r in live])
+    best = best_trials(study)
+    return {
+        "study": study.study_name,
+        "storage": mask_url(url),
+        "workload": study.user_attrs.get("workload"),
+        "metric_names": names,
+        "directions": [d.name.lower() for d in study.directions],
+        "target": target,
+        "finished": finished,
+        "counts": counts,
+        "mean_trial_s": sum(durations) / len(durations) if durations else None,
+        "observed_trials": len(durations),
+        "live_workers": workers,
+        "eta_s": eta,
+        "grace_period_s": grace_period,
+        "running": running,
+        "zombies": [r["number"] for r in running if r["zombie"]],
+        "best_kind": "best_trial" if len(names) == 1 else "pareto_front",
+        "best": [{"number": t.number, "values": _values(names, t), "params": t.params}
+                 for t in best],
+    }
+
+
+# -- text rendering ---------------------------------------------------------------------------
+def _dur(seconds: float | None) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "?"
+    seconds = int(round(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def _num(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    return ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+            for r in [header, *rows]]
+
+
+def render(status: dict[str, Any]) -> str:
+    s = status
+    c = s["counts"]
+    lines = [f"study {s['study']} ({s['workload'] or '?'}) on {s['storage']}",
+             "objectives: " + ", ".join(f"{n} ({d})" for n, d in
+                                        zip(s["metric_names"], s["directions"], strict=False))]
+    target = s["target"]
+    if isinstance(target, int) and target > 0:
+        share = min(1.0, s["finished"] / target)
+        bar = "#" * round(20 * share) + "." * (20 - round(20 * share))
+        progress = f"progress: {s['finished']}/{target} finished ({share:.0%}) [{bar}]"
+    else:
+        progress = f"progress: {s['finished']} finished (no target stored)"
+    lines.append(progress)
+    lines.append(f"trials: {c['complete']} complete, {c['pruned']} pruned, {c['failed']} failed, "
+                 f"{c['running']} running, {c['waiting']} waiting"
+                 + (f" ({c['surplus']} surplus)" if c["surplus"] else ""))
+    if s["eta_s"] == 0.0:
+        eta = "eta: done"
+    elif s["eta_s"] is not None:
+        eta = (f"eta: {_dur(s['eta_s'])} (mean trial {_dur(s['mean_trial_s'])} over "
+               f"{s['observed_trials']} trials, {s['live_workers']} live worker(s))")
+    elif s["live_workers"] == 0:
+        eta = "eta: ? (no live worker; start one with python -m hpo.run --study NAME)"
+    else:
+        eta = "eta: ? (no finished trial yet)"
+    lines.append(eta)
+    if s["running"]:
+        lines.append("running:")
+        rows = []
+        for r in s["running"]:
+            epoch = "-" if r["epoch"] is None else str(r["epoch"])
+            if r["epochs"] is not None and r["epoch"] is not None:
+                epoch += f"/{r['epochs']}"
+            beat = "-" if r["heartbeat_age_s"] is None else f"{_dur(r['heartbeat_age_s'])} ago"
+            latest = " ".join(f"{k}={_num(v)}" for k, v in r["latest"].items())
+            rows.append([str(r["number"]), epoch, r["worker"] or "-", _dur(r["elapsed_s"]),
+                         beat + (" ZOMBIE" if r["zombie"] else ""), latest])
+        lines += _table(["trial", "epoch", "worker", "elapsed", "heartbeat", "latest"], rows)
+    if s["zombies"]:
+        numbers = ", ".join(str(n) for n in s["zombies"])
+        lines.append(f"zombies: trial(s) {numbers} have sent no heartbeat for more than "
+                     f"{s['grace_period_s']:g} s (their worker died); the next worker to start "
+                     "a trial marks them failed and queues their retry")
+    if s["best"]:
+        names = s["metric_names"]
+        params = list(dict.fromkeys(p for b in s["best"] for p in b["params"]))
+        title = "best trial" if s["best_kind"] == "best_trial" else \
+            f"Pareto front ({len(s['best'])} trials)"
+        lines.append(f"{title}:")
+        lines += _table(["trial", *names, *params],
+                        [[str(b["number"]), *(_num(b["values"].get(n)) for n in names),
+                          *(_num(b["params"].get(p, "-")) for p in params)] for b in s["best"]])
+    else:
+        lines.append("best: no complete trial yet")
+    return "\n".join(lines)
+
+
+def trial_history(study: optuna.Study, number: int) -> dict[str, Any]:
+    trials = study.get_trials(deepcopy=False)
+    match = [t for t in trials if t.number == number]
+    if not match:
+        raise UserError(f"--trial {number}: study {study.study_name!r} has trials "
+                        f"0..{len(trials) - 1}" if trials else
+                        f"--trial {number}: study {study.study_name!r} has no trials yet")
+    t = match[0]
+    return {"study": study.study_name, "number": t.number, "state": t.state.name,
+            "values": _values(metric_names(study), t) if t.values else None,
+            "params": t.params, "history": t.user_attrs.get("history") or []}
+
+
+def render_history(record: dict[str, Any]) -> str:
+    lines = [f"study {record['study']} trial {record['number']} ({record['state']})"]
+    history = record["history"]
+    if not history:
+        return "\n".join([*lines, "no per-epoch metrics recorded"])
+    keys = ["epoch", *dict.fromkeys(k for row in history for k in row if k != "epoch")]
+    lines += _table(keys, [[_num(row.get(k, "-")) for k in keys] for row in history])
+    return "\n".join(lines)
+
+
+# -- CLI --------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m hpo.status",
+        description="Progress, ETA, running trials, zombies and best values of a study, read "
+        "live from its storage. Example: python -m hpo.status --study demo --watch 30")
+    p.add_argument("--study", required=True, help="the study name in storage (e.g. demo)")
+    p.add_argument("--storage", default=None,
+                   help="storage URL (default: $HPO_STORAGE, else sqlite:///<output>/hpo.db)")
+    p.add_argument("--output", type=Path, default=Path("output"),
+                   help="directory holding the embedded database (default: output)")
+    p.add_argument("--watch", nargs="?", type=float, const=DEFAULT_WATCH_S, default=None,
+                   metavar="SECONDS", help="redraw every SECONDS (default "
+                   f"{DEFAULT_WATCH_S:g}) until Ctrl-C, e.g. --watch 30")
+    p.add_argument("--json", action="store_true",
+                   help="machine-readable output (one JSON object per line with --watch)")
+    p.add_argument("--trial", type=int, default=None, metavar="N",
+                   help="show trial N's per-epoch metrics instead, e.g. --trial 7")
+    p.add_argument("--grace-period", type=float, default=None, metavar="SECONDS",
+                   help="heartbeat age after which a RUNNING trial counts as a zombie "
+                   "(default: the study file's [storage] grace_period, else 120)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.watch is not None and args.watch <= 0:
+            raise UserError(f"--watch must be > 0 seconds, got {args.watch:g}")
+        if args.grace_period is not None and args.grace_period <= 0:
+            raise UserError(f"--grace-period must be > 0 seconds, got {args.grace_period:g}")
+        url = resolve_url(args.storage, args.output)
+        storage = open_existing_storage(url)
+        study = load_existing_study(storage, args.study, url)
+        grace = args.grace_period
+        if grace is None:
+            grace = float(default_grace_period(args.study)[0])
+        return _loop(args, study, storage, url, grace)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER
+
+
+def _show(args: argparse.Namespace, study: optuna.Study, storage: Any, url: str,
+          grace: float) -> None:
+    if args.trial is not None:
+        record = trial_history(study, args.trial)
+        text = json.dumps(record) if args.json else render_history(record)
+    else:
+        status = collect_status(study, storage, grace_period=grace, url=url)
+        text = json.dumps(status) if args.json else render(status)
+    if args.watch is not None and not args.json and sys.stdout.isatty():
+        print("\x1b[H\x1b[2J", end="")  # clear the terminal before redrawing
+    elif args.watch is not None and not args.json:
+        print(f"--- {datetime.now():%Y-%m-%d %H:%M:%S}")
+    print(text, flush=True)
+
+
+def _loop(args: argparse.Namespace, study: optuna.Study, storage: Any, url: str,
+          grace: float) -> int:
+    import sqlalchemy.exc
+
+    # "The database is unreachable right now" (Optuna wraps SQLAlchemy errors in its own).
+    outage = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError,
+              optuna.exceptions.StorageInternalError)
+    if args.watch is None:
+        _show(args, study, storage, url, grace)
+        return EXIT_OK
+    try:
+        while True:
+            try:
+                _show(args, study, storage, url, grace)
+            except outage as exc:
+                # A database restart during an overnight watch: say so and keep watching.
+                text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+                reason = text[0] if text else type(exc).__name__
+                print(f"storage {mask_url(url)} unreachable ({reason}); retrying in "
+                      f"{args.watch:g} s", file=sys.stderr, flush=True)
+            _sleep(args.watch)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,317 @@
+"""Per-trial overhead of the service versus bare Optuna, and throughput with 1, 2 and 4 workers.
+
+Run from the repository root:
+
+    python -m scripts.bench_storage                 # SQLite + PostgreSQL (if reachable)
+    python -m scripts.bench_storage --trials 100 --profile output/bench/service.prof
+
+* overhead: the same TPE sampler (multivariate, constant liar), the same three-parameter search
+  space and three objectives, an objective that returns at once. "bare" is
+  ``study.optimize`` on a plain storage URL; "service" is ``hpo.worker.run_worker`` with
+  everything it does per trial (heartbeats, stale-trial check, budget guard, user attrs,
+  per-trial metrics.json and history, results files, progress line). Both run the same number
+  of trials in a fresh database, so TPE's own growth with the trial count cancels out.
+  ``service_without_artifacts_ms`` is the same run without the per-trial dashboard artifacts
+  (learning-curve PNG, file copies, note; ``hpo.artifacts``), to tell the two costs apart.
+* workers: ``python -m hpo.run --workers N`` on an objective that sleeps 0.5 s; the throughput
+  of each worker process is its trials over the span from its first start to its last
+  completion (process start-up is not a trial cost), summed over the workers.
+
+Writes ``output/bench/storage.json`` and prints a table. PostgreSQL is
+``$HPO_BENCH_PG_URL`` (default: postgres@127.0.0.1:5432), where a throwaway database is
+created and dropped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from trainers.context import TrialContext
+from trainers.registry import Workload
+
+REPO = Path(__file__).resolve().parent.parent
+PG_ADMIN_URL = os.environ.get("HPO_BENCH_PG_URL",
+                              "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
+WORKLOAD_NAME = "scripts.bench_storage"
+SLEEP_S = 0.5  # the sleeping objective of the worker benchmark
+WORKER_COUNTS = (1, 2, 4)
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    lr: float = 0.1
+    width: int = 1
+    optimizer: str = "sgd"
+    sleep_s: float = 0.0
+
+
+def _values(lr: float, width: int, optimizer: str) -> tuple[float, float, float]:
+    loss = width * (1.0 - lr) ** 2 + (0.1 if optimizer == "sgd" else 0.0)
+    return loss, -math.log1p(loss), lr * width
+
+
+def train(config: BenchConfig, ctx: TrialContext) -> dict[str, float]:
+    """Returns at once (or after ``sleep_s``); one epoch reported, like a one-epoch trainer."""
+    if config.sleep_s:
+        time.sleep(config.sleep_s)
+    loss, score, x = _values(config.lr, config.width, config.optimizer)
+    ctx.report(1, {"loss": loss})
+    return {"loss": loss, "score": score, "x": x}
+
+
+WORKLOAD = Workload(name="bench", config_cls=BenchConfig, train=train,
+                    metrics={"loss": "minimize", "score": "maximize", "x": "minimize"},
+                    description="Instant objective for the storage benchmark.")
+
+STUDY_TOML = """
+name = "{name}"
+description = "storage benchmark"
+workload = "{workload}"
+n_trials = {n_trials}
+[[objectives]]
+metric = "loss"
+direction = "minimize"
+[[objectives]]
+metric = "score"
+direction = "maximize"
+[[objectives]]
+metric = "x"
+direction = "minimize"
+[sampler]
+name = "tpe"
+seed = 0
+n_startup_trials = 10
+[trainer]
+sleep_s = {sleep_s}
+[storage]
+heartbeat_interval = 30
+grace_period = 120
+[search_space.lr]
+type = "float"
+low = 0.01
+high = 0.5
+log = true
+[search_space.width]
+type = "int"
+low = 1
+high = 4
+[search_space.optimizer]
+type = "categorical"
+choices = ["sgd", "momentum"]
+"""
+
+
+def write_study(directory: Path, *, name: str, n_trials: int, sleep_s: float = 0.0) -> Path:
+    path = directory / f"{name}.toml"
+    path.write_text(STUDY_TOML.format(name=name, workload=WORKLOAD_NAME, n_trials=n_trials,
+                                      sleep_s=sleep_s))
+    return path
+
+
+# -- databases -------------------------------------------------------------------------------
+@contextmanager
+def postgres_database() -> Iterator[str | None]:
+    """A fresh database on the benchmark server, dropped afterwards; None when unreachable."""
+    try:
+        import sqlalchemy
+
+        admin = sqlalchemy.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT",
+                                         connect_args={"connect_timeout": 3})
+        name = f"hpo_bench_{uuid.uuid4().hex[:10]}"
+        with admin.connect() as conn:
+            conn.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:  # no server: the PostgreSQL rows are skipped, with the reason
+        print(f"PostgreSQL skipped: {str(exc).splitlines()[0]}", file=sys.stderr)
+        yield None
+        return
+    try:
+        yield f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sqlalchemy.text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"),
+                {"n": name})
+            conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}"'))
+        admin.dispose()
+
+
+# -- per-trial overhead ----------------------------------------------------------------------
+def bare_ms(url: str, *, n_trials: int, name: str) -> float:
+    import optuna
+
+    from hpo.config import load_study_spec
+    from hpo.study import make_sampler
+
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = load_study_spec(str(write_study(Path(tmp), name=name, n_trials=n_trials)))
+    study = optuna.create_study(study_name=name, storage=url,
+                                directions=["minimize", "maximize", "minimize"],
+                                sampler=make_sampler(spec, seed_offset=0))
+
+    def objective(trial: optuna.Trial) -> tuple[float, float, float]:
+        return _values(trial.suggest_float("lr", 0.01, 0.5, log=True),
+                       trial.suggest_int("width", 1, 4),
+                       trial.suggest_categorical("optimizer", ["sgd", "momentum"]))
+
+    started = time.perf_counter()
+    study.optimize(objective, n_trials=n_trials)
+    elapsed = time.perf_counter() - started
+    study._storage.remove_session()
+    return 1000 * elapsed / n_trials
+
+
+@contextmanager
+def artifacts_disabled() -> Iterator[None]:
+    """Skip the per-trial dashboard artifacts (learning-curve PNG, file copies, note), to
+    separate their cost from the storage path's."""
+    import hpo.artifacts
+
+    original = hpo.artifacts.upload_trial_artifacts
+    hpo.artifacts.upload_trial_artifacts = lambda *a, **k: []
+    try:
+        yield
+    finally:
+        hpo.artifacts.upload_trial_artifacts = original
+
+
+def service_ms(url: str, *, n_trials: int, name: str, profile: Path | None = None,
+               artifacts: bool = True) -> float:
+    if not artifacts:
+        with artifacts_disabled():
+            return service_ms(url, n_trials=n_trials, name=name, profile=profile)
+    from hpo.config import load_study_spec
+    from hpo.study import open_study
+    from hpo.worker import run_worker
+
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = load_study_spec(str(write_study(Path(tmp), name=name, n_trials=n_trials)))
+        study = open_study(spec, url, force=False, target=n_trials, quiet=True)
+        profiler = None
+        if profile is not None:
+            import cProfile
+
+            profiler = cProfile.Profile()
+            profiler.enable()
+        started = time.perf_counter()
+        code = run_worker(study, spec, output=Path(tmp) / "out", target=n_trials, timeout=None,
+                          announce=False)
+        elapsed = time.perf_counter() - started
+        if profiler is not None:
+            profiler.disable()
+            profile.parent.mkdir(parents=True, exist_ok=True)
+            profiler.dump_stats(str(profile))
+    if code != 0:
+        raise RuntimeError(f"service run exited {code}")
+    return 1000 * elapsed / n_trials
+
+
+# -- worker throughput -----------------------------------------------------------------------
+def workers_throughput(url: str, n_workers: int, *, trials_per_worker: int, tmp: Path) -> float:
+    """Trials per second of ``python -m hpo.run --workers N`` on a 0.5 s objective."""
+    import optuna
+    from optuna.trial import TrialState
+
+    name = f"bench_workers_{n_workers}"
+    path = write_study(tmp, name=name, n_trials=trials_per_worker * n_workers, sleep_s=SLEEP_S)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HPO_STORAGE": url}
+    proc = subprocess.run([sys.executable, "-m", "hpo.run", "--study", str(path), "--output",
+                           str(tmp / "out"), "--workers", str(n_workers)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        raise RuntimeError(f"--workers {n_workers} exited {proc.returncode}: "
+                           f"{proc.stderr[-2000:]}")
+    study = optuna.load_study(study_name=name, storage=url)
+    by_worker: dict[str, list] = {}
+    for t in study.get_trials(states=(TrialState.COMPLETE,)):
+        by_worker.setdefault(t.user_attrs["worker"], []).append(t)
+    total = 0.0
+    for trials in by_worker.values():
+        span = (max(t.datetime_complete for t in trials)
+                - min(t.datetime_start for t in trials)).total_seconds()
+        total += len(trials) / span
+    return total
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m scripts.bench_storage", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--trials", type=int, default=60,
+                   help="trials per overhead measurement (default: 60)")
+    p.add_argument("--repeats", type=int, default=2,
+                   help="interleaved repeats of each overhead run; the best is kept (default: 2)")
+    p.add_argument("--worker-trials", type=int, default=8,
+                   help="trials per worker in the throughput runs (default: 8)")
+    p.add_argument("--output", type=Path, default=Path("output/bench/storage.json"))
+    p.add_argument("--profile", type=Path, default=None,
+                   help="write a cProfile of the service run on PostgreSQL (or SQLite) here")
+    p.add_argument("--skip-workers", action="store_true", help="only the overhead rows")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+    result: dict[str, object] = {}
+    with tempfile.TemporaryDirectory() as tmp, postgres_database() as pg:
+        sqlite = f"sqlite:///{Path(tmp) / 'bench.db'}"
+        backends = {"sqlite": sqlite, **({"postgres": pg} if pg else {})}
+        for label, url in backends.items():
+            profile = args.profile if label == ("postgres" if pg else "sqlite") else None
+            # warm-up (imports, first connections, schema) on a throwaway study
+            bare_ms(url, n_trials=3, name="warmup_bare")
+            service_ms(url, n_trials=3, name="warmup_service")
+            # Interleaved repeats, best of each: the machine's other load only ever adds time.
+            runs: dict[str, list[float]] = {"bare": [], "service": [], "lean": []}
+            for i in range(args.repeats):
+                runs["bare"].append(bare_ms(url, n_trials=args.trials, name=f"bare_{i}"))
+                runs["service"].append(service_ms(url, n_trials=args.trials,
+                                                  name=f"service_{i}"))
+                runs["lean"].append(service_ms(
+                    url, n_trials=args.trials, name=f"service_no_artifacts_{i}",
+                    profile=profile if i == 0 else None, artifacts=False))
+            result[label] = {"bare_ms": round(min(runs["bare"]), 2),
+                             "service_ms": round(min(runs["service"]), 2),
+                             "service_without_artifacts_ms": round(min(runs["lean"]), 2)}
+        if not args.skip_workers:
+            url = pg or sqlite
+            result["workers_storage"] = "postgres" if pg else "sqlite"
+            result["workers"] = {
+                str(n): round(workers_throughput(url, n, trials_per_worker=args.worker_trials,
+                                                 tmp=Path(tmp)), 3)
+                for n in WORKER_COUNTS}
+
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"{'storage':<10} {'bare':>8} {'service':>9} {'ratio':>6} {'no artifacts':>13} "
+          f"{'ratio':>6}   (ms per trial)")
+    for label in ("sqlite", "postgres"):
+        if label in result:
+            row = result[label]
+            bare, full, lean = (row["bare_ms"], row["service_ms"],
+                                row["service_without_artifacts_ms"])
+            print(f"{label:<10} {bare:>8.1f} {full:>9.1f} {full / bare:>6.2f} {lean:>13.1f} "
+                  f"{lean / bare:>6.2f}")
+    if "workers" in result:
+        w = result["workers"]
+        print(f"\nworkers ({result['workers_storage']}, {SLEEP_S} s objective): "
+              + ", ".join(f"{n}: {v:.2f} trials/s" for n, v in w.items())
+              + f"; 4 vs 1: {w['4'] / w['1']:.2f}x")
+    print(f"\nwritten: {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

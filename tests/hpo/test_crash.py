@@ -1,0 +1,344 @@
+"""Crash safety on the real storage: a killed worker, a restarted database, a resumed trial.
+
+Workers run as subprocesses (``python -m hpo.run``), exactly as a user starts them; the study
+file sets a 1 s heartbeat and a 3 s grace period so a dead worker's trial is reclaimed quickly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import FrozenTrial, TrialState
+
+from hpo.run import main
+from tests.conftest import REPO
+
+STUDY = """
+name = "{name}"
+description = "crash safety"
+workload = "tests.hpo.toy_workload"
+n_trials = {n_trials}
+[[objectives]]
+metric = "loss"
+direction = "minimize"
+[sampler]
+name = "tpe"
+seed = 1
+[trainer]
+epochs = {epochs}
+sleep_s = {sleep_s}
+[storage]
+heartbeat_interval = 1
+grace_period = 3
+max_retry = 2
+[search_space.lr]
+type = "float"
+low = 0.01
+high = 0.5
+log = true
+[search_space.width]
+type = "int"
+low = 1
+high = 4
+[search_space.optimizer]
+type = "categorical"
+choices = ["sgd", "momentum"]
+{extra}
+"""
+
+FIXED = '''
+[[enqueue]]
+name = "fixed"
+params = { lr = 0.1, width = 2, optimizer = "momentum" }
+'''
+
+
+def write_study(tmp_path: Path, *, name: str = "crash", n_trials: int = 2, epochs: int = 5,
+                sleep_s: float = 0.0, extra: str = "") -> Path:
+    path = tmp_path / f"{name}.toml"
+    path.write_text(STUDY.format(name=name, n_trials=n_trials, epochs=epochs, sleep_s=sleep_s,
+                                 extra=extra))
+    return path
+
+
+def wait_for(predicate: Callable[[], bool], *, timeout: float, what: str) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def epochs_done(out: Path, study: str, number: int) -> int:
+    """Epochs the trial has reported (its history file is written atomically per epoch)."""
+    path = out / study / f"trial_{number}" / "history.json"
+    try:
+        return len(json.loads(path.read_text()))
+    except (OSError, ValueError):
+        return 0
+
+
+def checkpoint_epoch(out: Path, study: str, number: int) -> int:
+    """Epochs completed according to the trial's checkpoint (0 when there is none yet)."""
+    import torch
+
+    path = out / study / f"trial_{number}" / "checkpoint.pt"
+    try:
+        return int(torch.load(path, weights_only=False)["epoch"])
+    except (OSError, EOFError, RuntimeError, KeyError):
+        return 0
+
+
+class Workers:
+    """Starts ``python -m hpo.run`` subprocesses and kills any still alive at teardown."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self, args: list[str], *, env: dict[str, str] | None = None,
+              log_name: str = "worker") -> subprocess.Popen:
+        log = open(self.tmp_path / f"{log_name}_{len(self.procs)}.log", "w")  # noqa: SIM115
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "hpo.run", *args], cwd=REPO, stdout=log,
+            stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
+        proc.log_path = Path(log.name)  # type: ignore[attr-defined]
+        log.close()
+        self.procs.append(proc)
+        return proc
+
+    def wait(self, proc: subprocess.Popen, timeout: float) -> int:
+        try:
+            return proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"worker did not exit within {timeout} s:\n"
+                                 + proc.log_path.read_text()[-3000:]) from None  # type: ignore
+
+    def close(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+
+
+@pytest.fixture
+def workers(tmp_path: Path) -> Iterator[Workers]:
+    w = Workers(tmp_path)
+    try:
+        yield w
+    finally:
+        w.close()
+
+
+def trials_of(url: str, name: str) -> list[FrozenTrial]:
+    storage = optuna.storages.RDBStorage(url)
+    try:
+        return optuna.load_study(study_name=name, storage=storage).get_trials()
+    finally:
+        storage.engine.dispose()
+
+
+def retry_of(trial: FrozenTrial) -> int | None:
+    history = trial.system_attrs.get("retry_history") or []
+    return history[-1] if history else None
+
+
+def assert_study_consistent(trials: list[FrozenTrial], target: int) -> None:
+    """Target reached exactly, nothing left running or queued, every failed trial retried at
+    most once, no parameter set finished twice."""
+    states = [t.state for t in trials]
+    assert states.count(TrialState.COMPLETE) == target, states
+    assert TrialState.RUNNING not in states and TrialState.WAITING not in states, states
+    retried = [retry_of(t) for t in trials if retry_of(t) is not None]
+    assert len(retried) == len(set(retried)), f"a trial was retried twice: {retried}"
+    by_number = {t.number: t for t in trials}
+    for number in retried:
+        assert by_number[number].state == TrialState.FAIL
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    params = [tuple(sorted(t.params.items())) for t in complete]
+    assert len(set(params)) == len(params), f"a parameter set finished twice: {params}"
+
+
+def args_for(path: Path, url: str, out: Path) -> list[str]:
+    return ["--study", str(path), "--storage", url, "--output", str(out)]
+
+
+# -- resume gives the same result -----------------------------------------------------------
+def test_interrupted_then_resumed_trial_matches_uninterrupted(
+        tmp_path: Path, storage_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write_study(tmp_path, name="resume", n_trials=1, epochs=5, extra=FIXED)
+    ref_url = f"sqlite:///{tmp_path / 'reference.db'}"
+    assert main(args_for(path, ref_url, tmp_path / "ref")) == 0
+    reference = trials_of(ref_url, "resume")[0]
+
+    out = tmp_path / "out"
+    monkeypatch.setenv("TOY_STOP_AFTER_EPOCH", "2")  # stops like a SIGTERM after epoch 2
+    assert main(args_for(path, storage_url, out)) == 130
+    trials = trials_of(storage_url, "resume")
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
+    assert trials[0].user_attrs["fail_reason"].startswith("interrupted")
+
+    monkeypatch.delenv("TOY_STOP_AFTER_EPOCH")
+    assert main(args_for(path, storage_url, out)) == 0
+    trials = trials_of(storage_url, "resume")
+    resumed = trials[1]
+    assert resumed.state == TrialState.COMPLETE and retry_of(resumed) == 0
+    assert resumed.params == reference.params == {"lr": 0.1, "width": 2,
+                                                  "optimizer": "momentum"}
+    assert resumed.user_attrs["resumed_from"] == {"trial": 0, "epoch": 2}
+    # the same seed as the interrupted attempt, and bit-identical results
+    assert resumed.user_attrs["seed"] == trials[0].user_attrs["seed"]
+    assert resumed.values == reference.values
+    for metric in ("loss", "score", "x"):
+        assert resumed.user_attrs[metric] == reference.user_attrs[metric]
+    assert [h["epoch"] for h in resumed.user_attrs["history"]] == [1, 2, 3, 4, 5]
+    assert resumed.user_attrs["history"] == reference.user_attrs["history"]
+
+
+# -- kill -9 --------------------------------------------------------------------------------
+def test_kill_9_mid_epoch_is_retried_and_resumed(tmp_path: Path, pg_url: str,
+                                                 workers: Workers) -> None:
+    path = write_study(tmp_path, name="crash", n_trials=2, epochs=5, sleep_s=0.6)
+    out = tmp_path / "out"
+    first = workers.start(args_for(path, pg_url, out))
+    # epoch 2 is checkpointed, the trial is inside its third epoch
+    wait_for(lambda: checkpoint_epoch(out, "crash", 0) >= 2, timeout=60,
+             what="the checkpoint of epoch 2 of trial 0")
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait(timeout=10)
+    assert checkpoint_epoch(out, "crash", 0) == 2
+    killed = trials_of(pg_url, "crash")
+    assert [t.state for t in killed] == [TrialState.RUNNING]  # a zombie until it goes stale
+
+    second = workers.start(args_for(path, pg_url, out))
+    assert workers.wait(second, timeout=120) == 0, second.log_path.read_text()[-3000:]
+
+    trials = trials_of(pg_url, "crash")
+    assert_study_consistent(trials, target=2)
+    assert trials[0].state == TrialState.FAIL
+    retry = next(t for t in trials if retry_of(t) == 0)
+    assert retry.state == TrialState.COMPLETE
+    assert retry.params == trials[0].params
+    assert retry.user_attrs["resumed_from"] == {"trial": 0, "epoch": 2}
+    assert [h["epoch"] for h in retry.user_attrs["history"]] == [1, 2, 3, 4, 5]
+    # the study-wide export agrees with storage after the crash
+    exported = json.loads((out / "crash" / "all_trials.json").read_text())
+    assert exported["counts"] == {"FAIL": 1, "COMPLETE": 2}
+
+
+# -- PostgreSQL restart ---------------------------------------------------------------------
+def _pg_bindir() -> Path | None:
+    candidates = []
+    with contextlib.suppress(OSError, subprocess.CalledProcessError):
+        candidates.append(subprocess.run(["pg_config", "--bindir"], capture_output=True,
+                                         text=True, check=True).stdout.strip())
+    candidates += sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)
+    for c in candidates:
+        if c and (Path(c) / "initdb").exists() and (Path(c) / "pg_ctl").exists():
+            return Path(c)
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ThrowawayCluster:
+    """A private PostgreSQL cluster in a temp dir, run as the ``postgres`` user."""
+
+    def __init__(self, bindir: Path) -> None:
+        import pwd
+
+        self.bindir = bindir
+        self.user = pwd.getpwnam("postgres")
+        self.dir = Path(tempfile.mkdtemp(prefix="hpo_pg_"))
+        os.chown(self.dir, self.user.pw_uid, self.user.pw_gid)
+        self.data = self.dir / "data"
+        self.port = _free_port()
+
+    def _as_postgres(self, *cmd: str, timeout: float = 60) -> None:
+        prefix = [] if os.geteuid() == self.user.pw_uid else ["runuser", "-u", "postgres", "--"]
+        proc = subprocess.run([*prefix, *cmd], capture_output=True, text=True, timeout=timeout)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed: {proc.stdout}{proc.stderr}")
+
+    def pg_ctl(self, action: str, *extra: str) -> None:
+        self._as_postgres(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-w", "-l",
+                          str(self.dir / "server.log"), "-o",
+                          f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1",
+                          action, *extra)
+
+    def start(self) -> str:
+        self._as_postgres(str(self.bindir / "initdb"), "-D", str(self.data), "-A", "trust",
+                          "-U", "postgres", "--no-sync", timeout=120)
+        self.pg_ctl("start")
+        import sqlalchemy
+
+        admin = sqlalchemy.create_engine(
+            f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/postgres",
+            isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(sqlalchemy.text("CREATE DATABASE hpo"))
+        admin.dispose()
+        return f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/hpo"
+
+    def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            self.pg_ctl("stop", "-m", "immediate")
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def throwaway_pg() -> Iterator[ThrowawayCluster]:
+    bindir = _pg_bindir()
+    if bindir is None:
+        pytest.skip("no PostgreSQL server binaries (initdb, pg_ctl) on this machine")
+    try:
+        import pwd
+
+        pwd.getpwnam("postgres")
+    except KeyError:
+        pytest.skip("no 'postgres' system user to run a throwaway cluster as")
+    if os.geteuid() != 0 and os.geteuid() != pwd.getpwnam("postgres").pw_uid:
+        pytest.skip("a throwaway cluster needs root (runuser) or the postgres user")
+    cluster = ThrowawayCluster(bindir)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def test_postgres_restart_mid_study_completes(tmp_path: Path, throwaway_pg: ThrowawayCluster,
+                                              workers: Workers) -> None:
+    url = throwaway_pg.start()
+    path = write_study(tmp_path, name="restart", n_trials=3, epochs=4, sleep_s=0.5)
+    out = tmp_path / "out"
+    proc = workers.start(args_for(path, url, out))
+    wait_for(lambda: epochs_done(out, "restart", 1) >= 1, timeout=90, what="trial 1 running")
+    throwaway_pg.pg_ctl("restart", "-m", "fast")
+    assert workers.wait(proc, timeout=120) == 0, proc.log_path.read_text()[-3000:]
+    trials = trials_of(url, "restart")
+    assert_study_consistent(trials, target=3)
+    # every finished trial ran all its epochs (resumed ones included)
+    for t in trials:
+        if t.state == TrialState.COMPLETE:
+            assert [h["epoch"] for h in t.user_attrs["history"]] == [1, 2, 3, 4]

@@ -1,0 +1,133 @@
+"""Recipe: train the two-layer tanh^3 denoiser on two-hot signals, track the weight blobs.
+
+setup (threads, seed, data, model, runner, resume) -> per epoch: shuffled batches with fresh
+noise, one runtime step each (+ Langevin noise for SGLD) -> test loss and blob diagnostics
+-> report + checkpoint -> final metrics.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from trainers.config import to_mapping
+from trainers.context import TrialContext
+from trainers.denoise.blobs import blob_diagnostics
+from trainers.denoise.config import TrainConfig
+from trainers.denoise.data import DenoiseData, add_noise, build_data, clean_signals
+from trainers.denoise.model import TwoLayerDenoiser, langevin_noise, squared_error
+from trainers.errors import UserError
+from trainers.runtime import StepRunner, configure_threads, seed_everything
+
+# Per-epoch generators are seeded from (run seed, epoch) so that a resumed run draws exactly
+# the batches and noise an uninterrupted run would have drawn; the prime keeps the streams of
+# neighbouring seeds apart.
+_EPOCH_SEED_STRIDE = 1_000_003
+
+
+# Settings that describe the machine rather than the run: a checkpoint may resume elsewhere.
+_MACHINE_FIELDS = {"device", "precision", "compile", "min_batch"}
+
+
+def check_resumable(state: dict, config: TrainConfig, ctx: TrialContext) -> None:
+    """Refuse to continue a checkpoint written with other run settings."""
+    saved, current = state.get("config", {}), to_mapping(config)
+    changed = sorted(k for k in current.keys() - _MACHINE_FIELDS if saved.get(k) != current[k])
+    if saved and changed:
+        raise UserError(
+            f"the checkpoint in {ctx.output_dir} was written with other settings "
+            f"({', '.join(f'{k}: {saved.get(k)!r} -> {current[k]!r}' for k in changed)}); "
+            "resume with the same settings or use a fresh output directory"
+        )
+
+
+def train(config: TrainConfig, ctx: TrialContext) -> dict[str, float]:
+    # -- setup ---------------------------------------------------------------------------
+    configure_threads()
+    seed_everything(ctx.seed)
+    data = build_data(
+        d=config.d, sparsity=config.sparsity, noise_var=config.noise_var,
+        n_train=config.n_train, n_test=config.n_test, data_seed=config.data_seed,
+    )
+    model = TwoLayerDenoiser(
+        d=config.d, hidden=config.hidden, enc_init=config.enc_init, dec_init=config.dec_init
+    )
+    steps_per_epoch = -(-config.n_train // config.batch_size)
+    runner = StepRunner(
+        model, config.runtime(), ctx=ctx,
+        total_steps=steps_per_epoch * config.epochs, batch_size=config.batch_size,
+    )
+    ctx.set_attr("n_params", sum(p.numel() for p in model.parameters()))
+    # Predicting all zeros misses every hot coordinate by exactly 1: the trivial baseline.
+    ctx.set_attr("zero_output_test_loss", float(config.sparsity))
+
+    start_epoch, train_seconds = 0, 0.0
+    state = ctx.restore()
+    if state is not None and "epoch" in state:
+        check_resumable(state, config, ctx)
+        runner.load_state_dict(state["runner"])
+        start_epoch, train_seconds = int(state["epoch"]), float(state["train_seconds"])
+        ctx.log(f"resumed after epoch {start_epoch}")
+
+    train_support = data.train_support.to(runner.device)
+    metrics: dict[str, float] = {}
+    # -- loop ----------------------------------------------------------------------------
+    for epoch in range(start_epoch, config.epochs):
+        epoch_seed = ctx.seed * _EPOCH_SEED_STRIDE + epoch
+        order = torch.randperm(config.n_train, generator=torch.Generator().manual_seed(epoch_seed))
+        noise_gen = torch.Generator(device=runner.device).manual_seed(epoch_seed)
+        model.train()
+        started, loss_sum, n_seen = time.perf_counter(), 0.0, 0
+        for batch_idx in order.split(config.batch_size):
+            clean = clean_signals(train_support[batch_idx.to(runner.device)], d=config.d)
+            noisy = add_noise(clean, noise_var=config.noise_var, generator=noise_gen)  # (B, d)
+            loss = runner.step(
+                len(batch_idx), lambda s, noisy=noisy, clean=clean: squared_error(
+                    runner.model(noisy[s]), clean[s]
+                ),
+            )
+            if config.optimizer == "sgld":
+                langevin_noise(model, lr=runner.lr, temperature=config.sgld_temperature,
+                               generator=noise_gen)
+            loss_sum += loss * len(batch_idx)
+            n_seen += len(batch_idx)
+        train_seconds += time.perf_counter() - started
+
+        metrics = {
+            "test_loss": evaluate(model, data, runner=runner, batch_size=config.batch_size),
+            **blob_diagnostics(
+                model.encoder, model.decoder, max_points=config.blob_max_points,
+                eps=config.blob_eps, min_samples=config.blob_min_samples, seed=config.data_seed,
+            ),
+            "train_loss": loss_sum / n_seen,
+            "train_seconds": train_seconds,
+        }
+        ctx.report(epoch + 1, metrics)
+        ctx.log(f"epoch {epoch + 1}/{config.epochs} " +
+                " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+        ctx.checkpoint({"runner": runner.state_dict(), "config": to_mapping(config),
+                        "train_seconds": train_seconds}, epoch=epoch + 1)
+
+    # -- cleanup -------------------------------------------------------------------------
+    ctx.set_attr("oom_retries", runner.oom_retries)
+    if not metrics:  # resumed from a run that had already finished every epoch
+        metrics = {k: v for k, v in ctx.history[-1].items() if k != "epoch"}
+    return metrics
+
+
+def evaluate(
+    model: TwoLayerDenoiser, data: DenoiseData, *, runner: StepRunner, batch_size: int
+) -> float:
+    """Mean per-sample squared error on the fixed test set (same noise for every trial)."""
+    noise_gen = torch.Generator(device=runner.device).manual_seed(data.test_noise_seed)
+    total, model_was_training = 0.0, model.training
+    model.eval()
+    with runner.eval_context():
+        for support in data.test_support.split(batch_size):
+            support = runner.to_device(support)
+            clean = clean_signals(support, d=data.d)
+            noisy = add_noise(clean, noise_var=data.noise_var, generator=noise_gen)
+            total += float(squared_error(runner.model(noisy), clean)) * len(support)
+    model.train(model_was_training)
+    return total / len(data.test_support)

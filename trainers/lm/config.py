@@ -1,0 +1,106 @@
+"""Every setting of one language-model run: corpus, model, attention kind, optimisation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from trainers.errors import UserError
+from trainers.runtime import RuntimeConfig
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Defaults are the small CPU preset (a 4-layer, 128-wide byte GPT).
+
+    Length of a run: ``epochs * iters_per_epoch`` optimizer steps, or exactly ``max_steps``
+    when that is > 0 (then the last epoch is cut short). One optimizer step sees
+    ``batch_size * accumulation`` windows of ``block_size`` bytes.
+    """
+
+    # data
+    corpus: str = ""  # a text file; "" = Python standard library sources (see data.py)
+    corpus_max_bytes: int = 4_000_000
+    val_fraction: float = 0.1
+    eval_windows: int = 64
+    # model
+    attention: Literal["softmax", "okadfa"] = "softmax"
+    d_model: int = 128
+    layers: int = 4
+    heads: int = 4
+    d_ff: int = 0  # 0 = 4 * d_model
+    block_size: int = 128
+    dropout: float = 0.0
+    # OKADFA: random features per head, chunk of the linear-attention scan, and the weight
+    # of the orthogonality penalty on the attention projections
+    n_features: int = 64
+    attn_chunk: int = 64
+    ortho_weight: float = 1e-3
+    # optimisation (the shared runtime's settings)
+    epochs: int = 5
+    iters_per_epoch: int = 100
+    max_steps: int = 0
+    batch_size: int = 32
+    lr: float = 1e-3
+    optimizer: Literal["adamw", "adabelief"] = "adamw"
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    scheduler: Literal["cosine", "constant"] = "cosine"
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+    accumulation: int = 1
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    device: str = "auto"
+    min_batch: int = 1
+    grad_checkpointing: bool = False
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        problems: list[str] = []
+
+        def need(ok: bool, name: str, allowed: str) -> None:
+            if not ok:
+                problems.append(f"{name}={getattr(self, name)!r} is not allowed: {allowed}")
+
+        for name in ("corpus_max_bytes", "eval_windows", "d_model", "layers", "heads",
+                     "block_size", "n_features", "attn_chunk", "epochs", "iters_per_epoch",
+                     "batch_size"):
+            need(getattr(self, name) >= 1, name, "must be >= 1")
+        need(0 < self.val_fraction < 1, "val_fraction", "must be in (0, 1)")
+        need(self.heads >= 1 and self.d_model % self.heads == 0, "d_model",
+             f"must be a multiple of heads={self.heads}")
+        need(self.d_ff >= 0, "d_ff", "must be >= 0 (0 means 4 * d_model)")
+        need(0 <= self.dropout < 1, "dropout", "must be in [0, 1)")
+        need(self.ortho_weight >= 0, "ortho_weight", "must be >= 0")
+        need(self.max_steps >= 0, "max_steps", "must be >= 0 (0 means epochs * iters_per_epoch)")
+        try:  # the runtime checks its own fields (lr, betas, precision, device, ...)
+            self.runtime()
+        except UserError as exc:
+            problems.append(str(exc))
+        if problems:
+            raise UserError("; ".join(problems))
+
+    @property
+    def total_steps(self) -> int:
+        """Optimizer steps of the whole run."""
+        return self.max_steps if self.max_steps > 0 else self.epochs * self.iters_per_epoch
+
+    @property
+    def n_epochs(self) -> int:
+        return -(-self.total_steps // self.iters_per_epoch)
+
+    @property
+    def ff_width(self) -> int:
+        return self.d_ff if self.d_ff > 0 else 4 * self.d_model
+
+    def runtime(self) -> RuntimeConfig:
+        return RuntimeConfig(
+            optimizer=self.optimizer, lr=self.lr, weight_decay=self.weight_decay,
+            betas=self.betas, eps=self.eps, scheduler=self.scheduler,
+            warmup_steps=self.warmup_steps, min_lr_ratio=self.min_lr_ratio,
+            grad_clip=self.grad_clip, accumulation=self.accumulation,
+            precision=self.precision, device=self.device, min_batch=self.min_batch,
+            grad_checkpointing=self.grad_checkpointing, compile=self.compile,
+        )

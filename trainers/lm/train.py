@@ -1,0 +1,144 @@
+"""Recipe: train a byte-level GPT (softmax attention) or its OKADFA variant.
+
+setup (threads, seed, corpus, model, runner, resume) -> per epoch: ``iters_per_epoch``
+optimizer steps on random training windows (``accumulation`` runtime calls each) ->
+validation loss on fixed windows -> report + checkpoint -> final metrics.
+
+Loss: next-byte cross-entropy in nats, plus ``ortho_weight`` times the orthogonality
+penalty of the attention projections when ``attention = "okadfa"`` (``train_loss`` includes
+it; ``val_loss`` and ``perplexity = exp(val_loss)`` are pure cross-entropy).
+``tokens_per_s`` counts training tokens (inputs) per second of training steps.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+
+from trainers.config import to_mapping
+from trainers.context import TrialContext
+from trainers.errors import UserError
+from trainers.lm.config import TrainConfig
+from trainers.lm.data import (
+    VOCAB_SIZE,
+    TextData,
+    eval_starts,
+    load_text,
+    unigram_cross_entropy,
+    windows,
+)
+from trainers.lm.model import GPT, next_byte_loss
+from trainers.runtime import StepRunner, configure_threads, seed_everything
+
+# Per-epoch window draws are seeded from (run seed, epoch): a resumed run sees exactly the
+# windows an uninterrupted one would have seen.
+_EPOCH_SEED_STRIDE = 1_000_003
+
+
+# Settings that describe the machine rather than the run: a checkpoint may resume elsewhere.
+_MACHINE_FIELDS = {"device", "precision", "compile", "min_batch"}
+
+
+def check_resumable(state: dict, config: TrainConfig, ctx: TrialContext) -> None:
+    """Refuse to continue a checkpoint written with other run settings."""
+    saved, current = state.get("config", {}), to_mapping(config)
+    changed = sorted(k for k in current.keys() - _MACHINE_FIELDS if saved.get(k) != current[k])
+    if saved and changed:
+        raise UserError(
+            f"the checkpoint in {ctx.output_dir} was written with other settings "
+            f"({', '.join(f'{k}: {saved.get(k)!r} -> {current[k]!r}' for k in changed)}); "
+            "resume with the same settings or use a fresh output directory"
+        )
+
+
+def train(config: TrainConfig, ctx: TrialContext) -> dict[str, float]:
+    # -- setup ---------------------------------------------------------------------------
+    configure_threads()
+    seed_everything(ctx.seed)
+    data = load_text(corpus=config.corpus, max_bytes=config.corpus_max_bytes,
+                     val_fraction=config.val_fraction, block_size=config.block_size)
+    model = GPT(
+        vocab_size=VOCAB_SIZE, block_size=config.block_size, d_model=config.d_model,
+        layers=config.layers, heads=config.heads, d_ff=config.ff_width,
+        attention=config.attention, n_features=config.n_features, chunk=config.attn_chunk,
+        dropout=config.dropout, grad_checkpointing=config.grad_checkpointing,
+    )
+    calls_per_step = config.accumulation  # runtime calls per optimizer step
+    runner = StepRunner(
+        model, config.runtime(), ctx=ctx,
+        total_steps=config.total_steps * calls_per_step, batch_size=config.batch_size,
+    )
+    ctx.set_attr("n_params", sum(p.numel() for p in model.parameters()))
+    ctx.set_attr("corpus_source", data.source)
+    ctx.set_attr("corpus_bytes", len(data.train) + len(data.val))
+    ctx.set_attr("uniform_val_loss", math.log(VOCAB_SIZE))
+    ctx.set_attr("unigram_val_loss", unigram_cross_entropy(data.train, data.val))
+
+    start_epoch, train_seconds, train_tokens = 0, 0.0, 0
+    state = ctx.restore()
+    if state is not None and "epoch" in state:
+        check_resumable(state, config, ctx)
+        runner.load_state_dict(state["runner"])
+        start_epoch = int(state["epoch"])
+        train_seconds, train_tokens = float(state["train_seconds"]), int(state["train_tokens"])
+        ctx.log(f"resumed after epoch {start_epoch}")
+
+    def loss_on(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        loss = next_byte_loss(runner.model(x), y)
+        if config.attention == "okadfa" and config.ortho_weight > 0:
+            loss = loss + config.ortho_weight * model.orthogonality_penalty()
+        return loss
+
+    metrics: dict[str, float] = {}
+    # -- loop ----------------------------------------------------------------------------
+    for epoch in range(start_epoch, config.n_epochs):
+        steps = min(config.iters_per_epoch, config.total_steps - epoch * config.iters_per_epoch)
+        gen = torch.Generator().manual_seed(ctx.seed * _EPOCH_SEED_STRIDE + epoch)
+        starts = torch.randint(len(data.train) - config.block_size - 1,
+                               (steps * calls_per_step, config.batch_size), generator=gen)
+        model.train()
+        started, loss_sum = time.perf_counter(), 0.0
+        for call_starts in starts:  # (B,) window starts of one runtime call
+            x, y = runner.to_device(*windows(data.train, call_starts, config.block_size))
+            loss_sum += runner.step(len(call_starts),
+                                    lambda s, x=x, y=y: loss_on(x[s], y[s]))
+        if runner.device.type == "cuda":
+            torch.cuda.synchronize(runner.device)  # time the work, not its queueing
+        train_seconds += time.perf_counter() - started
+        train_tokens += starts.numel() * config.block_size
+
+        val_loss = evaluate(model, data, runner=runner, config=config)
+        metrics = {
+            "val_loss": val_loss,
+            "perplexity": math.exp(min(val_loss, 50.0)),  # cap: exp overflows past ~709
+            "tokens_per_s": train_tokens / max(train_seconds, 1e-9),
+            "train_loss": loss_sum / len(starts),
+        }
+        ctx.report(epoch + 1, metrics)
+        ctx.log(f"epoch {epoch + 1}/{config.n_epochs} " +
+                " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+        ctx.checkpoint({"runner": runner.state_dict(), "config": to_mapping(config),
+                        "train_seconds": train_seconds, "train_tokens": train_tokens},
+                       epoch=epoch + 1)
+
+    # -- cleanup -------------------------------------------------------------------------
+    if not metrics:  # resumed from a run that had already finished every epoch
+        metrics = {k: v for k, v in ctx.history[-1].items() if k != "epoch"}
+    return metrics
+
+
+def evaluate(model: GPT, data: TextData, *, runner: StepRunner, config: TrainConfig) -> float:
+    """Mean next-byte cross-entropy over fixed, evenly spaced validation windows."""
+    starts = eval_starts(len(data.val), block_size=config.block_size,
+                         n_windows=config.eval_windows)
+    total = 0.0
+    model_was_training = model.training
+    model.eval()
+    with runner.eval_context():
+        for batch in starts.split(config.batch_size):
+            x, y = runner.to_device(*windows(data.val, batch, config.block_size))
+            total += float(next_byte_loss(runner.model(x), y)) * len(batch)
+    model.train(model_was_training)
+    return total / len(starts)
