@@ -12,6 +12,7 @@ from pathlib import Path
 from cache.core import build_cache
 from cache.feature_cache import open_cache
 from cache.spec import DEFAULT_TARGETS, NAN_POLICIES, CacheSpec
+from trainers.cli import OneLineParser
 from trainers.errors import UserError
 
 DEFAULT_OUT = Path("output") / "cache"
@@ -30,7 +31,7 @@ def _names(text: str) -> tuple[str, ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="python -m cache.build",
         description="Build the memory-mapped Arrow feature cache of a (date, code) panel, or "
         "reuse it when the source and feature config are unchanged. Prints the cache "

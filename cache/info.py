@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from cache.feature_cache import MANIFEST_FILE, cache_dirs, read_manifest
+from trainers.cli import OneLineParser
 from trainers.errors import UserError
 
 EXAMPLE = """examples:
@@ -58,7 +59,7 @@ def _one_line(path: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="python -m cache.info",
         description="Print the manifest summary of a feature cache, or list the caches "
         "under a cache root.",

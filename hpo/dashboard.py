@@ -28,6 +28,7 @@ import optuna
 from hpo.artifacts import artifact_dir, artifact_store, has_study_note, save_study_note
 from hpo.status import load_existing_study, open_existing_storage
 from hpo.storage import mask_url, resolve_url
+from trainers.cli import OneLineParser
 from trainers.errors import UserError
 
 log = logging.getLogger("hpo")
@@ -112,7 +113,7 @@ def bind(app: Any, *, host: str, port: int) -> WSGIServer:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="python -m hpo.dashboard",
         description="Serve optuna-dashboard for the studies in a storage, with their trial "
         "artifacts. Example: python -m hpo.dashboard --study demo --port 8080")

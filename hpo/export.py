@@ -27,6 +27,7 @@ import optuna
 from hpo.results import metric_names, write_results
 from hpo.status import load_existing_study, open_existing_storage
 from hpo.storage import mask_url, resolve_url
+from trainers.cli import OneLineParser
 from trainers.errors import UserError
 
 EXIT_OK, EXIT_USER = 0, 2
@@ -101,7 +102,7 @@ def export_study(study: optuna.Study, out_dir: Path) -> tuple[list[Path], list[s
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="python -m hpo.export",
         description="Export a study's trials (JSON, CSV) and plots (HTML + PNG) to "
         "<output>/<study>/. Example: python -m hpo.export --study demo")

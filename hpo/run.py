@@ -37,7 +37,9 @@ MAX_CONSECUTIVE_FAILURES = 5
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    from trainers.cli import OneLineParser
+
+    p = OneLineParser(
         prog="python -m hpo.run",
         description="Run (or resume) the Optuna study defined in studies/<NAME>.toml. "
         "Example: python -m hpo.run --study demo --n-trials 8",

@@ -29,6 +29,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpo.results import best_trials, metric_names
 from hpo.storage import mask_url, open_storage, resolve_url
+from trainers.cli import OneLineParser
 from trainers.errors import UserError
 
 EXIT_OK, EXIT_USER, EXIT_INTERRUPTED = 0, 2, 130
@@ -299,7 +300,7 @@ def render_history(record: dict[str, Any]) -> str:
 
 # -- CLI --------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="python -m hpo.status",
         description="Progress, ETA, running trials, zombies and best values of a study, read "
         "live from its storage. Example: python -m hpo.status --study demo --watch 30")

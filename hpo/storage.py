@@ -148,6 +148,16 @@ def _service_storage_class() -> type:
     return _STORAGE_CLASS
 
 
+# A trial's final state is retried this long through a database outage (a restart takes
+# seconds), pausing between attempts; pool_pre_ping hands out a fresh connection once it's back.
+STATE_WRITE_RETRY_S = 60.0
+STATE_WRITE_PAUSE_S = 1.0
+
+
+def _log_retry(what: str, trial_id: int, exc: BaseException) -> None:
+    log.warning(f"{what} failed (%s); retrying", trial_id, _short_reason(exc.__cause__ or exc))
+
+
 def _is_outage(exc: BaseException) -> bool:
     import sqlalchemy.exc
 
@@ -244,12 +254,38 @@ def _make_service_storage_class() -> type:  # noqa: C901 - one class, kept toget
 
         def set_trial_state_values(self, trial_id: int, state: Any,
                                    values: Any = None) -> bool:
-            with self._staged(trial_id):
-                return super().set_trial_state_values(trial_id, state=state, values=values)
+            """Optuna's write, retried through a short outage: losing the result of a trial
+            that finished training is the one loss a database restart must not cause."""
+            deadline = time.monotonic() + STATE_WRITE_RETRY_S
+            attempt = 0
+            while True:
+                attempt += 1
+                try:
+                    with self._staged(trial_id):
+                        return super().set_trial_state_values(trial_id, state=state,
+                                                              values=values)
+                except optuna.exceptions.UpdateFinishedTrialError:
+                    if attempt > 1 and state.is_finished():
+                        # the earlier attempt was committed; only its answer was lost
+                        return True
+                    raise
+                except BaseException as exc:
+                    if not _is_outage(exc) or time.monotonic() >= deadline:
+                        raise
+                    _log_retry("storing the state of trial id %d", trial_id, exc)
+                    time.sleep(STATE_WRITE_PAUSE_S)
 
         def get_trial(self, trial_id: int) -> Any:
-            self.flush_user_attrs(trial_id)
-            return super().get_trial(trial_id)
+            deadline = time.monotonic() + STATE_WRITE_RETRY_S
+            while True:
+                try:
+                    self.flush_user_attrs(trial_id)
+                    return super().get_trial(trial_id)
+                except BaseException as exc:
+                    if not _is_outage(exc) or time.monotonic() >= deadline:
+                        raise
+                    _log_retry("reading trial id %d", trial_id, exc)
+                    time.sleep(STATE_WRITE_PAUSE_S)
 
         def _get_trials(self, *args: Any, **kwargs: Any) -> Any:
             if self._pending:

@@ -5,10 +5,11 @@ call (which first fails stale RUNNING trials of dead workers, so their retries r
 worker starts, and while it waits for trials that other workers are still running, it fails stale
 trials itself: a study whose other workers all died is picked up here, not left with zombies.
 
-Per trial the loop reads the study once (Optuna's cached storage fetches only what changed) and
-every progress line and results file is computed from that one snapshot. The results files are
-rewritten after a trial when the last write is older than ``RESULTS_EVERY_S`` (so after every
-trial of any real training run), and always when the worker stops.
+Per trial the service adds no read of its own: the trial list Optuna's ``ask`` fetches for the
+sampler also serves the budget guard and the previous trial's progress line (computed from that
+snapshot, not from fresh queries); the study is read again between trials only near the target.
+The results files are rewritten after a trial when the last write is older than
+``RESULTS_EVERY_S`` (so after every trial of any real training run), and when the worker stops.
 """
 
 from __future__ import annotations
@@ -115,9 +116,12 @@ def _interruptible_sleep(seconds: float, objective: Objective) -> None:
 
 
 def _is_storage_error(exc: BaseException | None) -> bool:
-    while exc is not None:
+    """Whether ``exc`` or anything in its cause/context chain is a storage outage."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
         if isinstance(exc, storage_errors()):
             return True
+        seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
     return False
 
@@ -255,7 +259,11 @@ def run_worker(study: optuna.Study, spec: StudySpec, *, output: Path, target: in
                 code = EXIT_INTERRUPTED
             except KeyboardInterrupt:
                 code = EXIT_INTERRUPTED
-            except storage_errors() as exc:
+            except Exception as exc:
+                # Optuna can turn a failed tell into an UnboundLocalError whose context is the
+                # storage error, so the whole chain is checked.
+                if not _is_storage_error(exc):
+                    raise
                 now = time.monotonic()
                 if outage_since is None:
                     outage_since = now

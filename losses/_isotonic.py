@@ -57,17 +57,17 @@ def scipy_isotonic(y: np.ndarray, row_offsets: np.ndarray) -> tuple[np.ndarray, 
 def _pava_rows(y: np.ndarray, row_offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``scipy_isotonic`` through scipy's kernel, fitting ``y`` in place."""
     y = np.ascontiguousarray(y, dtype=np.float64)
-    weights = np.ones_like(y)  # unit weights; the kernel overwrites them with block sizes
-    rows = row_offsets.shape[0] - 1
-    # Row i's block boundaries (k + 1 of them at most) go to bounds[lo + i : hi + i + 1].
-    bounds = np.empty(y.shape[0] + rows, dtype=np.intp)
+    longest = int(np.diff(row_offsets).max(initial=0))
+    # Row-sized scratch, reused row after row (small, so no fresh pages per call): the kernel
+    # overwrites the weights with block sizes and writes the block boundaries.
+    weights = np.empty(longest, dtype=np.float64)
+    bounds = np.empty(longest + 1, dtype=np.intp)
     parts = []
-    for i, (lo, hi) in enumerate(
-        zip(row_offsets[:-1].tolist(), row_offsets[1:].tolist(), strict=True)
-    ):
+    for lo, hi in zip(row_offsets[:-1].tolist(), row_offsets[1:].tolist(), strict=True):
         if hi > lo:
-            n_blocks = _pava(y[lo:hi], weights[lo:hi], bounds[lo + i : hi + i + 1])[3]
-            parts.append(bounds[lo + i : lo + i + n_blocks] + lo)
+            weights[: hi - lo] = 1.0
+            n_blocks = _pava(y[lo:hi], weights[: hi - lo], bounds[: hi - lo + 1])[3]
+            parts.append(bounds[:n_blocks] + lo)
     if not parts:
         return y, np.zeros(0, dtype=np.int64)
     return y, np.concatenate(parts).astype(np.int64, copy=False)

@@ -24,6 +24,7 @@ vectorised numpy pass over that array, except the PAV, which is one C++ call per
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -56,9 +57,16 @@ class Packing:
 
     def unflatten(self, packed: np.ndarray) -> np.ndarray:
         """Inverse of ``flatten``; invalid entries are 0."""
-        out = np.zeros(self.shape[0] * self.shape[1], dtype=packed.dtype)
+        size = self.shape[0] * self.shape[1]
+        out = np.empty(size, dtype=packed.dtype) if self.full else np.zeros(size, packed.dtype)
         out[self.index] = packed.reshape(-1)
         return out.reshape(self.shape)
+
+    def flat_rank(self) -> np.ndarray:
+        """``rank`` as one entry per packed element (1-D, read-only)."""
+        if self.full:
+            return _tiled_positions(*self.shape)
+        return self.rank
 
     def expand(self, per_row: np.ndarray) -> np.ndarray:
         """(rows,) -> broadcastable against a packed array."""
@@ -90,6 +98,14 @@ class Packing:
         return out
 
 
+@lru_cache(maxsize=8)
+def _tiled_positions(rows: int, n: int) -> np.ndarray:
+    """(1..n) repeated for ``rows`` rows, flat; cached because every full batch needs it."""
+    out = np.tile(np.arange(1, n + 1, dtype=np.float64), rows)
+    out.flags.writeable = False
+    return out
+
+
 def pack(keys: np.ndarray, valid: np.ndarray | None) -> Packing:
     """Sort each row of ``keys`` ascending over its valid entries (NaN-free) and pack them."""
     rows, n = keys.shape
@@ -119,15 +135,20 @@ def project_packed(s: np.ndarray, packing: Packing) -> tuple[np.ndarray, np.ndar
     return np.subtract(s, v, out=v), starts
 
 
-def centre_blocks(g: np.ndarray, starts: np.ndarray) -> np.ndarray:
-    """VJP of ``project_packed``: subtract from each entry its PAV block's mean (packed layout)."""
+def centre_blocks(g: np.ndarray, starts: np.ndarray, scratch: np.ndarray | None = None) -> None:
+    """VJP of ``project_packed``, in place: subtract from each entry its PAV block's mean.
+
+    ``g`` is a packed array; ``scratch``, if given, is a float64 buffer of the same size to use.
+    A singleton block's entry becomes exactly 0.
+    """
     flat = g.reshape(-1)
     if flat.shape[0] == 0:
-        return g
+        return
     lengths = np.diff(np.append(starts, flat.shape[0]))
     block = np.repeat(np.arange(lengths.shape[0]), lengths)  # block id of each entry
     means = np.bincount(block, weights=flat, minlength=lengths.shape[0]) / lengths
-    return np.subtract(flat, np.take(means, block), out=flat).reshape(g.shape)  # singleton: 0
+    out = None if scratch is None else scratch.reshape(-1)
+    flat -= np.take(means, block, out=out)
 
 
 @dataclass(frozen=True)
@@ -162,7 +183,8 @@ def project(z: np.ndarray, valid: np.ndarray | None) -> tuple[np.ndarray, Projec
 
 def project_backward(grad: np.ndarray, state: ProjectionState) -> np.ndarray:
     """Vector-Jacobian product of ``project``."""
-    g = centre_blocks(state.packing.flatten(grad), state.starts)
+    g = state.packing.flatten(grad)
+    centre_blocks(g, state.starts)
     out = state.packing.unflatten(g)
     if state.bad_rows is not None:
         out[state.bad_rows] = np.nan
@@ -188,11 +210,11 @@ def hard_rank(t: np.ndarray, valid: np.ndarray | None) -> tuple[np.ndarray, np.n
     new_group[0] = True
     np.not_equal(s[1:], s[:-1], out=new_group[1:])
     new_group[lo[nonempty]] = True  # a tie never spans two rows
-    rank = np.broadcast_to(packing.rank, packing.shape) if packing.full else packing.rank
+    rank = packing.flat_rank()
     if new_group.all():  # no ties (the usual case for real-valued targets)
         return packing.unflatten(rank), varies
     starts = np.flatnonzero(new_group)
     lengths = np.diff(np.append(starts, s.shape[0]))
     # The average of positions p..p+len-1 is p + (len - 1) / 2.
-    ranks = np.repeat(rank.reshape(-1)[starts] + (lengths - 1) / 2.0, lengths)
+    ranks = np.repeat(rank[starts] + (lengths - 1) / 2.0, lengths)
     return packing.unflatten(ranks), varies

@@ -92,14 +92,16 @@ def forward(
 def backward(grad_corr: np.ndarray, st: SpearmanState) -> np.ndarray:
     """VJP: d loss / d x (rows, n, input order) from d loss / d corr (rows,)."""
     pk = st.packing
-    g = st.q_c * pk.expand(grad_corr * st.inv)
-    g -= st.r_c * pk.expand(grad_corr * st.corr_over_vr)
-    g = _permutahedron.centre_blocks(g, st.starts)
+    # Two packed buffers for the whole pass (the state stays intact: backward may run twice).
+    g = np.multiply(st.q_c, pk.expand(grad_corr * st.inv))
+    scratch = np.multiply(st.r_c, pk.expand(grad_corr * st.corr_over_vr))
+    g -= scratch
+    _permutahedron.centre_blocks(g, st.starts, scratch)
     k1 = np.maximum(pk.counts.astype(np.float64), 1.0)
     mean_g = pk.row_sum(g) / k1  # ~0 already: each PAV block sums to 0 after centring
     mean_gx = pk.row_dot(g, st.xh) / k1
     g -= pk.expand(mean_g)
-    g -= st.xh * pk.expand(mean_gx)
+    g -= np.multiply(st.xh, pk.expand(mean_gx), out=scratch)
     g *= pk.expand(st.scale)
     out = pk.unflatten(g)
     if st.bad is not None:

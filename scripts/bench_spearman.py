@@ -256,15 +256,18 @@ def _fmt(v, unit: str) -> str:
 
 
 def _print_row(r: dict) -> None:
-    print(f"  {'method':<10} {'time (median)':>16} {'peak extra RSS':>16}")
+    print(f"  {'method':<10} {'wall (median)':>16} {'CPU (median)':>16} {'peak extra RSS':>16}")
     for m in ("ours", "torchsort", "pairwise"):
-        print(
-            f"  {m:<10} {_fmt(r.get(f'{m}_ms'), 'ms'):>16} {_fmt(r.get(f'{m}_peak_mb'), 'MB'):>16}"
-        )
+        wall_ms, cpu_ms = _fmt(r.get(f"{m}_ms"), "ms"), _fmt(r.get(f"{m}_cpu_ms"), "ms")
+        peak_mb = _fmt(r.get(f"{m}_peak_mb"), "MB")
+        print(f"  {m:<10} {wall_ms:>16} {cpu_ms:>16} {peak_mb:>16}")
     if r.get("pairwise_note"):
         print(f"  pairwise: {r['pairwise_note']}")
     if r.get("speedup_vs_pairwise"):
-        print(f"  ours is {r['speedup_vs_pairwise']:,.0f}x faster than pairwise")
+        print(
+            f"  ours is {r['speedup_vs_pairwise']:,.0f}x faster than pairwise "
+            f"({r['cpu_speedup_vs_pairwise']:,.0f}x in CPU time)"
+        )
     if r.get("ours_over_torchsort"):
         print(f"  ours / torchsort time: {r['ours_over_torchsort']:.2f}")
     print(flush=True)

@@ -14,9 +14,16 @@ from trainers.errors import StopRequested, TrialFailed, TrialPruned, UserError
 from trainers.registry import get_workload
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line ``error: ...`` (exit 2), like every other mistake."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def main(workload_name: str, argv: list[str] | None = None) -> int:
     workload = get_workload(workload_name)
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog=f"python -m trainers.{workload_name}",
         description=f"{workload.description} One plain training run, no study. "
         f"Example: python -m trainers.{workload_name} --epochs 2 --output runs/try1",

@@ -67,7 +67,7 @@ def coerce(value: Any, tp: Any) -> Any:
             return tuple(coerce(v, args[0]) for v in value)
         if len(args) != len(value):
             raise TypeError(f"expected a list of {len(args)} items")
-        return tuple(coerce(v, a) for v, a in zip(args, value, strict=True))
+        return tuple(coerce(v, a) for v, a in zip(value, args, strict=True))
     if tp is bool:
         if isinstance(value, bool):
             return value

@@ -212,6 +212,44 @@ def test_interrupted_then_resumed_trial_matches_uninterrupted(
     assert resumed.user_attrs["history"] == reference.user_attrs["history"]
 
 
+# -- zombies of dead workers ----------------------------------------------------------------
+def make_zombie(path: Path, url: str) -> None:
+    """A RUNNING trial with params and one heartbeat, whose worker is gone."""
+    import warnings
+
+    from hpo.config import load_study_spec
+    from hpo.objective import suggest
+    from hpo.study import open_study
+
+    spec = load_study_spec(str(path))
+    study = open_study(spec, url, force=False, target=1, quiet=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ask() outside optimize() with heartbeats
+        trial = study.ask()
+    for param in spec.search_space:
+        suggest(trial, param)
+    study._storage.record_heartbeat(trial._trial_id)
+    study._storage.remove_session()
+
+
+@pytest.mark.parametrize("stale_at_start", [True, False])
+def test_dead_workers_trial_is_reclaimed_by_a_new_worker(tmp_path: Path, pg_url: str,
+                                                         stale_at_start: bool) -> None:
+    """Stale at start: failed and retried before the first trial. Not yet stale: the worker
+    does not leave (its only trial "runs elsewhere") but waits and reclaims it."""
+    path = write_study(tmp_path, name="zombie", n_trials=1, epochs=2)
+    make_zombie(path, pg_url)
+    if stale_at_start:
+        time.sleep(4)  # grace period 3 s
+    started = time.monotonic()
+    assert main([*args_for(path, pg_url, tmp_path / "out"), "--n-trials", "1"]) == 0
+    trials = trials_of(pg_url, "zombie")
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert retry_of(trials[1]) == 0 and trials[1].params == trials[0].params
+    if not stale_at_start:
+        assert time.monotonic() - started >= 2  # it waited for the grace period
+
+
 # -- kill -9 --------------------------------------------------------------------------------
 def test_kill_9_mid_epoch_is_retried_and_resumed(tmp_path: Path, pg_url: str,
                                                  workers: Workers) -> None:

@@ -33,7 +33,7 @@ class TrainConfig:
     lr: float = 3e-4
     optimizer: Literal["adamw", "adabelief"] = "adamw"
     weight_decay: float = 0.01
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[float, ...] = (0.9, 0.999)  # two numbers; the runtime checks the count
     eps: float = 1e-8
     scheduler: Literal["cosine", "constant"] = "cosine"
     warmup_steps: int = 100

@@ -35,7 +35,7 @@ class TrainConfig:
     lr: float = 0.01
     optimizer: Literal["adam", "sgld"] = "adam"
     sgld_temperature: float = 1e-7
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[float, ...] = (0.9, 0.999)  # two numbers; the runtime checks the count
     scheduler: Literal["cosine", "constant"] = "constant"
     warmup_steps: int = 0
     min_lr_ratio: float = 0.1
@@ -45,7 +45,6 @@ class TrainConfig:
     device: str = "auto"
     min_batch: int = 256
     # blob diagnostics (DBSCAN on the standardised weight pairs)
-    blob_max_points: int = 20_000
     blob_eps: float = 0.5
     blob_min_samples: int = 10
 
@@ -57,7 +56,7 @@ class TrainConfig:
                 problems.append(f"{name}={getattr(self, name)!r} is not allowed: {allowed}")
 
         for name in ("d", "n_train", "n_test", "hidden", "epochs", "batch_size",
-                     "blob_max_points", "blob_min_samples"):
+                     "blob_min_samples"):
             need(getattr(self, name) >= 1, name, "must be >= 1")
         need(1 <= self.sparsity <= self.d, "sparsity", f"must be in [1, d={self.d}]")
         need(self.noise_var >= 0, "noise_var", "must be >= 0")

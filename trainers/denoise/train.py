@@ -97,8 +97,8 @@ def train(config: TrainConfig, ctx: TrialContext) -> dict[str, float]:
         metrics = {
             "test_loss": evaluate(model, data, runner=runner, batch_size=config.batch_size),
             **blob_diagnostics(
-                model.encoder, model.decoder, max_points=config.blob_max_points,
-                eps=config.blob_eps, min_samples=config.blob_min_samples, seed=config.data_seed,
+                model.encoder, model.decoder, eps=config.blob_eps,
+                min_samples=config.blob_min_samples, seed=config.data_seed,
             ),
             "train_loss": loss_sum / n_seen,
             "train_seconds": train_seconds,

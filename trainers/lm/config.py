@@ -44,7 +44,7 @@ class TrainConfig:
     lr: float = 1e-3
     optimizer: Literal["adamw", "adabelief"] = "adamw"
     weight_decay: float = 0.1
-    betas: tuple[float, float] = (0.9, 0.95)
+    betas: tuple[float, ...] = (0.9, 0.95)  # two numbers; the runtime checks the count
     eps: float = 1e-8
     scheduler: Literal["cosine", "constant"] = "cosine"
     warmup_steps: int = 50

@@ -103,7 +103,7 @@ def test_blob_diagnostics_count_planted_blobs() -> None:
         enc[i, j] = sign + rng.normal(0, 0.01)
         dec[j, i] = sign + rng.normal(0, 0.01)
     out = blob_diagnostics(
-        torch.tensor(enc), torch.tensor(dec), max_points=10_000, eps=0.3, min_samples=10, seed=0
+        torch.tensor(enc), torch.tensor(dec), eps=0.3, min_samples=10, seed=0
     )
     assert out["n_clusters"] == 3.0
     assert out["silhouette"] > 0.8
@@ -112,7 +112,6 @@ def test_blob_diagnostics_count_planted_blobs() -> None:
     one_blob = blob_diagnostics(
         torch.randn(hidden, d),
         torch.randn(d, hidden),
-        max_points=10_000,
         eps=0.5,
         min_samples=10,
         seed=0,
@@ -120,6 +119,21 @@ def test_blob_diagnostics_count_planted_blobs() -> None:
     assert one_blob["n_clusters"] == 1.0
     assert math.isnan(one_blob["silhouette"])  # undefined for a single cluster
     assert abs(one_blob["weight_corr"]) < 0.1
+
+
+def test_rare_matched_pairs_still_form_blobs() -> None:
+    # As after training at scale: one matched pair per unit, 1 in d of all pairs (here 1 in
+    # 400 of 160k points), too rare for a uniform subsample to see.
+    d = hidden = 400
+    g = torch.Generator().manual_seed(0)
+    enc = torch.randn(hidden, d, generator=g) * 0.01
+    dec = torch.randn(d, hidden, generator=g) * 0.01
+    for i in range(hidden):
+        sign = 1.0 if i % 2 else -1.0
+        enc[i, i], dec[i, i] = sign, 1.5 * sign
+    out = blob_diagnostics(enc, dec, eps=0.5, min_samples=10, seed=0)
+    assert out["n_clusters"] == 3.0
+    assert out["silhouette"] > 0.9
 
 
 def test_adam_is_weight_decay_free_adamw_and_sgld_adds_noise(tmp_path) -> None:

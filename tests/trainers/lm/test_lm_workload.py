@@ -176,6 +176,17 @@ def test_cli_trains_on_a_user_corpus(tmp_path) -> None:
     assert saved["attrs"]["corpus_bytes"] == corpus.stat().st_size
 
 
+def test_cli_takes_betas_as_two_numbers(tmp_path, capsys) -> None:
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("abc " * 500)
+    flags = [*TINY_FLAGS, "--corpus", str(corpus), "--betas", "0.8", "0.9"]
+    assert main("lm", [*flags, "--output", str(tmp_path / "ok")]) == 0
+    saved = json.loads((tmp_path / "ok" / "metrics.json").read_text())
+    assert saved["config"]["betas"] == [0.8, 0.9]
+    assert main("lm", [*TINY_FLAGS, "--betas", "0.9", "--output", str(tmp_path / "bad")]) == 2
+    assert "betas=(0.9,)" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("flags", "expected"),
     [(["--heads", "3"], "d_model=16 is not allowed: must be a multiple of heads=3"),

@@ -1,0 +1,94 @@
+"""SIGINT/SIGTERM: the running trial ends so that it will be retried, outputs are flushed, and
+the process exits 130; a second SIGINT exits at once."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+from optuna.trial import TrialState
+
+from tests.hpo.test_crash import (
+    Workers,
+    args_for,
+    assert_study_consistent,
+    checkpoint_epoch,
+    retry_of,
+    trials_of,
+    wait_for,
+    workers,  # noqa: F401 - fixture
+    write_study,
+)
+
+
+def test_sigterm_mid_trial_requeues_and_next_run_resumes(tmp_path: Path, pg_url: str,
+                                                         workers: Workers) -> None:  # noqa: F811
+    path = write_study(tmp_path, name="sig", n_trials=2, epochs=4, sleep_s=0.5)
+    out = tmp_path / "out"
+    proc = workers.start(args_for(path, pg_url, out))
+    wait_for(lambda: checkpoint_epoch(out, "sig", 0) >= 1, timeout=60,
+             what="the first checkpoint of trial 0")
+    proc.send_signal(signal.SIGTERM)
+    assert workers.wait(proc, timeout=30) == 130
+    log = proc.log_path.read_text()  # type: ignore[attr-defined]
+    assert "SIGTERM received: stopping the running trial" in log
+    assert "queued for retry; rerun the same command to resume" in log
+
+    trials = trials_of(pg_url, "sig")
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]  # none RUNNING
+    assert trials[0].user_attrs["fail_reason"] == "interrupted (SIGTERM); retried later"
+    assert retry_of(trials[1]) == 0 and trials[1].params == trials[0].params
+    stopped_at = trials[0].user_attrs["epoch"]
+    assert 1 <= stopped_at < 4
+    # outputs were flushed before exiting: the export shows the interrupted trial
+    exported = json.loads((out / "sig" / "all_trials.json").read_text())
+    assert exported["counts"] == {"FAIL": 1, "WAITING": 1}
+
+    again = workers.start(args_for(path, pg_url, out))
+    assert workers.wait(again, timeout=90) == 0
+    trials = trials_of(pg_url, "sig")
+    assert_study_consistent(trials, target=2)
+    assert trials[1].state == TrialState.COMPLETE
+    assert trials[1].user_attrs["resumed_from"] == {"trial": 0, "epoch": stopped_at}
+    assert [h["epoch"] for h in trials[1].user_attrs["history"]] == [1, 2, 3, 4]
+
+
+def test_second_sigint_exits_at_once(tmp_path: Path, workers: Workers) -> None:  # noqa: F811
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    # one epoch takes 20 s: the first SIGINT alone would wait for its end
+    path = write_study(tmp_path, name="twice", n_trials=1, epochs=2, sleep_s=20)
+    out = tmp_path / "out"
+    proc = workers.start(args_for(path, url, out))
+    wait_for(lambda: checkpoint_epoch(out, "twice", 0) >= 1, timeout=60,
+             what="the first checkpoint")
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.5)
+    assert proc.poll() is None  # still finishing its epoch
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    assert workers.wait(proc, timeout=10) == 130
+    assert time.monotonic() - sent < 5
+    # left RUNNING on purpose: its heartbeat stops and the next worker fails and retries it
+    assert [t.state for t in trials_of(url, "twice")] == [TrialState.RUNNING]
+
+
+def test_sigterm_to_workers_parent_stops_every_worker(tmp_path: Path, pg_url: str,
+                                                      workers: Workers) -> None:  # noqa: F811
+    path = write_study(tmp_path, name="fleet", n_trials=6, epochs=4, sleep_s=0.5)
+    out = tmp_path / "out"
+    parent = workers.start([*args_for(path, pg_url, out), "--workers", "2"])
+    wait_for(lambda: sum(checkpoint_epoch(out, "fleet", n) >= 1 for n in range(4)) >= 2,
+             timeout=90, what="two trials running")
+    os.kill(parent.pid, signal.SIGTERM)
+    assert workers.wait(parent, timeout=30) == 130
+    trials = trials_of(pg_url, "fleet")
+    states = [t.state for t in trials]
+    assert TrialState.RUNNING not in states, states
+    interrupted = [t for t in trials if t.state == TrialState.FAIL
+                   and t.user_attrs["fail_reason"] == "interrupted (SIGTERM); retried later"]
+    assert len(interrupted) == 2
+    waiting = [t for t in trials if t.state == TrialState.WAITING]
+    assert sorted(retry_of(t) for t in waiting) == sorted(t.number for t in interrupted)
