@@ -44,10 +44,12 @@ def oracle_rank_ic(preds: pl.DataFrame, *, n_stocks: int, n_dates: int, seed: in
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--stocks", type=int, default=150)
-    p.add_argument("--dates", type=int, default=500)
-    p.add_argument("--epochs", type=int, default=6)
-    p.add_argument("--hidden", type=int, default=32)
+    p.add_argument("--stocks", type=int, default=120)
+    p.add_argument("--dates", type=int, default=450)
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--hidden", type=int, default=16)
+    p.add_argument("--dropout", type=float, default=0.2)
+    p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--device", default="auto")
     p.add_argument("--out", type=Path, default=Path("output/bench/atft_ablation.json"))
@@ -62,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
             for name, overrides in VARIANTS.items():
                 config = TrainConfig(n_stocks=args.stocks, n_dates=args.dates, market_seed=seed,
                                      epochs=args.epochs, hidden_size=args.hidden,
-                                     batch_size=args.stocks, lr=2e-3, warmup_steps=50,
+                                     batch_size=args.stocks, lr=args.lr, warmup_steps=50,
+                                     dropout=args.dropout,
                                      device=args.device, **overrides)
                 ctx = TrialContext(Path(tmp) / f"{seed}_{name}", seed=seed,
                                    cache_dir=Path(tmp) / "cache")
@@ -92,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         "fan_gain": mean["full"] - mean["no_fan"],
         "std_full": float(np.std(results["full"])),
         "settings": {"stocks": args.stocks, "dates": args.dates, "epochs": args.epochs,
-                     "hidden": args.hidden},
+                     "hidden": args.hidden, "dropout": args.dropout, "lr": args.lr},
         "per_seed": per_seed,
     }
     print(f"\n{'variant':10s} {'rank_ic (mean of ' + str(len(args.seeds)) + ' seeds)':>28s}")

@@ -219,20 +219,38 @@ def service_ms(url: str, *, n_trials: int, name: str, profile: Path | None = Non
 
 
 # -- worker throughput -----------------------------------------------------------------------
-def workers_throughput(url: str, n_workers: int, *, trials_per_worker: int, tmp: Path) -> float:
+# A worker exactly as ``hpo.run --workers N`` starts it (``--worker-index i``), with the
+# per-trial dashboard artifacts switched off.
+_LEAN_WORKER = ("import runpy, hpo.artifacts as a; a.upload_trial_artifacts = lambda *x, **k: []; "
+                "runpy.run_module('hpo.run', run_name='__main__')")
+
+
+def workers_throughput(url: str, n_workers: int, *, trials_per_worker: int, tmp: Path,
+                       artifacts: bool = True) -> float:
     """Trials per second of ``python -m hpo.run --workers N`` on a 0.5 s objective."""
     import optuna
     from optuna.trial import TrialState
 
-    name = f"bench_workers_{n_workers}"
+    name = f"bench_workers_{n_workers}{'' if artifacts else '_lean'}"
     path = write_study(tmp, name=name, n_trials=trials_per_worker * n_workers, sleep_s=SLEEP_S)
     env = {**os.environ, "PYTHONPATH": str(REPO), "HPO_STORAGE": url}
-    proc = subprocess.run([sys.executable, "-m", "hpo.run", "--study", str(path), "--output",
-                           str(tmp / "out"), "--workers", str(n_workers)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600)
-    if proc.returncode != 0:
-        raise RuntimeError(f"--workers {n_workers} exited {proc.returncode}: "
-                           f"{proc.stderr[-2000:]}")
+    base = ["--study", str(path), "--output", str(tmp / "out")]
+    if artifacts:
+        commands = [[sys.executable, "-m", "hpo.run", *base, "--workers", str(n_workers)]]
+    else:  # the study first (as --workers does), then the N workers
+        from hpo.config import load_study_spec
+        from hpo.study import open_study
+
+        spec = load_study_spec(str(path))
+        open_study(spec, url, force=False, target=spec.n_trials, quiet=True)
+        commands = [[sys.executable, "-c", _LEAN_WORKER, *base, "--worker-index", str(i)]
+                    for i in range(n_workers)]
+    procs = [subprocess.Popen(c, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True) for c in commands]
+    for proc in procs:
+        _, err = proc.communicate(timeout=600)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{n_workers} workers: exit {proc.returncode}: {err[-2000:]}")
     study = optuna.load_study(study_name=name, storage=url)
     by_worker: dict[str, list] = {}
     for t in study.get_trials(states=(TrialState.COMPLETE,)):
@@ -288,10 +306,12 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_workers:
             url = pg or sqlite
             result["workers_storage"] = "postgres" if pg else "sqlite"
-            result["workers"] = {
-                str(n): round(workers_throughput(url, n, trials_per_worker=args.worker_trials,
-                                                 tmp=Path(tmp)), 3)
-                for n in WORKER_COUNTS}
+            for key, artifacts in (("workers", True), ("workers_without_artifacts", False)):
+                result[key] = {
+                    str(n): round(workers_throughput(
+                        url, n, trials_per_worker=args.worker_trials, tmp=Path(tmp),
+                        artifacts=artifacts), 3)
+                    for n in WORKER_COUNTS}
 
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n")
@@ -304,11 +324,12 @@ def main(argv: list[str] | None = None) -> int:
                                 row["service_without_artifacts_ms"])
             print(f"{label:<10} {bare:>8.1f} {full:>9.1f} {full / bare:>6.2f} {lean:>13.1f} "
                   f"{lean / bare:>6.2f}")
-    if "workers" in result:
-        w = result["workers"]
-        print(f"\nworkers ({result['workers_storage']}, {SLEEP_S} s objective): "
-              + ", ".join(f"{n}: {v:.2f} trials/s" for n, v in w.items())
-              + f"; 4 vs 1: {w['4'] / w['1']:.2f}x")
+    for key in ("workers", "workers_without_artifacts"):
+        if key in result:
+            w = result[key]
+            print(f"\n{key} ({result['workers_storage']}, {SLEEP_S} s objective): "
+                  + ", ".join(f"{n}: {v:.2f} trials/s" for n, v in w.items())
+                  + f"; 4 vs 1: {w['4'] / w['1']:.2f}x")
     print(f"\nwritten: {args.output}")
     return 0
 

@@ -116,3 +116,26 @@ def test_same_config_same_model(baseline) -> None:
     metrics, ctx = run(root, "again")
     assert torch.equal(_final_weights(base_ctx), _final_weights(ctx))
     assert metrics == base_metrics
+
+
+def test_study_lr_applies_in_every_phase(tmp_path: Path) -> None:
+    """The public project's phase trainer overwrote the sampled learning rate; ours must not."""
+    phases = dict(phases=("baseline:1", "graph:1", "finetune:1"), epochs=3,
+                  finetune_lr_scale=0.1, scheduler="constant")
+    _, slow = run(tmp_path, "slow", lr=1e-3, **phases)
+    _, fast = run(tmp_path, "fast", lr=2e-3, **phases)
+    assert [h["phase"] for h in slow.history] == ["baseline", "graph", "finetune"]
+    for a, b in zip(slow.history, fast.history, strict=True):
+        assert b["lr"] == pytest.approx(2 * a["lr"], rel=1e-9)
+    assert slow.history[0]["lr"] == pytest.approx(1e-3)
+    assert slow.history[2]["lr"] == pytest.approx(1e-4)
+
+
+def test_baseline_phase_really_runs_without_the_graph(tmp_path: Path) -> None:
+    # graph_k changes the graph; in a baseline-only run it must change nothing
+    _, a = run(tmp_path, "b4", phases=("baseline:1",), graph_k=4)
+    _, b = run(tmp_path, "b8", phases=("baseline:1",), graph_k=8)
+    assert torch.equal(_final_weights(a), _final_weights(b))
+    _, c = run(tmp_path, "g4", phases=("graph:1",), graph_k=4)
+    _, d = run(tmp_path, "g8", phases=("graph:1",), graph_k=8)
+    assert not torch.equal(_final_weights(c), _final_weights(d))
