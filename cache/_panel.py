@@ -28,6 +28,7 @@ class Panel:
     targets: np.ndarray  # (rows, n_targets) float32, C-contiguous
     valid: np.ndarray | None  # (rows,) bool under the "mask" policy, else None
     target_valid: np.ndarray | None  # (rows, n_targets) bool under "mask", else None
+    feature_valid: np.ndarray | None  # (rows,) bool under "mask": every feature was finite
     date_index: np.ndarray  # (rows,) int32 into unique_dates
     code_index: np.ndarray  # (rows,) int32 into codes
     unique_dates: np.ndarray  # (n_dates,) datetime64[D], ascending
@@ -216,6 +217,9 @@ def prepare_panel(frame: pl.DataFrame, spec: CacheSpec, *, where: str) -> Panel:
     row_bad = np.zeros(frame.height, dtype=bool)
     x = _float32_matrix(frame, features)
     x_bad = _scan_non_finite(x, row_bad, replace_with=replace)
+    # Kept apart from targets: a row whose *future* return is unknown still has usable
+    # features (a trainer must not drop a stock from dates before its data ends).
+    feature_valid = ~row_bad if spec.nan_policy == "mask" else None
     y = _float32_matrix(frame, targets)
     # Per-target validity, so a trainer of one horizon keeps rows that only a longer
     # horizon lacks (the last 20 dates have no ret_20d but do have ret_1d).
@@ -235,6 +239,7 @@ def prepare_panel(frame: pl.DataFrame, spec: CacheSpec, *, where: str) -> Panel:
         targets=y,
         valid=~row_bad if spec.nan_policy == "mask" else None,
         target_valid=target_valid,
+        feature_valid=feature_valid,
         date_index=date_index,
         code_index=code_index,
         unique_dates=unique_dates,

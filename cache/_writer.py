@@ -60,6 +60,9 @@ def record_batch(panel: Panel, *, key: str) -> pa.RecordBatch:
         tv = np.ascontiguousarray(panel.target_valid).view(np.uint8)  # (rows, n_targets)
         columns["target_valid"] = pa.FixedSizeListArray.from_arrays(
             pa.array(tv.reshape(-1), type=pa.uint8()), tv.shape[1])
+        if panel.feature_valid is not None:
+            columns["feature_valid"] = pa.array(panel.feature_valid.view(np.uint8),
+                                                type=pa.uint8())
     schema = pa.schema(
         [pa.field(name, array.type, nullable=False) for name, array in columns.items()],
         metadata={META_KEY: key.encode(), META_VERSION: str(FORMAT_VERSION).encode()},

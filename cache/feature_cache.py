@@ -9,6 +9,7 @@ A cache is one directory ``<cache_root>/<key>/``::
                      code_index  int32                                 (rows)
                      valid       uint8 0/1, only under nan_policy "mask" (rows)
                      target_valid fixed_size_list<uint8>[n_targets], only under "mask"
+                     feature_valid uint8 0/1, only under "mask" (rows)
     index.npz      unique_dates (n_dates,) datetime64[D], codes (n_codes,) str,
                    date_offsets (n_dates + 1,) int64
     manifest.json  schema, counts, format version, source and spec hashes (see build)
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
     import torch
 
 FORMAT_NAME = "hpo-feature-cache"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: feature_valid column under "mask"
 DATA_FILE = "data.arrow"
 INDEX_FILE = "index.npz"
 MANIFEST_FILE = "manifest.json"
@@ -121,6 +122,8 @@ class FeatureCache:
             the row was NaN/inf/null; those values read 0), else None.
         target_valid: (rows, n_targets) bool under "mask": False where that target was
             NaN/inf/null (so a 1-day model can keep rows that only lack ret_20d), else None.
+        feature_valid: (rows,) bool under "mask": False where a feature of the row was
+            NaN/inf/null (targets ignored), else None.
         date_index, code_index: (rows,) int32 into ``unique_dates`` / ``codes``; rows are
             sorted by (date, code).
         unique_dates: (n_dates,) datetime64[D], ascending.
@@ -181,6 +184,9 @@ class FeatureCache:
         self.target_valid = (
             _read_only(view("target_valid", np.uint8, (rows, n_targ)).view(np.bool_))
             if has_valid else None)
+        self.feature_valid = (
+            _read_only(view("feature_valid", np.uint8, (rows,)).view(np.bool_))
+            if "feature_valid" in batch.schema.names else None)
         try:
             with np.load(self.path / INDEX_FILE, allow_pickle=False) as index:
                 self.unique_dates = index["unique_dates"].astype("datetime64[D]")

@@ -130,7 +130,7 @@ class StudySpec:
         return {**self.data, **self.trainer}
 
     def fingerprint(self) -> str:
-        """Hash of what makes trials comparable: workload, objectives, search space, fixed settings.
+        """Hash of what makes trials comparable: workload, objectives, space, fixed settings.
 
         A study whose stored fingerprint differs from its file's was made by a different
         experiment; mixing the two would show stale results as current.

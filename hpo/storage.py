@@ -10,10 +10,10 @@ Two adjustments to Optuna's ``RDBStorage`` (class :class:`ServiceRDBStorage`), b
 * A heartbeat that cannot reach the database (a restarting server) is logged and retried at the
   next beat instead of killing the heartbeat thread; without this a trial that outlives a
   database restart stops beating and is failed as stale while it is still training.
-* Trial user attrs are written in one transaction per trial per heartbeat instead of one per
-  attribute (a trial sets ~10: metrics, history, worker, seed...). Pending attrs are written
-  before every state change and every read of the trial, and by the heartbeat thread, so the
-  dashboard lags at most one heartbeat and nothing is lost that a finished trial had set.
+* Trial user attrs are written in batches instead of one transaction per attribute (a trial
+  sets ~10: metrics, history, worker, seed...): with the trial's next heartbeat, and with its
+  final state in the same transaction, so the dashboard lags at most one heartbeat and nothing
+  a finished trial set is lost. Reads in this process see the pending values.
 """
 
 from __future__ import annotations
@@ -198,15 +198,6 @@ def _make_service_storage_class() -> type:  # noqa: C901 - one class, kept toget
             with self._pending_lock:
                 self._pending.setdefault(trial_id, {})[key] = value
 
-        def flush_user_attrs(self, trial_id: int | None = None) -> None:
-            """Write the pending user attrs of one trial (or of all), one transaction each."""
-            with self._pending_lock:
-                ids = list(self._pending) if trial_id is None else [trial_id]
-            for i in ids:
-                with self._staged(i) as session:
-                    if session is not None:
-                        session.commit()
-
         @contextmanager
         def _staged(self, trial_id: int) -> Iterator[Any]:
             """Stage the trial's pending attrs in this thread's session, without committing.
@@ -279,8 +270,7 @@ def _make_service_storage_class() -> type:  # noqa: C901 - one class, kept toget
             deadline = time.monotonic() + STATE_WRITE_RETRY_S
             while True:
                 try:
-                    self.flush_user_attrs(trial_id)
-                    return super().get_trial(trial_id)
+                    return self._with_pending(super().get_trial(trial_id))
                 except BaseException as exc:
                     if not _is_outage(exc) or time.monotonic() >= deadline:
                         raise
@@ -288,26 +278,35 @@ def _make_service_storage_class() -> type:  # noqa: C901 - one class, kept toget
                     time.sleep(STATE_WRITE_PAUSE_S)
 
         def _get_trials(self, *args: Any, **kwargs: Any) -> Any:
-            if self._pending:
-                self.flush_user_attrs()
-            return super()._get_trials(*args, **kwargs)
+            trials = super()._get_trials(*args, **kwargs)
+            return [self._with_pending(t) for t in trials] if self._pending else trials
+
+        def _with_pending(self, trial: Any) -> Any:
+            """This process reads its own pending attrs (read-your-writes without a write)."""
+            with self._pending_lock:
+                pending = dict(self._pending.get(trial._trial_id) or {})
+            if pending:
+                trial.user_attrs.update(pending)
+            return trial
 
         # -- heartbeats that survive a database restart -------------------------------------
         def record_heartbeat(self, trial_id: int) -> None:
             try:
                 with self._staged(trial_id):
                     super().record_heartbeat(trial_id)
-            except storage_errors() as exc:
+            except optuna.exceptions.UpdateFinishedTrialError:
+                # Another worker declared this trial dead (no beat within the grace period);
+                # its retry is queued already. The attrs of this attempt are dropped.
+                with self._pending_lock:
+                    self._pending.pop(trial_id, None)
+            except Exception as exc:
+                if not _is_outage(exc):
+                    raise
                 now = time.monotonic()
                 if now - self._last_outage_log >= _OUTAGE_LOG_EVERY_S:
                     self._last_outage_log = now
                     log.warning("heartbeat of trial id %d could not reach the storage (%s); "
                                 "retrying at the next beat", trial_id, _short_reason(
                                     exc.__cause__ or exc))
-            except optuna.exceptions.UpdateFinishedTrialError:
-                # Another worker declared this trial dead (no beat within the grace period);
-                # its retry is queued already. The attrs of this attempt are dropped.
-                with self._pending_lock:
-                    self._pending.pop(trial_id, None)
 
     return ServiceRDBStorage

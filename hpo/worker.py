@@ -19,7 +19,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Container
+from collections.abc import Callable, Container
 from pathlib import Path
 from typing import Any
 
@@ -115,15 +115,30 @@ def _interruptible_sleep(seconds: float, objective: Objective) -> None:
         time.sleep(min(0.2, max(0.0, end - time.monotonic())))
 
 
-def _is_storage_error(exc: BaseException | None) -> bool:
-    """Whether ``exc`` or anything in its cause/context chain is a storage outage."""
+def _chain_has(exc: BaseException | None, test: Callable[[BaseException], bool]) -> bool:
+    """Whether ``exc`` or anything in its cause/context chain passes ``test``.
+
+    Optuna can replace an error of its ``tell`` by another one raised while handling it
+    (an UnboundLocalError, an AssertionError), so the whole chain is checked.
+    """
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
-        if isinstance(exc, storage_errors()):
+        if test(exc):
             return True
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
     return False
+
+
+def _is_storage_error(exc: BaseException | None) -> bool:
+    return _chain_has(exc, lambda e: isinstance(e, storage_errors()))
+
+
+def _was_reclaimed(exc: BaseException) -> bool:
+    """The trial was finished by someone else (declared dead by another worker after a long
+    outage): Optuna says so with UpdateFinishedTrialError or "Cannot tell a FAIL trial"."""
+    return _chain_has(exc, lambda e: isinstance(e, optuna.exceptions.UpdateFinishedTrialError)
+                      or (isinstance(e, ValueError) and str(e).startswith("Cannot tell a ")))
 
 
 def run_worker(study: optuna.Study, spec: StudySpec, *, output: Path, target: int,
@@ -177,7 +192,10 @@ def run_worker(study: optuna.Study, spec: StudySpec, *, output: Path, target: in
         view = StudySnapshot(study, study._get_trials(deepcopy=False, use_cache=True),
                              metric_names)
         state["seen"] = view
-        report_pending(view)
+        try:
+            report_pending(view)
+        except Exception:  # a progress line or results file must never fail this trial
+            log.warning("could not report the previous trial", exc_info=True)
         if guard.is_surplus(view.get_trials(), trial.number):
             state["outcome"] = "surplus"
             trial.set_user_attr("surplus", True)
@@ -260,8 +278,15 @@ def run_worker(study: optuna.Study, spec: StudySpec, *, output: Path, target: in
             except KeyboardInterrupt:
                 code = EXIT_INTERRUPTED
             except Exception as exc:
-                # Optuna can turn a failed tell into an UnboundLocalError whose context is the
-                # storage error, so the whole chain is checked.
+                if _was_reclaimed(exc):
+                    # The database was out for longer than the grace period: another worker
+                    # declared this trial dead and queued its retry, which resumes from the
+                    # trial's last checkpoint. Nothing left to store here; go on.
+                    log.warning("trial %s was reclaimed by another worker while the storage "
+                                "was unreachable; its retry resumes from its last checkpoint",
+                                state["number"])
+                    state["outcome"] = None
+                    continue
                 if not _is_storage_error(exc):
                     raise
                 now = time.monotonic()

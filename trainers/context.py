@@ -16,6 +16,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from trainers.errors import UserError
+
 log = logging.getLogger("trainers")
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -64,6 +66,24 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(
         Path(path), (json.dumps(_json_safe(obj), indent=2, sort_keys=False) + "\n").encode()
     )
+
+
+# Settings that describe the machine rather than the run: a checkpoint may resume elsewhere.
+MACHINE_FIELDS = frozenset({"device", "precision", "compile", "min_batch"})
+
+
+def check_resumable(state: dict[str, Any], config: Any, ctx: TrialContext) -> None:
+    """Refuse to continue a checkpoint written with other run settings (``state["config"]``)."""
+    from trainers.config import to_mapping
+
+    saved, current = state.get("config", {}), to_mapping(config)
+    changed = sorted(k for k in current.keys() - MACHINE_FIELDS if saved.get(k) != current[k])
+    if saved and changed:
+        raise UserError(
+            f"the checkpoint in {ctx.output_dir} was written with other settings "
+            f"({', '.join(f'{k}: {saved.get(k)!r} -> {current[k]!r}' for k in changed)}); "
+            "resume with the same settings or use a fresh output directory"
+        )
 
 
 class TrialContext:

@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 import torch
 
-from cache import CacheSpec, FeatureCache, load_or_build, open_cache
+from cache import FORMAT_VERSION, CacheSpec, FeatureCache, load_or_build, open_cache
 from cache._torch import staged_copy
 from cache.testing import make_panel
 
@@ -45,7 +45,7 @@ def test_arrays_hold_the_panel_sorted_by_date_then_code(tmp_path: Path) -> None:
     assert fc.date_index.dtype == np.int32 and fc.code_index.dtype == np.int32
     assert fc.valid is None and fc.target_valid is None
     assert fc.manifest["rows"] == 20 and fc.manifest["n_features"] == 3
-    assert fc.manifest["source"]["content_hash"] and fc.manifest["format_version"] == 1
+    assert fc.manifest["source"]["content_hash"] and fc.manifest["format_version"] == FORMAT_VERSION
 
 
 def test_date_offsets_slice_each_cross_section(tmp_path: Path) -> None:
@@ -220,3 +220,15 @@ def test_forced_rebuild_replaces_the_directory_and_old_readers_keep_reading(
     assert new.load_sidecar("g", params={}) is None  # sidecars went with the old build
     np.testing.assert_array_equal(old.features, new.features)  # old map still readable
     assert sorted(p.name for p in tmp_path.iterdir()) == [".locks", path.name]
+
+
+def test_feature_validity_is_kept_apart_from_targets(tmp_path: Path) -> None:
+    """A row whose future return is unknown keeps valid features (no look-ahead in presence)."""
+    frame = make_panel(n_dates=4, n_stocks=3).with_columns(
+        pl.when(pl.col("code") == pl.col("code").min()).then(None)
+        .otherwise(pl.col("ret_20d")).alias("ret_20d"))
+    fc = load_or_build(frame, tmp_path, CacheSpec(nan_policy="mask"), source_id="t")
+    first_code = fc.code_index == 0
+    assert not fc.valid[first_code].any()          # the row as a whole has a bad value...
+    assert fc.feature_valid[first_code].all()      # ...but its features are fine
+    assert not fc.target_valid[first_code, fc.target_names.index("ret_20d")].any()

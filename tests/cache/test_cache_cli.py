@@ -10,6 +10,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from cache import FORMAT_VERSION
 from cache import build as build_cli
 from cache import info as info_cli
 from cache.feature_cache import cache_dirs, open_cache
@@ -128,7 +129,7 @@ def test_info_summarises_one_cache_and_lists_a_root(parquet: Path, tmp_path: Pat
 
     assert info_cli.main([str(cache_dir)]) == 0
     text = capsys.readouterr().out
-    assert f"key        {cache_dir.name}  (format version 1)" in text
+    assert f"key        {cache_dir.name}  (format version {FORMAT_VERSION})" in text
     assert "rows       20  (4 dates 2024-01-01 .. 2024-01-04, 5 codes)" in text
     assert "features   4: f0, f1, f2, f3" in text
     assert "features: fixed_size_list<item: float>[4]" in text

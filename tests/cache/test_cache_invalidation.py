@@ -14,7 +14,7 @@ import pyarrow.parquet
 import pytest
 
 import cache._source as source_mod
-from cache import CacheSpec, load_or_build, open_cache
+from cache import FORMAT_VERSION, CacheSpec, load_or_build, open_cache
 from cache.feature_cache import cache_dirs
 from cache.testing import make_panel
 from trainers.errors import UserError
@@ -155,12 +155,12 @@ def test_incompatible_format_version(panel_file: Path, tmp_path: Path,
     (old_dir / "manifest.json").write_text(json.dumps(manifest))
 
     with pytest.raises(UserError, match=r"written by cache format version 0, this code reads "
-                                        r"version 1; delete it and rebuild"):
+                                        rf"version {FORMAT_VERSION}; delete it and rebuild"):
         open_cache(old_dir)
     caplog.set_level(logging.INFO, logger="cache")
     rebuilt = load_or_build(panel_file, root, CacheSpec())
     assert rebuilt.key == fc.key
-    assert "cache format changed (version 0 -> 1)" in caplog.text
+    assert f"cache format changed (version 0 -> {FORMAT_VERSION})" in caplog.text
 
 
 def test_damaged_caches_are_refused_not_read(panel_file: Path, tmp_path: Path) -> None:

@@ -212,6 +212,26 @@ def test_interrupted_then_resumed_trial_matches_uninterrupted(
     assert resumed.user_attrs["history"] == reference.user_attrs["history"]
 
 
+def test_twice_interrupted_trial_resumes_from_the_newest_predecessor(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write_study(tmp_path, name="chain", n_trials=1, epochs=5, extra=FIXED)
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    out = tmp_path / "out"
+    monkeypatch.setenv("TOY_STOP_AFTER_EPOCH", "1")
+    assert main(args_for(path, url, out)) == 130  # trial 0 stops after epoch 1
+    monkeypatch.setenv("TOY_STOP_AFTER_EPOCH", "3")
+    assert main(args_for(path, url, out)) == 130  # its retry 1 resumes, stops after epoch 3
+    monkeypatch.delenv("TOY_STOP_AFTER_EPOCH")
+    assert main(args_for(path, url, out)) == 0
+    trials = trials_of(url, "chain")
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.FAIL,
+                                         TrialState.COMPLETE]
+    assert trials[1].user_attrs["resumed_from"] == {"trial": 0, "epoch": 1}
+    assert trials[2].system_attrs["retry_history"] == [0, 1]
+    assert trials[2].user_attrs["resumed_from"] == {"trial": 1, "epoch": 3}
+    assert trials[2].user_attrs["retry_of"] == 1
+
+
 # -- zombies of dead workers ----------------------------------------------------------------
 def make_zombie(path: Path, url: str) -> None:
     """A RUNNING trial with params and one heartbeat, whose worker is gone."""
@@ -380,3 +400,46 @@ def test_postgres_restart_mid_study_completes(tmp_path: Path, throwaway_pg: Thro
     for t in trials:
         if t.state == TrialState.COMPLETE:
             assert [h["epoch"] for h in t.user_attrs["history"]] == [1, 2, 3]
+
+
+def test_postgres_engine_is_pinged_and_pooled_small(pg_url: str) -> None:
+    from hpo.storage import PG_MAX_OVERFLOW, PG_POOL_SIZE, open_storage
+
+    storage = open_storage(pg_url, heartbeat_interval=1, grace_period=3, max_retry=3)
+    try:
+        pool = storage.engine.pool
+        assert pool._pre_ping is True
+        assert (pool.size(), pool._max_overflow) == (PG_POOL_SIZE, PG_MAX_OVERFLOW) == (2, 2)
+        assert storage.heartbeat_stale_trial_callback._max_retry == 3
+    finally:
+        storage.engine.dispose()
+
+
+# -- batched user attrs ---------------------------------------------------------------------
+def test_user_attrs_reach_storage_with_the_heartbeat_and_the_final_state(
+        storage_url: str) -> None:
+    import warnings
+
+    from hpo.storage import open_storage
+
+    storage = open_storage(storage_url, heartbeat_interval=1, grace_period=3)
+    study = optuna.create_study(study_name="attrs", storage=storage)
+    other = optuna.storages.RDBStorage(storage_url)  # another process's view
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trial = study.ask()
+        trial.set_user_attr("epoch", 1)
+        assert other.get_trial(trial._trial_id).user_attrs == {}
+        assert study._storage.get_trial(trial._trial_id).user_attrs == {"epoch": 1}
+        storage.record_heartbeat(trial._trial_id)  # the heartbeat thread's beat
+        assert other.get_trial(trial._trial_id).user_attrs == {"epoch": 1}
+        trial.set_user_attr("epoch", 2)
+        trial.set_user_attr("loss", 0.5)
+        study.tell(trial, 0.5)
+        finished = other.get_trial(trial._trial_id)
+        assert finished.state == TrialState.COMPLETE
+        assert finished.user_attrs == {"epoch": 2, "loss": 0.5}
+    finally:
+        other.engine.dispose()
+        study._storage.remove_session()

@@ -108,7 +108,8 @@ def test_bad_flags_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture
     assert err[-1].startswith(expected)
 
 
-def test_unreachable_database_masks_password(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_unreachable_database_masks_password(tmp_path: Path,
+                                             capsys: pytest.CaptureFixture) -> None:
     path = study_file(tmp_path)
     url = "postgresql+psycopg2://alice:hunter2@127.0.0.1:1/nowhere"
     assert main(["--study", str(path), "--storage", url, "--output", str(tmp_path / "o")]) == 2

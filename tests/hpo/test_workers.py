@@ -138,3 +138,35 @@ def test_changed_study_file_message_names_the_change(tmp_path: Path,
     assert "changed: search_space (optimizer), fixed (epochs)" in err
     assert "Use a new study name, or --force" in err
     assert len(trials_of(url, "changed")) == 1
+
+
+def test_trial_reclaimed_by_another_worker_is_not_counted_twice(
+        tmp_path: Path, pg_url: str, workers: Workers) -> None:  # noqa: F811
+    """The database was out longer than the grace period, so another worker declared a live
+    trial dead and queued its retry. The live worker's result cannot be stored any more; it
+    goes on with the retry, which resumes from the trial's checkpoint."""
+    import optuna
+
+    from tests.hpo.test_crash import checkpoint_epoch
+
+    path = write_study(tmp_path, name="reclaim", n_trials=1, epochs=3, sleep_s=0.7)
+    out = tmp_path / "out"
+    proc = workers.start(args_for(path, pg_url, out))
+    wait_for(lambda: checkpoint_epoch(out, "reclaim", 0) >= 1, timeout=60,
+             what="the first checkpoint of trial 0")
+    # what fail_stale_trials in another worker does
+    storage = optuna.storages.RDBStorage(pg_url)
+    try:
+        study = optuna.load_study(study_name="reclaim", storage=storage)
+        trial_id = study.trials[0]._trial_id
+        assert storage.set_trial_state_values(trial_id, TrialState.FAIL)
+        optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2)(
+            study, storage.get_trial(trial_id))
+    finally:
+        storage.engine.dispose()
+    assert workers.wait(proc, timeout=90) == 0, proc.log_path.read_text()[-3000:]
+    assert "trial 0 was reclaimed by another worker" in proc.log_path.read_text()
+    trials = trials_of(pg_url, "reclaim")
+    assert_study_consistent(trials, target=1)
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert trials[1].user_attrs["resumed_from"]["trial"] == 0

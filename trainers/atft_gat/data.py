@@ -4,11 +4,10 @@ The model reads one date's cross-section with a lookback window of history, and 
 links stocks by index, so a dense ``(D, S, ...)`` layout with a presence mask is simpler and
 faster than the cache's ragged rows: a window is one slice plus one gather.
 
-Presence: a (date, stock) row is *present* when it exists in the cache, the cache marks it
-valid and all its features are finite. Under the cache's ``nan_policy="mask"`` a row is
-invalid when any feature **or target** is NaN; such rows are absent here, which drops, for
-example, the last ``h`` dates of a panel whose ``ret_{h}d`` is NaN there. Features of absent
-rows read 0 and their targets NaN.
+Presence: a (date, stock) row is *present* when it exists in the cache and all its features are
+valid (the cache's ``feature_valid`` under ``nan_policy="mask"``). A missing *target* never
+removes a row: deciding who is in the panel at date t from whether its future return is known
+would be look-ahead. Missing targets read NaN (``target_valid``), features of absent rows 0.
 """
 
 from __future__ import annotations
@@ -93,8 +92,14 @@ def dense_panel(fc: FeatureCacheLike) -> Panel:
     if len(flat) and np.bincount(flat, minlength=n_dates * n_stocks).max() > 1:
         raise UserError("the feature cache holds a (date, code) pair twice; rebuild it")
     ok = np.isfinite(features).all(axis=1)
-    if fc.valid is not None:
+    feature_valid = getattr(fc, "feature_valid", None)
+    if feature_valid is not None:
+        ok &= np.asarray(feature_valid, dtype=bool)
+    elif fc.valid is not None:  # an older cache: the row mask is all we have
         ok &= np.asarray(fc.valid, dtype=bool)
+    target_valid = getattr(fc, "target_valid", None)
+    if target_valid is not None:  # the cache stores bad targets as 0 under "mask"
+        targets = np.where(np.asarray(target_valid, dtype=bool), targets, np.nan)
     cells = torch.from_numpy(flat[ok])
 
     # Boolean indexing copies the rows into fresh writable arrays, the only copy made.

@@ -37,7 +37,7 @@ from trainers.atft_gat.data import Panel, dense_panel, purged_split, standardise
 from trainers.atft_gat.graph import DateGraphs, GraphConfig, build_graphs
 from trainers.atft_gat.model import ATFTGATFAN, pinball_loss
 from trainers.config import to_mapping
-from trainers.context import TrialContext, atomic_write_bytes
+from trainers.context import TrialContext, atomic_write_bytes, check_resumable
 from trainers.errors import UserError
 from trainers.metrics import panel_metrics
 from trainers.runtime import StepRunner, seed_everything
@@ -270,6 +270,7 @@ def train(config: TrainConfig, ctx: TrialContext) -> dict[str, float]:
     start_epoch, best_ic, stale = 0, -math.inf, 0
     state = ctx.restore()
     if state is not None:
+        check_resumable(state, config, ctx)
         runner.load_state_dict(state)
         start_epoch = int(state["epoch"])
         best_ic, stale = state["best_ic"], state["stale"]
@@ -300,7 +301,8 @@ def train(config: TrainConfig, ctx: TrialContext) -> dict[str, float]:
                                with_graph=with_graph)
             batch_seconds += time.perf_counter() - tb
 
-            def loss_fn(s: slice, batch: Batch = batch) -> torch.Tensor:
+            def loss_fn(s: slice, batch: Batch = batch, with_graph: bool = with_graph
+                        ) -> torch.Tensor:
                 b = batch.sub(s)
                 x, y, e, w = runner.to_device(b.x, b.y, b.edges, b.weight)
                 b = Batch(x, y, b.y_raw, runner.to_device(b.group), b.stock, b.date, e, w)

@@ -28,8 +28,7 @@ from trainers.condor.data import (
 )
 from trainers.condor.model import CondorBrain
 from trainers.config import to_mapping
-from trainers.context import TrialContext
-from trainers.errors import UserError
+from trainers.context import TrialContext, check_resumable
 from trainers.runtime import StepRunner, configure_threads, seed_everything
 
 # Per-epoch shuffles are seeded from (run seed, epoch) so a resumed run replays exactly the
@@ -55,20 +54,6 @@ def multitask_loss(
     )
 
 
-# Settings that describe the machine rather than the run: a checkpoint may resume elsewhere.
-_MACHINE_FIELDS = {"device", "precision", "compile", "min_batch"}
-
-
-def check_resumable(state: dict, config: TrainConfig, ctx: TrialContext) -> None:
-    """Refuse to continue a checkpoint written with other run settings."""
-    saved, current = state.get("config", {}), to_mapping(config)
-    changed = sorted(k for k in current.keys() - _MACHINE_FIELDS if saved.get(k) != current[k])
-    if saved and changed:
-        raise UserError(
-            f"the checkpoint in {ctx.output_dir} was written with other settings "
-            f"({', '.join(f'{k}: {saved.get(k)!r} -> {current[k]!r}' for k in changed)}); "
-            "resume with the same settings or use a fresh output directory"
-        )
 
 
 def train(config: TrainConfig, ctx: TrialContext) -> dict[str, float]:

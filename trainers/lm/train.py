@@ -18,8 +18,7 @@ import time
 import torch
 
 from trainers.config import to_mapping
-from trainers.context import TrialContext
-from trainers.errors import UserError
+from trainers.context import TrialContext, check_resumable
 from trainers.lm.config import TrainConfig
 from trainers.lm.data import (
     VOCAB_SIZE,
@@ -37,20 +36,6 @@ from trainers.runtime import StepRunner, configure_threads, seed_everything
 _EPOCH_SEED_STRIDE = 1_000_003
 
 
-# Settings that describe the machine rather than the run: a checkpoint may resume elsewhere.
-_MACHINE_FIELDS = {"device", "precision", "compile", "min_batch"}
-
-
-def check_resumable(state: dict, config: TrainConfig, ctx: TrialContext) -> None:
-    """Refuse to continue a checkpoint written with other run settings."""
-    saved, current = state.get("config", {}), to_mapping(config)
-    changed = sorted(k for k in current.keys() - _MACHINE_FIELDS if saved.get(k) != current[k])
-    if saved and changed:
-        raise UserError(
-            f"the checkpoint in {ctx.output_dir} was written with other settings "
-            f"({', '.join(f'{k}: {saved.get(k)!r} -> {current[k]!r}' for k in changed)}); "
-            "resume with the same settings or use a fresh output directory"
-        )
 
 
 def train(config: TrainConfig, ctx: TrialContext) -> dict[str, float]:

@@ -23,6 +23,8 @@ class FakeCache:
     features: np.ndarray
     targets: np.ndarray
     valid: np.ndarray | None
+    feature_valid: np.ndarray | None
+    target_valid: np.ndarray | None
     date_index: np.ndarray
     code_index: np.ndarray
     unique_dates: np.ndarray
@@ -39,23 +41,26 @@ def _cache(
     *,
     mask: bool = True,
 ) -> FakeCache:
-    """Rows sorted by (date, code); under ``mask`` bad values read 0 and their row is invalid,
-    as the cache's nan_policy="mask" does."""
+    """Rows sorted by (date, code); under ``mask`` bad values read 0, and the row, feature and
+    target validity masks are set as the cache's nan_policy="mask" does."""
     frame = frame.sort(["date", "code"])
     dates = frame["date"].to_numpy().astype("datetime64[D]")
     unique_dates = np.unique(dates)
     codes = sorted(frame["code"].unique().to_list())
     x = frame.select(features).to_numpy().astype(np.float32)
     y = frame.select(targets).to_numpy().astype(np.float32)
-    valid = None
+    valid = feature_valid = target_valid = None
     if mask:
-        valid = np.isfinite(x).all(1) & np.isfinite(y).all(1)
+        feature_valid, target_valid = np.isfinite(x).all(1), np.isfinite(y)
+        valid = feature_valid & target_valid.all(1)
         x, y = np.nan_to_num(x, nan=0.0), np.nan_to_num(y, nan=0.0)
     date_index = np.searchsorted(unique_dates, dates).astype(np.int32)
     return FakeCache(
         features=x,
         targets=y,
         valid=valid,
+        feature_valid=feature_valid,
+        target_valid=target_valid,
         date_index=date_index,
         code_index=np.searchsorted(np.array(codes), frame["code"].to_numpy()).astype(np.int32),
         unique_dates=unique_dates,
@@ -80,17 +85,21 @@ def test_dense_panel_places_every_row(frame: pl.DataFrame) -> None:
     assert panel.feature_names == FEATURE_NAMES and panel.target_names == TARGET_NAMES
     assert panel.codes == fc.codes and np.array_equal(panel.dates, fc.unique_dates)
 
-    rows = np.flatnonzero(fc.valid)
+    rows = np.flatnonzero(fc.feature_valid)
     d, s = fc.date_index[rows], fc.code_index[rows]
     np.testing.assert_array_equal(panel.x[d, s].numpy(), fc.features[rows])
-    np.testing.assert_array_equal(panel.y[d, s].numpy(), fc.targets[rows])
-    # Exactly the valid rows are present; everything else is 0 in x and NaN in y.
+    expected_y = np.where(fc.target_valid[rows], fc.targets[rows], np.nan)
+    np.testing.assert_array_equal(panel.y[d, s].numpy(), expected_y)
+    # Exactly the rows with valid features are present; everything else is 0 in x, NaN in y.
     assert int(panel.present.sum()) == len(rows)
     absent = ~panel.present
     assert (panel.x[absent] == 0).all() and torch.isnan(panel.y[absent]).all()
-    # ~10% of rows are missing, and under the mask policy the last 20 dates (NaN ret_20d).
-    assert 0.85 < panel.present[:-20].float().mean() < 0.95
-    assert not panel.present[-20:].any()
+    # ~10% of rows are missing at random. The last 20 dates stay present (their features are
+    # known) but have no 20-day label: presence must not depend on the future.
+    assert 0.85 < panel.present.float().mean() < 0.95
+    assert 0.85 < panel.present[-20:].float().mean() < 0.95
+    assert torch.isnan(panel.y[-20:, :, TARGET_NAMES.index("ret_20d")]).all()
+    assert torch.isfinite(panel.y[-20:-1, :, 0][panel.present[-20:-1]]).all()
 
 
 def test_rows_with_bad_features_are_absent_without_a_mask() -> None:
