@@ -45,7 +45,8 @@ def test_arrays_hold_the_panel_sorted_by_date_then_code(tmp_path: Path) -> None:
     assert fc.date_index.dtype == np.int32 and fc.code_index.dtype == np.int32
     assert fc.valid is None and fc.target_valid is None
     assert fc.manifest["rows"] == 20 and fc.manifest["n_features"] == 3
-    assert fc.manifest["source"]["content_hash"] and fc.manifest["format_version"] == FORMAT_VERSION
+    assert fc.manifest["source"]["content_hash"]
+    assert fc.manifest["format_version"] == FORMAT_VERSION
 
 
 def test_date_offsets_slice_each_cross_section(tmp_path: Path) -> None:
