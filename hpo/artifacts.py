@@ -24,6 +24,9 @@ ARTIFACTS_DIRNAME = "artifacts"
 LEARNING_CURVE_NAME = "learning_curve.png"
 # Files of a trial directory that are uploaded when present, in this order.
 TRIAL_FILES = ("metrics.json", LEARNING_CURVE_NAME, "checkpoint.pt", "traceback.txt")
+# A learning curve (PNG and note table) needs at least this many epochs; a single point is the
+# trial's own values, and drawing it costs ~0.1 s of matplotlib per trial.
+MIN_CURVE_EPOCHS = 2
 # Guessed from the extension otherwise, and ".pt" guesses as a SNES page table.
 MIMETYPES = {"checkpoint.pt": "application/octet-stream", "traceback.txt": "text/plain"}
 # A note longer than this many epochs shows the first and last rows only: the dashboard keeps
@@ -160,6 +163,8 @@ def upload_trial_artifacts(trial: optuna.Trial, *, trial_dir: Path, output_dir: 
 def _upload(trial: optuna.Trial, trial_dir: Path, output_dir: Path,
             metric_names: list[str]) -> list[str]:
     history = list(trial.user_attrs.get("history") or [])
+    if len(history) < MIN_CURVE_EPOCHS:
+        history = []
     if history:
         learning_curve_png(history, trial_dir / LEARNING_CURVE_NAME,
                            title=f"{trial.study.study_name} trial {trial.number}",

@@ -11,6 +11,8 @@ Run from the repository root:
   everything it does per trial (heartbeats, stale-trial check, budget guard, user attrs,
   per-trial metrics.json and history, results files, progress line). Both run the same number
   of trials in a fresh database, so TPE's own growth with the trial count cancels out.
+  ``bare_heartbeat_ms`` is bare Optuna with the service's crash-safety storage settings
+  (heartbeats, retry callback, pool_pre_ping), the floor the service cannot go below.
   ``service_without_artifacts_ms`` is the same run without the per-trial dashboard artifacts
   (learning-curve PNG, file copies, note; ``hpo.artifacts``), to tell the two costs apart.
 * workers: ``python -m hpo.run --workers N`` on an objective that sleeps 0.5 s; the throughput
@@ -149,7 +151,9 @@ def postgres_database() -> Iterator[str | None]:
 
 
 # -- per-trial overhead ----------------------------------------------------------------------
-def bare_ms(url: str, *, n_trials: int, name: str) -> float:
+def bare_ms(url: str, *, n_trials: int, name: str, heartbeat: bool = False) -> float:
+    """Bare ``study.optimize``; with ``heartbeat``, on an RDBStorage with the service's crash
+    safety settings (heartbeats, retry callback, pool_pre_ping) but nothing else."""
     import optuna
 
     from hpo.config import load_study_spec
@@ -157,7 +161,15 @@ def bare_ms(url: str, *, n_trials: int, name: str) -> float:
 
     with tempfile.TemporaryDirectory() as tmp:
         spec = load_study_spec(str(write_study(Path(tmp), name=name, n_trials=n_trials)))
-    study = optuna.create_study(study_name=name, storage=url,
+    storage: object = url
+    if heartbeat:
+        storage = optuna.storages.RDBStorage(
+            url, engine_kwargs={"pool_pre_ping": True} if url.startswith("postgresql") else {},
+            heartbeat_interval=spec.storage.heartbeat_interval,
+            grace_period=spec.storage.grace_period,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                max_retry=spec.storage.max_retry))
+    study = optuna.create_study(study_name=name, storage=storage,
                                 directions=["minimize", "maximize", "minimize"],
                                 sampler=make_sampler(spec, seed_offset=0))
 
@@ -292,15 +304,19 @@ def main(argv: list[str] | None = None) -> int:
             bare_ms(url, n_trials=3, name="warmup_bare")
             service_ms(url, n_trials=3, name="warmup_service")
             # Interleaved repeats, best of each: the machine's other load only ever adds time.
-            runs: dict[str, list[float]] = {"bare": [], "service": [], "lean": []}
+            runs: dict[str, list[float]] = {"bare": [], "bare_hb": [], "service": [],
+                                            "lean": []}
             for i in range(args.repeats):
                 runs["bare"].append(bare_ms(url, n_trials=args.trials, name=f"bare_{i}"))
+                runs["bare_hb"].append(bare_ms(url, n_trials=args.trials, name=f"bare_hb_{i}",
+                                               heartbeat=True))
                 runs["service"].append(service_ms(url, n_trials=args.trials,
                                                   name=f"service_{i}"))
                 runs["lean"].append(service_ms(
                     url, n_trials=args.trials, name=f"service_no_artifacts_{i}",
                     profile=profile if i == 0 else None, artifacts=False))
             result[label] = {"bare_ms": round(min(runs["bare"]), 2),
+                             "bare_heartbeat_ms": round(min(runs["bare_hb"]), 2),
                              "service_ms": round(min(runs["service"]), 2),
                              "service_without_artifacts_ms": round(min(runs["lean"]), 2)}
         if not args.skip_workers:
@@ -315,15 +331,16 @@ def main(argv: list[str] | None = None) -> int:
 
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"{'storage':<10} {'bare':>8} {'service':>9} {'ratio':>6} {'no artifacts':>13} "
-          f"{'ratio':>6}   (ms per trial)")
+    print("ms per trial (ratio to bare)")
+    print(f"{'storage':<10} {'bare':>8} {'bare+heartbeat':>16} {'service':>14} "
+          f"{'service w/o artifacts':>22}")
     for label in ("sqlite", "postgres"):
         if label in result:
             row = result[label]
-            bare, full, lean = (row["bare_ms"], row["service_ms"],
-                                row["service_without_artifacts_ms"])
-            print(f"{label:<10} {bare:>8.1f} {full:>9.1f} {full / bare:>6.2f} {lean:>13.1f} "
-                  f"{lean / bare:>6.2f}")
+            bare = row["bare_ms"]
+            cells = [f"{row[k]:.1f} ({row[k] / bare:.2f}x)" for k in (
+                "bare_heartbeat_ms", "service_ms", "service_without_artifacts_ms")]
+            print(f"{label:<10} {bare:>8.1f} {cells[0]:>16} {cells[1]:>14} {cells[2]:>22}")
     for key in ("workers", "workers_without_artifacts"):
         if key in result:
             w = result[key]
