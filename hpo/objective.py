@@ -45,13 +45,16 @@ def trial_dir(output_dir: Path, study_name: str, number: int) -> Path:
     return Path(output_dir) / study_name / f"trial_{number}"
 
 
-def retry_history(study: optuna.Study, number: int) -> list[int]:
+def retry_history(trial: optuna.Trial) -> list[int]:
     """Numbers of the trials this one retries, oldest first (empty for a fresh trial).
 
-    Optuna 5's helper needs the FrozenTrial from storage (a live Trial has no system attrs).
+    Optuna 5's helper needs a FrozenTrial (a live Trial has no system attrs). The one Optuna
+    read when it created the trial already holds them, which saves a query per trial; without
+    it (another Optuna version) the trial is read from storage.
     """
-    frozen = study._storage.get_trial(study._storage.get_trial_id_from_study_id_trial_number(
-        study._study_id, number))
+    frozen = getattr(trial, "_cached_frozen_trial", None)
+    if frozen is None:
+        frozen = trial.study._storage.get_trial(trial._trial_id)
     return list(optuna.storages.RetryHeartbeatStaleTrialCallback.retry_history(frozen))
 
 
@@ -124,7 +127,7 @@ class Objective:
         config = from_mapping(self.workload.config_cls, settings, where=f"trial {trial.number}")
 
         out = trial_dir(self.output_dir, spec.name, trial.number)
-        history = retry_history(trial.study, trial.number)
+        history = retry_history(trial)
         predecessors = [(n, trial_dir(self.output_dir, spec.name, n)) for n in history]
         seed = (spec.sampler.seed or 0) + (history[0] if history else trial.number)
         single = spec.metric_names[0] if len(spec.objectives) == 1 else None
