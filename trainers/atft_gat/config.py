@@ -49,6 +49,7 @@ class TrainConfig:
     gat_layers: int = ModelConfig.gat_layers
     gat_heads: int = ModelConfig.gat_heads
     gat_dropout: float = ModelConfig.gat_dropout
+    graph_features: bool = ModelConfig.graph_features
     use_fan: bool = ModelConfig.use_fan
     fan_top_k: int = ModelConfig.fan_top_k
     dropout: float = ModelConfig.dropout

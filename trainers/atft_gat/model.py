@@ -83,6 +83,10 @@ class ModelConfig:
     gat_layers: int = 2
     gat_heads: int = 4
     gat_dropout: float = 0.1
+    # Also feed each stock the correlation-weighted mean of its neighbours' input windows
+    # (a fixed, parameter-free propagation step, as in SGC/SIGN), so a signal that lives in the
+    # peers' raw features reaches the temporal encoder directly. Part of the graph block.
+    graph_features: bool = True
     use_fan: bool = True
     fan_top_k: int = 3  # dominant frequency components removed/predicted
     dropout: float = 0.1
@@ -104,6 +108,7 @@ class ModelConfig:
             "use_vsn",
             "use_temporal_attention",
             "use_graph",
+            "graph_features",
             "use_fan",
             "grad_checkpointing",
         ):
@@ -198,6 +203,9 @@ class ATFTGATFAN(nn.Module):
             raise UserError(f"n_features={n_features!r}: must be an integer >= 1")
         self.cfg = cfg
         self.n_features = n_features
+        self.propagate = bool(cfg.use_graph and cfg.graph_features)
+        # With propagation the encoder sees [own window, neighbours' mean window].
+        n_in = 2 * n_features if self.propagate else n_features
         hidden = cfg.hidden_size
 
         self.fan: FrequencyEmbedding | None = None
@@ -205,7 +213,7 @@ class ATFTGATFAN(nn.Module):
         if cfg.use_fan:
             self.fan = FrequencyEmbedding(
                 lookback=cfg.lookback,
-                n_features=n_features,
+                n_features=n_in,
                 hidden_size=hidden,
                 dropout=cfg.dropout,
             )
@@ -215,9 +223,9 @@ class ATFTGATFAN(nn.Module):
         self.vsn: VariableSelection | None = None
         self.input_proj: nn.Linear | None = None
         if cfg.use_vsn:
-            self.vsn = VariableSelection(n_features, hidden, dropout=cfg.dropout)
+            self.vsn = VariableSelection(n_in, hidden, dropout=cfg.dropout)
         else:
-            self.input_proj = nn.Linear(n_features, hidden)
+            self.input_proj = nn.Linear(n_in, hidden)
 
         self.temporal = TemporalFusion(
             hidden,
@@ -258,6 +266,8 @@ class ATFTGATFAN(nn.Module):
             )
         out: dict[str, Tensor] = {}
         n = x.shape[0]
+        if self.propagate:
+            x = torch.cat([x, neighbour_mean(x, edge_index, edge_weight)], dim=-1)  # (N, L, 2F)
 
         fan_emb: Tensor | None = None
         if self.fan is not None:
@@ -307,6 +317,26 @@ class ATFTGATFAN(nn.Module):
         steps = F.softplus(raw[..., 1:])
         out["quantiles"] = torch.cat([raw[..., :1], raw[..., :1] + steps.cumsum(dim=-1)], dim=-1)
         return out
+
+
+def neighbour_mean(x: Tensor, edge_index: Tensor | None, edge_weight: Tensor | None
+                   ) -> Tensor:
+    """Correlation-weighted mean of each node's in-neighbours' ``x`` (N, ...); 0 without any.
+
+    Weights are the edge correlations clipped at 0 (edge weight 1 when none is given), divided
+    by each destination's total, so the result is a convex combination of neighbours.
+    """
+    out = torch.zeros_like(x)
+    if edge_index is None or edge_index.shape[1] == 0:
+        return out
+    src, dst = edge_index[0].long(), edge_index[1].long()
+    w = (edge_weight.clamp_min(0.0) if edge_weight is not None
+         else x.new_ones(src.shape[0])).to(x.dtype)
+    total = x.new_zeros(x.shape[0]).index_add_(0, dst, w)  # (N,)
+    w = w / total[dst].clamp_min(1e-12)
+    flat = x.reshape(x.shape[0], -1)  # (N, L*F)
+    out = out.reshape(flat.shape).index_add_(0, dst, flat[src] * w.unsqueeze(1))
+    return out.reshape(x.shape)
 
 
 def pinball_loss(

@@ -209,7 +209,7 @@ def _perturb(model: ATFTGATFAN, x: torch.Tensor, ei: torch.Tensor, node: int) ->
 def test_graph_passes_information_only_along_edges() -> None:
     # Directed chain 2 -> 1 -> 0; node 3 has no edges at all.
     edge_index = torch.tensor([[2, 1], [1, 0]])
-    cfg = tiny(gat_layers=1)
+    cfg = tiny(gat_layers=1, graph_features=False)  # hops come from GAT layers only
     model = make_model(cfg).eval()
     x = inputs(4, cfg)
     d1 = _perturb(model, x, edge_index, node=1)
@@ -220,8 +220,36 @@ def test_graph_passes_information_only_along_edges() -> None:
     assert d2[0] < 1e-6  # two hops away: one GAT layer cannot reach it
     assert d2[3] < 1e-6
     # A second layer carries it over the second hop.
-    deep = make_model(tiny(gat_layers=2)).eval()
+    deep = make_model(tiny(gat_layers=2, graph_features=False)).eval()
     assert _perturb(deep, x, edge_index, node=2)[0] > 1e-4
+
+
+def test_graph_features_add_exactly_one_hop() -> None:
+    edge_index = torch.tensor([[3, 2, 1], [2, 1, 0]])  # chain 3 -> 2 -> 1 -> 0
+    cfg = tiny(gat_layers=1, graph_features=True)
+    model = make_model(cfg).eval()
+    x = inputs(4, cfg)
+    d = _perturb(model, x, edge_index, node=2)
+    assert d[1] > 1e-4 and d[0] > 1e-4  # propagation + one GAT layer = two hops
+    assert _perturb(model, x, edge_index, node=3)[0] < 1e-6  # three hops away
+
+
+def test_neighbour_mean_matches_a_loop() -> None:
+    from trainers.atft_gat.model import neighbour_mean
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(6, 4, 3, generator=g, dtype=torch.float64)
+    edge_index = torch.tensor([[0, 1, 2, 3, 5], [1, 1, 0, 0, 0]])
+    weight = torch.tensor([0.5, 0.25, 0.9, -0.3, 0.1], dtype=torch.float64)
+    got = neighbour_mean(x, edge_index, weight)
+    expected = torch.zeros_like(x)
+    for i in range(6):
+        ins = [(int(s), max(float(w), 0.0)) for s, d, w in zip(*edge_index, weight) if d == i]
+        total = sum(w for _, w in ins)
+        for s_, w in ins:
+            expected[i] += x[s_] * w / total
+    torch.testing.assert_close(got, expected)
+    assert got[2:].abs().sum() == 0  # nodes without in-edges get zeros
 
 
 def test_node_without_in_edges_keeps_its_own_state() -> None:
@@ -362,7 +390,8 @@ def test_vsn_weights_are_a_distribution_over_features() -> None:
     cfg = tiny()
     out = make_model(cfg).eval()(inputs(7, cfg) * 3)
     w = out["vsn_weights"]
-    assert w.shape == (7, N_FEATURES)
+    # with graph features, the neighbours' mean window doubles the selected inputs
+    assert w.shape == (7, 2 * N_FEATURES)
     assert (w >= 0).all()
     torch.testing.assert_close(w.sum(dim=1), torch.ones(7))
 
