@@ -245,7 +245,9 @@ def run_worker(study: optuna.Study, spec: StudySpec, *, output: Path, target: in
                     view = snapshot()
                     requeue_after_outage(view, state["number"])
                     state["storage_error"] = False
-                if view is None or _near_the_end(state, target) or state["failures"] >= \
+                # Read the study again only when the answer may be "stop"; otherwise the list
+                # the next trial's ``ask`` reads serves the budget guard and the progress line.
+                if _near_the_end(state, target) or state["failures"] >= \
                         MAX_CONSECUTIVE_FAILURES or (deadline and time.monotonic() >= deadline):
                     view = view or snapshot()
                     report_pending(view)
