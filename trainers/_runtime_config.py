@@ -122,3 +122,16 @@ def _problems(cfg: RuntimeConfig) -> list[str]:
         if not isinstance(getattr(cfg, flag), bool):
             bad(flag, "true or false")
     return out
+
+
+def runtime_config_of(config: Any, **overrides: Any) -> RuntimeConfig:
+    """The RuntimeConfig of a workload's flat TrainConfig: every field with the same name.
+
+    Workload configs declare the runtime's fields themselves (they are study parameters and
+    CLI flags with workload-specific defaults); this is the one place that maps them.
+    ``overrides`` are RuntimeConfig fields the workload sets itself (RuntimeConfig rejects an
+    unknown one).
+    """
+    names = [f.name for f in dataclasses.fields(RuntimeConfig)]
+    values = {n: getattr(config, n) for n in names if hasattr(config, n)}
+    return RuntimeConfig(**{**values, **overrides})

@@ -49,7 +49,7 @@ from typing import Any
 
 import torch
 
-from trainers._runtime_config import RuntimeConfig
+from trainers._runtime_config import RuntimeConfig, runtime_config_of
 from trainers._runtime_device import (
     Precision,
     autocast,
@@ -87,6 +87,7 @@ __all__ = [
     "is_oom_error",
     "maybe_checkpoint",
     "param_groups",
+    "runtime_config_of",
     "seed_everything",
     "select_device",
 ]

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from trainers.atft_gat.model import ModelConfig
 from trainers.errors import UserError
-from trainers.runtime import RuntimeConfig
+from trainers.runtime import RuntimeConfig, runtime_config_of
 
 PHASE_KINDS = ("baseline", "graph", "finetune")
 BASE_LOSSES = ("huber", "mse")
@@ -166,6 +166,4 @@ class TrainConfig:
         return ModelConfig(**{n: getattr(self, n) for n in names})
 
     def runtime_config(self) -> RuntimeConfig:
-        names = {f.name for f in dataclasses.fields(RuntimeConfig)}
-        values = {n: getattr(self, n) for n in names if hasattr(self, n)}
-        return RuntimeConfig(**values)
+        return runtime_config_of(self)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from trainers.errors import UserError
-from trainers.runtime import RuntimeConfig
+from trainers.runtime import RuntimeConfig, runtime_config_of
 
 
 @dataclass(frozen=True)
@@ -74,17 +74,4 @@ class TrainConfig:
     def runtime(self) -> RuntimeConfig:
         """The shared training mechanics; "adam" and "sgld" both step with weight-decay-free
         AdamW (see the class docstring)."""
-        return RuntimeConfig(
-            optimizer="adamw",
-            lr=self.lr,
-            weight_decay=0.0,
-            betas=self.betas,
-            scheduler=self.scheduler,
-            warmup_steps=self.warmup_steps,
-            min_lr_ratio=self.min_lr_ratio,
-            grad_clip=self.grad_clip,
-            accumulation=self.accumulation,
-            precision=self.precision,
-            device=self.device,
-            min_batch=self.min_batch,
-        )
+        return runtime_config_of(self, optimizer="adamw", weight_decay=0.0)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from trainers.errors import UserError
-from trainers.runtime import RuntimeConfig
+from trainers.runtime import RuntimeConfig, runtime_config_of
 
 
 @dataclass(frozen=True)
@@ -96,11 +96,4 @@ class TrainConfig:
         return self.d_ff if self.d_ff > 0 else 4 * self.d_model
 
     def runtime(self) -> RuntimeConfig:
-        return RuntimeConfig(
-            optimizer=self.optimizer, lr=self.lr, weight_decay=self.weight_decay,
-            betas=self.betas, eps=self.eps, scheduler=self.scheduler,
-            warmup_steps=self.warmup_steps, min_lr_ratio=self.min_lr_ratio,
-            grad_clip=self.grad_clip, accumulation=self.accumulation,
-            precision=self.precision, device=self.device, min_batch=self.min_batch,
-            grad_checkpointing=self.grad_checkpointing, compile=self.compile,
-        )
+        return runtime_config_of(self)

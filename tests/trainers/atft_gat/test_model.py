@@ -244,7 +244,8 @@ def test_neighbour_mean_matches_a_loop() -> None:
     got = neighbour_mean(x, edge_index, weight)
     expected = torch.zeros_like(x)
     for i in range(6):
-        ins = [(int(s), max(float(w), 0.0)) for s, d, w in zip(*edge_index, weight) if d == i]
+        ins = [(int(s), max(float(w), 0.0)) for s, d, w in zip(*edge_index, weight, strict=True)
+               if d == i]
         total = sum(w for _, w in ins)
         for s_, w in ins:
             expected[i] += x[s_] * w / total
