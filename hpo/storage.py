@@ -180,15 +180,18 @@ def _make_service_storage_class() -> type:  # noqa: C901 - one class, kept toget
             self._pending: dict[int, dict[str, Any]] = {}
             self._pending_lock = threading.Lock()
             self._last_outage_log = 0.0
+            self._upsert_stmt: dict[str, Any] = {}
 
         def __getstate__(self) -> dict[Any, Any]:
             state = super().__getstate__()
             state.pop("_pending_lock", None)
+            state.pop("_upsert_stmt", None)
             return state
 
         def __setstate__(self, state: dict[Any, Any]) -> None:
             super().__setstate__(state)
             self._pending_lock = threading.Lock()
+            self._upsert_stmt = {}
 
         # -- batched user attrs -------------------------------------------------------------
         def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
@@ -236,12 +239,16 @@ def _make_service_storage_class() -> type:  # noqa: C901 - one class, kept toget
                 for k, v in attrs.items():
                     self._set_trial_attr_without_commit(session, model, trial_id, k, v)
                 return
-            stmt = dialect.insert(model).values(
-                [{"trial_id": trial_id, "key": k, "value_json": json.dumps(v)}
-                 for k, v in attrs.items()])
-            session.execute(stmt.on_conflict_do_update(
-                index_elements=[model.trial_id, model.key],
-                set_={"value_json": stmt.excluded.value_json}))
+            # One statement object, built once, with a parameter list (executemany): a
+            # multi-row VALUES would be compiled anew for every trial.
+            stmt = self._upsert_stmt.get(self.engine.name)
+            if stmt is None:
+                base = dialect.insert(model)
+                stmt = base.on_conflict_do_update(index_elements=[model.trial_id, model.key],
+                                                  set_={"value_json": base.excluded.value_json})
+                self._upsert_stmt[self.engine.name] = stmt
+            session.execute(stmt, [{"trial_id": trial_id, "key": k, "value_json": json.dumps(v)}
+                                   for k, v in attrs.items()])
 
         def set_trial_state_values(self, trial_id: int, state: Any,
                                    values: Any = None) -> bool:
