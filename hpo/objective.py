@@ -155,6 +155,7 @@ class Objective:
             raise TrialFailed(str(exc)) from None
         except TrialFailed as exc:
             ctx.set_attr("fail_reason", str(exc))
+            self._publish(trial, out)
             raise
         except (StopRequested, KeyboardInterrupt) as exc:
             ctx.set_attr("fail_reason", f"interrupted ({exc or 'signal'}); retried later")
@@ -167,6 +168,7 @@ class Objective:
         except Exception as exc:  # a crash in one trial must not end an overnight study
             ctx.set_attr("fail_reason", f"{type(exc).__name__}: {exc}")
             (out / "traceback.txt").write_text(traceback.format_exc())
+            self._publish(trial, out)
             raise TrialFailed(f"{type(exc).__name__}: {exc}") from exc
         finally:
             self.current_ctx = None
@@ -190,13 +192,16 @@ class Objective:
             "metrics": metrics, "config": to_mapping(config), "attrs": ctx.attrs,
             "history": ctx.history,
         })
-        # -- dashboard artifacts (hpo.artifacts): metrics.json, learning curve, checkpoint --
+        self._publish(trial, out)
+        return values[0] if single is not None else values
+
+    def _publish(self, trial: optuna.Trial, out: Path) -> None:
+        """Dashboard artifacts of a finished or failed trial (metrics.json, learning curve,
+        checkpoint, traceback); best effort, never raises."""
         from hpo.artifacts import upload_trial_artifacts
 
         upload_trial_artifacts(trial, trial_dir=out, output_dir=self.output_dir,
-                               metric_names=spec.metric_names)
-        # -- end dashboard artifacts --
-        return values[0] if single is not None else values
+                               metric_names=self.spec.metric_names)
 
     def _enqueue_retry(self, trial: optuna.Trial) -> None:
         """Queue a copy of an interrupted trial (same params, retry history kept) to run again."""

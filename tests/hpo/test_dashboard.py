@@ -203,3 +203,30 @@ def test_help_has_an_example(capsys: pytest.CaptureFixture) -> None:
     assert exc.value.code == 0
     assert "Example: python -m hpo.dashboard --study demo --port 8080" in \
         " ".join(capsys.readouterr().out.split())
+
+
+def test_failed_trial_publishes_its_traceback_and_curve(tmp_path: Path, monkeypatch) -> None:
+    """A trial that crashes mid-run still shows why (traceback) and how far it got."""
+    from dataclasses import replace
+
+    from tests.hpo import toy_workload
+
+    def crash_after_training(config, ctx):  # noqa: ANN001, ANN202
+        toy_workload.train(config, ctx)
+        raise RuntimeError("disk full while saving the model")
+
+    monkeypatch.setattr(toy_workload, "WORKLOAD",
+                        replace(toy_workload.WORKLOAD, train=crash_after_training))
+    path = study_file(tmp_path, TOY.replace("n_trials = 4", "n_trials = 1"))
+    url = f"sqlite:///{tmp_path / 'hpo.db'}"
+    out = tmp_path / "out"
+    # every trial crashes: the worker gives up after 5 in a row (exit 1)
+    assert run_main(["--study", str(path), "--storage", url, "--output", str(out)]) == 1
+    app, study_id, _ = build_app(url, output=out, study="toy")
+    data = json.loads(call(app, f"/api/studies/{study_id}")[1])
+    first = data["trials"][0]
+    assert first["state"] == "Fail"
+    names = {a["filename"] for a in first["artifacts"]}
+    assert {"traceback.txt", LEARNING_CURVE_NAME, "checkpoint.pt"} <= names
+    assert "disk full while saving the model" in (
+        out / "toy" / "trial_0" / "traceback.txt").read_text()
