@@ -150,6 +150,9 @@ def _run(args: argparse.Namespace, n_workers: int, *, gpu_pinning: bool) -> int:
     from hpo.study import open_study
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Optuna logs every failed trial with a traceback; the progress line already names the
+    # trial and its reason, and a crash keeps its traceback in the trial's traceback.txt.
+    logging.getLogger("optuna.study._optimize").setLevel(logging.ERROR)
     spec = apply_storage_overrides(load_study_spec(args.study), _storage_overrides(args))
     target = args.n_trials or spec.n_trials
     timeout = args.timeout if args.timeout is not None else spec.timeout_s

@@ -240,7 +240,8 @@ def render(status: dict[str, Any]) -> str:
         eta = (f"eta: {_dur(s['eta_s'])} (mean trial {_dur(s['mean_trial_s'])} over "
                f"{s['observed_trials']} trials, {s['live_workers']} live worker(s))")
     elif s["live_workers"] == 0:
-        eta = "eta: ? (no live worker; start one with python -m hpo.run --study NAME)"
+        eta = (f"eta: ? (no live worker; start one with python -m hpo.run --study "
+               f"{s['study']})")
     else:
         eta = "eta: ? (no finished trial yet)"
     lines.append(eta)
