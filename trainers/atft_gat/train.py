@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -165,6 +167,37 @@ def make_batch(panel: Panel, y_z: torch.Tensor, graphs: DateGraphs, dates: np.nd
                  torch.cat(stocks), np.asarray(dates), e, w)
 
 
+def epoch_batches(panel: Panel, y_z: torch.Tensor, graphs: DateGraphs, order: np.ndarray, *,
+                  dates_per_step: int, steps: int, lookback: int, with_graph: bool,
+                  prefetch: bool) -> Iterator[tuple[Batch, float]]:
+    """The epoch's batches in ``order``, each with the seconds the loop waited for it.
+
+    With ``prefetch`` the next batch is built in a background thread while the caller trains
+    on the current one, so on a GPU host the CPU-side assembly hides behind the kernels; the
+    batches and their order are the same either way.
+    """
+    chunks = [np.sort(order[i * dates_per_step:(i + 1) * dates_per_step]) for i in range(steps)]
+    chunks = [c for c in chunks if len(c)]
+
+    def build(dates: np.ndarray) -> Batch:
+        return make_batch(panel, y_z, graphs, dates, lookback=lookback, with_graph=with_graph)
+
+    if not prefetch:
+        for dates in chunks:
+            started = time.perf_counter()
+            batch = build(dates)
+            yield batch, time.perf_counter() - started
+        return
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(build, chunks[0]) if chunks else None
+        for nxt in [*chunks[1:], None]:
+            started = time.perf_counter()
+            batch = pending.result()
+            waited = time.perf_counter() - started
+            pending = pool.submit(build, nxt) if nxt is not None else None
+            yield batch, waited
+
+
 def per_date(values: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
     """(N, ...) node values -> (G, max_n, ...) per-date rows padded with NaN."""
     n_groups = int(group.max()) + 1 if len(group) else 0
@@ -292,14 +325,12 @@ def train(config: TrainConfig, ctx: TrialContext) -> dict[str, float]:
         order = np.random.default_rng([ctx.seed, epoch]).permutation(train_dates)
         runner.module.train()
         losses, batch_seconds, samples = [], 0.0, 0
-        for step in range(steps_per_epoch):
-            dates = np.sort(order[step * dates_per_step:(step + 1) * dates_per_step])
-            if len(dates) == 0:
-                break
-            tb = time.perf_counter()
-            batch = make_batch(panel, y_z, graphs, dates, lookback=config.lookback,
-                               with_graph=with_graph)
-            batch_seconds += time.perf_counter() - tb
+        # On a GPU the next batch is assembled on the CPU while this one trains.
+        for batch, waited in epoch_batches(panel, y_z, graphs, order,
+                                           dates_per_step=dates_per_step, steps=steps_per_epoch,
+                                           lookback=config.lookback, with_graph=with_graph,
+                                           prefetch=runner.device.type == "cuda"):
+            batch_seconds += waited
 
             def loss_fn(s: slice, batch: Batch = batch, with_graph: bool = with_graph
                         ) -> torch.Tensor:

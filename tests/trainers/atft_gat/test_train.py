@@ -139,3 +139,25 @@ def test_baseline_phase_really_runs_without_the_graph(tmp_path: Path) -> None:
     _, c = run(tmp_path, "g4", phases=("graph:1",), graph_k=4)
     _, d = run(tmp_path, "g8", phases=("graph:1",), graph_k=8)
     assert not torch.equal(_final_weights(c), _final_weights(d))
+
+
+def test_prefetched_batches_are_the_same_batches(tmp_path: Path) -> None:
+    """GPU hosts build the next batch in a thread; it must not change what is trained on."""
+    from trainers.atft_gat import train as recipe
+
+    config = TrainConfig(**TINY)
+    fc = recipe.load_features(config, tmp_path / "cache")
+    panel = recipe.dense_panel(fc)
+    graphs = recipe.load_graphs(fc, panel, config)
+    y_z = recipe.zscore_targets(panel.y)
+    order = np.random.default_rng(0).permutation(np.arange(config.lookback, 100))
+    kwargs = dict(dates_per_step=3, steps=7, lookback=config.lookback, with_graph=True)
+    plain = [b for b, _ in recipe.epoch_batches(panel, y_z, graphs, order, prefetch=False,
+                                                 **kwargs)]
+    ahead = [b for b, _ in recipe.epoch_batches(panel, y_z, graphs, order, prefetch=True,
+                                                 **kwargs)]
+    assert len(plain) == len(ahead) == 7
+    for a, b in zip(plain, ahead, strict=True):
+        assert np.array_equal(a.date, b.date)
+        assert torch.equal(a.x, b.x) and torch.equal(a.edges, b.edges)
+        assert torch.equal(torch.nan_to_num(a.y), torch.nan_to_num(b.y))
