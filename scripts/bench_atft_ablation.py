@@ -46,11 +46,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--stocks", type=int, default=120)
     p.add_argument("--dates", type=int, default=450)
-    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--select-fraction", type=float, default=0.15,
+                   help="training dates that pick each variant's best epoch (0: last epoch)")
     p.add_argument("--hidden", type=int, default=16)
     p.add_argument("--dropout", type=float, default=0.2)
     p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--device", default="auto")
     p.add_argument("--out", type=Path, default=Path("output/bench/atft_ablation.json"))
     args = p.parse_args(argv)
@@ -66,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
                                      epochs=args.epochs, hidden_size=args.hidden,
                                      batch_size=args.stocks, lr=args.lr, warmup_steps=50,
                                      dropout=args.dropout,
+                                     select_fraction=args.select_fraction,
                                      device=args.device, **overrides)
                 ctx = TrialContext(Path(tmp) / f"{seed}_{name}", seed=seed,
                                    cache_dir=Path(tmp) / "cache")
@@ -95,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         "fan_gain": mean["full"] - mean["no_fan"],
         "std_full": float(np.std(results["full"])),
         "settings": {"stocks": args.stocks, "dates": args.dates, "epochs": args.epochs,
-                     "hidden": args.hidden, "dropout": args.dropout, "lr": args.lr},
+                     "hidden": args.hidden, "dropout": args.dropout, "lr": args.lr,
+                     "select_fraction": args.select_fraction},
         "per_seed": per_seed,
     }
     print(f"\n{'variant':10s} {'rank_ic (mean of ' + str(len(args.seeds)) + ' seeds)':>28s}")

@@ -69,6 +69,7 @@ class TrainConfig:
     finetune_lr_scale: float = 0.1    # lr multiplier during "finetune" phases
     batch_size: int = 256             # stock-day rows per step; whole dates are packed
     patience: int = 0                 # stop after this many epochs without a better RankIC
+    select_fraction: float = 0.0      # last share of training dates that picks the best epoch
     max_steps_per_epoch: int = 0      # 0 = every training date once per epoch
     optimizer: str = RuntimeConfig.optimizer
     lr: float = RuntimeConfig.lr
@@ -122,6 +123,8 @@ class TrainConfig:
             bad("batch_size", "must be >= 1")
         if self.patience < 0 or self.max_steps_per_epoch < 0:
             problems.append("patience and max_steps_per_epoch must be >= 0")
+        if not 0.0 <= self.select_fraction < 0.5:
+            bad("select_fraction", "must be in [0, 0.5); 0 scores the last epoch")
         if not 0.0 < self.finetune_lr_scale <= 1.0:
             bad("finetune_lr_scale", "must be in (0, 1]")
         problems.extend(self._phase_problems())

@@ -15,8 +15,9 @@ Read it top to bottom:
    ``rank_weight`` x (1 - soft Spearman) + ``ic_weight`` x (1 - IC) + ``quantile_weight`` x
    pinball loss of the quantile heads.
 5. After every epoch: validation metrics on the ``metric_horizon`` target, a report to the
-   study, an atomic checkpoint. The last epoch's metrics are the trial's result, and its
-   validation predictions are written to ``predictions.parquet``.
+   study, an atomic checkpoint. With ``select_fraction`` > 0 a purged slice at the end of the
+   training period picks the best epoch, whose weights are scored; otherwise the last epoch
+   is. The scored model's validation predictions are written to ``predictions.parquet``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -86,6 +88,26 @@ def load_graphs(fc: FeatureCache, panel: Panel, config: TrainConfig) -> DateGrap
     fc.save_sidecar("graphs", {"src": graphs.src, "dst": graphs.dst, "weight": graphs.weight,
                                "offsets": graphs.offsets}, params=params)
     return graphs
+
+
+def carve_selection(train_dates: np.ndarray, config: TrainConfig
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Split the last ``select_fraction`` of the training dates off for model selection.
+
+    Layout: [fit dates][purge gap][selection dates][purge gap][validation dates]. The gap keeps
+    every fit label window out of the selection period, as the outer gap does for validation.
+    """
+    empty = np.zeros(0, dtype=np.int64)
+    if config.select_fraction <= 0:
+        return train_dates, empty
+    n_select = max(1, int(round(len(train_dates) * config.select_fraction)))
+    select = train_dates[-n_select:]
+    fit = train_dates[train_dates < select[0] - config.purge]
+    if len(fit) == 0:
+        raise UserError(f"select_fraction={config.select_fraction} with purge {config.purge} "
+                        f"leaves no training dates out of {len(train_dates)}; use more dates or "
+                        "a smaller select_fraction")
+    return fit, select
 
 
 def zscore_targets(y: torch.Tensor) -> torch.Tensor:
@@ -272,10 +294,14 @@ def train(config: TrainConfig, ctx: TrialContext) -> dict[str, float]:
     h_idx = list(config.horizons).index(config.metric_horizon)
     # Train only on dates whose scored horizon has labels.
     train_dates = train_dates[torch.isfinite(y_z[train_dates, :, h_idx]).any(dim=1).numpy()]
-    ctx.set_attr("split", {
-        "train": [str(panel.dates[train_dates[0]]), str(panel.dates[train_dates[-1]])],
-        "val": [str(panel.dates[val_dates[0]]), str(panel.dates[val_dates[-1]])],
-        "purge_dates": int(val_dates[0] - train_dates[-1] - 1)})
+    train_dates, select_dates = carve_selection(train_dates, config)
+    last_fit = select_dates[-1] if len(select_dates) else train_dates[-1]
+    split = {"train": [str(panel.dates[train_dates[0]]), str(panel.dates[train_dates[-1]])],
+             "val": [str(panel.dates[val_dates[0]]), str(panel.dates[val_dates[-1]])],
+             "purge_dates": int(val_dates[0] - last_fit - 1)}
+    if len(select_dates):
+        split["select"] = [str(panel.dates[select_dates[0]]), str(panel.dates[select_dates[-1]])]
+    ctx.set_attr("split", split)
     ctx.set_attr("data", {"rows": int(fc.n_rows), "dates": n_dates,
                           "stocks": int(panel.x.shape[1]), "features": list(panel.feature_names),
                           "train_dates": len(train_dates), "val_dates": len(val_dates),
@@ -300,13 +326,15 @@ def train(config: TrainConfig, ctx: TrialContext) -> dict[str, float]:
     ctx.set_attr("n_params", sum(p.numel() for p in model.parameters()))
     ctx.set_attr("dates_per_step", dates_per_step)
 
-    start_epoch, best_ic, stale = 0, -math.inf, 0
+    # best: the model selection state (epoch, score and weights of the best epoch so far).
+    start_epoch, stale = 0, 0
+    best: dict[str, Any] = {"ic": -math.inf, "epoch": 0, "weights": None}
     state = ctx.restore()
     if state is not None:
         check_resumable(state, config, ctx)
         runner.load_state_dict(state)
         start_epoch = int(state["epoch"])
-        best_ic, stale = state["best_ic"], state["stale"]
+        best, stale = state["best"], state["stale"]
     setup_seconds = time.perf_counter() - t_setup
     ctx.set_attr("timing", {"setup_s": round(setup_seconds, 3),
                             "graph_s": round(graph_seconds, 3),
@@ -350,10 +378,23 @@ def train(config: TrainConfig, ctx: TrialContext) -> dict[str, float]:
         metrics, preds = validate(runner, panel, y_z, graphs, val_dates, config,
                                   with_graph=with_graph, h_idx=h_idx)
         metrics["train_loss"] = float(np.mean(losses)) if losses else float("nan")
+        # Model selection and patience look at the selection dates when there are any, so the
+        # validation dates that score the trial never choose its epoch; without them patience
+        # watches validation RankIC (documented in the README).
+        if len(select_dates):
+            watched = validate(runner, panel, y_z, graphs, select_dates, config,
+                               with_graph=with_graph, h_idx=h_idx)[0]["rank_ic"]
+            metrics["select_rank_ic"] = watched
+        else:
+            watched = metrics["rank_ic"]
         val_seconds = time.perf_counter() - t1
         epoch_seconds.append(round(time.perf_counter() - t0, 3))
-        if metrics["rank_ic"] > best_ic + 1e-6:
-            best_ic, stale = metrics["rank_ic"], 0
+        if watched > best["ic"] + 1e-6:
+            stale = 0
+            best = {"ic": watched, "epoch": epoch + 1, "with_graph": with_graph,
+                    "weights": ({k: v.detach().cpu().clone()
+                                 for k, v in runner.module.state_dict().items()}
+                                if len(select_dates) else None)}
         else:
             stale += 1
         ctx.report(epoch + 1, {**metrics, "phase": phase, "lr": runner.lr,
@@ -361,18 +402,27 @@ def train(config: TrainConfig, ctx: TrialContext) -> dict[str, float]:
                                "batch_s": round(batch_seconds, 3),
                                "val_s": round(val_seconds, 3), "samples": samples})
         ctx.checkpoint({**runner.state_dict(), "config": to_mapping(config),
-                        "best_ic": best_ic, "stale": stale}, epoch=epoch + 1)
+                        "best": best, "stale": stale}, epoch=epoch + 1)
         ctx.log(f"epoch {epoch + 1}/{len(plan)} [{phase}] train_loss={metrics['train_loss']:.4f}"
                 f" val_loss={metrics['val_loss']:.4f} rank_ic={metrics['rank_ic']:.4f} "
                 f"sharpe={metrics['sharpe']:.3f} ({epoch_seconds[-1]:.1f}s)")
         if config.patience and stale >= config.patience and epoch + 1 < len(plan):
-            ctx.set_attr("stopped_early", {"epoch": epoch + 1, "best_rank_ic": best_ic})
+            ctx.set_attr("stopped_early", {"epoch": epoch + 1, "best_rank_ic": best["ic"]})
             break
 
-    if not metrics:  # resumed after the last epoch: re-score the final model
+    if best["weights"] is not None and (best["epoch"] != len(ctx.history) or not metrics):
+        # Score the selected epoch's weights, not the last epoch's.
+        runner.module.load_state_dict(best["weights"])
+        train_loss = ctx.history[best["epoch"] - 1].get("train_loss", float("nan"))
+        metrics, preds = validate(runner, panel, y_z, graphs, val_dates, config,
+                                  with_graph=best["with_graph"], h_idx=h_idx)
+        metrics["train_loss"] = train_loss if train_loss is not None else float("nan")
+    elif not metrics:  # resumed after the last epoch: re-score the final model
         metrics, preds = validate(runner, panel, y_z, graphs, val_dates, config,
                                   with_graph=plan[-1] != "baseline", h_idx=h_idx)
         metrics["train_loss"] = float("nan")
+    if len(select_dates):
+        ctx.set_attr("selected_epoch", best["epoch"])
     ctx.set_attr("epoch_seconds", epoch_seconds)
     ctx.set_attr("final_batch_size", runner.micro_batch)
     write_predictions(ctx.output_dir / "predictions.parquet", preds)

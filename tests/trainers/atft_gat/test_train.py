@@ -161,3 +161,46 @@ def test_prefetched_batches_are_the_same_batches(tmp_path: Path) -> None:
         assert np.array_equal(a.date, b.date)
         assert torch.equal(a.x, b.x) and torch.equal(a.edges, b.edges)
         assert torch.equal(torch.nan_to_num(a.y), torch.nan_to_num(b.y))
+
+
+def test_selection_dates_pick_the_epoch_and_stay_purged(tmp_path: Path) -> None:
+    """With select_fraction the best epoch is chosen on a purged slice of the training period,
+    never on the validation dates that score the trial, and its weights are what is scored."""
+    metrics, ctx = run(tmp_path, "sel", epochs=3, select_fraction=0.25, n_dates=200)
+    split = ctx.attrs["split"]
+    fit_end, sel_start = np.datetime64(split["train"][1]), np.datetime64(split["select"][0])
+    assert np.busday_count(fit_end, sel_start) > 20  # purge gap between fit and selection
+    assert np.datetime64(split["select"][1]) < np.datetime64(split["val"][0])
+    selected = ctx.attrs["selected_epoch"]
+    sel_ics = [h["select_rank_ic"] for h in ctx.history]
+    assert selected == 1 + int(np.argmax(sel_ics))
+    # the scored metrics are those of the selected epoch's weights
+    assert metrics["rank_ic"] == pytest.approx(ctx.history[selected - 1]["rank_ic"], abs=1e-12)
+
+
+class StopAfter(TrialContext):
+    """Asks the trainer to stop once ``epochs`` epochs are reported (like a SIGTERM)."""
+
+    def __init__(self, *args, epochs: int, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.stop_at = epochs
+
+    def report(self, epoch: int, metrics: dict[str, float]) -> None:
+        super().report(epoch, metrics)
+        if epoch == self.stop_at:
+            self.request_stop("SIGTERM")
+
+
+def test_interrupted_then_resumed_equals_uninterrupted(tmp_path: Path) -> None:
+    from trainers.errors import StopRequested
+
+    settings = {**TINY, "epochs": 3, "select_fraction": 0.25, "n_dates": 200}
+    whole = train(TrainConfig(**settings), TrialContext(tmp_path / "whole", seed=0,
+                                                         cache_dir=tmp_path / "cache"))
+    first = StopAfter(tmp_path / "cut", seed=0, cache_dir=tmp_path / "cache", epochs=2)
+    with pytest.raises(StopRequested):
+        train(TrainConfig(**settings), first)
+    resumed = TrialContext(tmp_path / "cut", seed=0, cache_dir=tmp_path / "cache")
+    again = train(TrainConfig(**settings), resumed)
+    assert again == whole
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
