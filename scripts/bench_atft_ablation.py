@@ -46,8 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--stocks", type=int, default=120)
     p.add_argument("--dates", type=int, default=450)
-    p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--select-fraction", type=float, default=0.15,
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--select-fraction", type=float, default=0.0,
                    help="training dates that pick each variant's best epoch (0: last epoch)")
     p.add_argument("--hidden", type=int, default=16)
     p.add_argument("--dropout", type=float, default=0.2)
