@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="training dates that pick each variant's best epoch (0: last epoch)")
     p.add_argument("--hidden", type=int, default=16)
     p.add_argument("--dropout", type=float, default=0.2)
+    p.add_argument("--edge-dropout", type=float, default=0.5)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--device", default="auto")
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
                 config = TrainConfig(n_stocks=args.stocks, n_dates=args.dates, market_seed=seed,
                                      epochs=args.epochs, hidden_size=args.hidden,
                                      batch_size=args.stocks, lr=args.lr, warmup_steps=50,
-                                     dropout=args.dropout,
+                                     dropout=args.dropout, edge_dropout=args.edge_dropout,
                                      select_fraction=args.select_fraction,
                                      device=args.device, **overrides)
                 ctx = TrialContext(Path(tmp) / f"{seed}_{name}", seed=seed,
@@ -99,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         "std_full": float(np.std(results["full"])),
         "settings": {"stocks": args.stocks, "dates": args.dates, "epochs": args.epochs,
                      "hidden": args.hidden, "dropout": args.dropout, "lr": args.lr,
+                     "edge_dropout": args.edge_dropout,
                      "select_fraction": args.select_fraction},
         "per_seed": per_seed,
     }

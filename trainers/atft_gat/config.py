@@ -50,6 +50,7 @@ class TrainConfig:
     gat_heads: int = ModelConfig.gat_heads
     gat_dropout: float = ModelConfig.gat_dropout
     graph_features: bool = ModelConfig.graph_features
+    edge_dropout: float = ModelConfig.edge_dropout
     use_fan: bool = ModelConfig.use_fan
     fan_top_k: int = ModelConfig.fan_top_k
     dropout: float = ModelConfig.dropout

@@ -87,6 +87,9 @@ class ModelConfig:
     # (a fixed, parameter-free propagation step, as in SGC/SIGN), so a signal that lives in the
     # peers' raw features reaches the temporal encoder directly. Part of the graph block.
     graph_features: bool = True
+    # Share of edges dropped at random in each training forward pass (0 = none): the graph
+    # block cannot lean on any one neighbour, which curbs fitting sector-wide noise.
+    edge_dropout: float = 0.0
     use_fan: bool = True
     fan_top_k: int = 3  # dominant frequency components removed/predicted
     dropout: float = 0.1
@@ -128,7 +131,7 @@ class ModelConfig:
                 bad(field, "must be an integer >= 1")
         if not _is_int(self.lookback) or self.lookback < 2:
             bad("lookback", "must be an integer >= 2")
-        for field in ("dropout", "gat_dropout"):
+        for field in ("dropout", "gat_dropout", "edge_dropout"):
             value = getattr(self, field)
             if not _is_number(value) or not 0.0 <= value < 1.0:
                 bad(field, "must be a number with 0 <= value < 1")
@@ -266,6 +269,11 @@ class ATFTGATFAN(nn.Module):
             )
         out: dict[str, Tensor] = {}
         n = x.shape[0]
+        if (self.training and cfg.edge_dropout > 0 and edge_index is not None
+                and edge_index.shape[1] > 0):
+            keep = torch.rand(edge_index.shape[1], device=edge_index.device) >= cfg.edge_dropout
+            edge_index = edge_index[:, keep]
+            edge_weight = edge_weight[keep] if edge_weight is not None else None
         if self.propagate:
             x = torch.cat([x, neighbour_mean(x, edge_index, edge_weight)], dim=-1)  # (N, L, 2F)
 

@@ -522,3 +522,22 @@ def _fit_and_score(use_graph: bool) -> float:
 def test_graph_model_learns_a_neighbour_signal_that_a_graphless_model_cannot() -> None:
     assert _fit_and_score(use_graph=True) > 0.8
     assert abs(_fit_and_score(use_graph=False)) < 0.3
+
+
+def test_edge_dropout_drops_edges_only_in_training() -> None:
+    cfg = tiny(gat_layers=1, edge_dropout=0.5, dropout=0.0, gat_dropout=0.0)
+    model = make_model(cfg)
+    x = inputs(8, cfg)
+    edge_index, edge_weight = random_graph(8, 24)
+    model.train()
+    torch.manual_seed(1)
+    a = model(x, edge_index, edge_weight)["point"]
+    torch.manual_seed(2)
+    b = model(x, edge_index, edge_weight)["point"]
+    assert (a - b).abs().max() > 1e-6  # different edges survived
+    model.eval()
+    torch.testing.assert_close(model(x, edge_index, edge_weight)["point"],
+                               model(x, edge_index, edge_weight)["point"], rtol=0, atol=0)
+    full = make_model(tiny(gat_layers=1, dropout=0.0, gat_dropout=0.0)).eval()
+    torch.testing.assert_close(model(x, edge_index, edge_weight)["point"],
+                               full(x, edge_index, edge_weight)["point"], rtol=0, atol=0)

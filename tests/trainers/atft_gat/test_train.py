@@ -86,6 +86,7 @@ def _final_weights(ctx: TrialContext) -> torch.Tensor:
 PRODUCTION_PARAMS = {
     "lr": 3e-3, "batch_size": 96, "hidden_size": 32, "lookback": 15, "dropout": 0.3,
     "gat_layers": 2, "gat_heads": 4, "gat_dropout": 0.4, "graph_k": 8, "fan_top_k": 1,
+    "edge_dropout": 0.5,
     "optimizer": "adabelief", "weight_decay": 1e-2, "rank_weight": 1.0, "ic_weight": 0.5,
 }
 
