@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,8 @@ SYNTHETIC_MODULE = "trainers.atft_gat.synthetic"
 SYNTHETIC_EXAMPLE = "synthetic:n_stocks=500,n_dates=750,seed=0"
 MEMO_NAME = ".source-hashes.json"
 DIGEST_BYTES = 20  # 160-bit BLAKE2b: collisions are out of reach, names stay short
+
+log = logging.getLogger("cache")
 
 
 def new_hash() -> hashlib.blake2b:
@@ -175,8 +178,9 @@ def file_content_hash(source: Source, *, cache_root: Path, rehash: bool = False)
     try:
         cache_root.mkdir(parents=True, exist_ok=True)
         atomic_write_json(memo_path, memo)
-    except OSError:
-        pass  # a read-only cache root still works, it just rehashes next time
+    except OSError as exc:
+        # A read-only cache root still works; the file is just hashed again next time.
+        log.debug("could not record the hash of %s in %s: %s", source.path, memo_path, exc)
     return digest
 
 
