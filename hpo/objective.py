@@ -191,7 +191,7 @@ class Objective:
                                                            strict=True)),
             "metrics": metrics, "config": to_mapping(config), "attrs": ctx.attrs,
             "history": ctx.history,
-        })
+        }, durable=False)  # the study storage holds the same values durably
         self._publish(trial, out)
         return values[0] if single is not None else values
 

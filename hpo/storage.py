@@ -5,21 +5,31 @@ chooses its settings: ``pool_pre_ping`` (PostgreSQL restarts), a small pool per 
 workers must not exhaust the server's connection limit), heartbeats, and the callback that
 re-enqueues a trial whose worker died.
 
-Two adjustments to Optuna's ``RDBStorage`` (class :class:`ServiceRDBStorage`), both measured:
+Adjustments to Optuna's ``RDBStorage`` (class :class:`ServiceRDBStorage`), each measured:
 
 * A heartbeat that cannot reach the database (a restarting server) is logged and retried at the
   next beat instead of killing the heartbeat thread; without this a trial that outlives a
   database restart stops beating and is failed as stale while it is still training.
-* Trial user attrs are written in batches instead of one transaction per attribute (a trial
-  sets ~10: metrics, history, worker, seed...): with the trial's next heartbeat, and with its
-  final state in the same transaction, so the dashboard lags at most one heartbeat and nothing
-  a finished trial set is lost. Reads in this process see the pending values.
+* A trial's first heartbeat is written in the transaction that makes it RUNNING (created, or
+  taken from the queue), not by a separate commit from the heartbeat thread a moment later.
+  This closes a gap in Optuna's scheme, whose stale check ignores RUNNING trials without a
+  heartbeat row: a worker killed between creating a trial and its first beat left a zombie
+  that no worker ever reclaimed. The heartbeat thread's own first beat, which would repeat it,
+  is skipped; the next comes one interval later, as before.
+* The stale-trial check is one query (Optuna's takes three round trips and an empty commit).
+* Trial user attrs, and the dashboard's artifact records, are written in batches instead of
+  one transaction per attribute (a trial sets ~10: metrics, history, worker, seed...): with
+  the trial's next heartbeat, and with its final state in the same transaction, so the
+  dashboard lags at most one heartbeat and nothing a finished trial set is lost. Reads in this
+  process see the pending values. System attrs that samplers and pruners share between workers
+  are still written at once.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import random
 import re
 import threading
 import time
@@ -107,19 +117,51 @@ def open_storage(
     if heartbeat_interval is not None:
         callback = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
     try:
-        return _service_storage_class()(
-            url,
-            engine_kwargs=_engine_kwargs(url),
-            heartbeat_interval=heartbeat_interval,
-            grace_period=grace_period,
-            heartbeat_stale_trial_callback=callback,
-        )
+        for attempt in range(1, SCHEMA_RACE_ATTEMPTS + 1):
+            try:
+                return _service_storage_class()(
+                    url,
+                    engine_kwargs=_engine_kwargs(url),
+                    heartbeat_interval=heartbeat_interval,
+                    grace_period=grace_period,
+                    heartbeat_stale_trial_callback=callback,
+                )
+            except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError,
+                    sqlalchemy.exc.OperationalError) as exc:
+                if attempt == SCHEMA_RACE_ATTEMPTS or not _is_schema_race(exc):
+                    raise
+                # Another process is creating the schema of this fresh database right now
+                # (workers on several hosts, or `hpo.status` started with the first worker):
+                # whatever it created is skipped on the next attempt.
+                time.sleep(random.uniform(0.1, 0.5))
+        raise AssertionError("unreachable")
     except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as exc:
         raise UserError(f"cannot connect to storage {mask_url(url)}: {_short_reason(exc)}; "
                         "check the host, port, database name and credentials") from None
     except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError, ImportError,
             ValueError) as exc:
         raise UserError(f"bad storage URL {mask_url(url)}: {_short_reason(exc)}") from None
+
+
+def fail_stale_trials(study: Any) -> None:
+    """Fail (and so queue for retry) the study's stale RUNNING trials now."""
+    import optuna
+
+    backend = getattr(study._storage, "_backend", study._storage)
+    if hasattr(backend, "expire_stale_check"):
+        backend.expire_stale_check()
+    optuna.storages.fail_stale_trials(study)
+
+
+SCHEMA_RACE_ATTEMPTS = 10
+
+
+def _is_schema_race(exc: BaseException) -> bool:
+    """Errors two processes get when both create the tables of a fresh database at once."""
+    import sqlalchemy.exc
+
+    text = str(getattr(exc, "orig", None) or exc).lower()
+    return isinstance(exc, sqlalchemy.exc.IntegrityError) or "already exists" in text
 
 
 def storage_errors() -> tuple[type[BaseException], ...]:
@@ -154,6 +196,19 @@ STATE_WRITE_RETRY_S = 60.0
 STATE_WRITE_PAUSE_S = 1.0
 
 
+def _seconds_between(earlier: Any, later: Any) -> float:
+    """``later - earlier`` in seconds for two database timestamps (naive or aware, as each
+    driver returns them; SQLite may hand back strings)."""
+    from datetime import datetime
+
+    def parse(value: Any) -> datetime:
+        if isinstance(value, str):
+            value = datetime.fromisoformat(value)
+        return value.replace(tzinfo=None)
+
+    return (parse(later) - parse(earlier)).total_seconds()
+
+
 def _log_retry(what: str, trial_id: int, exc: BaseException) -> None:
     log.warning(f"{what} failed (%s); retrying", trial_id, _short_reason(exc.__cause__ or exc))
 
@@ -164,51 +219,184 @@ def _is_outage(exc: BaseException) -> bool:
     return isinstance(exc, storage_errors() + (sqlalchemy.exc.DBAPIError,))
 
 
+# Trial system attrs under this prefix (optuna's artifact records) are batched like user attrs:
+# only the dashboard reads them. Others (grid ids, GA generations, pruner rungs) coordinate
+# workers and are written through.
+BATCHED_SYSTEM_PREFIX = "artifacts:"
+
+
 def _make_service_storage_class() -> type:  # noqa: C901 - one class, kept together
     from contextlib import contextmanager
 
     import optuna
+    import sqlalchemy
+    import sqlalchemy.dialects.mysql as mysql_dialect
     import sqlalchemy.dialects.postgresql as pg_dialect
     import sqlalchemy.dialects.sqlite as sqlite_dialect
     from optuna.storages._rdb import models
+    from optuna.trial import TrialState
+
+    dialects = {"postgresql": pg_dialect, "sqlite": sqlite_dialect}
+
+    def upsert(engine_name: str, model: Any, keys: list[Any], values: dict[str, Any]) -> Any:
+        """INSERT ... ON CONFLICT (keys) DO UPDATE SET values; None for other databases."""
+        if engine_name in dialects:
+            base = dialects[engine_name].insert(model)
+            return base.on_conflict_do_update(index_elements=keys, set_={
+                k: (base.excluded[k] if v is None else v) for k, v in values.items()})
+        if engine_name in ("mysql", "mariadb"):
+            base = mysql_dialect.insert(model)
+            return base.on_duplicate_key_update({
+                k: (base.inserted[k] if v is None else v) for k, v in values.items()})
+        return None
 
     class ServiceRDBStorage(optuna.storages.RDBStorage):
         """RDBStorage with resilient heartbeats and batched trial user attrs (module doc)."""
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
-            self._pending: dict[int, dict[str, Any]] = {}
+            # trial id -> {(model, key): value}: attrs not yet written
+            self._pending: dict[int, dict[tuple[Any, str], Any]] = {}
             self._pending_lock = threading.Lock()
             self._last_outage_log = 0.0
-            self._upsert_stmt: dict[str, Any] = {}
+            self._stmts: dict[str, Any] = {}
+            # trial id -> when this process committed its first heartbeat with the trial
+            self._born: dict[int, float] = {}
+            # study id -> when this process last looked for stale trials
+            self._stale_checked: dict[int, float] = {}
+            self._listen()
 
         def __getstate__(self) -> dict[Any, Any]:
             state = super().__getstate__()
-            state.pop("_pending_lock", None)
-            state.pop("_upsert_stmt", None)
+            for key in ("_pending_lock", "_stmts"):
+                state.pop(key, None)
             return state
 
         def __setstate__(self, state: dict[Any, Any]) -> None:
             super().__setstate__(state)
             self._pending_lock = threading.Lock()
-            self._upsert_stmt = {}
+            self._stmts = {}
+            self._listen()
 
-        # -- batched user attrs -------------------------------------------------------------
+        def _stmt(self, name: str) -> Any:
+            """The upsert statements, built once per storage (compiling one costs ~1 ms)."""
+            stmt = self._stmts.get(name)
+            if stmt is None:
+                engine = self.engine.name
+                if name == "heartbeat":
+                    model = models.TrialHeartbeatModel
+                    stmt = upsert(engine, model, [model.trial_id],
+                                  {"heartbeat": sqlalchemy.func.current_timestamp()})
+                else:
+                    model = (models.TrialUserAttributeModel if name == "user"
+                             else models.TrialSystemAttributeModel)
+                    stmt = upsert(engine, model, [model.trial_id, model.key],
+                                  {"value_json": None})
+                self._stmts[name] = stmt
+            return stmt
+
+        # -- the first heartbeat, in the transaction that starts the trial ------------------
+        def _listen(self) -> None:
+            if self.heartbeat_interval is None or self._stmt("heartbeat") is None:
+                return
+            factory = self.scoped_session.session_factory
+            sqlalchemy.event.listen(factory, "after_flush", self._note_inserted_trials)
+            sqlalchemy.event.listen(factory, "before_commit", self._beat_at_birth)
+            sqlalchemy.event.listen(factory, "after_commit", self._births_committed)
+            sqlalchemy.event.listen(factory, "after_soft_rollback", self._births_rolled_back)
+
+        @staticmethod
+        def _note_inserted_trials(session: Any, _flush_context: Any) -> None:
+            inserted = [o for o in session.new if isinstance(o, models.TrialModel)]
+            if inserted:
+                session.info.setdefault("hpo_inserted", []).extend(inserted)
+
+        def _beat_at_birth(self, session: Any) -> None:
+            """Before a commit that leaves a trial RUNNING which was not RUNNING before it
+            (inserted, or moved from WAITING): write the trial's heartbeat in it too.
+
+            Checked at commit time because Optuna inserts queued trials as RUNNING and turns
+            them to WAITING just before committing."""
+            candidates = {id(o): o for o in session.info.pop("hpo_inserted", ())}
+            for obj in session.dirty:
+                if isinstance(obj, models.TrialModel) and \
+                        sqlalchemy.inspect(obj).attrs.state.history.has_changes():
+                    candidates[id(obj)] = obj
+            started = [o.trial_id for o in candidates.values()
+                       if o.state == TrialState.RUNNING and o.trial_id is not None]
+            if started:
+                session.execute(self._stmt("heartbeat"), [{"trial_id": i} for i in started])
+                session.info["hpo_born"] = started
+
+        def _births_committed(self, session: Any) -> None:
+            now = time.monotonic()
+            for trial_id in session.info.pop("hpo_born", ()):
+                self._born[trial_id] = now
+
+        def _births_rolled_back(self, session: Any, _previous: Any) -> None:
+            session.info.pop("hpo_born", None)
+            session.info.pop("hpo_inserted", None)
+
+        def expire_stale_check(self) -> None:
+            """Make the next stale-trial check query the database (see below)."""
+            self._stale_checked.clear()
+
+        def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+            """Optuna's rule (RUNNING, last heartbeat older than the grace period; trials
+            without a heartbeat row are left alone) in one query, timed by the database.
+
+            Optuna looks before every trial; here at most once per heartbeat interval per
+            study and process (a trial turns stale only a grace period after its last beat, so
+            looking more often finds it at most one interval sooner), and whenever the worker
+            asks explicitly (:func:`fail_stale_trials`: at start and while it waits)."""
+            if self.heartbeat_interval is None:
+                return super()._get_stale_trial_ids(study_id)
+            now = time.monotonic()
+            if now - self._stale_checked.get(study_id, float("-inf")) < self.heartbeat_interval:
+                return []
+            self._stale_checked[study_id] = now
+            grace = (self.grace_period if self.grace_period is not None
+                     else 2 * self.heartbeat_interval)
+            trials, beats = models.TrialModel.__table__, models.TrialHeartbeatModel.__table__
+            query = (sqlalchemy.select(trials.c.trial_id, beats.c.heartbeat,
+                                       sqlalchemy.func.now())
+                     .join(beats, beats.c.trial_id == trials.c.trial_id)
+                     .where(trials.c.study_id == study_id,
+                            trials.c.state == TrialState.RUNNING))
+            session = self.scoped_session()
+            try:
+                rows = session.execute(query).all()
+                session.commit()
+            finally:
+                session.close()
+            return [trial_id for trial_id, beat, now in rows
+                    if _seconds_between(beat, now) > grace]
+
+        # -- batched attrs ------------------------------------------------------------------
         def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
             if self.heartbeat_interval is None:  # nobody would flush: write through
                 super().set_trial_user_attr(trial_id, key, value)
                 return
             with self._pending_lock:
-                self._pending.setdefault(trial_id, {})[key] = value
+                self._pending.setdefault(trial_id, {})[("user", key)] = value
+
+        def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
+            if self.heartbeat_interval is None or not key.startswith(BATCHED_SYSTEM_PREFIX):
+                super().set_trial_system_attr(trial_id, key, value)
+                return
+            with self._pending_lock:
+                self._pending.setdefault(trial_id, {})[("system", key)] = value
 
         @contextmanager
-        def _staged(self, trial_id: int) -> Iterator[Any]:
+        def _staged(self, trial_id: int, *, check: bool = True) -> Iterator[Any]:
             """Stage the trial's pending attrs in this thread's session, without committing.
 
             Optuna's own write that follows in the block uses the same thread-local session,
             so its commit carries the attrs too (one commit instead of two). On a failure the
             attrs go back to the pending buffer (newer values win) when the database was
             unreachable, and are dropped when the trial was already finished elsewhere.
+            ``check=False`` leaves the "still updatable" check to the write that follows
+            (Optuna's state write makes it, under a row lock, in the same transaction).
             """
             with self._pending_lock:
                 attrs = self._pending.pop(trial_id, None)
@@ -217,9 +405,10 @@ def _make_service_storage_class() -> type:  # noqa: C901 - one class, kept toget
                 return
             session = self.scoped_session()
             try:
-                trial = models.TrialModel.find_or_raise_by_id(trial_id, session)
-                self.check_trial_is_updatable(trial_id, trial.state)
-                self._upsert_user_attrs(session, trial_id, attrs)
+                if check:
+                    trial = models.TrialModel.find_or_raise_by_id(trial_id, session)
+                    self.check_trial_is_updatable(trial_id, trial.state)
+                self._upsert_attrs(session, trial_id, attrs)
                 yield session
             except BaseException as exc:
                 session.rollback()
@@ -230,25 +419,26 @@ def _make_service_storage_class() -> type:  # noqa: C901 - one class, kept toget
             finally:
                 session.close()
 
-        def _upsert_user_attrs(self, session: Any, trial_id: int, attrs: dict[str, Any]) -> None:
+        def _upsert_attrs(self, session: Any, trial_id: int,
+                          attrs: dict[tuple[str, str], Any]) -> None:
             import json
 
-            model = models.TrialUserAttributeModel
-            dialect = {"postgresql": pg_dialect, "sqlite": sqlite_dialect}.get(self.engine.name)
-            if dialect is None:
-                for k, v in attrs.items():
-                    self._set_trial_attr_without_commit(session, model, trial_id, k, v)
-                return
-            # One statement object, built once, with a parameter list (executemany): a
-            # multi-row VALUES would be compiled anew for every trial.
-            stmt = self._upsert_stmt.get(self.engine.name)
-            if stmt is None:
-                base = dialect.insert(model)
-                stmt = base.on_conflict_do_update(index_elements=[model.trial_id, model.key],
-                                                  set_={"value_json": base.excluded.value_json})
-                self._upsert_stmt[self.engine.name] = stmt
-            session.execute(stmt, [{"trial_id": trial_id, "key": k, "value_json": json.dumps(v)}
-                                   for k, v in attrs.items()])
+            for kind in ("user", "system"):
+                rows = [{"trial_id": trial_id, "key": k, "value_json": json.dumps(v)}
+                        for (which, k), v in attrs.items() if which == kind]
+                if not rows:
+                    continue
+                # One statement object, built once, with a parameter list (executemany): a
+                # multi-row VALUES would be compiled anew for every trial.
+                stmt = self._stmt(kind)
+                if stmt is not None:
+                    session.execute(stmt, rows)
+                    continue
+                model = (models.TrialUserAttributeModel if kind == "user"
+                         else models.TrialSystemAttributeModel)
+                for row in rows:
+                    self._set_trial_attr_without_commit(session, model, trial_id, row["key"],
+                                                        json.loads(row["value_json"]))
 
         def set_trial_state_values(self, trial_id: int, state: Any,
                                    values: Any = None) -> bool:
@@ -259,7 +449,7 @@ def _make_service_storage_class() -> type:  # noqa: C901 - one class, kept toget
             while True:
                 attempt += 1
                 try:
-                    with self._staged(trial_id):
+                    with self._staged(trial_id, check=False):
                         return super().set_trial_state_values(trial_id, state=state,
                                                               values=values)
                 except optuna.exceptions.UpdateFinishedTrialError:
@@ -292,12 +482,15 @@ def _make_service_storage_class() -> type:  # noqa: C901 - one class, kept toget
             """This process reads its own pending attrs (read-your-writes without a write)."""
             with self._pending_lock:
                 pending = dict(self._pending.get(trial._trial_id) or {})
-            if pending:
-                trial.user_attrs.update(pending)
+            for (kind, key), value in pending.items():
+                (trial.user_attrs if kind == "user" else trial.system_attrs)[key] = value
             return trial
 
         # -- heartbeats that survive a database restart -------------------------------------
         def record_heartbeat(self, trial_id: int) -> None:
+            born = self._born.pop(trial_id, None)
+            if born is not None and time.monotonic() - born < self.heartbeat_interval:
+                return  # the heartbeat thread's first beat: written with the trial already
             try:
                 with self._staged(trial_id):
                     super().record_heartbeat(trial_id)

@@ -30,7 +30,7 @@ from hpo.config import StudySpec
 from hpo.objective import Objective
 from hpo.progress import Progress
 from hpo.results import write_results
-from hpo.storage import storage_errors
+from hpo.storage import fail_stale_trials, storage_errors
 from trainers.errors import StopRequested, TrialFailed
 
 log = logging.getLogger("hpo")
@@ -239,7 +239,7 @@ def run_worker(study: optuna.Study, spec: StudySpec, *, output: Path, target: in
                 break
             try:
                 if check_stale:
-                    optuna.storages.fail_stale_trials(study)
+                    fail_stale_trials(study)
                     check_stale, view = False, None
                 if state["storage_error"]:
                     view = snapshot()

@@ -24,11 +24,14 @@ CHECKPOINT_NAME = "checkpoint.pt"
 HISTORY_NAME = "history.json"
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> None:
     """Write ``data`` to ``path`` so that a crash leaves the old file or the new one, never half.
 
-    Temp file in the same directory, fsync, rename, then fsync the directory so the rename
-    itself survives a power loss.
+    Temp file in the same directory, rename over the target. With ``durable`` (checkpoints,
+    caches) the file is fsynced before the rename and the directory after it, so the new file
+    also survives a power loss. Without it (files rebuilt from the study storage, such as
+    metrics.json, history.json and the results files) a killed process still leaves a whole
+    file, and the ~0.35 ms per fsync is saved.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -36,12 +39,15 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    if not durable:
+        return
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
@@ -62,9 +68,10 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def atomic_write_json(path: Path, obj: Any) -> None:
+def atomic_write_json(path: Path, obj: Any, *, durable: bool = True) -> None:
     atomic_write_bytes(
-        Path(path), (json.dumps(_json_safe(obj), indent=2, sort_keys=False) + "\n").encode()
+        Path(path), (json.dumps(_json_safe(obj), indent=2, sort_keys=False) + "\n").encode(),
+        durable=durable,
     )
 
 
@@ -129,10 +136,11 @@ class TrialContext:
 
     # -- per-epoch progress --------------------------------------------------------------
     def report(self, epoch: int, metrics: dict[str, float]) -> None:
-        """Record one epoch's metrics; the history is rewritten atomically each time."""
+        """Record one epoch's metrics; the history is rewritten atomically each time (not
+        fsynced: the durable copy travels in the checkpoint)."""
         row = {"epoch": int(epoch), **{k: _json_safe(v) for k, v in metrics.items()}}
         self.history.append(row)
-        atomic_write_json(self.output_dir / HISTORY_NAME, self.history)
+        atomic_write_json(self.output_dir / HISTORY_NAME, self.history, durable=False)
 
     # -- stopping ------------------------------------------------------------------------
     def request_stop(self, reason: str) -> None:

@@ -432,7 +432,11 @@ def test_user_attrs_reach_storage_with_the_heartbeat_and_the_final_state(
         trial.set_user_attr("epoch", 1)
         assert other.get_trial(trial._trial_id).user_attrs == {}
         assert study._storage.get_trial(trial._trial_id).user_attrs == {"epoch": 1}
-        storage.record_heartbeat(trial._trial_id)  # the heartbeat thread's beat
+        # The heartbeat thread's first beat repeats the one written with the trial and is
+        # skipped; the periodic beat that follows carries the attrs.
+        storage.record_heartbeat(trial._trial_id)
+        assert other.get_trial(trial._trial_id).user_attrs == {}
+        storage.record_heartbeat(trial._trial_id)
         assert other.get_trial(trial._trial_id).user_attrs == {"epoch": 1}
         trial.set_user_attr("epoch", 2)
         trial.set_user_attr("loss", 0.5)
