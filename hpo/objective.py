@@ -19,7 +19,7 @@ import optuna
 
 from hpo.config import Param, StudySpec
 from trainers.config import from_mapping, to_mapping
-from trainers.context import TrialContext, atomic_write_json
+from trainers.context import TrialContext, atomic_write_bytes, atomic_write_json
 from trainers.errors import StopRequested, TrialFailed, TrialPruned, UserError
 from trainers.registry import get_workload
 
@@ -167,7 +167,8 @@ class Objective:
             raise
         except Exception as exc:  # a crash in one trial must not end an overnight study
             ctx.set_attr("fail_reason", f"{type(exc).__name__}: {exc}")
-            (out / "traceback.txt").write_text(traceback.format_exc())
+            atomic_write_bytes(out / "traceback.txt", traceback.format_exc().encode(),
+                               durable=False)
             self._publish(trial, out)
             raise TrialFailed(f"{type(exc).__name__}: {exc}") from exc
         finally:

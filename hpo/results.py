@@ -49,6 +49,42 @@ def best_trials(study: optuna.Study) -> list[FrozenTrial]:
     return sorted(study.best_trials, key=lambda t: t.number)
 
 
+class ParetoFront:
+    """The best trials (one objective) or Pareto front (several) of a growing set of trials,
+    kept up to date trial by trial instead of recomputed from all trials each time.
+
+    Same answer as Optuna's ``Study.best_trials`` on the COMPLETE trials seen so far: a trial
+    is on the front when no other is at least as good in every objective and better in one
+    (so ties all stay on it).
+    """
+
+    def __init__(self, directions: list[optuna.study.StudyDirection]) -> None:
+        self._signs = [1.0 if d == optuna.study.StudyDirection.MINIMIZE else -1.0
+                       for d in directions]
+        self._front: list[tuple[list[float], FrozenTrial]] = []
+        self._seen: set[int] = set()
+
+    def update(self, trials: list[FrozenTrial]) -> list[FrozenTrial]:
+        """Add the COMPLETE trials not seen before; the front, by trial number."""
+        for trial in trials:
+            if trial.state == TrialState.COMPLETE and trial.number not in self._seen:
+                self._seen.add(trial.number)
+                self._add(trial)
+        return sorted((t for _, t in self._front), key=lambda t: t.number)
+
+    def _add(self, trial: FrozenTrial) -> None:
+        score = [s * v for s, v in zip(self._signs, trial.values, strict=True)]
+        if any(_dominates(other, score) for other, _ in self._front):
+            return
+        self._front = [(o, t) for o, t in self._front if not _dominates(score, o)]
+        self._front.append((score, trial))
+
+
+def _dominates(a: list[float], b: list[float]) -> bool:
+    """``a`` is at least as good as ``b`` everywhere and better somewhere (minimising)."""
+    return all(x <= y for x, y in zip(a, b, strict=True)) and a != b
+
+
 def metric_names(study: optuna.Study) -> list[str]:
     names = study.metric_names
     if names:

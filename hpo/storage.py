@@ -233,6 +233,7 @@ def _make_service_storage_class() -> type:  # noqa: C901 - one class, kept toget
     import sqlalchemy.dialects.mysql as mysql_dialect
     import sqlalchemy.dialects.postgresql as pg_dialect
     import sqlalchemy.dialects.sqlite as sqlite_dialect
+    import sqlalchemy.exc
     from optuna.storages._rdb import models
     from optuna.trial import TrialState
 
@@ -264,7 +265,6 @@ def _make_service_storage_class() -> type:  # noqa: C901 - one class, kept toget
             self._born: dict[int, float] = {}
             # study id -> when this process last looked for stale trials
             self._stale_checked: dict[int, float] = {}
-            self._listen()
 
         def __getstate__(self) -> dict[Any, Any]:
             state = super().__getstate__()
@@ -276,7 +276,6 @@ def _make_service_storage_class() -> type:  # noqa: C901 - one class, kept toget
             super().__setstate__(state)
             self._pending_lock = threading.Lock()
             self._stmts = {}
-            self._listen()
 
         def _stmt(self, name: str) -> Any:
             """The upsert statements, built once per storage (compiling one costs ~1 ms)."""
@@ -296,46 +295,53 @@ def _make_service_storage_class() -> type:  # noqa: C901 - one class, kept toget
             return stmt
 
         # -- the first heartbeat, in the transaction that starts the trial ------------------
-        def _listen(self) -> None:
-            if self.heartbeat_interval is None or self._stmt("heartbeat") is None:
-                return
-            factory = self.scoped_session.session_factory
-            sqlalchemy.event.listen(factory, "after_flush", self._note_inserted_trials)
-            sqlalchemy.event.listen(factory, "before_commit", self._beat_at_birth)
-            sqlalchemy.event.listen(factory, "after_commit", self._births_committed)
-            sqlalchemy.event.listen(factory, "after_soft_rollback", self._births_rolled_back)
+        def _get_prepared_new_trial(self, study_id: int, template_trial: Any,
+                                    session: Any) -> Any:
+            """Optuna's trial insert; a trial created RUNNING gets its heartbeat row in the
+            same transaction (queued trials are created WAITING and get theirs when taken)."""
+            trial = super()._get_prepared_new_trial(study_id, template_trial, session)
+            if trial.state == TrialState.RUNNING and self._beats_at_birth():
+                session.execute(self._stmt("heartbeat"), [{"trial_id": trial.trial_id}])
+                # Remembered before the commit: should it fail, the id is unused or reused by
+                # another trial of this process, which is born with its own beat as well.
+                self._born[trial.trial_id] = time.monotonic()
+            return trial
 
-        @staticmethod
-        def _note_inserted_trials(session: Any, _flush_context: Any) -> None:
-            inserted = [o for o in session.new if isinstance(o, models.TrialModel)]
-            if inserted:
-                session.info.setdefault("hpo_inserted", []).extend(inserted)
+        def _beats_at_birth(self) -> bool:
+            return self.heartbeat_interval is not None and self._stmt("heartbeat") is not None
 
-        def _beat_at_birth(self, session: Any) -> None:
-            """Before a commit that leaves a trial RUNNING which was not RUNNING before it
-            (inserted, or moved from WAITING): write the trial's heartbeat in it too.
+        def _start_waiting_trial(self, trial_id: int) -> bool:
+            """Optuna's WAITING -> RUNNING transition (``set_trial_state_values``), with the
+            trial's heartbeat in the same transaction."""
+            from datetime import datetime
 
-            Checked at commit time because Optuna inserts queued trials as RUNNING and turns
-            them to WAITING just before committing."""
-            candidates = {id(o): o for o in session.info.pop("hpo_inserted", ())}
-            for obj in session.dirty:
-                if isinstance(obj, models.TrialModel) and \
-                        sqlalchemy.inspect(obj).attrs.state.history.has_changes():
-                    candidates[id(obj)] = obj
-            started = [o.trial_id for o in candidates.values()
-                       if o.state == TrialState.RUNNING and o.trial_id is not None]
-            if started:
-                session.execute(self._stmt("heartbeat"), [{"trial_id": i} for i in started])
-                session.info["hpo_born"] = started
-
-        def _births_committed(self, session: Any) -> None:
-            now = time.monotonic()
-            for trial_id in session.info.pop("hpo_born", ()):
-                self._born[trial_id] = now
-
-        def _births_rolled_back(self, session: Any, _previous: Any) -> None:
-            session.info.pop("hpo_born", None)
-            session.info.pop("hpo_inserted", None)
+            session = self.scoped_session()
+            try:
+                trial = models.TrialModel.find_or_raise_by_id(trial_id, session,
+                                                              for_update=True)
+                self.check_trial_is_updatable(trial_id, trial.state)
+                if trial.state != TrialState.WAITING:
+                    session.rollback()
+                    return False  # another worker took it first
+                trial.state = TrialState.RUNNING
+                trial.datetime_start = datetime.now()
+                session.flush()
+                session.execute(self._stmt("heartbeat"), [{"trial_id": trial_id}])
+                self._born[trial_id] = time.monotonic()
+                session.commit()
+            except sqlalchemy.exc.IntegrityError:
+                session.rollback()
+                return False
+            except sqlalchemy.exc.SQLAlchemyError as exc:
+                session.rollback()
+                raise optuna.exceptions.StorageInternalError(
+                    "An exception is raised while starting a queued trial.") from exc
+            except BaseException:
+                session.rollback()
+                raise
+            finally:
+                session.close()
+            return True
 
         def expire_stale_check(self) -> None:
             """Make the next stale-trial check query the database (see below)."""
@@ -450,6 +456,9 @@ def _make_service_storage_class() -> type:  # noqa: C901 - one class, kept toget
                 attempt += 1
                 try:
                     with self._staged(trial_id, check=False):
+                        if state == TrialState.RUNNING and values is None and \
+                                self._beats_at_birth():
+                            return self._start_waiting_trial(trial_id)
                         return super().set_trial_state_values(trial_id, state=state,
                                                               values=values)
                 except optuna.exceptions.UpdateFinishedTrialError:

@@ -29,7 +29,7 @@ from optuna.trial import FrozenTrial, TrialState
 from hpo.config import StudySpec
 from hpo.objective import Objective
 from hpo.progress import Progress
-from hpo.results import write_results
+from hpo.results import ParetoFront, write_results
 from hpo.storage import fail_stale_trials, storage_errors
 from trainers.errors import StopRequested, TrialFailed
 
@@ -80,12 +80,12 @@ class StudySnapshot:
     """
 
     def __init__(self, study: optuna.Study, trials: list[FrozenTrial],
-                 metric_names: list[str] | None) -> None:
+                 metric_names: list[str] | None, front: ParetoFront) -> None:
         self.study_name = study.study_name
         self.directions = study.directions
         self.metric_names = metric_names
         self._trials = trials
-        self._best: list[FrozenTrial] | None = None
+        self._front = front
 
     def get_trials(self, deepcopy: bool = False,
                    states: Container[TrialState] | None = None) -> list[FrozenTrial]:
@@ -102,11 +102,7 @@ class StudySnapshot:
 
     @property
     def best_trials(self) -> list[FrozenTrial]:
-        if self._best is None:
-            from optuna.study._multi_objective import _get_pareto_front_trials_by_trials
-
-            self._best = _get_pareto_front_trials_by_trials(self._trials, self.directions)
-        return self._best
+        return self._front.update(self._trials)
 
 
 def _interruptible_sleep(seconds: float, objective: Objective) -> None:
@@ -149,6 +145,7 @@ def run_worker(study: optuna.Study, spec: StudySpec, *, output: Path, target: in
     study_dir = Path(output) / spec.name
     study_dir.mkdir(parents=True, exist_ok=True)
     metric_names = study.metric_names
+    front = ParetoFront(study.directions)  # shared by the snapshots: updated per trial
     heartbeat = spec.storage.heartbeat_interval
     # number/outcome/storage_error/seen: the trial just run and the trial list it started with;
     # pending: the trial whose progress line is due once a trial list shows it finished.
@@ -166,7 +163,7 @@ def run_worker(study: optuna.Study, spec: StudySpec, *, output: Path, target: in
         objective.request_stop(name)
 
     def snapshot() -> StudySnapshot:
-        return StudySnapshot(study, study.get_trials(deepcopy=False), metric_names)
+        return StudySnapshot(study, study.get_trials(deepcopy=False), metric_names, front)
 
     def write_results_now(view: StudySnapshot) -> None:
         write_results(view, study_dir)
@@ -190,7 +187,7 @@ def run_worker(study: optuna.Study, spec: StudySpec, *, output: Path, target: in
         # The list ``ask`` read for the sampler (fetched after this trial was created) serves
         # the budget guard and the previous trial's progress line: no extra storage read.
         view = StudySnapshot(study, study._get_trials(deepcopy=False, use_cache=True),
-                             metric_names)
+                             metric_names, front)
         state["seen"] = view
         try:
             report_pending(view)

@@ -11,10 +11,14 @@ Run from the repository root:
   everything it does per trial (heartbeats, stale-trial check, budget guard, user attrs,
   per-trial metrics.json and history, results files, progress line). Both run the same number
   of trials in a fresh database, so TPE's own growth with the trial count cancels out.
-  ``bare_heartbeat_ms`` is bare Optuna with the service's crash-safety storage settings
-  (heartbeats, retry callback, pool_pre_ping), the floor the service cannot go below.
-  ``service_without_artifacts_ms`` is the same run without the per-trial dashboard artifacts
-  (learning-curve PNG, file copies, note; ``hpo.artifacts``), to tell the two costs apart.
+  Two more rows tell the costs apart:
+  ``bare_heartbeat_ms`` is bare Optuna on a plain ``RDBStorage`` with the same crash-safety
+  settings (heartbeats, retry callback, pool_pre_ping): what heartbeats cost in Optuna itself.
+  ``service_storage_ms`` is the same bare loop on the service's storage
+  (``hpo.storage.open_storage``: heartbeats written with the trial, one-query stale check,
+  batched attrs): the storage layer alone.
+  ``service_without_artifacts_ms`` is the service without the per-trial dashboard artifacts
+  (learning-curve PNG, file links, note; ``hpo.artifacts``).
 * workers: ``python -m hpo.run --workers N`` on an objective that sleeps 0.5 s; the throughput
   of each worker process is its trials over the span from its first start to its last
   completion (process start-up is not a trial cost), summed over the workers.
@@ -151,18 +155,25 @@ def postgres_database() -> Iterator[str | None]:
 
 
 # -- per-trial overhead ----------------------------------------------------------------------
-def bare_ms(url: str, *, n_trials: int, name: str, heartbeat: bool = False) -> float:
+def bare_ms(url: str, *, n_trials: int, name: str, heartbeat: bool = False,
+            service_storage: bool = False) -> float:
     """Bare ``study.optimize``; with ``heartbeat``, on an RDBStorage with the service's crash
-    safety settings (heartbeats, retry callback, pool_pre_ping) but nothing else."""
+    safety settings (heartbeats, retry callback, pool_pre_ping) but nothing else; with
+    ``service_storage``, on the storage the service opens (same settings)."""
     import optuna
 
     from hpo.config import load_study_spec
+    from hpo.storage import open_storage
     from hpo.study import make_sampler
 
     with tempfile.TemporaryDirectory() as tmp:
         spec = load_study_spec(str(write_study(Path(tmp), name=name, n_trials=n_trials)))
     storage: object = url
-    if heartbeat:
+    if service_storage:
+        storage = open_storage(url, heartbeat_interval=spec.storage.heartbeat_interval,
+                               grace_period=spec.storage.grace_period,
+                               max_retry=spec.storage.max_retry)
+    elif heartbeat:
         storage = optuna.storages.RDBStorage(
             url, engine_kwargs={"pool_pre_ping": True} if url.startswith("postgresql") else {},
             heartbeat_interval=spec.storage.heartbeat_interval,
@@ -304,12 +315,15 @@ def main(argv: list[str] | None = None) -> int:
             bare_ms(url, n_trials=3, name="warmup_bare")
             service_ms(url, n_trials=3, name="warmup_service")
             # Interleaved repeats, best of each: the machine's other load only ever adds time.
-            runs: dict[str, list[float]] = {"bare": [], "bare_hb": [], "service": [],
-                                            "lean": []}
+            runs: dict[str, list[float]] = {"bare": [], "bare_hb": [], "storage": [],
+                                            "service": [], "lean": []}
             for i in range(args.repeats):
                 runs["bare"].append(bare_ms(url, n_trials=args.trials, name=f"bare_{i}"))
                 runs["bare_hb"].append(bare_ms(url, n_trials=args.trials, name=f"bare_hb_{i}",
                                                heartbeat=True))
+                runs["storage"].append(bare_ms(url, n_trials=args.trials,
+                                               name=f"service_storage_{i}",
+                                               service_storage=True))
                 runs["service"].append(service_ms(url, n_trials=args.trials,
                                                   name=f"service_{i}"))
                 runs["lean"].append(service_ms(
@@ -317,6 +331,7 @@ def main(argv: list[str] | None = None) -> int:
                     profile=profile if i == 0 else None, artifacts=False))
             result[label] = {"bare_ms": round(min(runs["bare"]), 2),
                              "bare_heartbeat_ms": round(min(runs["bare_hb"]), 2),
+                             "service_storage_ms": round(min(runs["storage"]), 2),
                              "service_ms": round(min(runs["service"]), 2),
                              "service_without_artifacts_ms": round(min(runs["lean"]), 2)}
         if not args.skip_workers:
@@ -331,16 +346,20 @@ def main(argv: list[str] | None = None) -> int:
 
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n")
-    print("ms per trial (ratio to bare)")
-    print(f"{'storage':<10} {'bare':>8} {'bare+heartbeat':>16} {'service':>14} "
-          f"{'service w/o artifacts':>22}")
+    print(f"ms per trial, best of {args.repeats} interleaved runs of {args.trials} trials "
+          "(ratio to bare Optuna)")
+    columns = (("bare_heartbeat_ms", "optuna+heartbeats"), ("service_storage_ms",
+               "service storage"), ("service_without_artifacts_ms", "service w/o artifacts"),
+               ("service_ms", "service"))
+    print(f"{'storage':<10} {'bare':>8}" + "".join(f" {title:>22}" for _, title in columns)
+          + f" {'service - bare':>15}")
     for label in ("sqlite", "postgres"):
         if label in result:
             row = result[label]
             bare = row["bare_ms"]
-            cells = [f"{row[k]:.1f} ({row[k] / bare:.2f}x)" for k in (
-                "bare_heartbeat_ms", "service_ms", "service_without_artifacts_ms")]
-            print(f"{label:<10} {bare:>8.1f} {cells[0]:>16} {cells[1]:>14} {cells[2]:>22}")
+            cells = [f"{row[k]:.1f} ({row[k] / bare:.2f}x)" for k, _ in columns]
+            print(f"{label:<10} {bare:>8.1f}" + "".join(f" {c:>22}" for c in cells)
+                  + f" {row['service_ms'] - bare:>12.1f} ms")
     for key in ("workers", "workers_without_artifacts"):
         if key in result:
             w = result[key]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import functools
 import types
 import typing
 from collections.abc import Mapping
@@ -89,7 +90,9 @@ def coerce(value: Any, tp: Any) -> Any:
     return value
 
 
+@functools.cache
 def field_types(cls: type) -> dict[str, Any]:
+    """Field name -> resolved type hint (resolving the hints of a class costs ~0.2 ms)."""
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.init}
 

@@ -140,7 +140,10 @@ class TrialContext:
         fsynced: the durable copy travels in the checkpoint)."""
         row = {"epoch": int(epoch), **{k: _json_safe(v) for k, v in metrics.items()}}
         self.history.append(row)
-        atomic_write_json(self.output_dir / HISTORY_NAME, self.history, durable=False)
+        # One epoch per line: readable, and encoded by json's C encoder (``indent`` would
+        # switch it to the pure-Python one for a file rewritten every epoch).
+        text = "[\n" + ",\n".join(json.dumps(r) for r in self.history) + "\n]\n"
+        atomic_write_bytes(self.output_dir / HISTORY_NAME, text.encode(), durable=False)
 
     # -- stopping ------------------------------------------------------------------------
     def request_stop(self, reason: str) -> None:

@@ -230,3 +230,36 @@ def test_failed_trial_publishes_its_traceback_and_curve(tmp_path: Path, monkeypa
     assert {"traceback.txt", LEARNING_CURVE_NAME, "checkpoint.pt"} <= names
     assert "disk full while saving the model" in (
         out / "toy" / "trial_0" / "traceback.txt").read_text()
+
+
+def test_artifacts_are_hard_links_that_later_writes_cannot_change(tmp_path: Path) -> None:
+    """A checkpoint is linked into the artifact store, not copied (no second copy on disk);
+    the trial files are replaced by rename, so rewriting one leaves the artifact as it was."""
+    from hpo.artifacts import artifact_store
+    from trainers.context import atomic_write_bytes
+
+    trial_dir = tmp_path / "trial_0"
+    source = trial_dir / "checkpoint.pt"
+    atomic_write_bytes(source, b"epoch 1 weights")
+    store = artifact_store(tmp_path / "out")
+    with open(source, "rb") as f:
+        store.write("a1", f)
+    stored = tmp_path / "out" / "artifacts" / "a1"
+    assert stored.stat().st_ino == source.stat().st_ino and source.stat().st_nlink == 2
+    atomic_write_bytes(source, b"epoch 2 weights")
+    assert stored.read_bytes() == b"epoch 1 weights"
+    assert source.read_bytes() == b"epoch 2 weights"
+
+    class NotAFile:  # a stream with no path on disk is copied, as Optuna does
+        name = 3
+
+        def __init__(self) -> None:
+            import io
+
+            self._buf = io.BytesIO(b"streamed")
+
+        def read(self, n: int = -1) -> bytes:
+            return self._buf.read(n)
+
+    store.write("a2", NotAFile())  # type: ignore[arg-type]
+    assert (tmp_path / "out" / "artifacts" / "a2").read_bytes() == b"streamed"

@@ -265,3 +265,23 @@ def test_a_fresh_database_opened_by_many_workers_at_once(storage_url: str) -> No
     assert [p.returncode for p in procs] == [0] * 6, "\n".join(e[-1500:] for e in errors if e)
     studies = optuna.get_all_study_summaries(storage_url)
     assert [s.study_name for s in studies] == ["race"]
+
+
+def test_storage_benchmark_runs_and_writes_the_documented_json(tmp_path: Path) -> None:
+    """``scripts/bench_storage.py`` on a tiny run: every row, on every reachable backend."""
+    import json
+
+    from scripts.bench_storage import main as bench_main
+    from tests.conftest import postgres_available
+
+    out = tmp_path / "storage.json"
+    assert bench_main(["--trials", "3", "--repeats", "1", "--skip-workers",
+                       "--output", str(out)]) == 0
+    data = json.loads(out.read_text())
+    backends = ["sqlite"] + ([] if postgres_available() else ["postgres"])
+    assert sorted(data) == sorted(backends)
+    for backend in backends:
+        row = data[backend]
+        assert set(row) == {"bare_ms", "bare_heartbeat_ms", "service_storage_ms",
+                            "service_ms", "service_without_artifacts_ms"}
+        assert all(v > 0 for v in row.values())
