@@ -174,21 +174,25 @@ def history_markdown(history: list[dict[str, Any]], *, max_rows: int = NOTE_MAX_
 
 # -- upload -----------------------------------------------------------------------------------
 def upload_trial_artifacts(trial: optuna.Trial, *, trial_dir: Path, output_dir: Path,
-                           metric_names: list[str] | None = None) -> list[str]:
+                           metric_names: list[str] | None = None,
+                           store: optuna.artifacts.FileSystemArtifactStore | None = None,
+                           ) -> list[str]:
     """Upload the trial's files and save its learning-curve note; returns the artifact ids.
 
-    Never raises: a broken plot or a full disk must not turn a finished trial into a failure.
+    ``store``: the store of ``output_dir`` when the caller keeps one open. Never raises: a
+    broken plot or a full disk must not turn a finished trial into a failure.
     """
     try:
-        return _upload(trial, Path(trial_dir), Path(output_dir), list(metric_names or []))
+        return _upload(trial, Path(trial_dir), store or artifact_store(Path(output_dir)),
+                       list(metric_names or []))
     except Exception as exc:  # see the docstring: artifacts are best effort
         log.warning("trial %d: could not upload artifacts: %s: %s", trial.number,
                     type(exc).__name__, exc)
         return []
 
 
-def _upload(trial: optuna.Trial, trial_dir: Path, output_dir: Path,
-            metric_names: list[str]) -> list[str]:
+def _upload(trial: optuna.Trial, trial_dir: Path,
+            store: optuna.artifacts.FileSystemArtifactStore, metric_names: list[str]) -> list[str]:
     history = list(trial.user_attrs.get("history") or [])
     if len(history) < MIN_CURVE_EPOCHS:
         history = []
@@ -196,7 +200,6 @@ def _upload(trial: optuna.Trial, trial_dir: Path, output_dir: Path,
         learning_curve_png(history, trial_dir / LEARNING_CURVE_NAME,
                            title=f"{trial.study.study_name} trial {trial.number}",
                            first=metric_names)
-    store = artifact_store(output_dir)
     ids = []
     for name in TRIAL_FILES:
         path = trial_dir / name

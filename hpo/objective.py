@@ -109,6 +109,7 @@ class Objective:
         self.workload = get_workload(spec.workload)
         self.stop_requested: str | None = None
         self.current_ctx: StudyTrialContext | None = None
+        self._artifact_store: Any = None
 
     def request_stop(self, reason: str) -> None:
         """Called from a signal handler: the running trial stops at its next step."""
@@ -202,7 +203,15 @@ class Objective:
         from hpo.artifacts import upload_trial_artifacts
 
         upload_trial_artifacts(trial, trial_dir=out, output_dir=self.output_dir,
-                               metric_names=self.spec.metric_names)
+                               metric_names=self.spec.metric_names, store=self._store())
+
+    def _store(self) -> Any:
+        """The artifact store, created once per worker (and again if its directory went)."""
+        from hpo.artifacts import artifact_dir, artifact_store
+
+        if self._artifact_store is None or not artifact_dir(self.output_dir).is_dir():
+            self._artifact_store = artifact_store(self.output_dir)
+        return self._artifact_store
 
     def _enqueue_retry(self, trial: optuna.Trial) -> None:
         """Queue a copy of an interrupted trial (same params, retry history kept) to run again."""

@@ -69,16 +69,30 @@ def mask_url(url: str) -> str:
 
 def _engine_kwargs(url: str) -> dict[str, Any]:
     if url.startswith("postgresql"):
-        return {
+        kwargs: dict[str, Any] = {
             "pool_pre_ping": True,
             "pool_size": PG_POOL_SIZE,
             "max_overflow": PG_MAX_OVERFLOW,
             "connect_args": {"connect_timeout": CONNECT_TIMEOUT_S},
         }
+        if _driver(url) == "psycopg2":
+            # psycopg2's executemany sends one statement per row: 8 trial attrs took 1.0 ms
+            # on a local server, 0.37 ms as one batch (and a round trip each over a network).
+            kwargs["executemany_mode"] = "values_plus_batch"
+        return kwargs
     if url.startswith("sqlite"):
         # Several worker processes share the file: wait for the write lock instead of failing.
         return {"connect_args": {"timeout": 60}}
     return {"pool_pre_ping": True}
+
+
+def _driver(url: str) -> str | None:
+    try:
+        import sqlalchemy.engine
+
+        return sqlalchemy.engine.make_url(url).get_driver_name()
+    except Exception:  # a bad URL is reported when the storage is opened
+        return None
 
 
 def _short_reason(exc: BaseException) -> str:
@@ -239,14 +253,18 @@ def _make_service_storage_class() -> type:  # noqa: C901 - one class, kept toget
 
     dialects = {"postgresql": pg_dialect, "sqlite": sqlite_dialect}
 
-    def upsert(engine_name: str, model: Any, keys: list[Any], values: dict[str, Any]) -> Any:
-        """INSERT ... ON CONFLICT (keys) DO UPDATE SET values; None for other databases."""
+    def upsert(engine_name: str, model: Any, keys: list[str], values: dict[str, Any]) -> Any:
+        """INSERT ... ON CONFLICT (keys) DO UPDATE SET values; None for other databases.
+
+        Built on the table, not the ORM class: the ORM's bulk-insert path costs ~0.1 ms per
+        statement in Python, five times the statement itself on SQLite."""
+        table = model.__table__
         if engine_name in dialects:
-            base = dialects[engine_name].insert(model)
-            return base.on_conflict_do_update(index_elements=keys, set_={
+            base = dialects[engine_name].insert(table)
+            return base.on_conflict_do_update(index_elements=[table.c[k] for k in keys], set_={
                 k: (base.excluded[k] if v is None else v) for k, v in values.items()})
         if engine_name in ("mysql", "mariadb"):
-            base = mysql_dialect.insert(model)
+            base = mysql_dialect.insert(table)
             return base.on_duplicate_key_update({
                 k: (base.inserted[k] if v is None else v) for k, v in values.items()})
         return None
@@ -284,12 +302,12 @@ def _make_service_storage_class() -> type:  # noqa: C901 - one class, kept toget
                 engine = self.engine.name
                 if name == "heartbeat":
                     model = models.TrialHeartbeatModel
-                    stmt = upsert(engine, model, [model.trial_id],
+                    stmt = upsert(engine, model, ["trial_id"],
                                   {"heartbeat": sqlalchemy.func.current_timestamp()})
                 else:
                     model = (models.TrialUserAttributeModel if name == "user"
                              else models.TrialSystemAttributeModel)
-                    stmt = upsert(engine, model, [model.trial_id, model.key],
+                    stmt = upsert(engine, model, ["trial_id", "key"],
                                   {"value_json": None})
                 self._stmts[name] = stmt
             return stmt
@@ -301,7 +319,7 @@ def _make_service_storage_class() -> type:  # noqa: C901 - one class, kept toget
             same transaction (queued trials are created WAITING and get theirs when taken)."""
             trial = super()._get_prepared_new_trial(study_id, template_trial, session)
             if trial.state == TrialState.RUNNING and self._beats_at_birth():
-                session.execute(self._stmt("heartbeat"), [{"trial_id": trial.trial_id}])
+                session.execute(self._stmt("heartbeat"), {"trial_id": trial.trial_id})
                 # Remembered before the commit: should it fail, the id is unused or reused by
                 # another trial of this process, which is born with its own beat as well.
                 self._born[trial.trial_id] = time.monotonic()
@@ -326,7 +344,7 @@ def _make_service_storage_class() -> type:  # noqa: C901 - one class, kept toget
                 trial.state = TrialState.RUNNING
                 trial.datetime_start = datetime.now()
                 session.flush()
-                session.execute(self._stmt("heartbeat"), [{"trial_id": trial_id}])
+                session.execute(self._stmt("heartbeat"), {"trial_id": trial_id})
                 self._born[trial_id] = time.monotonic()
                 session.commit()
             except sqlalchemy.exc.IntegrityError:
@@ -438,7 +456,7 @@ def _make_service_storage_class() -> type:  # noqa: C901 - one class, kept toget
                 # multi-row VALUES would be compiled anew for every trial.
                 stmt = self._stmt(kind)
                 if stmt is not None:
-                    session.execute(stmt, rows)
+                    session.execute(stmt, rows[0] if len(rows) == 1 else rows)
                     continue
                 model = (models.TrialUserAttributeModel if kind == "user"
                          else models.TrialSystemAttributeModel)

@@ -41,8 +41,8 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # all_trials.json grows with the study; rewriting it after every instant trial made the service
 # ~25 ms/trial slower than bare Optuna. Trials longer than this still get a write each.
 RESULTS_EVERY_S = 5.0
-# A full gc.collect() costs ~30 ms with torch loaded: worth it after a real trial (frees GPU
-# memory held by reference cycles), pure overhead after an instant one.
+# A full gc.collect() is worth it after a real trial (frees GPU memory held by reference
+# cycles), pure overhead after an instant one.
 GC_AFTER_TRIAL_S = 1.0
 # How long a worker rides out an unreachable database (server restart, failover) before giving
 # up, and how often it looks again meanwhile.
@@ -223,6 +223,7 @@ def run_worker(study: optuna.Study, spec: StudySpec, *, output: Path, target: in
         log.warning("trial %d lost the storage connection; queued for retry", number)
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    frozen = _freeze_heap()
     deadline = time.monotonic() + timeout if timeout else None
     check_stale, waiting_announced = True, False
     view: StudySnapshot | None = None
@@ -310,6 +311,23 @@ def run_worker(study: optuna.Study, spec: StudySpec, *, output: Path, target: in
     finally:
         for s, handler in old.items():
             signal.signal(s, handler)
+        if frozen:
+            gc.unfreeze()
+
+
+def _freeze_heap() -> bool:
+    """Move every object alive now (imported modules: ~300k objects with torch) out of the
+    collector's reach for the worker's lifetime; True if this call froze them.
+
+    Without it each automatic full collection walks them all: ~130 ms, every few dozen trials
+    of a fast study (measured 2.1 ms per trial over 60 trials) and after every real trial. What
+    is alive at worker start stays alive; the little start-up garbage frozen with it is not
+    worth the ~130 ms full collection that would clear it first.
+    """
+    if gc.get_freeze_count():
+        return False  # an outer caller froze the heap already
+    gc.freeze()  # O(1): the generations are moved, not walked
+    return True
 
 
 def _count_outcome(state: dict[str, Any]) -> None:

@@ -31,6 +31,7 @@ created and dropped.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import math
@@ -314,6 +315,11 @@ def main(argv: list[str] | None = None) -> int:
             # warm-up (imports, first connections, schema) on a throwaway study
             bare_ms(url, n_trials=3, name="warmup_bare")
             service_ms(url, n_trials=3, name="warmup_service")
+            # The heap of imported modules (~300k objects with torch) is frozen for every row,
+            # as a worker freezes it at start: an automatic full collection of it takes ~130 ms
+            # and would land in whichever run happens to trigger it.
+            gc.collect()
+            gc.freeze()
             # Interleaved repeats, best of each: the machine's other load only ever adds time.
             runs: dict[str, list[float]] = {"bare": [], "bare_hb": [], "storage": [],
                                             "service": [], "lean": []}

@@ -411,6 +411,10 @@ def test_postgres_engine_is_pinged_and_pooled_small(pg_url: str) -> None:
         assert pool._pre_ping is True
         assert (pool.size(), pool._max_overflow) == (PG_POOL_SIZE, PG_MAX_OVERFLOW) == (2, 2)
         assert storage.heartbeat_stale_trial_callback._max_retry == 3
+        # executemany as one batch, not one round trip per row (8 attrs per trial)
+        from sqlalchemy.dialects.postgresql.psycopg2 import EXECUTEMANY_VALUES_PLUS_BATCH
+
+        assert storage.engine.dialect.executemany_mode is EXECUTEMANY_VALUES_PLUS_BATCH
     finally:
         storage.engine.dispose()
 
