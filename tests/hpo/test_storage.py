@@ -283,5 +283,27 @@ def test_storage_benchmark_runs_and_writes_the_documented_json(tmp_path: Path) -
     for backend in backends:
         row = data[backend]
         assert set(row) == {"bare_ms", "bare_heartbeat_ms", "service_storage_ms",
-                            "service_ms", "service_without_artifacts_ms"}
+                            "service_ms", "service_without_artifacts_ms",
+                            "service_ratio_median"}
         assert all(v > 0 for v in row.values())
+
+
+def test_a_queued_trial_is_started_by_one_worker_only(storage_url: str) -> None:
+    """Two workers take the same WAITING trial: the first gets it (with its heartbeat), the
+    second is told no, as Optuna's own transition answers."""
+    first = open_storage(storage_url, heartbeat_interval=30, grace_period=60)
+    second = open_storage(storage_url, heartbeat_interval=30, grace_period=60)
+    try:
+        study = optuna.create_study(study_name="queue", storage=first)
+        study.enqueue_trial({"x": 1.0})
+        trial_id = study.trials[0]._trial_id
+        assert trial_id not in heartbeat_rows(storage_url)
+        assert first.set_trial_state_values(trial_id, TrialState.RUNNING) is True
+        assert second.set_trial_state_values(trial_id, TrialState.RUNNING) is False
+        assert second.get_trial(trial_id).state == TrialState.RUNNING
+        assert trial_id in heartbeat_rows(storage_url)
+        assert trial_id in first._born and trial_id not in second._born
+    finally:
+        for storage in (first, second):
+            storage.remove_session()
+            storage.engine.dispose()
