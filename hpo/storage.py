@@ -17,12 +17,16 @@ Adjustments to Optuna's ``RDBStorage`` (class :class:`ServiceRDBStorage`), each 
   that no worker ever reclaimed. The heartbeat thread's own first beat, which would repeat it,
   is skipped; the next comes one interval later, as before.
 * The stale-trial check is one query (Optuna's takes three round trips and an empty commit).
-* Trial user attrs, and the dashboard's artifact records, are written in batches instead of
-  one transaction per attribute (a trial sets ~10: metrics, history, worker, seed...): with
-  the trial's next heartbeat, and with its final state in the same transaction, so the
-  dashboard lags at most one heartbeat and nothing a finished trial set is lost. Reads in this
-  process see the pending values. System attrs that samplers and pruners share between workers
-  are still written at once.
+* A trial's params, user attrs, and the dashboard's artifact records are written in batches
+  instead of one transaction each (a trial sets ~3-10 params and ~10 attrs: metrics, history,
+  worker, seed...): params and setup attrs together when the worker has set the trial up
+  (:func:`flush_trial`, before training starts, so other workers' samplers see the params),
+  later attrs with the trial's next heartbeat, and the rest with its final state in the same
+  transaction: the dashboard lags at most one heartbeat and nothing a finished trial set is
+  lost. Optuna's checks (trial still running, distribution compatible with the study's) are
+  made when the value is set, as before. Reads in this process see the staged values. System
+  attrs that samplers and pruners share between workers are still written at once, except
+  TPE's relative-params record, which is flushed with the params it describes.
 """
 
 from __future__ import annotations
@@ -133,13 +137,15 @@ def open_storage(
     try:
         for attempt in range(1, SCHEMA_RACE_ATTEMPTS + 1):
             try:
-                return _service_storage_class()(
+                storage = _service_storage_class()(
                     url,
                     engine_kwargs=_engine_kwargs(url),
                     heartbeat_interval=heartbeat_interval,
                     grace_period=grace_period,
                     heartbeat_stale_trial_callback=callback,
                 )
+                _use_sqlite_wal(storage.engine)
+                return storage
             except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError,
                     sqlalchemy.exc.OperationalError) as exc:
                 if attempt == SCHEMA_RACE_ATTEMPTS or not _is_schema_race(exc):
@@ -157,6 +163,32 @@ def open_storage(
         raise UserError(f"bad storage URL {mask_url(url)}: {_short_reason(exc)}") from None
 
 
+def _use_sqlite_wal(engine: Any) -> None:
+    """Put a SQLite study file in write-ahead-log mode (a setting of the file, kept).
+
+    Each commit then appends to the log with one fsync instead of rewriting a rollback
+    journal (0.19 ms instead of 0.72 ms per commit measured here; ``synchronous`` stays FULL,
+    so a committed trial survives a power cut), and readers (``hpo.status``, the dashboard,
+    other workers' samplers) no longer block a worker's write. All processes must be on the
+    same host, as SQLite's locking needs anyway. If another process holds the file busy the
+    switch is left to the next opening."""
+    import sqlalchemy.exc
+
+    if engine.name != "sqlite" or engine.url.database in (None, "", ":memory:"):
+        return
+    try:
+        with engine.connect() as conn:
+            if conn.exec_driver_sql("PRAGMA journal_mode").scalar() != "wal":
+                busy = conn.exec_driver_sql("PRAGMA busy_timeout").scalar()
+                conn.exec_driver_sql("PRAGMA busy_timeout=2000")  # don't wait a minute here
+                try:
+                    conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+                finally:
+                    conn.exec_driver_sql(f"PRAGMA busy_timeout={int(busy)}")
+    except sqlalchemy.exc.OperationalError as exc:
+        log.debug("SQLite write-ahead log not enabled now (%s)", _short_reason(exc))
+
+
 def fail_stale_trials(study: Any) -> None:
     """Fail (and so queue for retry) the study's stale RUNNING trials now."""
     import optuna
@@ -165,6 +197,18 @@ def fail_stale_trials(study: Any) -> None:
     if hasattr(backend, "expire_stale_check"):
         backend.expire_stale_check()
     optuna.storages.fail_stale_trials(study)
+
+
+def flush_trial(trial: Any) -> None:
+    """Write the trial's staged params and attrs now, in one transaction.
+
+    The worker calls it when a trial's setup is done (params suggested, first attrs set),
+    before training starts: from then on other workers' samplers see the trial's params
+    (constant liar) and the dashboard its attrs. A storage without staging does nothing."""
+    storage = trial.study._storage
+    backend = getattr(storage, "_backend", storage)
+    if hasattr(backend, "flush"):
+        backend.flush(trial._trial_id)
 
 
 SCHEMA_RACE_ATTEMPTS = 10
@@ -233,10 +277,11 @@ def _is_outage(exc: BaseException) -> bool:
     return isinstance(exc, storage_errors() + (sqlalchemy.exc.DBAPIError,))
 
 
-# Trial system attrs under this prefix (optuna's artifact records) are batched like user attrs:
-# only the dashboard reads them. Others (grid ids, GA generations, pruner rungs) coordinate
-# workers and are written through.
-BATCHED_SYSTEM_PREFIX = "artifacts:"
+# Trial system attrs under these prefixes are batched like user attrs: optuna's artifact records
+# (only the dashboard reads them) and TPE's relative-params record (read by other workers'
+# constant liar, like the params, so flushed with them when the trial's setup ends). Others
+# (grid ids, GA generations, pruner rungs) coordinate workers and are written through.
+BATCHED_SYSTEM_PREFIXES = ("artifacts:", "tpe:relative_params:")
 
 
 def _make_service_storage_class() -> type:  # noqa: C901 - one class, kept together
@@ -283,6 +328,8 @@ def _make_service_storage_class() -> type:  # noqa: C901 - one class, kept toget
             self._born: dict[int, float] = {}
             # study id -> when this process last looked for stale trials
             self._stale_checked: dict[int, float] = {}
+            # (trial id, trial as created) of the trial this process created last, until read
+            self._fresh: tuple[int, Any] | None = None
 
         def __getstate__(self) -> dict[Any, Any]:
             state = super().__getstate__()
@@ -296,14 +343,26 @@ def _make_service_storage_class() -> type:  # noqa: C901 - one class, kept toget
             self._stmts = {}
 
         def _stmt(self, name: str) -> Any:
-            """The upsert statements, built once per storage (compiling one costs ~1 ms)."""
+            """The plain statements, built once per storage (compiling one costs ~1 ms)."""
             stmt = self._stmts.get(name)
             if stmt is None:
                 engine = self.engine.name
-                if name == "heartbeat":
+                trials = models.TrialModel.__table__
+                if name in ("state", "lock"):  # a trial's state; "lock": under a row lock
+                    stmt = sqlalchemy.select(trials.c.state).where(
+                        trials.c.trial_id == sqlalchemy.bindparam("trial_id"))
+                    if name == "lock":
+                        stmt = stmt.with_for_update()
+                elif name == "heartbeat":
                     model = models.TrialHeartbeatModel
                     stmt = upsert(engine, model, ["trial_id"],
                                   {"heartbeat": sqlalchemy.func.current_timestamp()})
+                elif name == "values":
+                    stmt = upsert(engine, models.TrialValueModel, ["trial_id", "objective"],
+                                  {"value": None, "value_type": None})
+                elif name == "param":
+                    stmt = upsert(engine, models.TrialParamModel, ["trial_id", "param_name"],
+                                  {"param_value": None, "distribution_json": None})
                 else:
                     model = (models.TrialUserAttributeModel if name == "user"
                              else models.TrialSystemAttributeModel)
@@ -325,27 +384,64 @@ def _make_service_storage_class() -> type:  # noqa: C901 - one class, kept toget
                 self._born[trial.trial_id] = time.monotonic()
             return trial
 
+        def _create_new_trial(self, study_id: int, template_trial: Any = None) -> Any:
+            """Optuna's trial creation; a trial created RUNNING (``study.ask``) is kept as
+            created, to answer the read that follows at once (``optuna.Trial`` loads the
+            trial it was handed: 6 queries). Nothing else writes to a trial this process has
+            just started (its heartbeat is written with it); any write of this process to it
+            first, or any other read, goes to the database."""
+            import copy
+
+            frozen = super()._create_new_trial(study_id, template_trial)
+            self._fresh = ((frozen._trial_id, copy.deepcopy(frozen))
+                           if template_trial is None and frozen.state == TrialState.RUNNING
+                           else None)
+            return frozen
+
         def _beats_at_birth(self) -> bool:
             return self.heartbeat_interval is not None and self._stmt("heartbeat") is not None
 
-        def _start_waiting_trial(self, trial_id: int) -> bool:
-            """Optuna's WAITING -> RUNNING transition (``set_trial_state_values``), with the
-            trial's heartbeat in the same transaction."""
+        def _write_state(self, trial_id: int, state: Any, values: Any) -> bool:
+            """Optuna's ``set_trial_state_values`` (same checks, same results) in plain
+            statements: the trial row locked and checked, the values as one upsert (Optuna
+            reads each objective's row, then inserts it: 2 statements per objective), the
+            state, and for a queued trial taken to RUNNING its first heartbeat, all in one
+            transaction."""
             from datetime import datetime
 
+            trials = models.TrialModel.__table__
             session = self.scoped_session()
             try:
-                trial = models.TrialModel.find_or_raise_by_id(trial_id, session,
-                                                              for_update=True)
-                self.check_trial_is_updatable(trial_id, trial.state)
-                if trial.state != TrialState.WAITING:
+                current = session.execute(self._stmt("lock"),
+                                          {"trial_id": trial_id}).scalar_one_or_none()
+                if current is None:
+                    raise KeyError(models.NOT_FOUND_MSG)
+                self.check_trial_is_updatable(trial_id, TrialState(current))
+                if state == TrialState.RUNNING and current != TrialState.WAITING:
                     session.rollback()
-                    return False  # another worker took it first
-                trial.state = TrialState.RUNNING
-                trial.datetime_start = datetime.now()
-                session.flush()
-                session.execute(self._stmt("heartbeat"), {"trial_id": trial_id})
-                self._born[trial_id] = time.monotonic()
+                    return False  # another worker took the queued trial first
+                if values is not None:
+                    rows = []
+                    for objective, value in enumerate(values):
+                        stored, kind = models.TrialValueModel.value_to_stored_repr(value)
+                        rows.append({"trial_id": trial_id, "objective": objective,
+                                     "value": stored, "value_type": kind})
+                    session.execute(self._stmt("values"), rows[0] if len(rows) == 1 else rows)
+                update: dict[str, Any] = {"state": state}
+                if state == TrialState.RUNNING:
+                    update["datetime_start"] = datetime.now()
+                if state.is_finished():
+                    update["datetime_complete"] = datetime.now()
+                name = "update:" + ",".join(update)
+                stmt = self._stmts.get(name)
+                if stmt is None:
+                    stmt = self._stmts[name] = (
+                        trials.update().where(trials.c.trial_id == sqlalchemy.bindparam("tid"))
+                        .values({k: sqlalchemy.bindparam(k) for k in update}))
+                session.execute(stmt, {"tid": trial_id, **update})
+                if state == TrialState.RUNNING and self._beats_at_birth():
+                    session.execute(self._stmt("heartbeat"), {"trial_id": trial_id})
+                    self._born[trial_id] = time.monotonic()
                 session.commit()
             except sqlalchemy.exc.IntegrityError:
                 session.rollback()
@@ -353,7 +449,7 @@ def _make_service_storage_class() -> type:  # noqa: C901 - one class, kept toget
             except sqlalchemy.exc.SQLAlchemyError as exc:
                 session.rollback()
                 raise optuna.exceptions.StorageInternalError(
-                    "An exception is raised while starting a queued trial.") from exc
+                    "An exception is raised while storing a trial's state.") from exc
             except BaseException:
                 session.rollback()
                 raise
@@ -399,17 +495,89 @@ def _make_service_storage_class() -> type:  # noqa: C901 - one class, kept toget
         # -- batched attrs ------------------------------------------------------------------
         def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
             if self.heartbeat_interval is None:  # nobody would flush: write through
+                self._fresh = None
                 super().set_trial_user_attr(trial_id, key, value)
                 return
             with self._pending_lock:
                 self._pending.setdefault(trial_id, {})[("user", key)] = value
 
         def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
-            if self.heartbeat_interval is None or not key.startswith(BATCHED_SYSTEM_PREFIX):
+            if self.heartbeat_interval is None or not key.startswith(BATCHED_SYSTEM_PREFIXES):
+                self._fresh = None
                 super().set_trial_system_attr(trial_id, key, value)
                 return
             with self._pending_lock:
                 self._pending.setdefault(trial_id, {})[("system", key)] = value
+
+        def _set_trial_param(self, trial_id: int, param_name: str,
+                             param_value_internal: float, distribution: Any,
+                             previous_distribution: Any) -> None:
+            """Optuna's checks now (trial updatable, distribution compatible with the study's
+            earlier trials); the row itself is staged and written with the trial's other
+            staged values (:func:`flush_trial`, the next heartbeat, or the final state): one
+            commit for all params of a trial instead of one each."""
+            if self.heartbeat_interval is None:  # nobody would flush: write through
+                self._fresh = None
+                super()._set_trial_param(trial_id, param_name, param_value_internal,
+                                         distribution, previous_distribution)
+                return
+            from optuna import distributions
+
+            with self._pending_lock:
+                staged = self._pending.get(trial_id, {}).get(("param", param_name))
+            if staged is not None:
+                raise optuna.exceptions.StorageInternalError(
+                    f"parameter {param_name!r} of trial id {trial_id} is already set")
+            if previous_distribution is None:  # the first trial of this process: ask the study
+                session = self.scoped_session()
+                try:
+                    trial = models.TrialModel.find_or_raise_by_id(trial_id, session)
+                    self.check_trial_is_updatable(trial_id, trial.state)
+                    previous = (session.query(models.TrialParamModel.distribution_json)
+                                .join(models.TrialModel)
+                                .filter(models.TrialModel.study_id == trial.study_id,
+                                        models.TrialParamModel.param_name == param_name)
+                                .first())
+                    session.commit()
+                finally:
+                    session.close()
+                if previous is not None:
+                    previous_distribution = distributions.json_to_distribution(previous[0])
+            if previous_distribution is not None:
+                distributions.check_distribution_compatibility(previous_distribution,
+                                                               distribution)
+            with self._pending_lock:
+                self._pending.setdefault(trial_id, {})[("param", param_name)] = (
+                    param_value_internal, distribution)
+
+        def set_trial_intermediate_value(self, trial_id: int, step: int,
+                                         intermediate_value: float) -> None:
+            self._fresh = None
+            super().set_trial_intermediate_value(trial_id, step, intermediate_value)
+
+        def get_trial_param(self, trial_id: int, param_name: str) -> float:
+            with self._pending_lock:
+                staged = self._pending.get(trial_id, {}).get(("param", param_name))
+            if staged is not None:
+                return float(staged[0])
+            return float(super().get_trial_param(trial_id, param_name))
+
+        def flush(self, trial_id: int) -> None:
+            """Write the trial's staged params and attrs in one transaction (see
+            :func:`flush_trial`). Through a database outage they stay staged (and go with
+            the next heartbeat or the final state) and training goes on."""
+            try:
+                with self._staged(trial_id) as session:
+                    if session is not None:
+                        session.commit()
+            except optuna.exceptions.UpdateFinishedTrialError:
+                raise
+            except Exception as exc:
+                if not _is_outage(exc):
+                    raise
+                log.warning("trial id %d: could not write its params and attrs now (%s); "
+                            "they go with its next heartbeat", trial_id,
+                            _short_reason(exc.__cause__ or exc))
 
         @contextmanager
         def _staged(self, trial_id: int, *, check: bool = True) -> Iterator[Any]:
@@ -430,8 +598,7 @@ def _make_service_storage_class() -> type:  # noqa: C901 - one class, kept toget
             session = self.scoped_session()
             try:
                 if check:
-                    trial = models.TrialModel.find_or_raise_by_id(trial_id, session)
-                    self.check_trial_is_updatable(trial_id, trial.state)
+                    self._check_updatable(session, trial_id)
                 self._upsert_attrs(session, trial_id, attrs)
                 yield session
             except BaseException as exc:
@@ -443,10 +610,33 @@ def _make_service_storage_class() -> type:  # noqa: C901 - one class, kept toget
             finally:
                 session.close()
 
+        def _check_updatable(self, session: Any, trial_id: int) -> None:
+            """Optuna's "trial exists and is not finished" check, as one plain query (the
+            ORM's load of the whole trial row costs ~0.3 ms more per write)."""
+            state = session.execute(self._stmt("state"),
+                                    {"trial_id": trial_id}).scalar_one_or_none()
+            if state is None:
+                raise KeyError(models.NOT_FOUND_MSG)
+            self.check_trial_is_updatable(trial_id, TrialState(state))
+
         def _upsert_attrs(self, session: Any, trial_id: int,
                           attrs: dict[tuple[str, str], Any]) -> None:
             import json
 
+            from optuna.distributions import distribution_to_json
+
+            staged = {k: v for (which, k), v in attrs.items() if which == "param"}
+            params = [{"trial_id": trial_id, "param_name": k, "param_value": value,
+                       "distribution_json": distribution_to_json(dist)}
+                      for k, (value, dist) in staged.items()]
+            if params:
+                stmt = self._stmt("param")
+                if stmt is not None:
+                    session.execute(stmt, params[0] if len(params) == 1 else params)
+                else:
+                    for k, (value, dist) in staged.items():
+                        self._set_trial_param_without_commit(session, trial_id, k, value,
+                                                             dist, dist)
             for kind in ("user", "system"):
                 rows = [{"trial_id": trial_id, "key": k, "value_json": json.dumps(v)}
                         for (which, k), v in attrs.items() if which == kind]
@@ -473,12 +663,12 @@ def _make_service_storage_class() -> type:  # noqa: C901 - one class, kept toget
             while True:
                 attempt += 1
                 try:
+                    self._fresh = None
                     with self._staged(trial_id, check=False):
-                        if state == TrialState.RUNNING and values is None and \
-                                self._beats_at_birth():
-                            return self._start_waiting_trial(trial_id)
-                        return super().set_trial_state_values(trial_id, state=state,
-                                                              values=values)
+                        if self._stmt("values") is None:  # no upsert here: Optuna's write
+                            return super().set_trial_state_values(trial_id, state=state,
+                                                                  values=values)
+                        return self._write_state(trial_id, state, values)
                 except optuna.exceptions.UpdateFinishedTrialError:
                     if attempt > 1 and state.is_finished():
                         # the earlier attempt was committed; only its answer was lost
@@ -491,6 +681,9 @@ def _make_service_storage_class() -> type:  # noqa: C901 - one class, kept toget
                     time.sleep(STATE_WRITE_PAUSE_S)
 
         def get_trial(self, trial_id: int) -> Any:
+            fresh, self._fresh = self._fresh, None
+            if fresh is not None and fresh[0] == trial_id:
+                return self._with_pending(fresh[1])
             deadline = time.monotonic() + STATE_WRITE_RETRY_S
             while True:
                 try:
@@ -510,7 +703,12 @@ def _make_service_storage_class() -> type:  # noqa: C901 - one class, kept toget
             with self._pending_lock:
                 pending = dict(self._pending.get(trial._trial_id) or {})
             for (kind, key), value in pending.items():
-                (trial.user_attrs if kind == "user" else trial.system_attrs)[key] = value
+                if kind == "param":
+                    internal, dist = value
+                    trial._params[key] = dist.to_external_repr(internal)
+                    trial._distributions[key] = dist
+                else:
+                    (trial.user_attrs if kind == "user" else trial.system_attrs)[key] = value
             return trial
 
         # -- heartbeats that survive a database restart -------------------------------------

@@ -10,13 +10,18 @@ Run from the repository root:
   ``study.optimize`` on a plain storage URL; "service" is ``hpo.worker.run_worker`` with
   everything it does per trial (heartbeats, stale-trial check, budget guard, user attrs,
   per-trial metrics.json and history, results files, progress line). Both run the same number
-  of trials in a fresh database, so TPE's own growth with the trial count cancels out.
+  of trials in a fresh study, so TPE's own growth with the trial count cancels out: on SQLite
+  each run in a file of its own, as it creates it (Optuna's in SQLite's default rollback-journal
+  mode, the service's in write-ahead-log mode), on PostgreSQL in one throwaway database.
   Two more rows tell the costs apart:
   ``bare_heartbeat_ms`` is bare Optuna on a plain ``RDBStorage`` with the same crash-safety
   settings (heartbeats, retry callback, pool_pre_ping): what heartbeats cost in Optuna itself.
   ``service_storage_ms`` is the same bare loop on the service's storage
   (``hpo.storage.open_storage``: heartbeats written with the trial, one-query stale check,
-  batched attrs): the storage layer alone.
+  params and attrs staged and written with the final state, values as one upsert): the
+  storage layer alone. The service itself writes a trial in three transactions (created;
+  params and setup attrs before training; values, state and the remaining attrs), where
+  Optuna takes one per param and per sampler record besides.
   ``service_without_artifacts_ms`` is the service without the per-trial dashboard artifacts
   (learning-curve PNG, file links, note; ``hpo.artifacts``). ``service_ratio_median`` is the
   median over the repeats of service / bare measured side by side (robust to the machine's
@@ -311,13 +316,18 @@ def main(argv: list[str] | None = None) -> int:
 
     result: dict[str, object] = {}
     with tempfile.TemporaryDirectory() as tmp, postgres_database() as pg:
-        sqlite = f"sqlite:///{Path(tmp) / 'bench.db'}"
-        backends = {"sqlite": sqlite, **({"postgres": pg} if pg else {})}
-        for label, url in backends.items():
+        # SQLite: every run on a file of its own, as each creates it (the service's is in
+        # write-ahead-log mode, Optuna's in SQLite's default rollback-journal mode).
+        # PostgreSQL: every run a fresh study in one throwaway database.
+        def sqlite_url(name: str) -> str:
+            return f"sqlite:///{Path(tmp) / name}.db"
+
+        backends = {"sqlite": sqlite_url, **({"postgres": lambda name: pg} if pg else {})}
+        for label, url_of in backends.items():
             profile = args.profile if label == ("postgres" if pg else "sqlite") else None
             # warm-up (imports, first connections, schema) on a throwaway study
-            bare_ms(url, n_trials=3, name="warmup_bare")
-            service_ms(url, n_trials=3, name="warmup_service")
+            bare_ms(url_of("warmup_bare"), n_trials=3, name="warmup_bare")
+            service_ms(url_of("warmup_service"), n_trials=3, name="warmup_service")
             # The heap of imported modules (~300k objects with torch) is frozen for every row,
             # as a worker freezes it at start: an automatic full collection of it takes ~130 ms
             # and would land in whichever run happens to trigger it.
@@ -327,16 +337,17 @@ def main(argv: list[str] | None = None) -> int:
             runs: dict[str, list[float]] = {"bare": [], "bare_hb": [], "storage": [],
                                             "service": [], "lean": []}
             for i in range(args.repeats):
-                runs["bare"].append(bare_ms(url, n_trials=args.trials, name=f"bare_{i}"))
-                runs["bare_hb"].append(bare_ms(url, n_trials=args.trials, name=f"bare_hb_{i}",
-                                               heartbeat=True))
-                runs["storage"].append(bare_ms(url, n_trials=args.trials,
-                                               name=f"service_storage_{i}",
-                                               service_storage=True))
-                runs["service"].append(service_ms(url, n_trials=args.trials,
-                                                  name=f"service_{i}"))
+                names = {key: f"{key}_{i}" for key in runs}
+                runs["bare"].append(bare_ms(url_of(names["bare"]), n_trials=args.trials,
+                                            name=names["bare"]))
+                runs["bare_hb"].append(bare_ms(url_of(names["bare_hb"]), n_trials=args.trials,
+                                               name=names["bare_hb"], heartbeat=True))
+                runs["storage"].append(bare_ms(url_of(names["storage"]), n_trials=args.trials,
+                                               name=names["storage"], service_storage=True))
+                runs["service"].append(service_ms(url_of(names["service"]),
+                                                  n_trials=args.trials, name=names["service"]))
                 runs["lean"].append(service_ms(
-                    url, n_trials=args.trials, name=f"service_no_artifacts_{i}",
+                    url_of(names["lean"]), n_trials=args.trials, name=names["lean"],
                     profile=profile if i == 0 else None, artifacts=False))
             result[label] = {"bare_ms": round(min(runs["bare"]), 2),
                              "bare_heartbeat_ms": round(min(runs["bare_hb"]), 2),
@@ -349,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
                                  s / b for s, b in zip(runs["service"], runs["bare"],
                                                        strict=True)), 3)}
         if not args.skip_workers:
-            url = pg or sqlite
+            url = pg or sqlite_url("workers")
             result["workers_storage"] = "postgres" if pg else "sqlite"
             for key, artifacts in (("workers", True), ("workers_without_artifacts", False)):
                 result[key] = {
