@@ -453,3 +453,33 @@ def test_user_attrs_reach_storage_with_the_heartbeat_and_the_final_state(
     finally:
         other.engine.dispose()
         study._storage.remove_session()
+
+
+def test_other_workers_see_a_trials_params_before_it_trains(storage_url: str, tmp_path: Path,
+                                                            monkeypatch) -> None:  # noqa: ANN001
+    """The params (which other workers' samplers treat as running, constant liar) and the
+    setup attrs are in the storage by the time training starts, written in one commit."""
+    from dataclasses import replace
+
+    from tests.hpo import toy_workload
+
+    seen: list[tuple[dict, dict]] = []
+
+    def look_then_train(config, ctx):  # noqa: ANN001, ANN202
+        other = optuna.storages.RDBStorage(storage_url)
+        try:
+            stored = other.get_trial(ctx.trial._trial_id)
+        finally:
+            other.engine.dispose()
+        seen.append((stored.params, stored.user_attrs))
+        return toy_workload.train(config, ctx)
+
+    monkeypatch.setattr(toy_workload, "WORKLOAD",
+                        replace(toy_workload.WORKLOAD, train=look_then_train))
+    path = write_study(tmp_path, name="setup", n_trials=2, epochs=1)
+    assert main([*args_for(path, storage_url, tmp_path / "out")]) == 0
+    trials = trials_of(storage_url, "setup")
+    assert len(seen) == len(trials) == 2
+    for (params, attrs), trial in zip(seen, trials, strict=True):
+        assert params == trial.params and set(params) == {"lr", "width", "optimizer"}
+        assert {"output_dir", "worker", "seed"} <= set(attrs)

@@ -307,3 +307,211 @@ def test_a_queued_trial_is_started_by_one_worker_only(storage_url: str) -> None:
         for storage in (first, second):
             storage.remove_session()
             storage.engine.dispose()
+
+
+class CommitCounter:
+    """Commits of this engine's connections (read-only transactions included)."""
+
+    def __init__(self, engine: sqlalchemy.engine.Engine) -> None:
+        self.engine, self.count = engine, 0
+        sqlalchemy.event.listen(engine, "commit", self._seen)
+
+    def _seen(self, *_args: object) -> None:
+        self.count += 1
+
+    def close(self) -> None:
+        sqlalchemy.event.remove(self.engine, "commit", self._seen)
+
+
+SPACE = {"lr": optuna.distributions.FloatDistribution(1e-3, 1.0, log=True),
+         "width": optuna.distributions.IntDistribution(1, 4),
+         "optimizer": optuna.distributions.CategoricalDistribution(["sgd", "momentum"])}
+
+
+def suggest_all(trial: optuna.Trial) -> dict[str, object]:
+    return {"lr": trial.suggest_float("lr", 1e-3, 1.0, log=True),
+            "width": trial.suggest_int("width", 1, 4),
+            "optimizer": trial.suggest_categorical("optimizer", ["sgd", "momentum"])}
+
+
+@pytest.mark.parametrize("kind", ["optuna", "service"])
+def test_a_trials_params_are_written_in_one_commit_when_it_is_set_up(storage_url: str,
+                                                                    kind: str) -> None:
+    """Optuna commits each param as it is suggested; the service stages them (this process
+    reads them at once) and writes them together when the worker has set the trial up."""
+    from hpo.storage import flush_trial
+
+    storage = (open_storage(storage_url, heartbeat_interval=30, grace_period=60)
+               if kind == "service" else optuna.storages.RDBStorage(storage_url))
+    other = optuna.storages.RDBStorage(storage_url)
+    study = optuna.create_study(study_name="params", storage=storage,
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+    try:
+        with quiet():
+            study.optimize(suggest_all_objective, n_trials=1)  # distributions now cached
+            trial = study.ask()
+        commits = CommitCounter(storage.engine)
+        params = suggest_all(trial)
+        staged = commits.count
+        flush_trial(trial)
+        flushed = commits.count - staged
+        commits.close()
+        assert study._storage.get_trial(trial._trial_id).params == params
+        assert other.get_trial(trial._trial_id).params == params
+        assert other.get_trial(trial._trial_id).distributions == SPACE
+        if kind == "optuna":
+            assert (staged, flushed) == (3, 0)
+        else:
+            assert (staged, flushed) == (0, 1)
+    finally:
+        other.engine.dispose()
+        storage.remove_session()
+        storage.engine.dispose()
+
+
+def suggest_all_objective(trial: optuna.Trial) -> float:
+    suggest_all(trial)
+    return 0.0
+
+
+def test_staged_params_are_checked_as_optuna_checks_them(storage_url: str) -> None:
+    """A distribution that contradicts the study's earlier trials is refused when suggested
+    (by a process that has not seen the param yet: it asks the database), and staged params
+    of a trial finished elsewhere in the meantime are refused when written, not lost quietly."""
+    from hpo.storage import flush_trial
+
+    first = open_storage(storage_url, heartbeat_interval=30, grace_period=60)
+    study = optuna.create_study(study_name="checks", storage=first)
+    fresh = open_storage(storage_url, heartbeat_interval=30, grace_period=60)
+    try:
+        with quiet():
+            study.optimize(suggest_all_objective, n_trials=1)
+            trial = optuna.load_study(study_name="checks", storage=fresh).ask()
+            with pytest.raises(ValueError, match="Cannot set different distribution kind"):
+                trial.suggest_int("lr", 1, 4)
+            trial.suggest_float("lr", 1e-3, 1.0, log=True)
+        optuna.storages.RDBStorage(storage_url).set_trial_state_values(
+            trial._trial_id, TrialState.FAIL)
+        with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+            flush_trial(trial)
+    finally:
+        for storage in (first, fresh):
+            storage.remove_session()
+            storage.engine.dispose()
+
+
+def _outcome(storage: object, trial_id: int, state: TrialState,
+             values: list[float] | None) -> object:
+    try:
+        return storage.set_trial_state_values(trial_id, state, values)
+    except Exception as exc:  # the exception type is the outcome to compare
+        return type(exc).__name__
+
+
+def test_state_writes_answer_as_optunas(storage_url: str) -> None:
+    """The service's state write (plain statements, values as one upsert) gives Optuna's
+    answers and leaves the same rows, case by case, on twin studies."""
+    plain = optuna.storages.RDBStorage(storage_url)
+    service = open_storage(storage_url, heartbeat_interval=30, grace_period=60)
+    inf = float("inf")
+    cases = [  # (trial's state before, state written, values)
+        (TrialState.RUNNING, TrialState.COMPLETE, [0.5, inf, -inf]),
+        (TrialState.RUNNING, TrialState.FAIL, None),
+        (TrialState.RUNNING, TrialState.PRUNED, [0.25, 1.0, 2.0]),
+        (TrialState.RUNNING, TrialState.RUNNING, None),
+        (TrialState.WAITING, TrialState.RUNNING, None),
+        (TrialState.COMPLETE, TrialState.COMPLETE, [1.0, 2.0, 3.0]),
+        (TrialState.FAIL, TrialState.RUNNING, None),
+    ]
+    try:
+        views = {}
+        for name, storage in (("plain", plain), ("service", service)):
+            study_id = storage.create_new_study(
+                [optuna.study.StudyDirection.MINIMIZE] * 3, f"twin_{name}")
+            seen = []
+            for before, state, values in cases:
+                template = optuna.trial.create_trial(
+                    state=before,
+                    values=[9.0, 9.0, 9.0] if before == TrialState.COMPLETE else None,
+                    params={"x": 1.0}, distributions={"x": SPACE["lr"]})
+                trial_id = plain.create_new_trial(study_id, template_trial=template)
+                answer = _outcome(storage, trial_id, state, values)
+                after = plain.get_trial(trial_id)
+                seen.append((answer, after.state, after.values,
+                             after.datetime_start is not None,
+                             after.datetime_complete is not None))
+            seen.append(_outcome(storage, 10**9, TrialState.COMPLETE, [1.0, 2.0, 3.0]))
+            views[name] = seen
+        assert views["service"] == views["plain"]
+        assert views["plain"][0][2] == [0.5, inf, -inf]
+        assert views["plain"][-1] == "KeyError"
+    finally:
+        plain.engine.dispose()
+        service.remove_session()
+        service.engine.dispose()
+
+
+def test_the_trial_just_created_is_not_read_back(storage_url: str) -> None:
+    """``optuna.Trial`` loads the trial ``ask`` has just created (6 queries in Optuna); the
+    service answers from the trial as created, once, identical to what the database holds."""
+    service = open_storage(storage_url, heartbeat_interval=30, grace_period=60)
+    other = optuna.storages.RDBStorage(storage_url)
+    study = optuna.create_study(study_name="fresh", storage=service)
+    counter = StatementCounter(service.engine)
+    try:
+        trial_id = study._storage.create_new_trial(study._study_id)  # as ``ask`` does
+        before = counter.count
+        created = study._storage.get_trial(trial_id)  # as ``optuna.Trial`` does next
+        assert counter.count == before  # answered without a query ...
+        service.get_trial(trial_id)
+        assert counter.count > before  # ... once
+        stored = other.get_trial(trial_id)
+        assert (created.number, created.state, created.datetime_start, created.params,
+                created.user_attrs, created.system_attrs) == \
+            (stored.number, stored.state, stored.datetime_start, stored.params,
+             stored.user_attrs, stored.system_attrs)
+    finally:
+        counter.close()
+        other.engine.dispose()
+        service.remove_session()
+        service.engine.dispose()
+
+
+_COMMIT_AND_DIE = r"""
+import os, sys
+import optuna
+from hpo.storage import open_storage
+storage = open_storage(sys.argv[1], heartbeat_interval=30, grace_period=60)
+study = optuna.create_study(study_name="wal", storage=storage, load_if_exists=True)
+study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=3)
+os._exit(0)  # like kill -9: no connection closed, no checkpoint of the log into the file
+"""
+
+
+def test_sqlite_files_use_a_write_ahead_log_and_keep_what_a_dead_process_committed(
+        tmp_path: Path) -> None:
+    import sqlite3
+    import subprocess
+    import sys
+
+    path = tmp_path / "hpo.db"
+    url = f"sqlite:///{path}"
+    optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}").engine.dispose()
+    proc = subprocess.run([sys.executable, "-c", _COMMIT_AND_DIE, url],
+                          cwd=Path(__file__).resolve().parents[2], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert path.with_name("hpo.db-wal").exists()  # the log was not folded into the file
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    with sqlite3.connect(tmp_path / "optuna.db") as conn:  # plain Optuna: SQLite's default
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("delete",)
+    storage = open_storage(url, heartbeat_interval=30, grace_period=60)
+    try:
+        with storage.engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+        trials = optuna.load_study(study_name="wal", storage=storage).trials
+        assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+    finally:
+        storage.remove_session()
+        storage.engine.dispose()
