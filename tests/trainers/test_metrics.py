@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import pytest
@@ -213,15 +212,13 @@ def test_heavy_ties_match_reference(seed: int) -> None:
             np.testing.assert_allclose(row[key], expected[key], rtol=1e-10, atol=1e-12)
 
 
-def test_fast_enough_for_a_large_panel() -> None:
-    # 750 dates x 4,000 stocks, 1% NaN: measured ~0.35 s of CPU (single-threaded numpy). CPU
-    # time, not wall time, so that other jobs on a shared machine do not make this flaky.
+def test_a_full_size_panel() -> None:
+    # 750 dates x 4,000 stocks, 1% NaN (its time, beside a per-date loop, is in
+    # scripts/bench_components.py)
     rng = np.random.default_rng(0)
     dates = np.repeat(np.arange(750), 4000)
     pred = rng.standard_normal(len(dates))
     target = 0.1 * pred + rng.standard_normal(len(dates))
     pred[rng.random(len(dates)) < 0.01] = np.nan
-    began = time.process_time()
     m = panel_metrics(dates, pred, target)
-    assert time.process_time() - began < 1.5
     assert m["n_dates"] == 750 and 0.08 < m["rank_ic"] < 0.11

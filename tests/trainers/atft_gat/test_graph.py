@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 
@@ -162,13 +160,9 @@ def test_degenerate_shapes() -> None:
         build_graphs(np.zeros((5, 3)), GraphConfig(), present=np.ones((5, 2), dtype=bool))
 
 
-def test_fast_enough() -> None:
+def test_full_size_graphs() -> None:
+    # the flagship's size (its time is in scripts/bench_components.py)
     returns = _factor_returns(750, 500, seed=5)
-    began = time.process_time()
     graphs = build_graphs(returns, GraphConfig())
-    cpu = time.process_time() - began
     assert graphs.n_dates == 750 and len(graphs.src) > 0
-    # Measured 1.4 s wall (~2.5 s CPU over 2 threads) on an idle 2-core machine; CPU time,
-    # not wall time, so that other jobs on a shared machine do not make this flaky. A loop
-    # per stock or per edge would be orders of magnitude slower.
-    assert cpu < 20.0
+    assert len(graphs.offsets) == 751 and graphs.offsets[-1] == len(graphs.src)

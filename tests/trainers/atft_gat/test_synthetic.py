@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import polars as pl
 import pytest
@@ -161,8 +159,8 @@ def test_bad_arguments_are_reported_together() -> None:
     assert (oracle["oracle_peer"] == 0).all()
 
 
-def test_fast_enough() -> None:
-    began = time.perf_counter()
-    generate_market(n_stocks=500, n_dates=750)
-    # Measured ~0.1-0.3 s; the bound leaves room for a machine shared by several jobs.
-    assert time.perf_counter() - began < 2.0
+def test_full_size_market() -> None:
+    # the flagship's size (its time is in scripts/bench_components.py)
+    frame = generate_market(n_stocks=500, n_dates=750)
+    assert frame.height == 500 * 750
+    assert frame["date"].n_unique() == 750 and frame["code"].n_unique() == 500
