@@ -26,7 +26,8 @@ Run from the repository root:
   (learning-curve PNG, file links, note; ``hpo.artifacts``). ``service_ratio_median`` is the
   median over the repeats of service / bare measured side by side (robust to the machine's
   drift between repeats, which the best-of figures are not).
-* workers: ``python -m hpo.run --workers N`` on an objective that sleeps 0.5 s; the throughput
+* workers: ``python -m hpo.run --workers N`` on an objective that sleeps 0.5 s (on PostgreSQL
+  when reachable, and then again on one SQLite file as ``workers_sqlite``); the throughput
   of each worker process is its trials over the span from its first start to its last
   completion (process start-up is not a trial cost), summed over the workers.
 
@@ -368,6 +369,12 @@ def main(argv: list[str] | None = None) -> int:
                         url, n, trials_per_worker=args.worker_trials, tmp=Path(tmp),
                         artifacts=artifacts), 3)
                     for n in WORKER_COUNTS}
+            if pg:  # the embedded default as well: N processes on one SQLite file
+                result["workers_sqlite"] = {
+                    str(n): round(workers_throughput(
+                        sqlite_url("workers_sqlite"), n, trials_per_worker=args.worker_trials,
+                        tmp=Path(tmp)), 3)
+                    for n in WORKER_COUNTS}
 
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n")
@@ -386,10 +393,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{label:<10} {bare:>8.1f}" + "".join(f" {c:>22}" for c in cells)
                   + f" {row['service_ms'] - bare:>12.1f} ms"
                   + f" {row['service_ratio_median']:>12.2f}x")
-    for key in ("workers", "workers_without_artifacts"):
+    for key in ("workers", "workers_without_artifacts", "workers_sqlite"):
         if key in result:
             w = result[key]
-            print(f"\n{key} ({result['workers_storage']}, {SLEEP_S} s objective): "
+            where = "sqlite" if key == "workers_sqlite" else result["workers_storage"]
+            print(f"\n{key} ({where}, {SLEEP_S} s objective): "
                   + ", ".join(f"{n}: {v:.2f} trials/s" for n, v in w.items())
                   + f"; 4 vs 1: {w['4'] / w['1']:.2f}x")
     print(f"\nwritten: {args.output}")
