@@ -343,12 +343,18 @@ def _make_service_storage_class() -> type:  # noqa: C901 - one class, kept toget
             self._stmts = {}
 
         def _stmt(self, name: str) -> Any:
-            """The plain statements, built once per storage (compiling one costs ~1 ms)."""
-            stmt = self._stmts.get(name)
-            if stmt is None:
+            """The plain statements, built once per storage (compiling one costs ~1 ms); None
+            for an upsert the database has no syntax for. ``update:a,b``: set the trial's
+            columns a and b."""
+            if name not in self._stmts:
                 engine = self.engine.name
                 trials = models.TrialModel.__table__
-                if name in ("state", "lock"):  # a trial's state; "lock": under a row lock
+                if name.startswith("update:"):
+                    columns = name.removeprefix("update:").split(",")
+                    stmt = (trials.update()
+                            .where(trials.c.trial_id == sqlalchemy.bindparam("tid"))
+                            .values({k: sqlalchemy.bindparam(k) for k in columns}))
+                elif name in ("state", "lock"):  # a trial's state; "lock": under a row lock
                     stmt = sqlalchemy.select(trials.c.state).where(
                         trials.c.trial_id == sqlalchemy.bindparam("trial_id"))
                     if name == "lock":
@@ -369,7 +375,7 @@ def _make_service_storage_class() -> type:  # noqa: C901 - one class, kept toget
                     stmt = upsert(engine, model, ["trial_id", "key"],
                                   {"value_json": None})
                 self._stmts[name] = stmt
-            return stmt
+            return self._stmts[name]
 
         # -- the first heartbeat, in the transaction that starts the trial ------------------
         def _get_prepared_new_trial(self, study_id: int, template_trial: Any,
@@ -409,7 +415,6 @@ def _make_service_storage_class() -> type:  # noqa: C901 - one class, kept toget
             transaction."""
             from datetime import datetime
 
-            trials = models.TrialModel.__table__
             session = self.scoped_session()
             try:
                 current = session.execute(self._stmt("lock"),
@@ -432,13 +437,8 @@ def _make_service_storage_class() -> type:  # noqa: C901 - one class, kept toget
                     update["datetime_start"] = datetime.now()
                 if state.is_finished():
                     update["datetime_complete"] = datetime.now()
-                name = "update:" + ",".join(update)
-                stmt = self._stmts.get(name)
-                if stmt is None:
-                    stmt = self._stmts[name] = (
-                        trials.update().where(trials.c.trial_id == sqlalchemy.bindparam("tid"))
-                        .values({k: sqlalchemy.bindparam(k) for k in update}))
-                session.execute(stmt, {"tid": trial_id, **update})
+                session.execute(self._stmt("update:" + ",".join(update)),
+                                {"tid": trial_id, **update})
                 if state == TrialState.RUNNING and self._beats_at_birth():
                     session.execute(self._stmt("heartbeat"), {"trial_id": trial_id})
                     self._born[trial_id] = time.monotonic()
@@ -658,12 +658,12 @@ def _make_service_storage_class() -> type:  # noqa: C901 - one class, kept toget
                                    values: Any = None) -> bool:
             """Optuna's write, retried through a short outage: losing the result of a trial
             that finished training is the one loss a database restart must not cause."""
+            self._fresh = None
             deadline = time.monotonic() + STATE_WRITE_RETRY_S
             attempt = 0
             while True:
                 attempt += 1
                 try:
-                    self._fresh = None
                     with self._staged(trial_id, check=False):
                         if self._stmt("values") is None:  # no upsert here: Optuna's write
                             return super().set_trial_state_values(trial_id, state=state,
