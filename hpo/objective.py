@@ -24,6 +24,8 @@ from trainers.context import TrialContext, atomic_write_bytes, atomic_write_json
 from trainers.errors import StopRequested, TrialFailed, TrialPruned, UserError
 from trainers.registry import get_workload
 
+# The trainer's attr (and the study's) holding the calendar split every trial shares.
+SPLIT_ATTR = "date_split"
 # Trial user attrs that belong to one attempt; a retried trial inherits its predecessor's
 # user attrs from Optuna, so these are cleared to keep the dashboard truthful.
 _PER_ATTEMPT_ATTRS = ("history", "epoch", "fail_reason", "prune_reason", "oom_retries")
@@ -186,6 +188,7 @@ class Objective:
                 ctx.set_attr("fail_reason", reason)
                 raise TrialFailed(reason)
             values.append(float(value))
+        self._record_split(trial, ctx.attrs.get(SPLIT_ATTR))
         for name, value in metrics.items():
             ctx.set_attr(name, float(value) if value is not None else None)
         ctx.set_attr("train_seconds", round(elapsed, 3))
@@ -198,6 +201,21 @@ class Objective:
         }, durable=False)  # the study storage holds the same values durably
         self._publish(trial, out)
         return values[0] if single is not None else values
+
+    def _record_split(self, trial: optuna.Trial, split: Any) -> None:
+        """The study's date split (train | purge | validation | purge | test) as a study user
+        attr, set by the first trial that reports one; a trial scored on other dates fails,
+        since its objectives could not be compared with the others'."""
+        if split is None:
+            return
+        study = trial.study
+        known = study.user_attrs.get(SPLIT_ATTR)
+        if known is None:
+            study.set_user_attr(SPLIT_ATTR, split)
+        elif known != split:
+            reason = (f"trial {trial.number} was split into {split}, the study's earlier trials "
+                      f"into {known}; the data changed under the study: start a new study")
+            raise TrialFailed(reason)
 
     def _publish(self, trial: optuna.Trial, out: Path) -> None:
         """Dashboard artifacts of a finished or failed trial (metrics.json, learning curve,

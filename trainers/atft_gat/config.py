@@ -31,7 +31,13 @@ class TrainConfig:
     nan_policy: str = "mask"          # what NaN/inf in the panel does (see cache.spec)
     cache_dir: str = ""               # "" = the run's shared cache directory (ctx.cache_dir)
     val_fraction: float = 0.2
-    purge: int = 20                   # dates between train and validation (>= max horizon)
+    # Last share of the usable dates held out as the test period: no trial, early stopping,
+    # epoch selection, pruner or sampler reads it; only ``hpo.evaluate`` opens it, once.
+    test_fraction: float = 0.2
+    purge: int = 20                   # dates between train|val and val|test (>= horizon + lag)
+    # 0: a label of date t is the return from the close of t (the synthetic market's and the
+    # README's convention); 1: features computed at the close of t trade from t + 1.
+    execution_lag: int = 0
     metric_horizon: int = 1           # the horizon whose predictions are scored
     # -- graph --------------------------------------------------------------------------
     graph_window: int = 60
@@ -102,9 +108,16 @@ class TrainConfig:
             bad("val_fraction", "must be in (0, 1)")
         if self.n_stocks < 2 or self.n_dates < 2:
             problems.append(f"n_stocks={self.n_stocks}, n_dates={self.n_dates}: need >= 2 each")
-        if self.horizons and self.purge < max(self.horizons):
-            bad("purge", f"must be >= the longest label horizon ({max(self.horizons)} dates), "
-                         "or validation labels overlap training labels")
+        if not 0.0 <= self.test_fraction < 1.0:
+            bad("test_fraction", "must be in [0, 1); 0 holds out no test period")
+        elif 0.0 < self.val_fraction < 1.0 and self.val_fraction + self.test_fraction >= 0.9:
+            bad("test_fraction", "val_fraction + test_fraction must stay below 0.9")
+        if self.execution_lag not in (0, 1):
+            bad("execution_lag", "must be 0 (trade at the close of t) or 1 (from t + 1)")
+        elif self.horizons and self.purge < max(self.horizons) + self.execution_lag:
+            bad("purge", f"must be >= the longest label horizon plus the execution lag "
+                         f"({max(self.horizons)} + {self.execution_lag} dates), or training "
+                         "labels overlap validation dates")
         if self.metric_horizon not in self.horizons:
             bad("metric_horizon", f"must be one of horizons {list(self.horizons)}")
         if self.graph_window < 2 or self.graph_k < 1:

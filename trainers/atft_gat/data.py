@@ -79,6 +79,21 @@ class Panel:
         history = self.x[d - lookback + 1 : d + 1]  # (L, S, F) view, no copy
         return history.permute(1, 0, 2)[idx], idx  # (n, L, F): the one copy
 
+    def head(self, n: int) -> Panel:
+        """The first ``n`` dates only (views, no copy): what a trial may read."""
+        return replace(self, x=self.x[:n], y=self.y[:n], present=self.present[:n],
+                       dates=self.dates[:n])
+
+    def lagged(self, lag: int) -> Panel:
+        """Targets moved ``lag`` dates earlier: the label of date t becomes the return that
+        starts ``lag`` dates after t (features of t computed at its close, traded from the
+        next date). The last ``lag`` dates get no label."""
+        if lag == 0:
+            return self
+        y = torch.full_like(self.y, float("nan"))
+        y[:-lag] = self.y[lag:]
+        return replace(self, y=y)
+
 
 def dense_panel(fc: FeatureCacheLike) -> Panel:
     """Scatter the cache's rows into a dense panel (one copy of features and targets)."""
@@ -157,53 +172,96 @@ def standardise(panel: Panel, train_dates: np.ndarray) -> Panel:
     return replace(panel, x=x, feature_mean=mean32, feature_std=std32)
 
 
-def purged_split(
-    n_dates: int,
-    *,
-    val_fraction: float,
-    purge: int,
-    lookback: int,
-    horizon: int | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Training and validation date indices, in time order, with a purge gap between them.
+@dataclass(frozen=True)
+class DateSplit:
+    """The study's calendar split, identical for every trial whatever it samples.
 
-    Layout over ``0..n_dates-1``::
+    Layout over the panel's date indices ``0..D-1``::
 
-        [lookback-1 ............ train ...........][ purge ][ .... validation .... ][ horizon ]
+        [ train ..................][purge][ validation ][purge][ test ][ span ]
 
-    * Dates before ``lookback - 1`` lack a full window of history and are not used.
-    * The last ``horizon`` dates (default ``purge``) have no ``horizon``-day label inside the
-      sample and are excluded.
-    * Validation takes the last ``round(val_fraction * usable)`` (at least 1) of the dates in
-      between, then ``purge`` dates are left out before it, and training takes the rest.
-      A training label at t spans dates [t, t + horizon]; with ``purge >= horizon`` it ends
-      before the first validation date: ``max(train) + horizon < min(val)``.
+    ``span = horizon + lag`` is how many dates after t the label of date t reaches (the label
+    of t is the ``horizon``-day return that starts ``lag`` dates after t). With ``purge >=
+    span`` no training label reaches a validation date and no validation label reaches a test
+    date. The boundaries depend only on the panel's length and the data settings, never on a
+    trial's ``lookback`` or batch, so every trial of a study is scored on the same dates.
+    ``train`` starts at date 0; a trial drops its first ``lookback - 1`` dates itself (they
+    lack a full window of history) without moving any boundary.
 
-    Returns two int64 arrays; either is empty when ``n_dates`` is too small for the settings,
-    which the caller reports with its own context.
+    ``read_until`` is the last date index a trial may read at all (features, targets,
+    returns for the graph): the last validation date plus ``lag`` (its label row). Everything
+    after it, the test period included, exists only for ``hpo.evaluate``.
     """
-    horizon = purge if horizon is None else horizon
+
+    train: np.ndarray  # (n_train,) int64 date indices, ascending
+    val: np.ndarray  # (n_val,) int64
+    test: np.ndarray  # (n_test,) int64, empty when test_fraction is 0
+    purge: int
+    horizon: int
+    lag: int
+
+    @property
+    def span(self) -> int:
+        return self.horizon + self.lag
+
+    @property
+    def read_until(self) -> int:
+        return int(self.val[-1]) + self.lag
+
+    def ranges(self, dates: np.ndarray) -> dict[str, list[str] | int]:
+        """First and last calendar date of each part (for attrs and reports)."""
+        out: dict[str, list[str] | int] = {}
+        for name in ("train", "val", "test"):
+            part = getattr(self, name)
+            if len(part):
+                out[name] = [str(dates[part[0]]), str(dates[part[-1]])]
+        out.update(purge=self.purge, horizon=self.horizon, lag=self.lag)
+        return out
+
+
+def date_split(n_dates: int, *, val_fraction: float, test_fraction: float, purge: int,
+               horizon: int, lag: int = 0) -> DateSplit:
+    """Train / purge / validation / purge / test date indices (see :class:`DateSplit`).
+
+    The last ``horizon + lag`` dates have no label inside the sample and belong to no part.
+    Of the ``usable`` dates before them, the test period takes the last
+    ``round(test_fraction * usable)`` (none when ``test_fraction`` is 0), validation the
+    ``max(1, round(val_fraction * usable))`` before the second purge gap, and training
+    everything before the first. Every problem with the settings is reported at once; a
+    panel too short for them is a UserError naming the counts.
+    """
     problems = []
     if not 0.0 < val_fraction < 1.0:
         problems.append(f"val_fraction must be in (0, 1), got {val_fraction}")
-    if lookback < 1:
-        problems.append(f"lookback must be >= 1, got {lookback}")
+    if not 0.0 <= test_fraction < 1.0:
+        problems.append(f"test_fraction must be in [0, 1), got {test_fraction}")
+    elif val_fraction + test_fraction >= 0.9:
+        problems.append(f"val_fraction + test_fraction = {val_fraction + test_fraction:g} "
+                        "leaves under 10 % of the dates for training")
     if horizon < 0:
         problems.append(f"horizon must be >= 0, got {horizon}")
-    if purge < horizon:
+    if lag not in (0, 1):
+        problems.append(f"execution_lag must be 0 or 1, got {lag}")
+    if purge < horizon + lag:
         problems.append(
-            f"purge={purge} must be >= the longest label horizon ({horizon} dates), or "
-            "training labels overlap validation dates"
-        )
+            f"purge={purge} must be >= the longest label horizon plus the execution lag "
+            f"({horizon} + {lag} dates), or training labels overlap validation dates")
     if problems:
         raise UserError("; ".join(problems))
-    first = lookback - 1
-    last = n_dates - 1 - horizon  # last date whose label lies inside the sample
-    usable = last - first + 1
-    empty = np.zeros(0, dtype=np.int64)
-    if usable < 1:
-        return empty, empty
+    last = n_dates - 1 - horizon - lag  # the last date whose label lies inside the sample
+    usable = last + 1
+    n_test = round(test_fraction * usable) if test_fraction > 0 else 0
+    if test_fraction > 0:
+        n_test = max(1, n_test)
     n_val = max(1, round(val_fraction * usable))
-    val = np.arange(last - n_val + 1, last + 1, dtype=np.int64)
-    train = np.arange(first, val[0] - purge, dtype=np.int64)  # empty if the gap eats it all
-    return train, val
+    test = np.arange(last - n_test + 1, last + 1, dtype=np.int64)
+    val_end = last - n_test - (purge if n_test else 0)
+    val = np.arange(val_end - n_val + 1, val_end + 1, dtype=np.int64)
+    train = np.arange(0, val[0] - purge if len(val) else 0, dtype=np.int64)
+    if len(train) < 1 or val[0] < 0:
+        raise UserError(
+            f"the panel's {n_dates} dates are too few for val_fraction={val_fraction}, "
+            f"test_fraction={test_fraction}, purge={purge} and a {horizon}-date horizon with "
+            f"lag {lag}: {max(0, len(train))} training dates are left; use more dates or "
+            "smaller settings")
+    return DateSplit(train=train, val=val, test=test, purge=purge, horizon=horizon, lag=lag)

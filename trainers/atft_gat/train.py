@@ -37,7 +37,7 @@ import torch
 from cache import CacheSpec, FeatureCache, load_or_build
 from losses import rank_preserving_loss
 from trainers.atft_gat.config import TrainConfig
-from trainers.atft_gat.data import Panel, dense_panel, purged_split, standardise
+from trainers.atft_gat.data import Panel, date_split, dense_panel, standardise
 from trainers.atft_gat.graph import DateGraphs, GraphConfig, build_graphs
 from trainers.atft_gat.model import ATFTGATFAN, pinball_loss
 from trainers.config import to_mapping
@@ -281,12 +281,21 @@ def train(config: TrainConfig, ctx: TrialContext) -> dict[str, float]:
     panel = dense_panel(fc)
     t_graph = time.perf_counter()
     n_dates = panel.x.shape[0]
-    train_dates, val_dates = purged_split(n_dates, val_fraction=config.val_fraction,
-                                          purge=config.purge, lookback=config.lookback)
-    if len(train_dates) == 0 or len(val_dates) == 0:
-        raise UserError(f"the panel's {n_dates} dates leave {len(train_dates)} training and "
-                        f"{len(val_dates)} validation dates after lookback {config.lookback} and "
-                        f"purge {config.purge}; use more dates or smaller settings")
+    # One split for the whole study: it depends on the panel and the data settings only.
+    dsplit = date_split(n_dates, val_fraction=config.val_fraction,
+                        test_fraction=config.test_fraction, purge=config.purge,
+                        horizon=max(config.horizons), lag=config.execution_lag)
+    full_dates = panel.dates
+    # From here on the trial sees nothing after its last validation label: the test period
+    # (and the purge before it) is not in the panel at all.
+    panel = panel.head(dsplit.read_until + 1).lagged(config.execution_lag).head(
+        int(dsplit.val[-1]) + 1)
+    val_dates = dsplit.val
+    train_dates = dsplit.train[dsplit.train >= config.lookback - 1]
+    if len(train_dates) == 0:
+        raise UserError(f"the panel's {n_dates} dates leave no training date with a full "
+                        f"lookback of {config.lookback} dates; use more dates or a shorter "
+                        "lookback")
     graphs = load_graphs(fc, panel, config)
     graph_seconds = time.perf_counter() - t_graph
     panel = standardise(panel, train_dates)
@@ -296,15 +305,17 @@ def train(config: TrainConfig, ctx: TrialContext) -> dict[str, float]:
     train_dates = train_dates[torch.isfinite(y_z[train_dates, :, h_idx]).any(dim=1).numpy()]
     train_dates, select_dates = carve_selection(train_dates, config)
     last_fit = select_dates[-1] if len(select_dates) else train_dates[-1]
-    split = {"train": [str(panel.dates[train_dates[0]]), str(panel.dates[train_dates[-1]])],
-             "val": [str(panel.dates[val_dates[0]]), str(panel.dates[val_dates[-1]])],
+    split = {**dsplit.ranges(full_dates),
+             "fit": [str(panel.dates[train_dates[0]]), str(panel.dates[train_dates[-1]])],
              "purge_dates": int(val_dates[0] - last_fit - 1)}
     if len(select_dates):
         split["select"] = [str(panel.dates[select_dates[0]]), str(panel.dates[select_dates[-1]])]
     ctx.set_attr("split", split)
+    ctx.set_attr("date_split", dsplit.ranges(full_dates))  # the study's, the same every trial
     ctx.set_attr("data", {"rows": int(fc.n_rows), "dates": n_dates,
                           "stocks": int(panel.x.shape[1]), "features": list(panel.feature_names),
                           "train_dates": len(train_dates), "val_dates": len(val_dates),
+                          "test_dates": len(dsplit.test),
                           "cache_key": fc.key,
                           "edges_per_date": round(len(graphs.src) / max(1, n_dates), 1)})
 

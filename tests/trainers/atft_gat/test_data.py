@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 import torch
 
-from trainers.atft_gat.data import Panel, dense_panel, purged_split, standardise
+from trainers.atft_gat.data import Panel, date_split, dense_panel, standardise
 from trainers.atft_gat.synthetic import FEATURE_NAMES, TARGET_NAMES, generate_market
 from trainers.errors import UserError
 from trainers.metrics import panel_metrics
@@ -184,47 +184,62 @@ def test_standardise_constant_feature_is_centred_only() -> None:
         standardise(panel, np.array([], dtype=np.int64))
 
 
-@pytest.mark.parametrize("n_dates", [60, 250, 1000])
-@pytest.mark.parametrize("purge", [20, 25])
-@pytest.mark.parametrize("lookback", [1, 20, 60])
-@pytest.mark.parametrize("val_fraction", [0.1, 0.25, 0.5])
-def test_purged_split_invariants(
-    n_dates: int, purge: int, lookback: int, val_fraction: float
-) -> None:
+@pytest.mark.parametrize("n_dates", [120, 250, 1000])
+@pytest.mark.parametrize("purge", [21, 25])
+@pytest.mark.parametrize("lag", [0, 1])
+@pytest.mark.parametrize("fractions", [(0.1, 0.0), (0.25, 0.2), (0.2, 0.3)])
+def test_date_split_invariants(n_dates: int, purge: int, lag: int,
+                               fractions: tuple[float, float]) -> None:
+    val_fraction, test_fraction = fractions
     horizon = 20
-    train, val = purged_split(
-        n_dates, val_fraction=val_fraction, purge=purge, lookback=lookback, horizon=horizon
-    )
-    assert train.dtype == np.int64 and val.dtype == np.int64
-    usable = n_dates - horizon - (lookback - 1)
-    if usable < 1:  # too short for the settings: both empty, the caller reports it
-        assert len(train) == len(val) == 0
+    usable = n_dates - horizon - lag
+    n_test = max(1, round(test_fraction * usable)) if test_fraction else 0
+    n_train = usable - n_test - max(1, round(val_fraction * usable)) - purge * (
+        2 if n_test else 1)
+    if n_train < 1:  # too short for the settings: refused with the counts
+        with pytest.raises(UserError, match="too few"):
+            date_split(n_dates, val_fraction=val_fraction, test_fraction=test_fraction,
+                       purge=purge, horizon=horizon, lag=lag)
         return
-    assert np.all(np.diff(val) == 1) and (len(train) == 0 or np.all(np.diff(train) == 1))
-    assert val[-1] == n_dates - 1 - horizon  # the last date with a label in the sample
-    assert len(val) == max(1, round(val_fraction * usable))
-    if len(train):
-        assert train[0] == lookback - 1
-        assert val[0] - train[-1] - 1 == purge  # the gap, exactly
-        assert train[-1] + horizon < val[0]
-        # No training label window [t, t + horizon] touches a validation date.
-        label_dates = train[:, None] + np.arange(horizon + 1)[None, :]
-        assert not np.isin(label_dates, val).any()
-        assert len(train) + purge + len(val) == usable
+    s = date_split(n_dates, val_fraction=val_fraction, test_fraction=test_fraction,
+                   purge=purge, horizon=horizon, lag=lag)
+    assert len(s.train) == n_train
+    assert s.train.dtype == s.val.dtype == s.test.dtype == np.int64
+    for part in (s.train, s.val, s.test):
+        assert len(part) == 0 or np.all(np.diff(part) == 1)
+    assert s.train[0] == 0
+    assert len(s.val) == max(1, round(val_fraction * usable))
+    last_labelled = n_dates - 1 - horizon - lag
+    if test_fraction:
+        assert len(s.test) == max(1, round(test_fraction * usable))
+        assert s.test[-1] == last_labelled
+        assert s.test[0] - s.val[-1] - 1 == purge  # the second gap, exactly
+        # No validation label (t + lag .. t + lag + horizon) reaches a test date.
+        assert s.val[-1] + lag + horizon < s.test[0]
+        assert s.read_until < s.test[0]
+    else:
+        assert len(s.test) == 0 and s.val[-1] == last_labelled
+    assert s.val[0] - s.train[-1] - 1 == purge
+    labels = s.train[:, None] + lag + np.arange(horizon + 1)[None, :]
+    assert not np.isin(labels, s.val).any() and not np.isin(labels, s.test).any()
+    assert s.read_until == s.val[-1] + lag
 
 
-def test_purged_split_defaults_horizon_to_purge_and_handles_tiny_panels() -> None:
-    train, val = purged_split(100, val_fraction=0.2, purge=20, lookback=10)
-    assert val[-1] == 100 - 1 - 20 and val[0] - train[-1] - 1 == 20
-    train, val = purged_split(30, val_fraction=0.5, purge=20, lookback=10)
-    assert len(train) == 0 and len(val) == 1  # 30 - 20 - 9 = 1 usable date
-    train, val = purged_split(25, val_fraction=0.5, purge=20, lookback=10)
-    assert len(train) == 0 and len(val) == 0
+def test_date_split_does_not_depend_on_lookback_or_batch() -> None:
+    """The boundaries take no trial setting: every trial of a study gets the same ones."""
+    import inspect
+
+    assert set(inspect.signature(date_split).parameters) == {
+        "n_dates", "val_fraction", "test_fraction", "purge", "horizon", "lag"}
 
 
-def test_purged_split_reports_every_problem() -> None:
-    with pytest.raises(UserError, match="val_fraction.*lookback.*purge=5 must be >= the longest"):
-        purged_split(100, val_fraction=1.5, purge=5, lookback=0, horizon=20)
+def test_date_split_reports_every_problem_and_short_panels() -> None:
+    with pytest.raises(UserError, match="val_fraction.*test_fraction.*execution_lag.*purge=5"):
+        date_split(100, val_fraction=1.5, test_fraction=-0.1, purge=5, horizon=20, lag=2)
+    with pytest.raises(UserError, match="purge=20 must be >= .*20 \\+ 1"):
+        date_split(100, val_fraction=0.2, test_fraction=0.2, purge=20, horizon=20, lag=1)
+    with pytest.raises(UserError, match="too few.*0 training dates"):
+        date_split(60, val_fraction=0.3, test_fraction=0.3, purge=20, horizon=20)
 
 
 def test_future_feature_cannot_leak_across_the_split() -> None:
@@ -235,9 +250,9 @@ def test_future_feature_cannot_leak_across_the_split() -> None:
     frame = frame.with_columns(pl.col("ret_20d").alias("f_future"))
     # Fill policy so the last dates stay present (their target is NaN, the feature too).
     panel = dense_panel(_cache(frame, (*FEATURE_NAMES, "f_future"), mask=False))
-    train, val = purged_split(
-        n_dates, val_fraction=0.25, purge=horizon, lookback=20, horizon=horizon
-    )
+    split = date_split(n_dates, val_fraction=0.25, test_fraction=0.0, purge=horizon,
+                       horizon=horizon)
+    train, val = split.train[split.train >= 19], split.val
     h = panel.target_names.index("ret_20d")
     col = panel.feature_names.index("f_future")
 

@@ -37,7 +37,7 @@ def test_leaked_future_return_does_not_reach_validation(tmp_path: Path) -> None:
     train(TrainConfig(source=str(source), **config), probe)
     split = probe.attrs["split"]
     assert split["purge_dates"] >= 20
-    train_end = np.datetime64(split["train"][1])
+    train_end = np.datetime64(split["fit"][1])
     val_start = np.datetime64(split["val"][0])
 
     leak = market.filter(pl.col("date") == train_end).select(

@@ -169,7 +169,7 @@ def test_selection_dates_pick_the_epoch_and_stay_purged(tmp_path: Path) -> None:
     never on the validation dates that score the trial, and its weights are what is scored."""
     metrics, ctx = run(tmp_path, "sel", epochs=3, select_fraction=0.25, n_dates=200)
     split = ctx.attrs["split"]
-    fit_end, sel_start = np.datetime64(split["train"][1]), np.datetime64(split["select"][0])
+    fit_end, sel_start = np.datetime64(split["fit"][1]), np.datetime64(split["select"][0])
     assert np.busday_count(fit_end, sel_start) > 20  # purge gap between fit and selection
     assert np.datetime64(split["select"][1]) < np.datetime64(split["val"][0])
     selected = ctx.attrs["selected_epoch"]
