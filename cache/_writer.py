@@ -1,18 +1,18 @@
-"""Write a prepared panel as the files of one cache directory (see cache.feature_cache)."""
+"""Write the files of one cache directory (see cache.feature_cache for the layout)."""
 
 from __future__ import annotations
 
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
+import polars as pl
 
-from cache._panel import Panel
+from cache._dense import STATS_FILE, Built, Keys, batch_schema, write_dense
 from cache.feature_cache import (
     DATA_FILE,
     FORMAT_VERSION,
@@ -21,6 +21,7 @@ from cache.feature_cache import (
     META_KEY,
     META_VERSION,
 )
+from cache.spec import CacheSpec
 
 
 def fsync_dir(path: Path) -> None:
@@ -32,6 +33,15 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _fsync_file(path: Path) -> int:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return path.stat().st_size
+
+
 def _write_synced(path: Path, write: Callable[[Any], None]) -> int:
     with open(path, "wb") as f:
         write(f)
@@ -40,75 +50,50 @@ def _write_synced(path: Path, write: Callable[[Any], None]) -> int:
     return path.stat().st_size
 
 
-def _matrix_column(matrix: np.ndarray) -> pa.FixedSizeListArray:  # float32 only
-    """(rows, width) C-contiguous -> fixed-size-list column whose child is the same bytes."""
-    rows, width = matrix.shape
-    flat = pa.array(matrix.reshape(rows * width), type=pa.float32())
-    return pa.FixedSizeListArray.from_arrays(flat, width)
-
-
-def record_batch(panel: Panel, *, key: str) -> pa.RecordBatch:
-    columns = {
-        "features": _matrix_column(panel.features),
-        "targets": _matrix_column(panel.targets),
-        "date_index": pa.array(panel.date_index, type=pa.int32()),
-        "code_index": pa.array(panel.code_index, type=pa.int32()),
-    }
-    if panel.valid is not None and panel.target_valid is not None:
-        # uint8, not Arrow bool: Arrow packs bools into bits, which numpy cannot view.
-        columns["valid"] = pa.array(panel.valid.view(np.uint8), type=pa.uint8())
-        tv = np.ascontiguousarray(panel.target_valid).view(np.uint8)  # (rows, n_targets)
-        columns["target_valid"] = pa.FixedSizeListArray.from_arrays(
-            pa.array(tv.reshape(-1), type=pa.uint8()), tv.shape[1])
-        if panel.feature_valid is not None:
-            columns["feature_valid"] = pa.array(panel.feature_valid.view(np.uint8),
-                                                type=pa.uint8())
-    schema = pa.schema(
-        [pa.field(name, array.type, nullable=False) for name, array in columns.items()],
-        metadata={META_KEY: key.encode(), META_VERSION: str(FORMAT_VERSION).encode()},
-    )
-    return pa.record_batch(list(columns.values()), schema=schema)
-
-
-def write_cache_files(directory: Path, panel: Panel, manifest: dict[str, Any], *,
-                      started: float, after_data: Callable[[], None] | None = None,
-                      ) -> dict[str, Any]:
-    """Write data, index and manifest into the (temporary) ``directory``, each fsynced.
+def write_cache_files(directory: Path, *, keys: Keys,
+                      chunks: Callable[[], Iterator[pl.DataFrame]], features: list[str],
+                      targets: list[str], spec: CacheSpec, manifest: dict[str, Any],
+                      where: str, started: float,
+                      after_data: Callable[[], None] | None = None) -> dict[str, Any]:
+    """Write data, statistics, index and manifest into the (temporary) ``directory``, each
+    fsynced; the manifest goes last, so a directory without one is never a cache.
 
     ``started`` is the ``time.time()`` the build began (for ``build_seconds``).
     ``after_data`` runs between the data file and the manifest: the test hook that holds a
     build mid-way so it can be killed there. Returns the manifest as written.
     """
-    batch = record_batch(panel, key=manifest["key"])
-
-    def write_data(f: Any) -> None:
-        # Uncompressed (the default): compression would force a decoding copy on read.
-        with pa.ipc.new_file(f, batch.schema) as writer:
-            writer.write_batch(batch)
-
-    data_bytes = _write_synced(directory / DATA_FILE, write_data)
+    metadata = {META_KEY: manifest["key"].encode(), META_VERSION: str(FORMAT_VERSION).encode()}
+    built: Built = write_dense(directory / DATA_FILE, directory / STATS_FILE, keys=keys,
+                               chunks=chunks, features=features, targets=targets, spec=spec,
+                               metadata=metadata, where=where)
+    data_bytes = _fsync_file(directory / DATA_FILE)
     if after_data is not None:
         after_data()
     index_bytes = _write_synced(
         directory / INDEX_FILE,
-        lambda f: np.savez(f, unique_dates=panel.unique_dates,
-                           codes=np.array(panel.codes, dtype=str),
-                           date_offsets=panel.date_offsets),
+        lambda f: np.savez(f, dates=keys.dates, codes=np.array(keys.codes, dtype=str)),
     )
+    schema = batch_schema(len(features), len(targets), {})
     manifest = {
         **manifest,
-        "rows": int(panel.features.shape[0]),
-        "n_features": len(panel.feature_names),
-        "n_targets": len(panel.target_names),
-        "n_dates": len(panel.unique_dates),
-        "n_codes": len(panel.codes),
-        "first_date": str(panel.unique_dates[0]),
-        "last_date": str(panel.unique_dates[-1]),
-        "feature_names": list(panel.feature_names),
-        "target_names": list(panel.target_names),
-        "nan": {"bad_values": panel.bad_values, "invalid_rows": panel.invalid_rows},
-        "schema": {field.name: str(field.type) for field in batch.schema},
-        "files": {DATA_FILE: data_bytes, INDEX_FILE: index_bytes},
+        "layout": "dense-per-date",
+        "rows": built.rows,
+        "n_features": len(features),
+        "n_targets": len(targets),
+        "n_dates": built.n_dates,
+        "n_codes": built.n_codes,
+        "first_date": str(keys.dates[0]),
+        "last_date": str(keys.dates[-1]),
+        "feature_names": list(features),
+        "target_names": list(targets),
+        "nan": {"bad_values": built.bad_values,
+                "missing_feature_values": built.missing_feature_values,
+                "rows_with_missing_feature": built.rows_with_missing_feature},
+        "rows_with_target": dict(zip(targets, built.rows_with_target, strict=True)),
+        "schema": {field.name: str(field.type) for field in schema},
+        "files": {DATA_FILE: data_bytes, INDEX_FILE: index_bytes,
+                  STATS_FILE: (directory / STATS_FILE).stat().st_size},
+        "build_passes": built.passes,
         "build_seconds": round(time.time() - started, 3),
     }
     text = json.dumps(manifest, indent=2) + "\n"

@@ -32,7 +32,8 @@ import polars as pl
 import pyarrow as pa
 from filelock import FileLock, Timeout
 
-from cache._panel import prepare_panel, resolve_columns
+from cache._dense import columns_of, iter_chunks, read_keys
+from cache._panel import resolve_columns
 from cache._source import (
     Source,
     check_unchanged,
@@ -189,10 +190,14 @@ def _build_locked(source: Source, spec: CacheSpec, *, content_hash: str, key: st
     started = time.time()
     tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{key}-", dir=cache_root))
     try:
-        frame = source.frame if source.frame is not None else _read_frame(source, spec)
-        panel = prepare_panel(frame, spec, where=_where(source))
-        del frame
-        check_unchanged(source)
+        where = _where(source)
+        # Parquet streams from the file; CSV is parsed whole (its types come from every row),
+        # then sliced like an in-memory frame.
+        frame = source.frame if source.frame is not None else (
+            _read_frame(source, spec) if source.kind == "csv" else None)
+        schema = dict(frame.schema) if frame is not None else file_schema(source)
+        features, targets = columns_of(source, frame, spec, where=where, schema=schema)
+        keys = read_keys(iter_chunks(source, frame, [DATE_COLUMN, CODE_COLUMN]), where)
         manifest = {
             "format": FORMAT_NAME,
             "format_version": FORMAT_VERSION,
@@ -202,8 +207,11 @@ def _build_locked(source: Source, spec: CacheSpec, *, content_hash: str, key: st
             "spec": spec.to_dict(),
             "build": {"pid": os.getpid(), "polars": pl.__version__, "pyarrow": pa.__version__},
         }
-        write_cache_files(tmp, panel, manifest, started=started,
-                          after_data=_test_hook_mid_build)
+        write_cache_files(tmp, keys=keys,
+                          chunks=lambda: iter_chunks(source, frame, [*features, *targets]),
+                          features=features, targets=targets, spec=spec, manifest=manifest,
+                          where=where, started=started, after_data=_test_hook_mid_build)
+        check_unchanged(source)
         old = None
         if final.exists():  # only on a forced rebuild
             old = cache_root / f"{OLD_PREFIX}{key}-{uuid.uuid4().hex[:8]}"

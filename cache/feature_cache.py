@@ -2,23 +2,24 @@
 
 A cache is one directory ``<cache_root>/<key>/``::
 
-    data.arrow     Arrow IPC file, uncompressed, ONE record batch, columns
-                     features    fixed_size_list<float32>[n_features]  (rows)
-                     targets     fixed_size_list<float32>[n_targets]   (rows)
-                     date_index  int32                                 (rows)
-                     code_index  int32                                 (rows)
-                     valid       uint8 0/1, only under nan_policy "mask" (rows)
-                     target_valid fixed_size_list<uint8>[n_targets], only under "mask"
-                     feature_valid uint8 0/1, only under "mask" (rows)
-    index.npz      unique_dates (n_dates,) datetime64[D], codes (n_codes,) str,
-                   date_offsets (n_dates + 1,) int64
-    manifest.json  schema, counts, format version, source and spec hashes (see build)
+    data.arrow     Arrow IPC file, uncompressed, ONE record batch PER DATE (D batches, in date
+                   order), each with one row per stock code (S rows, the same codes every date):
+                     features  fixed_size_list<float32>[n_features]  NaN = missing or absent
+                     targets   fixed_size_list<float32>[n_targets]   NaN = missing (never filled)
+                     present   uint8 0/1: the (date, code) row exists in the source
+    stats.npz      per date and feature: count, mean, m2 (sum of squared deviations) of the
+                   present finite values; rows present and targets known per date
+    index.npz      dates (D,) datetime64[D], codes (S,) str
+    manifest.json  schema, counts, NaN report, format version, source and spec hashes
     sidecars/      arrays derived from this cache (e.g. correlation graphs)
 
-A fixed-size list's values are one contiguous child buffer, so the whole feature block is a
-(rows, n_features) row-major float32 array inside the file: mapping the file gives it to
-numpy and torch without a copy. One column per feature would need a transposing copy (the
-"column by column" fill measured at ~0.6 GB/s), which is why the list layout was chosen.
+This is the layout training reads: a (dates, stocks, features) block. Every batch has the same
+shape, so the batches' feature buffers lie at one fixed stride in the file, and mapping the file
+gives numpy and torch a ``(D, S, F)`` view with strides ``(stride, F * 4, 4)`` without a copy
+(the reader checks the stride on every batch). A lookback window of a date is then a slice, and
+the panel lives once in the page cache, shared by every worker on the host, whatever its size.
+Absent stocks cost their NaN bytes (a panel whose stocks list and delist wastes the absent
+share); the trade buys constant-time windows with no row index.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ if TYPE_CHECKING:
     import torch
 
 FORMAT_NAME = "hpo-feature-cache"
-FORMAT_VERSION = 2  # 2: feature_valid column under "mask"
+FORMAT_VERSION = 3  # 3: dense per-date batches, per-date statistics, streaming build
 DATA_FILE = "data.arrow"
 INDEX_FILE = "index.npz"
 MANIFEST_FILE = "manifest.json"
@@ -50,8 +51,9 @@ SIDECAR_DIR = "sidecars"
 META_KEY = b"hpo_cache_key"
 META_VERSION = b"hpo_cache_format_version"
 SIDECAR_META = "__sidecar__"
-MANIFEST_KEYS = ("key", "rows", "feature_names", "target_names", "files", "source", "spec",
-                 "nan", "schema", "created_at")
+STATS_FILE = "stats.npz"
+MANIFEST_KEYS = ("key", "rows", "n_dates", "n_codes", "feature_names", "target_names", "files",
+                 "source", "spec", "nan", "schema", "created_at")
 _SIDECAR_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
@@ -80,26 +82,6 @@ def read_manifest(path: Path) -> dict[str, Any]:
     return manifest
 
 
-def _mapped_view(mm: mmap.mmap, base: int, array: pa.Array, dtype: np.dtype,
-                 shape: tuple[int, ...], name: str) -> np.ndarray:
-    """A numpy view of ``array``'s data buffer inside the mapping ``mm`` (no copy).
-
-    Arrow hands back buffers as addresses; their offset from the mapping's base address is
-    where numpy must look. Anything outside the mapping (which would mean Arrow copied) or
-    any null is refused: the file is then not one this code wrote.
-    """
-    values = array.flatten() if isinstance(array, pa.FixedSizeListArray) else array
-    if array.null_count or values.null_count:
-        raise UserError(f"cache column {name!r} has nulls; the file is damaged, rebuild it")
-    data = values.buffers()[1]
-    count = int(np.prod(shape))
-    start = data.address - base + values.offset * dtype.itemsize
-    if len(values) != count or start < 0 or start + count * dtype.itemsize > len(mm):
-        raise UserError(f"cache column {name!r} does not lie where expected in the file; "
-                        "the file is damaged, rebuild it")
-    return np.frombuffer(mm, dtype=dtype, count=count, offset=start).reshape(shape)
-
-
 def _read_only(array: np.ndarray) -> np.ndarray:
     view = array.view()
     view.flags.writeable = False
@@ -116,20 +98,12 @@ class FeatureCache:
     file or another reader.
 
     Attributes:
-        features: (rows, n_features) float32, C-contiguous.
-        targets: (rows, n_targets) float32, C-contiguous.
-        valid: (rows,) bool under nan_policy "mask" (False where any feature or target of
-            the row was NaN/inf/null; those values read 0), else None.
-        target_valid: (rows, n_targets) bool under "mask": False where that target was
-            NaN/inf/null (so a 1-day model can keep rows that only lack ret_20d), else None.
-        feature_valid: (rows,) bool under "mask": False where a feature of the row was
-            NaN/inf/null (targets ignored), else None.
-        date_index, code_index: (rows,) int32 into ``unique_dates`` / ``codes``; rows are
-            sorted by (date, code).
-        unique_dates: (n_dates,) datetime64[D], ascending.
-        codes: sorted stock codes.
-        date_offsets: (n_dates + 1,) int64; date i owns rows [date_offsets[i],
-            date_offsets[i + 1]).
+        features: (D, S, F) float32 view (not C-contiguous: dates lie at the file's batch
+            stride); NaN where a value is missing or the stock is absent that date.
+        targets: (D, S, H) float32 view; NaN where the target is missing.
+        present: (D, S) bool: the (date, code) row exists in the source.
+        dates: (D,) datetime64[D], ascending. codes: S sorted stock codes.
+        stats: per-date feature statistics, see :meth:`feature_moments`.
     """
 
     def __init__(self, path: Path) -> None:
@@ -138,7 +112,7 @@ class FeatureCache:
         self.key: str = self.manifest["key"]
         self.feature_names: tuple[str, ...] = tuple(self.manifest["feature_names"])
         self.target_names: tuple[str, ...] = tuple(self.manifest["target_names"])
-        rows = int(self.manifest["rows"])
+        n_dates, n_codes = int(self.manifest["n_dates"]), int(self.manifest["n_codes"])
         data_path = self.path / DATA_FILE
         expected_bytes = self.manifest["files"][DATA_FILE]
         try:
@@ -156,93 +130,120 @@ class FeatureCache:
         whole = pa.py_buffer(self._mm)
         try:
             reader = pa.ipc.open_file(whole)  # reads from the buffer: zero-copy slices
-            batch = reader.get_batch(0) if reader.num_record_batches == 1 else None
         except (pa.ArrowInvalid, OSError) as exc:
             raise UserError(f"cache file {data_path} is not a readable Arrow file ({exc}); "
                             "rebuild it") from exc
         meta = reader.schema.metadata or {}
-        if (batch is None or meta.get(META_KEY, b"").decode() != self.key
-                or batch.num_rows != rows):
+        if (reader.num_record_batches != n_dates
+                or meta.get(META_KEY, b"").decode() != self.key):
             raise UserError(f"cache file {data_path} does not match its manifest; rebuild it")
-        base = whole.address
         n_feat, n_targ = len(self.feature_names), len(self.target_names)
-
-        def view(name: str, dtype: type, shape: tuple[int, ...]) -> np.ndarray:
-            return _mapped_view(self._mm, base, batch.column(name), np.dtype(dtype), shape,
-                                name)
-
-        self._features_rw = view("features", np.float32, (rows, n_feat))
-        self._targets_rw = view("targets", np.float32, (rows, n_targ))
+        self._features_rw = self._strided(reader, whole.address, "features", np.float32,
+                                          (n_dates, n_codes, n_feat))
+        self._targets_rw = self._strided(reader, whole.address, "targets", np.float32,
+                                         (n_dates, n_codes, n_targ))
+        present = self._strided(reader, whole.address, "present", np.uint8,
+                                (n_dates, n_codes))
         self.features = _read_only(self._features_rw)
         self.targets = _read_only(self._targets_rw)
-        self.date_index = _read_only(view("date_index", np.int32, (rows,)))
-        self.code_index = _read_only(view("code_index", np.int32, (rows,)))
-        has_valid = "valid" in batch.schema.names
-        # uint8 0/1 reinterpreted as bool: same bytes, no copy.
-        self.valid = (_read_only(view("valid", np.uint8, (rows,)).view(np.bool_))
-                      if has_valid else None)
-        self.target_valid = (
-            _read_only(view("target_valid", np.uint8, (rows, n_targ)).view(np.bool_))
-            if has_valid else None)
-        self.feature_valid = (
-            _read_only(view("feature_valid", np.uint8, (rows,)).view(np.bool_))
-            if "feature_valid" in batch.schema.names else None)
+        self.present = _read_only(present.view(np.bool_))  # uint8 0/1 as bool: no copy
         try:
             with np.load(self.path / INDEX_FILE, allow_pickle=False) as index:
-                self.unique_dates = index["unique_dates"].astype("datetime64[D]")
+                self.dates = index["dates"].astype("datetime64[D]")
                 self.codes: list[str] = index["codes"].tolist()
-                self.date_offsets = index["date_offsets"].astype(np.int64)
+            with np.load(self.path / STATS_FILE, allow_pickle=False) as stats:
+                self.stats = {k: stats[k] for k in stats.files}
         except (OSError, ValueError, KeyError) as exc:
-            raise UserError(f"cache index {self.path / INDEX_FILE} is unreadable ({exc}); "
-                            "rebuild the cache") from exc
-        if len(self.date_offsets) != len(self.unique_dates) + 1 or self.date_offsets[-1] != rows:
+            raise UserError(f"cache index or statistics of {self.path} are unreadable ({exc});"
+                            " rebuild the cache") from exc
+        if (len(self.dates) != n_dates or len(self.codes) != n_codes
+                or self.stats["count"].shape != (n_dates, n_feat)):
             raise UserError(f"cache index of {self.path} does not match its data; rebuild it")
+
+    def _strided(self, reader: pa.ipc.RecordBatchFileReader, base: int, name: str,
+                 dtype: type, shape: tuple[int, ...]) -> np.ndarray:
+        """A (D, ...) numpy view of column ``name`` across every batch, inside the mapping.
+
+        Each batch's buffer must lie exactly one stride after the previous one; anything else
+        (a file this code did not write, or a damaged one) is refused rather than copied.
+        """
+        item = np.dtype(dtype).itemsize
+        starts = []
+        for i in range(reader.num_record_batches):
+            column = reader.get_batch(i).column(name)
+            values = column.flatten() if isinstance(column, pa.FixedSizeListArray) else column
+            if column.null_count or values.null_count or len(values) != int(np.prod(shape[1:])):
+                raise UserError(f"cache column {name!r} of date {i} is not what this format "
+                                "writes; the file is damaged, rebuild it")
+            starts.append(values.buffers()[1].address - base + values.offset * item)
+        starts_arr = np.asarray(starts, dtype=np.int64)
+        stride = int(starts_arr[1] - starts_arr[0]) if len(starts_arr) > 1 else 0
+        row_bytes = int(np.prod(shape[1:])) * item
+        if (starts_arr[0] < 0 or stride % item or (len(starts_arr) > 1 and stride < row_bytes)
+                or np.any(np.diff(starts_arr) != stride)
+                or starts_arr[-1] + row_bytes > len(self._mm)):
+            raise UserError(f"cache column {name!r} does not lie where expected in the file; "
+                            "the file is damaged, rebuild it")
+        flat = np.frombuffer(self._mm, dtype=dtype, offset=int(starts_arr[0]),
+                             count=(len(self._mm) - int(starts_arr[0])) // item)
+        inner = [item]
+        for size in reversed(shape[2:]):
+            inner.insert(0, inner[0] * size)
+        return np.lib.stride_tricks.as_strided(flat, shape=shape,
+                                               strides=(stride or row_bytes, *inner))
 
     # -- shape -------------------------------------------------------------------------
     @property
-    def n_rows(self) -> int:
-        return int(self.features.shape[0])
+    def n_dates(self) -> int:
+        return len(self.dates)
 
     @property
-    def n_dates(self) -> int:
-        return len(self.unique_dates)
+    def n_codes(self) -> int:
+        return len(self.codes)
 
-    def __len__(self) -> int:
-        return self.n_rows
+    @property
+    def n_rows(self) -> int:
+        """Source rows, i.e. present (date, code) cells."""
+        return int(self.manifest["rows"])
 
     def __repr__(self) -> str:
         return (f"FeatureCache(key={self.key!r}, rows={self.n_rows}, "
                 f"features={len(self.feature_names)}, dates={self.n_dates}, "
-                f"codes={len(self.codes)}, path={str(self.path)!r})")
-
-    # -- slicing -----------------------------------------------------------------------
-    def cross_section(self, i: int) -> slice:
-        """The rows of the i-th date (negative i counts from the end), without a scan."""
-        n = self.n_dates
-        if not -n <= i < n:
-            raise IndexError(f"date position {i} out of range for {n} dates")
-        i %= n
-        return slice(int(self.date_offsets[i]), int(self.date_offsets[i + 1]))
+                f"codes={self.n_codes}, path={str(self.path)!r})")
 
     def date_position(self, date: str | np.datetime64) -> int:
-        """Position of ``date`` in ``unique_dates``; KeyError when the panel lacks it."""
+        """Position of ``date`` in ``dates``; KeyError when the panel lacks it."""
         day = np.datetime64(date, "D")
-        i = int(np.searchsorted(self.unique_dates, day))
-        if i == self.n_dates or self.unique_dates[i] != day:
-            raise KeyError(f"date {day} is not in the cache ({self.unique_dates[0]} .. "
-                           f"{self.unique_dates[-1]})")
+        i = int(np.searchsorted(self.dates, day))
+        if i == self.n_dates or self.dates[i] != day:
+            raise KeyError(f"date {day} is not in the cache ({self.dates[0]} .. "
+                           f"{self.dates[-1]})")
         return i
+
+    # -- statistics --------------------------------------------------------------------
+    def feature_moments(self, dates: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(count, mean, std) per feature, pooled over the present finite values of the
+        given date positions; exact (Chan et al.'s pairwise combination of per-date moments),
+        with no pass over the panel. Float64, shape (F,) each; std is the population one."""
+        dates = np.asarray(dates, dtype=np.int64)
+        count = self.stats["count"][dates].astype(np.float64)  # (n, F)
+        mean_d, m2_d = self.stats["mean"][dates], self.stats["m2"][dates]
+        total = count.sum(axis=0)
+        mean = (count * mean_d).sum(axis=0) / np.maximum(total, 1)
+        m2 = m2_d.sum(axis=0) + (count * (mean_d - mean) ** 2).sum(axis=0)
+        return total, mean, np.sqrt(m2 / np.maximum(total, 1))
 
     # -- torch -------------------------------------------------------------------------
     def features_torch(self, *, device: str | torch.device = "cpu", pin: bool = False,
                        non_blocking: bool = True) -> torch.Tensor:
-        """All features as a (rows, n_features) float32 tensor.
+        """All features as a (D, S, F) float32 tensor.
 
         On CPU without ``pin`` the tensor shares the mapped pages (no copy). ``pin=True``
         returns a page-locked CPU copy, for repeated fast host-to-device transfers. On CUDA
-        the rows stream through pinned staging buffers with non-blocking copies; with
+        the dates stream through pinned staging buffers with non-blocking copies; with
         ``non_blocking`` the call returns once the last copy is queued (work on the same
         stream is ordered after it; synchronize before using it from another stream).
+        Training does not need either: it gathers each batch's windows from the map.
         """
         from cache._torch import to_torch
 
@@ -250,7 +251,7 @@ class FeatureCache:
 
     def targets_torch(self, *, device: str | torch.device = "cpu", pin: bool = False,
                       non_blocking: bool = True) -> torch.Tensor:
-        """All targets as a (rows, n_targets) float32 tensor; see :meth:`features_torch`."""
+        """All targets as a (D, S, H) float32 tensor; see :meth:`features_torch`."""
         from cache._torch import to_torch
 
         return to_torch(self._targets_rw, device=device, pin=pin, non_blocking=non_blocking)

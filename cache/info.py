@@ -41,8 +41,8 @@ def summary(path: Path, manifest: dict[str, Any]) -> str:
         f"targets    {manifest['n_targets']}: {', '.join(manifest['target_names'])}",
         f"nan policy {spec['nan_policy']}"
         + (f" (fill {spec['fill_value']})" if "fill_value" in spec else "")
-        + f"; bad values {sum(nan['bad_values'].values())}, invalid rows "
-        f"{nan['invalid_rows']}",
+        + f"; bad values {sum(nan['bad_values'].values())}, rows with a missing feature "
+        f"{nan['rows_with_missing_feature']}",
         "files      " + ", ".join(f"{k} {_mib(v)}" for k, v in manifest["files"].items()),
         "schema     " + ", ".join(f"{k}: {v}" for k, v in manifest["schema"].items()),
     ]

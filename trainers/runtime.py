@@ -422,19 +422,55 @@ class StepRunner:
             # unscale_ may have run before the OOM; the retry must be allowed to call it again.
             self.scaler._per_optimizer_states.pop(id(self.optimizer), None)
         free_memory(self.device)
+        self._halve(before, f"step {step_no}", step=step_no)
+
+    def _halve(self, before: int, where: str, *, step: int) -> None:
+        """Halve ``micro_batch`` after an out-of-memory error (or fail below the minimum)."""
         after = before // 2
         if after < self.cfg.min_batch:
             reason = (
-                f"out of memory at micro-batch {before} (step {step_no}); halving to {after} "
+                f"out of memory at micro-batch {before} ({where}); halving to {after} "
                 f"is not allowed, minimum batch is {self.cfg.min_batch}"
             )
             self._log(reason)
             raise TrialFailed(reason)
         self.micro_batch = after
-        self.oom_retries.append({"step": step_no, "batch_before": before, "batch_after": after})
+        self.oom_retries.append({"step": step, "batch_before": before, "batch_after": after,
+                                 **({"phase": "eval"} if where.startswith("eval") else {})})
         self._set_attr("oom_retries", list(self.oom_retries))
         self._set_attr("micro_batch", after)
-        self._log(f"out of memory at micro-batch {before} (step {step_no}); retrying with {after}")
+        self._log(f"out of memory at micro-batch {before} ({where}); retrying with {after}")
+
+    def evaluate(self, n_samples: int, forward: Callable[[slice], Any]) -> list[Any]:
+        """``forward`` over samples ``[0, n_samples)`` in chunks of at most ``micro_batch``,
+        under :meth:`eval_context`; returns the chunks' results in order.
+
+        Evaluation follows training's memory budget: an out-of-memory error halves
+        ``micro_batch`` exactly as in :meth:`step` (the same minimum, the same record, and
+        training goes on with the smaller size) and the pass is redone, so validation cannot
+        run out of memory where training fits. ``forward`` should move its results off the
+        device if the caller keeps them.
+        """
+        while True:
+            chunk = min(self.micro_batch, n_samples)
+            try:
+                results = []
+                with self.eval_context():
+                    for lo in range(0, n_samples, max(chunk, 1)):
+                        hi = min(lo + chunk, n_samples)
+                        results.append(forward(slice(lo, hi)))
+                        if self._inject_oom_above is not None and hi - lo > self._inject_oom_above:
+                            raise torch.OutOfMemoryError(
+                                f"out of memory (injected by {INJECT_OOM_ENV}="
+                                f"{self._inject_oom_above}): evaluation chunk of {hi - lo}")
+                return results
+            except Exception as exc:
+                if not is_oom_error(exc):
+                    raise
+                results = []
+            # Outside the except block, so the failed chunk's tensors are gone before freeing.
+            free_memory(self.device)
+            self._halve(chunk, f"evaluation after step {self.step_count}", step=self.step_count)
 
     # -- evaluation and data --------------------------------------------------------------
     def eval_context(self) -> contextlib.AbstractContextManager:

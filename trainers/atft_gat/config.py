@@ -28,7 +28,9 @@ class TrainConfig:
     n_dates: int = 500
     market_seed: int = 0              # the synthetic market's own seed (not the trial's)
     features: tuple[str, ...] = ()    # () = every numeric non-target column
-    nan_policy: str = "mask"          # what NaN/inf in the panel does (see cache.spec)
+    nan_policy: str = "mask"          # what a NaN/inf feature does (see cache.spec); targets
+                                      # are never filled, a missing one is masked
+    missing_indicator: bool = False   # also feed a 0/1 "was imputed" channel per feature
     cache_dir: str = ""               # "" = the run's shared cache directory (ctx.cache_dir)
     val_fraction: float = 0.2
     # Last share of the usable dates held out as the test period: no trial, early stopping,

@@ -1,13 +1,18 @@
-"""The feature cache as a dense (dates, stocks) panel, its standardisation and its date split.
+"""The feature cache as a (dates, stocks) panel, standardised per batch, and the date split.
 
 The model reads one date's cross-section with a lookback window of history, and the graph
-links stocks by index, so a dense ``(D, S, ...)`` layout with a presence mask is simpler and
-faster than the cache's ragged rows: a window is one slice plus one gather.
+links stocks by index, so the panel is the cache's own ``(D, S, F)`` memory-mapped block: a
+window is one slice plus one gather, and nothing is densified, copied or standardised in
+advance. Training holds the panel once in the page cache (shared by every worker on the host)
+and copies only the windows of the batch in hand.
 
-Presence: a (date, stock) row is *present* when it exists in the cache and all its features are
-valid (the cache's ``feature_valid`` under ``nan_policy="mask"``). A missing *target* never
-removes a row: deciding who is in the panel at date t from whether its future return is known
-would be look-ahead. Missing targets read NaN (``target_valid``), features of absent rows 0.
+Presence: a (date, stock) row is *present* when it exists in the source. Missing values are
+handled per value, never per row: a NaN feature does not remove the stock-day. Each window is
+standardised with the training dates' statistics and a missing value then reads 0, the training
+mean (with ``missing_indicator`` the model also gets one 0/1 channel per feature saying which
+values were imputed). Only a missing *target* takes a row out of the loss and the metrics;
+deciding who is in the panel at date t from whether its future return is known would be
+look-ahead. Targets are never filled.
 """
 
 from __future__ import annotations
@@ -20,8 +25,6 @@ import torch
 
 from trainers.errors import UserError
 
-# Dates standardised per pass: bounds the temporary copy to a few MB at 4,000 stocks.
-STANDARDISE_CHUNK = 64
 # A feature whose training spread is below this is constant: it is centred, not scaled.
 MIN_STD = 1e-12
 
@@ -29,28 +32,31 @@ MIN_STD = 1e-12
 class FeatureCacheLike(Protocol):
     """The attributes of ``cache.FeatureCache`` that this module reads."""
 
-    features: np.ndarray  # (rows, F) float32
-    targets: np.ndarray  # (rows, H) float32
-    valid: np.ndarray | None  # (rows,) bool
-    date_index: np.ndarray  # (rows,) int32
-    code_index: np.ndarray  # (rows,) int32
-    unique_dates: np.ndarray  # (D,) datetime64[D]
+    features: np.ndarray  # (D, S, F) float32, NaN = missing
+    targets: np.ndarray  # (D, S, H) float32, NaN = missing
+    present: np.ndarray  # (D, S) bool
+    dates: np.ndarray  # (D,) datetime64[D]
     codes: list[str]
     feature_names: tuple[str, ...]
     target_names: tuple[str, ...]
 
+    def features_torch(self) -> torch.Tensor: ...  # (D, S, F) sharing ``features``' memory
+
+    def targets_torch(self) -> torch.Tensor: ...  # (D, S, H)
+
 
 @dataclass(frozen=True)
 class Panel:
-    """A dense panel; D dates, S stocks (codes), F features, H target horizons.
+    """A panel of D dates, S stocks (codes), F features, H target horizons.
 
-    ``feature_mean`` / ``feature_std`` are None on a raw panel and the (F,) statistics that
-    :func:`standardise` used on a standardised one (saved with a model so that new data can be
-    scaled the same way).
+    ``x`` holds the raw values (a view onto the cache's pages when it comes from one); the
+    statistics that :meth:`window` standardises with are ``feature_mean`` / ``feature_std``
+    ((F,) float32, None on a raw panel). They are saved with a model so that new data can be
+    scaled the same way.
     """
 
-    x: torch.Tensor  # (D, S, F) float32, 0 where absent
-    y: torch.Tensor  # (D, S, H) float32, NaN where absent
+    x: torch.Tensor  # (D, S, F) float32, NaN where missing or absent
+    y: torch.Tensor  # (D, S, H) float32, NaN where absent or unknown
     present: torch.Tensor  # (D, S) bool
     dates: np.ndarray  # (D,) datetime64[D]
     codes: list[str]  # (S,)
@@ -58,14 +64,20 @@ class Panel:
     target_names: tuple[str, ...]
     feature_mean: torch.Tensor | None = None
     feature_std: torch.Tensor | None = None
+    missing_indicator: bool = False
+
+    @property
+    def n_inputs(self) -> int:
+        """Input channels the model gets per date: features (+ their missing indicators)."""
+        return len(self.feature_names) * (2 if self.missing_indicator else 1)
 
     def window(self, d: int, lookback: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Features of the stocks present at date ``d`` over dates ``[d - lookback + 1, d]``.
+        """Inputs of the stocks present at date ``d`` over dates ``[d - lookback + 1, d]``.
 
-        Returns ``(x, idx)``: ``x`` is a contiguous ``(n, lookback, F)`` tensor (oldest date
-        first) made by a single gather, and ``idx`` the ``(n,)`` int64 stock indices, ascending.
-        A stock present at d but absent earlier in the window reads 0 on those dates (see
-        ``present`` for where).
+        Returns ``(x, idx)``: ``x`` is a contiguous ``(n, lookback, n_inputs)`` float32 tensor
+        (oldest date first), standardised when the panel has statistics, with every missing or
+        absent value at 0; ``idx`` the ``(n,)`` int64 stock indices, ascending. A stock present
+        at d but absent earlier in the window reads 0 (and "missing") on those dates.
         """
         n_dates = self.x.shape[0]
         if not 0 <= d < n_dates:
@@ -76,8 +88,15 @@ class Panel:
                 f"{lookback - 1}; start at date index >= lookback - 1"
             )
         idx = self.present[d].nonzero().squeeze(1)  # (n,)
-        history = self.x[d - lookback + 1 : d + 1]  # (L, S, F) view, no copy
-        return history.permute(1, 0, 2)[idx], idx  # (n, L, F): the one copy
+        history = self.x[d - lookback + 1 : d + 1]  # (L, S, F) view of the map, no copy
+        x = history.permute(1, 0, 2)[idx]  # (n, L, F): the one copy
+        if self.feature_mean is not None:
+            x = x.sub_(self.feature_mean).div_(self.feature_std)
+        missing = torch.isnan(x)
+        x = x.masked_fill_(missing, 0.0)
+        if self.missing_indicator:
+            x = torch.cat([x, missing.to(x.dtype)], dim=-1)  # (n, L, 2F)
+        return x, idx
 
     def head(self, n: int) -> Panel:
         """The first ``n`` dates only (views, no copy): what a trial may read."""
@@ -95,81 +114,62 @@ class Panel:
         return replace(self, y=y)
 
 
-def dense_panel(fc: FeatureCacheLike) -> Panel:
-    """Scatter the cache's rows into a dense panel (one copy of features and targets)."""
-    n_dates, n_stocks = len(fc.unique_dates), len(fc.codes)
-    features = np.asarray(fc.features)
-    targets = np.asarray(fc.targets)
-    n_features, n_targets = features.shape[1], targets.shape[1]
-    flat = np.asarray(fc.date_index, dtype=np.int64) * n_stocks + np.asarray(
-        fc.code_index, dtype=np.int64
-    )  # (rows,) cell of each row
-    if len(flat) and np.bincount(flat, minlength=n_dates * n_stocks).max() > 1:
-        raise UserError("the feature cache holds a (date, code) pair twice; rebuild it")
-    ok = np.isfinite(features).all(axis=1)
-    feature_valid = getattr(fc, "feature_valid", None)
-    if feature_valid is not None:
-        ok &= np.asarray(feature_valid, dtype=bool)
-    elif fc.valid is not None:  # an older cache: the row mask is all we have
-        ok &= np.asarray(fc.valid, dtype=bool)
-    target_valid = getattr(fc, "target_valid", None)
-    if target_valid is not None:  # the cache stores bad targets as 0 under "mask"
-        targets = np.where(np.asarray(target_valid, dtype=bool), targets, np.nan)
-    cells = torch.from_numpy(flat[ok])
-
-    # Boolean indexing copies the rows into fresh writable arrays, the only copy made.
-    x = torch.zeros(n_dates * n_stocks, n_features, dtype=torch.float32)
-    x[cells] = torch.from_numpy(features[ok].astype(np.float32, copy=False))
-    y = torch.full((n_dates * n_stocks, n_targets), float("nan"), dtype=torch.float32)
-    y[cells] = torch.from_numpy(targets[ok].astype(np.float32, copy=False))
-    present = torch.zeros(n_dates * n_stocks, dtype=torch.bool)
-    present[cells] = True
+def cache_panel(fc: FeatureCacheLike, *, missing_indicator: bool = False) -> Panel:
+    """The cache's arrays as a panel, without a copy (the tensors share the mapped pages;
+    nothing here writes to them: windows are copies)."""
     return Panel(
-        x=x.view(n_dates, n_stocks, n_features),
-        y=y.view(n_dates, n_stocks, n_targets),
-        present=present.view(n_dates, n_stocks),
-        dates=np.asarray(fc.unique_dates).astype("datetime64[D]"),
+        x=fc.features_torch(),
+        y=fc.targets_torch(),
+        present=torch.from_numpy(np.array(fc.present, dtype=bool)),
+        dates=np.asarray(fc.dates).astype("datetime64[D]"),
         codes=list(fc.codes),
         feature_names=tuple(fc.feature_names),
         target_names=tuple(fc.target_names),
+        missing_indicator=missing_indicator,
     )
 
 
-def standardise(panel: Panel, train_dates: np.ndarray) -> Panel:
-    """A new panel whose features are z-scored with statistics of the training dates only.
+def standardise(panel: Panel, train_dates: np.ndarray, *,
+                moments: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> Panel:
+    """The panel with the z-scoring statistics of the training dates attached (no copy).
 
-    Mean and standard deviation are per feature, pooled over the present rows of
-    ``train_dates`` (date indices), so nothing about validation dates leaks into the scaling.
-    Every date is then scaled with them; absent rows stay 0. A feature constant over the
-    training rows is centred only. The input panel is left untouched.
+    Mean and standard deviation are per feature, pooled over the present finite values of
+    ``train_dates`` (date indices), so nothing about later dates leaks into the scaling. The
+    cache gives them exactly from its per-date statistics (``moments = fc.feature_moments(
+    train_dates)``); without them they are computed here in one pass over those dates. A
+    feature with no value on any training date is refused; one constant over them is
+    centred only.
     """
     train_dates = np.asarray(train_dates, dtype=np.int64)
     if len(train_dates) == 0:
         raise ValueError("standardise needs at least one training date")
+    if moments is None:
+        moments = _moments(panel, train_dates)
+    count, mean, std = moments
+    empty = [n for n, c in zip(panel.feature_names, count, strict=True) if c == 0]
+    if empty:
+        raise UserError(f"feature(s) {', '.join(empty)} have no value on any of the "
+                        f"{len(train_dates)} training dates; drop them from the feature list")
+    std = np.where(std > MIN_STD, std, 1.0)
+    return replace(panel, feature_mean=torch.as_tensor(mean, dtype=torch.float32),
+                   feature_std=torch.as_tensor(std, dtype=torch.float32))
+
+
+def _moments(panel: Panel, dates: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     n_features = panel.x.shape[2]
-    total = torch.zeros(n_features, dtype=torch.float64)
-    count = 0
-    chunks = [
-        torch.from_numpy(train_dates[i : i + STANDARDISE_CHUNK])
-        for i in range(0, len(train_dates), STANDARDISE_CHUNK)
-    ]
-    for chunk in chunks:
-        rows = panel.x[chunk][panel.present[chunk]].double()  # (n, F)
-        total += rows.sum(0)
-        count += rows.shape[0]
-    if count == 0:
-        raise UserError("no stock is present on any training date; nothing to standardise on")
-    mean = total / count
-    # Second pass about the mean: no cancellation, unlike sum of squares minus squared sum.
-    square = torch.zeros(n_features, dtype=torch.float64)
-    for chunk in chunks:
-        rows = panel.x[chunk][panel.present[chunk]].double()
-        square += (rows - mean).square().sum(0)
-    std = (square / count).sqrt()
-    std = torch.where(std > MIN_STD, std, torch.ones_like(std))
-    mean32, std32 = mean.float(), std.float()
-    x = (panel.x - mean32).div_(std32).mul_(panel.present.unsqueeze(-1))  # (D, S, F)
-    return replace(panel, x=x, feature_mean=mean32, feature_std=std32)
+    count = np.zeros(n_features)
+    total = np.zeros(n_features)
+    for d in dates:
+        rows = panel.x[int(d)][panel.present[int(d)]].double().numpy()  # (n, F)
+        ok = np.isfinite(rows)
+        count += ok.sum(0)
+        total += np.where(ok, rows, 0.0).sum(0)
+    mean = total / np.maximum(count, 1)
+    square = np.zeros(n_features)
+    for d in dates:
+        rows = panel.x[int(d)][panel.present[int(d)]].double().numpy()
+        square += np.where(np.isfinite(rows), (rows - mean) ** 2, 0.0).sum(0)
+    return count, mean, np.sqrt(square / np.maximum(count, 1))
 
 
 @dataclass(frozen=True)

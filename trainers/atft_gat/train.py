@@ -37,7 +37,7 @@ import torch
 from cache import CacheSpec, FeatureCache, load_or_build
 from losses import rank_preserving_loss
 from trainers.atft_gat.config import TrainConfig
-from trainers.atft_gat.data import Panel, date_split, dense_panel, standardise
+from trainers.atft_gat.data import Panel, cache_panel, date_split, standardise
 from trainers.atft_gat.graph import DateGraphs, GraphConfig, build_graphs
 from trainers.atft_gat.model import ATFTGATFAN, pinball_loss
 from trainers.config import to_mapping
@@ -46,9 +46,8 @@ from trainers.errors import UserError
 from trainers.metrics import panel_metrics
 from trainers.runtime import StepRunner, seed_everything
 
-# Validation packs this many dates into one forward pass: large enough to keep the model
-# busy, small enough that 4,000-stock cross-sections stay within a GPU's memory.
-VAL_DATES_PER_FORWARD = 8
+# Below this share of the source's labelled rows reaching the loss, the data is unusable.
+MIN_ROWS_KEPT = 0.5
 # Per-date z-scoring of targets needs a few stocks to estimate a spread.
 MIN_STOCKS_FOR_ZSCORE = 3
 
@@ -278,7 +277,7 @@ def train(config: TrainConfig, ctx: TrialContext) -> dict[str, float]:
 
     # 1-2. data, split, graphs
     fc = load_features(config, ctx.cache_dir)
-    panel = dense_panel(fc)
+    panel = cache_panel(fc, missing_indicator=config.missing_indicator)
     t_graph = time.perf_counter()
     n_dates = panel.x.shape[0]
     # One split for the whole study: it depends on the panel and the data settings only.
@@ -298,7 +297,7 @@ def train(config: TrainConfig, ctx: TrialContext) -> dict[str, float]:
                         "lookback")
     graphs = load_graphs(fc, panel, config)
     graph_seconds = time.perf_counter() - t_graph
-    panel = standardise(panel, train_dates)
+    panel = standardise(panel, train_dates, moments=fc.feature_moments(train_dates))
     y_z = zscore_targets(panel.y)
     h_idx = list(config.horizons).index(config.metric_horizon)
     # Train only on dates whose scored horizon has labels.
@@ -313,11 +312,14 @@ def train(config: TrainConfig, ctx: TrialContext) -> dict[str, float]:
     ctx.set_attr("split", split)
     ctx.set_attr("date_split", dsplit.ranges(full_dates))  # the study's, the same every trial
     ctx.set_attr("data", {"rows": int(fc.n_rows), "dates": n_dates,
+                          **coverage(fc, panel, np.concatenate([train_dates, select_dates,
+                                                                val_dates]), h_idx,
+                                   lag=config.execution_lag),
                           "stocks": int(panel.x.shape[1]), "features": list(panel.feature_names),
                           "train_dates": len(train_dates), "val_dates": len(val_dates),
                           "test_dates": len(dsplit.test),
                           "cache_key": fc.key,
-                          "edges_per_date": round(len(graphs.src) / max(1, n_dates), 1)})
+                          "edges_per_date": edges_per_date(graphs, config)})
 
     # 3. model and runtime
     stocks_per_date = float(panel.present.sum()) / max(1, n_dates)
@@ -326,7 +328,7 @@ def train(config: TrainConfig, ctx: TrialContext) -> dict[str, float]:
     if config.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
     plan = config.phase_plan()
-    model = ATFTGATFAN(config.model_config(), n_features=len(panel.feature_names))
+    model = ATFTGATFAN(config.model_config(), n_features=panel.n_inputs)
     # The runtime's first micro-batch covers a whole step, so dates are only cut into chunks
     # after an out-of-memory error, never by default.
     rows_per_step = int(math.ceil(stocks_per_date * dates_per_step))
@@ -441,33 +443,99 @@ def train(config: TrainConfig, ctx: TrialContext) -> dict[str, float]:
     return metrics
 
 
+def pack_dates(panel: Panel, dates: np.ndarray, budget: Any) -> Iterator[np.ndarray]:
+    """Consecutive groups of ``dates`` whose stocks add up to at most ``budget()`` rows (a
+    date larger than that on its own forms a group, cut into chunks by the runner). The
+    budget is read per group, so a halving during one group shrinks the next ones."""
+    counts = panel.present[torch.as_tensor(dates)].sum(dim=1).numpy() if len(dates) else []
+    group: list[int] = []
+    rows = 0
+    for d, n in zip(dates, counts, strict=True):
+        if group and rows + int(n) > budget():
+            yield np.asarray(group, dtype=np.int64)
+            group, rows = [], 0
+        group.append(int(d))
+        rows += int(n)
+    if group:
+        yield np.asarray(group, dtype=np.int64)
+
+
 def validate(runner: StepRunner, panel: Panel, y_z: torch.Tensor, graphs: DateGraphs,
              val_dates: np.ndarray, config: TrainConfig, *, with_graph: bool, h_idx: int
              ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Metrics and predictions of the model on ``val_dates``.
+
+    Dates are packed into forward passes of at most the trial's current micro-batch (the
+    training step's, after any out-of-memory halving), and an out-of-memory error here halves
+    it as in training (``StepRunner.evaluate``). A date is only cut when it alone exceeds the
+    micro-batch; its graph edges across the cut are then dropped, as in training.
+    """
     runner.module.eval()
     cols: dict[str, list[np.ndarray]] = {"date": [], "code": [], "pred": [], "target": []}
     losses, weights = [], []
-    with runner.eval_context():
-        for i in range(0, len(val_dates), VAL_DATES_PER_FORWARD):
-            dates = val_dates[i:i + VAL_DATES_PER_FORWARD]
-            b = make_batch(panel, y_z, graphs, dates, lookback=config.lookback,
-                           with_graph=with_graph)
-            x, y, e, w, group = runner.to_device(b.x, b.y, b.edges, b.weight, b.group)
+    for dates in pack_dates(panel, val_dates, lambda: runner.micro_batch):
+        b = make_batch(panel, y_z, graphs, dates, lookback=config.lookback,
+                       with_graph=with_graph)
+
+        def forward(s: slice, b: Batch = b) -> torch.Tensor:
+            part = b.sub(s)
+            x, e, w = runner.to_device(part.x, part.edges, part.weight)
             out = runner.model(x, e if with_graph else None, w if with_graph else None)
-            dev = Batch(x, y, b.y_raw, group, b.stock, b.date, e, w)
-            losses.append(float(scoring_loss(out, dev)))
-            weights.append(len(dates))
-            pred = out["point"][:, h_idx].float().cpu().numpy()
-            cols["pred"].append(pred)
-            cols["target"].append(b.y_raw[:, h_idx].numpy())
-            cols["date"].append(panel.dates[b.date[b.group.numpy()]])
-            cols["code"].append(np.asarray(panel.codes, dtype=object)[b.stock.numpy()])
+            return out["point"].float().cpu()  # (n, H)
+
+        point = torch.cat(runner.evaluate(len(b), forward))  # (N, H)
+        losses.append(float(scoring_loss({"point": point}, b)))
+        weights.append(len(dates))
+        cols["pred"].append(point[:, h_idx].numpy())
+        cols["target"].append(b.y_raw[:, h_idx].numpy())
+        cols["date"].append(panel.dates[b.date[b.group.numpy()]])
+        cols["code"].append(np.asarray(panel.codes, dtype=object)[b.stock.numpy()])
     preds = {k: np.concatenate(v) for k, v in cols.items()}
     keep = np.isfinite(preds["target"])
     preds = {k: v[keep] for k, v in preds.items()}
     metrics = panel_metrics(preds["date"], preds["pred"], preds["target"])
     metrics["val_loss"] = float(np.average(losses, weights=weights))
     return metrics, preds
+
+
+def coverage(fc: FeatureCache, panel: Panel, dates: np.ndarray, h_idx: int, *, lag: int
+             ) -> dict[str, Any]:
+    """How much of the data on ``dates`` reaches the model, as trial attrs; a UserError when
+    fewer than half of the labelled rows do.
+
+    ``rows_kept_fraction``: labelled rows (present, scored target known) that enter the loss
+    and the metrics, over all labelled rows; missing features never remove a row, so anything
+    below 1 means rows were lost. ``values_missing_fraction``: feature values of present rows
+    that were missing and imputed.
+    """
+    dates = np.unique(np.asarray(dates, dtype=np.int64))
+    idx = torch.as_tensor(dates)
+    labelled = panel.present[idx] & torch.isfinite(panel.y[idx, :, h_idx])  # (n, S)
+    # The same count straight from the cache (the label of d sits lag dates later there).
+    source_rows = int((torch.from_numpy(np.array(fc.present))[idx]
+                       & torch.isfinite(fc.targets_torch()[idx + lag, :, h_idx])).sum())
+    kept = int(labelled.sum()) / max(1, source_rows)
+    present = fc.stats["present"][dates].astype(np.int64)  # (n,)
+    counted = fc.stats["count"][dates].astype(np.int64)  # (n, F) present finite values
+    n_values = int(present.sum()) * len(panel.feature_names)
+    missing = 1.0 - counted.sum() / max(1, n_values)
+    if kept < MIN_ROWS_KEPT:
+        raise UserError(f"only {kept:.0%} of the {source_rows} labelled rows on the trial's "
+                        f"dates reach the model (minimum {MIN_ROWS_KEPT:.0%}); check the "
+                        "panel's presence and target columns")
+    return {"rows_kept_fraction": round(kept, 6), "values_missing_fraction": round(missing, 6)}
+
+
+def edges_per_date(graphs: DateGraphs, config: TrainConfig) -> float:
+    """Mean graph edges per date; a graph block with no edges at all is refused."""
+    per_date = len(graphs.src) / max(1, graphs.n_dates)
+    if config.use_graph and len(graphs.src) == 0:
+        raise UserError(
+            f"the correlation graph has no edges on any date (window {config.graph_window}, "
+            f"threshold {config.graph_threshold}, source {config.graph_source!r}); lower "
+            "graph_threshold, check that the graph source holds past returns, or set "
+            "use_graph = false")
+    return round(per_date, 1)
 
 
 def write_predictions(path: Path, preds: dict[str, np.ndarray]) -> None:

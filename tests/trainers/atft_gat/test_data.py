@@ -1,8 +1,7 @@
-"""Dense panel, standardisation and the purged date split."""
+"""The cache as a panel: per-value missing data, per-batch standardisation, the date split."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -10,130 +9,110 @@ import polars as pl
 import pytest
 import torch
 
-from trainers.atft_gat.data import Panel, date_split, dense_panel, standardise
+from cache import CacheSpec, load_or_build
+from trainers.atft_gat.data import Panel, cache_panel, date_split, standardise
 from trainers.atft_gat.synthetic import FEATURE_NAMES, TARGET_NAMES, generate_market
 from trainers.errors import UserError
 from trainers.metrics import panel_metrics
 
 
-@dataclass
-class FakeCache:
-    """The attributes of ``cache.FeatureCache`` that ``dense_panel`` reads."""
-
-    features: np.ndarray
-    targets: np.ndarray
-    valid: np.ndarray | None
-    feature_valid: np.ndarray | None
-    target_valid: np.ndarray | None
-    date_index: np.ndarray
-    code_index: np.ndarray
-    unique_dates: np.ndarray
-    codes: list[str]
-    date_offsets: np.ndarray
-    feature_names: tuple[str, ...]
-    target_names: tuple[str, ...]
-
-
-def _cache(
-    frame: pl.DataFrame,
-    features: tuple[str, ...] = FEATURE_NAMES,
-    targets: tuple[str, ...] = TARGET_NAMES,
-    *,
-    mask: bool = True,
-) -> FakeCache:
-    """Rows sorted by (date, code); under ``mask`` bad values read 0, and the row, feature and
-    target validity masks are set as the cache's nan_policy="mask" does."""
-    frame = frame.sort(["date", "code"])
-    dates = frame["date"].to_numpy().astype("datetime64[D]")
-    unique_dates = np.unique(dates)
+def _dense(frame: pl.DataFrame, names: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """(D, S, len(names)) float64 with NaN for absent rows, and the (D, S) presence, by hand."""
+    dates = np.unique(frame["date"].to_numpy())
     codes = sorted(frame["code"].unique().to_list())
-    x = frame.select(features).to_numpy().astype(np.float32)
-    y = frame.select(targets).to_numpy().astype(np.float32)
-    valid = feature_valid = target_valid = None
-    if mask:
-        feature_valid, target_valid = np.isfinite(x).all(1), np.isfinite(y)
-        valid = feature_valid & target_valid.all(1)
-        x, y = np.nan_to_num(x, nan=0.0), np.nan_to_num(y, nan=0.0)
-    date_index = np.searchsorted(unique_dates, dates).astype(np.int32)
-    return FakeCache(
-        features=x,
-        targets=y,
-        valid=valid,
-        feature_valid=feature_valid,
-        target_valid=target_valid,
-        date_index=date_index,
-        code_index=np.searchsorted(np.array(codes), frame["code"].to_numpy()).astype(np.int32),
-        unique_dates=unique_dates,
-        codes=codes,
-        date_offsets=np.concatenate([[0], np.cumsum(np.bincount(date_index))]).astype(np.int64),
-        feature_names=features,
-        target_names=targets,
-    )
+    out = np.full((len(dates), len(codes), len(names)), np.nan)
+    present = np.zeros((len(dates), len(codes)), dtype=bool)
+    d = np.searchsorted(dates, frame["date"].to_numpy())
+    s = np.searchsorted(np.array(codes), frame["code"].to_numpy())
+    out[d, s] = frame.select(names).to_numpy()
+    present[d, s] = True
+    return out, present
+
+
+def _panel(tmp_path: Path, frame: pl.DataFrame, features: tuple[str, ...] = FEATURE_NAMES,
+           *, policy: str = "mask", **kwargs) -> tuple[Panel, object]:
+    fc = load_or_build(frame, tmp_path / "cache", CacheSpec(
+        feature_columns=features, target_columns=TARGET_NAMES, nan_policy=policy))
+    return cache_panel(fc, **kwargs), fc
 
 
 @pytest.fixture(scope="module")
 def frame() -> pl.DataFrame:
-    return generate_market(n_stocks=30, n_dates=80, seed=1, missing_rate=0.1)
+    """10 % of rows missing (listing gaps), and 3 % of the f_own values NaN on present rows."""
+    market = generate_market(n_stocks=30, n_dates=80, seed=1, missing_rate=0.1)
+    rng = np.random.default_rng(0)
+    hole = rng.random(market.height) < 0.03
+    return market.with_columns(
+        pl.when(pl.Series(hole)).then(None).otherwise(pl.col("f_own")).alias("f_own"))
 
 
-def test_dense_panel_places_every_row(frame: pl.DataFrame) -> None:
-    fc = _cache(frame)
-    panel = dense_panel(fc)
-    assert panel.x.shape == (80, 30, len(FEATURE_NAMES)) and panel.x.dtype == torch.float32
-    assert panel.y.shape == (80, 30, len(TARGET_NAMES))
-    assert panel.present.shape == (80, 30) and panel.present.dtype == torch.bool
+def test_cache_panel_holds_every_value_and_drops_no_row(tmp_path: Path,
+                                                        frame: pl.DataFrame) -> None:
+    panel, fc = _panel(tmp_path, frame)
+    x, present = _dense(frame, FEATURE_NAMES)
+    y, _ = _dense(frame, TARGET_NAMES)
+    assert panel.x.shape == x.shape and panel.x.dtype == torch.float32
+    assert panel.y.shape == y.shape and panel.present.dtype == torch.bool
     assert panel.feature_names == FEATURE_NAMES and panel.target_names == TARGET_NAMES
-    assert panel.codes == fc.codes and np.array_equal(panel.dates, fc.unique_dates)
-
-    rows = np.flatnonzero(fc.feature_valid)
-    d, s = fc.date_index[rows], fc.code_index[rows]
-    np.testing.assert_array_equal(panel.x[d, s].numpy(), fc.features[rows])
-    expected_y = np.where(fc.target_valid[rows], fc.targets[rows], np.nan)
-    np.testing.assert_array_equal(panel.y[d, s].numpy(), expected_y)
-    # Exactly the rows with valid features are present; everything else is 0 in x, NaN in y.
-    assert int(panel.present.sum()) == len(rows)
-    absent = ~panel.present
-    assert (panel.x[absent] == 0).all() and torch.isnan(panel.y[absent]).all()
-    # ~10% of rows are missing at random. The last 20 dates stay present (their features are
-    # known) but have no 20-day label: presence must not depend on the future.
-    assert 0.85 < panel.present.float().mean() < 0.95
-    assert 0.85 < panel.present[-20:].float().mean() < 0.95
-    assert torch.isnan(panel.y[-20:, :, TARGET_NAMES.index("ret_20d")]).all()
-    assert torch.isfinite(panel.y[-20:-1, :, 0][panel.present[-20:-1]]).all()
+    np.testing.assert_array_equal(panel.present.numpy(), present)
+    np.testing.assert_array_equal(panel.x.numpy(), x.astype(np.float32))
+    np.testing.assert_array_equal(panel.y.numpy(), y.astype(np.float32))
+    # A NaN feature keeps its stock-day: presence is the row's existence, nothing else.
+    f_own = FEATURE_NAMES.index("f_own")
+    holes = present & np.isnan(x[..., f_own])
+    assert holes.sum() > 20 and panel.present[torch.from_numpy(holes)].all()
+    # The panel is the cache's mapped block, not a copy.
+    assert panel.x.data_ptr() == fc.features_torch().data_ptr()
 
 
-def test_rows_with_bad_features_are_absent_without_a_mask() -> None:
-    frame = generate_market(n_stocks=6, n_dates=10, seed=2)
-    frame = frame.with_columns(
-        pl.when((pl.col("code") == "S0002") & (pl.col("date") == pl.col("date").min()))
-        .then(float("nan"))
-        .otherwise(pl.col("f_own"))
-        .alias("f_own")
-    )
-    panel = dense_panel(_cache(frame, mask=False))
-    assert panel.present.sum() == 6 * 10 - 1 and not panel.present[0, 1]
-    assert panel.x[0, 1].abs().sum() == 0
-    # Without a mask, NaN targets stay NaN on present rows (the loss masks them).
-    assert panel.present[-1].all() and torch.isnan(panel.y[-1, :, 0]).all()
+def test_missing_values_are_imputed_per_value_with_an_optional_indicator(
+        tmp_path: Path, frame: pl.DataFrame) -> None:
+    plain, fc = _panel(tmp_path, frame)
+    flagged, _ = _panel(tmp_path, frame, missing_indicator=True)
+    train = np.arange(0, 50)
+    moments = fc.feature_moments(train)
+    plain = standardise(plain, train, moments=moments)
+    flagged = standardise(flagged, train, moments=moments)
+    d, lookback = 60, 5
+    x, idx = plain.window(d, lookback)
+    xf, idx_f = flagged.window(d, lookback)
+    n_feat = len(FEATURE_NAMES)
+    assert torch.equal(idx, idx_f) and plain.n_inputs == n_feat and flagged.n_inputs == 2 * n_feat
+    raw = plain.x[d - lookback + 1:d + 1].permute(1, 0, 2)[idx]  # (n, L, F) with NaN
+    missing = torch.isnan(raw)
+    assert missing.any()
+    assert torch.equal(x[missing], torch.zeros(int(missing.sum())))  # the training mean
+    expected = (raw - plain.feature_mean) / plain.feature_std
+    assert torch.allclose(x[~missing], expected[~missing])
+    assert torch.equal(xf[..., :n_feat], x) and torch.equal(xf[..., n_feat:], missing.float())
 
 
-def test_duplicate_rows_are_refused() -> None:
-    fc = _cache(generate_market(n_stocks=4, n_dates=5, seed=0))
-    fc.code_index[1] = fc.code_index[0]
-    with pytest.raises(UserError, match="twice"):
-        dense_panel(fc)
+def test_targets_are_never_filled(tmp_path: Path) -> None:
+    """Under "fill" a missing feature takes fill_value; a missing target stays NaN, so the
+    loss and the metrics mask it instead of scoring a 0 % return."""
+    market = generate_market(n_stocks=8, n_dates=40, seed=2)
+    market = market.with_columns(
+        pl.when(pl.col("code") == "S0003").then(None).otherwise(pl.col("ret_1d"))
+        .alias("ret_1d"),
+        pl.when(pl.col("code") == "S0004").then(None).otherwise(pl.col("f_own"))
+        .alias("f_own"))
+    panel, fc = _panel(tmp_path, market, policy="fill")
+    assert torch.isnan(panel.y[:, 2, 0]).all()
+    assert (panel.x[:, 3, FEATURE_NAMES.index("f_own")] == 0.0).all()
+    assert fc.manifest["nan"]["bad_values"]["ret_1d"] == 40 + 7  # + the last date's
+    assert fc.manifest["rows_with_target"]["ret_1d"] == 7 * 39
 
 
-def test_window(frame: pl.DataFrame) -> None:
-    panel = dense_panel(_cache(frame))
+def test_window(tmp_path: Path, frame: pl.DataFrame) -> None:
+    panel, _ = _panel(tmp_path, frame)
     d, lookback = 40, 7
     x, idx = panel.window(d, lookback)
     expected_idx = torch.nonzero(panel.present[d]).squeeze(1)
     assert torch.equal(idx, expected_idx) and idx.dtype == torch.int64
     assert x.shape == (len(idx), lookback, len(FEATURE_NAMES)) and x.is_contiguous()
+    raw = torch.nan_to_num(panel.x, nan=0.0)  # a raw panel only imputes
     for row, stock in enumerate(idx.tolist()):
-        assert torch.equal(x[row], panel.x[d - lookback + 1 : d + 1, stock])
-    assert torch.equal(x[:, -1], panel.x[d, idx])  # the last step is date d itself
+        assert torch.equal(x[row], raw[d - lookback + 1 : d + 1, stock])
     # A fresh tensor: writing to it leaves the panel alone.
     before = x.clone()
     x.add_(1.0)
@@ -145,43 +124,41 @@ def test_window(frame: pl.DataFrame) -> None:
         panel.window(80, 1)
 
 
-def test_standardise_uses_training_dates_only(frame: pl.DataFrame) -> None:
-    panel = dense_panel(_cache(frame))
+def test_standardise_uses_training_dates_only(tmp_path: Path, frame: pl.DataFrame) -> None:
+    panel, fc = _panel(tmp_path, frame)
     train = np.arange(5, 40)
-    z = standardise(panel, train)
-
-    rows = panel.x[train][panel.present[train]].double().numpy()  # (n, F)
-    mean, std = rows.mean(0), rows.std(0)
-    np.testing.assert_allclose(z.feature_mean.numpy(), mean, rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(z.feature_std.numpy(), std, rtol=1e-5)
-    present = panel.present
-    expected = (panel.x.double().numpy() - mean) / std
-    np.testing.assert_allclose(z.x[present].numpy(), expected[present.numpy()], atol=1e-4)
-    assert (z.x[~present] == 0).all()
-    train_rows = z.x[train][present[train]].double()
-    np.testing.assert_allclose(train_rows.mean(0).numpy(), 0.0, atol=1e-5)
-    np.testing.assert_allclose(train_rows.std(0, unbiased=False).numpy(), 1.0, atol=1e-4)
-    assert panel.feature_mean is None  # the input panel is untouched
-    assert z.y is panel.y  # targets are not touched
-
+    z = standardise(panel, train, moments=fc.feature_moments(train))
+    values = panel.x[train][panel.present[train]].double().numpy()  # (n, F) with NaN
+    mean, std = np.nanmean(values, 0), np.nanstd(values, 0)
+    np.testing.assert_allclose(z.feature_mean.numpy(), mean, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(z.feature_std.numpy(), std, rtol=1e-6)
+    # The cache's per-date statistics and a pass over the panel agree.
+    direct = standardise(panel, train)
+    assert torch.allclose(direct.feature_mean, z.feature_mean, atol=1e-6)
+    assert torch.allclose(direct.feature_std, z.feature_std, rtol=1e-6)
+    assert panel.feature_mean is None and z.x is panel.x  # nothing copied or touched
     # No leakage: wild values on non-training dates do not move the statistics.
     wild = panel.x.clone()
     wild[45:] = 1e6
     z2 = standardise(Panel(**{**panel.__dict__, "x": wild}), train)
-    assert torch.equal(z2.feature_mean, z.feature_mean)
-    assert torch.equal(z2.feature_std, z.feature_std)
-    assert torch.equal(z2.x[:45], z.x[:45])
+    assert torch.equal(z2.feature_mean, direct.feature_mean)
+    assert torch.equal(z2.feature_std, direct.feature_std)
 
 
-def test_standardise_constant_feature_is_centred_only() -> None:
+def test_standardise_constant_feature_is_centred_only_and_empty_is_refused(
+        tmp_path: Path) -> None:
     frame = generate_market(n_stocks=5, n_dates=30, seed=3).with_columns(
-        pl.lit(2.5, dtype=pl.Float32).alias("f_const")
-    )
-    panel = dense_panel(_cache(frame, ("f_own", "f_const")))
-    z = standardise(panel, np.arange(10))
-    assert z.feature_std[1] == 1.0 and (z.x[..., 1] == 0).all()
+        pl.lit(2.5, dtype=pl.Float32).alias("f_const"),
+        pl.when(pl.col("date") < pl.col("date").unique().sort().gather(15).first())
+        .then(None).otherwise(pl.col("f_own")).alias("f_late"))
+    panel, fc = _panel(tmp_path, frame, ("f_own", "f_const"))
+    z = standardise(panel, np.arange(10), moments=fc.feature_moments(np.arange(10)))
+    assert z.feature_std[1] == 1.0 and (z.window(12, 3)[0][..., 1] == 0).all()
     with pytest.raises(ValueError, match="at least one training date"):
         standardise(panel, np.array([], dtype=np.int64))
+    late, fc = _panel(tmp_path, frame, ("f_own", "f_late"))
+    with pytest.raises(UserError, match="f_late have no value on any of the 10 training"):
+        standardise(late, np.arange(10), moments=fc.feature_moments(np.arange(10)))
 
 
 @pytest.mark.parametrize("n_dates", [120, 250, 1000])
@@ -242,14 +219,13 @@ def test_date_split_reports_every_problem_and_short_panels() -> None:
         date_split(60, val_fraction=0.3, test_fraction=0.3, purge=20, horizon=20)
 
 
-def test_future_feature_cannot_leak_across_the_split() -> None:
+def test_future_feature_cannot_leak_across_the_split(tmp_path: Path) -> None:
     """A feature equal to the future 20-day return predicts validation labels perfectly, yet
     the training labels end before validation begins."""
     n_dates, horizon = 120, 20
     frame = generate_market(n_stocks=25, n_dates=n_dates, seed=4)
     frame = frame.with_columns(pl.col("ret_20d").alias("f_future"))
-    # Fill policy so the last dates stay present (their target is NaN, the feature too).
-    panel = dense_panel(_cache(frame, (*FEATURE_NAMES, "f_future"), mask=False))
+    panel, _ = _panel(tmp_path, frame, (*FEATURE_NAMES, "f_future"))
     split = date_split(n_dates, val_fraction=0.25, test_fraction=0.0, purge=horizon,
                        horizon=horizon)
     train, val = split.train[split.train >= 19], split.val
@@ -270,18 +246,3 @@ def test_future_feature_cannot_leak_across_the_split() -> None:
     assert train.max() + horizon < val.min()
     # And every validation label is inside the sample.
     assert np.isfinite(panel.y[val, :, h].numpy()).all()
-
-
-def test_real_feature_cache_gives_the_same_panel(tmp_path: Path) -> None:
-    """The contract this module is written against, checked on the real cache."""
-    from cache import CacheSpec, load_or_build
-
-    frame = generate_market(n_stocks=12, n_dates=40, seed=6, missing_rate=0.1)
-    fc = load_or_build(frame, tmp_path, CacheSpec(nan_policy="mask"))
-    real = dense_panel(fc)
-    fake = dense_panel(_cache(frame))
-    assert torch.equal(real.present, fake.present)
-    assert torch.equal(real.x, fake.x)
-    assert torch.equal(torch.nan_to_num(real.y, nan=-9.0), torch.nan_to_num(fake.y, nan=-9.0))
-    assert real.codes == fake.codes and np.array_equal(real.dates, fake.dates)
-    assert real.feature_names == FEATURE_NAMES and real.target_names == TARGET_NAMES

@@ -148,7 +148,7 @@ def test_prefetched_batches_are_the_same_batches(tmp_path: Path) -> None:
 
     config = TrainConfig(**TINY)
     fc = recipe.load_features(config, tmp_path / "cache")
-    panel = recipe.dense_panel(fc)
+    panel = recipe.cache_panel(fc)
     graphs = recipe.load_graphs(fc, panel, config)
     y_z = recipe.zscore_targets(panel.y)
     order = np.random.default_rng(0).permutation(np.arange(config.lookback, 100))

@@ -1,0 +1,307 @@
+"""Stream a (date, code) panel into the cache's dense per-date layout, in bounded memory.
+
+Two passes over the source, chunk by chunk (parquet record batches, or slices of an in-memory
+frame), never the whole panel at once:
+
+1. **Keys**: only the ``date`` and ``code`` columns. Gives the sorted unique dates and codes,
+   every row's (date index, code index) as two int32 arrays (8 bytes a row), the duplicate
+   check, and whether the rows come in date order.
+2. **Values**: feature and target columns. Rows are scattered into one dense ``(stocks,
+   features)`` block per date; a date is written out (one Arrow record batch) as soon as no
+   later row can belong to it. A date-ordered source (what panel exports are) is read once,
+   holding only the dates a chunk spans. Any other order is read once per block of dates that
+   fits ``BLOCK_BYTES``, so memory stays bounded either way; the log says so.
+
+Per date and feature the build also records the count, mean and sum of squared deviations of
+the present, finite values, so a trainer gets exact statistics for any set of training dates
+from ``(dates, features)`` arrays instead of a pass over the panel.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from cache._panel import (
+    _codes,
+    _dates,
+    _float32_matrix,
+    _listing,
+    check_value_types,
+    resolve_columns,
+)
+from cache._source import Source, _first_line
+from cache.spec import CODE_COLUMN, DATE_COLUMN, CacheSpec
+from trainers.errors import UserError
+
+log = logging.getLogger("cache")
+
+# Source rows per chunk: the float32 copy of a chunk is CHUNK_ROWS x columns x 4 bytes
+# (80 MB at 300 columns), a small fraction of a seed-sized panel's 12 GB.
+CHUNK_ROWS = 65_536
+# Dense date blocks held at once when the source is not in date order (see module docstring).
+BLOCK_BYTES = 1 << 30
+STATS_FILE = "stats.npz"
+
+
+@dataclass
+class Keys:
+    """Pass 1: where every source row goes."""
+
+    dates: np.ndarray  # (D,) datetime64[D], ascending
+    codes: list[str]  # (S,) sorted
+    date_index: np.ndarray  # (rows,) int32, in source order
+    code_index: np.ndarray  # (rows,) int32
+    date_ordered: bool  # rows never go back to an earlier date
+
+
+@dataclass
+class Built:
+    """What the value pass found, for the manifest."""
+
+    rows: int
+    n_dates: int
+    n_codes: int
+    bad_values: dict[str, int] = field(default_factory=dict)  # column -> NaN/inf/null count
+    missing_feature_values: int = 0  # present rows x features that are NaN after the policy
+    rows_with_missing_feature: int = 0
+    rows_with_target: list[int] = field(default_factory=list)  # per target column
+    passes: int = 1
+
+
+# -- reading the source in chunks ------------------------------------------------------------
+def iter_chunks(source: Source, frame: pl.DataFrame | None, columns: list[str]
+                ) -> Iterator[pl.DataFrame]:
+    """The source's ``columns`` in row order, ``CHUNK_ROWS`` rows at a time."""
+    if frame is not None:
+        sub = frame.select(columns)
+        for start in range(0, max(sub.height, 1), CHUNK_ROWS):
+            yield sub.slice(start, CHUNK_ROWS)
+        return
+    assert source.path is not None and source.kind == "parquet"
+    try:
+        reader = pq.ParquetFile(source.path)
+        for batch in reader.iter_batches(batch_size=CHUNK_ROWS, columns=columns):
+            yield pl.from_arrow(pa.Table.from_batches([batch]), rechunk=False)
+    except (pa.ArrowException, OSError) as exc:
+        raise UserError(f"cannot read parquet {source.path}: {_first_line(exc)}") from exc
+
+
+def read_keys(chunks: Iterator[pl.DataFrame], where: str) -> Keys:
+    """Pass 1 over the key columns (see the module docstring)."""
+    day_parts: list[np.ndarray] = []
+    code_parts: list[pl.Series] = []
+    rows = 0
+    for chunk in chunks:
+        if chunk.height == 0:
+            continue
+        days = _dates(chunk.get_column(DATE_COLUMN), where).cast(pl.Int32).to_numpy()
+        day_parts.append(days.astype(np.int32, copy=False))
+        code_parts.append(_codes(chunk.get_column(CODE_COLUMN), where))
+        rows += chunk.height
+    if rows == 0:
+        raise UserError(f"{where} has no rows")
+    days = np.concatenate(day_parts)
+    del day_parts
+    unique_days, date_index = np.unique(days, return_inverse=True)
+    date_ordered = bool(np.all(days[1:] >= days[:-1]))
+    del days
+    codes = pl.concat(code_parts)
+    del code_parts
+    unique_codes = codes.unique().sort()
+    # Codes -> index by a join on the sorted uniques (a hash join, linear in rows).
+    lookup = pl.DataFrame({CODE_COLUMN: unique_codes,
+                           "i": np.arange(len(unique_codes), dtype=np.int32)})
+    code_index = (pl.DataFrame({CODE_COLUMN: codes}).join(lookup, on=CODE_COLUMN, how="left",
+                                                          maintain_order="left")
+                  .get_column("i").to_numpy().astype(np.int32, copy=False))
+    del codes
+    date_index = date_index.astype(np.int32, copy=False)
+    n_codes = len(unique_codes)
+    cells = date_index.astype(np.int64) * n_codes + code_index
+    counts = np.bincount(cells, minlength=len(unique_days) * n_codes)
+    n_dup = int((counts > 1).sum())
+    if n_dup:
+        cell = int(np.argmax(counts > 1))
+        day = np.datetime64(int(unique_days[cell // n_codes]), "D")
+        raise UserError(
+            f"{where} has {n_dup} duplicate (date, code) row(s), e.g. ({day}, "
+            f"{unique_codes[cell % n_codes]}); keep one row per stock and date")
+    return Keys(dates=unique_days.astype("datetime64[D]"), codes=unique_codes.to_list(),
+                date_index=date_index, code_index=code_index, date_ordered=date_ordered)
+
+
+# -- the value pass ----------------------------------------------------------------------------
+class _Stats:
+    """Per-date, per-feature count / mean / M2 of the present finite values."""
+
+    def __init__(self, n_dates: int, n_features: int, n_targets: int) -> None:
+        self.count = np.zeros((n_dates, n_features), dtype=np.int32)
+        self.mean = np.zeros((n_dates, n_features), dtype=np.float64)
+        self.m2 = np.zeros((n_dates, n_features), dtype=np.float64)
+        self.present = np.zeros(n_dates, dtype=np.int32)
+        self.target_count = np.zeros((n_dates, n_targets), dtype=np.int32)
+
+    def add(self, d: int, x: np.ndarray, y: np.ndarray) -> None:
+        """x: (n, F) present rows (NaN = missing); y: (n, H)."""
+        finite = np.isfinite(x)
+        n = finite.sum(axis=0)
+        x64 = np.where(finite, x, 0.0).astype(np.float64)
+        mean = x64.sum(axis=0) / np.maximum(n, 1)
+        dev = np.where(finite, x64 - mean, 0.0)
+        self.count[d], self.mean[d], self.m2[d] = n, mean, (dev * dev).sum(axis=0)
+        self.present[d] = x.shape[0]
+        self.target_count[d] = np.isfinite(y).sum(axis=0)
+
+    def save(self, path: Path) -> None:
+        with open(path, "wb") as f:
+            np.savez(f, count=self.count, mean=self.mean, m2=self.m2, present=self.present,
+                     target_count=self.target_count)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def batch_schema(n_features: int, n_targets: int, metadata: dict[bytes, bytes]) -> pa.Schema:
+    return pa.schema([
+        pa.field("features", pa.list_(pa.float32(), n_features), nullable=False),
+        pa.field("targets", pa.list_(pa.float32(), n_targets), nullable=False),
+        # uint8, not Arrow bool: Arrow packs bools into bits, which numpy cannot view.
+        pa.field("present", pa.uint8(), nullable=False),
+    ], metadata=metadata)
+
+
+def _date_batch(schema: pa.Schema, x: np.ndarray, y: np.ndarray, present: np.ndarray
+                ) -> pa.RecordBatch:
+    """One date: x (S, F), y (S, H) float32 C-contiguous, present (S,) bool -> a batch whose
+    list columns' child buffers are those bytes."""
+    def block(matrix: np.ndarray) -> pa.FixedSizeListArray:
+        return pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), matrix.shape[1])
+
+    return pa.record_batch([block(x), block(y), pa.array(present.view(np.uint8))],
+                           schema=schema)
+
+
+def write_dense(data_path: Path, stats_path: Path, *, keys: Keys,
+                chunks: Callable[[], Iterator[pl.DataFrame]], features: list[str],
+                targets: list[str], spec: CacheSpec, metadata: dict[bytes, bytes],
+                where: str) -> Built:
+    """Pass 2: write the per-date Arrow batches and the statistics; returns the counts.
+
+    ``chunks()`` starts a fresh iteration over the value columns (features, then targets) in
+    the same row order as pass 1.
+    """
+    n_dates, n_codes = len(keys.dates), len(keys.codes)
+    n_feat, n_targ = len(features), len(targets)
+    schema = batch_schema(n_feat, n_targ, metadata)
+    stats = _Stats(n_dates, n_feat, n_targ)
+    bad = np.zeros(n_feat + n_targ, dtype=np.int64)
+    built = Built(rows=len(keys.date_index), n_dates=n_dates, n_codes=n_codes)
+    fill = float(spec.fill_value) if spec.nan_policy == "fill" else None
+    row_bytes = n_codes * (n_feat + n_targ) * 4
+    if keys.date_ordered:
+        blocks = [(0, n_dates)]
+    else:
+        per_block = max(1, BLOCK_BYTES // max(row_bytes, 1))
+        blocks = [(d0, min(n_dates, d0 + per_block)) for d0 in range(0, n_dates, per_block)]
+        if len(blocks) > 1:
+            log.warning("%s is not sorted by date: reading it %d times to stay within %d MB; "
+                        "sort it by date to build in one pass", where, len(blocks),
+                        BLOCK_BYTES >> 20)
+    built.passes = len(blocks)
+    open_dates: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    next_to_write = 0
+
+    def finish(writer: pa.ipc.RecordBatchFileWriter, upto: int) -> None:
+        """Write every date below ``upto`` (all of them are complete)."""
+        nonlocal next_to_write
+        while next_to_write < upto:
+            d = next_to_write
+            x, y, present = open_dates.pop(d)
+            xp, yp = x[present], y[present]
+            bad_x = ~np.isfinite(xp)
+            bad[:n_feat] += bad_x.sum(axis=0)
+            bad[n_feat:] += (~np.isfinite(yp)).sum(axis=0)
+            # Targets are never filled: a missing target is NaN, masked by every consumer.
+            y[~np.isfinite(y)] = np.nan
+            if fill is not None:
+                xp[bad_x] = fill
+                x[present] = xp
+            else:
+                x[~np.isfinite(x)] = np.nan
+            stats.add(d, x[present], y[present])
+            missing = np.isnan(x[present])
+            built.missing_feature_values += int(missing.sum())
+            built.rows_with_missing_feature += int(missing.any(axis=1).sum())
+            writer.write_batch(_date_batch(schema, x, y, present))
+            next_to_write += 1
+
+    def date_block(d: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if d not in open_dates:
+            open_dates[d] = (np.full((n_codes, n_feat), np.nan, dtype=np.float32),
+                             np.full((n_codes, n_targ), np.nan, dtype=np.float32),
+                             np.zeros(n_codes, dtype=bool))
+        return open_dates[d]
+
+    with pa.OSFile(str(data_path), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
+        for d0, d1 in blocks:
+            start = 0
+            for chunk in chunks():
+                stop = start + chunk.height
+                d_idx = keys.date_index[start:stop]
+                c_idx = keys.code_index[start:stop]
+                start = stop
+                take = (d_idx >= d0) & (d_idx < d1)
+                if not take.any():
+                    continue
+                x = _float32_matrix(chunk, features)  # (n, F), NaN where null
+                y = _float32_matrix(chunk, targets)
+                if not take.all():
+                    x, y, d_idx, c_idx = x[take], y[take], d_idx[take], c_idx[take]
+                # Rows of one date form runs; scatter each run into its dense block.
+                cuts = np.flatnonzero(np.diff(d_idx)) + 1
+                for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, len(d_idx)], strict=True):
+                    bx, by, bp = date_block(int(d_idx[lo]))
+                    rows = c_idx[lo:hi]
+                    bx[rows], by[rows], bp[rows] = x[lo:hi], y[lo:hi], True
+                if keys.date_ordered:
+                    finish(writer, int(d_idx[-1]))  # the last date may go on in the next chunk
+            finish(writer, d1)
+    if start != built.rows:
+        raise UserError(f"{where} changed between the two reads of the build; try again")
+    names = [*features, *targets]
+    built.bad_values = {n: int(c) for n, c in zip(names, bad, strict=True) if c}
+    built.rows_with_target = [int(c) for c in stats.target_count.sum(axis=0)]
+    bad_features = {n: c for n, c in built.bad_values.items() if n in features}
+    if bad_features and spec.nan_policy == "refuse":
+        listed = [f"{n} ({c})" for n, c in bad_features.items()]
+        raise UserError(
+            f"{where} has NaN/inf/null values in {len(listed)} feature column(s): "
+            f"{_listing(listed)}; nan_policy 'refuse' stops here: use 'mask' (keep the rows, "
+            "the trainer imputes and masks each missing value) or 'fill' (replace with "
+            "fill_value)")
+    stats.save(stats_path)
+    return built
+
+
+def columns_of(source: Source, frame: pl.DataFrame | None, spec: CacheSpec, *, where: str,
+               schema: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """(features, targets) of the source, checked for presence and numeric type."""
+    features, targets = resolve_columns(schema, spec, where=where, typed=True)
+    if frame is not None:
+        check_value_types(frame, features, targets, where)
+    else:
+        problems = [f"{kind} column {name!r} is not numeric (dtype {schema[name]})"
+                    for kind, names in (("feature", features), ("target", targets))
+                    for name in names if not schema[name].is_numeric()]
+        if problems:
+            raise UserError(f"{where}: " + "; ".join(problems))
+    return features, targets
