@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
+from cache.errors import CacheError
 from cache.spec import CODE_COLUMN, DATE_COLUMN, CacheSpec
-from trainers.errors import UserError
 
 log = logging.getLogger("cache")
 
@@ -51,7 +51,7 @@ def _numeric(dtype: pl.DataType | None) -> bool:
 
 def resolve_columns(schema: dict[str, pl.DataType | None], spec: CacheSpec, *, where: str,
                     typed: bool) -> tuple[list[str], list[str]]:
-    """(feature columns, target columns) of a panel with this schema, or a UserError.
+    """(feature columns, target columns) of a panel with this schema, or a CacheError.
 
     ``typed`` False means the types are not known yet (a CSV header): names are checked,
     and the default feature selection must wait for the data.
@@ -72,7 +72,7 @@ def resolve_columns(schema: dict[str, pl.DataType | None], spec: CacheSpec, *, w
         expected = [DATE_COLUMN, CODE_COLUMN, *targets]
         feature_note = (f" and the features {_listing(list(spec.feature_columns))}"
                         if spec.feature_columns else "")
-        raise UserError(
+        raise CacheError(
             f"{where} is missing column(s) {_listing(missing)}{hint}; expected "
             f"{', '.join(expected)}{feature_note}; found {_listing(present) or 'no columns'}"
         )
@@ -86,9 +86,9 @@ def resolve_columns(schema: dict[str, pl.DataType | None], spec: CacheSpec, *, w
             log.info("%s: skipping non-numeric column(s) %s (not features)", where,
                      _listing(skipped))
         if not features:
-            raise UserError(f"{where} has no numeric feature columns besides "
-                            f"{', '.join([DATE_COLUMN, CODE_COLUMN, *targets])}; "
-                            f"found {_listing(present)}")
+            raise CacheError(f"{where} has no numeric feature columns besides "
+                             f"{', '.join([DATE_COLUMN, CODE_COLUMN, *targets])}; "
+                             f"found {_listing(present)}")
     else:
         features = []  # decided once the data is read
     return features, targets
@@ -115,7 +115,7 @@ def _check_value_types(frame: pl.DataFrame, features: list[str], targets: list[s
                 problems.append(f"{kind} column {name!r} is not numeric (dtype "
                                 f"{series.dtype}{_example_non_numeric(series)})")
     if problems:
-        raise UserError(f"{where}: " + "; ".join(problems))
+        raise CacheError(f"{where}: " + "; ".join(problems))
 
 
 def _dates(series: pl.Series, where: str) -> pl.Series:
@@ -128,15 +128,15 @@ def _dates(series: pl.Series, where: str) -> pl.Series:
         bad = series.is_not_null() & dates.is_null()
         if bad.any():
             row = int(bad.arg_true()[0])
-            raise UserError(f"{where}: column {DATE_COLUMN!r} has {int(bad.sum())} value(s) "
-                            f"that are not ISO dates (YYYY-MM-DD), e.g. {series[row]!r} in "
-                            f"row {row}")
+            raise CacheError(f"{where}: column {DATE_COLUMN!r} has {int(bad.sum())} value(s) "
+                             f"that are not ISO dates (YYYY-MM-DD), e.g. {series[row]!r} in "
+                             f"row {row}")
     else:
-        raise UserError(f"{where}: column {DATE_COLUMN!r} has dtype {series.dtype}; expected "
-                        "a date (parquet Date, or ISO YYYY-MM-DD strings in CSV)")
+        raise CacheError(f"{where}: column {DATE_COLUMN!r} has dtype {series.dtype}; expected "
+                         "a date (parquet Date, or ISO YYYY-MM-DD strings in CSV)")
     nulls = dates.null_count()
     if nulls:
-        raise UserError(f"{where}: column {DATE_COLUMN!r} has {nulls} missing value(s)")
+        raise CacheError(f"{where}: column {DATE_COLUMN!r} has {nulls} missing value(s)")
     return dates.alias(DATE_COLUMN)
 
 
@@ -144,11 +144,11 @@ def _codes(series: pl.Series, where: str) -> pl.Series:
     if isinstance(series.dtype, pl.Categorical | pl.Enum) or series.dtype.is_integer():
         series = series.cast(pl.String)
     if series.dtype != pl.String:
-        raise UserError(f"{where}: column {CODE_COLUMN!r} has dtype {series.dtype}; expected "
-                        "string stock codes")
+        raise CacheError(f"{where}: column {CODE_COLUMN!r} has dtype {series.dtype}; expected "
+                         "string stock codes")
     nulls = series.null_count()
     if nulls:
-        raise UserError(f"{where}: column {CODE_COLUMN!r} has {nulls} missing value(s)")
+        raise CacheError(f"{where}: column {CODE_COLUMN!r} has {nulls} missing value(s)")
     return series.alias(CODE_COLUMN)
 
 
@@ -177,10 +177,10 @@ def _scan_non_finite(matrix: np.ndarray, row_bad: np.ndarray, *, replace_with: f
 
 
 def prepare_panel(frame: pl.DataFrame, spec: CacheSpec, *, where: str) -> Panel:
-    """Check ``frame`` and build the cache arrays; every problem is a one-line UserError."""
+    """Check ``frame`` and build the cache arrays; every problem is a one-line CacheError."""
     features, targets = resolve_columns(dict(frame.schema), spec, where=where, typed=True)
     if frame.height == 0:
-        raise UserError(f"{where} has no rows")
+        raise CacheError(f"{where} has no rows")
     _check_value_types(frame, features, targets, where)
     frame = frame.select(
         _dates(frame.get_column(DATE_COLUMN), where),
@@ -204,7 +204,7 @@ def prepare_panel(frame: pl.DataFrame, spec: CacheSpec, *, where: str) -> Panel:
     n_dup = int(dup.sum())
     if n_dup:
         row = int(np.argmax(dup))
-        raise UserError(
+        raise CacheError(
             f"{where} has {n_dup} duplicate (date, code) row(s), e.g. "
             f"({unique_dates[date_index[row]]}, {codes[code_index[row]]}); keep one row per "
             "stock and date"
@@ -229,7 +229,7 @@ def prepare_panel(frame: pl.DataFrame, spec: CacheSpec, *, where: str) -> Panel:
                                             strict=True) if c}
     if bad_values and spec.nan_policy == "refuse":
         listed = [f"{n} ({c})" for n, c in bad_values.items()]
-        raise UserError(
+        raise CacheError(
             f"{where} has NaN/inf/null values in {len(listed)} column(s): {_listing(listed)}; "
             "nan_policy 'refuse' stops here: use 'mask' (keep rows, mark them invalid) or "
             "'fill' (replace with fill_value)"

@@ -34,9 +34,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
+from cache._io import atomic_write_bytes
 from cache._source import new_hash
-from trainers.context import atomic_write_bytes
-from trainers.errors import UserError
+from cache.errors import CacheError
 
 if TYPE_CHECKING:
     import torch
@@ -59,24 +59,24 @@ def read_manifest(path: Path) -> dict[str, Any]:
     """The manifest of the cache at ``path``, checked for format and version."""
     manifest_path = path / MANIFEST_FILE
     if not manifest_path.is_file():
-        raise UserError(f"no feature cache at {path} (no {MANIFEST_FILE}); build one with "
-                        "python -m cache.build")
+        raise CacheError(f"no feature cache at {path} (no {MANIFEST_FILE}); build one with "
+                         "python -m cache.build")
     try:
         manifest = json.loads(manifest_path.read_text())
     except (OSError, ValueError) as exc:
-        raise UserError(f"cache manifest {manifest_path} is unreadable ({exc}); delete {path} "
-                        "and rebuild") from exc
+        raise CacheError(f"cache manifest {manifest_path} is unreadable ({exc}); delete {path} "
+                         "and rebuild") from exc
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
-        raise UserError(f"{manifest_path} is not a feature-cache manifest")
+        raise CacheError(f"{manifest_path} is not a feature-cache manifest")
     version = manifest.get("format_version")
     if version != FORMAT_VERSION:
-        raise UserError(f"cache {path} was written by cache format version {version}, this "
-                        f"code reads version {FORMAT_VERSION}; delete it and rebuild (python "
-                        "-m cache.build, or load_or_build builds a new one beside it)")
+        raise CacheError(f"cache {path} was written by cache format version {version}, this "
+                         f"code reads version {FORMAT_VERSION}; delete it and rebuild (python "
+                         "-m cache.build, or load_or_build builds a new one beside it)")
     missing = [k for k in MANIFEST_KEYS if k not in manifest]
     if missing:
-        raise UserError(f"cache manifest {manifest_path} lacks {', '.join(missing)}; delete "
-                        f"{path} and rebuild")
+        raise CacheError(f"cache manifest {manifest_path} lacks {', '.join(missing)}; delete "
+                         f"{path} and rebuild")
     return manifest
 
 
@@ -90,13 +90,13 @@ def _mapped_view(mm: mmap.mmap, base: int, array: pa.Array, dtype: np.dtype,
     """
     values = array.flatten() if isinstance(array, pa.FixedSizeListArray) else array
     if array.null_count or values.null_count:
-        raise UserError(f"cache column {name!r} has nulls; the file is damaged, rebuild it")
+        raise CacheError(f"cache column {name!r} has nulls; the file is damaged, rebuild it")
     data = values.buffers()[1]
     count = int(np.prod(shape))
     start = data.address - base + values.offset * dtype.itemsize
     if len(values) != count or start < 0 or start + count * dtype.itemsize > len(mm):
-        raise UserError(f"cache column {name!r} does not lie where expected in the file; "
-                        "the file is damaged, rebuild it")
+        raise CacheError(f"cache column {name!r} does not lie where expected in the file; "
+                         "the file is damaged, rebuild it")
     return np.frombuffer(mm, dtype=dtype, count=count, offset=start).reshape(shape)
 
 
@@ -144,10 +144,10 @@ class FeatureCache:
         try:
             actual_bytes = data_path.stat().st_size
         except FileNotFoundError:
-            raise UserError(f"cache {self.path} has no {DATA_FILE}; rebuild it") from None
+            raise CacheError(f"cache {self.path} has no {DATA_FILE}; rebuild it") from None
         if actual_bytes != expected_bytes:
-            raise UserError(f"cache file {data_path} has {actual_bytes} bytes, its manifest "
-                            f"says {expected_bytes}; the cache is damaged, rebuild it")
+            raise CacheError(f"cache file {data_path} has {actual_bytes} bytes, its manifest "
+                             f"says {expected_bytes}; the cache is damaged, rebuild it")
         fd = os.open(data_path, os.O_RDONLY)
         try:
             self._mm = mmap.mmap(fd, 0, access=mmap.ACCESS_COPY)
@@ -158,12 +158,12 @@ class FeatureCache:
             reader = pa.ipc.open_file(whole)  # reads from the buffer: zero-copy slices
             batch = reader.get_batch(0) if reader.num_record_batches == 1 else None
         except (pa.ArrowInvalid, OSError) as exc:
-            raise UserError(f"cache file {data_path} is not a readable Arrow file ({exc}); "
-                            "rebuild it") from exc
+            raise CacheError(f"cache file {data_path} is not a readable Arrow file ({exc}); "
+                             "rebuild it") from exc
         meta = reader.schema.metadata or {}
         if (batch is None or meta.get(META_KEY, b"").decode() != self.key
                 or batch.num_rows != rows):
-            raise UserError(f"cache file {data_path} does not match its manifest; rebuild it")
+            raise CacheError(f"cache file {data_path} does not match its manifest; rebuild it")
         base = whole.address
         n_feat, n_targ = len(self.feature_names), len(self.target_names)
 
@@ -193,10 +193,10 @@ class FeatureCache:
                 self.codes: list[str] = index["codes"].tolist()
                 self.date_offsets = index["date_offsets"].astype(np.int64)
         except (OSError, ValueError, KeyError) as exc:
-            raise UserError(f"cache index {self.path / INDEX_FILE} is unreadable ({exc}); "
-                            "rebuild the cache") from exc
+            raise CacheError(f"cache index {self.path / INDEX_FILE} is unreadable ({exc}); "
+                             "rebuild the cache") from exc
         if len(self.date_offsets) != len(self.unique_dates) + 1 or self.date_offsets[-1] != rows:
-            raise UserError(f"cache index of {self.path} does not match its data; rebuild it")
+            raise CacheError(f"cache index of {self.path} does not match its data; rebuild it")
 
     # -- shape -------------------------------------------------------------------------
     @property
