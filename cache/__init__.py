@@ -8,19 +8,26 @@
 A source (parquet, CSV, polars DataFrame or the synthetic market) is checked against the
 data contract once, written as an uncompressed Arrow IPC file whose feature block is one
 row-major float32 buffer, and from then on only memory-mapped. See ``cache.core`` for keys,
-invalidation and crash safety, ``cache.feature_cache`` for the file layout.
+invalidation and crash safety, ``cache.feature_cache`` for the file layout. A mistake in the
+input is a :class:`CacheError` (a ``ValueError``) with a one-line message. The package stands
+alone: it imports nothing of ``trainers`` or ``hpo`` (the synthetic market's generator is
+named in ``GENERATORS`` and imported only when a ``synthetic:...`` source is built).
 """
 
 from __future__ import annotations
 
+from cache._source import GENERATORS
 from cache.core import build_cache, cache_key, load_or_build
+from cache.errors import CacheError
 from cache.feature_cache import FORMAT_VERSION, FeatureCache, open_cache
 from cache.spec import DEFAULT_TARGETS, NAN_POLICIES, CacheSpec
 
 __all__ = [
     "DEFAULT_TARGETS",
     "FORMAT_VERSION",
+    "GENERATORS",
     "NAN_POLICIES",
+    "CacheError",
     "CacheSpec",
     "FeatureCache",
     "build_cache",

@@ -40,8 +40,8 @@ from cache._panel import (
     resolve_columns,
 )
 from cache._source import Source, _first_line
+from cache.errors import CacheError
 from cache.spec import CODE_COLUMN, DATE_COLUMN, CacheSpec
-from trainers.errors import UserError
 
 log = logging.getLogger("cache")
 
@@ -93,7 +93,7 @@ def iter_chunks(source: Source, frame: pl.DataFrame | None, columns: list[str]
         for batch in reader.iter_batches(batch_size=CHUNK_ROWS, columns=columns):
             yield pl.from_arrow(pa.Table.from_batches([batch]), rechunk=False)
     except (pa.ArrowException, OSError) as exc:
-        raise UserError(f"cannot read parquet {source.path}: {_first_line(exc)}") from exc
+        raise CacheError(f"cannot read parquet {source.path}: {_first_line(exc)}") from exc
 
 
 def read_keys(chunks: Iterator[pl.DataFrame], where: str) -> Keys:
@@ -109,7 +109,7 @@ def read_keys(chunks: Iterator[pl.DataFrame], where: str) -> Keys:
         code_parts.append(_codes(chunk.get_column(CODE_COLUMN), where))
         rows += chunk.height
     if rows == 0:
-        raise UserError(f"{where} has no rows")
+        raise CacheError(f"{where} has no rows")
     days = np.concatenate(day_parts)
     del day_parts
     unique_days, date_index = np.unique(days, return_inverse=True)
@@ -133,7 +133,7 @@ def read_keys(chunks: Iterator[pl.DataFrame], where: str) -> Keys:
     if n_dup:
         cell = int(np.argmax(counts > 1))
         day = np.datetime64(int(unique_days[cell // n_codes]), "D")
-        raise UserError(
+        raise CacheError(
             f"{where} has {n_dup} duplicate (date, code) row(s), e.g. ({day}, "
             f"{unique_codes[cell % n_codes]}); keep one row per stock and date")
     return Keys(dates=unique_days.astype("datetime64[D]"), codes=unique_codes.to_list(),
@@ -276,14 +276,14 @@ def write_dense(data_path: Path, stats_path: Path, *, keys: Keys,
                     finish(writer, int(d_idx[-1]))  # the last date may go on in the next chunk
             finish(writer, d1)
     if start != built.rows:
-        raise UserError(f"{where} changed between the two reads of the build; try again")
+        raise CacheError(f"{where} changed between the two reads of the build; try again")
     names = [*features, *targets]
     built.bad_values = {n: int(c) for n, c in zip(names, bad, strict=True) if c}
     built.rows_with_target = [int(c) for c in stats.target_count.sum(axis=0)]
     bad_features = {n: c for n, c in built.bad_values.items() if n in features}
     if bad_features and spec.nan_policy == "refuse":
         listed = [f"{n} ({c})" for n, c in bad_features.items()]
-        raise UserError(
+        raise CacheError(
             f"{where} has NaN/inf/null values in {len(listed)} feature column(s): "
             f"{_listing(listed)}; nan_policy 'refuse' stops here: use 'mask' (keep the rows, "
             "the trainer imputes and masks each missing value) or 'fill' (replace with "
@@ -303,5 +303,5 @@ def columns_of(source: Source, frame: pl.DataFrame | None, spec: CacheSpec, *, w
                     for kind, names in (("feature", features), ("target", targets))
                     for name in names if not schema[name].is_numeric()]
         if problems:
-            raise UserError(f"{where}: " + "; ".join(problems))
+            raise CacheError(f"{where}: " + "; ".join(problems))
     return features, targets

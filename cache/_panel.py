@@ -9,8 +9,8 @@ import re
 import numpy as np
 import polars as pl
 
+from cache.errors import CacheError
 from cache.spec import CODE_COLUMN, DATE_COLUMN, CacheSpec
-from trainers.errors import UserError
 
 log = logging.getLogger("cache")
 
@@ -34,7 +34,7 @@ def _numeric(dtype: pl.DataType | None) -> bool:
 
 def resolve_columns(schema: dict[str, pl.DataType | None], spec: CacheSpec, *, where: str,
                     typed: bool) -> tuple[list[str], list[str]]:
-    """(feature columns, target columns) of a panel with this schema, or a UserError.
+    """(feature columns, target columns) of a panel with this schema, or a CacheError.
 
     ``typed`` False means the types are not known yet (a CSV header): names are checked,
     and the default feature selection must wait for the data.
@@ -55,7 +55,7 @@ def resolve_columns(schema: dict[str, pl.DataType | None], spec: CacheSpec, *, w
         expected = [DATE_COLUMN, CODE_COLUMN, *targets]
         feature_note = (f" and the features {_listing(list(spec.feature_columns))}"
                         if spec.feature_columns else "")
-        raise UserError(
+        raise CacheError(
             f"{where} is missing column(s) {_listing(missing)}{hint}; expected "
             f"{', '.join(expected)}{feature_note}; found {_listing(present) or 'no columns'}"
         )
@@ -75,9 +75,9 @@ def resolve_columns(schema: dict[str, pl.DataType | None], spec: CacheSpec, *, w
                         "features; name them in the feature list to use them anyway", where,
                         _listing(looking_ahead))
         if not features:
-            raise UserError(f"{where} has no numeric feature columns besides "
-                            f"{', '.join([DATE_COLUMN, CODE_COLUMN, *targets])}; "
-                            f"found {_listing(present)}")
+            raise CacheError(f"{where} has no numeric feature columns besides "
+                             f"{', '.join([DATE_COLUMN, CODE_COLUMN, *targets])}; "
+                             f"found {_listing(present)}")
     else:
         features = []  # decided once the data is read
     return features, targets
@@ -112,7 +112,7 @@ def check_value_types(frame: pl.DataFrame, features: list[str], targets: list[st
                 problems.append(f"{kind} column {name!r} is not numeric (dtype "
                                 f"{series.dtype}{_example_non_numeric(series)})")
     if problems:
-        raise UserError(f"{where}: " + "; ".join(problems))
+        raise CacheError(f"{where}: " + "; ".join(problems))
 
 
 def _dates(series: pl.Series, where: str) -> pl.Series:
@@ -125,15 +125,15 @@ def _dates(series: pl.Series, where: str) -> pl.Series:
         bad = series.is_not_null() & dates.is_null()
         if bad.any():
             row = int(bad.arg_true()[0])
-            raise UserError(f"{where}: column {DATE_COLUMN!r} has {int(bad.sum())} value(s) "
-                            f"that are not ISO dates (YYYY-MM-DD), e.g. {series[row]!r} in "
-                            f"row {row}")
+            raise CacheError(f"{where}: column {DATE_COLUMN!r} has {int(bad.sum())} value(s) "
+                             f"that are not ISO dates (YYYY-MM-DD), e.g. {series[row]!r} in "
+                             f"row {row}")
     else:
-        raise UserError(f"{where}: column {DATE_COLUMN!r} has dtype {series.dtype}; expected "
-                        "a date (parquet Date, or ISO YYYY-MM-DD strings in CSV)")
+        raise CacheError(f"{where}: column {DATE_COLUMN!r} has dtype {series.dtype}; expected "
+                         "a date (parquet Date, or ISO YYYY-MM-DD strings in CSV)")
     nulls = dates.null_count()
     if nulls:
-        raise UserError(f"{where}: column {DATE_COLUMN!r} has {nulls} missing value(s)")
+        raise CacheError(f"{where}: column {DATE_COLUMN!r} has {nulls} missing value(s)")
     return dates.alias(DATE_COLUMN)
 
 
@@ -141,11 +141,11 @@ def _codes(series: pl.Series, where: str) -> pl.Series:
     if isinstance(series.dtype, pl.Categorical | pl.Enum) or series.dtype.is_integer():
         series = series.cast(pl.String)
     if series.dtype != pl.String:
-        raise UserError(f"{where}: column {CODE_COLUMN!r} has dtype {series.dtype}; expected "
-                        "string stock codes")
+        raise CacheError(f"{where}: column {CODE_COLUMN!r} has dtype {series.dtype}; expected "
+                         "string stock codes")
     nulls = series.null_count()
     if nulls:
-        raise UserError(f"{where}: column {CODE_COLUMN!r} has {nulls} missing value(s)")
+        raise CacheError(f"{where}: column {CODE_COLUMN!r} has {nulls} missing value(s)")
     return series.alias(CODE_COLUMN)
 
 

@@ -15,22 +15,31 @@ import importlib
 import json
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
-from trainers.context import atomic_write_json
-from trainers.errors import UserError
+from cache._io import atomic_write_json
+from cache.errors import CacheError
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
 CSV_SUFFIXES = (".csv",)
 SYNTHETIC_PREFIX = "synthetic"
-SYNTHETIC_MODULE = "trainers.atft_gat.synthetic"
 SYNTHETIC_EXAMPLE = "synthetic:n_stocks=500,n_dates=750,seed=0"
 MEMO_NAME = ".source-hashes.json"
 DIGEST_BYTES = 20  # 160-bit BLAKE2b: collisions are out of reach, names stay short
+
+# The panel generator behind ``synthetic:key=value,...`` sources: a callable that takes the
+# options as keywords and returns a polars DataFrame, raising ValueError/TypeError (or a
+# CacheError) for bad options; or ``"module:function"``, imported on first use, so that
+# ``import cache`` imports no generator. The default is the ATFT-GAT synthetic market
+# (``trainers.atft_gat.generate_panel``); assign another entry to plug in your own.
+GENERATORS: dict[str, str | Callable[..., pl.DataFrame]] = {
+    SYNTHETIC_PREFIX: "trainers.atft_gat:generate_panel",
+}
 
 log = logging.getLogger("cache")
 
@@ -72,7 +81,7 @@ def resolve_source(source: str | Path | pl.DataFrame, *, source_id: str | None) 
         canonical = SYNTHETIC_PREFIX + ":" + ",".join(f"{k}={v}" for k, v in options.items())
         return Source("synthetic", source_id or canonical, options=options)
     if not isinstance(source, str | Path):
-        raise UserError(
+        raise CacheError(
             f"source must be a parquet/CSV path, a polars DataFrame or {SYNTHETIC_EXAMPLE!r}; "
             f"got {type(source).__name__}"
         )
@@ -83,7 +92,7 @@ def resolve_source(source: str | Path | pl.DataFrame, *, source_id: str | None) 
     elif name.endswith(CSV_SUFFIXES):
         kind = "csv"
     else:
-        raise UserError(
+        raise CacheError(
             f"source {str(source)!r} is neither parquet ({', '.join(PARQUET_SUFFIXES)}) nor "
             f"CSV ({', '.join(CSV_SUFFIXES)}) nor {SYNTHETIC_EXAMPLE!r}"
         )
@@ -111,25 +120,40 @@ def parse_synthetic(text: str) -> dict[str, Any]:
     for item in filter(None, (p.strip() for p in body.split(","))):
         name, sep, value = item.partition("=")
         if not sep or not name.strip() or not value.strip():
-            raise UserError(f"synthetic option {item!r} is not name=value; e.g. "
-                            f"{SYNTHETIC_EXAMPLE}")
+            raise CacheError(f"synthetic option {item!r} is not name=value; e.g. "
+                             f"{SYNTHETIC_EXAMPLE}")
         options[name.strip()] = _parse_value(value.strip())
     return options
 
 
-def generate_synthetic(options: dict[str, Any]) -> pl.DataFrame:
+def _generator(name: str) -> tuple[str, Callable[..., pl.DataFrame]]:
+    """``GENERATORS[name]`` and its name for messages, importing it if it is a string."""
+    target = GENERATORS[name]
+    if not isinstance(target, str):
+        return getattr(target, "__qualname__", repr(target)), target
+    module_name, _, attr = target.partition(":")
     try:
-        module = importlib.import_module(SYNTHETIC_MODULE)
+        module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise UserError(f"the synthetic source needs {SYNTHETIC_MODULE}, which cannot be "
-                        f"imported: {exc}") from exc
+        raise CacheError(f"the {name} source needs {module_name}, which cannot be "
+                         f"imported: {exc}") from exc
     try:
-        frame = module.generate_market(**options)
+        return f"{module_name}.{attr}", getattr(module, attr)
+    except AttributeError as exc:
+        raise CacheError(f"the {name} source needs {module_name}.{attr}, which "
+                         f"{module_name} does not define") from exc
+
+
+def generate_synthetic(options: dict[str, Any]) -> pl.DataFrame:
+    label, generate = _generator(SYNTHETIC_PREFIX)
+    try:
+        frame = generate(**options)
+    except CacheError:
+        raise
     except (TypeError, ValueError) as exc:  # an unknown option, or a value out of range
-        raise UserError(f"synthetic source {options}: {_first_line(exc)}") from exc
+        raise CacheError(f"synthetic source {options}: {_first_line(exc)}") from exc
     if not isinstance(frame, pl.DataFrame):
-        raise UserError(f"{SYNTHETIC_MODULE}.generate_market returned "
-                        f"{type(frame).__name__}, not a polars DataFrame")
+        raise CacheError(f"{label} returned {type(frame).__name__}, not a polars DataFrame")
     return frame
 
 
@@ -158,9 +182,9 @@ def file_content_hash(source: Source, *, cache_root: Path, rehash: bool = False)
     try:
         signature = _stat_signature(source.path)
     except FileNotFoundError:
-        raise UserError(_missing_source_message(source.path, cache_root)) from None
+        raise CacheError(_missing_source_message(source.path, cache_root)) from None
     if not source.path.is_file():
-        raise UserError(f"source {source.path} is not a file")
+        raise CacheError(f"source {source.path} is not a file")
     memo_path = cache_root / MEMO_NAME
     memo = _read_memo(memo_path)
     entry = memo.get(str(source.path))
@@ -169,7 +193,7 @@ def file_content_hash(source: Source, *, cache_root: Path, rehash: bool = False)
         return str(entry["hash"])
     digest = _hash_file(source.path)
     if _stat_signature(source.path) != signature:
-        raise UserError(f"source {source.path} changed while it was being hashed; try again")
+        raise CacheError(f"source {source.path} changed while it was being hashed; try again")
     source.stat_signature = signature
     # Forget files that are gone so the memo stays small; a lost concurrent update only
     # costs a rehash later, so no lock is taken.
@@ -193,8 +217,8 @@ def check_unchanged(source: Source) -> None:
     except FileNotFoundError:
         now = None
     if now != source.stat_signature:
-        raise UserError(f"source {source.path} changed while the cache was being built; "
-                        "try again")
+        raise CacheError(f"source {source.path} changed while the cache was being built; "
+                         "try again")
 
 
 def _missing_source_message(path: Path, cache_root: Path) -> str:
@@ -245,7 +269,7 @@ def _first_line(exc: BaseException) -> str:
 
 def _check_not_empty(path: Path) -> None:
     if path.stat().st_size == 0:
-        raise UserError(f"source {path} is empty (0 bytes)")
+        raise CacheError(f"source {path} is empty (0 bytes)")
 
 
 def file_schema(source: Source) -> dict[str, pl.DataType]:
@@ -257,7 +281,7 @@ def file_schema(source: Source) -> dict[str, pl.DataType]:
             return dict(pl.read_parquet_schema(source.path))
         header = pl.read_csv(source.path, n_rows=0, infer_schema=False)
     except (pl.exceptions.PolarsError, OSError) as exc:
-        raise UserError(f"cannot read {source.kind} {source.path}: {_first_line(exc)}") from exc
+        raise CacheError(f"cannot read {source.kind} {source.path}: {_first_line(exc)}") from exc
     return dict(header.schema)
 
 
@@ -278,5 +302,5 @@ def read_file(source: Source, columns: list[str] | None, *, string_columns: tupl
             infer_schema_length=None,
         )
     except (pl.exceptions.PolarsError, OSError) as exc:
-        raise UserError(f"cannot read {source.kind} {source.path}: {_first_line(exc)}") from exc
+        raise CacheError(f"cannot read {source.kind} {source.path}: {_first_line(exc)}") from exc
 

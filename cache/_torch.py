@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from trainers.errors import UserError
+from cache.errors import CacheError
 
 if TYPE_CHECKING:
     import torch
@@ -27,8 +27,8 @@ def _require_cuda(what: str) -> None:
     import torch
 
     if not torch.cuda.is_available():
-        raise UserError(f"{what} needs a CUDA device, and torch sees none; use device='cpu' "
-                        "and pin=False")
+        raise CacheError(f"{what} needs a CUDA device, and torch sees none; use device='cpu' "
+                         "and pin=False")
 
 
 def staged_copy(src: np.ndarray, dst: torch.Tensor, *, chunk_rows: int, pinned: bool,
@@ -75,7 +75,7 @@ def to_torch(array: np.ndarray, *, device: str | torch.device, pin: bool,
         pinned.copy_(tensor)
         return pinned
     if target.type != "cuda":
-        raise UserError(f"device {str(device)!r} is not supported; use 'cpu' or 'cuda[:n]'")
+        raise CacheError(f"device {str(device)!r} is not supported; use 'cpu' or 'cuda[:n]'")
     _require_cuda(f"device={str(device)!r}")
     dst = torch.empty(array.shape, dtype=torch.from_numpy(array[:0]).dtype, device=target)
     row_bytes = max(1, array[:1].nbytes)

@@ -9,11 +9,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from cache._io import OneLineParser
 from cache.core import build_cache
+from cache.errors import CacheError
 from cache.feature_cache import open_cache
 from cache.spec import DEFAULT_TARGETS, NAN_POLICIES, CacheSpec
-from trainers.cli import OneLineParser
-from trainers.errors import UserError
 
 DEFAULT_OUT = Path("output") / "cache"
 EXAMPLE = """examples:
@@ -93,7 +93,7 @@ def _run(args: argparse.Namespace) -> int:
         path = build_cache(args.source, args.out, spec, source_id=args.source_id,
                            force=args.force, rehash=args.rehash)
         fc = open_cache(path)
-    except UserError as exc:
+    except CacheError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     m = fc.manifest

@@ -46,6 +46,7 @@ from cache._source import (
     resolve_source,
 )
 from cache._writer import fsync_dir, write_cache_files
+from cache.errors import CacheError
 from cache.feature_cache import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -55,7 +56,6 @@ from cache.feature_cache import (
     open_cache,
 )
 from cache.spec import CODE_COLUMN, DATE_COLUMN, CacheSpec
-from trainers.errors import UserError
 
 log = logging.getLogger("cache")
 
@@ -114,7 +114,7 @@ def _read_frame(source: Source, spec: CacheSpec) -> pl.DataFrame:
                if spec.feature_columns else None)
     frame = read_file(source, columns, string_columns=(DATE_COLUMN, CODE_COLUMN))
     if frame.height == 0:
-        raise UserError(f"{where} has a header but no rows")
+        raise CacheError(f"{where} has a header but no rows")
     return frame
 
 
@@ -161,8 +161,8 @@ def _build_lock(cache_root: Path, key: str, timeout: float | None) -> Iterator[N
         try:
             lock.acquire(timeout=-1 if timeout is None else timeout)
         except Timeout:
-            raise UserError(f"gave up after {timeout} s waiting for the build lock "
-                            f"{lock.lock_file} of cache {key}") from None
+            raise CacheError(f"gave up after {timeout} s waiting for the build lock "
+                             f"{lock.lock_file} of cache {key}") from None
     try:
         yield
     finally:
@@ -259,7 +259,8 @@ def load_or_build(source: str | Path | pl.DataFrame, cache_root: str | Path,
 
     Args:
         source: a parquet or CSV path, a polars DataFrame, or ``"synthetic:n_stocks=...,
-            n_dates=...,seed=..."`` (calls ``trainers.atft_gat.synthetic.generate_market``).
+            n_dates=...,seed=..."`` (calls ``GENERATORS["synthetic"]``, by default the
+            ATFT-GAT synthetic market).
         cache_root: directory holding caches (one sub-directory per key).
         spec: columns and NaN policy; None means ``CacheSpec()``.
         source_id: the name the logs and manifest use for the source, and under which a
@@ -268,7 +269,7 @@ def load_or_build(source: str | Path | pl.DataFrame, cache_root: str | Path,
         rehash: hash a file source's bytes even if its stat signature is unchanged.
         lock_timeout: seconds to wait for another process's build; None waits for ever.
 
-    A missing source file is a UserError (its key cannot be checked); to use a cache
+    A missing source file is a CacheError (its key cannot be checked); to use a cache
     without its source, ``open_cache(<cache_root>/<key>)``. In-memory and synthetic
     sources are hashed on every call (~1 GB/s), as their content is all there is.
     """

@@ -35,9 +35,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
+from cache._io import atomic_write_bytes
 from cache._source import new_hash
-from trainers.context import atomic_write_bytes
-from trainers.errors import UserError
+from cache.errors import CacheError
 
 if TYPE_CHECKING:
     import torch
@@ -61,24 +61,24 @@ def read_manifest(path: Path) -> dict[str, Any]:
     """The manifest of the cache at ``path``, checked for format and version."""
     manifest_path = path / MANIFEST_FILE
     if not manifest_path.is_file():
-        raise UserError(f"no feature cache at {path} (no {MANIFEST_FILE}); build one with "
-                        "python -m cache.build")
+        raise CacheError(f"no feature cache at {path} (no {MANIFEST_FILE}); build one with "
+                         "python -m cache.build")
     try:
         manifest = json.loads(manifest_path.read_text())
     except (OSError, ValueError) as exc:
-        raise UserError(f"cache manifest {manifest_path} is unreadable ({exc}); delete {path} "
-                        "and rebuild") from exc
+        raise CacheError(f"cache manifest {manifest_path} is unreadable ({exc}); delete {path} "
+                         "and rebuild") from exc
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
-        raise UserError(f"{manifest_path} is not a feature-cache manifest")
+        raise CacheError(f"{manifest_path} is not a feature-cache manifest")
     version = manifest.get("format_version")
     if version != FORMAT_VERSION:
-        raise UserError(f"cache {path} was written by cache format version {version}, this "
-                        f"code reads version {FORMAT_VERSION}; delete it and rebuild (python "
-                        "-m cache.build, or load_or_build builds a new one beside it)")
+        raise CacheError(f"cache {path} was written by cache format version {version}, this "
+                         f"code reads version {FORMAT_VERSION}; delete it and rebuild (python "
+                         "-m cache.build, or load_or_build builds a new one beside it)")
     missing = [k for k in MANIFEST_KEYS if k not in manifest]
     if missing:
-        raise UserError(f"cache manifest {manifest_path} lacks {', '.join(missing)}; delete "
-                        f"{path} and rebuild")
+        raise CacheError(f"cache manifest {manifest_path} lacks {', '.join(missing)}; delete "
+                         f"{path} and rebuild")
     return manifest
 
 
@@ -118,10 +118,10 @@ class FeatureCache:
         try:
             actual_bytes = data_path.stat().st_size
         except FileNotFoundError:
-            raise UserError(f"cache {self.path} has no {DATA_FILE}; rebuild it") from None
+            raise CacheError(f"cache {self.path} has no {DATA_FILE}; rebuild it") from None
         if actual_bytes != expected_bytes:
-            raise UserError(f"cache file {data_path} has {actual_bytes} bytes, its manifest "
-                            f"says {expected_bytes}; the cache is damaged, rebuild it")
+            raise CacheError(f"cache file {data_path} has {actual_bytes} bytes, its manifest "
+                             f"says {expected_bytes}; the cache is damaged, rebuild it")
         fd = os.open(data_path, os.O_RDONLY)
         try:
             self._mm = mmap.mmap(fd, 0, access=mmap.ACCESS_COPY)
@@ -131,12 +131,12 @@ class FeatureCache:
         try:
             reader = pa.ipc.open_file(whole)  # reads from the buffer: zero-copy slices
         except (pa.ArrowInvalid, OSError) as exc:
-            raise UserError(f"cache file {data_path} is not a readable Arrow file ({exc}); "
-                            "rebuild it") from exc
+            raise CacheError(f"cache file {data_path} is not a readable Arrow file ({exc}); "
+                             "rebuild it") from exc
         meta = reader.schema.metadata or {}
         if (reader.num_record_batches != n_dates
                 or meta.get(META_KEY, b"").decode() != self.key):
-            raise UserError(f"cache file {data_path} does not match its manifest; rebuild it")
+            raise CacheError(f"cache file {data_path} does not match its manifest; rebuild it")
         n_feat, n_targ = len(self.feature_names), len(self.target_names)
         self._features_rw = self._strided(reader, whole.address, "features", np.float32,
                                           (n_dates, n_codes, n_feat))
@@ -154,11 +154,11 @@ class FeatureCache:
             with np.load(self.path / STATS_FILE, allow_pickle=False) as stats:
                 self.stats = {k: stats[k] for k in stats.files}
         except (OSError, ValueError, KeyError) as exc:
-            raise UserError(f"cache index or statistics of {self.path} are unreadable ({exc});"
+            raise CacheError(f"cache index or statistics of {self.path} are unreadable ({exc});"
                             " rebuild the cache") from exc
         if (len(self.dates) != n_dates or len(self.codes) != n_codes
                 or self.stats["count"].shape != (n_dates, n_feat)):
-            raise UserError(f"cache index of {self.path} does not match its data; rebuild it")
+            raise CacheError(f"cache index of {self.path} does not match its data; rebuild it")
 
     def _strided(self, reader: pa.ipc.RecordBatchFileReader, base: int, name: str,
                  dtype: type, shape: tuple[int, ...]) -> np.ndarray:
@@ -173,7 +173,7 @@ class FeatureCache:
             column = reader.get_batch(i).column(name)
             values = column.flatten() if isinstance(column, pa.FixedSizeListArray) else column
             if column.null_count or values.null_count or len(values) != int(np.prod(shape[1:])):
-                raise UserError(f"cache column {name!r} of date {i} is not what this format "
+                raise CacheError(f"cache column {name!r} of date {i} is not what this format "
                                 "writes; the file is damaged, rebuild it")
             starts.append(values.buffers()[1].address - base + values.offset * item)
         starts_arr = np.asarray(starts, dtype=np.int64)
@@ -182,7 +182,7 @@ class FeatureCache:
         if (starts_arr[0] < 0 or stride % item or (len(starts_arr) > 1 and stride < row_bytes)
                 or np.any(np.diff(starts_arr) != stride)
                 or starts_arr[-1] + row_bytes > len(self._mm)):
-            raise UserError(f"cache column {name!r} does not lie where expected in the file; "
+            raise CacheError(f"cache column {name!r} does not lie where expected in the file; "
                             "the file is damaged, rebuild it")
         flat = np.frombuffer(self._mm, dtype=dtype, offset=int(starts_arr[0]),
                              count=(len(self._mm) - int(starts_arr[0])) // item)

@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from cache._io import OneLineParser
+from cache.errors import CacheError
 from cache.feature_cache import MANIFEST_FILE, cache_dirs, read_manifest
-from trainers.cli import OneLineParser
-from trainers.errors import UserError
 
 EXAMPLE = """examples:
   python -m cache.info output/cache/3f9c2a...      one cache: manifest summary
@@ -52,7 +52,7 @@ def summary(path: Path, manifest: dict[str, Any]) -> str:
 def _one_line(path: Path) -> str:
     try:
         m = read_manifest(path)
-    except UserError as exc:
+    except CacheError as exc:
         return f"{path.name}  unusable: {exc}"
     return (f"{m['key']}  {m['rows']:>10} rows x {m['n_features']:>4} features  "
             f"{m['created_at'][:19]}  {m['source']['kind']} {m['source']['id']}")
@@ -77,10 +77,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         caches = cache_dirs(args.path)
         if not caches:
-            raise UserError(f"{args.path} is neither a feature cache nor a directory of caches")
+            raise CacheError(f"{args.path} is neither a feature cache nor a directory of caches")
         for cache_dir in caches:
             print(_one_line(cache_dir))
-    except UserError as exc:
+    except CacheError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

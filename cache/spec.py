@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from trainers.errors import UserError
+from cache.errors import CacheError
 
 DATE_COLUMN = "date"
 CODE_COLUMN = "code"
@@ -25,7 +25,7 @@ class CacheSpec:
             in the panel's column order (non-numeric extra columns are then skipped).
         target_columns: forward-return columns stored as the target matrix.
         nan_policy: what a NaN, inf or null in a feature or target does:
-            ``"refuse"`` fails the build with a UserError naming each column and its count;
+            ``"refuse"`` fails the build with a CacheError naming each column and its count;
             ``"mask"`` keeps the rows, sets the bad values to 0 and records ``valid[row] =
             False`` for every row with any bad value; ``"fill"`` replaces bad values with
             ``fill_value`` and records no mask.
@@ -46,7 +46,7 @@ class CacheSpec:
             object.__setattr__(self, "target_columns", tuple(self.target_columns))
         problems = self._problems()
         if problems:
-            raise UserError("invalid cache spec: " + "; ".join(problems))
+            raise CacheError("invalid cache spec: " + "; ".join(problems))
 
     def _problems(self) -> list[str]:
         """Every problem at once, so one run shows all of them."""

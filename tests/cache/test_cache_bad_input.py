@@ -1,4 +1,4 @@
-"""Bad panels: one clear UserError line each, and nothing left in the cache root."""
+"""Bad panels: one clear CacheError line each, and nothing left in the cache root."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import polars as pl
 import pytest
 
 from cache import CacheSpec, load_or_build
+from cache.errors import CacheError
 from cache.testing import make_panel
-from trainers.errors import UserError
 
 
 def _leftovers(root: Path) -> list[str]:
@@ -24,7 +24,7 @@ def _leftovers(root: Path) -> list[str]:
 
 
 def _fails(source: object, root: Path, spec: CacheSpec, match: str) -> str:
-    with pytest.raises(UserError, match=match) as err:
+    with pytest.raises(CacheError, match=match) as err:
         load_or_build(source, root, spec)  # type: ignore[arg-type]
     message = str(err.value)
     assert "\n" not in message
@@ -155,5 +155,5 @@ def test_datetime_dates_and_integer_codes_are_accepted(tmp_path: Path) -> None:
      "fill_value=nan must be a finite number; feature_columns may not include the key"),
 ])
 def test_bad_spec_reports_every_problem(make_spec: Callable[[], CacheSpec], match: str) -> None:
-    with pytest.raises(UserError, match=match):
+    with pytest.raises(CacheError, match=match):
         make_spec()

@@ -117,14 +117,14 @@ def test_features_torch_on_cpu_shares_memory_and_writes_stay_private(tmp_path: P
 def test_pin_or_cuda_without_cuda_is_a_user_error(tmp_path: Path) -> None:
     if torch.cuda.is_available():
         pytest.skip("CUDA present: covered by the gpu test")
-    from trainers.errors import UserError
+    from cache.errors import CacheError
 
     fc = load_or_build(make_panel(), tmp_path, CacheSpec())
-    with pytest.raises(UserError, match="needs a CUDA device"):
+    with pytest.raises(CacheError, match="needs a CUDA device"):
         fc.features_torch(pin=True)
-    with pytest.raises(UserError, match="needs a CUDA device"):
+    with pytest.raises(CacheError, match="needs a CUDA device"):
         fc.features_torch(device="cuda")
-    with pytest.raises(UserError, match="not supported"):
+    with pytest.raises(CacheError, match="not supported"):
         fc.features_torch(device="meta")
 
 

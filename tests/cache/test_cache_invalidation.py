@@ -15,9 +15,9 @@ import pytest
 
 import cache._source as source_mod
 from cache import FORMAT_VERSION, CacheSpec, load_or_build, open_cache
+from cache.errors import CacheError
 from cache.feature_cache import cache_dirs
 from cache.testing import make_panel
-from trainers.errors import UserError
 
 
 @pytest.fixture
@@ -134,7 +134,7 @@ def test_deleted_source_is_an_error_naming_the_old_caches(panel_file: Path, tmp_
     root = tmp_path / "caches"
     fc = load_or_build(panel_file, root, CacheSpec())
     panel_file.unlink()
-    with pytest.raises(UserError) as err:
+    with pytest.raises(CacheError) as err:
         load_or_build(panel_file, root, CacheSpec())
     message = str(err.value)
     assert "does not exist, so its cache key cannot be checked" in message
@@ -154,8 +154,8 @@ def test_incompatible_format_version(panel_file: Path, tmp_path: Path,
     manifest["key"] = old_dir.name
     (old_dir / "manifest.json").write_text(json.dumps(manifest))
 
-    with pytest.raises(UserError, match=r"written by cache format version 0, this code reads "
-                                        rf"version {FORMAT_VERSION}; delete it and rebuild"):
+    with pytest.raises(CacheError, match=r"written by cache format version 0, this code reads "
+                                         rf"version {FORMAT_VERSION}; delete it and rebuild"):
         open_cache(old_dir)
     caplog.set_level(logging.INFO, logger="cache")
     rebuilt = load_or_build(panel_file, root, CacheSpec())
@@ -169,16 +169,16 @@ def test_damaged_caches_are_refused_not_read(panel_file: Path, tmp_path: Path) -
     data = path / "data.arrow"
     intact = data.read_bytes()
     data.write_bytes(intact[:-100])
-    with pytest.raises(UserError, match=r"bytes, its manifest says \d+; the cache is damaged"):
+    with pytest.raises(CacheError, match=r"bytes, its manifest says \d+; the cache is damaged"):
         open_cache(path)
     data.write_bytes(b"\0" * len(intact))
-    with pytest.raises(UserError, match="is not a readable Arrow file"):
+    with pytest.raises(CacheError, match="is not a readable Arrow file"):
         open_cache(path)
     data.write_bytes(intact)
     manifest = json.loads((path / "manifest.json").read_text())
     del manifest["files"]
     (path / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(UserError, match="lacks files; delete"):
+    with pytest.raises(CacheError, match="lacks files; delete"):
         open_cache(path)
-    with pytest.raises(UserError, match="no feature cache at"):
+    with pytest.raises(CacheError, match="no feature cache at"):
         open_cache(tmp_path / "nowhere")

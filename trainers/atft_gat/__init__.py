@@ -5,18 +5,43 @@ The flagship workload. ``WORKLOAD.train(config, ctx)`` runs the recipe in ``trai
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from trainers.atft_gat.config import TrainConfig
 from trainers.context import TrialContext
+from trainers.errors import UserError
 from trainers.registry import Workload
+
+if TYPE_CHECKING:
+    import polars as pl
 
 
 def _train(config: TrainConfig, ctx: TrialContext) -> dict[str, Any]:
     # Imported on first use: validating a study file must not load the cache and data stack.
+    from cache import CacheError
     from trainers.atft_gat.train import train
 
-    return train(config, ctx)
+    try:
+        return train(config, ctx)
+    except CacheError as exc:  # the cache's one-line mistakes are the user's, as UserError
+        raise UserError(str(exc)) from exc
+
+
+def generate_panel(**options: Any) -> pl.DataFrame:
+    """The synthetic market for the cache's ``synthetic:...`` sources (``cache.GENERATORS``).
+
+    ``generate_market`` with its UserError raised as the cache's CacheError, so that
+    ``python -m cache.build synthetic:...`` reports a bad option as one line.
+    """
+    from cache import CacheError
+
+    # Looked up when called (not imported by name), so tests can stand in a fake module.
+    synthetic = importlib.import_module("trainers.atft_gat.synthetic")
+    try:
+        return synthetic.generate_market(**options)
+    except UserError as exc:
+        raise CacheError(str(exc)) from exc
 
 
 WORKLOAD = Workload(

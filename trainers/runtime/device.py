@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from trainers._runtime_config import DEVICE_NAMES, DEVICE_PATTERN, PRECISIONS, _choices
 from trainers.errors import UserError
+from trainers.runtime.config import DEVICE_NAMES, DEVICE_PATTERN, PRECISIONS, _choices
 
 # Environment variables read by the native thread pools of the numeric libraries when they
 # start. Setting them only helps libraries that have not started yet (and child processes);

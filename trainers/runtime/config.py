@@ -1,7 +1,7 @@
 """RuntimeConfig: the training-mechanics settings every workload shares.
 
-Kept apart from :mod:`trainers.runtime` so that a study file can be validated without
-building anything; import it from ``trainers.runtime``.
+Kept apart from :mod:`trainers.runtime.step` (which imports torch) so that a study file can be
+validated without building anything; import it from ``trainers.runtime``.
 """
 
 from __future__ import annotations

@@ -49,48 +49,23 @@ from typing import Any
 
 import torch
 
-from trainers._runtime_config import RuntimeConfig, runtime_config_of
-from trainers._runtime_device import (
-    Precision,
+from trainers.context import TrialContext
+from trainers.errors import StopRequested, TrialFailed, TrialPruned, UserError
+from trainers.runtime.config import RuntimeConfig
+from trainers.runtime.device import (
     autocast,
     choose_precision,
-    configure_threads,
     free_memory,
     is_oom_error,
     rng_state,
-    seed_everything,
     select_device,
     set_rng_state,
 )
-from trainers._runtime_optim import (
-    WarmupSchedule,
+from trainers.runtime.optim import (
     build_optimizer,
     build_scheduler,
     param_groups,
 )
-from trainers.context import TrialContext
-from trainers.errors import StopRequested, TrialFailed, TrialPruned, UserError
-
-__all__ = [
-    "INJECT_NAN_ENV",
-    "INJECT_OOM_ENV",
-    "Precision",
-    "RuntimeConfig",
-    "StepRunner",
-    "WarmupSchedule",
-    "autocast",
-    "build_optimizer",
-    "build_scheduler",
-    "choose_precision",
-    "configure_threads",
-    "dataloader_kwargs",
-    "is_oom_error",
-    "maybe_checkpoint",
-    "param_groups",
-    "runtime_config_of",
-    "seed_everything",
-    "select_device",
-]
 
 INJECT_OOM_ENV = "HPO_INJECT_OOM_ABOVE_BATCH"
 INJECT_NAN_ENV = "HPO_INJECT_NAN_AT_STEP"

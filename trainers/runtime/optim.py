@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 if TYPE_CHECKING:
-    from trainers._runtime_config import RuntimeConfig
+    from trainers.runtime.config import RuntimeConfig
 
 
 def param_groups(model: torch.nn.Module, *, weight_decay: float) -> list[dict[str, Any]]:
