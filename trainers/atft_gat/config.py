@@ -31,6 +31,10 @@ class TrainConfig:
     nan_policy: str = "mask"          # what a NaN/inf feature does (see cache.spec); targets
                                       # are never filled, a missing one is masked
     missing_indicator: bool = False   # also feed a 0/1 "was imputed" channel per feature
+    # The leakage guard (trainers/atft_gat/leakage.py): a feature whose training-date RankIC
+    # with the scored target reaches this is refused, unless listed in allow_features.
+    leak_threshold: float = 0.3
+    allow_features: tuple[str, ...] = ()
     cache_dir: str = ""               # "" = the run's shared cache directory (ctx.cache_dir)
     val_fraction: float = 0.2
     # Last share of the usable dates held out as the test period: no trial, early stopping,
@@ -93,7 +97,7 @@ class TrainConfig:
     min_batch: int = 16
 
     def __post_init__(self) -> None:
-        for name in ("features", "phases", "horizons", "quantiles"):
+        for name in ("features", "phases", "horizons", "quantiles", "allow_features"):
             value = getattr(self, name)
             if isinstance(value, list):
                 object.__setattr__(self, name, tuple(value))
@@ -110,6 +114,8 @@ class TrainConfig:
             bad("val_fraction", "must be in (0, 1)")
         if self.n_stocks < 2 or self.n_dates < 2:
             problems.append(f"n_stocks={self.n_stocks}, n_dates={self.n_dates}: need >= 2 each")
+        if not 0.0 < self.leak_threshold <= 1.0:
+            bad("leak_threshold", "must be in (0, 1]; 1 switches the guard off")
         if not 0.0 <= self.test_fraction < 1.0:
             bad("test_fraction", "must be in [0, 1); 0 holds out no test period")
         elif 0.0 < self.val_fraction < 1.0 and self.val_fraction + self.test_fraction >= 0.9:

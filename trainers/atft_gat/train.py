@@ -39,6 +39,7 @@ from losses import rank_preserving_loss
 from trainers.atft_gat.config import TrainConfig
 from trainers.atft_gat.data import Panel, cache_panel, date_split, standardise
 from trainers.atft_gat.graph import DateGraphs, GraphConfig, build_graphs
+from trainers.atft_gat.leakage import SIDECAR, check_features, guard_dates, panel_rank_ic
 from trainers.atft_gat.model import ATFTGATFAN, pinball_loss
 from trainers.config import to_mapping
 from trainers.context import TrialContext, atomic_write_bytes, check_resumable
@@ -48,6 +49,8 @@ from trainers.runtime import StepRunner, seed_everything
 
 # Below this share of the source's labelled rows reaching the loss, the data is unusable.
 MIN_ROWS_KEPT = 0.5
+# Features whose leakage-guard RankIC is kept as a trial attr (the largest in magnitude).
+LISTED_SCORES = 10
 # Per-date z-scoring of targets needs a few stocks to estimate a spread.
 MIN_STOCKS_FOR_ZSCORE = 3
 
@@ -87,6 +90,23 @@ def load_graphs(fc: FeatureCache, panel: Panel, config: TrainConfig) -> DateGrap
     fc.save_sidecar("graphs", {"src": graphs.src, "dst": graphs.dst, "weight": graphs.weight,
                                "offsets": graphs.offsets}, params=params)
     return graphs
+
+
+def leak_scores(fc: FeatureCache, panel: Panel, train_dates: np.ndarray, h_idx: int,
+                config: TrainConfig) -> dict[str, float]:
+    """Each feature's mean per-date RankIC with the scored target on (a sample of) the
+    training dates, from the cache's sidecar when an earlier trial measured it."""
+    dates = guard_dates(train_dates)
+    params = {"target": panel.target_names[h_idx], "lag": config.execution_lag,
+              "dates": [str(panel.dates[d]) for d in dates]}
+    stored = fc.load_sidecar(SIDECAR, params=params)
+    if stored is None:
+        values = panel_rank_ic(panel.x, panel.y[:, :, h_idx], panel.present, dates)
+        fc.save_sidecar(SIDECAR, {"rank_ic": values}, params=params)
+    else:
+        values = stored["rank_ic"]
+    return {name: round(float(v), 6) for name, v in zip(panel.feature_names, values,
+                                                        strict=True)}
 
 
 def carve_selection(train_dates: np.ndarray, config: TrainConfig
@@ -297,9 +317,14 @@ def train(config: TrainConfig, ctx: TrialContext) -> dict[str, float]:
                         "lookback")
     graphs = load_graphs(fc, panel, config)
     graph_seconds = time.perf_counter() - t_graph
+    h_idx = list(config.horizons).index(config.metric_horizon)
+    scores = leak_scores(fc, panel, train_dates, h_idx, config)
+    ctx.set_attr("feature_rank_ic", dict(sorted(scores.items(), key=lambda kv: -abs(kv[1]))[
+        :LISTED_SCORES]))
+    check_features(scores, target=panel.target_names[h_idx], threshold=config.leak_threshold,
+                   allow=config.allow_features)
     panel = standardise(panel, train_dates, moments=fc.feature_moments(train_dates))
     y_z = zscore_targets(panel.y)
-    h_idx = list(config.horizons).index(config.metric_horizon)
     # Train only on dates whose scored horizon has labels.
     train_dates = train_dates[torch.isfinite(y_z[train_dates, :, h_idx]).any(dim=1).numpy()]
     train_dates, select_dates = carve_selection(train_dates, config)

@@ -1,0 +1,95 @@
+"""The leakage guard: forward-looking columns never become features by default, and a feature
+that ranks stocks like the target is refused with its score."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+from scipy import stats
+
+from trainers.atft_gat.config import TrainConfig
+from trainers.atft_gat.leakage import feature_rank_ic, panel_rank_ic
+from trainers.atft_gat.synthetic import FEATURE_NAMES, generate_market
+from trainers.atft_gat.train import train
+from trainers.context import TrialContext
+from trainers.errors import UserError
+
+SMALL = dict(epochs=1, max_steps_per_epoch=2, hidden_size=16, attn_heads=2, gat_heads=2,
+             gat_layers=1, lookback=10, batch_size=60, warmup_steps=0, graph_window=20,
+             graph_k=4, val_fraction=0.2, test_fraction=0.2, purge=20, horizons=(1,),
+             metric_horizon=1)
+
+
+def test_rank_ic_equals_scipy_date_by_date() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 40, 4))
+    y = rng.standard_normal((3, 40))
+    x[0, :5, 1] = np.nan  # missing feature values
+    y[1, :7] = np.nan  # missing targets
+    present = np.ones((3, 40), dtype=bool)
+    present[2, 30:] = False
+    got = feature_rank_ic(torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(present))
+    expect = []
+    for f in range(4):
+        per_date = []
+        for d in range(3):
+            ok = present[d] & np.isfinite(y[d]) & np.isfinite(x[d, :, f])
+            per_date.append(stats.spearmanr(x[d, ok, f], y[d, ok]).statistic)
+        expect.append(np.mean(per_date))
+    # Ranks of y among the stocks with a target; with a feature's own gaps the y ranks of the
+    # remaining stocks are still in order, so Spearman is unchanged where no x is missing.
+    np.testing.assert_allclose(got[[0, 2, 3]], np.array(expect)[[0, 2, 3]], atol=1e-12)
+    assert abs(got[1] - expect[1]) < 0.02
+    blocks = panel_rank_ic(torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(present),
+                           np.arange(3))
+    np.testing.assert_allclose(blocks, got, atol=1e-12)
+
+
+def _run(tmp_path: Path, frame: pl.DataFrame, name: str, **overrides) -> TrialContext:
+    torch.set_num_threads(1)
+    path = tmp_path / f"{name}.parquet"
+    frame.write_parquet(path)
+    ctx = TrialContext(tmp_path / name, seed=0, cache_dir=tmp_path / "cache")
+    train(TrainConfig(source=str(path), **{**SMALL, **overrides}), ctx)
+    return ctx
+
+
+@pytest.fixture(scope="module")
+def market() -> pl.DataFrame:
+    return generate_market(n_stocks=30, n_dates=160, seed=1)
+
+
+def test_forward_returns_are_not_default_features(tmp_path: Path, market) -> None:
+    """A 1-day study on a panel that also holds 5/10/20-day forward returns and a label."""
+    frame = market.with_columns((pl.col("ret_1d") > 0).cast(pl.Int8).alias("label_up"),
+                                pl.col("ret_5d").alias("fwd_ret_5"))
+    ctx = _run(tmp_path, frame, "defaults")
+    used = ctx.attrs["data"]["features"]
+    assert set(used) == set(FEATURE_NAMES)
+    for leak in ("ret_5d", "ret_10d", "ret_20d", "label_up", "fwd_ret_5"):
+        assert leak not in used
+    scores = ctx.attrs["feature_rank_ic"]
+    assert max(abs(v) for v in scores.values()) < 0.3
+
+
+def test_a_leaked_feature_is_refused_by_name_and_score(tmp_path: Path, market) -> None:
+    """A column with an innocent name that is the next day's return plus noise."""
+    rng = np.random.default_rng(1)
+    noise = pl.Series(rng.standard_normal(market.height) * 0.01)
+    frame = market.with_columns((pl.col("ret_1d") + noise).alias("alpha_7"))
+    with pytest.raises(UserError, match=r"feature\(s\) alpha_7 \(RankIC \+0\.[3-9]\d\d\) rank "
+                                        r"stocks like the target ret_1d"):
+        _run(tmp_path, frame, "leak")
+    # Named on purpose, a forward return is refused the same way.
+    named = (*FEATURE_NAMES, "ret_5d")
+    with pytest.raises(UserError, match=r"ret_5d \(RankIC \+0\.\d+\)"):
+        _run(tmp_path, market, "named", features=named)
+    # The study can vouch for a feature: then it trains, and its score is on the trial.
+    ctx = _run(tmp_path, frame, "allowed", allow_features=("alpha_7",))
+    assert ctx.attrs["feature_rank_ic"]["alpha_7"] > 0.3
+    with pytest.raises(UserError, match="allow_features lists alpha_8, which is not a feature"):
+        _run(tmp_path, frame, "typo", allow_features=("alpha_8",))
