@@ -381,6 +381,7 @@ def train(config: TrainConfig, ctx: TrialContext) -> dict[str, float]:
     metrics: dict[str, float] = {}
     preds: dict[str, np.ndarray] = {}
     epoch_seconds: list[float] = []
+    step_seconds: list[float] = []  # optimiser steps of this run, batch assembly excluded
     for epoch in range(start_epoch, len(plan)):
         t0 = time.perf_counter()
         phase = plan[epoch]
@@ -407,7 +408,9 @@ def train(config: TrainConfig, ctx: TrialContext) -> dict[str, float]:
                                    b.weight if with_graph else None)
                 return batch_loss(out, b, config)[0]
 
+            t_step = time.perf_counter()
             losses.append(runner.step(len(batch), loss_fn))
+            step_seconds.append(time.perf_counter() - t_step)
             samples += len(batch)
         train_seconds = time.perf_counter() - t0
 
@@ -462,6 +465,12 @@ def train(config: TrainConfig, ctx: TrialContext) -> dict[str, float]:
     if len(select_dates):
         ctx.set_attr("selected_epoch", best["epoch"])
     ctx.set_attr("epoch_seconds", epoch_seconds)
+    if step_seconds:
+        # The first step pays one-off costs (allocator warm-up, lazy init); the rest is the rate.
+        ctx.set_attr("step_seconds", {"first": round(step_seconds[0], 4),
+                                      "median": round(float(np.median(step_seconds[1:] or
+                                                                      step_seconds)), 4),
+                                      "steps": len(step_seconds)})
     ctx.set_attr("final_batch_size", runner.micro_batch)
     write_predictions(ctx.output_dir / "predictions.parquet", preds)
     _save_model(ctx.output_dir / "model.pt", runner, config)
