@@ -90,8 +90,13 @@ def iter_chunks(source: Source, frame: pl.DataFrame | None, columns: list[str]
     assert source.path is not None and source.kind == "parquet"
     try:
         reader = pq.ParquetFile(source.path)
-        for batch in reader.iter_batches(batch_size=CHUNK_ROWS, columns=columns):
-            yield pl.from_arrow(pa.Table.from_batches([batch]), rechunk=False)
+        # One row group at a time: a single iter_batches over the whole file keeps decoded
+        # pages alive across row groups (measured: memory grew with the file, 269 MB on a
+        # 160 MB panel, and ran 10x slower); per group it stays near one group's size.
+        for group in range(reader.metadata.num_row_groups):
+            for batch in reader.iter_batches(batch_size=CHUNK_ROWS, row_groups=[group],
+                                             columns=columns):
+                yield pl.from_arrow(pa.Table.from_batches([batch]), rechunk=False)
     except (pa.ArrowException, OSError) as exc:
         raise CacheError(f"cannot read parquet {source.path}: {_first_line(exc)}") from exc
 
