@@ -150,7 +150,8 @@ def child_build(path: str, cache_root: str) -> dict[str, Any]:
 
 
 def child_train(path: str, cache_root: str, out_dir: str, steps: int, hidden: int,
-                lookback: int) -> dict[str, Any]:
+                lookback: int, val_fraction: float = 0.2, use_graph: bool = True
+                ) -> dict[str, Any]:
     import torch
 
     from trainers.atft_gat.config import TrainConfig
@@ -160,10 +161,11 @@ def child_train(path: str, cache_root: str, out_dir: str, steps: int, hidden: in
     torch.set_num_threads(os.cpu_count() or 1)
     probe = MemoryProbe()
     config = TrainConfig(source=path, horizons=(1,), metric_horizon=1, purge=5,
-                         val_fraction=0.2, test_fraction=0.2, lookback=lookback,
+                         val_fraction=val_fraction, test_fraction=0.2, lookback=lookback,
                          hidden_size=hidden, epochs=1, max_steps_per_epoch=steps,
                          batch_size=1, warmup_steps=0, graph_window=60, graph_k=10,
-                         graph_source="f_ret_1d_past", cache_dir=cache_root)
+                         graph_source="f_ret_1d_past", cache_dir=cache_root,
+                         use_graph=use_graph)
     ctx = TrialContext(Path(out_dir), seed=0, cache_dir=Path(cache_root))
     started = time.perf_counter()
     metrics = train(config, ctx)

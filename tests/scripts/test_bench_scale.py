@@ -34,15 +34,25 @@ def test_cache_build_memory_does_not_grow_with_the_panel(panels: dict[int, Path]
     assert grown < 0.25 * added, (small, large)
 
 
-def test_training_reads_the_panel_from_the_page_cache(panels: dict[int, Path],
-                                                      tmp_path: Path) -> None:
-    root = tmp_path / "cache"
-    build = _in_child("build", str(panels[LARGE]), str(root))
-    trained = _in_child("train", str(panels[LARGE]), str(root), str(tmp_path / "trial"), 1, 8,
-                        10)
-    # The model, its activations and the per-batch windows, but never the panel itself.
-    assert trained["peak_anon_gb"] < 0.5 * build["feature_gb"], trained
-    assert trained["rows_kept_fraction"] == 1.0
-    assert 0.015 < trained["values_missing_fraction"] < 0.025  # the generator's 2 %
-    assert trained["edges_per_date"] > 0
-    assert trained["val_dates"] > 50  # the whole validation period was scored
+def test_training_memory_does_not_grow_with_the_panel(panels: dict[int, Path],
+                                                     tmp_path: Path) -> None:
+    """Same model, steps and validation dates on 100 and 400 dates of panel: what training
+    holds beyond the page cache (the model, its activations, one batch's windows) is the same,
+    so the panel is never copied into the process. (Without the graph block: the graph's edges
+    do grow with dates x stocks, by design; the graph has its own benchmark.)"""
+    runs = {}
+    for dates in (SMALL, LARGE):
+        root = tmp_path / f"cache{dates}"
+        build = _in_child("build", str(panels[dates]), str(root))
+        # val_fraction gives both runs ~5 validation dates to score.
+        runs[dates] = {**_in_child("train", str(panels[dates]), str(root),
+                                   str(tmp_path / f"trial{dates}"), 1, 8, 10,
+                                   5 / (dates - 1), False),
+                        "feature_gb": build["feature_gb"]}
+    small, large = runs[SMALL], runs[LARGE]
+    grown = large["peak_anon_gb"] - small["peak_anon_gb"]
+    assert grown < 0.25 * (large["feature_gb"] - small["feature_gb"]), runs
+    for run in runs.values():
+        assert run["rows_kept_fraction"] == 1.0
+        assert 0.015 < run["values_missing_fraction"] < 0.025  # the generator's 2 %
+        assert run["val_dates"] >= 4  # the whole validation period was scored

@@ -109,6 +109,13 @@ def leak_scores(fc: FeatureCache, panel: Panel, train_dates: np.ndarray, h_idx: 
                                                         strict=True)}
 
 
+def no_graphs(n_dates: int) -> DateGraphs:
+    """An edgeless graph of ``n_dates`` dates (for models without the graph block)."""
+    empty = np.zeros(0, dtype=np.int32)
+    return DateGraphs(src=empty, dst=empty, weight=np.zeros(0, dtype=np.float32),
+                      offsets=np.zeros(n_dates + 1, dtype=np.int64))
+
+
 def carve_selection(train_dates: np.ndarray, config: TrainConfig
                     ) -> tuple[np.ndarray, np.ndarray]:
     """Split the last ``select_fraction`` of the training dates off for model selection.
@@ -315,7 +322,8 @@ def train(config: TrainConfig, ctx: TrialContext) -> dict[str, float]:
         raise UserError(f"the panel's {n_dates} dates leave no training date with a full "
                         f"lookback of {config.lookback} dates; use more dates or a shorter "
                         "lookback")
-    graphs = load_graphs(fc, panel, config)
+    # A model without the graph block never reads a graph: none is built.
+    graphs = load_graphs(fc, panel, config) if config.use_graph else no_graphs(len(panel.dates))
     graph_seconds = time.perf_counter() - t_graph
     h_idx = list(config.horizons).index(config.metric_horizon)
     scores = leak_scores(fc, panel, train_dates, h_idx, config)
