@@ -34,7 +34,8 @@ def test_build_prints_the_cache_and_reuses_it(parquet: Path, tmp_path: Path,
     assert first.out == f"{cache_dir}  (20 rows x 2 features, 4 dates, 5 codes)\n"
     assert "building cache" in first.err
     fc = open_cache(cache_dir)
-    assert fc.feature_names == ("f3", "f1") and fc.valid is not None
+    assert fc.feature_names == ("f3", "f1") and fc.features.shape == (4, 5, 2)
+    assert fc.manifest["spec"]["nan_policy"] == "mask"
 
     assert build_cli.main(argv) == 0
     again = capsys.readouterr()
