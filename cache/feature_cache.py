@@ -197,17 +197,18 @@ class FeatureCache:
         (a file this code did not write, or a damaged one) is refused rather than copied.
         """
         item = np.dtype(dtype).itemsize
+        per_date = int(np.prod(shape[1:]))
         starts = []
         for i, batch in enumerate(batches):
             column = batch.column(name)
             values = column.flatten() if isinstance(column, pa.FixedSizeListArray) else column
-            if column.null_count or values.null_count or len(values) != int(np.prod(shape[1:])):
+            if column.null_count or values.null_count or len(values) != per_date:
                 raise CacheError(f"cache column {name!r} of date {i} is not what this format "
                                 "writes; the file is damaged, rebuild it")
             starts.append(values.buffers()[1].address - base + values.offset * item)
         starts_arr = np.asarray(starts, dtype=np.int64)
         stride = int(starts_arr[1] - starts_arr[0]) if len(starts_arr) > 1 else 0
-        row_bytes = int(np.prod(shape[1:])) * item
+        row_bytes = per_date * item
         if (starts_arr[0] < 0 or stride % item or (len(starts_arr) > 1 and stride < row_bytes)
                 or np.any(np.diff(starts_arr) != stride)
                 or starts_arr[-1] + row_bytes > len(self._mm)):
