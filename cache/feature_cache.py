@@ -128,9 +128,14 @@ class FeatureCache:
         self.key: str = self.manifest["key"]
         self.feature_names: tuple[str, ...] = tuple(self.manifest["feature_names"])
         self.target_names: tuple[str, ...] = tuple(self.manifest["target_names"])
-        n_dates, n_codes = int(self.manifest["n_dates"]), int(self.manifest["n_codes"])
         data_path = self.path / DATA_FILE
-        expected_bytes = self.manifest["files"][DATA_FILE]
+        try:
+            n_dates, n_codes = int(self.manifest["n_dates"]), int(self.manifest["n_codes"])
+            expected_bytes = int(self.manifest["files"][DATA_FILE])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CacheError(f"cache manifest {self.path / MANIFEST_FILE} is damaged (bad "
+                             f"n_dates, n_codes or files: {exc!r}); delete {self.path} and "
+                             "rebuild") from exc
         try:
             actual_bytes = data_path.stat().st_size
         except FileNotFoundError:

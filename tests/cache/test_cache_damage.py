@@ -70,7 +70,11 @@ def test_a_manifest_with_the_wrong_shape_is_refused(built: Path) -> None:
     _refused(built, "does not match its manifest; rebuild it")
     _edit_manifest(built, n_codes=5, feature_names=["f0", "f1"])
     _refused(built, "does not match its manifest; rebuild it")
-    _edit_manifest(built, feature_names=["f0", "f1", "f2"])
+    _edit_manifest(built, feature_names=["f0", "f1", "f2"], n_dates="three")
+    _refused(built, r"manifest .* is damaged \(bad n_dates, n_codes or files: ValueError")
+    _edit_manifest(built, n_dates=3, files={DATA_FILE: None})
+    _refused(built, r"manifest .* is damaged \(bad n_dates, n_codes or files: TypeError")
+    _edit_manifest(built, files={DATA_FILE: (built / DATA_FILE).stat().st_size})
     assert open_cache(built).features.shape == (3, 5, 3)  # the edits undone: readable again
 
 
