@@ -41,6 +41,7 @@ from cache._panel import (
 )
 from cache._source import Source, _first_line
 from cache.errors import CacheError
+from cache.feature_cache import batch_schema
 from cache.spec import CODE_COLUMN, DATE_COLUMN, CacheSpec
 
 log = logging.getLogger("cache")
@@ -173,15 +174,6 @@ class _Stats:
                      target_count=self.target_count)
             f.flush()
             os.fsync(f.fileno())
-
-
-def batch_schema(n_features: int, n_targets: int, metadata: dict[bytes, bytes]) -> pa.Schema:
-    return pa.schema([
-        pa.field("features", pa.list_(pa.float32(), n_features), nullable=False),
-        pa.field("targets", pa.list_(pa.float32(), n_targets), nullable=False),
-        # uint8, not Arrow bool: Arrow packs bools into bits, which numpy cannot view.
-        pa.field("present", pa.uint8(), nullable=False),
-    ], metadata=metadata)
 
 
 def _date_batch(schema: pa.Schema, x: np.ndarray, y: np.ndarray, present: np.ndarray

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from cache._dense import STATS_FILE, Built, Keys, batch_schema, write_dense
+from cache._dense import STATS_FILE, Built, Keys, write_dense
 from cache.feature_cache import (
     DATA_FILE,
     FORMAT_VERSION,
@@ -20,6 +20,7 @@ from cache.feature_cache import (
     MANIFEST_FILE,
     META_KEY,
     META_VERSION,
+    batch_schema,
 )
 from cache.spec import CacheSpec
 
@@ -73,7 +74,7 @@ def write_cache_files(directory: Path, *, keys: Keys,
         directory / INDEX_FILE,
         lambda f: np.savez(f, dates=keys.dates, codes=np.array(keys.codes, dtype=str)),
     )
-    schema = batch_schema(len(features), len(targets), {})
+    schema = batch_schema(len(features), len(targets))
     manifest = {
         **manifest,
         "layout": "dense-per-date",

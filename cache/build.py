@@ -46,13 +46,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"cache root; the cache goes to OUT/<key> (default: {DEFAULT_OUT})")
     parser.add_argument("--features", type=_names, default=None, metavar="A,B,C",
                         help="feature columns in this order (default: every numeric column "
-                        "that is not date, code or a target)")
+                        "that is not date, code or a target, nor looks forward-looking: "
+                        "ret_<h>d or a word starting fwd/forward/future/label/target)")
     parser.add_argument("--targets", type=_names, default=DEFAULT_TARGETS, metavar="A,B,C",
                         help=f"target columns (default: {','.join(DEFAULT_TARGETS)})")
     parser.add_argument("--nan-policy", choices=NAN_POLICIES, default="refuse",
-                        help="NaN/inf/null in a feature or target: refuse (error naming the "
-                        "columns), mask (keep rows, zero the values, mark rows invalid), fill "
-                        "(replace with --fill-value). Default: refuse")
+                        help="NaN/inf/null in a feature: refuse (error naming the columns "
+                        "and counts), mask (keep the row and the NaN; the trainer imputes and "
+                        "masks each value), fill (replace with --fill-value). A missing target "
+                        "is always kept as NaN, never filled. Default: refuse")
     parser.add_argument("--fill-value", type=float, default=0.0,
                         help="replacement under --nan-policy fill (default: 0)")
     parser.add_argument("--source-id", default=None,

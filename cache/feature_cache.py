@@ -82,6 +82,22 @@ def read_manifest(path: Path) -> dict[str, Any]:
     return manifest
 
 
+def batch_schema(n_features: int, n_targets: int, metadata: dict[bytes, bytes] | None = None
+                 ) -> pa.Schema:
+    """The schema of every record batch in ``data.arrow``."""
+    return pa.schema([
+        pa.field("features", pa.list_(pa.float32(), n_features), nullable=False),
+        pa.field("targets", pa.list_(pa.float32(), n_targets), nullable=False),
+        # uint8, not Arrow bool: Arrow packs bools into bits, which numpy cannot view.
+        pa.field("present", pa.uint8(), nullable=False),
+    ], metadata=metadata)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def _read_only(array: np.ndarray) -> np.ndarray:
     view = array.view()
     view.flags.writeable = False
@@ -112,9 +128,14 @@ class FeatureCache:
         self.key: str = self.manifest["key"]
         self.feature_names: tuple[str, ...] = tuple(self.manifest["feature_names"])
         self.target_names: tuple[str, ...] = tuple(self.manifest["target_names"])
-        n_dates, n_codes = int(self.manifest["n_dates"]), int(self.manifest["n_codes"])
         data_path = self.path / DATA_FILE
-        expected_bytes = self.manifest["files"][DATA_FILE]
+        try:
+            n_dates, n_codes = int(self.manifest["n_dates"]), int(self.manifest["n_codes"])
+            expected_bytes = int(self.manifest["files"][DATA_FILE])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CacheError(f"cache manifest {self.path / MANIFEST_FILE} is damaged (bad "
+                             f"n_dates, n_codes or files: {exc!r}); delete {self.path} and "
+                             "rebuild") from exc
         try:
             actual_bytes = data_path.stat().st_size
         except FileNotFoundError:
@@ -130,19 +151,31 @@ class FeatureCache:
         whole = pa.py_buffer(self._mm)
         try:
             reader = pa.ipc.open_file(whole)  # reads from the buffer: zero-copy slices
-        except (pa.ArrowInvalid, OSError) as exc:
-            raise CacheError(f"cache file {data_path} is not a readable Arrow file ({exc}); "
-                             "rebuild it") from exc
+        except (pa.ArrowException, OSError) as exc:
+            raise CacheError(f"cache file {data_path} is not a readable Arrow file "
+                             f"({_first_line(exc)}); rebuild it") from exc
         meta = reader.schema.metadata or {}
-        if (reader.num_record_batches != n_dates
-                or meta.get(META_KEY, b"").decode() != self.key):
-            raise CacheError(f"cache file {data_path} does not match its manifest; rebuild it")
         n_feat, n_targ = len(self.feature_names), len(self.target_names)
-        self._features_rw = self._strided(reader, whole.address, "features", np.float32,
+        if (reader.num_record_batches != n_dates
+                or meta.get(META_KEY, b"").decode(errors="replace") != self.key
+                or not reader.schema.equals(batch_schema(n_feat, n_targ))):
+            raise CacheError(f"cache file {data_path} does not match its manifest; rebuild it")
+        try:
+            batches = [reader.get_batch(i) for i in range(n_dates)]
+            for batch in batches:
+                # Checks every buffer against the lengths the batch's metadata claims: a
+                # damaged length must fail here, not abort the process in a later slice.
+                batch.validate()
+        except (pa.ArrowException, OSError) as exc:
+            raise CacheError(f"cache file {data_path} is damaged ({_first_line(exc)}); "
+                             "rebuild it") from exc
+        if any(batch.num_rows != n_codes for batch in batches):
+            raise CacheError(f"cache file {data_path} does not match its manifest; rebuild it")
+        self._features_rw = self._strided(batches, whole.address, "features", np.float32,
                                           (n_dates, n_codes, n_feat))
-        self._targets_rw = self._strided(reader, whole.address, "targets", np.float32,
+        self._targets_rw = self._strided(batches, whole.address, "targets", np.float32,
                                          (n_dates, n_codes, n_targ))
-        present = self._strided(reader, whole.address, "present", np.uint8,
+        present = self._strided(batches, whole.address, "present", np.uint8,
                                 (n_dates, n_codes))
         self.features = _read_only(self._features_rw)
         self.targets = _read_only(self._targets_rw)
@@ -157,28 +190,30 @@ class FeatureCache:
             raise CacheError(f"cache index or statistics of {self.path} are unreadable ({exc});"
                             " rebuild the cache") from exc
         if (len(self.dates) != n_dates or len(self.codes) != n_codes
-                or self.stats["count"].shape != (n_dates, n_feat)):
+                or any(self.stats.get(k, np.empty(0)).shape != (n_dates, n_feat)
+                       for k in ("count", "mean", "m2"))):
             raise CacheError(f"cache index of {self.path} does not match its data; rebuild it")
 
-    def _strided(self, reader: pa.ipc.RecordBatchFileReader, base: int, name: str,
-                 dtype: type, shape: tuple[int, ...]) -> np.ndarray:
+    def _strided(self, batches: list[pa.RecordBatch], base: int, name: str, dtype: type,
+                 shape: tuple[int, ...]) -> np.ndarray:
         """A (D, ...) numpy view of column ``name`` across every batch, inside the mapping.
 
         Each batch's buffer must lie exactly one stride after the previous one; anything else
         (a file this code did not write, or a damaged one) is refused rather than copied.
         """
         item = np.dtype(dtype).itemsize
+        per_date = int(np.prod(shape[1:]))
         starts = []
-        for i in range(reader.num_record_batches):
-            column = reader.get_batch(i).column(name)
+        for i, batch in enumerate(batches):
+            column = batch.column(name)
             values = column.flatten() if isinstance(column, pa.FixedSizeListArray) else column
-            if column.null_count or values.null_count or len(values) != int(np.prod(shape[1:])):
+            if column.null_count or values.null_count or len(values) != per_date:
                 raise CacheError(f"cache column {name!r} of date {i} is not what this format "
                                 "writes; the file is damaged, rebuild it")
             starts.append(values.buffers()[1].address - base + values.offset * item)
         starts_arr = np.asarray(starts, dtype=np.int64)
         stride = int(starts_arr[1] - starts_arr[0]) if len(starts_arr) > 1 else 0
-        row_bytes = int(np.prod(shape[1:])) * item
+        row_bytes = per_date * item
         if (starts_arr[0] < 0 or stride % item or (len(starts_arr) > 1 and stride < row_bytes)
                 or np.any(np.diff(starts_arr) != stride)
                 or starts_arr[-1] + row_bytes > len(self._mm)):

@@ -30,19 +30,30 @@ def summary(path: Path, manifest: dict[str, Any]) -> str:
     features = manifest["feature_names"]
     shown = ", ".join(features[:10]) + (f", ... ({len(features) - 10} more)"
                                         if len(features) > 10 else "")
+    bad = nan["bad_values"]
+    bad_text = ", ".join(f"{k} {v}" for k, v in bad.items()) or "none"
+    known = manifest.get("rows_with_target", {})
+    passes = manifest.get("build_passes", 1)
+    n_dates, n_codes = manifest["n_dates"], manifest["n_codes"]
     lines = [
         f"cache      {path}",
         f"key        {manifest['key']}  (format version {manifest['format_version']})",
         f"source     {src['kind']} {src['id']}  content hash {src['content_hash']}",
-        f"built      {manifest['created_at']}  in {manifest['build_seconds']} s",
-        f"rows       {manifest['rows']}  ({manifest['n_dates']} dates "
-        f"{manifest['first_date']} .. {manifest['last_date']}, {manifest['n_codes']} codes)",
+        f"built      {manifest['created_at']}  in {manifest['build_seconds']} s, {passes} "
+        f"pass{'es' if passes != 1 else ''} over the values",
+        f"rows       {manifest['rows']}  ({n_dates} dates "
+        f"{manifest['first_date']} .. {manifest['last_date']}, {n_codes} codes)",
+        f"layout     one batch per date: ({n_dates} dates, {n_codes} codes, "
+        f"{manifest['n_features']} features) float32, {manifest['rows']} of "
+        f"{n_dates * n_codes} (date, code) cells present",
         f"features   {manifest['n_features']}: {shown}",
-        f"targets    {manifest['n_targets']}: {', '.join(manifest['target_names'])}",
+        f"targets    {manifest['n_targets']}: "
+        + ", ".join(f"{t} ({known[t]} rows known)" if t in known else t
+                    for t in manifest["target_names"]),
         f"nan policy {spec['nan_policy']}"
         + (f" (fill {spec['fill_value']})" if "fill_value" in spec else "")
-        + f"; bad values {sum(nan['bad_values'].values())}, rows with a missing feature "
-        f"{nan['rows_with_missing_feature']}",
+        + f" (features; targets stay NaN); bad values: {bad_text}; missing feature values "
+        f"{nan['missing_feature_values']} in {nan['rows_with_missing_feature']} row(s)",
         "files      " + ", ".join(f"{k} {_mib(v)}" for k, v in manifest["files"].items()),
         "schema     " + ", ".join(f"{k}: {v}" for k, v in manifest["schema"].items()),
     ]

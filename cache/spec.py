@@ -20,15 +20,18 @@ class CacheSpec:
     """The feature configuration of a cache; part of the cache key.
 
     Attributes:
-        feature_columns: the feature columns in the order they take in the feature matrix;
-            None takes every numeric column that is neither ``date``/``code`` nor a target,
-            in the panel's column order (non-numeric extra columns are then skipped).
-        target_columns: forward-return columns stored as the target matrix.
-        nan_policy: what a NaN, inf or null in a feature or target does:
+        feature_columns: the feature columns in the order they take in the feature block;
+            None takes every numeric column that is neither ``date``/``code`` nor a target
+            nor forward-looking (``ret_<h>d``, or a word starting fwd/forward/future/label/
+            target: see ``cache._panel.forward_looking``), in the panel's column order
+            (skipped columns are logged). Naming a column here uses it whatever its name.
+        target_columns: forward-return columns stored as the target block.
+        nan_policy: what a NaN, inf or null in a FEATURE does:
             ``"refuse"`` fails the build with a CacheError naming each column and its count;
-            ``"mask"`` keeps the rows, sets the bad values to 0 and records ``valid[row] =
-            False`` for every row with any bad value; ``"fill"`` replaces bad values with
-            ``fill_value`` and records no mask.
+            ``"mask"`` keeps the row and stores the value as NaN (the trainer imputes and
+            masks it); ``"fill"`` replaces it with ``fill_value``. A non-finite target is
+            stored as NaN under every policy (never filled, never refused) and counted in
+            the manifest's ``nan.bad_values``.
         fill_value: the replacement under ``"fill"`` (ignored otherwise, and then not part
             of the key).
     """

@@ -1,20 +1,26 @@
 """Benchmark: from opening a file to a float32 torch tensor of all features, read once.
 
-    python scripts/bench_cache.py                      # 1,000,000 rows x 100 features
+    python scripts/bench_cache.py                      # 1,000 dates x 1,000 stocks x 100 features
     python scripts/bench_cache.py --rows 200000 --csv-runs 0
 
-Each path is timed from "open the file" to "a C-contiguous (rows, features) float32 torch
-tensor whose every element has been read" (its sum), warm (one untimed run first, the files
-in the page cache), median of ``--runs``:
+The panel is complete (every stock every date) and its files are sorted by (date, code), so
+every path can produce the (dates, stocks, features) block training reads. Each path is timed
+from "open the file" to "a (D, S, F) float32 torch tensor whose every element has been read"
+(its sum), warm (one untimed run first, the files in the page cache), median of ``--runs``:
 
-    csv               polars read_csv -> DataFrame.to_numpy(order="c") -> torch.from_numpy
+    csv               polars read_csv -> DataFrame.to_numpy(order="c") -> reshape (D, S, F)
     parquet(_zstd)    polars read_parquet, same conversion (uncompressed / zstd files)
-    cache             cache.open_cache -> FeatureCache.features_torch() (memory map, no copy)
+    cache             cache.open_cache -> FeatureCache.features_torch(): the (D, S, F) view
+                      onto the memory map (dates at the file's batch stride), no copy
+    cache_copy        the same view materialised: .contiguous(), one copy out of the map
     memcpy            numpy copy of the same bytes already in memory: into a fresh array
                       (memcpy_gbps) and into an existing one (memcpy_reuse_gbps)
 
-GB/s = rows x features x 4 bytes / seconds. The copy figures are the ceiling a loader that
-must produce its own array can reach; the cache does not copy at all.
+The file readers' reshape is free only because the panel is complete and sorted; a panel
+whose stocks list and delist would need a scatter on top (what the cache build does once).
+GB/s = dates x stocks x features x 4 bytes / seconds. The copy figures are the ceiling a
+loader that must produce its own array can reach; the cache view does not copy at all.
+The cache's (streamed, two-pass) build time is reported too, from its manifest.
 
 Second benchmark, sharing: ``--procs`` processes each open the same data and read all of it
 into a tensor they keep. Memory growth = the sum over the processes of the growth of their
@@ -86,12 +92,13 @@ def make_files(workdir: Path, *, rows: int, features: int, with_csv: bool) -> di
     return paths
 
 
-# -- one read of each kind: file -> (rows, features) float32 tensor, summed ----------------
+# -- one read of each kind: file -> (dates, stocks, features) float32 tensor, summed --------
 def feature_names(features: int) -> list[str]:
     return [f"f{j:03d}" for j in range(features)]
 
 
 def read_polars(path: Path, kind: str, features: int) -> torch.Tensor:
+    """(D, S, F): the file's rows are (date, code) sorted and complete, so a reshape."""
     import polars as pl
     import torch
 
@@ -102,13 +109,19 @@ def read_polars(path: Path, kind: str, features: int) -> torch.Tensor:
         df = pl.read_parquet(path, columns=names)
     matrix = df.to_numpy(order="c")  # (rows, features) float32, row-major: one copy
     del df
-    return torch.from_numpy(matrix)
+    return torch.from_numpy(matrix.reshape(-1, STOCKS, features))  # (D, S, F), a view
 
 
 def read_cache(path: Path) -> torch.Tensor:
+    """(D, S, F) view onto the map: strides (batch stride, F, 1) elements, no copy."""
     from cache import open_cache
 
     return open_cache(path).features_torch()
+
+
+def read_cache_copy(path: Path) -> torch.Tensor:
+    """The view materialised as a C-contiguous (D, S, F) tensor: one copy out of the map."""
+    return read_cache(path).contiguous()
 
 
 def timed(make: Callable[[], object], *, runs: int, check: Callable[[object], float],
@@ -203,11 +216,14 @@ def shared_ratio(kind: str, path: Path, *, procs: int, features: int,
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python scripts/bench_cache.py",
-        description="Time file -> float32 torch tensor of all features for CSV, parquet, the "
-        "Arrow cache and a plain memcpy; measure memory shared by several readers.",
+        description="Time file -> (dates, stocks, features) float32 torch tensor for CSV, "
+        "parquet, the Arrow cache and a plain memcpy; measure memory shared by several "
+        "readers.",
         epilog="example: python scripts/bench_cache.py --rows 200000 --csv-runs 0",
     )
-    parser.add_argument("--rows", type=int, default=1_000_000, help="panel rows (default 1e6)")
+    parser.add_argument("--rows", type=int, default=1_000_000,
+                        help=f"panel rows, rounded down to whole dates of {STOCKS} stocks "
+                        "(default 1e6)")
     parser.add_argument("--features", type=int, default=100, help="feature columns (100)")
     parser.add_argument("--runs", type=int, default=5, help="timed warm runs per path (5)")
     parser.add_argument("--csv-runs", type=int, default=1,
@@ -231,9 +247,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"data written in {time.perf_counter() - t0:.1f} s to {workdir}", flush=True)
         from cache import open_cache
 
-        reference = np.array(open_cache(paths["cache"]).features)  # (rows, features) in RAM
-        rows, features = reference.shape
+        fc = open_cache(paths["cache"])
+        reference = np.array(fc.features)  # (D, S, F), C-contiguous, in RAM
+        assert fc.present.all() and reference.shape[1] == STOCKS
+        build_seconds = float(fc.manifest["build_seconds"])
+        del fc
+        n_dates, stocks, features = reference.shape
+        rows = n_dates * stocks
         nbytes = reference.nbytes
+        print(f"  cache build        {build_seconds * 1e3:9.1f} ms  (streamed, from a frame)",
+              flush=True)
         results: dict[str, float] = {}
         checks: dict[str, float] = {}
 
@@ -247,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
         record("memcpy_reuse", reuse, 0.0)
         record("cache", *timed(lambda: read_cache(paths["cache"]), runs=args.runs,
                                check=tensor_sum))
+        record("cache_copy", *timed(lambda: read_cache_copy(paths["cache"]), runs=args.runs,
+                                    check=tensor_sum))
         record("parquet", *timed(lambda: read_polars(paths["parquet"], "parquet", features),
                                  runs=args.runs, check=tensor_sum))
         record("parquet_zstd", *timed(
@@ -257,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
                                  runs=args.csv_runs, check=tensor_sum))
         sums = {k: v for k, v in checks.items() if not k.startswith("memcpy")}
         expected = tensor_sum(torch.from_numpy(reference))
-        for name, value in sums.items():  # every path read the same numbers, same layout
+        for name, value in sums.items():  # every path read the same (D, S, F) numbers
             assert abs(value - expected) <= 1e-4 * max(1.0, abs(expected)), (name, value)
         del reference
         gc.collect()
@@ -275,12 +300,16 @@ def main(argv: list[str] | None = None) -> int:
     fastest_parquet = max(results["parquet"], results["parquet_zstd"])
     report = {
         "rows": rows,
+        "dates": n_dates,
+        "stocks": stocks,
         "features": features,
+        "cache_build_seconds": build_seconds,
         "bytes": nbytes,
         "runs": args.runs,
         "memcpy_gbps": results["memcpy"],
         "memcpy_reuse_gbps": results["memcpy_reuse"],
         "cache_gbps": results["cache"],
+        "cache_copy_gbps": results["cache_copy"],
         "parquet_gbps": results["parquet"],
         "parquet_zstd_gbps": results["parquet_zstd"],
         "csv_gbps": results.get("csv"),
@@ -298,7 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     print()
     print(f"{'path':<16}{'GB/s':>8}")
-    for name in ("csv", "parquet_zstd", "parquet", "cache", "memcpy", "memcpy_reuse"):
+    for name in ("csv", "parquet_zstd", "parquet", "cache_copy", "cache", "memcpy",
+                 "memcpy_reuse"):
         if name in results:
             print(f"{name:<16}{results[name]:8.2f}")
     print(f"cache = {report['cache_vs_memcpy']:.2f}x fresh memcpy (target >= 0.5), "

@@ -71,33 +71,55 @@ def test_non_numeric_feature_column(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), None])
-def test_refuse_policy_names_each_column_and_count(tmp_path: Path, bad: float | None) -> None:
-    frame = _with_cell(make_panel(), "f1", 2, bad)
-    frame = _with_cell(_with_cell(frame, "ret_20d", 0, bad), "ret_20d", 5, bad)
+def test_refuse_policy_names_each_feature_column_and_count(tmp_path: Path,
+                                                           bad: float | None) -> None:
+    frame = _with_cell(_with_cell(make_panel(), "f1", 2, bad), "f2", 9, bad)
+    frame = _with_cell(_with_cell(frame, "f2", 3, bad), "ret_20d", 0, bad)
     message = _fails(frame, tmp_path, CacheSpec(), "NaN/inf/null")
-    assert "NaN/inf/null values in 2 column(s): f1 (1), ret_20d (2)" in message
-    assert "nan_policy 'refuse'" in message and "'mask'" in message
+    # targets are never refused: ret_20d is no part of the complaint
+    assert "NaN/inf/null values in 2 feature column(s): f1 (1), f2 (2);" in message
+    assert "ret_20d" not in message
+    assert "nan_policy 'refuse'" in message and "'mask'" in message and "'fill'" in message
 
 
-def test_mask_policy_keeps_rows_zeroes_values_and_marks_them(tmp_path: Path) -> None:
+def test_refuse_policy_keeps_a_missing_target_as_nan(tmp_path: Path) -> None:
     frame = make_panel(shuffle=False)  # rows already in (date, code) order
+    frame = _with_cell(_with_cell(frame, "ret_20d", 0, None), "ret_20d", 5, float("inf"))
+    fc = load_or_build(frame, tmp_path, CacheSpec())
+    assert np.isnan(fc.targets[0, 0, 3]) and np.isnan(fc.targets[1, 0, 3])
+    assert np.isfinite(fc.targets).sum() == frame.height * 4 - 2
+    assert fc.manifest["nan"]["bad_values"] == {"ret_20d": 2}
+    assert fc.manifest["rows_with_target"]["ret_20d"] == frame.height - 2
+
+
+def test_mask_policy_keeps_the_row_and_the_nan_in_place(tmp_path: Path) -> None:
+    frame = make_panel(shuffle=False)  # row r is date r // 5, code r % 5
     frame = _with_cell(_with_cell(frame, "f0", 3, float("nan")), "ret_10d", 7, float("-inf"))
+    frame = _with_cell(frame, "f2", 3, float("inf"))
     fc = load_or_build(frame, tmp_path, CacheSpec(nan_policy="mask"))
-    assert fc.features.shape[0] == frame.height
-    assert fc.valid is not None and fc.valid.dtype == np.bool_
-    assert np.flatnonzero(~fc.valid).tolist() == [3, 7]
-    assert fc.target_valid is not None and fc.target_valid.shape == (frame.height, 4)
-    assert np.argwhere(~fc.target_valid).tolist() == [[7, 2]]  # the NaN feature is no target
-    assert fc.features[3, 0] == 0.0 and fc.targets[7, 2] == 0.0
-    assert fc.features[7, 0] == pytest.approx(frame["f0"][7])  # other cells untouched
-    assert fc.manifest["nan"] == {"bad_values": {"f0": 1, "ret_10d": 1}, "invalid_rows": 2}
+    assert fc.present.all()  # a NaN feature never drops the row
+    assert np.isnan(fc.features[0, 3, 0]) and np.isnan(fc.features[0, 3, 2])  # inf -> NaN
+    assert fc.features[0, 3, 1] == frame["f1"][3]  # the row's other values stay
+    assert np.isnan(fc.features).sum() == 2
+    assert np.isnan(fc.targets[1, 2, 2])  # a -inf target is stored as NaN
+    assert np.isfinite(fc.targets[0, 3]).all()  # the NaN feature is no missing target
+    assert np.isnan(fc.targets).sum() == 1
+    assert fc.features[1, 2, 0] == pytest.approx(frame["f0"][7])  # other cells untouched
+    assert fc.manifest["nan"] == {"bad_values": {"f0": 1, "f2": 1, "ret_10d": 1},
+                                  "missing_feature_values": 2, "rows_with_missing_feature": 1}
+    assert fc.stats["count"][0].tolist() == [4, 5, 4]  # statistics skip the missing values
 
 
-def test_fill_policy_replaces_and_records_no_mask(tmp_path: Path) -> None:
+def test_fill_policy_replaces_features_and_never_targets(tmp_path: Path) -> None:
     frame = _with_cell(make_panel(shuffle=False), "f2", 4, None)
+    frame = _with_cell(_with_cell(frame, "f0", 6, float("-inf")), "ret_1d", 6, float("nan"))
     fc = load_or_build(frame, tmp_path, CacheSpec(nan_policy="fill", fill_value=-1.5))
-    assert fc.valid is None and fc.target_valid is None and fc.features[4, 2] == -1.5
+    assert fc.features[0, 4, 2] == -1.5 and fc.features[1, 1, 0] == -1.5
     assert np.isfinite(fc.features).all()
+    assert np.isnan(fc.targets[1, 1, 0])  # targets are never filled
+    assert np.isnan(fc.targets).sum() == 1
+    assert fc.manifest["nan"] == {"bad_values": {"f0": 1, "f2": 1, "ret_1d": 1},
+                                  "missing_feature_values": 0, "rows_with_missing_feature": 0}
 
 
 def test_float64_overflow_to_float32_counts_as_inf(tmp_path: Path) -> None:
@@ -143,7 +165,8 @@ def test_datetime_dates_and_integer_codes_are_accepted(tmp_path: Path) -> None:
         pl.col("date").cast(pl.Datetime("us")), pl.col("code").cast(pl.Int64))
     fc = load_or_build(frame, tmp_path, CacheSpec())
     assert fc.codes == ["1", "2", "3"]
-    assert fc.unique_dates.tolist() == [dt.date(2024, 1, 1), dt.date(2024, 1, 2)]
+    assert fc.dates.tolist() == [dt.date(2024, 1, 1), dt.date(2024, 1, 2)]
+    assert fc.present.all() and fc.features.shape == (2, 3, 3)
 
 
 @pytest.mark.parametrize("make_spec,match", [

@@ -34,7 +34,8 @@ def test_build_prints_the_cache_and_reuses_it(parquet: Path, tmp_path: Path,
     assert first.out == f"{cache_dir}  (20 rows x 2 features, 4 dates, 5 codes)\n"
     assert "building cache" in first.err
     fc = open_cache(cache_dir)
-    assert fc.feature_names == ("f3", "f1") and fc.valid is not None
+    assert fc.feature_names == ("f3", "f1") and fc.features.shape == (4, 5, 2)
+    assert fc.manifest["spec"]["nan_policy"] == "mask"
 
     assert build_cli.main(argv) == 0
     again = capsys.readouterr()
@@ -131,7 +132,13 @@ def test_info_summarises_one_cache_and_lists_a_root(parquet: Path, tmp_path: Pat
     text = capsys.readouterr().out
     assert f"key        {cache_dir.name}  (format version {FORMAT_VERSION})" in text
     assert "rows       20  (4 dates 2024-01-01 .. 2024-01-04, 5 codes)" in text
+    assert ("layout     one batch per date: (4 dates, 5 codes, 4 features) float32, 20 of 20 "
+            "(date, code) cells present") in text
     assert "features   4: f0, f1, f2, f3" in text
+    assert "targets    4: ret_1d (20 rows known), ret_5d (20 rows known)," in text
+    assert ("nan policy refuse (features; targets stay NaN); bad values: none; missing "
+            "feature values 0 in 0 row(s)") in text
+    assert "1 pass over the values" in text
     assert "features: fixed_size_list<item: float>[4]" in text
 
     assert info_cli.main([str(out)]) == 0

@@ -93,7 +93,7 @@ def test_changed_source_rebuilds_and_says_why(panel_file: Path, tmp_path: Path,
     new = load_or_build(panel_file, root, CacheSpec())
     assert new.key != old.key
     assert f"building cache {new.key}: source content changed" in caplog.text
-    np.testing.assert_allclose(new.features[:, 1], old.features[:, 1] + 1.0, rtol=1e-6)
+    np.testing.assert_allclose(new.features[..., 1], old.features[..., 1] + 1.0, rtol=1e-6)
     assert old.features is not None and open_cache(old.path).key == old.key  # old one intact
 
 

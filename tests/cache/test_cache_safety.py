@@ -79,7 +79,7 @@ def test_sigkill_mid_build_leaves_the_previous_cache_and_no_torn_one(tmp_path: P
 
     rebuilt = load_or_build(source, root, CacheSpec())  # the lock died with the process
     assert rebuilt.key != previous.key
-    np.testing.assert_array_equal(rebuilt.features[:, 0], -before[:, 0])
+    np.testing.assert_array_equal(rebuilt.features[..., 0], -before[..., 0])
     assert not any(p.name.startswith(".tmp-") for p in root.iterdir())  # leftover removed
 
 
