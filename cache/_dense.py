@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from queue import Empty, Full, Queue
 from typing import Any
 
 import numpy as np
@@ -51,6 +53,8 @@ log = logging.getLogger("cache")
 CHUNK_ROWS = 65_536
 # Dense date blocks held at once when the source is not in date order (see module docstring).
 BLOCK_BYTES = 1 << 30
+# Chunks decoded ahead of the one being scattered (see _prefetched).
+PREFETCH = 2
 STATS_FILE = "stats.npz"
 
 
@@ -89,8 +93,12 @@ def iter_chunks(source: Source, frame: pl.DataFrame | None, columns: list[str]
             yield sub.slice(start, CHUNK_ROWS)
         return
     assert source.path is not None and source.kind == "parquet"
+    yield from _prefetched(_parquet_chunks(source.path, columns))
+
+
+def _parquet_chunks(path: Path, columns: list[str]) -> Iterator[pl.DataFrame]:
     try:
-        reader = pq.ParquetFile(source.path)
+        reader = pq.ParquetFile(path)
         # One row group at a time: a single iter_batches over the whole file keeps decoded
         # pages alive across row groups (measured: memory grew with the file, 269 MB on a
         # 160 MB panel, and ran 10x slower); per group it stays near one group's size.
@@ -99,7 +107,49 @@ def iter_chunks(source: Source, frame: pl.DataFrame | None, columns: list[str]
                                              columns=columns):
                 yield pl.from_arrow(pa.Table.from_batches([batch]), rechunk=False)
     except (pa.ArrowException, OSError) as exc:
-        raise CacheError(f"cannot read parquet {source.path}: {_first_line(exc)}") from exc
+        raise CacheError(f"cannot read parquet {path}: {_first_line(exc)}") from exc
+
+
+def _prefetched(chunks: Iterator[pl.DataFrame]) -> Iterator[pl.DataFrame]:
+    """``chunks`` decoded one ahead in a thread: parquet decoding and the caller's numpy work
+    both release the GIL, so on two cores they overlap. At most PREFETCH chunks wait."""
+    queue: Queue[Any] = Queue(maxsize=PREFETCH)
+    done = object()
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for chunk in chunks:
+                while not stop.is_set():
+                    try:
+                        queue.put(chunk, timeout=0.1)
+                        break
+                    except Full:
+                        continue
+                if stop.is_set():
+                    return
+            queue.put(done)
+        except BaseException as exc:  # handed to the consumer, raised there
+            queue.put(exc)
+
+    worker = threading.Thread(target=produce, name="cache-read-ahead", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = queue.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while worker.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                queue.get(timeout=0.1)
+            except Empty:
+                pass
+        worker.join()
 
 
 def read_keys(chunks: Iterator[pl.DataFrame], where: str) -> Keys:
@@ -157,14 +207,17 @@ class _Stats:
         self.present = np.zeros(n_dates, dtype=np.int32)
         self.target_count = np.zeros((n_dates, n_targets), dtype=np.int32)
 
-    def add(self, d: int, x: np.ndarray, y: np.ndarray) -> None:
-        """x: (n, F) present rows (NaN = missing); y: (n, H)."""
-        finite = np.isfinite(x)
+    def add(self, d: int, x: np.ndarray, finite: np.ndarray, y: np.ndarray) -> None:
+        """x: (n, F) present rows with 0 wherever ``finite`` is False; y: (n, H).
+
+        Float32 passes with float64 accumulation (a build spends most of its compute here):
+        sum, then the squared deviations about that mean, so there is no cancellation."""
         n = finite.sum(axis=0)
-        x64 = np.where(finite, x, 0.0).astype(np.float64)
-        mean = x64.sum(axis=0) / np.maximum(n, 1)
-        dev = np.where(finite, x64 - mean, 0.0)
-        self.count[d], self.mean[d], self.m2[d] = n, mean, (dev * dev).sum(axis=0)
+        mean = x.sum(axis=0, dtype=np.float64) / np.maximum(n, 1)
+        dev = x - mean.astype(np.float32)
+        dev[~finite] = 0.0
+        self.count[d], self.mean[d] = n, mean
+        self.m2[d] = np.einsum("ij,ij->j", dev, dev, dtype=np.float64)
         self.present[d] = x.shape[0]
         self.target_count[d] = np.isfinite(y).sum(axis=0)
 
@@ -223,29 +276,53 @@ def write_dense(data_path: Path, stats_path: Path, *, keys: Keys,
         while next_to_write < upto:
             d = next_to_write
             x, y, present = open_dates.pop(d)
-            xp, yp = x[present], y[present]
-            bad_x = ~np.isfinite(xp)
-            bad[:n_feat] += bad_x.sum(axis=0)
-            bad[n_feat:] += (~np.isfinite(yp)).sum(axis=0)
+            every = bool(present.all())
+            xp = x if every else x[present]  # (n, F) present rows (a copy unless all are)
+            yp = y if every else y[present]
+            finite = np.isfinite(xp)
+            bad_x = ~finite
+            n_bad = bad_x.sum(axis=0)
+            bad[:n_feat] += n_bad
+            finite_y = np.isfinite(yp)
+            bad[n_feat:] += (~finite_y).sum(axis=0)
             # Targets are never filled: a missing target is NaN, masked by every consumer.
-            y[~np.isfinite(y)] = np.nan
-            if fill is not None:
-                xp[bad_x] = fill
-                x[present] = xp
-            else:
-                x[~np.isfinite(x)] = np.nan
-            stats.add(d, x[present], y[present])
-            missing = np.isnan(x[present])
-            built.missing_feature_values += int(missing.sum())
-            built.rows_with_missing_feature += int(missing.any(axis=1).sum())
-            writer.write_batch(_date_batch(schema, x, y, present))
+            if not finite_y.all():
+                yp[~finite_y] = np.nan
+                if not every:
+                    y[present] = yp
+            missing = 0
+            if n_bad.any():
+                if fill is not None:
+                    xp[bad_x] = fill
+                    finite = np.ones_like(finite)
+                else:
+                    inf = np.isinf(xp)
+                    if inf.any():
+                        xp[inf] = np.nan  # NaN is the one missing marker
+                    missing = int(n_bad.sum())
+                    built.rows_with_missing_feature += int(bad_x.any(axis=1).sum())
+                if not every:
+                    x[present] = xp
+            built.missing_feature_values += missing
+            stats.add(d, np.where(finite, xp, np.float32(0.0)), finite, yp)
+            writer.write_batch(_date_batch(schema, x, y, present))  # written: free to reuse
+            spare.append((x, y, present))
             next_to_write += 1
+
+    spare: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
 
     def date_block(d: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if d not in open_dates:
-            open_dates[d] = (np.full((n_codes, n_feat), np.nan, dtype=np.float32),
-                             np.full((n_codes, n_targ), np.nan, dtype=np.float32),
-                             np.zeros(n_codes, dtype=bool))
+            if spare:  # a written date's blocks: refilling beats faulting in fresh pages
+                x, y, present = spare.pop()
+                x.fill(np.nan)
+                y.fill(np.nan)
+                present.fill(False)
+                open_dates[d] = (x, y, present)
+            else:
+                open_dates[d] = (np.full((n_codes, n_feat), np.nan, dtype=np.float32),
+                                 np.full((n_codes, n_targ), np.nan, dtype=np.float32),
+                                 np.zeros(n_codes, dtype=bool))
         return open_dates[d]
 
     with pa.OSFile(str(data_path), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
