@@ -318,6 +318,8 @@ def test_feature_moments_equal_numpy_over_present_finite_values(tmp_path: Path) 
             column = values[:, f][np.isfinite(values[:, f])]
             assert count[f] == column.size
             assert mean[f] == pytest.approx(column.mean(), rel=1e-12, abs=1e-12)
-            assert std[f] == pytest.approx(column.std(), rel=1e-12, abs=1e-12)
+            # Deviations are taken in float32 (float64 sums): ~1e-8 relative, far below what
+            # standardisation can notice.
+            assert std[f] == pytest.approx(column.std(), rel=1e-7, abs=1e-9)
     total, _, _ = fc.feature_moments(np.arange(5))
     assert total.tolist() == [27, 27 - fc.manifest["nan"]["bad_values"]["f1"], 26]
