@@ -48,8 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="feature columns in this order (default: every numeric column "
                         "that is not date, code or a target, nor looks forward-looking: "
                         "ret_<h>d or a word starting fwd/forward/future/label/target)")
-    parser.add_argument("--targets", type=_names, default=DEFAULT_TARGETS, metavar="A,B,C",
-                        help=f"target columns (default: {','.join(DEFAULT_TARGETS)})")
+    parser.add_argument("--targets", type=_names, default=None, metavar="A,B,C",
+                        help="target columns; required for a parquet/CSV source (synthetic "
+                             f"default: {','.join(DEFAULT_TARGETS)})")
     parser.add_argument("--nan-policy", choices=NAN_POLICIES, default="refuse",
                         help="NaN/inf/null in a feature: refuse (error naming the columns "
                         "and counts), mask (keep the row and the NaN; the trainer imputes and "

@@ -15,6 +15,7 @@ ones that waited find the finished cache and reuse it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -55,7 +56,7 @@ from cache.feature_cache import (
     cache_dirs,
     open_cache,
 )
-from cache.spec import CODE_COLUMN, DATE_COLUMN, CacheSpec
+from cache.spec import CODE_COLUMN, DATE_COLUMN, DEFAULT_TARGETS, CacheSpec
 
 log = logging.getLogger("cache")
 
@@ -232,6 +233,13 @@ def _ensure(source: str | Path | pl.DataFrame, cache_root: str | Path, spec: Cac
         raise TypeError(f"spec must be a CacheSpec, got {type(spec).__name__}")
     cache_root = Path(cache_root)
     resolved = resolve_source(source, source_id=source_id)
+    if spec.target_columns is None:
+        if resolved.kind in ("parquet", "csv"):
+            raise CacheError(f"{_where(resolved)}: name its target columns (the forward returns "
+                             "to predict), e.g. CacheSpec(target_columns=('ret_1d',)) or "
+                             "python -m cache.build --targets ret_1d; a file has no default "
+                             "targets")
+        spec = dataclasses.replace(spec, target_columns=DEFAULT_TARGETS)
     content_hash = _fingerprint(resolved, spec, cache_root=cache_root, rehash=rehash)
     key = cache_key(content_hash, spec)
     path = cache_root / key

@@ -25,7 +25,10 @@ class CacheSpec:
             nor forward-looking (``ret_<h>d``, or a word starting fwd/forward/future/label/
             target: see ``cache._panel.forward_looking``), in the panel's column order
             (skipped columns are logged). Naming a column here uses it whatever its name.
-        target_columns: forward-return columns stored as the target block.
+        target_columns: forward-return columns stored as the target block. A parquet or CSV
+            source must name them (a user's panel has no standard label names, and guessing
+            one would make a label a feature or a feature a label); None means the synthetic
+            market's ``ret_1d, ret_5d, ret_10d, ret_20d`` for in-memory and synthetic sources.
         nan_policy: what a NaN, inf or null in a FEATURE does:
             ``"refuse"`` fails the build with a CacheError naming each column and its count;
             ``"mask"`` keeps the row and stores the value as NaN (the trainer imputes and
@@ -37,7 +40,7 @@ class CacheSpec:
     """
 
     feature_columns: tuple[str, ...] | None = None
-    target_columns: tuple[str, ...] = DEFAULT_TARGETS
+    target_columns: tuple[str, ...] | None = None
     nan_policy: str = "refuse"
     fill_value: float = 0.0
 
@@ -45,7 +48,7 @@ class CacheSpec:
         # Lists are accepted for convenience; the frozen spec keeps tuples so it hashes.
         if self.feature_columns is not None and not isinstance(self.feature_columns, tuple):
             object.__setattr__(self, "feature_columns", tuple(self.feature_columns))
-        if not isinstance(self.target_columns, tuple):
+        if self.target_columns is not None and not isinstance(self.target_columns, tuple):
             object.__setattr__(self, "target_columns", tuple(self.target_columns))
         problems = self._problems()
         if problems:
@@ -60,13 +63,13 @@ class CacheSpec:
             )
         if not isinstance(self.fill_value, int | float) or not math.isfinite(self.fill_value):
             problems.append(f"fill_value={self.fill_value!r} must be a finite number")
-        if not self.target_columns:
+        if self.target_columns is not None and not self.target_columns:
             problems.append("target_columns is empty; give at least one target column")
         features = self.feature_columns or ()
         if self.feature_columns is not None and not features:
             problems.append("feature_columns is empty; give at least one column or None")
-        for kind, names in (("feature_columns", features), ("target_columns",
-                                                             self.target_columns)):
+        targets = self.target_columns or ()
+        for kind, names in (("feature_columns", features), ("target_columns", targets)):
             bad = [n for n in names if not isinstance(n, str) or not n]
             if bad:
                 problems.append(f"{kind} holds non-string or empty names: {bad!r}")
@@ -76,7 +79,7 @@ class CacheSpec:
             keys = [n for n in names if n in KEY_COLUMNS]
             if keys:
                 problems.append(f"{kind} may not include the key column(s) {', '.join(keys)}")
-        both = sorted(set(features) & set(self.target_columns))
+        both = sorted(set(features) & set(targets))
         if both:
             problems.append(f"{', '.join(both)} is both a feature and a target")
         return problems
@@ -89,7 +92,7 @@ class CacheSpec:
         """
         out: dict[str, Any] = {
             "feature_columns": list(self.feature_columns) if self.feature_columns else None,
-            "target_columns": list(self.target_columns),
+            "target_columns": list(self.target_columns or DEFAULT_TARGETS),
             "nan_policy": self.nan_policy,
         }
         if self.nan_policy == "fill":
@@ -101,7 +104,7 @@ class CacheSpec:
         feats = data.get("feature_columns")
         return cls(
             feature_columns=tuple(feats) if feats is not None else None,
-            target_columns=tuple(data.get("target_columns", DEFAULT_TARGETS)),
+            target_columns=tuple(data.get("target_columns") or DEFAULT_TARGETS),
             nan_policy=data.get("nan_policy", "refuse"),
             fill_value=float(data.get("fill_value", 0.0)),
         )

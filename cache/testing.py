@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 import numpy as np
 import polars as pl
 
-from cache.spec import DEFAULT_TARGETS
+from cache.spec import DEFAULT_TARGETS, CacheSpec
 
 
 def make_panel(*, n_stocks: int = 5, n_dates: int = 4, n_features: int = 3, seed: int = 0,
@@ -33,3 +34,8 @@ def make_panel(*, n_stocks: int = 5, n_dates: int = 4, n_features: int = 3, seed
     if shuffle:
         frame = frame.sample(fraction=1.0, shuffle=True, seed=seed)
     return frame
+
+
+def panel_spec(**options: Any) -> CacheSpec:
+    """A CacheSpec naming ``make_panel``'s four targets (a file source must name them)."""
+    return CacheSpec(**{"target_columns": DEFAULT_TARGETS, **options})

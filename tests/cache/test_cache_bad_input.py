@@ -12,7 +12,7 @@ import pytest
 
 from cache import CacheSpec, load_or_build
 from cache.errors import CacheError
-from cache.testing import make_panel
+from cache.testing import make_panel, panel_spec
 
 
 def _leftovers(root: Path) -> list[str]:
@@ -40,7 +40,7 @@ def _with_cell(frame: pl.DataFrame, column: str, row: int, value: float | None) 
 
 def test_missing_and_misnamed_columns_are_named_with_what_was_expected(tmp_path: Path) -> None:
     frame = make_panel().rename({"ret_5d": "ret5d"}).drop("ret_20d")
-    message = _fails(frame, tmp_path, CacheSpec(), "missing column")
+    message = _fails(frame, tmp_path, panel_spec(), "missing column")
     assert "missing column(s) ret_5d, ret_20d" in message
     assert "(did you mean 'ret5d' for 'ret_5d'?)" in message
     assert "expected date, code, ret_1d, ret_5d, ret_10d, ret_20d" in message
@@ -48,14 +48,14 @@ def test_missing_and_misnamed_columns_are_named_with_what_was_expected(tmp_path:
 
     parquet = tmp_path / "p.parquet"
     make_panel().write_parquet(parquet)
-    message = _fails(parquet, tmp_path / "c", CacheSpec(feature_columns=("f0", "f9")),
+    message = _fails(parquet, tmp_path / "c", panel_spec(feature_columns=("f0", "f9")),
                      "missing column")
     assert "missing column(s) f9" in message and "and the features f0, f9" in message
 
 
 def test_non_numeric_feature_column(tmp_path: Path) -> None:
     frame = make_panel().with_columns(pl.lit("tech").alias("sector"))
-    message = _fails(frame, tmp_path / "a", CacheSpec(feature_columns=("f0", "sector")),
+    message = _fails(frame, tmp_path / "a", panel_spec(feature_columns=("f0", "sector")),
                      "not numeric")
     assert "feature column 'sector' is not numeric (dtype String, e.g. value 'tech' in row 0)" \
         in message
@@ -63,11 +63,11 @@ def test_non_numeric_feature_column(tmp_path: Path) -> None:
     make_panel().with_columns(pl.col("f1").cast(pl.String)).with_row_index().with_columns(
         pl.when(pl.col("index") == 3).then(pl.lit("n/a")).otherwise(pl.col("f1")).alias("f1")
     ).drop("index").write_csv(csv)
-    message = _fails(csv, tmp_path / "c", CacheSpec(feature_columns=("f0", "f1")),
+    message = _fails(csv, tmp_path / "c", panel_spec(feature_columns=("f0", "f1")),
                      "not numeric")
     assert "'f1' is not numeric (dtype String, e.g. value 'n/a' in row 3)" in message
     _fails(make_panel().with_columns(pl.col("ret_1d").cast(pl.String)), tmp_path / "b",
-           CacheSpec(), "target column 'ret_1d' is not numeric")
+           panel_spec(), "target column 'ret_1d' is not numeric")
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), None])
@@ -75,7 +75,7 @@ def test_refuse_policy_names_each_feature_column_and_count(tmp_path: Path,
                                                            bad: float | None) -> None:
     frame = _with_cell(_with_cell(make_panel(), "f1", 2, bad), "f2", 9, bad)
     frame = _with_cell(_with_cell(frame, "f2", 3, bad), "ret_20d", 0, bad)
-    message = _fails(frame, tmp_path, CacheSpec(), "NaN/inf/null")
+    message = _fails(frame, tmp_path, panel_spec(), "NaN/inf/null")
     # targets are never refused: ret_20d is no part of the complaint
     assert "NaN/inf/null values in 2 feature column(s): f1 (1), f2 (2);" in message
     assert "ret_20d" not in message
@@ -85,7 +85,7 @@ def test_refuse_policy_names_each_feature_column_and_count(tmp_path: Path,
 def test_refuse_policy_keeps_a_missing_target_as_nan(tmp_path: Path) -> None:
     frame = make_panel(shuffle=False)  # rows already in (date, code) order
     frame = _with_cell(_with_cell(frame, "ret_20d", 0, None), "ret_20d", 5, float("inf"))
-    fc = load_or_build(frame, tmp_path, CacheSpec())
+    fc = load_or_build(frame, tmp_path, panel_spec())
     assert np.isnan(fc.targets[0, 0, 3]) and np.isnan(fc.targets[1, 0, 3])
     assert np.isfinite(fc.targets).sum() == frame.height * 4 - 2
     assert fc.manifest["nan"]["bad_values"] == {"ret_20d": 2}
@@ -96,7 +96,7 @@ def test_mask_policy_keeps_the_row_and_the_nan_in_place(tmp_path: Path) -> None:
     frame = make_panel(shuffle=False)  # row r is date r // 5, code r % 5
     frame = _with_cell(_with_cell(frame, "f0", 3, float("nan")), "ret_10d", 7, float("-inf"))
     frame = _with_cell(frame, "f2", 3, float("inf"))
-    fc = load_or_build(frame, tmp_path, CacheSpec(nan_policy="mask"))
+    fc = load_or_build(frame, tmp_path, panel_spec(nan_policy="mask"))
     assert fc.present.all()  # a NaN feature never drops the row
     assert np.isnan(fc.features[0, 3, 0]) and np.isnan(fc.features[0, 3, 2])  # inf -> NaN
     assert fc.features[0, 3, 1] == frame["f1"][3]  # the row's other values stay
@@ -113,7 +113,7 @@ def test_mask_policy_keeps_the_row_and_the_nan_in_place(tmp_path: Path) -> None:
 def test_fill_policy_replaces_features_and_never_targets(tmp_path: Path) -> None:
     frame = _with_cell(make_panel(shuffle=False), "f2", 4, None)
     frame = _with_cell(_with_cell(frame, "f0", 6, float("-inf")), "ret_1d", 6, float("nan"))
-    fc = load_or_build(frame, tmp_path, CacheSpec(nan_policy="fill", fill_value=-1.5))
+    fc = load_or_build(frame, tmp_path, panel_spec(nan_policy="fill", fill_value=-1.5))
     assert fc.features[0, 4, 2] == -1.5 and fc.features[1, 1, 0] == -1.5
     assert np.isfinite(fc.features).all()
     assert np.isnan(fc.targets[1, 1, 0])  # targets are never filled
@@ -125,13 +125,13 @@ def test_fill_policy_replaces_features_and_never_targets(tmp_path: Path) -> None
 def test_float64_overflow_to_float32_counts_as_inf(tmp_path: Path) -> None:
     frame = make_panel().with_columns(pl.col("f0").cast(pl.Float64))
     frame = _with_cell(frame, "f0", 0, 1e300)
-    _fails(frame, tmp_path, CacheSpec(), r"f0 \(1\)")
+    _fails(frame, tmp_path, panel_spec(), r"f0 \(1\)")
 
 
 def test_duplicate_rows(tmp_path: Path) -> None:
     frame = make_panel()
     doubled = pl.concat([frame, frame.head(2)])
-    message = _fails(doubled, tmp_path, CacheSpec(), "duplicate")
+    message = _fails(doubled, tmp_path, panel_spec(), "duplicate")
     assert "has 2 duplicate (date, code) row(s), e.g. (" in message
 
 
@@ -146,35 +146,35 @@ def test_empty_or_unreadable_files(tmp_path: Path, name: str, content: bytes, ma
                                    ) -> None:
     path = tmp_path / name
     path.write_bytes(content)
-    _fails(path, tmp_path / "caches", CacheSpec(), match)
+    _fails(path, tmp_path / "caches", panel_spec(), match)
 
 
 def test_empty_frame_and_bad_keys(tmp_path: Path) -> None:
     frame = make_panel()
-    _fails(frame.head(0), tmp_path, CacheSpec(), "has no rows")
+    _fails(frame.head(0), tmp_path, panel_spec(), "has no rows")
     bad_dates = frame.with_columns(pl.col("date").cast(pl.String).str.replace_all("-", "/"))
-    _fails(bad_dates, tmp_path, CacheSpec(), r"not ISO dates \(YYYY-MM-DD\), e.g. '2024/")
+    _fails(bad_dates, tmp_path, panel_spec(), r"not ISO dates \(YYYY-MM-DD\), e.g. '2024/")
     _fails(_with_cell(frame.with_columns(pl.col("code")), "code", 1, None), tmp_path,
-           CacheSpec(), "column 'code' has 1 missing value")
-    _fails(frame.with_columns(pl.lit(1.5).alias("date")), tmp_path, CacheSpec(),
+           panel_spec(), "column 'code' has 1 missing value")
+    _fails(frame.with_columns(pl.lit(1.5).alias("date")), tmp_path, panel_spec(),
            "column 'date' has dtype Float64; expected a date")
 
 
 def test_datetime_dates_and_integer_codes_are_accepted(tmp_path: Path) -> None:
     frame = make_panel(n_stocks=3, n_dates=2).with_columns(
         pl.col("date").cast(pl.Datetime("us")), pl.col("code").cast(pl.Int64))
-    fc = load_or_build(frame, tmp_path, CacheSpec())
+    fc = load_or_build(frame, tmp_path, panel_spec())
     assert fc.codes == ["1", "2", "3"]
     assert fc.dates.tolist() == [dt.date(2024, 1, 1), dt.date(2024, 1, 2)]
     assert fc.present.all() and fc.features.shape == (2, 3, 3)
 
 
 @pytest.mark.parametrize("make_spec,match", [
-    (lambda: CacheSpec(nan_policy="drop"), "nan_policy='drop' is not one of refuse, mask, fill"),
-    (lambda: CacheSpec(feature_columns=("a", "a", "ret_1d")),
+    (lambda: panel_spec(nan_policy="drop"), "nan_policy='drop' is not one of refuse, mask, fill"),
+    (lambda: panel_spec(feature_columns=("a", "a", "ret_1d")),
      "feature_columns lists a more than once; ret_1d is both a feature and a target"),
     (lambda: CacheSpec(target_columns=()), "target_columns is empty"),
-    (lambda: CacheSpec(feature_columns=("date",), fill_value=float("nan")),
+    (lambda: panel_spec(feature_columns=("date",), fill_value=float("nan")),
      "fill_value=nan must be a finite number; feature_columns may not include the key"),
 ])
 def test_bad_spec_reports_every_problem(make_spec: Callable[[], CacheSpec], match: str) -> None:

@@ -13,9 +13,15 @@ import polars as pl
 import pytest
 import torch
 
-from cache import FORMAT_VERSION, CacheSpec, FeatureCache, load_or_build, open_cache
+from cache import (
+    FORMAT_VERSION,
+    CacheSpec,
+    FeatureCache,
+    load_or_build,
+    open_cache,
+)
 from cache._torch import staged_copy
-from cache.testing import make_panel
+from cache.testing import make_panel, panel_spec
 
 TARGETS = ["ret_1d", "ret_5d", "ret_10d", "ret_20d"]
 
@@ -43,7 +49,7 @@ def _unbalanced(seed: int) -> pl.DataFrame:
 
 def test_arrays_hold_the_panel_sorted_by_date_then_code(tmp_path: Path) -> None:
     frame = make_panel(n_stocks=5, n_dates=4, n_features=3, seed=1)  # rows shuffled
-    fc = load_or_build(frame, tmp_path, CacheSpec())
+    fc = load_or_build(frame, tmp_path, panel_spec())
     features, present = _dense(frame, ["f0", "f1", "f2"])
     targets, _ = _dense(frame, TARGETS)
 
@@ -76,7 +82,7 @@ def test_arrays_hold_the_panel_sorted_by_date_then_code(tmp_path: Path) -> None:
 
 def test_each_date_is_its_cross_section_and_present_marks_its_stocks(tmp_path: Path) -> None:
     frame = _unbalanced(seed=2)
-    fc = load_or_build(frame, tmp_path, CacheSpec())
+    fc = load_or_build(frame, tmp_path, panel_spec())
 
     assert fc.features.shape == (5, 6, 3) and fc.n_rows == 27
     assert fc.present.sum(axis=1).tolist() == [5, 5, 6, 6, 5]
@@ -105,7 +111,7 @@ def _mapping_range(fc: FeatureCache) -> tuple[int, int]:
 
 
 def test_feature_block_is_a_view_onto_the_memory_map(tmp_path: Path) -> None:
-    fc = load_or_build(_unbalanced(seed=3), tmp_path, CacheSpec(nan_policy="mask"))
+    fc = load_or_build(_unbalanced(seed=3), tmp_path, panel_spec(nan_policy="mask"))
     assert isinstance(fc._mm, mmap.mmap)
     whole = np.frombuffer(fc._mm, dtype=np.uint8)
     start, stop = _mapping_range(fc)
@@ -129,14 +135,14 @@ def test_feature_block_is_a_view_onto_the_memory_map(tmp_path: Path) -> None:
 
 
 def test_numpy_views_are_read_only(tmp_path: Path) -> None:
-    fc = load_or_build(make_panel(), tmp_path, CacheSpec())
+    fc = load_or_build(make_panel(), tmp_path, panel_spec())
     with pytest.raises(ValueError, match="read-only"):
         fc.features[0, 0] = 1.0
 
 
 def test_features_torch_on_cpu_shares_memory_and_writes_stay_private(tmp_path: Path) -> None:
     frame = make_panel()
-    fc = load_or_build(frame, tmp_path, CacheSpec())
+    fc = load_or_build(frame, tmp_path, panel_spec())
     tensor = fc.features_torch()
     assert tensor.dtype == torch.float32 and tuple(tensor.shape) == fc.features.shape
     assert tensor.stride() == tuple(s // 4 for s in fc.features.strides)
@@ -155,7 +161,7 @@ def test_pin_or_cuda_without_cuda_is_a_user_error(tmp_path: Path) -> None:
         pytest.skip("CUDA present: covered by the gpu test")
     from cache.errors import CacheError
 
-    fc = load_or_build(make_panel(), tmp_path, CacheSpec())
+    fc = load_or_build(make_panel(), tmp_path, panel_spec())
     with pytest.raises(CacheError, match="needs a CUDA device"):
         fc.features_torch(pin=True)
     with pytest.raises(CacheError, match="needs a CUDA device"):
@@ -179,7 +185,7 @@ def test_features_torch_on_cuda_equals_the_cpu_view(tmp_path: Path,
     import cache._torch as ct
 
     monkeypatch.setattr(ct, "STAGING_BYTES", 64)  # several chunks through both buffers
-    fc = load_or_build(make_panel(n_stocks=9, n_dates=7), tmp_path, CacheSpec())
+    fc = load_or_build(make_panel(n_stocks=9, n_dates=7), tmp_path, panel_spec())
     gpu = fc.features_torch(device="cuda", non_blocking=True)
     torch.cuda.synchronize()
     assert gpu.is_cuda and torch.equal(gpu.cpu(), fc.features_torch())
@@ -192,7 +198,7 @@ def test_parquet_csv_and_dataframe_sources_give_the_same_arrays(tmp_path: Path) 
     frame.write_parquet(tmp_path / "panel.parquet")
     frame.write_csv(tmp_path / "panel.csv")
     root = tmp_path / "caches"
-    caches = [load_or_build(s, root, CacheSpec())
+    caches = [load_or_build(s, root, panel_spec())
               for s in (frame, tmp_path / "panel.parquet", str(tmp_path / "panel.csv"))]
     for fc in caches[1:]:
         np.testing.assert_array_equal(fc.features, caches[0].features)
@@ -208,7 +214,7 @@ def test_feature_selection_default_and_explicit(tmp_path: Path) -> None:
         pl.lit("tech").alias("sector"),  # non-numeric: not a feature by default
         (pl.col("f0") * 2).cast(pl.Int64).alias("lots"),  # integers count as numeric
     )
-    fc = load_or_build(frame, tmp_path, CacheSpec())
+    fc = load_or_build(frame, tmp_path, panel_spec())
     assert fc.feature_names == ("f0", "f1", "f2", "lots")
 
     picked = load_or_build(frame, tmp_path, CacheSpec(feature_columns=("f2", "f0"),
@@ -226,7 +232,7 @@ def test_csv_keeps_leading_zeros_and_parses_iso_dates(tmp_path: Path) -> None:
         "2024-01-02,0007,2,0.1,0.2,0.3,0.4\n"
         "2024-01-02,0010,3,0.1,0.2,0.3,0.4\n"
     )
-    fc = load_or_build(tmp_path / "p.csv", tmp_path / "c", CacheSpec())
+    fc = load_or_build(tmp_path / "p.csv", tmp_path / "c", panel_spec())
     assert fc.codes == ["0007", "0010"]
     assert [str(d) for d in fc.dates] == ["2024-01-02", "2024-01-03"]
     np.testing.assert_array_equal(fc.features[..., 0], [[2.0, 3.0], [1.5, np.nan]])
@@ -236,7 +242,7 @@ def test_csv_keeps_leading_zeros_and_parses_iso_dates(tmp_path: Path) -> None:
 def test_tensor_outlives_the_cache_object(tmp_path: Path) -> None:
     import gc
 
-    fc = load_or_build(make_panel(), tmp_path, CacheSpec())
+    fc = load_or_build(make_panel(), tmp_path, panel_spec())
     expect = fc.features.copy()
     tensor = fc.features_torch()
     del fc
@@ -249,10 +255,10 @@ def test_forced_rebuild_replaces_the_directory_and_old_readers_keep_reading(
     from cache import build_cache
 
     frame = make_panel()
-    path = build_cache(frame, tmp_path, CacheSpec())
+    path = build_cache(frame, tmp_path, panel_spec())
     old = open_cache(path)
     old.save_sidecar("g", {"w": np.ones(2)}, params={})
-    again = build_cache(frame, tmp_path, CacheSpec(), force=True)
+    again = build_cache(frame, tmp_path, panel_spec(), force=True)
     assert again == path
     new = open_cache(path)
     assert new.manifest["created_at"] > old.manifest["created_at"]
@@ -269,7 +275,7 @@ def test_a_missing_target_is_nan_and_leaves_the_features_whole(tmp_path: Path,
     frame = make_panel(n_dates=4, n_stocks=3).with_columns(
         pl.when(pl.col("code") == pl.col("code").min()).then(None)
         .otherwise(pl.col("ret_20d")).alias("ret_20d"))
-    fc = load_or_build(frame, tmp_path, CacheSpec(nan_policy=policy), source_id="t")
+    fc = load_or_build(frame, tmp_path, panel_spec(nan_policy=policy), source_id="t")
     h = fc.target_names.index("ret_20d")
     assert fc.present.all()
     assert np.isfinite(fc.features).all()
@@ -310,7 +316,7 @@ def test_feature_moments_equal_numpy_over_present_finite_values(tmp_path: Path) 
         pl.when(pl.col("index") % 4 == 1).then(None).otherwise(pl.col("f1")).alias("f1"),
         pl.when(pl.col("index") == 5).then(float("inf")).otherwise(pl.col("f2")).alias("f2"),
     ).drop("index")
-    fc = load_or_build(frame, tmp_path, CacheSpec(nan_policy="mask"))
+    fc = load_or_build(frame, tmp_path, panel_spec(nan_policy="mask"))
     for picked in ([0, 2, 3], [4], list(range(5))):
         count, mean, std = fc.feature_moments(np.array(picked))
         values = fc.features[picked][fc.present[picked]].astype(np.float64)  # (rows, F)

@@ -27,7 +27,8 @@ def parquet(tmp_path: Path) -> Path:
 def test_build_prints_the_cache_and_reuses_it(parquet: Path, tmp_path: Path,
                                                capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "caches"
-    argv = [str(parquet), "--out", str(out), "--features", "f3,f1", "--nan-policy", "mask"]
+    argv = [str(parquet), "--out", str(out), "--features", "f3,f1", "--nan-policy", "mask",
+            *TARGETS]
     assert build_cli.main(argv) == 0
     first = capsys.readouterr()
     (cache_dir,) = cache_dirs(out)
@@ -42,12 +43,19 @@ def test_build_prints_the_cache_and_reuses_it(parquet: Path, tmp_path: Path,
     assert again.out == first.out and f"reusing cache {fc.key}" in again.err
 
 
+TARGETS = ("--targets", "ret_1d,ret_5d,ret_10d,ret_20d")
+
+
 @pytest.mark.parametrize("argv,message", [
-    (["{missing}"], "error: source {missing} does not exist, so its cache key cannot be "
+    (["{missing}", *TARGETS], "error: source {missing} does not exist, so its cache key cannot be "
                     "checked\n"),
-    (["{parquet}", "--features", "f0,nope"], "error: parquet {parquet} is missing column(s) "
-     "nope; expected date, code, ret_1d, ret_5d, ret_10d, ret_20d and the features f0, nope; "
+    (["{parquet}", "--features", "f0,nope", *TARGETS],
+     "error: parquet {parquet} is missing column(s) nope; expected date, code, ret_1d, "
+     "ret_5d, ret_10d, ret_20d and the features f0, nope; "
      "found date, code, f0, f1, f2, f3, ret_1d, ret_5d, ret_10d, ret_20d\n"),
+    (["{parquet}"], "error: parquet {parquet}: name its target columns (the forward returns "
+     "to predict), e.g. CacheSpec(target_columns=('ret_1d',)) or python -m cache.build "
+     "--targets ret_1d; a file has no default targets\n"),
     (["synthetic:n_stocks"], "error: synthetic option 'n_stocks' is not name=value; e.g. "
                              "synthetic:n_stocks=500,n_dates=750,seed=0\n"),
 ])
@@ -124,7 +132,7 @@ def test_synthetic_generator_errors_are_user_errors(tmp_path: Path,
 def test_info_summarises_one_cache_and_lists_a_root(parquet: Path, tmp_path: Path,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "caches"
-    assert build_cli.main([str(parquet), "--out", str(out)]) == 0
+    assert build_cli.main([str(parquet), "--out", str(out), *TARGETS]) == 0
     (cache_dir,) = cache_dirs(out)
     capsys.readouterr()
 

@@ -10,17 +10,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cache import CacheSpec, build_cache, open_cache
+from cache import build_cache, open_cache
 from cache.errors import CacheError
 from cache.feature_cache import DATA_FILE, MANIFEST_FILE
-from cache.testing import make_panel
+from cache.testing import make_panel, panel_spec
 
 ARROW_MAGIC = 8  # "ARROW1" and two bytes of padding open an Arrow IPC file
 
 
 @pytest.fixture
 def built(tmp_path: Path) -> Path:
-    return build_cache(make_panel(n_stocks=5, n_dates=3), tmp_path, CacheSpec())
+    return build_cache(make_panel(n_stocks=5, n_dates=3), tmp_path, panel_spec())
 
 
 def _refused(path: Path, match: str) -> str:

@@ -14,23 +14,24 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from cache import CacheSpec, load_or_build, open_cache
+from cache import load_or_build, open_cache
 from cache.core import ENV_BUILD_DELAY, ENV_PAUSE_FILE
 from cache.feature_cache import cache_dirs
-from cache.testing import make_panel
+from cache.testing import make_panel, panel_spec
 
 REPO = Path(__file__).resolve().parents[2]
 # A builder process: import first, announce readiness, wait for "go", build, report.
 WORKER = """
 import json, logging, os, sys, time
 from pathlib import Path
-from cache import CacheSpec, load_or_build
+from cache import load_or_build
+from cache.testing import panel_spec
 logging.basicConfig(level=logging.INFO, format="%(message)s")
 source, root, ready, go = sys.argv[1:5]
 Path(ready).write_text("")
 while not Path(go).exists():
     time.sleep(0.005)
-fc = load_or_build(Path(source), Path(root), CacheSpec())
+fc = load_or_build(Path(source), Path(root), panel_spec())
 print(json.dumps({"key": fc.key, "built": fc.manifest["build"]["pid"] == os.getpid(),
                   "total": float(fc.features.sum(dtype="float64"))}))
 """
@@ -59,7 +60,7 @@ def test_sigkill_mid_build_leaves_the_previous_cache_and_no_torn_one(tmp_path: P
     source = tmp_path / "panel.parquet"
     root = tmp_path / "caches"
     make_panel(seed=6).write_parquet(source)
-    previous = load_or_build(source, root, CacheSpec())
+    previous = load_or_build(source, root, panel_spec())
     before = previous.features.copy()
 
     changed = make_panel(seed=6).with_columns(pl.col("f0") * -1.0)
@@ -77,7 +78,7 @@ def test_sigkill_mid_build_leaves_the_previous_cache_and_no_torn_one(tmp_path: P
     torn = [p for p in root.iterdir() if p.name.startswith(".tmp-")]
     assert len(torn) == 1 and not (torn[0] / "manifest.json").exists()
 
-    rebuilt = load_or_build(source, root, CacheSpec())  # the lock died with the process
+    rebuilt = load_or_build(source, root, panel_spec())  # the lock died with the process
     assert rebuilt.key != previous.key
     np.testing.assert_array_equal(rebuilt.features[..., 0], -before[..., 0])
     assert not any(p.name.startswith(".tmp-") for p in root.iterdir())  # leftover removed

@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cache import CacheSpec, load_or_build, open_cache
-from cache.testing import make_panel
+from cache import load_or_build, open_cache
+from cache.testing import make_panel, panel_spec
 
 
 def test_round_trip_keyed_by_params(tmp_path: Path) -> None:
-    fc = load_or_build(make_panel(), tmp_path, CacheSpec())
+    fc = load_or_build(make_panel(), tmp_path, panel_spec())
     edges = np.array([[0, 1], [1, 2]], dtype=np.int64)
     weights = np.array([0.5, 0.25], dtype=np.float32)
     params = {"window": 20, "threshold": 0.3, "method": "pearson"}
@@ -30,8 +30,8 @@ def test_round_trip_keyed_by_params(tmp_path: Path) -> None:
 
 
 def test_sidecar_belongs_to_its_cache_key(tmp_path: Path) -> None:
-    a = load_or_build(make_panel(seed=1), tmp_path, CacheSpec())
-    b = load_or_build(make_panel(seed=2), tmp_path, CacheSpec())
+    a = load_or_build(make_panel(seed=1), tmp_path, panel_spec())
+    b = load_or_build(make_panel(seed=2), tmp_path, panel_spec())
     a.save_sidecar("corr_graph", {"w": np.ones(3)}, params={"k": 1})
     assert b.load_sidecar("corr_graph", params={"k": 1}) is None
     a.save_sidecar("corr_graph", {"w": np.zeros(3)}, params={"k": 1})  # overwrite
@@ -47,6 +47,6 @@ def test_sidecar_belongs_to_its_cache_key(tmp_path: Path) -> None:
 ])
 def test_bad_sidecar_arguments(tmp_path: Path, name: str, arrays: dict[str, np.ndarray],
                                params: dict[str, float], match: str) -> None:
-    fc = load_or_build(make_panel(), tmp_path, CacheSpec())
+    fc = load_or_build(make_panel(), tmp_path, panel_spec())
     with pytest.raises(ValueError, match=match):
         fc.save_sidecar(name, arrays, params=params)

@@ -15,8 +15,8 @@ import pytest
 
 import cache._dense as dense
 import cache.core as core
-from cache import CacheSpec, FeatureCache, load_or_build
-from cache.testing import make_panel
+from cache import FeatureCache, load_or_build
+from cache.testing import make_panel, panel_spec
 
 N_DATES, N_STOCKS, N_FEATURES, N_TARGETS = 7, 6, 3, 4
 
@@ -65,7 +65,7 @@ def test_a_source_not_sorted_by_date_builds_the_same_cache_in_several_passes(
 ) -> None:
     shuffled = _panel()
     in_order = shuffled.sort(["date", "code"])
-    spec = CacheSpec(nan_policy="mask")
+    spec = panel_spec(nan_policy="mask")
     reference = load_or_build(in_order, tmp_path / "sorted", spec)
     assert reference.manifest["build_passes"] == 1
 
@@ -88,11 +88,11 @@ def test_a_source_not_sorted_by_date_builds_the_same_cache_in_several_passes(
 def test_a_date_ordered_source_is_read_once_whatever_the_block_size(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     in_order = _panel().sort(["date", "code"])
-    reference = load_or_build(in_order, tmp_path / "a", CacheSpec(nan_policy="mask"))
+    reference = load_or_build(in_order, tmp_path / "a", panel_spec(nan_policy="mask"))
     monkeypatch.setattr(dense, "BLOCK_BYTES", 1)  # would force one pass per date if unsorted
     monkeypatch.setattr(dense, "CHUNK_ROWS", 4)  # chunks cut dates in the middle
     seen = _record_chunks(monkeypatch)
-    streamed = load_or_build(in_order, tmp_path / "b", CacheSpec(nan_policy="mask"))
+    streamed = load_or_build(in_order, tmp_path / "b", panel_spec(nan_policy="mask"))
     assert streamed.manifest["build_passes"] == 1
     assert sum(1 for n in seen if not isinstance(n, int)) == 2  # keys once, values once
     _same_cache(streamed, reference)
@@ -105,11 +105,11 @@ def test_a_parquet_of_small_row_groups_streams_in_chunks(tmp_path: Path,
     path = tmp_path / "panel.parquet"
     pq.write_table(frame.to_arrow(), path, row_group_size=7)
     assert pq.ParquetFile(path).metadata.num_row_groups == 6  # 38 rows
-    reference = load_or_build(frame, tmp_path / "whole", CacheSpec(nan_policy="mask"))
+    reference = load_or_build(frame, tmp_path / "whole", panel_spec(nan_policy="mask"))
 
     monkeypatch.setattr(dense, "CHUNK_ROWS", 3)
     seen = _record_chunks(monkeypatch)
-    streamed = load_or_build(path, tmp_path / "streamed", CacheSpec(nan_policy="mask"))
+    streamed = load_or_build(path, tmp_path / "streamed", panel_spec(nan_policy="mask"))
     # Both passes read row group by row group (7 rows each, the last 3), 3 rows at most.
     per_pass = [3, 3, 1] * 5 + [3]
     assert [n for n in seen if isinstance(n, int)] == per_pass * 2
