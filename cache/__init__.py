@@ -1,7 +1,8 @@
 """Arrow feature cache: the one way trainers get (date, code) panel features.
 
     from cache import CacheSpec, load_or_build
-    fc = load_or_build("panel.parquet", Path("output/cache"), CacheSpec(nan_policy="mask"))
+    spec = CacheSpec(target_columns=("ret_1d",), nan_policy="mask")  # a file names targets
+    fc = load_or_build("panel.parquet", Path("output/cache"), spec)
     x = fc.features_torch()                  # (rows, n_features) float32, no copy
     rows = fc.cross_section(0)               # slice of the first date's rows
 
