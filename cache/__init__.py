@@ -3,12 +3,12 @@
     from cache import CacheSpec, load_or_build
     spec = CacheSpec(target_columns=("ret_1d",), nan_policy="mask")  # a file names targets
     fc = load_or_build("panel.parquet", Path("output/cache"), spec)
-    x = fc.features_torch()                  # (rows, n_features) float32, no copy
-    rows = fc.cross_section(0)               # slice of the first date's rows
+    x = fc.features_torch()                  # (dates, stocks, features) float32, no copy
+    window = fc.features[d - 19 : d + 1]     # a 20-date window of every stock: a slice
 
 A source (parquet, CSV, polars DataFrame or the synthetic market) is checked against the
-data contract once, written as an uncompressed Arrow IPC file whose feature block is one
-row-major float32 buffer, and from then on only memory-mapped. See ``cache.core`` for keys,
+data contract once, streamed into an uncompressed Arrow IPC file of one record batch per date
+(the training layout), and from then on only memory-mapped. See ``cache.core`` for keys,
 invalidation and crash safety, ``cache.feature_cache`` for the file layout. A mistake in the
 input is a :class:`CacheError` (a ``ValueError``) with a one-line message. The package stands
 alone: it imports nothing of ``trainers`` or ``hpo`` (the synthetic market's generator is
