@@ -28,11 +28,33 @@ Panel summaries (``panel_metrics``):
 * ``hit_rate``: pooled share ``sum(hits) / sum(n_hit)`` over all usable dates, i.e. the share
   of valid rows with a nonzero target whose sign the model got right.
 * ``long_short_mean``: mean of the daily long-short series.
-* ``sharpe``: ``mean / std (ddof=1) * sqrt(periods_per_year)`` of the daily long-short series.
-  It uses the target as given (the 1-day forward return in the trainers), assumes the portfolio
-  is rebalanced every date, and charges no transaction costs, borrow or slippage: it is a
-  ranking-quality score, not a backtest.
+* ``sharpe``: the annualised Sharpe ratio of the long-short series, with no transaction costs,
+  borrow or slippage: a ranking-quality score, not a backtest. With ``horizon = 1`` (a 1-day
+  target, rebalanced every date) it is ``mean / std (ddof=1) * sqrt(periods_per_year)`` of the
+  daily series. With ``horizon = h > 1`` the target is an h-day return, so consecutive dates'
+  long-shorts overlap by h - 1 days and are strongly autocorrelated: annualising their ratio
+  with ``sqrt(periods_per_year)`` overstates the Sharpe ratio by up to ``sqrt(h)`` (26 instead of
+  6.4 for a 20-day target). Instead the series is cut into ``h`` **phases**, phase k holding the
+  dates at positions k, k + h, k + 2h, ... of the panel's distinct dates: each phase is a
+  strategy that holds an h-day position and rebalances every h dates, with non-overlapping
+  returns. Each phase's ``mean / std (ddof=1) * sqrt(periods_per_year / h)`` is computed, and
+  ``sharpe`` is the **mean over the phases** (so it does not depend on which date the
+  rebalancing calendar starts on). Positions count every distinct date of the input, usable
+  or not, so the panel must hold every trading date of its span.
 * ``n_dates``: the number of usable dates (see below).
+
+Standard errors (``panel_metrics_with_se``, ``predictions_metrics_with_se``) come from a
+**moving-block bootstrap over dates** with a fixed seed: blocks of ``block_length``
+consecutive dates (a multiple of the horizon, so a block keeps the phase structure and the
+overlap of h-day targets) are drawn with replacement, every statistic is recomputed on each
+replicate, and its standard error is the standard deviation (ddof=1) of the replicates. The
+cross-section of a date is never split: the dependence between stocks of one date (sector
+moves) stays inside the resampled unit. Default block length: ``h * ceil(D^(1/3) / h)`` for D
+dates, the usual D^(1/3) rate for the variance of a mean, rounded up to whole horizons.
+
+The deflated Sharpe ratio (``deflated_sharpe_ratio``) of Bailey and Lopez de Prado (2014):
+the probability that the true Sharpe ratio exceeds the largest one that ``n_trials``
+unrelated strategies with no skill would have shown by luck, see its docstring.
 
 NaN policy:
 
@@ -290,23 +312,41 @@ def _ratio(x: np.ndarray, scale: float = 1.0) -> float:
     return float(x.mean()) / sd * scale
 
 
-def panel_metrics(
-    dates: np.ndarray,
-    pred: np.ndarray,
-    target: np.ndarray,
-    *,
-    quantile: float = DEFAULT_QUANTILE,
-    min_stocks: int = DEFAULT_MIN_STOCKS,
-    periods_per_year: int = TRADING_DAYS_PER_YEAR,
-) -> dict[str, float]:
-    """Summaries of the per-date series, as plain floats.
+def _check_horizon(horizon: int) -> int:
+    if isinstance(horizon, bool) or not isinstance(horizon, int | np.integer) or horizon < 1:
+        raise ValueError(
+            f"horizon must be a whole number of dates >= 1 (the target's length); got {horizon!r}"
+        )
+    return int(horizon)
 
-    Keys: ``rank_ic, ic, icir, rank_icir, hit_rate, sharpe, long_short_mean, n_dates``
-    (``n_dates`` is a float too, so the dict is uniformly JSON- and Optuna-friendly). ICIR is
-    not annualised; the Sharpe ratio is, with ``sqrt(periods_per_year)``. See the module
-    docstring for the definitions and the NaN policy.
-    """
-    per_date = per_date_metrics(dates, pred, target, quantile=quantile, min_stocks=min_stocks)
+
+def _date_positions(dates: np.ndarray, usable: np.ndarray) -> np.ndarray:
+    """Index of each usable date among all distinct dates of the input (usable or not)."""
+    dates = np.asarray(dates)
+    if len(dates) > 1 and np.all(dates[1:] >= dates[:-1]):
+        first = np.ones(len(dates), dtype=bool)
+        first[1:] = dates[1:] != dates[:-1]
+        grid = dates[first]
+    else:
+        grid = np.unique(dates)
+    return np.searchsorted(grid, usable)
+
+
+def _horizon_sharpe(
+    long_short: np.ndarray, position: np.ndarray, horizon: int, periods_per_year: float
+) -> float:
+    """Mean over the h phases of each phase's annualised Sharpe ratio (module docstring)."""
+    scale = math.sqrt(periods_per_year / horizon)
+    if horizon == 1:
+        return _ratio(long_short, scale)
+    phase = position % horizon
+    sharpes = np.array([_ratio(long_short[phase == k], scale) for k in range(horizon)])
+    return _mean(sharpes)
+
+
+def _summaries(
+    per_date: pl.DataFrame, position: np.ndarray, horizon: int, periods_per_year: float
+) -> dict[str, float]:
     rank_ic = per_date["rank_ic"].to_numpy()
     ic = per_date["ic"].to_numpy()
     long_short = per_date["long_short"].to_numpy()
@@ -317,7 +357,269 @@ def panel_metrics(
         "icir": _ratio(ic),
         "rank_icir": _ratio(rank_ic),
         "hit_rate": float(per_date["hits"].sum()) / n_hit if n_hit else math.nan,
-        "sharpe": _ratio(long_short, math.sqrt(periods_per_year)),
+        "sharpe": _horizon_sharpe(long_short, position, horizon, periods_per_year),
         "long_short_mean": _mean(long_short),
         "n_dates": float(per_date.height),
     }
+
+
+def panel_metrics(
+    dates: np.ndarray,
+    pred: np.ndarray,
+    target: np.ndarray,
+    *,
+    horizon: int = 1,
+    quantile: float = DEFAULT_QUANTILE,
+    min_stocks: int = DEFAULT_MIN_STOCKS,
+    periods_per_year: int = TRADING_DAYS_PER_YEAR,
+) -> dict[str, float]:
+    """Summaries of the per-date series, as plain floats.
+
+    Keys: ``rank_ic, ic, icir, rank_icir, hit_rate, sharpe, long_short_mean, n_dates``
+    (``n_dates`` is a float too, so the dict is uniformly JSON- and Optuna-friendly). ICIR is
+    not annualised; the Sharpe ratio is, on non-overlapping ``horizon``-date periods (the
+    number of dates the target spans: 20 for a 20-day forward return). See the module
+    docstring for the definitions and the NaN policy.
+    """
+    horizon = _check_horizon(horizon)
+    per_date = per_date_metrics(dates, pred, target, quantile=quantile, min_stocks=min_stocks)
+    position = (
+        _date_positions(dates, per_date["date"].to_numpy())
+        if horizon > 1
+        else np.arange(per_date.height)
+    )
+    return _summaries(per_date, position, horizon, periods_per_year)
+
+
+# -- standard errors ----------------------------------------------------------------------
+DEFAULT_N_BOOT = 1000  # bootstrap replicates: the SE's own relative error is ~1/sqrt(2B) ~ 2%
+DEFAULT_BOOT_SEED = 0
+SE_METRICS = ("sharpe", "rank_ic", "ic", "rank_icir", "icir")
+
+
+def default_block_length(n_dates: int, horizon: int = 1) -> int:
+    """``h * ceil(n_dates^(1/3) / h)``: the D^(1/3) rule for a mean, in whole horizons."""
+    return horizon * max(1, math.ceil(n_dates ** (1.0 / 3.0) / horizon))
+
+
+def _nan_ratio(x: np.ndarray, axis: int) -> np.ndarray:
+    """mean / std (ddof=1) over the finite values along ``axis``; NaN where undefined."""
+    finite = np.isfinite(x)
+    count = finite.sum(axis)
+    z = np.where(finite, x, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = z.sum(axis) / count
+        dev = np.where(finite, x - np.expand_dims(mean, axis), 0.0)
+        sd = np.sqrt(np.square(dev).sum(axis) / (count - 1))
+        out = mean / sd
+    out[(count < 2) | ~(sd > 0)] = np.nan
+    return out
+
+
+def _nan_mean(x: np.ndarray, axis: int) -> np.ndarray:
+    finite = np.isfinite(x)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(finite, x, 0.0).sum(axis) / finite.sum(axis)
+
+
+def _replicate_stats(
+    grids: dict[str, np.ndarray], horizon: int, periods_per_year: float
+) -> dict[str, np.ndarray]:
+    """The SE_METRICS of each row of (B, m) date grids (NaN = no usable value that date);
+    m is a multiple of the horizon and phase k of a row is its columns k, k + h, ..."""
+    b, m = grids["long_short"].shape
+    by_phase = grids["long_short"].reshape(b, m // horizon, horizon)
+    sharpe = _nan_ratio(by_phase, axis=1) * math.sqrt(periods_per_year / horizon)  # (B, h)
+    return {
+        "sharpe": _nan_mean(sharpe, axis=1),
+        "rank_ic": _nan_mean(grids["rank_ic"], axis=1),
+        "ic": _nan_mean(grids["ic"], axis=1),
+        "rank_icir": _nan_ratio(grids["rank_ic"], axis=1),
+        "icir": _nan_ratio(grids["ic"], axis=1),
+    }
+
+
+def panel_metrics_with_se(
+    dates: np.ndarray,
+    pred: np.ndarray,
+    target: np.ndarray,
+    *,
+    horizon: int = 1,
+    quantile: float = DEFAULT_QUANTILE,
+    min_stocks: int = DEFAULT_MIN_STOCKS,
+    periods_per_year: int = TRADING_DAYS_PER_YEAR,
+    n_boot: int = DEFAULT_N_BOOT,
+    block_length: int | None = None,
+    seed: int = DEFAULT_BOOT_SEED,
+) -> dict[str, dict[str, float]]:
+    """``panel_metrics`` with a bootstrap standard error for each of ``SE_METRICS``.
+
+    Returns ``{name: {"value": v, "se": s}}`` for every key of ``panel_metrics`` (``se`` is
+    NaN for ``hit_rate``, ``long_short_mean`` and ``n_dates``, which get none), plus
+    ``"bootstrap": {"n_boot", "block_length", "seed"}``. The standard errors come from the
+    moving-block bootstrap over dates described in the module docstring: ``n_boot``
+    replicates, each of ``ceil(D / block_length)`` blocks of ``block_length`` consecutive
+    positions among the input's D distinct dates (unusable dates included, as NaN), drawn with
+    a ``numpy`` generator seeded with ``seed``; a replicate statistic that is undefined (too
+    few values) is left out of the standard deviation. ``block_length`` must be a multiple of
+    ``horizon`` (default: ``default_block_length(D, horizon)``). With fewer than two blocks'
+    worth of dates, or fewer than 2 usable replicates, an SE is NaN.
+    """
+    horizon = _check_horizon(horizon)
+    if n_boot < 2:
+        raise ValueError(f"n_boot must be >= 2 (a standard deviation needs two); got {n_boot}")
+    per_date = per_date_metrics(dates, pred, target, quantile=quantile, min_stocks=min_stocks)
+    position = _date_positions(dates, per_date["date"].to_numpy())
+    values = _summaries(per_date, position, horizon, periods_per_year)
+    n_grid = int(position.max()) + 1 if len(position) else 0
+    if block_length is None:
+        block_length = default_block_length(max(n_grid, 1), horizon)
+    if block_length < 1 or block_length % horizon:
+        raise ValueError(
+            f"block_length must be a positive multiple of horizon={horizon}, so blocks keep "
+            f"whole non-overlapping periods; got {block_length}"
+        )
+    se = dict.fromkeys(values, math.nan)
+    if n_grid >= 2 * block_length:
+        grid = {}
+        for name in ("rank_ic", "ic", "long_short"):
+            grid[name] = np.full(n_grid, np.nan)
+            grid[name][position] = per_date[name].to_numpy()
+        rng = np.random.default_rng(seed)
+        n_blocks = math.ceil(n_grid / block_length)
+        starts = rng.integers(0, n_grid - block_length + 1, size=(n_boot, n_blocks))
+        index = (starts[:, :, None] + np.arange(block_length)).reshape(n_boot, -1)  # (B, m)
+        stats = _replicate_stats({k: v[index] for k, v in grid.items()}, horizon, periods_per_year)
+        for name, reps in stats.items():
+            reps = reps[np.isfinite(reps)]
+            se[name] = float(reps.std(ddof=1)) if len(reps) >= 2 else math.nan
+    out: dict[str, dict[str, float]] = {
+        name: {"value": value, "se": se[name] if name in SE_METRICS else math.nan}
+        for name, value in values.items()
+    }
+    out["bootstrap"] = {
+        "n_boot": float(n_boot),
+        "block_length": float(block_length),
+        "seed": float(seed),
+    }
+    return out
+
+
+def predictions_metrics_with_se(
+    predictions: pl.DataFrame,
+    *,
+    horizon: int = 1,
+    quantile: float = DEFAULT_QUANTILE,
+    min_stocks: int = DEFAULT_MIN_STOCKS,
+    periods_per_year: int = TRADING_DAYS_PER_YEAR,
+    n_boot: int = DEFAULT_N_BOOT,
+    block_length: int | None = None,
+    seed: int = DEFAULT_BOOT_SEED,
+) -> dict[str, dict[str, float]]:
+    """``panel_metrics_with_se`` on a predictions frame with columns ``date, pred, target``
+    (``code`` and any others are ignored), e.g. a trial's ``predictions.parquet``."""
+    missing = [c for c in ("date", "pred", "target") if c not in predictions.columns]
+    if missing:
+        raise ValueError(
+            f"predictions frame lacks column(s) {missing}; it needs date, pred and target, "
+            f"got {predictions.columns}"
+        )
+    return panel_metrics_with_se(
+        predictions["date"].to_numpy(),
+        predictions["pred"].to_numpy(),
+        predictions["target"].to_numpy(),
+        horizon=horizon,
+        quantile=quantile,
+        min_stocks=min_stocks,
+        periods_per_year=periods_per_year,
+        n_boot=n_boot,
+        block_length=block_length,
+        seed=seed,
+    )
+
+
+# -- deflated Sharpe ratio ----------------------------------------------------------------
+EULER_GAMMA = 0.5772156649015329  # Euler-Mascheroni constant, in E[max of N normals]
+
+
+def expected_max_sharpe(*, n_trials: int, sharpe_variance: float) -> float:
+    """Expected largest Sharpe ratio among ``n_trials`` independent trials with true Sharpe 0
+    whose estimated Sharpe ratios have variance ``sharpe_variance`` (Bailey and Lopez de
+    Prado 2014, eq. 4; false strategy theorem)::
+
+        SR_0 = sqrt(V) * ((1 - gamma) * Phi^-1(1 - 1/N) + gamma * Phi^-1(1 - 1/(N e)))
+
+    with gamma the Euler-Mascheroni constant. Units are those of the Sharpe ratios whose
+    variance V is (per period in ``deflated_sharpe_ratio``). ``n_trials = 1`` gives 0: one
+    strategy with no skill has an expected Sharpe ratio of 0 (the formula itself diverges).
+    """
+    if n_trials < 1:
+        raise ValueError(f"n_trials must be >= 1; got {n_trials}")
+    if not sharpe_variance >= 0:
+        raise ValueError(f"sharpe_variance must be >= 0; got {sharpe_variance}")
+    if n_trials == 1:
+        return 0.0
+    from scipy.stats import norm
+
+    return math.sqrt(sharpe_variance) * (
+        (1.0 - EULER_GAMMA) * norm.ppf(1.0 - 1.0 / n_trials)
+        + EULER_GAMMA * norm.ppf(1.0 - 1.0 / (n_trials * math.e))
+    )
+
+
+def probabilistic_sharpe_ratio(
+    sharpe: float, *, benchmark: float, n_obs: int, skew: float, kurtosis: float
+) -> float:
+    """P(true Sharpe > ``benchmark``) given an estimated per-period ``sharpe`` from ``n_obs``
+    returns with the given skewness and (non-excess, normal = 3) kurtosis (Bailey and Lopez de
+    Prado 2012)::
+
+        PSR = Phi((SR - SR*) * sqrt(n_obs - 1) / sqrt(1 - skew * SR + (kurtosis - 1) / 4 * SR^2))
+
+    Both Sharpe ratios are per period (per h-day period for h-day returns), not annualised.
+    NaN where the variance term is not positive (inconsistent moments).
+    """
+    if n_obs < 2:
+        raise ValueError(f"n_obs must be >= 2 returns; got {n_obs}")
+    from scipy.stats import norm
+
+    var = 1.0 - skew * sharpe + (kurtosis - 1.0) / 4.0 * sharpe**2
+    if not var > 0:
+        return math.nan
+    return float(norm.cdf((sharpe - benchmark) * math.sqrt(n_obs - 1) / math.sqrt(var)))
+
+
+def deflated_sharpe_ratio(
+    sharpe: float,
+    *,
+    n_trials: int,
+    sharpe_variance: float,
+    n_obs: int,
+    skew: float,
+    kurtosis: float,
+    periods_per_year: float | None = None,
+) -> float:
+    """Deflated Sharpe ratio (Bailey and Lopez de Prado 2014): the probabilistic Sharpe ratio
+    of ``sharpe`` against ``expected_max_sharpe(n_trials, sharpe_variance)``, the best Sharpe
+    ratio that ``n_trials`` skill-less trials would show by luck. A value above 0.95 says the
+    best trial's Sharpe ratio is unlikely to be an artefact of the search.
+
+    Units: the formula works in **per-period** Sharpe ratios (the Sharpe ratio of the
+    ``n_obs`` returns themselves: daily, or per h-day period). With ``periods_per_year=None``
+    ``sharpe`` and ``sharpe_variance`` (the variance across the trials of their Sharpe
+    ratios) are taken as per period. Given ``periods_per_year`` (252 for daily returns,
+    252 / h for h-day ones) they are taken as annualised ``SR_per_period * sqrt(ppy)`` and
+    converted: ``sharpe / sqrt(ppy)`` and ``sharpe_variance / ppy``. ``skew`` and ``kurtosis``
+    (non-excess: 3 for normal returns) are those of the chosen trial's ``n_obs`` returns.
+    ``n_trials`` should count effectively independent trials; HPO trials are correlated, so
+    the number of trials run is an upper bound (it deflates more than needed).
+    """
+    if periods_per_year is not None:
+        if not periods_per_year > 0:
+            raise ValueError(f"periods_per_year must be > 0; got {periods_per_year}")
+        sharpe = sharpe / math.sqrt(periods_per_year)
+        sharpe_variance = sharpe_variance / periods_per_year
+    benchmark = expected_max_sharpe(n_trials=n_trials, sharpe_variance=sharpe_variance)
+    return probabilistic_sharpe_ratio(
+        sharpe, benchmark=benchmark, n_obs=n_obs, skew=skew, kurtosis=kurtosis
+    )

@@ -5,10 +5,20 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import polars as pl
 import pytest
 from scipy import stats
 
-from trainers.metrics import PER_DATE_COLUMNS, panel_metrics, per_date_metrics
+from trainers.metrics import (
+    PER_DATE_COLUMNS,
+    deflated_sharpe_ratio,
+    expected_max_sharpe,
+    panel_metrics,
+    panel_metrics_with_se,
+    per_date_metrics,
+    predictions_metrics_with_se,
+    probabilistic_sharpe_ratio,
+)
 
 
 def _random_panel(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -222,3 +232,249 @@ def test_a_full_size_panel() -> None:
     pred[rng.random(len(dates)) < 0.01] = np.nan
     m = panel_metrics(dates, pred, target)
     assert m["n_dates"] == 750 and 0.08 < m["rank_ic"] < 0.11
+
+
+# -- the Sharpe ratio of an h-day target -----------------------------------------------------
+
+
+def _fixed_legs_panel(
+    n_days: int, horizon: int, daily_sharpe: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """10 stocks ranked by a fixed pred (legs: stocks 8, 9 long, 0, 1 short), daily returns
+    with a known long-short Sharpe ratio, and h-day targets that sum h daily returns, so
+    consecutive dates' targets overlap by h - 1 days. Returns dates, pred, target and the
+    daily long-short series."""
+    rng = np.random.default_rng(seed)
+    n_stocks = 10
+    daily = 0.01 * rng.standard_normal((n_days + horizon, n_stocks))
+    # long-short of the daily returns: mean(r8, r9) - mean(r0, r1), std 0.01
+    daily[:, 8:] += daily_sharpe * 0.01 / 2
+    daily[:, :2] -= daily_sharpe * 0.01 / 2
+    csum = np.vstack([np.zeros((1, n_stocks)), np.cumsum(daily, axis=0)])
+    target = csum[horizon : horizon + n_days] - csum[:n_days]  # (D, S) r_t + ... + r_{t+h-1}
+    dates = np.repeat(np.arange(n_days), n_stocks)
+    pred = np.tile(np.arange(n_stocks, dtype=float), n_days)
+    ls_daily = daily[:, 8:].mean(1) - daily[:, :2].mean(1)
+    return dates, pred, target.reshape(-1), ls_daily
+
+
+def test_horizon_sharpe_is_the_mean_of_non_overlapping_phases_by_hand() -> None:
+    h = 20
+    dates, pred, target, _ = _fixed_legs_panel(403, h, daily_sharpe=0.1, seed=11)
+    # Date 57 has only 3 valid stocks: skipped, but it still takes its place in the calendar.
+    target[(dates == 57) & (pred > 2)] = np.nan
+    ref = _reference(dates, pred, target, 0.2, 5)
+    assert 57 not in ref
+    phase_sharpes = []
+    for k in range(h):
+        ls = np.array([ref[d]["long_short"] for d in range(k, 403, h) if d in ref])
+        phase_sharpes.append(ls.mean() / ls.std(ddof=1) * math.sqrt(252 / h))
+    got = panel_metrics(dates, pred, target, horizon=h)
+    assert got["sharpe"] == pytest.approx(np.mean(phase_sharpes), rel=1e-12)
+    # The overlapping convention it replaces: every date's h-day return, times sqrt(252).
+    every_date = np.array([r["long_short"] for r in ref.values()])
+    overlapping = every_date.mean() / every_date.std(ddof=1) * math.sqrt(252)
+    assert panel_metrics(dates, pred, target)["sharpe"] == pytest.approx(overlapping)
+    # The other summaries do not depend on the horizon.
+    one_day = panel_metrics(dates, pred, target)
+    assert {k: v for k, v in got.items() if k != "sharpe"} == {
+        k: v for k, v in one_day.items() if k != "sharpe"
+    }
+
+
+def test_horizon_sharpe_matches_the_daily_strategy_not_sqrt_h_times_it() -> None:
+    # The daily long-short has annualised Sharpe 0.1 * sqrt(252) = 1.59. Holding h-day
+    # positions of the same stocks earns the same annualised Sharpe ratio; the overlapping
+    # convention reports about sqrt(h) = 4.5 times that.
+    h, n_days = 20, 6000
+    dates, pred, target, ls_daily = _fixed_legs_panel(n_days, h, daily_sharpe=0.1, seed=2)
+    daily = ls_daily.mean() / ls_daily.std(ddof=1) * math.sqrt(252)
+    honest = panel_metrics(dates, pred, target, horizon=h)["sharpe"]
+    overlapping = panel_metrics(dates, pred, target, horizon=1)["sharpe"]
+    assert honest == pytest.approx(daily, abs=0.35)  # SE of the estimate ~0.3 at 300 periods
+    assert overlapping > 3.0 * honest
+
+
+def test_horizon_one_is_the_daily_sharpe() -> None:
+    dates, pred, target = _random_panel(4)
+    assert panel_metrics(dates, pred, target, horizon=1) == panel_metrics(dates, pred, target)
+
+
+@pytest.mark.parametrize("horizon", [0, -1, 1.5, True])
+def test_bad_horizon_is_rejected(horizon: object) -> None:
+    with pytest.raises(ValueError, match="horizon must be a whole number of dates >= 1"):
+        panel_metrics(np.zeros(5), np.arange(5.0), np.arange(5.0), horizon=horizon)
+
+
+# -- standard errors --------------------------------------------------------------------------
+
+
+def _iid_panel(n_days: int, n_stocks: int, ic: float, seed: int):
+    rng = np.random.default_rng(seed)
+    signal = rng.standard_normal((n_days, n_stocks))
+    target = ic * signal + math.sqrt(1 - ic**2) * rng.standard_normal((n_days, n_stocks))
+    dates = np.repeat(np.arange(n_days), n_stocks)
+    return dates, signal.reshape(-1), target.reshape(-1)
+
+
+def test_bootstrap_se_matches_iid_formulas_on_independent_dates() -> None:
+    dates, pred, target = _iid_panel(600, 50, ic=0.05, seed=5)
+    got = panel_metrics_with_se(dates, pred, target)
+    ref = _reference(dates, pred, target, 0.2, 5)
+    rank_ic = np.array([r["rank_ic"] for r in ref.values()])
+    ls = np.array([r["long_short"] for r in ref.values()])
+    n = len(ls)
+    # values are panel_metrics' values
+    assert {k: v["value"] for k, v in got.items() if k != "bootstrap"} == panel_metrics(
+        dates, pred, target
+    )
+    # Independent dates: SE of a mean = sd / sqrt(n); of a per-period Sharpe ratio S (Lo
+    # 2002, normal returns) sqrt((1 + S^2 / 2) / n), then annualised.
+    assert got["rank_ic"]["se"] == pytest.approx(rank_ic.std(ddof=1) / math.sqrt(n), rel=0.15)
+    s = ls.mean() / ls.std(ddof=1)
+    lo = math.sqrt((1 + s**2 / 2) / n) * math.sqrt(252)
+    assert got["sharpe"]["se"] == pytest.approx(lo, rel=0.15)
+    ir = rank_ic.mean() / rank_ic.std(ddof=1)
+    assert got["rank_icir"]["se"] == pytest.approx(math.sqrt((1 + ir**2 / 2) / n), rel=0.15)
+    assert math.isnan(got["hit_rate"]["se"]) and math.isnan(got["n_dates"]["se"])
+    assert got["bootstrap"] == {"n_boot": 1000.0, "block_length": 9.0, "seed": 0.0}
+
+
+def _newey_west_se(x: np.ndarray, lags: int) -> float:
+    """SE of the mean with a Bartlett-kernel long-run variance (Newey and West 1987)."""
+    d = x - x.mean()
+    n = len(x)
+    lrv = d @ d / n
+    for k in range(1, lags + 1):
+        lrv += 2 * (1 - k / (lags + 1)) * (d[k:] @ d[:-k]) / n
+    return math.sqrt(lrv / n)
+
+
+def test_bootstrap_se_sees_the_overlap_of_h_day_targets() -> None:
+    # h-day targets made of daily cross-sections: consecutive dates share h - 1 days, so the
+    # per-date RankIC series is autocorrelated and its mean is ~sqrt(h) less certain than
+    # n independent dates would say.
+    h, n_days, n_stocks = 10, 1500, 30
+    rng = np.random.default_rng(8)
+    signal = rng.standard_normal(n_stocks)  # one fixed ranking
+    daily = 0.02 * signal + rng.standard_normal((n_days + h, n_stocks))
+    csum = np.vstack([np.zeros((1, n_stocks)), np.cumsum(daily, axis=0)])
+    target = (csum[h : h + n_days] - csum[:n_days]).reshape(-1)
+    dates = np.repeat(np.arange(n_days), n_stocks)
+    pred = np.tile(signal, n_days)
+    got = panel_metrics_with_se(dates, pred, target, horizon=h)
+    rank_ic = per_date_metrics(dates, pred, target)["rank_ic"].to_numpy()
+    naive = rank_ic.std(ddof=1) / math.sqrt(n_days)
+    assert got["rank_ic"]["se"] > 2.0 * naive
+    assert got["rank_ic"]["se"] == pytest.approx(_newey_west_se(rank_ic, 2 * h), rel=0.25)
+    assert got["bootstrap"]["block_length"] == 20.0  # 10 * ceil(1500^(1/3) / 10)
+
+
+def test_bootstrap_is_reproducible_and_seeded() -> None:
+    dates, pred, target = _iid_panel(200, 20, ic=0.1, seed=1)
+    a = panel_metrics_with_se(dates, pred, target, n_boot=200, seed=3)
+    b = panel_metrics_with_se(dates, pred, target, n_boot=200, seed=3)
+    c = panel_metrics_with_se(dates, pred, target, n_boot=200, seed=4)
+    assert a == b
+    assert a["sharpe"]["se"] != c["sharpe"]["se"]
+    assert a["sharpe"]["se"] == pytest.approx(c["sharpe"]["se"], rel=0.25)
+
+
+def test_se_options_and_small_samples() -> None:
+    dates, pred, target = _iid_panel(30, 20, ic=0.1, seed=1)
+    with pytest.raises(ValueError, match="block_length must be a positive multiple of horiz"):
+        panel_metrics_with_se(dates, pred, target, horizon=5, block_length=7)
+    with pytest.raises(ValueError, match="n_boot must be >= 2"):
+        panel_metrics_with_se(dates, pred, target, n_boot=1)
+    # 30 dates hold fewer than two blocks of 20: no standard error, but the values are there.
+    got = panel_metrics_with_se(dates, pred, target, horizon=20)
+    assert math.isnan(got["sharpe"]["se"]) and math.isnan(got["rank_ic"]["se"])
+    assert got["rank_ic"]["value"] == panel_metrics(dates, pred, target)["rank_ic"]
+
+
+def test_predictions_frame_gives_the_same_figures() -> None:
+    dates, pred, target = _iid_panel(120, 15, ic=0.1, seed=9)
+    frame = pl.DataFrame(
+        {"date": dates, "code": np.tile(np.arange(15), 120), "pred": pred, "target": target}
+    )
+    got = predictions_metrics_with_se(frame, horizon=5, n_boot=100)
+    assert got == panel_metrics_with_se(dates, pred, target, horizon=5, n_boot=100)
+    with pytest.raises(ValueError, match=r"lacks column\(s\) \['pred'\]"):
+        predictions_metrics_with_se(frame.drop("pred"))
+
+
+# -- deflated Sharpe ratio --------------------------------------------------------------------
+
+
+def test_deflated_sharpe_ratio_step_by_step() -> None:
+    # The worked example of Bailey and Lopez de Prado (2014): the best of N = 100 trials has an
+    # annualised Sharpe ratio 2.5 over T = 1250 daily returns (250 a year) with skewness -3 and
+    # kurtosis 10; the trials' annualised Sharpe ratios have variance 1/2.
+    n, t, ppy, skew, kurt = 100, 1250, 250, -3.0, 10.0
+    sr = 2.5 / math.sqrt(ppy)  # per day: 0.1581
+    var = 0.5 / ppy  # variance of daily Sharpe ratios
+    gamma = 0.5772156649015329
+    sr0 = math.sqrt(var) * (
+        (1 - gamma) * stats.norm.ppf(1 - 1 / n) + gamma * stats.norm.ppf(1 - 1 / (n * math.e))
+    )
+    assert sr0 == pytest.approx(0.1132, abs=2e-4)  # E[max] of 100 skill-less daily Sharpes
+    z = (sr - sr0) * math.sqrt(t - 1) / math.sqrt(1 - skew * sr + (kurt - 1) / 4 * sr**2)
+    expected = stats.norm.cdf(z)
+    got = deflated_sharpe_ratio(
+        2.5,
+        n_trials=n,
+        sharpe_variance=0.5,
+        n_obs=t,
+        skew=skew,
+        kurtosis=kurt,
+        periods_per_year=ppy,
+    )
+    assert got == pytest.approx(expected, rel=1e-12)
+    assert got == pytest.approx(0.90, abs=0.01)
+    # The same in per-period units.
+    per_day = deflated_sharpe_ratio(
+        sr, n_trials=n, sharpe_variance=var, n_obs=t, skew=skew, kurtosis=kurt
+    )
+    assert per_day == pytest.approx(got, rel=1e-12)
+
+
+def test_one_trial_is_the_probabilistic_sharpe_ratio_against_zero() -> None:
+    sr, t = 0.08, 500
+    got = deflated_sharpe_ratio(sr, n_trials=1, sharpe_variance=0.3, n_obs=t, skew=0, kurtosis=3)
+    assert got == pytest.approx(stats.norm.cdf(sr * math.sqrt(t - 1) / math.sqrt(1 + sr**2 / 2)))
+    assert got == probabilistic_sharpe_ratio(sr, benchmark=0.0, n_obs=t, skew=0, kurtosis=3)
+    assert expected_max_sharpe(n_trials=1, sharpe_variance=0.3) == 0.0
+
+
+def test_more_trials_or_more_dispersion_deflate_more() -> None:
+    def dsr(n_trials: int, variance: float) -> float:
+        return deflated_sharpe_ratio(
+            2.0,
+            n_trials=n_trials,
+            sharpe_variance=variance,
+            n_obs=750,
+            skew=-0.5,
+            kurtosis=5.0,
+            periods_per_year=252,
+        )
+
+    by_trials = [dsr(n, 0.5) for n in (1, 2, 10, 100, 1000)]
+    assert all(a > b for a, b in zip(by_trials, by_trials[1:], strict=False))
+    assert dsr(50, 0.1) > dsr(50, 1.0)
+    # Negative skew and fat tails widen the Sharpe ratio's error: a lower PSR.
+    normal = probabilistic_sharpe_ratio(0.1, benchmark=0.0, n_obs=250, skew=0, kurtosis=3)
+    assert probabilistic_sharpe_ratio(0.1, benchmark=0.0, n_obs=250, skew=-2, kurtosis=9) < normal
+
+
+def test_deflated_sharpe_ratio_rejects_bad_inputs() -> None:
+    kwargs = dict(sharpe_variance=0.1, n_obs=100, skew=0.0, kurtosis=3.0)
+    with pytest.raises(ValueError, match="n_trials must be >= 1"):
+        deflated_sharpe_ratio(0.1, n_trials=0, **kwargs)
+    with pytest.raises(ValueError, match="n_obs must be >= 2"):
+        deflated_sharpe_ratio(0.1, n_trials=5, **{**kwargs, "n_obs": 1})
+    with pytest.raises(ValueError, match="sharpe_variance must be >= 0"):
+        deflated_sharpe_ratio(0.1, n_trials=5, **{**kwargs, "sharpe_variance": -1.0})
+    # Moments no distribution has (1 - skew SR + (kurt - 1) SR^2 / 4 <= 0): NaN, not an error.
+    assert math.isnan(
+        probabilistic_sharpe_ratio(1.0, benchmark=0.0, n_obs=10, skew=5.0, kurtosis=1.0)
+    )

@@ -535,7 +535,9 @@ def validate(runner: StepRunner, panel: Panel, y_z: torch.Tensor, graphs: DateGr
     preds = {k: np.concatenate(v) for k, v in cols.items()}
     keep = np.isfinite(preds["target"])
     preds = {k: v[keep] for k, v in preds.items()}
-    metrics = panel_metrics(preds["date"], preds["pred"], preds["target"])
+    # An h-day target: Sharpe on non-overlapping h-day periods, annualised with sqrt(252 / h).
+    metrics = panel_metrics(preds["date"], preds["pred"], preds["target"],
+                            horizon=config.metric_horizon)
     metrics["val_loss"] = float(np.average(losses, weights=weights))
     return metrics, preds
 
