@@ -12,12 +12,14 @@ import dataclasses
 from dataclasses import dataclass
 
 from trainers.atft_gat.model import ModelConfig
+from trainers.atft_gat.synthetic import DIFFICULTIES
 from trainers.errors import UserError
 from trainers.runtime import RuntimeConfig, runtime_config_of
 
 PHASE_KINDS = ("baseline", "graph", "finetune")
 BASE_LOSSES = ("huber", "mse")
 NAN_POLICIES = ("mask", "fill", "refuse")
+MARKET_DIFFICULTIES = tuple(DIFFICULTIES)
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,7 @@ class TrainConfig:
     n_stocks: int = 200               # synthetic market size
     n_dates: int = 500
     market_seed: int = 0              # the synthetic market's own seed (not the trial's)
+    market_difficulty: str = "realistic"  # synthetic: "realistic" (calibrated) or "easy" (demos)
     features: tuple[str, ...] = ()    # () = every numeric non-target column
     nan_policy: str = "mask"          # what a NaN/inf feature does (see cache.spec); targets
                                       # are never filled, a missing one is masked
@@ -112,6 +115,8 @@ class TrainConfig:
             bad("base_loss", f"allowed: {', '.join(BASE_LOSSES)}")
         if not 0.0 < self.val_fraction < 1.0:
             bad("val_fraction", "must be in (0, 1)")
+        if self.market_difficulty not in MARKET_DIFFICULTIES:
+            bad("market_difficulty", f"allowed: {', '.join(MARKET_DIFFICULTIES)}")
         if self.n_stocks < 2 or self.n_dates < 2:
             problems.append(f"n_stocks={self.n_stocks}, n_dates={self.n_dates}: need >= 2 each")
         if not 0.0 < self.leak_threshold <= 1.0:

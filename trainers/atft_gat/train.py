@@ -59,7 +59,7 @@ MIN_STOCKS_FOR_ZSCORE = 3
 def cache_source(config: TrainConfig) -> str:
     if config.source == "synthetic":
         return (f"synthetic:n_stocks={config.n_stocks},n_dates={config.n_dates},"
-                f"seed={config.market_seed}")
+                f"seed={config.market_seed},difficulty={config.market_difficulty}")
     return config.source
 
 

@@ -1,17 +1,28 @@
-"""The synthetic market: schema, timing of features and targets, and the planted signal."""
+"""The synthetic market: schema, timing of features and targets, the planted signal, the two
+difficulties and the baselines.
+
+Tests that need a strong signal (a model or a feature that visibly learns it) use the easy
+market and say so; the realistic default is checked against its calibration."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import polars as pl
 import pytest
 
 from trainers.atft_gat.synthetic import (
+    DIFFICULTIES,
     FEATURE_NAMES,
     ORACLE_COLUMNS,
+    PHI_OWN,
+    PHI_PEER,
     TARGET_HORIZONS,
     TARGET_NAMES,
     generate_market,
+    market_baselines,
+    oracle_forecast,
     stock_codes,
 )
 from trainers.errors import UserError
@@ -20,7 +31,10 @@ from trainers.metrics import panel_metrics
 
 @pytest.fixture(scope="module")
 def market() -> tuple[pl.DataFrame, pl.DataFrame]:
-    frame, oracle = generate_market(n_stocks=200, n_dates=500, seed=3, return_oracle=True)
+    # The easy market: the tests below check that its planted paths are strong enough to see.
+    frame, oracle = generate_market(
+        n_stocks=200, n_dates=500, seed=3, difficulty="easy", return_oracle=True
+    )
     return frame, oracle
 
 
@@ -91,17 +105,28 @@ def test_oracle_rank_ic_and_peer_share(market: tuple[pl.DataFrame, pl.DataFrame]
     assert 0.25 <= peer_share <= 0.50
     # With no peer part the oracle is its own part.
     _, oracle0 = generate_market(
-        n_stocks=200, n_dates=500, seed=3, peer_strength=0.0, return_oracle=True
+        n_stocks=200,
+        n_dates=500,
+        seed=3,
+        difficulty="easy",
+        peer_strength=0.0,
+        return_oracle=True,
     )
     assert np.all(oracle0["oracle_peer"].to_numpy() == 0.0)
     assert oracle0["oracle"].equals(oracle0["oracle_own"])
 
 
 def test_peer_signal_flows_only_through_cluster_mates() -> None:
-    # Without the seasonal nuisance (which FAN is there to remove), to isolate the peer path.
+    # Without the seasonal nuisance (which FAN is there to remove), to isolate the peer path;
+    # on the easy market, whose peer signal stands far above the noise.
     n_dates = 500
     frame, oracle = generate_market(
-        n_stocks=200, n_dates=n_dates, seed=3, seasonal_amplitude=0.0, return_oracle=True
+        n_stocks=200,
+        n_dates=n_dates,
+        seed=3,
+        seasonal_amplitude=0.0,
+        difficulty="easy",
+        return_oracle=True,
     )
     dates, target = frame["date"].to_numpy(), frame["ret_1d"].to_numpy()
     # A stock's own f_peer says nothing about its own return ...
@@ -164,3 +189,197 @@ def test_full_size_market() -> None:
     frame = generate_market(n_stocks=500, n_dates=750)
     assert frame.height == 500 * 750
     assert frame["date"].n_unique() == 750 and frame["code"].n_unique() == 500
+
+
+# -- difficulty --------------------------------------------------------------------------------
+
+
+def test_easy_market_is_the_first_market_bit_for_bit() -> None:
+    # Sums of squares of every column of the market as it shipped before the difficulty presets
+    # (40 stocks x 60 dates, seed 3, 10% missing rows): the easy preset must reproduce it.
+    frame, oracle = generate_market(
+        n_stocks=40, n_dates=60, seed=3, missing_rate=0.1, difficulty="easy", return_oracle=True
+    )
+    before = {
+        "f_own": 13525.739768781994,
+        "f_peer": 11842.039579169243,
+        "f_noise": 11547.346034430546,
+        "f_ret_1d_past": 0.9437976589394256,
+        "f_ret_5d_past": 5.593406394651977,
+        "ret_1d": 0.9458931109419787,
+        "ret_5d": 5.181531851382642,
+        "ret_10d": 9.48508499039425,
+        "ret_20d": 18.314211427889845,
+    }
+    assert frame.height == 2144
+    for name, value in before.items():
+        got = float(np.nansum(frame[name].to_numpy().astype(np.float64) ** 2))
+        assert got == pytest.approx(value, rel=1e-6), name
+    assert float((oracle["oracle"].to_numpy() ** 2).sum()) == pytest.approx(
+        0.01655892375963013, rel=1e-6
+    )
+
+
+def test_presets_are_only_defaults() -> None:
+    easy = DIFFICULTIES["easy"]
+    explicit = generate_market(
+        n_stocks=30,
+        n_dates=50,
+        seed=1,
+        own_strength=easy.own_strength,
+        peer_strength=easy.peer_strength,
+        payoff_noise=easy.payoff_noise,
+    )
+    assert explicit.equals(generate_market(n_stocks=30, n_dates=50, seed=1, difficulty="easy"))
+    default = generate_market(n_stocks=30, n_dates=50, seed=1)
+    assert default.equals(generate_market(n_stocks=30, n_dates=50, seed=1, difficulty="realistic"))
+    assert not default.equals(explicit)
+    # Only the signal's strength differs: the features that do not carry it are the same.
+    assert default["f_noise"].equals(explicit["f_noise"])
+
+
+def test_payoff_shocks_follow_the_documented_formula() -> None:
+    # r = mu_own (1 + k z_own) + mu_peer (1 + k z_peer) + (the same noise): the difference
+    # between the market with and without payoff noise is, date by date, an exact linear
+    # function of the two oracle parts, with standard normal coefficients / k.
+    k, n_dates = 4.5, 400
+    kwargs = dict(n_stocks=60, n_dates=n_dates, seed=7, difficulty="realistic")
+    noisy, oracle = generate_market(payoff_noise=k, return_oracle=True, **kwargs)
+    calm = generate_market(payoff_noise=0.0, **kwargs)
+    diff = (noisy["ret_1d"].to_numpy() - calm["ret_1d"].to_numpy()).astype(np.float64)
+    own = oracle["oracle_own"].to_numpy()
+    peer = oracle["oracle_peer"].to_numpy()
+    z = []
+    for t in range(n_dates - 1):  # the last date has no 1-day target
+        rows = slice(t * 60, (t + 1) * 60)
+        x = np.column_stack([own[rows], peer[rows]])
+        coef, *_ = np.linalg.lstsq(x, diff[rows], rcond=None)
+        np.testing.assert_allclose(x @ coef, diff[rows], atol=2e-6)  # float32 targets
+        z.append(coef / k)
+    z = np.array(z)  # (dates, 2): z_own, z_peer
+    assert np.abs(z.mean(0)).max() < 0.15 and np.abs(z.std(0) - 1).max() < 0.1
+    assert abs(np.corrcoef(z.T)[0, 1]) < 0.15  # independent shocks for the two parts
+
+
+def test_realistic_default_is_calibrated() -> None:
+    # Targets (README): oracle RankIC 0.03-0.06 with a daily IR ~0.2 and a long-short Sharpe
+    # 2-4; no raw feature beyond a RankIC of 0.03. One market, so with its sampling error.
+    frame, oracle = generate_market(n_stocks=500, n_dates=750, seed=0, return_oracle=True)
+    dates, target = frame["date"].to_numpy(), frame["ret_1d"].to_numpy()
+    m = panel_metrics(dates, oracle["oracle"].to_numpy(), target)
+    assert 0.03 <= m["rank_ic"] <= 0.06
+    assert 0.1 <= m["rank_icir"] <= 0.3
+    assert 1.5 <= m["sharpe"] <= 5.0
+    features = {
+        c: panel_metrics(dates, frame[c].to_numpy(), target)["rank_ic"] for c in FEATURE_NAMES
+    }
+    assert max(abs(v) for v in features.values()) < 0.03
+    assert 0.005 < features["f_own"] < 0.03
+    # The easy market, same seed, for contrast: several times stronger.
+    easy_frame, easy_oracle = generate_market(
+        n_stocks=500, n_dates=750, seed=0, difficulty="easy", return_oracle=True
+    )
+    easy = panel_metrics(
+        easy_frame["date"].to_numpy(),
+        easy_oracle["oracle"].to_numpy(),
+        easy_frame["ret_1d"].to_numpy(),
+    )
+    assert easy["rank_ic"] > 2.5 * m["rank_ic"] and easy["sharpe"] > 2.5 * m["sharpe"]
+
+
+def test_bad_difficulty_is_reported() -> None:
+    with pytest.raises(UserError, match="difficulty must be one of 'realistic', 'easy', got 'x"):
+        generate_market(difficulty="xhard")
+    with pytest.raises(UserError, match="payoff_noise must be >= 0, got -1"):
+        generate_market(payoff_noise=-1.0)
+
+
+# -- baselines ---------------------------------------------------------------------------------
+
+
+def test_oracle_forecast_is_the_expected_h_day_sum() -> None:
+    _, oracle = generate_market(
+        n_stocks=100, n_dates=600, seed=2, difficulty="easy", return_oracle=True
+    )
+    h = 10
+    own_w = (1 - PHI_OWN**h) / (1 - PHI_OWN)
+    peer_w = (1 - PHI_PEER**h) / (1 - PHI_PEER)
+    expected = oracle["oracle_own"].to_numpy() * own_w + oracle["oracle_peer"].to_numpy() * peer_w
+    np.testing.assert_allclose(oracle_forecast(oracle, h), expected, rtol=1e-12)
+    np.testing.assert_allclose(oracle_forecast(oracle, 1), oracle["oracle"].to_numpy())
+    # The weight is what the AR(1) parts really sum to: regress the realised sum of the next
+    # h dates' own part on today's (no intercept; the parts have mean 0).
+    own = oracle["oracle_own"].to_numpy().reshape(600, 100)
+    csum = np.vstack([np.zeros((1, 100)), np.cumsum(own, axis=0)])
+    future = csum[h:] - csum[:-h]  # (600 - h + 1, S): own_t + ... + own_{t+h-1}
+    now = own[: len(future)]
+    assert (now * future).sum() / (now * now).sum() == pytest.approx(own_w, rel=0.05)
+
+
+@pytest.fixture(scope="module")
+def easy_market() -> tuple[pl.DataFrame, pl.DataFrame]:
+    return generate_market(n_stocks=80, n_dates=300, seed=4, difficulty="easy", return_oracle=True)
+
+
+def _rank_ics(frame: pl.DataFrame, rows: np.ndarray, target: str) -> dict[str, float]:
+    dates, y = frame["date"].to_numpy(), frame[target].to_numpy()
+    return {
+        c: panel_metrics(dates[rows], frame[c].to_numpy()[rows], y[rows])["rank_ic"]
+        for c in FEATURE_NAMES
+    }
+
+
+@pytest.mark.parametrize("horizon", [1, 20])
+def test_market_baselines_choose_on_earlier_dates(easy_market, horizon: int) -> None:
+    frame, oracle = easy_market
+    days = np.unique(frame["date"].to_numpy())
+    report = days[200:]
+    got = market_baselines((frame, oracle), report, horizon=horizon)
+    dates = frame["date"].to_numpy()
+    target = frame[f"ret_{horizon}d"].to_numpy()
+    in_report = dates >= report[0]
+    # Selection: dates 0 .. 199 - horizon, whose h-day targets end before the report starts.
+    selection = dates <= days[199 - horizon]
+    ics = _rank_ics(frame, selection, f"ret_{horizon}d")
+    best = max(ics, key=lambda c: abs(ics[c]))
+    sign = 1.0 if ics[best] > 0 else -1.0
+    bf = got["best_feature"]
+    assert (bf["name"], bf["sign"], bf["chosen_on"]) == (best, sign, "earlier dates")
+    assert bf["n_selection_dates"] == 200 - horizon
+    assert bf["selection_rank_ic"] == pytest.approx(ics[best], rel=1e-12)
+    expected = panel_metrics(
+        dates[in_report],
+        sign * frame[best].to_numpy()[in_report],
+        target[in_report],
+        horizon=horizon,
+    )
+    assert {k: bf[k] for k in expected} == pytest.approx(expected, rel=1e-9)
+    forecast = oracle_forecast(oracle, horizon)
+    assert got["oracle"] == pytest.approx(
+        panel_metrics(dates[in_report], forecast[in_report], target[in_report], horizon=horizon),
+        rel=1e-9,
+    )
+    # The joined frame gives the same.
+    joined = frame.join(
+        oracle.select("date", "code", "oracle_own", "oracle_peer"), on=["date", "code"]
+    )
+    assert market_baselines(joined, report, horizon=horizon) == got
+
+
+def test_market_baselines_label_in_sample_and_given_selections(easy_market) -> None:
+    frame, oracle = easy_market
+    days = np.unique(frame["date"].to_numpy())
+    early = market_baselines((frame, oracle), days[5:100])  # 5 earlier dates: too few
+    assert early["best_feature"]["chosen_on"] == "report dates (in-sample)"
+    assert early["best_feature"]["n_selection_dates"] == 95
+    given = market_baselines((frame, oracle), days[200:], selection_dates=days[:50])
+    assert given["best_feature"]["chosen_on"] == "selection dates"
+    assert given["best_feature"]["n_selection_dates"] == 50
+    # A panel without the oracle (a real one): only the feature baseline.
+    real = market_baselines(frame, days[200:], features=["f_own", "f_ret_5d_past"])
+    assert real["oracle"] is None and real["best_feature"]["name"] in ("f_own", "f_ret_5d_past")
+    with pytest.raises(UserError, match="no target column 'ret_3d' for horizon=3"):
+        market_baselines(frame, days[200:], horizon=3)
+    with pytest.raises(UserError, match=r"feature column\(s\) \['f_x'\] not in the market"):
+        market_baselines(frame, days[200:], features=["f_x"])
+    assert math.isfinite(real["best_feature"]["rank_ic"])
