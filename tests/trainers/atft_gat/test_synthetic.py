@@ -383,3 +383,17 @@ def test_market_baselines_label_in_sample_and_given_selections(easy_market) -> N
     with pytest.raises(UserError, match=r"feature column\(s\) \['f_x'\] not in the market"):
         market_baselines(frame, days[200:], features=["f_x"])
     assert math.isfinite(real["best_feature"]["rank_ic"])
+
+
+def test_the_trainer_names_its_market_difficulty() -> None:
+    from cache._source import generate_synthetic, parse_synthetic
+    from trainers.atft_gat.config import TrainConfig
+    from trainers.atft_gat.train import cache_source
+
+    source = cache_source(TrainConfig(n_stocks=20, n_dates=30, market_difficulty="easy"))
+    assert source.endswith(",difficulty=easy")
+    market = generate_synthetic(parse_synthetic(source))
+    assert market.equals(generate_market(n_stocks=20, n_dates=30, seed=0, difficulty="easy"))
+    assert cache_source(TrainConfig()).endswith(",difficulty=realistic")
+    with pytest.raises(UserError, match="market_difficulty='hard': allowed: realistic, easy"):
+        TrainConfig(market_difficulty="hard")
