@@ -387,8 +387,10 @@ def test_market_baselines_label_in_sample_and_given_selections(easy_market) -> N
 
 def test_the_trainer_names_its_market_difficulty() -> None:
     from cache._source import generate_synthetic, parse_synthetic
-    from trainers.atft_gat.config import TrainConfig
+    from trainers.atft_gat.config import MARKET_DIFFICULTIES, TrainConfig
     from trainers.atft_gat.train import cache_source
+
+    assert MARKET_DIFFICULTIES == tuple(DIFFICULTIES)
 
     source = cache_source(TrainConfig(n_stocks=20, n_dates=30, market_difficulty="easy"))
     assert source.endswith(",difficulty=easy")
