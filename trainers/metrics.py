@@ -540,6 +540,44 @@ def predictions_metrics_with_se(
     )
 
 
+def sharpe_moments(
+    dates: np.ndarray,
+    pred: np.ndarray,
+    target: np.ndarray,
+    *,
+    horizon: int = 1,
+    quantile: float = DEFAULT_QUANTILE,
+    min_stocks: int = DEFAULT_MIN_STOCKS,
+    periods_per_year: int = TRADING_DAYS_PER_YEAR,
+) -> dict[str, float]:
+    """The inputs of ``deflated_sharpe_ratio`` for one trial's long-short, in per-period units.
+
+    Keys: ``sharpe`` (per period: ``panel_metrics``'s annualised ``sharpe`` divided by
+    ``sqrt(periods_per_year / horizon)``), ``n_obs`` (non-overlapping periods: the usable
+    long-short values / ``horizon``), ``skew`` and ``kurtosis`` (non-excess; the plain moment
+    estimators ``scipy.stats.skew`` / ``kurtosis(fisher=False)`` of every usable per-date
+    long-short, overlapping or not: each is an h-day return) and ``periods_per_year``
+    (``periods_per_year / horizon``, to convert annualised figures). NaN where undefined.
+    """
+    from scipy import stats
+
+    horizon = _check_horizon(horizon)
+    per_date = per_date_metrics(dates, pred, target, quantile=quantile, min_stocks=min_stocks)
+    position = _date_positions(dates, per_date["date"].to_numpy())
+    long_short = per_date["long_short"].to_numpy()
+    per_year = periods_per_year / horizon
+    sharpe = _horizon_sharpe(long_short, position, horizon, periods_per_year)
+    finite = long_short[np.isfinite(long_short)]
+    spread = len(finite) >= 3 and float(np.ptp(finite)) > 0
+    return {
+        "sharpe": sharpe / math.sqrt(per_year),
+        "n_obs": len(finite) / horizon,
+        "skew": float(stats.skew(finite)) if spread else math.nan,
+        "kurtosis": float(stats.kurtosis(finite, fisher=False)) if spread else math.nan,
+        "periods_per_year": per_year,
+    }
+
+
 # -- deflated Sharpe ratio ----------------------------------------------------------------
 EULER_GAMMA = 0.5772156649015329  # Euler-Mascheroni constant, in E[max of N normals]
 
@@ -570,7 +608,7 @@ def expected_max_sharpe(*, n_trials: int, sharpe_variance: float) -> float:
 
 
 def probabilistic_sharpe_ratio(
-    sharpe: float, *, benchmark: float, n_obs: int, skew: float, kurtosis: float
+    sharpe: float, *, benchmark: float, n_obs: float, skew: float, kurtosis: float
 ) -> float:
     """P(true Sharpe > ``benchmark``) given an estimated per-period ``sharpe`` from ``n_obs``
     returns with the given skewness and (non-excess, normal = 3) kurtosis (Bailey and Lopez de
@@ -596,7 +634,7 @@ def deflated_sharpe_ratio(
     *,
     n_trials: int,
     sharpe_variance: float,
-    n_obs: int,
+    n_obs: float,
     skew: float,
     kurtosis: float,
     periods_per_year: float | None = None,
@@ -612,7 +650,8 @@ def deflated_sharpe_ratio(
     ratios) are taken as per period. Given ``periods_per_year`` (252 for daily returns,
     252 / h for h-day ones) they are taken as annualised ``SR_per_period * sqrt(ppy)`` and
     converted: ``sharpe / sqrt(ppy)`` and ``sharpe_variance / ppy``. ``skew`` and ``kurtosis``
-    (non-excess: 3 for normal returns) are those of the chosen trial's ``n_obs`` returns.
+    (non-excess: 3 for normal returns) are those of the chosen trial's ``n_obs`` returns;
+    ``sharpe_moments`` gives all four for a trial's predictions.
     ``n_trials`` should count effectively independent trials; HPO trials are correlated, so
     the number of trials run is an upper bound (it deflates more than needed).
     """

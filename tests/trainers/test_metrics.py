@@ -18,6 +18,7 @@ from trainers.metrics import (
     per_date_metrics,
     predictions_metrics_with_se,
     probabilistic_sharpe_ratio,
+    sharpe_moments,
 )
 
 
@@ -478,3 +479,28 @@ def test_deflated_sharpe_ratio_rejects_bad_inputs() -> None:
     assert math.isnan(
         probabilistic_sharpe_ratio(1.0, benchmark=0.0, n_obs=10, skew=5.0, kurtosis=1.0)
     )
+
+
+@pytest.mark.parametrize("horizon", [1, 5])
+def test_sharpe_moments_feed_the_deflated_sharpe_ratio(horizon: int) -> None:
+    dates, pred, target, _ = _fixed_legs_panel(600, horizon, daily_sharpe=0.1, seed=4)
+    got = sharpe_moments(dates, pred, target, horizon=horizon)
+    ls = per_date_metrics(dates, pred, target)["long_short"].to_numpy()
+    annual = panel_metrics(dates, pred, target, horizon=horizon)["sharpe"]
+    assert got["periods_per_year"] == 252 / horizon
+    assert got["sharpe"] == pytest.approx(annual / math.sqrt(252 / horizon), rel=1e-12)
+    assert got["n_obs"] == 600 / horizon
+    assert got["skew"] == pytest.approx(stats.skew(ls), rel=1e-12)
+    assert got["kurtosis"] == pytest.approx(stats.kurtosis(ls, fisher=False), rel=1e-12)
+    # One trial: the PSR against 0 of the per-period Sharpe ratio, by hand.
+    sr, t = got["sharpe"], got["n_obs"]
+    z = sr * math.sqrt(t - 1) / math.sqrt(1 - got["skew"] * sr + (got["kurtosis"] - 1) / 4 * sr**2)
+    dsr = deflated_sharpe_ratio(
+        sr,
+        n_trials=1,
+        sharpe_variance=0.0,
+        n_obs=t,
+        skew=got["skew"],
+        kurtosis=got["kurtosis"],
+    )
+    assert dsr == pytest.approx(stats.norm.cdf(z), rel=1e-12)
