@@ -355,7 +355,8 @@ def train(config: TrainConfig, ctx: TrialContext) -> dict[str, float]:
                           "edges_per_date": edges_per_date(graphs, config)})
 
     # 3. model and runtime
-    stocks_per_date = float(panel.present.sum()) / max(1, n_dates)
+    # Over the dates the trial reads (the panel was cut after its last validation label).
+    stocks_per_date = float(panel.present.sum()) / max(1, len(panel.dates))
     dates_per_step = max(1, int(config.batch_size // max(1.0, stocks_per_date)))
     steps_per_epoch = math.ceil(len(train_dates) / dates_per_step)
     if config.max_steps_per_epoch:
