@@ -15,21 +15,34 @@ Choices:
 * A stock is left without edges (in or out) on date t when it has fewer than ``min_periods``
   finite returns in the window, a constant return over the window, or is absent on date t
   (``present``). A pair needs ``min_periods`` dates on which both returned.
-* Missing returns: each stock is centred and scaled on its own finite returns in the window,
-  and the correlation of a pair is the mean product over the dates both have, i.e.
-  ``sum_overlap(z_i z_j) / n_overlap``. With no missing returns in the window this is the
-  exact Pearson correlation; with gaps it approximates the pairwise-complete one (and is
-  clipped to [-1, 1]) at the cost of two matmuls instead of four.
+* Missing returns: the correlation is **pairwise-complete**: a pair's means, variances and
+  covariance use exactly the dates on which both stocks returned (what ``pandas.DataFrame.corr``
+  computes). A pair whose overlap is constant for one of the two has no correlation, so no
+  edge.
 * Edge weight = that correlation (float32); within a date, edges are ordered by ``dst`` then
-  by decreasing weight (the order of exactly equal weights is unspecified).
+  by decreasing weight (the order of exactly equal weights is unspecified). So the graph of a
+  smaller ``k`` is the first ``k`` edges of every ``dst``: :meth:`DateGraphs.top` takes it
+  from a graph built once for the largest ``k`` wanted, without a rebuild.
 
-Cost: one batched (S x W) @ (W x S) matmul per date plus a top-k, in chunks of dates sized to
-a memory budget, on any torch device. 500 stocks x 750 dates take about 1.5 s on two idle CPU
-cores, most of it in the top-k.
+How (cost at S stocks): pairwise-complete correlations need, per pair, the overlap count
+``N = sum m_i m_j``, the overlap sums ``A = sum z_i m_j`` and ``B = sum z_i^2 m_j`` (and their
+transposes) and the cross product ``C = sum z_i z_j``, with ``m`` = "returned" and ``z`` the
+return (0 where missing). These six (S, S) running sums are **updated incrementally**: moving
+from date t to t+1 adds the entering row and removes the leaving one, a rank-2 update of each
+(one ``addmm``), instead of recomputing (S x W) @ (W x S) products over the whole window. Every
+``refresh`` dates they are recomputed from scratch (four matmuls), which bounds float32
+rounding drift; returns are also re-centred and re-scaled per stock at each refresh (on the
+window before it, so nothing looks ahead), which keeps the sums well conditioned. Per date,
+the correlation formula and the (S, S) top-k then read the sums in row tiles that stay in the
+CPU's cache. Everything runs on any torch device (the training GPU when there is one).
+4,000 stocks x 2,500 dates: see ``scripts/bench_graph.py`` and the README.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,8 +50,20 @@ import torch
 
 from trainers.errors import UserError
 
-# Peak bytes of the (dates, S, S) correlation block per chunk; bounds memory at large S.
-CHUNK_BYTES = 256 * 2**20
+# Dates between exact recomputations of the running sums. Each refresh costs about as much as
+# 6 dates of incremental updates; 64 keeps the float32 drift of the correlations below 1e-5
+# (measured in scripts/bench_graph.py, tested in tests/trainers/atft_gat/test_graph.py).
+REFRESH_DATES = 64
+# Rows of the (S, S) sums a CPU thread handles at once: a 32 x 4,000 tile of the six sums and
+# the formula's temporaries (~5 MB) stays in cache between the update and the formula. On two
+# busy cores, single-threaded ops on 16-64 row tiles took a fifth of the CPU time of
+# two-threaded ops on whole matrices.
+TILE_ROWS = 32
+# A stock whose variance over the window is below this share of its mean square (around the
+# refresh's centre) is constant up to float32 rounding: it has no correlation.
+VAR_EPS = 1e-5
+# Stands for "no correlation" inside the top-k: below every valid correlation and threshold.
+INVALID = -4.0
 
 
 @dataclass(frozen=True)
@@ -103,44 +128,130 @@ class DateGraphs:
         lo, hi = int(self.offsets[d]), int(self.offsets[d + 1])
         return self.src[lo:hi], self.dst[lo:hi], self.weight[lo:hi]
 
+    def edges_per_date(self) -> np.ndarray:
+        """(D,) int64 edge count of every date."""
+        return np.diff(self.offsets)
 
-def _chunk_graphs(
-    padded: torch.Tensor, present: torch.Tensor, d0: int, d1: int, cfg: GraphConfig
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Edges of dates [d0, d1) as (date, src, dst, weight); ``padded`` has ``window`` NaN rows
-    in front, so date t's window is ``padded[t : t + window]``."""
-    w = cfg.window
-    x = padded[d0 : d1 + w - 1].unfold(0, w, 1)  # (n, S, W): x[t - d0] = returns[t-w : t]
-    finite = torch.isfinite(x)
-    count = finite.sum(-1)  # (n, S)
-    x0 = torch.where(finite, x, 0.0)
-    mean = x0.sum(-1) / count.clamp(min=1)
-    xc = torch.where(finite, x - mean.unsqueeze(-1), 0.0)
-    std = (xc.square().sum(-1) / count.clamp(min=1)).sqrt()  # (n, S)
-    node_ok = (count >= cfg.required_periods) & (std > 0) & present[d0:d1]  # (n, S)
-    has_gaps = bool((~finite).any())
-    # Without gaps, fold the 1/W of the mean product into z so the (S, S) block needs no pass.
-    scale = std * (1.0 if has_gaps else w**0.5)
-    z = torch.where(node_ok.unsqueeze(-1), xc / scale.clamp(min=1e-30).unsqueeze(-1), 0.0)
+    def top(self, k: int) -> DateGraphs:
+        """The graphs with each stock's ``k`` strongest in-edges only: the graphs a build with
+        ``k`` gives (edges are sorted by dst, then by decreasing weight, so this is the first
+        ``k`` edges of every (date, dst)). Returns ``self`` when no stock has more than k."""
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        n_edges = len(self.src)
+        if n_edges == 0:
+            return self
+        # A (date, dst) group starts where dst changes or a new date begins.
+        starts = np.ones(n_edges, dtype=bool)
+        np.not_equal(self.dst[1:], self.dst[:-1], out=starts[1:])
+        starts[self.offsets[:-1][self.offsets[:-1] < n_edges]] = True
+        start_pos = np.flatnonzero(starts)  # (G,) first edge of every group
+        group_len = np.diff(np.append(start_pos, n_edges))
+        if group_len.max() <= k:
+            return self
+        # Rank of each edge inside its group = position - its group's start.
+        rank = np.arange(n_edges) - np.repeat(start_pos, group_len)
+        keep = rank < k
+        kept_before = np.concatenate([[0], np.cumsum(keep, dtype=np.int64)])
+        return DateGraphs(
+            src=self.src[keep],
+            dst=self.dst[keep],
+            weight=self.weight[keep],
+            offsets=kept_before[self.offsets],
+        )
 
-    # Passes over the (n, S, S) block dominate the cost, so keep them few and in place.
-    corr = z @ z.transpose(1, 2)  # (n, S, S) mean product of z_i z_j over the window
-    if has_gaps:
-        m = finite.to(z.dtype)
-        overlap = m @ m.transpose(1, 2)  # (n, S, S) dates both stocks returned
-        corr.div_(overlap.clamp_(min=1)).clamp_(-1.0, 1.0)
-        corr.masked_fill_(overlap < cfg.required_periods, float("-inf"))
-        del overlap
-    corr.masked_fill_(~node_ok.unsqueeze(1), float("-inf"))  # unusable neighbours j
-    corr.diagonal(dim1=1, dim2=2).fill_(float("-inf"))  # no self-loops
-    k = min(cfg.k, x.shape[1] - 1)
-    values, neighbour = torch.topk(corr, k, dim=-1, sorted=True)  # (n, S, k), decreasing
-    # Unusable listeners i and weak links are dropped on the small (n, S, k) result.
-    keep = (values >= cfg.threshold) & node_ok.unsqueeze(-1)
-    date, dst, slot = keep.nonzero(as_tuple=True)  # row-major: by date, then dst, then rank
-    src = neighbour[date, dst, slot]
-    weight = values[date, dst, slot].clamp(max=1.0)
-    return date + d0, src, dst, weight
+
+class _RunningSums:
+    """The six (S, S) window sums of pairwise-complete correlation, in float32 on a device.
+
+    With ``z`` the standardised returns (0 where missing) and ``m`` the 0/1 "returned" mask of
+    the window's dates (W, S): ``n = m'm``, ``c = z'z``, ``a = z'm``, ``at = m'z``,
+    ``b = (z^2)'m``, ``bt = m'(z^2)``. ``a`` and ``at`` (``b``, ``bt``) are each other's
+    transposes; both are kept so that a row tile of either is contiguous. Every method works on
+    a tile of rows [lo, hi), so a date's update and formula touch each tile once, while it is
+    in the cache.
+    """
+
+    def __init__(self, n_stocks: int, device: torch.device):
+        def new() -> torch.Tensor:
+            return torch.zeros(n_stocks, n_stocks, dtype=torch.float32, device=device)
+
+        self.n, self.c, self.a, self.at, self.b, self.bt = (new() for _ in range(6))
+
+    def reset(self, z: torch.Tensor, m: torch.Tensor, lo: int, hi: int) -> None:
+        """Exact sums of a window's z, m (W, S), rows [lo, hi)."""
+        zt, mt = z[:, lo:hi].t(), m[:, lo:hi].t()  # (T, W)
+        torch.mm(mt, m, out=self.n[lo:hi])
+        torch.mm(zt, z, out=self.c[lo:hi])
+        torch.mm(zt, m, out=self.a[lo:hi])
+        torch.mm(mt, z, out=self.at[lo:hi])
+        torch.mm(zt * zt, m, out=self.b[lo:hi])
+        torch.mm(mt, z * z, out=self.bt[lo:hi])
+
+    def shift(self, z: torch.Tensor, m: torch.Tensor, lo: int, hi: int) -> None:
+        """Add the entering date and remove the leaving one, rows [lo, hi): z, m (2, S) =
+        [entering, leaving]. Each sum gets one rank-2 update, ``sum += left' @ (sign * right)``.
+        """
+        sign = torch.tensor([[1.0], [-1.0]], dtype=z.dtype, device=z.device)
+        zs, ms, zzs = z * sign, m * sign, z * z * sign  # (2, S)
+        zt, mt = z[:, lo:hi].t(), m[:, lo:hi].t()  # (T, 2)
+        self.n[lo:hi].addmm_(mt, ms)
+        self.c[lo:hi].addmm_(zt, zs)
+        self.a[lo:hi].addmm_(zt, ms)
+        self.at[lo:hi].addmm_(mt, zs)
+        self.b[lo:hi].addmm_(zt * zt, ms)
+        self.bt[lo:hi].addmm_(mt, zzs)
+
+    def correlations(self, lo: int, hi: int, need: torch.Tensor, out: torch.Tensor
+                     ) -> torch.Tensor:
+        """Pairwise-complete correlations of rows [lo, hi) against every stock into ``out``
+        (hi - lo, S); INVALID for self-pairs and where the overlap is below ``need`` (S,), the
+        overlap each column's stock requires (+inf for an unusable stock), or is constant."""
+        n, a, at = self.n[lo:hi], self.a[lo:hi], self.at[lo:hi]
+        # 1 / overlap; NaN marks invalid pairs, flows through the formula, ends as INVALID.
+        # (n = 0 needs no guard: then a = at = 0 and 0 * inf is NaN too.)
+        inv = torch.reciprocal(n).masked_fill_(n < need, float("nan"))  # (T, S)
+        inv[:, lo:hi].diagonal().fill_(float("nan"))
+        # cov = sum z_i z_j - sum z_i sum z_j / n over the overlap (all "sums" are times n).
+        cov = torch.addcmul(self.c[lo:hi], torch.mul(a, at, out=out), inv, value=-1.0, out=out)
+        var_i = torch.addcmul(self.b[lo:hi], a * a, inv, value=-1.0)
+        var_j = torch.addcmul(self.bt[lo:hi], at * at, inv, value=-1.0)
+        # A zero variance gives 0/0 or x/0, a rounding-negative one a NaN sqrt: INVALID. (A
+        # constant overlap can also leave a positive rounding-level variance ~1e-7 n: the
+        # correlation is then below 1e-3 in size, under any useful threshold.)
+        cov.div_(var_i.mul_(var_j).sqrt_())
+        return torch.nan_to_num_(cov, nan=INVALID, posinf=INVALID, neginf=INVALID)
+
+
+def _standardise(window: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-stock centre and scale of a (W, S) window's finite returns: (shift, scale) (S,).
+
+    Only rounding depends on them (correlations do not change under a per-stock affine map);
+    a stock with no spread in the window gets the median scale of the others.
+    """
+    finite = torch.isfinite(window)
+    count = finite.sum(0).clamp(min=1)
+    x0 = torch.where(finite, window, 0.0)
+    mean = x0.sum(0) / count
+    var = torch.where(finite, window - mean, 0.0).square().sum(0) / count
+    std = var.sqrt()
+    ok = std > 0
+    fallback = std[ok].median() if bool(ok.any()) else torch.ones((), device=window.device)
+    return mean, torch.where(ok, std, fallback)
+
+
+@contextmanager
+def _single_threaded_ops(enabled: bool) -> Iterator[None]:
+    """Run torch CPU ops on one thread each (our own threads share the tiles instead)."""
+    if not enabled:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def build_graphs(
@@ -149,6 +260,7 @@ def build_graphs(
     *,
     present: np.ndarray | None = None,
     device: str | torch.device = "cpu",
+    refresh: int = REFRESH_DATES,
 ) -> DateGraphs:
     """Correlation graphs of every date of a (dates, stocks) return matrix.
 
@@ -157,7 +269,9 @@ def build_graphs(
             the return from t-1 to t); NaN = missing. Date t's graph reads rows < t only.
         present: optional (D, S) bool; a stock absent on date t gets no edges that date.
             Absence is known at t, so it does not break the no-look-ahead rule.
-        device: where the matmuls run; the result is always numpy on the CPU.
+        device: where the sums and top-k run; the result is always numpy on the CPU.
+        refresh: dates between exact recomputations of the running sums (1 = recompute every
+            date, no incremental update; for tests and drift measurements).
     """
     returns = np.asarray(returns)
     if returns.ndim != 2:
@@ -169,30 +283,85 @@ def build_graphs(
         raise ValueError(
             f"present must have the shape of returns {returns.shape}, got {np.shape(present)}"
         )
+    if refresh < 1:
+        raise ValueError(f"refresh must be >= 1, got {refresh}")
+    if n_dates == 0 or n_stocks < 2:
+        return DateGraphs(src=np.zeros(0, np.int32), dst=np.zeros(0, np.int32),
+                          weight=np.zeros(0, np.float32),
+                          offsets=np.zeros(n_dates + 1, np.int64))
     device = torch.device(device)
-    w = cfg.window
+    w, periods, k = cfg.window, cfg.required_periods, min(cfg.k, n_stocks - 1)
+    # Row t + w of `padded` is returns[t]; the window of date t is padded[t : t + w].
     padded = torch.full((n_dates + w, n_stocks), float("nan"), dtype=torch.float32)
-    padded[w:] = torch.from_numpy(np.array(returns, dtype=np.float32))
+    padded[w:] = torch.from_numpy(np.array(returns, dtype=np.float32))  # a writable copy
     padded = padded.to(device)
     present_t = torch.as_tensor(np.asarray(present, dtype=bool)).to(device)
 
-    # Each date of a chunk holds a few (S, S) float32 blocks at once.
-    chunk = max(1, CHUNK_BYTES // (4 * 4 * max(n_stocks, 1) ** 2))
-    parts = []
-    with torch.no_grad():
-        for d0 in range(0, n_dates, chunk):
-            d1 = min(n_dates, d0 + chunk)
-            parts.append([p.cpu() for p in _chunk_graphs(padded, present_t, d0, d1, cfg)])
-    if parts and n_stocks > 1:
-        date, src, dst, weight = (torch.cat(column) for column in zip(*parts, strict=True))
-    else:
-        date = src = dst = torch.zeros(0, dtype=torch.int64)
-        weight = torch.zeros(0, dtype=torch.float32)
-    counts = np.bincount(date.numpy(), minlength=n_dates)
+    # On a CPU, each of our worker threads takes whole row tiles with single-threaded ops;
+    # on a GPU, one tile is the whole matrix.
+    on_cpu = device.type == "cpu"
+    workers = max(1, torch.get_num_threads()) if on_cpu else 1
+    tile = min(TILE_ROWS if on_cpu else n_stocks, n_stocks)
+    tiles = [(lo, min(n_stocks, lo + tile)) for lo in range(0, n_stocks, tile)]
+    shares = [tiles[i::workers] for i in range(workers)]
+    buffers = [torch.empty(tile, n_stocks, dtype=torch.float32, device=device)
+               for _ in range(workers)]
+    sums = _RunningSums(n_stocks, device)
+    parts: list[tuple[np.ndarray, ...]] = []
+    with (torch.no_grad(), _single_threaded_ops(on_cpu and workers > 1),
+          ThreadPoolExecutor(max_workers=workers) as pool):
+        for r0 in range(0, n_dates, refresh):
+            r1 = min(n_dates, r0 + refresh)
+            shift, scale = _standardise(padded[r0 : r0 + w])
+
+            def standardised(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                finite = torch.isfinite(rows)
+                z = torch.where(finite, (rows - shift) / scale, 0.0)
+                return z, finite.to(torch.float32)
+
+            z_window, m_window = standardised(padded[r0 : r0 + w])  # (W, S)
+            # Per-stock count, sum and sum of squares over the window (the sums' diagonals).
+            count, s1, s2 = m_window.sum(0), z_window.sum(0), z_window.square().sum(0)
+            values = torch.empty(r1 - r0, n_stocks, k, dtype=torch.float32, device=device)
+            neighbour = torch.empty(r1 - r0, n_stocks, k, dtype=torch.int64, device=device)
+            node_ok = torch.empty(r1 - r0, n_stocks, dtype=torch.bool, device=device)
+            for t in range(r0, r1):
+                step = None
+                if t > r0:  # row t-1+w enters the window, row t-1 leaves it
+                    step = standardised(padded[[t - 1 + w, t - 1]])
+                    count = count + step[1][0] - step[1][1]
+                    s1 = s1 + step[0][0] - step[0][1]
+                    s2 = s2 + step[0][0].square() - step[0][1].square()
+                own_var = s2 - s1.square() / count.clamp(min=1)
+                ok = (count >= periods) & (own_var > VAR_EPS * s2) & present_t[t]
+                node_ok[t - r0] = ok
+                need = torch.where(ok, float(periods), float("inf"))  # (S,)
+
+                def work(share: list[tuple[int, int]], out: torch.Tensor, t: int = t,
+                         step: tuple[torch.Tensor, torch.Tensor] | None = step,
+                         need: torch.Tensor = need) -> None:
+                    for lo, hi in share:
+                        if step is None:
+                            sums.reset(z_window, m_window, lo, hi)
+                        else:
+                            sums.shift(*step, lo, hi)
+                        corr = sums.correlations(lo, hi, need, out[: hi - lo])
+                        torch.topk(corr, k, dim=-1, sorted=True,
+                                   out=(values[t - r0, lo:hi], neighbour[t - r0, lo:hi]))
+
+                for done in [pool.submit(work, share, out)
+                             for share, out in zip(shares, buffers, strict=True)]:
+                    done.result()
+            # Unusable listeners and weak links are dropped on the small (dates, S, k) result.
+            keep = (values >= cfg.threshold) & node_ok.unsqueeze(-1)
+            date, dst, slot = keep.nonzero(as_tuple=True)  # row-major: date, dst, rank
+            parts.append((
+                (date + r0).cpu().numpy(),
+                neighbour[date, dst, slot].to(torch.int32).cpu().numpy(),
+                dst.to(torch.int32).cpu().numpy(),
+                values[date, dst, slot].clamp(-1.0, 1.0).cpu().numpy(),
+            ))
+    date_np, src, dst_np, weight = (np.concatenate(column) for column in zip(*parts, strict=True))
+    counts = np.bincount(date_np, minlength=n_dates)
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    return DateGraphs(
-        src=src.numpy().astype(np.int32),
-        dst=dst.numpy().astype(np.int32),
-        weight=weight.numpy().astype(np.float32),
-        offsets=offsets,
-    )
+    return DateGraphs(src=src, dst=dst_np, weight=weight.astype(np.float32), offsets=offsets)

@@ -10,6 +10,23 @@ from trainers.atft_gat.synthetic import generate_market
 from trainers.errors import UserError
 
 
+def _pairwise_complete(window: np.ndarray, min_periods: int) -> np.ndarray:
+    """(S, S) Pearson correlation of every pair over the dates both returned (what pandas'
+    ``DataFrame.corr(min_periods=...)`` gives), pair by pair; NaN where undefined."""
+    n_stocks = window.shape[1]
+    finite = np.isfinite(window)
+    corr = np.full((n_stocks, n_stocks), np.nan)
+    for i in range(n_stocks):
+        for j in range(n_stocks):
+            both = finite[:, i] & finite[:, j]
+            if both.sum() < min_periods:
+                continue
+            x, y = window[both, i].astype(np.float64), window[both, j].astype(np.float64)
+            if x.std() > 0 and y.std() > 0:
+                corr[i, j] = np.corrcoef(x, y)[0, 1]
+    return corr
+
+
 def _reference_edges(
     returns: np.ndarray, present: np.ndarray, t: int, cfg: GraphConfig
 ) -> dict[tuple[int, int], float]:
@@ -17,25 +34,17 @@ def _reference_edges(
     window = returns[max(0, t - cfg.window) : t]  # (W', S) strictly before t
     n_stocks = returns.shape[1]
     finite = np.isfinite(window)
-    z = np.zeros_like(window, dtype=np.float64)
-    usable = np.zeros(n_stocks, dtype=bool)
-    for i in range(n_stocks):
-        col = window[finite[:, i], i].astype(np.float64)
-        if len(col) >= cfg.min_periods and col.std() > 0 and present[t, i]:
-            usable[i] = True
-            z[finite[:, i], i] = (col - col.mean()) / col.std()
+    usable = np.array([
+        finite[:, i].sum() >= cfg.required_periods and window[finite[:, i], i].std() > 0
+        and present[t, i] for i in range(n_stocks)
+    ], dtype=bool)
+    corr = _pairwise_complete(window, cfg.required_periods)
     edges = {}
     for i in np.flatnonzero(usable):
-        candidates = []
-        for j in np.flatnonzero(usable):
-            both = finite[:, i] & finite[:, j]
-            if j == i or both.sum() < cfg.min_periods:
-                continue
-            corr = float(np.clip((z[both, i] * z[both, j]).mean(), -1, 1))
-            if corr >= cfg.threshold:
-                candidates.append((corr, j))
-        for corr, j in sorted(candidates, reverse=True)[: cfg.k]:
-            edges[(int(j), int(i))] = corr
+        candidates = [(corr[i, j], j) for j in np.flatnonzero(usable)
+                      if j != i and np.isfinite(corr[i, j]) and corr[i, j] >= cfg.threshold]
+        for c, j in sorted(candidates, reverse=True)[: cfg.k]:
+            edges[(int(j), int(i))] = float(c)
     return edges
 
 
