@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from trainers.atft_gat.graph import DateGraphs, GraphConfig, build_graphs
 from trainers.atft_gat.synthetic import generate_market
@@ -99,6 +100,97 @@ def test_gaps_and_absent_stocks() -> None:
             assert present[t, src] and present[t, dst]
             assert 4 not in (src, dst)
     assert len(graphs.src) > 200
+
+
+def test_pairwise_complete_differs_from_standardising_each_stock_alone() -> None:
+    # Stock 1 misses the calm half of the window: over the overlap its partner's mean and
+    # spread are not its partner's own, which is where the two definitions part.
+    rng = np.random.default_rng(11)
+    base = rng.standard_normal(40)
+    returns = np.stack([base, base + 0.3 * rng.standard_normal(40)], axis=1)
+    returns[:20] *= 0.1
+    returns[:20, 0] += 0.5
+    returns[:20, 1] = np.nan
+    cfg = GraphConfig(window=40, k=1, threshold=-1.0, min_periods=10)
+    graphs = build_graphs(np.vstack([returns, np.zeros((1, 2))]), cfg)
+    window = returns[:40]
+    expected = _pairwise_complete(window, 10)[0, 1]
+    assert _as_dict(graphs, 40)[(1, 0)] == pytest.approx(expected, abs=1e-5)
+    z = (window - np.nanmean(window, 0)) / np.nanstd(window, 0)
+    own = np.nanmean(z[:, 0] * z[:, 1])  # the old "each stock on its own" approximation
+    assert abs(own - expected) > 0.1
+
+
+def test_incremental_sums_equal_a_from_scratch_computation() -> None:
+    # 700 dates: 10 exact refreshes every 64 dates against one every date (refresh=1), with
+    # 2 % of returns missing at random and a stock that stops and restarts.
+    rng = np.random.default_rng(12)
+    returns = _factor_returns(700, 40, seed=12)
+    returns[rng.random(returns.shape) < 0.02] = np.nan
+    returns[200:260, 5] = np.nan
+    cfg = GraphConfig(window=30, k=6, threshold=0.1, min_periods=10)
+    scratch = build_graphs(returns, cfg, refresh=1)
+    for refresh in (64, 10**6):  # every 64 dates, and never after the first
+        rolled = build_graphs(returns, cfg, refresh=refresh)
+        assert np.array_equal(rolled.offsets, scratch.offsets)
+        assert np.array_equal(rolled.src, scratch.src) and np.array_equal(rolled.dst, scratch.dst)
+        # float32 running sums drift by rounding only: 1e-5 on a correlation.
+        np.testing.assert_allclose(rolled.weight, scratch.weight, rtol=0, atol=1e-5)
+
+
+def test_top_k_is_the_graph_a_smaller_k_builds() -> None:
+    rng = np.random.default_rng(13)
+    returns = _factor_returns(90, 30, seed=13)
+    returns[rng.random(returns.shape) < 0.05] = np.nan
+    present = rng.random(returns.shape) > 0.05
+    cfg = GraphConfig(window=25, k=9, threshold=0.05, min_periods=10)
+    wide = build_graphs(returns, cfg, present=present)
+    assert np.bincount(wide.dst).max() > 3 * 60  # some stocks do have more than 3 in-edges
+    for k in (1, 3, 9):
+        small = build_graphs(returns, GraphConfig(window=25, k=k, threshold=0.05,
+                                                  min_periods=10), present=present)
+        top = wide.top(k)
+        for name in ("src", "dst", "weight", "offsets"):
+            assert np.array_equal(getattr(top, name), getattr(small, name)), (k, name)
+    assert wide.top(9) is wide and wide.top(50) is wide
+    expected = [np.minimum(np.bincount(wide.edges(d)[1], minlength=30), 2).sum()
+                for d in range(90)]
+    assert list(wide.top(2).edges_per_date()) == expected
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        wide.top(0)
+
+
+def test_worker_threads_do_not_change_the_result() -> None:
+    returns = _factor_returns(80, 70, seed=14)
+    cfg = GraphConfig(window=20, k=5, threshold=0.1, min_periods=10)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = build_graphs(returns, cfg)
+        torch.set_num_threads(3)
+        three = build_graphs(returns, cfg)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.get_num_threads() == threads
+    for name in ("src", "dst", "weight", "offsets"):
+        assert np.array_equal(getattr(one, name), getattr(three, name)), name
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_build_matches_the_cpu() -> None:
+    rng = np.random.default_rng(15)
+    returns = _factor_returns(150, 300, seed=15)
+    returns[rng.random(returns.shape) < 0.02] = np.nan
+    cfg = GraphConfig(window=40, k=8, threshold=0.2, min_periods=20)
+    cpu = build_graphs(returns, cfg)
+    gpu = build_graphs(returns, cfg, device="cuda")
+    assert len(cpu.src) > 150 * 100
+    # Different kernels round differently, so near-ties may swap: compare edge sets.
+    for d in range(0, 150, 7):
+        a, b = _as_dict(cpu, d), _as_dict(gpu, d)
+        assert len(a.keys() ^ b.keys()) <= 0.01 * max(1, len(a)), d
+        for edge in a.keys() & b.keys():
+            assert a[edge] == pytest.approx(b[edge], abs=1e-5)
 
 
 def test_invariants() -> None:
