@@ -356,12 +356,13 @@ def build_graphs(
             keep = (values >= cfg.threshold) & node_ok.unsqueeze(-1)
             date, dst, slot = keep.nonzero(as_tuple=True)  # row-major: date, dst, rank
             parts.append((
-                (date + r0).cpu().numpy(),
+                torch.bincount(date, minlength=r1 - r0).cpu().numpy(),
                 neighbour[date, dst, slot].to(torch.int32).cpu().numpy(),
                 dst.to(torch.int32).cpu().numpy(),
                 values[date, dst, slot].clamp(-1.0, 1.0).cpu().numpy(),
             ))
-    date_np, src, dst_np, weight = (np.concatenate(column) for column in zip(*parts, strict=True))
-    counts = np.bincount(date_np, minlength=n_dates)
+            del date, dst, slot, keep
+    counts, src, dst_np, weight = (np.concatenate(column) for column in zip(*parts, strict=True))
+    del parts
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    return DateGraphs(src=src, dst=dst_np, weight=weight.astype(np.float32), offsets=offsets)
+    return DateGraphs(src=src, dst=dst_np, weight=weight, offsets=offsets)
