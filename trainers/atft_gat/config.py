@@ -58,6 +58,7 @@ class TrainConfig:
     hidden_size: int = ModelConfig.hidden_size
     lookback: int = ModelConfig.lookback
     use_vsn: bool = ModelConfig.use_vsn
+    vsn_per_feature_grn: bool = ModelConfig.vsn_per_feature_grn
     lstm_layers: int = ModelConfig.lstm_layers
     use_temporal_attention: bool = ModelConfig.use_temporal_attention
     attn_heads: int = ModelConfig.attn_heads

@@ -397,10 +397,20 @@ def test_vsn_weights_are_a_distribution_over_features() -> None:
     torch.testing.assert_close(w.sum(dim=1), torch.ones(7))
 
 
+def _perturbed_vsn(n_features: int, hidden: int, *, per_feature_grn: bool, seed: int = 0
+                   ) -> VariableSelection:
+    torch.manual_seed(seed)
+    vsn = VariableSelection(n_features, hidden, dropout=0.0, per_feature_grn=per_feature_grn)
+    with torch.no_grad():  # move LayerNorm gains/biases off their (1, 0) init
+        for p in vsn.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    return vsn.eval().double()
+
+
 def test_folded_vsn_equals_the_plain_tft_computation() -> None:
     """The VSN folds its embedding into the first layers for speed; the function is unchanged."""
     torch.manual_seed(0)
-    vsn = VariableSelection(4, 6, dropout=0.0).eval()
+    vsn = VariableSelection(4, 6, dropout=0.0, per_feature_grn=True).eval()
     with torch.no_grad():  # move LayerNorm gains/biases off their (1, 0) init
         for p in vsn.parameters():
             p.add_(torch.randn_like(p) * 0.1)
@@ -422,6 +432,84 @@ def test_folded_vsn_equals_the_plain_tft_computation() -> None:
     ref_selected = (ref_weights.unsqueeze(-1) * torch.stack(per_feature, dim=2)).sum(dim=2)
     torch.testing.assert_close(weights, ref_weights, rtol=0, atol=1e-12)
     torch.testing.assert_close(selected, ref_selected, rtol=0, atol=1e-12)
+
+
+def test_shared_grn_vsn_equals_its_plain_computation() -> None:
+    """Default mode: GRN(sum_f v_f emb_f), the sum taken as two matmuls, never (.., F, H)."""
+    vsn = _perturbed_vsn(5, 6, per_feature_grn=False)
+    x = torch.randn(4, 7, 5, dtype=torch.float64)
+    selected, weights = vsn(x)
+    emb = x.unsqueeze(-1) * vsn.embed_weight + vsn.embed_bias  # (N, L, F, H)
+    ref_weights = torch.softmax(vsn.selection_grn(emb.flatten(-2)), dim=-1)
+    assert vsn.mixture_grn is not None
+    ref_selected = vsn.mixture_grn((ref_weights.unsqueeze(-1) * emb).sum(dim=2))
+    torch.testing.assert_close(weights, ref_weights, rtol=0, atol=1e-12)
+    torch.testing.assert_close(selected, ref_selected, rtol=0, atol=1e-12)
+
+
+def test_vsn_modes_agree_where_they_should() -> None:
+    """Same embedding and selection parameters -> the same selection weights at any F; with a
+    single feature (weight 1) the shared GRN is that feature's GRN, so the outputs agree."""
+    x = torch.randn(3, 6, 4, dtype=torch.float64)
+    tft = _perturbed_vsn(4, 5, per_feature_grn=True, seed=1)
+    shared = _perturbed_vsn(4, 5, per_feature_grn=False, seed=2)
+    shared.load_state_dict({k: v for k, v in tft.state_dict().items()
+                            if not k.startswith("feature_grn.")}, strict=False)
+    torch.testing.assert_close(shared(x)[1], tft(x)[1], rtol=0, atol=1e-12)
+    assert not torch.allclose(shared(x)[0], tft(x)[0])  # different functions at F > 1
+
+    one_tft = _perturbed_vsn(1, 5, per_feature_grn=True, seed=3)
+    one_shared = _perturbed_vsn(1, 5, per_feature_grn=False, seed=4)
+    state = {k: v for k, v in one_tft.state_dict().items() if not k.startswith("feature_grn.")}
+    for key, value in one_tft.state_dict().items():  # group 0's weights, as nn.Linear/LayerNorm
+        if key.startswith("feature_grn."):
+            is_linear_weight = value.dim() == 3
+            state[key.replace("feature_grn.", "mixture_grn.")] = (
+                value[0].t() if is_linear_weight else value[0])
+    one_shared.load_state_dict(state)
+    x1 = x[..., :1]
+    torch.testing.assert_close(one_shared(x1)[0], one_tft(x1)[0], rtol=0, atol=1e-12)
+
+
+def _saved_bytes(vsn: VariableSelection, x: torch.Tensor) -> int:
+    """Bytes autograd keeps for the backward pass of one forward (distinct storages)."""
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        vsn(x)[0].sum()
+    return sum(seen.values())
+
+
+def test_shared_grn_vsn_memory_does_not_grow_with_features_times_hidden() -> None:
+    # What 10 more stocks add to the saved activations (parameters cancel out).
+    n_features, hidden, length = 48, 64, 10
+    x = torch.randn(20, length, n_features)
+    block = n_features * 10 * length * hidden * 4  # bytes of one (F, 10*L, H) float32 block
+    torch.manual_seed(0)
+    for per_feature_grn in (True, False):
+        vsn = VariableSelection(n_features, hidden, dropout=0.1,
+                                per_feature_grn=per_feature_grn).train()
+        growth = _saved_bytes(vsn, x) - _saved_bytes(vsn, x[:10])
+        if per_feature_grn:  # TFT: several (F, N*L, H) activations per stock
+            assert growth > 5 * block
+        else:  # shared: about 10 (N*L, F) and a few (N*L, H) ones
+            assert growth < 0.4 * block
+
+
+def test_vsn_mode_switch_swaps_exactly_the_feature_transform() -> None:
+    shared = param_names(make_model(tiny()))
+    tft = param_names(make_model(tiny(vsn_per_feature_grn=True)))
+    assert shared - tft and all(n.startswith("vsn.mixture_grn.") for n in shared - tft)
+    assert tft - shared and all(n.startswith("vsn.feature_grn.") for n in tft - shared)
+    x = inputs(6, tiny())
+    a = make_model(tiny()).eval()(x)["point"]
+    b = make_model(tiny(vsn_per_feature_grn=True)).eval()(x)["point"]
+    assert not torch.allclose(a, b)
 
 
 def test_quantiles_never_cross_even_with_wild_weights() -> None:
