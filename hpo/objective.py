@@ -7,11 +7,13 @@ a metrics dict; the values go back to Optuna in the study's objective order.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import socket
 import time
 import traceback
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +44,29 @@ def suggest(trial: optuna.Trial, param: Param) -> Any:
                                  log=param.log)
     return trial.suggest_float(param.name, float(param.low), float(param.high),
                                step=param.step, log=param.log)
+
+
+def space_maxima(space: Sequence[Param], settings: dict[str, Any], *, fields: set[str],
+                 explicit: set[str]) -> dict[str, Any]:
+    """``<name>_max`` settings for a trainer that sizes something once for every value a study
+    can sample: for each numeric search-space parameter ``name`` whose config has a field
+    ``<name>_max`` that the study file or an enqueued trial does not set (``explicit``), the
+    larger of its upper bound and its value in ``settings`` (an enqueued value may lie past
+    the bound). E.g. graph_k -> graph_k_max: the ATFT-GAT graph is built once with that many
+    in-edges per stock and every trial takes its graph_k from it.
+    """
+    maxima: dict[str, Any] = {}
+    for p in space:
+        name = f"{p.name}_max"
+        if name not in fields or name in explicit:
+            continue
+        values = [v for v in p.choices if isinstance(v, int | float) and not isinstance(v, bool)]
+        upper = p.high if p.kind != "categorical" else max(values, default=None)
+        if upper is None:
+            continue
+        current = settings.get(p.name, upper)
+        maxima[name] = max(upper, current) if isinstance(current, int | float) else upper
+    return maxima
 
 
 def trial_dir(output_dir: Path, study_name: str, number: int) -> Path:
@@ -128,6 +153,10 @@ class Objective:
         params = {p.name: suggest(trial, p) for p in spec.search_space}
         overrides = dict(trial.user_attrs.get(OVERRIDES_ATTR) or {})
         settings = {**spec.fixed_settings(), **overrides, **params}
+        settings.update(space_maxima(
+            spec.search_space, settings,
+            fields={f.name for f in dataclasses.fields(self.workload.config_cls)},
+            explicit={*spec.fixed_settings(), *overrides}))
         config = from_mapping(self.workload.config_cls, settings, where=f"trial {trial.number}")
 
         out = trial_dir(self.output_dir, spec.name, trial.number)

@@ -21,6 +21,9 @@ NAN_POLICIES = ("mask", "fill", "refuse")
 # The keys of trainers.atft_gat.synthetic.DIFFICULTIES (a test keeps them equal); not imported
 # from there so that the config does not load the generator.
 MARKET_DIFFICULTIES = ("realistic", "easy")
+# graph_k_max when it is 0: production's upper bound of graph_k, so a standalone run reuses
+# the graph a production study cached.
+GRAPH_K_MAX_DEFAULT = 20
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,10 @@ class TrainConfig:
     graph_k: int = 10
     graph_threshold: float = 0.3
     graph_source: str = "f_ret_1d_past"  # feature of realised past returns (known at t)
+    # In-edges per stock the cached graph is built with, once; every graph_k <= it takes a
+    # prefix of that graph without a rebuild. 0 = max(graph_k, GRAPH_K_MAX_DEFAULT). A study
+    # sets it to its search space's upper bound of graph_k (hpo.objective).
+    graph_k_max: int = 0
     # -- model (see ModelConfig) ---------------------------------------------------------
     hidden_size: int = ModelConfig.hidden_size
     lookback: int = ModelConfig.lookback
@@ -138,6 +145,10 @@ class TrainConfig:
         if self.graph_window < 2 or self.graph_k < 1:
             problems.append(f"graph_window={self.graph_window}, graph_k={self.graph_k}: "
                             "need graph_window >= 2 and graph_k >= 1")
+        if self.graph_k_max < 0 or 0 < self.graph_k_max < self.graph_k:
+            bad("graph_k_max", f"must be 0 (= max(graph_k, {GRAPH_K_MAX_DEFAULT})) or >= "
+                               f"graph_k={self.graph_k}: the cached graph keeps graph_k_max "
+                               "in-edges per stock")
         if not -1.0 <= self.graph_threshold <= 1.0:
             bad("graph_threshold", "a correlation, in [-1, 1]")
         for name in ("huber_delta", "rank_strength"):
@@ -192,6 +203,11 @@ class TrainConfig:
                                  f"{', '.join(PHASE_KINDS)} and EPOCHS >= 1")
             plan += [kind] * int(count)
         return plan
+
+    @property
+    def effective_graph_k_max(self) -> int:
+        """In-edges per stock of the graph built and cached (see graph_k_max)."""
+        return self.graph_k_max or max(self.graph_k, GRAPH_K_MAX_DEFAULT)
 
     def model_config(self) -> ModelConfig:
         names = {f.name for f in dataclasses.fields(ModelConfig)}

@@ -240,6 +240,31 @@ def _standardise(window: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mean, torch.where(ok, std, fallback)
 
 
+def _standardised(rows: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(z, m) of return rows (..., S): standardised returns, 0 where missing, and the float
+    0/1 mask of finite returns."""
+    finite = torch.isfinite(rows)
+    return torch.where(finite, (rows - shift) / scale, 0.0), finite.to(torch.float32)
+
+
+def _tiles_of_one_date(sums: _RunningSums, share: list[tuple[int, int]], *,
+                       reset: tuple[torch.Tensor, torch.Tensor] | None,
+                       step: tuple[torch.Tensor, torch.Tensor] | None, need: torch.Tensor,
+                       out: torch.Tensor, values: torch.Tensor, neighbour: torch.Tensor) -> None:
+    """One worker's row tiles of one date: bring the sums to this date (``reset`` from a
+    window's (z, m), or one ``step`` of (entering, leaving) rows), then correlations and the
+    top-k of each row into ``values`` / ``neighbour`` (S, k)."""
+    k = values.shape[1]
+    for lo, hi in share:
+        if reset is not None:
+            sums.reset(*reset, lo, hi)
+        elif step is not None:
+            sums.shift(*step, lo, hi)
+        corr = sums.correlations(lo, hi, need, out[: hi - lo])
+        torch.topk(corr, k, dim=-1, sorted=True, out=(values[lo:hi], neighbour[lo:hi]))
+
+
 @contextmanager
 def _single_threaded_ops(enabled: bool) -> Iterator[None]:
     """Run torch CPU ops on one thread each (our own threads share the tiles instead)."""
@@ -313,22 +338,16 @@ def build_graphs(
         for r0 in range(0, n_dates, refresh):
             r1 = min(n_dates, r0 + refresh)
             shift, scale = _standardise(padded[r0 : r0 + w])
-
-            def standardised(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-                finite = torch.isfinite(rows)
-                z = torch.where(finite, (rows - shift) / scale, 0.0)
-                return z, finite.to(torch.float32)
-
-            z_window, m_window = standardised(padded[r0 : r0 + w])  # (W, S)
+            window = _standardised(padded[r0 : r0 + w], shift, scale)  # (W, S) z and m
             # Per-stock count, sum and sum of squares over the window (the sums' diagonals).
-            count, s1, s2 = m_window.sum(0), z_window.sum(0), z_window.square().sum(0)
+            count, s1, s2 = window[1].sum(0), window[0].sum(0), window[0].square().sum(0)
             values = torch.empty(r1 - r0, n_stocks, k, dtype=torch.float32, device=device)
             neighbour = torch.empty(r1 - r0, n_stocks, k, dtype=torch.int64, device=device)
             node_ok = torch.empty(r1 - r0, n_stocks, dtype=torch.bool, device=device)
             for t in range(r0, r1):
                 step = None
                 if t > r0:  # row t-1+w enters the window, row t-1 leaves it
-                    step = standardised(padded[[t - 1 + w, t - 1]])
+                    step = _standardised(padded[[t - 1 + w, t - 1]], shift, scale)  # (2, S)
                     count = count + step[1][0] - step[1][1]
                     s1 = s1 + step[0][0] - step[0][1]
                     s2 = s2 + step[0][0].square() - step[0][1].square()
@@ -336,22 +355,15 @@ def build_graphs(
                 ok = (count >= periods) & (own_var > VAR_EPS * s2) & present_t[t]
                 node_ok[t - r0] = ok
                 need = torch.where(ok, float(periods), float("inf"))  # (S,)
-
-                def work(share: list[tuple[int, int]], out: torch.Tensor, t: int = t,
-                         step: tuple[torch.Tensor, torch.Tensor] | None = step,
-                         need: torch.Tensor = need) -> None:
-                    for lo, hi in share:
-                        if step is None:
-                            sums.reset(z_window, m_window, lo, hi)
-                        else:
-                            sums.shift(*step, lo, hi)
-                        corr = sums.correlations(lo, hi, need, out[: hi - lo])
-                        torch.topk(corr, k, dim=-1, sorted=True,
-                                   out=(values[t - r0, lo:hi], neighbour[t - r0, lo:hi]))
-
-                for done in [pool.submit(work, share, out)
-                             for share, out in zip(shares, buffers, strict=True)]:
-                    done.result()
+                reset = window if step is None else None
+                futures = [
+                    pool.submit(_tiles_of_one_date, sums, share, reset=reset, step=step,
+                                need=need, out=out, values=values[t - r0],
+                                neighbour=neighbour[t - r0])
+                    for share, out in zip(shares, buffers, strict=True)
+                ]
+                for future in futures:
+                    future.result()
             # Unusable listeners and weak links are dropped on the small (dates, S, k) result.
             keep = (values >= cfg.threshold) & node_ok.unsqueeze(-1)
             date, dst, slot = keep.nonzero(as_tuple=True)  # row-major: date, dst, rank

@@ -45,7 +45,7 @@ from trainers.config import to_mapping
 from trainers.context import TrialContext, atomic_write_bytes, check_resumable
 from trainers.errors import UserError
 from trainers.metrics import panel_metrics
-from trainers.runtime import StepRunner, seed_everything
+from trainers.runtime import StepRunner, seed_everything, select_device
 
 # Below this share of the source's labelled rows reaching the loss, the data is unusable.
 MIN_ROWS_KEPT = 0.5
@@ -71,24 +71,45 @@ def load_features(config: TrainConfig, cache_dir: Path) -> FeatureCache:
 
 
 def load_graphs(fc: FeatureCache, panel: Panel, config: TrainConfig) -> DateGraphs:
-    """Per-date correlation graphs, cached beside the features under the same key."""
-    gcfg = GraphConfig(window=config.graph_window, k=config.graph_k,
+    """Per-date correlation graphs of ``graph_k`` in-edges, cached beside the features.
+
+    The graph is built once for ``graph_k_max`` in-edges and stored under the settings that
+    change it (window, threshold, min_periods, source, k_max), not graph_k: every trial of a
+    study reads that one sidecar and keeps the first ``graph_k`` edges of every stock (a
+    prefix, see ``DateGraphs.top``), so a sampled graph_k never triggers a rebuild. It is
+    built on the training device when that is a GPU. With the graph in use, a graph without a
+    single edge is a UserError, never a silently graph-less run.
+    """
+    gcfg = GraphConfig(window=config.graph_window, k=config.effective_graph_k_max,
                        threshold=config.graph_threshold)
-    params = {"window": gcfg.window, "k": gcfg.k, "threshold": gcfg.threshold,
-              "min_periods": gcfg.min_periods, "source": config.graph_source}
+    params = {"window": gcfg.window, "threshold": gcfg.threshold,
+              "min_periods": gcfg.min_periods, "source": config.graph_source, "k_max": gcfg.k}
     cached = fc.load_sidecar("graphs", params=params)
     if cached is not None:
-        return DateGraphs(src=cached["src"], dst=cached["dst"], weight=cached["weight"],
-                          offsets=cached["offsets"])
-    if config.graph_source not in panel.feature_names:
-        raise UserError(f"graph_source {config.graph_source!r} is not a feature of the panel; "
-                        f"features: {', '.join(panel.feature_names)}")
-    col = panel.feature_names.index(config.graph_source)
-    returns = panel.x[:, :, col].numpy().astype(np.float64)  # (D, S), raw (unstandardised)
-    returns = np.where(panel.present.numpy(), returns, np.nan)
-    graphs = build_graphs(returns, gcfg)
-    fc.save_sidecar("graphs", {"src": graphs.src, "dst": graphs.dst, "weight": graphs.weight,
-                               "offsets": graphs.offsets}, params=params)
+        graphs = DateGraphs(src=cached["src"], dst=cached["dst"], weight=cached["weight"],
+                            offsets=cached["offsets"])
+    else:
+        if config.graph_source not in panel.feature_names:
+            raise UserError(f"graph_source {config.graph_source!r} is not a feature of the "
+                            f"panel; features: {', '.join(panel.feature_names)}")
+        col = panel.feature_names.index(config.graph_source)
+        returns = panel.x[:, :, col].numpy()  # (D, S), raw (unstandardised)
+        returns = np.where(panel.present.numpy(), returns, np.nan)
+        device = select_device(config.device)
+        graphs = build_graphs(returns, gcfg, present=panel.present.numpy(),
+                              device=device if device.type == "cuda" else "cpu")
+        fc.save_sidecar("graphs", {"src": graphs.src, "dst": graphs.dst,
+                                   "weight": graphs.weight, "offsets": graphs.offsets},
+                        params=params)
+    graphs = graphs.top(config.graph_k)
+    if config.use_graph and len(graphs.src) == 0:
+        n_dates, n_stocks = panel.present.shape
+        raise UserError(
+            f"the correlation graph has no edges on any of {n_dates} dates x {n_stocks} "
+            f"stocks (graph_source {config.graph_source!r}, graph_window "
+            f"{config.graph_window}, min_periods {gcfg.min_periods}, graph_threshold "
+            f"{config.graph_threshold}); lower graph_threshold, check that the source has "
+            "returns, or set use_graph = false")
     return graphs
 
 
@@ -114,6 +135,16 @@ def no_graphs(n_dates: int) -> DateGraphs:
     empty = np.zeros(0, dtype=np.int32)
     return DateGraphs(src=empty, dst=empty, weight=np.zeros(0, dtype=np.float32),
                       offsets=np.zeros(n_dates + 1, dtype=np.int64))
+
+
+def graph_summary(graphs: DateGraphs, config: TrainConfig) -> dict[str, Any]:
+    """The trial attr ``graph``: k used and built, and edges per date (all dates counted)."""
+    per_date = graphs.edges_per_date()
+    return {"k": config.graph_k, "k_max": config.effective_graph_k_max,
+            "edges_per_date_mean": round(float(per_date.mean()), 1) if len(per_date) else 0.0,
+            "edges_per_date_min": int(per_date.min()) if len(per_date) else 0,
+            "edges_per_date_max": int(per_date.max()) if len(per_date) else 0,
+            "dates_without_edges": int((per_date == 0).sum())}
 
 
 def carve_selection(train_dates: np.ndarray, config: TrainConfig
@@ -353,6 +384,8 @@ def train(config: TrainConfig, ctx: TrialContext) -> dict[str, float]:
                           "test_dates": len(dsplit.test),
                           "cache_key": fc.key,
                           "edges_per_date": edges_per_date(graphs, config)})
+    if config.use_graph:
+        ctx.set_attr("graph", graph_summary(graphs, config))
 
     # 3. model and runtime
     # Over the dates the trial reads (the panel was cut after its last validation label).
