@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
+from trainers.atft_gat.config import GRAPH_K_MAX_DEFAULT, TrainConfig
 from trainers.atft_gat.graph import DateGraphs, GraphConfig, build_graphs
 from trainers.atft_gat.synthetic import generate_market
 from trainers.errors import UserError
@@ -267,3 +270,83 @@ def test_full_size_graphs() -> None:
     graphs = build_graphs(returns, GraphConfig())
     assert graphs.n_dates == 750 and len(graphs.src) > 0
     assert len(graphs.offsets) == 751 and graphs.offsets[-1] == len(graphs.src)
+
+
+# ---------------------------------------------------------------- the recipe's cached graph
+
+GRAPH_TINY = dict(n_stocks=24, n_dates=140, graph_window=20, graph_k=3, graph_k_max=8,
+                  lookback=10, purge=20, epochs=1)
+
+
+def _recipe_inputs(tmp_path: Path, **overrides: object) -> tuple[object, object, TrainConfig]:
+    from trainers.atft_gat import train as recipe
+
+    config = TrainConfig(**{**GRAPH_TINY, **overrides})  # type: ignore[arg-type]
+    fc = recipe.load_features(config, tmp_path / "cache")
+    return fc, recipe.dense_panel(fc), config
+
+
+def test_every_graph_k_reads_one_sidecar_built_for_graph_k_max(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from trainers.atft_gat import train as recipe
+
+    fc, panel, config = _recipe_inputs(tmp_path, graph_k=8)
+    built: list[int] = []
+
+    def counting_build(*args: object, **kwargs: object) -> DateGraphs:
+        built.append(args[1].k)  # type: ignore[attr-defined]
+        return build_graphs(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(recipe, "build_graphs", counting_build)
+    widest = recipe.load_graphs(fc, panel, config)
+    assert built == [8]
+    for k in (1, 3, 5, 8):  # a sampled graph_k reads the sidecar: no rebuild
+        graphs = recipe.load_graphs(fc, panel, TrainConfig(**{**GRAPH_TINY, "graph_k": k}))
+        top = widest.top(k)
+        for name in ("src", "dst", "weight", "offsets"):
+            assert np.array_equal(getattr(graphs, name), getattr(top, name)), (k, name)
+        assert np.bincount(graphs.dst).max() <= k * graphs.n_dates
+    assert built == [8]
+    # ... and equals what a build for that k alone gives.
+    col = panel.feature_names.index(config.graph_source)
+    returns = np.where(panel.present.numpy(), panel.x[:, :, col].numpy(), np.nan)
+    direct = build_graphs(returns, GraphConfig(window=20, k=3), present=panel.present.numpy())
+    three = recipe.load_graphs(fc, panel, TrainConfig(**GRAPH_TINY))
+    assert np.array_equal(three.src, direct.src) and np.array_equal(three.offsets, direct.offsets)
+    # A different k_max is a different graph: built once more.
+    recipe.load_graphs(fc, panel, TrainConfig(**{**GRAPH_TINY, "graph_k_max": 5}))
+    assert built == [8, 5]
+
+
+def test_graph_summary_counts_edges_per_date(tmp_path: Path) -> None:
+    from trainers.atft_gat import train as recipe
+
+    fc, panel, config = _recipe_inputs(tmp_path)
+    graphs = recipe.load_graphs(fc, panel, config)
+    summary = recipe.graph_summary(graphs, config)
+    per_date = np.diff(graphs.offsets)
+    assert summary == {"k": 3, "k_max": 8, "edges_per_date_mean": round(per_date.mean(), 1),
+                       "edges_per_date_min": 0, "edges_per_date_max": int(per_date.max()),
+                       "dates_without_edges": int((per_date == 0).sum())}
+    assert 0 < summary["dates_without_edges"] < 40  # only the first dates lack history
+    assert summary["edges_per_date_max"] <= 3 * 24
+
+
+def test_a_graph_without_edges_is_a_user_error(tmp_path: Path) -> None:
+    from trainers.atft_gat import train as recipe
+
+    fc, panel, config = _recipe_inputs(tmp_path, graph_threshold=1.0)
+    with pytest.raises(UserError, match=r"the correlation graph has no edges on any of 140 "
+                                        r"dates x 24 stocks .*lower graph_threshold"):
+        recipe.load_graphs(fc, panel, config)
+    off = TrainConfig(**{**GRAPH_TINY, "graph_threshold": 1.0, "use_graph": False})
+    assert len(recipe.load_graphs(fc, panel, off).src) == 0  # no graph needed: no error
+
+
+def test_graph_k_max_settings() -> None:
+    assert TrainConfig(graph_k=10).effective_graph_k_max == GRAPH_K_MAX_DEFAULT == 20
+    assert TrainConfig(graph_k=30).effective_graph_k_max == 30
+    assert TrainConfig(graph_k=5, graph_k_max=12).effective_graph_k_max == 12
+    with pytest.raises(UserError, match=r"graph_k_max=4: must be 0 .* or >= graph_k=10"):
+        TrainConfig(graph_k=10, graph_k_max=4)
