@@ -18,7 +18,8 @@ Choices:
 * Missing returns: the correlation is **pairwise-complete**: a pair's means, variances and
   covariance use exactly the dates on which both stocks returned (what ``pandas.DataFrame.corr``
   computes). A pair whose overlap is constant for one of the two has no correlation, so no
-  edge.
+  edge (in float32 such a pair can keep a rounding-level variance; its |correlation| then stays
+  below 1e-3, under any useful threshold).
 * Edge weight = that correlation (float32); within a date, edges are ordered by ``dst`` then
   by decreasing weight (the order of exactly equal weights is unspecified). So the graph of a
   smaller ``k`` is the first ``k`` edges of every ``dst``: :meth:`DateGraphs.top` takes it
@@ -30,12 +31,14 @@ transposes) and the cross product ``C = sum z_i z_j``, with ``m`` = "returned" a
 return (0 where missing). These six (S, S) running sums are **updated incrementally**: moving
 from date t to t+1 adds the entering row and removes the leaving one, a rank-2 update of each
 (one ``addmm``), instead of recomputing (S x W) @ (W x S) products over the whole window. Every
-``refresh`` dates they are recomputed from scratch (four matmuls), which bounds float32
+``refresh`` dates they are recomputed from scratch (six such matmuls), which bounds float32
 rounding drift; returns are also re-centred and re-scaled per stock at each refresh (on the
 window before it, so nothing looks ahead), which keeps the sums well conditioned. Per date,
-the correlation formula and the (S, S) top-k then read the sums in row tiles that stay in the
-CPU's cache. Everything runs on any torch device (the training GPU when there is one).
-4,000 stocks x 2,500 dates: see ``scripts/bench_graph.py`` and the README.
+each row tile of the sums is updated, turned into correlations and top-k'd while it is in the
+CPU's cache, by as many worker threads as torch has (each running single-threaded ops). The
+result does not depend on the number of threads. Everything runs on any torch device (the
+training GPU when there is one, in whole-matrix tiles). 4,000 stocks x 2,500 dates: see
+``scripts/bench_graph.py`` and the README.
 """
 
 from __future__ import annotations
@@ -50,9 +53,9 @@ import torch
 
 from trainers.errors import UserError
 
-# Dates between exact recomputations of the running sums. Each refresh costs about as much as
-# 6 dates of incremental updates; 64 keeps the float32 drift of the correlations below 1e-5
-# (measured in scripts/bench_graph.py, tested in tests/trainers/atft_gat/test_graph.py).
+# Dates between exact recomputations of the running sums (a refresh is six (S x W) @ (W x S)
+# matmuls); 64 keeps the float32 drift of the correlations below 1e-5 (measured in
+# scripts/bench_graph.py, tested in tests/trainers/atft_gat/test_graph.py).
 REFRESH_DATES = 64
 # Rows of the (S, S) sums a CPU thread handles at once: a 32 x 4,000 tile of the six sums and
 # the formula's temporaries (~5 MB) stays in cache between the update and the formula. On two
@@ -62,6 +65,8 @@ TILE_ROWS = 32
 # A stock whose variance over the window is below this share of its mean square (around the
 # refresh's centre) is constant up to float32 rounding: it has no correlation.
 VAR_EPS = 1e-5
+# Dates per chunk of DateGraphs.top: ~5M edges at 4,000 stocks x 20 in-edges.
+TOP_CHUNK_DATES = 64
 # Stands for "no correlation" inside the top-k: below every valid correlation and threshold.
 INVALID = -4.0
 
@@ -138,26 +143,33 @@ class DateGraphs:
         ``k`` edges of every (date, dst)). Returns ``self`` when no stock has more than k."""
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
-        n_edges = len(self.src)
-        if n_edges == 0:
+        keep = np.empty(len(self.src), dtype=bool)
+        kept = np.zeros(self.n_dates, dtype=np.int64)  # edges kept per date
+        # In chunks of dates, so the int64 temporaries stay small at 10^8 edges.
+        for d0 in range(0, self.n_dates, TOP_CHUNK_DATES):
+            bounds = self.offsets[d0 : d0 + TOP_CHUNK_DATES + 1]
+            lo, hi = int(bounds[0]), int(bounds[-1])
+            if hi == lo:
+                continue
+            dst = self.dst[lo:hi]
+            # A (date, dst) group starts where dst changes or a new date begins.
+            starts = np.ones(hi - lo, dtype=bool)
+            np.not_equal(dst[1:], dst[:-1], out=starts[1:])
+            starts[bounds[:-1][bounds[:-1] < hi] - lo] = True
+            start_pos = np.flatnonzero(starts)  # first edge of every group
+            group_len = np.diff(np.append(start_pos, hi - lo))
+            # Rank of each edge inside its group = position - its group's start.
+            rank = np.arange(hi - lo) - np.repeat(start_pos, group_len)
+            keep[lo:hi] = rank < k
+            kept_before = np.concatenate([[0], np.cumsum(keep[lo:hi], dtype=np.int64)])
+            kept[d0 : d0 + len(bounds) - 1] = np.diff(kept_before[bounds - lo])
+        if keep.all():
             return self
-        # A (date, dst) group starts where dst changes or a new date begins.
-        starts = np.ones(n_edges, dtype=bool)
-        np.not_equal(self.dst[1:], self.dst[:-1], out=starts[1:])
-        starts[self.offsets[:-1][self.offsets[:-1] < n_edges]] = True
-        start_pos = np.flatnonzero(starts)  # (G,) first edge of every group
-        group_len = np.diff(np.append(start_pos, n_edges))
-        if group_len.max() <= k:
-            return self
-        # Rank of each edge inside its group = position - its group's start.
-        rank = np.arange(n_edges) - np.repeat(start_pos, group_len)
-        keep = rank < k
-        kept_before = np.concatenate([[0], np.cumsum(keep, dtype=np.int64)])
         return DateGraphs(
             src=self.src[keep],
             dst=self.dst[keep],
             weight=self.weight[keep],
-            offsets=kept_before[self.offsets],
+            offsets=np.concatenate([[0], np.cumsum(kept)]).astype(np.int64),
         )
 
 
