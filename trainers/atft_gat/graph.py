@@ -57,11 +57,11 @@ from trainers.errors import UserError
 # matmuls); 64 keeps the float32 drift of the correlations below 1e-5 (measured in
 # scripts/bench_graph.py, tested in tests/trainers/atft_gat/test_graph.py).
 REFRESH_DATES = 64
-# Rows of the (S, S) sums a CPU thread handles at once: a 32 x 4,000 tile of the six sums and
-# the formula's temporaries (~5 MB) stays in cache between the update and the formula. On two
-# busy cores, single-threaded ops on 16-64 row tiles took a fifth of the CPU time of
-# two-threaded ops on whole matrices.
-TILE_ROWS = 32
+# Elements of a row tile of the (S, S) sums that a CPU thread handles at once (32 rows at 4,000
+# stocks): the tile of the six sums and the formula's temporaries (~5 MB) stays in cache between
+# the update and the formula. On two busy cores, single-threaded ops on 16-64 row tiles of 4,000
+# took a fifth of the CPU time of two-threaded ops on whole matrices.
+TILE_ELEMENTS = 2**17
 # A stock whose variance over the window is below this share of its mean square (around the
 # refresh's centre) is constant up to float32 rounding: it has no correlation.
 VAR_EPS = 1e-5
@@ -338,7 +338,7 @@ def build_graphs(
     # on a GPU, one tile is the whole matrix.
     on_cpu = device.type == "cpu"
     workers = max(1, torch.get_num_threads()) if on_cpu else 1
-    tile = min(TILE_ROWS if on_cpu else n_stocks, n_stocks)
+    tile = min(max(1, TILE_ELEMENTS // n_stocks) if on_cpu else n_stocks, n_stocks)
     tiles = [(lo, min(n_stocks, lo + tile)) for lo in range(0, n_stocks, tile)]
     shares = [tiles[i::workers] for i in range(workers)]
     buffers = [torch.empty(tile, n_stocks, dtype=torch.float32, device=device)
