@@ -293,7 +293,7 @@ def _recipe_inputs(tmp_path: Path, **overrides: object) -> tuple[object, object,
 
     config = TrainConfig(**{**GRAPH_TINY, **overrides})  # type: ignore[arg-type]
     fc = recipe.load_features(config, tmp_path / "cache")
-    return fc, recipe.dense_panel(fc), config
+    return fc, recipe.cache_panel(fc), config
 
 
 def test_every_graph_k_reads_one_sidecar_built_for_graph_k_max(
