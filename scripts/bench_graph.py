@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import sys
 import time
@@ -76,10 +77,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--missing", type=float, default=0.02, help="share of returns missing")
     p.add_argument("--scratch-dates", type=int, default=100)
     p.add_argument("--drift-stocks", type=int, default=500)
+    p.add_argument("--drift-dates", type=int, default=0, help="0 = --dates")
     p.add_argument("--output", type=Path, default=Path("output/bench/graph.json"))
     args = p.parse_args(argv)
     cfg = GraphConfig(k=args.k)
-    result: dict[str, object] = {"config": vars(args) | {"output": str(args.output)}}
+    result: dict[str, object] = {"config": vars(args) | {"output": str(args.output)},
+                                 "load_average_at_start": os.getloadavg()}
 
     rss0 = peak_rss_gb()
     returns = factor_returns(args.dates, args.stocks, missing=args.missing, seed=5)
@@ -105,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     result["from_scratch_vs_incremental_per_date"] = round(
         row["ms_per_date"] / inc["ms_per_date"], 2)
 
-    sub = returns[:, : args.drift_stocks]
+    drift_dates = args.drift_dates or args.dates
+    sub = factor_returns(drift_dates, args.drift_stocks, missing=args.missing, seed=6)
     exact = build_graphs(sub, cfg, refresh=1)
     rolled = build_graphs(sub, cfg, refresh=64)
     # Edges are sorted by dst, then weight: with the same counts per (date, dst), the weight
@@ -118,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
                        "src_swapped_share": float(np.mean(exact.src != rolled.src))
                        if aligned else None}
     print(f"drift         {result['drift']}", flush=True)
+    result["load_average_at_end"] = os.getloadavg()
 
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n")

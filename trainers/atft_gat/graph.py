@@ -386,7 +386,12 @@ def build_graphs(
                 values[date, dst, slot].clamp(-1.0, 1.0).cpu().numpy(),
             ))
             del date, dst, slot, keep
-    counts, src, dst_np, weight = (np.concatenate(column) for column in zip(*parts, strict=True))
+    # One column at a time, each freed once joined: peak = the graph + one column's copy.
+    columns = [list(column) for column in zip(*parts, strict=True)]
     del parts
+    joined = []
+    while columns:
+        joined.append(np.concatenate(columns.pop(0)))
+    counts, src, dst_np, weight = joined
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     return DateGraphs(src=src, dst=dst_np, weight=weight, offsets=offsets)
