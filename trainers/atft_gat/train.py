@@ -82,8 +82,11 @@ def load_graphs(fc: FeatureCache, panel: Panel, config: TrainConfig) -> DateGrap
     """
     gcfg = GraphConfig(window=config.graph_window, k=config.effective_graph_k_max,
                        threshold=config.graph_threshold)
+    # The dates it covers are part of the key: a trial's graph stops at its last validation
+    # date, evaluation's covers the test period too.
     params = {"window": gcfg.window, "threshold": gcfg.threshold,
-              "min_periods": gcfg.min_periods, "source": config.graph_source, "k_max": gcfg.k}
+              "min_periods": gcfg.min_periods, "source": config.graph_source, "k_max": gcfg.k,
+              "dates": [str(panel.dates[0]), str(panel.dates[-1]), len(panel.dates)]}
     cached = fc.load_sidecar("graphs", params=params)
     if cached is not None:
         graphs = DateGraphs(src=cached["src"], dst=cached["dst"], weight=cached["weight"],
@@ -383,7 +386,8 @@ def train(config: TrainConfig, ctx: TrialContext) -> dict[str, float]:
                           "train_dates": len(train_dates), "val_dates": len(val_dates),
                           "test_dates": len(dsplit.test),
                           "cache_key": fc.key,
-                          "edges_per_date": edges_per_date(graphs, config)})
+                          "edges_per_date": round(len(graphs.src) / max(1, graphs.n_dates),
+                                                  1)})
     if config.use_graph:
         ctx.set_attr("graph", graph_summary(graphs, config))
 
@@ -602,18 +606,6 @@ def coverage(fc: FeatureCache, panel: Panel, dates: np.ndarray, h_idx: int, *, l
                         f"dates reach the model (minimum {MIN_ROWS_KEPT:.0%}); check the "
                         "panel's presence and target columns")
     return {"rows_kept_fraction": round(kept, 6), "values_missing_fraction": round(missing, 6)}
-
-
-def edges_per_date(graphs: DateGraphs, config: TrainConfig) -> float:
-    """Mean graph edges per date; a graph block with no edges at all is refused."""
-    per_date = len(graphs.src) / max(1, graphs.n_dates)
-    if config.use_graph and len(graphs.src) == 0:
-        raise UserError(
-            f"the correlation graph has no edges on any date (window {config.graph_window}, "
-            f"threshold {config.graph_threshold}, source {config.graph_source!r}); lower "
-            "graph_threshold, check that the graph source holds past returns, or set "
-            "use_graph = false")
-    return round(per_date, 1)
 
 
 def write_predictions(path: Path, preds: dict[str, np.ndarray]) -> None:
