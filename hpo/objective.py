@@ -20,7 +20,6 @@ from typing import Any
 import optuna
 
 from hpo.config import Param, StudySpec
-from hpo.storage import flush_trial
 from trainers.config import from_mapping, to_mapping
 from trainers.context import TrialContext, atomic_write_bytes, atomic_write_json
 from trainers.errors import StopRequested, TrialFailed, TrialPruned, UserError
@@ -176,7 +175,6 @@ class Objective:
         ctx.set_attr("seed", seed)
         if history:
             ctx.set_attr("retry_of", history[-1])
-        flush_trial(trial)  # params and setup attrs in one commit, before training
 
         started = time.perf_counter()
         try:

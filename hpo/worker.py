@@ -5,11 +5,10 @@ call (which first fails stale RUNNING trials of dead workers, so their retries r
 worker starts, and while it waits for trials that other workers are still running, it fails stale
 trials itself: a study whose other workers all died is picked up here, not left with zombies.
 
-Per trial the service adds no read of its own: the trial list Optuna's ``ask`` fetches for the
-sampler also serves the budget guard and the previous trial's progress line (computed from that
-snapshot, not from fresh queries); the study is read again between trials only near the target.
-The results files are rewritten after a trial when the last write is older than
-``RESULTS_EVERY_S`` (so after every trial of any real training run), and when the worker stops.
+Trials run inside :func:`hpo.storage.worker_trials`, so each is born with its first heartbeat.
+The trial list Optuna's ``ask`` fetches for the sampler also serves the budget guard and the
+previous trial's progress line; the study is read again between trials only near the target.
+The results files are rewritten after every finished trial and when the worker stops.
 """
 
 from __future__ import annotations
@@ -30,7 +29,7 @@ from hpo.config import StudySpec
 from hpo.objective import Objective
 from hpo.progress import Progress
 from hpo.results import ParetoFront, write_results
-from hpo.storage import fail_stale_trials, storage_errors
+from hpo.storage import is_connection_error, worker_trials
 from trainers.errors import StopRequested, TrialFailed
 
 log = logging.getLogger("hpo")
@@ -38,12 +37,6 @@ log = logging.getLogger("hpo")
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 MAX_CONSECUTIVE_FAILURES = 5
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-# all_trials.json grows with the study; rewriting it after every instant trial made the service
-# ~25 ms/trial slower than bare Optuna. Trials longer than this still get a write each.
-RESULTS_EVERY_S = 5.0
-# A full gc.collect() is worth it after a real trial (frees GPU memory held by reference
-# cycles), pure overhead after an instant one.
-GC_AFTER_TRIAL_S = 1.0
 # How long a worker rides out an unreachable database (server restart, failover) before giving
 # up, and how often it looks again meanwhile.
 STORAGE_OUTAGE_LIMIT_S = 300.0
@@ -127,7 +120,8 @@ def _chain_has(exc: BaseException | None, test: Callable[[BaseException], bool])
 
 
 def _is_storage_error(exc: BaseException | None) -> bool:
-    return _chain_has(exc, lambda e: isinstance(e, storage_errors()))
+    """The database could not be reached (not: a write it refused)."""
+    return is_connection_error(exc)
 
 
 def _was_reclaimed(exc: BaseException) -> bool:
@@ -147,11 +141,10 @@ def run_worker(study: optuna.Study, spec: StudySpec, *, output: Path, target: in
     metric_names = study.metric_names
     front = ParetoFront(study.directions)  # shared by the snapshots: updated per trial
     heartbeat = spec.storage.heartbeat_interval
-    # number/outcome/storage_error/seen: the trial just run and the trial list it started with;
+    # number/outcome/storage_error: the trial just run and how it ended;
     # pending: the trial whose progress line is due once a trial list shows it finished.
     state: dict[str, Any] = {"interrupts": 0, "failures": 0, "number": None, "outcome": None,
-                             "storage_error": False, "seen": None, "pending": None}
-    results_written = [float("-inf")]
+                             "storage_error": False, "pending": None}
 
     def on_signal(signum: int, _frame: object) -> None:
         state["interrupts"] += 1
@@ -167,33 +160,21 @@ def run_worker(study: optuna.Study, spec: StudySpec, *, output: Path, target: in
 
     def write_results_now(view: StudySnapshot) -> None:
         write_results(view, study_dir)
-        results_written[0] = time.monotonic()
 
     def report_pending(view: StudySnapshot) -> None:
-        """Progress line (and, now and then, the results files) of the previous trial."""
+        """Progress line and results files of the previous trial."""
         number, state["pending"] = state["pending"], None
         trial = view.trial(number) if number is not None else None
         if trial is None or not trial.state.is_finished():
             return  # its final state never reached the storage: it goes stale, is retried
-        duration = trial.duration.total_seconds() if trial.duration else 0.0
-        if duration >= RESULTS_EVERY_S or time.monotonic() - results_written[0] >= \
-                RESULTS_EVERY_S:
-            write_results_now(view)
+        write_results_now(view)
         if not trial.user_attrs.get("surplus"):
             progress.trial_done(view, trial)
 
     def guarded(trial: optuna.Trial) -> float | list[float]:
         state.update(number=trial.number, outcome="fail", storage_error=False)
-        # The list ``ask`` read for the sampler (fetched after this trial was created) serves
-        # the budget guard and the previous trial's progress line: no extra storage read.
-        view = StudySnapshot(study, study._get_trials(deepcopy=False, use_cache=True),
-                             metric_names, front)
-        state["seen"] = view
-        try:
-            report_pending(view)
-        except Exception:  # a progress line or results file must never fail this trial
-            log.warning("could not report the previous trial", exc_info=True)
-        if guard.is_surplus(view.get_trials(), trial.number):
+        # Read after this trial was created: it holds every trial with a smaller number.
+        if guard.is_surplus(study.get_trials(deepcopy=False), trial.number):
             state["outcome"] = "surplus"
             trial.set_user_attr("surplus", True)
             raise TrialFailed("surplus: the study target was reached by other trials")
@@ -202,11 +183,8 @@ def run_worker(study: optuna.Study, spec: StudySpec, *, output: Path, target: in
         except optuna.TrialPruned:
             state["outcome"] = "pruned"
             raise
-        except TrialFailed as exc:
+        except Exception as exc:
             state["storage_error"] = _is_storage_error(exc)
-            raise
-        except storage_errors():
-            state["storage_error"] = True
             raise
         state["outcome"] = "complete"
         return values
@@ -226,10 +204,8 @@ def run_worker(study: optuna.Study, spec: StudySpec, *, output: Path, target: in
     frozen = _freeze_heap()
     deadline = time.monotonic() + timeout if timeout else None
     check_stale, waiting_announced = True, False
-    view: StudySnapshot | None = None
     outage_since: float | None = None
     code: int | None = None
-    started = time.monotonic()
     try:
         while code is None:
             if objective.stop_requested:
@@ -237,40 +213,33 @@ def run_worker(study: optuna.Study, spec: StudySpec, *, output: Path, target: in
                 break
             try:
                 if check_stale:
-                    fail_stale_trials(study)
-                    check_stale, view = False, None
+                    optuna.storages.fail_stale_trials(study)
+                    check_stale = False
                 if state["storage_error"]:
-                    view = snapshot()
-                    requeue_after_outage(view, state["number"])
+                    requeue_after_outage(snapshot(), state["number"])
                     state["storage_error"] = False
-                # Read the study again only when the answer may be "stop"; otherwise the list
-                # the next trial's ``ask`` reads serves the budget guard and the progress line.
-                if _near_the_end(state, target) or state["failures"] >= \
-                        MAX_CONSECUTIVE_FAILURES or (deadline and time.monotonic() >= deadline):
-                    view = view or snapshot()
-                    report_pending(view)
-                    code = _decide(view, target=target, deadline=deadline,
-                                   failures=state["failures"])
-                    if code is not None:
-                        if code == EXIT_OK and _finished(view) >= target:
-                            progress.done(study)
-                        break
-                    if _others_hold_the_rest(view, target):
-                        # Stay until they finish: if their worker dies, its retry runs here.
-                        if not waiting_announced:
-                            log.info("the remaining %d trial(s) are running in other workers; "
-                                     "waiting for them (a dead worker's trial is retried "
-                                     "here)", target - _finished(view))
-                            waiting_announced = True
-                        _interruptible_sleep(min(float(heartbeat), WAIT_POLL_MAX_S), objective)
-                        check_stale = True
-                        continue
-                if view is not None:
-                    progress.trial_started(_finished(view))
-                view = None  # from here on, what the trial's own ``ask`` read
+                view = snapshot()
+                report_pending(view)
+                code = _decide(view, target=target, deadline=deadline,
+                               failures=state["failures"])
+                if code is not None:
+                    if code == EXIT_OK and _finished(view) >= target:
+                        progress.done(study)
+                    break
+                if _others_hold_the_rest(view, target):
+                    # Stay until they finish: if their worker dies, its retry runs here.
+                    if not waiting_announced:
+                        log.info("the remaining %d trial(s) are running in other workers; "
+                                 "waiting for them (a dead worker's trial is retried "
+                                 "here)", target - _finished(view))
+                        waiting_announced = True
+                    _interruptible_sleep(min(float(heartbeat), WAIT_POLL_MAX_S), objective)
+                    check_stale = True
+                    continue
+                progress.trial_started(_finished(view))
                 outage_since = None
-                started = time.monotonic()
-                study.optimize(guarded, n_trials=1, catch=(TrialFailed,))
+                with worker_trials(study):
+                    study.optimize(guarded, n_trials=1, catch=(TrialFailed,))
             except StopRequested:
                 log.warning("trial interrupted and queued for retry; rerun the same command "
                             "to resume")
@@ -304,8 +273,9 @@ def run_worker(study: optuna.Study, spec: StudySpec, *, output: Path, target: in
                 continue
             finally:
                 _count_outcome(state)
-            if time.monotonic() - started >= GC_AFTER_TRIAL_S:
-                gc.collect()
+            # Frees what a trial left in reference cycles (a model, CUDA tensors) before the
+            # next one allocates its own.
+            gc.collect()
         _final_report(snapshot, report_pending, write_results_now)
         return code
     finally:
@@ -316,13 +286,12 @@ def run_worker(study: optuna.Study, spec: StudySpec, *, output: Path, target: in
 
 
 def _freeze_heap() -> bool:
-    """Move every object alive now (imported modules: ~300k objects with torch) out of the
+    """Move every object alive now (imported modules: ~180k objects with torch) out of the
     collector's reach for the worker's lifetime; True if this call froze them.
 
-    Without it each automatic full collection walks them all: ~130 ms, every few dozen trials
-    of a fast study (measured 2.1 ms per trial over 60 trials) and after every real trial. What
-    is alive at worker start stays alive; the little start-up garbage frozen with it is not
-    worth the ~130 ms full collection that would clear it first.
+    Kept because a demo trial needs it: without it the full collection after each trial
+    walks them all (~0.3 s here, over 1 % of a demo trial; see ``scripts/bench_storage.py``,
+    row ``demo_trial``). What is alive at worker start stays alive anyway.
     """
     if gc.get_freeze_count():
         return False  # an outer caller froze the heap already
@@ -343,25 +312,14 @@ def _count_outcome(state: dict[str, Any]) -> None:
     state["pending"] = state["number"]
 
 
-def _near_the_end(state: dict[str, Any], target: int) -> bool:
-    """Whether the list the last trial started with (plus that trial's own outcome) says the
-    target may be reached now; only then is the study read again before the next trial."""
-    seen: StudySnapshot | None = state["seen"]
-    if seen is None:
-        return True
-    trials = [t for t in seen.get_trials() if t.number != state["number"]]
-    finished = sum(t.state in FINISHED for t in trials) + (
-        state.get("last_outcome") in ("complete", "pruned"))
-    running = sum(t.state == TrialState.RUNNING for t in trials)
-    return finished + running + 1 >= target
-
-
 def _final_report(snapshot: Any, report_pending: Any, write_results_now: Any) -> None:
     try:
         view = snapshot()
         report_pending(view)
         write_results_now(view)
-    except storage_errors() as exc:
+    except Exception as exc:
+        if not _is_storage_error(exc):
+            raise
         log.warning("results files not refreshed: storage unreachable (%s)", exc)
 
 

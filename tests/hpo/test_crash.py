@@ -239,7 +239,6 @@ def make_zombie(path: Path, url: str) -> None:
 
     from hpo.config import load_study_spec
     from hpo.objective import suggest
-    from hpo.storage import flush_trial
     from hpo.study import open_study
 
     spec = load_study_spec(str(path))
@@ -249,7 +248,6 @@ def make_zombie(path: Path, url: str) -> None:
         trial = study.ask()
     for param in spec.search_space:
         suggest(trial, param)
-    flush_trial(trial)  # as the worker does before training
     study._storage.record_heartbeat(trial._trial_id)
     study._storage.remove_session()
 

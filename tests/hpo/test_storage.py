@@ -1,14 +1,19 @@
-"""The storage adjustments of ``hpo.storage.ServiceRDBStorage``, each against plain Optuna.
+"""What ``hpo.service_storage.ServiceRDBStorage`` adds to Optuna's ``RDBStorage``, each against
+plain Optuna: heartbeats that survive a database restart, a final state write retried through a
+short outage (connection errors only), worker trials born with a heartbeat, pickling.
 
-Every test runs on SQLite and on a fresh PostgreSQL database; "another process" is a plain
-``optuna.storages.RDBStorage`` on the same URL.
+Optuna's own storage tests check that nothing else changed (``test_optuna_storage_suite.py``).
+Every test here runs on SQLite and on a fresh PostgreSQL database; "another process" is a plain
+``optuna.storages.RDBStorage`` on the same URL. A database outage is simulated by refusing new
+connections (as a stopped server does) after dropping the pooled ones.
 """
 
 from __future__ import annotations
 
+import pickle
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
@@ -18,7 +23,8 @@ import pytest
 import sqlalchemy
 from optuna.trial import TrialState
 
-from hpo.storage import open_storage
+from hpo import service_storage
+from hpo.storage import is_connection_error, open_storage, worker_trials
 
 
 @contextmanager
@@ -56,181 +62,355 @@ def age_heartbeat(url: str, trial_id: int, seconds: float) -> None:
         engine.dispose()
 
 
-class StatementCounter:
-    def __init__(self, engine: sqlalchemy.engine.Engine) -> None:
-        self.engine, self.count = engine, 0
-        sqlalchemy.event.listen(engine, "before_cursor_execute", self._seen)
 
-    def _seen(self, *_args: object, **_kwargs: object) -> None:
-        self.count += 1
-
-    def close(self) -> None:
-        sqlalchemy.event.remove(self.engine, "before_cursor_execute", self._seen)
-
-
-def test_a_trial_is_born_with_its_heartbeat(storage_url: str) -> None:
-    """Created RUNNING or taken from the queue: the heartbeat row is committed with the state,
-    and the heartbeat thread's first beat (which would repeat it) sends no statement."""
-    storage = open_storage(storage_url, heartbeat_interval=30, grace_period=60)
-    study = optuna.create_study(study_name="born", storage=storage)
-    counter = StatementCounter(storage.engine)
-    try:
-        with quiet():
-            fresh = study.ask()
-        assert set(heartbeat_rows(storage_url)) == {fresh._trial_id}
-        study.enqueue_trial({"x": 1.0})
-        assert set(heartbeat_rows(storage_url)) == {fresh._trial_id}  # WAITING: no beat
-        with quiet():
-            queued = study.ask()
-        assert queued.params == {} and queued._trial_id != fresh._trial_id
-        assert set(heartbeat_rows(storage_url)) == {fresh._trial_id, queued._trial_id}
-
-        before = counter.count
-        storage.record_heartbeat(queued._trial_id)  # the thread's first beat: skipped
-        assert counter.count == before
-        storage.record_heartbeat(queued._trial_id)  # the periodic beats write
-        assert counter.count > before
-    finally:
-        counter.close()
+def close(*storages: optuna.storages.RDBStorage) -> None:
+    for storage in storages:
         storage.remove_session()
         storage.engine.dispose()
 
 
+@contextmanager
+def outage(storage: optuna.storages.RDBStorage, *, refusals: int | None = None,
+           during: Callable[[], None] | None = None) -> Iterator[list[int]]:
+    """New connections of ``storage`` are refused, as by a stopped server: every one, or the
+    next ``refusals``. ``during`` runs at the first refusal (what another worker does while
+    this one is cut off). Yields the count of refused connections."""
+    engine = storage.engine
+    storage.remove_session()
+    engine.dispose()  # a restart drops the pooled connections
+    dbapi = engine.dialect.loaded_dbapi
+    refused = [0]
+
+    def refuse(*_args: object) -> None:
+        if refusals is None or refused[0] < refusals:
+            refused[0] += 1
+            if refused[0] == 1 and during is not None:
+                during()
+            raise dbapi.OperationalError("the database system is shutting down (simulated)")
+
+    sqlalchemy.event.listen(engine, "do_connect", refuse)
+    try:
+        yield refused
+    finally:
+        sqlalchemy.event.remove(engine, "do_connect", refuse)
+
+
+# -- worker trials are born with a heartbeat; others behave as in Optuna ----------------------
+def test_a_worker_trial_is_born_with_its_heartbeat(storage_url: str) -> None:
+    """Inside ``worker_trials`` a trial created RUNNING has its heartbeat row as soon as it
+    exists (no beat was sent), and a queued trial gets one when the worker takes it. Outside,
+    ``ask`` gives no heartbeat, as in Optuna."""
+    storage = open_storage(storage_url, heartbeat_interval=30, grace_period=60)
+    study = optuna.create_study(study_name="born", storage=storage)
+    try:
+        with quiet():
+            study.ask()
+        assert heartbeat_rows(storage_url) == {}
+        with worker_trials(study):
+            created = storage.create_new_trial(study._study_id)
+            assert set(heartbeat_rows(storage_url)) == {created}
+            study.enqueue_trial({"x": 1.0})  # WAITING: no beat
+            assert set(heartbeat_rows(storage_url)) == {created}
+            with quiet():
+                queued = study.ask()
+        assert queued.number == 2  # the enqueued trial, not a new one
+        assert set(heartbeat_rows(storage_url)) == {created, queued._trial_id}
+        with quiet():
+            study.ask()  # after the block: Optuna's behaviour again
+        assert set(heartbeat_rows(storage_url)) == {created, queued._trial_id}
+    finally:
+        close(storage)
+
+
 def test_a_worker_killed_before_its_first_beat_leaves_no_zombie(storage_url: str) -> None:
     """Optuna's stale check skips RUNNING trials without a heartbeat row, so a worker killed
-    between creating a trial and the heartbeat thread's first beat left a trial RUNNING for
-    ever. Here the row exists from the start, and the trial is reclaimed once it is stale."""
+    between creating a trial and its heartbeat thread's first beat leaves a trial RUNNING for
+    ever. A worker trial has its row from the start, and is reclaimed once it is stale."""
     plain = optuna.storages.RDBStorage(storage_url, heartbeat_interval=1, grace_period=2)
     service = open_storage(storage_url, heartbeat_interval=1, grace_period=2)
     try:
         with quiet():
             lost_plain = optuna.create_study(study_name="plain", storage=plain).ask()
-            lost_service = optuna.create_study(study_name="service", storage=service).ask()
+            study = optuna.create_study(study_name="service", storage=service)
+            with worker_trials(study):
+                lost_service = study.ask()
         # both workers die here: no heartbeat thread ever runs
-        for study_name, storage, trial in (("plain", plain, lost_plain),
-                                           ("service", service, lost_service)):
-            if trial._trial_id in heartbeat_rows(storage_url):
-                age_heartbeat(storage_url, trial._trial_id, 3600)
-            study = optuna.load_study(study_name=study_name, storage=storage)
-            optuna.storages.fail_stale_trials(study)
-        states = {t._trial_id: t.state for t in (plain.get_trial(lost_plain._trial_id),
-                                                plain.get_trial(lost_service._trial_id))}
-        assert states[lost_plain._trial_id] == TrialState.RUNNING  # Optuna: a zombie
-        assert states[lost_service._trial_id] == TrialState.FAIL   # reclaimed
+        assert set(heartbeat_rows(storage_url)) == {lost_service._trial_id}
+        age_heartbeat(storage_url, lost_service._trial_id, 3600)
+        for study_name, storage in (("plain", plain), ("service", service)):
+            optuna.storages.fail_stale_trials(
+                optuna.load_study(study_name=study_name, storage=storage))
+        assert plain.get_trial(lost_plain._trial_id).state == TrialState.RUNNING  # a zombie
+        assert plain.get_trial(lost_service._trial_id).state == TrialState.FAIL  # reclaimed
         retries = [t for t in optuna.load_study(study_name="service", storage=plain).trials
                    if t.state == TrialState.WAITING]
         assert len(retries) == 1 and retries[0].system_attrs["failed_trial"] == 0
     finally:
-        for storage in (plain, service):
-            storage.remove_session()
-            storage.engine.dispose()
+        close(plain, service)
 
 
-def test_stale_check_agrees_with_optuna(storage_url: str) -> None:
-    """One query instead of three round trips, the same answer: stale beat -> stale; fresh
-    beat, no beat row, or finished -> not stale."""
-    service = open_storage(storage_url, heartbeat_interval=1, grace_period=30)
-    study = optuna.create_study(study_name="stale", storage=service)
+def test_ask_and_copied_trials_are_never_stale(storage_url: str) -> None:
+    """A trial from ``study.ask()`` (a notebook on the same database) and a RUNNING trial
+    copied with ``copy_study`` have no heartbeat, so Optuna never fails them as stale; nor
+    does the service. A worker trial whose beat is old is failed (the contrast)."""
+    storage = open_storage(storage_url, heartbeat_interval=1, grace_period=2)
+    source = optuna.create_study(study_name="source", storage=optuna.storages.InMemoryStorage())
+    source.ask()  # RUNNING in the source study
     try:
+        study = optuna.create_study(study_name="notebook", storage=storage)
         with quiet():
-            trials = [study.ask() for _ in range(5)]
-        old, fresh, just_over, no_row, finished = (t._trial_id for t in trials)
-        age_heartbeat(storage_url, old, 3600)
-        age_heartbeat(storage_url, just_over, 45)
-        age_heartbeat(storage_url, finished, 3600)
-        study.tell(trials[4], 1.0)
-        engine = sqlalchemy.create_engine(storage_url)
-        with engine.begin() as conn:
-            conn.execute(sqlalchemy.text("DELETE FROM trial_heartbeats WHERE trial_id = :t"),
-                         {"t": no_row})
-        engine.dispose()
-        plain = optuna.storages.RDBStorage(storage_url, heartbeat_interval=1, grace_period=30)
-        expected = plain._get_stale_trial_ids(study._study_id)
-        plain.engine.dispose()
-        assert sorted(service._get_stale_trial_ids(study._study_id)) == sorted(expected) == \
-            sorted([old, just_over])
-        assert fresh not in expected
+            asked = study.ask()
+            with worker_trials(study):
+                worker = study.ask()
+        optuna.copy_study(from_study_name="source", from_storage=source._storage,
+                          to_storage=storage, to_study_name="copied")
+        copied = optuna.load_study(study_name="copied", storage=storage)
+        assert [t.state for t in copied.trials] == [TrialState.RUNNING]
+        assert set(heartbeat_rows(storage_url)) == {worker._trial_id}
+        age_heartbeat(storage_url, worker._trial_id, 3600)
+        optuna.storages.fail_stale_trials(study)
+        optuna.storages.fail_stale_trials(copied)
+        assert storage.get_trial(asked._trial_id).state == TrialState.RUNNING
+        assert storage.get_trial(worker._trial_id).state == TrialState.FAIL
+        assert [t.state for t in copied.trials] == [TrialState.RUNNING]
     finally:
-        service.remove_session()
-        service.engine.dispose()
+        close(storage)
 
 
-def test_artifact_records_travel_with_the_final_state(storage_url: str,
-                                                      tmp_path: Path) -> None:
-    """The dashboard's artifact records are batched like user attrs; a sampler's system attrs
-    (shared between workers) are written at once."""
-    from hpo.artifacts import artifact_store
+def test_a_queued_trial_is_taken_by_one_worker_only(storage_url: str) -> None:
+    """Two workers take the same WAITING trial: the first gets it (and its heartbeat), the
+    second is told no, as Optuna's own transition answers."""
+    first = open_storage(storage_url, heartbeat_interval=30, grace_period=60)
+    second = open_storage(storage_url, heartbeat_interval=30, grace_period=60)
+    try:
+        study = optuna.create_study(study_name="queue", storage=first)
+        study.enqueue_trial({"x": 1.0})
+        trial_id = study.trials[0]._trial_id
+        with first.worker_trials():
+            assert first.set_trial_state_values(trial_id, TrialState.RUNNING) is True
+        assert trial_id in heartbeat_rows(storage_url)
+        beat = heartbeat_rows(storage_url)[trial_id]
+        with second.worker_trials():
+            assert second.set_trial_state_values(trial_id, TrialState.RUNNING) is False
+        assert heartbeat_rows(storage_url) == {trial_id: beat}
+        assert second.get_trial(trial_id).state == TrialState.RUNNING
+    finally:
+        close(first, second)
+
+
+# -- heartbeats through a database restart -----------------------------------------------------
+def test_heartbeats_survive_a_database_restart(storage_url: str) -> None:
+    """Optuna's beat raises when the database is down, which ends its heartbeat thread (and the
+    trial is failed as stale while it still trains); the service's beat is skipped and the
+    thread beats again once the database is back."""
+    from optuna.storages._heartbeat import get_heartbeat_thread
+
+    plain = optuna.storages.RDBStorage(storage_url, heartbeat_interval=1, grace_period=3)
+    service = open_storage(storage_url, heartbeat_interval=1, grace_period=3)
+    try:
+        study = optuna.create_study(study_name="restart", storage=service)
+        with quiet(), worker_trials(study):
+            trial = study.ask()
+        trial_id = trial._trial_id
+        with outage(plain), pytest.raises(optuna.exceptions.StorageInternalError):
+            plain.record_heartbeat(trial_id)
+        with get_heartbeat_thread(trial_id, service):
+            with outage(service) as refused:
+                time.sleep(2.5)  # two or three beats refused
+                age_heartbeat(storage_url, trial_id, 3600)  # as if the outage were long
+            assert refused[0] >= 2
+            deadline = time.monotonic() + 10
+            while service._get_stale_trial_ids(study._study_id) and \
+                    time.monotonic() < deadline:
+                time.sleep(0.2)
+            # the thread that lived through the outage beats again
+            assert service._get_stale_trial_ids(study._study_id) == []
+    finally:
+        close(plain, service)
+
+
+# -- the final state write, retried through connection errors only -----------------------------
+def test_the_final_state_survives_an_outage(storage_url: str,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(service_storage, "STATE_WRITE_PAUSE_S", 0.05)
+    plain = optuna.storages.RDBStorage(storage_url)
+    service = open_storage(storage_url, heartbeat_interval=30, grace_period=60)
+    try:
+        study = optuna.create_study(study_name="final", storage=service)
+        with quiet():
+            lost, kept = study.ask(), study.ask()
+        with outage(plain, refusals=3), pytest.raises(optuna.exceptions.StorageInternalError):
+            plain.set_trial_state_values(lost._trial_id, TrialState.COMPLETE, [0.5])
+        with outage(service, refusals=3) as refused:
+            assert service.set_trial_state_values(kept._trial_id, TrialState.COMPLETE,
+                                                  [0.5]) is True
+        assert refused[0] == 3
+        stored = plain.get_trial(kept._trial_id)
+        assert (stored.state, stored.values) == (TrialState.COMPLETE, [0.5])
+        assert plain.get_trial(lost._trial_id).state == TrialState.RUNNING
+    finally:
+        close(plain, service)
+
+
+@pytest.mark.parametrize("peer_state", [TrialState.COMPLETE, TrialState.FAIL])
+def test_a_trial_finished_elsewhere_meanwhile_is_success_only_if_it_holds_this_write(
+        storage_url: str, monkeypatch: pytest.MonkeyPatch, peer_state: TrialState) -> None:
+    """When the write's first attempt went through and only its answer was lost, the retry
+    finds the trial finished with this write's state and values: True. If another worker
+    failed the trial during the outage instead, Optuna's UpdateFinishedTrialError is raised,
+    never True."""
+    monkeypatch.setattr(service_storage, "STATE_WRITE_PAUSE_S", 0.05)
+    peer = optuna.storages.RDBStorage(storage_url)
+    service = open_storage(storage_url, heartbeat_interval=30, grace_period=60)
+    try:
+        study = optuna.create_study(study_name="peer", storage=service)
+        with quiet():
+            trial_id = study.ask()._trial_id
+        values = [0.5] if peer_state == TrialState.COMPLETE else None
+
+        def peer_writes() -> None:
+            peer.set_trial_state_values(trial_id, peer_state, values)
+
+        with outage(service, refusals=1, during=peer_writes):
+            if peer_state == TrialState.COMPLETE:
+                assert service.set_trial_state_values(trial_id, TrialState.COMPLETE,
+                                                      [0.5]) is True
+            else:
+                with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+                    service.set_trial_state_values(trial_id, TrialState.COMPLETE, [0.5])
+        assert peer.get_trial(trial_id).state == peer_state
+    finally:
+        close(peer, service)
+
+
+def test_a_statement_error_is_not_retried(storage_url: str,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """An error on a live connection (SQLite's "database is locked" after its timeout, a
+    constraint, a value too long) is raised at once, as Optuna raises it: one attempt."""
+    monkeypatch.setattr(service_storage, "STATE_WRITE_PAUSE_S", 0.05)
+    service = open_storage(storage_url, heartbeat_interval=30, grace_period=60)
+    attempts = [0]
+    dbapi = service.engine.dialect.loaded_dbapi
+
+    def locked(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        if statement.lstrip().upper().startswith("UPDATE TRIALS"):
+            attempts[0] += 1
+            raise dbapi.OperationalError("database is locked (simulated)")
+
+    try:
+        study = optuna.create_study(study_name="locked", storage=service)
+        with quiet():
+            trial_id = study.ask()._trial_id
+        sqlalchemy.event.listen(service.engine, "before_cursor_execute", locked)
+        try:
+            with pytest.raises(optuna.exceptions.StorageInternalError) as raised:
+                service.set_trial_state_values(trial_id, TrialState.COMPLETE, [0.5])
+        finally:
+            sqlalchemy.event.remove(service.engine, "before_cursor_execute", locked)
+        assert attempts[0] == 1
+        assert not is_connection_error(raised.value)
+        assert service.get_trial(trial_id).state == TrialState.RUNNING
+    finally:
+        close(service)
+
+
+def test_connection_errors_are_told_from_bad_writes(pg_url: str) -> None:
+    """Real errors: a refused connection is one; a value too long for its column (an attr key
+    over 512 characters on PostgreSQL) and a duplicate key are not."""
+    engine = sqlalchemy.create_engine("postgresql+psycopg2://postgres@127.0.0.1:9/none")
+    with pytest.raises(sqlalchemy.exc.OperationalError) as down:
+        engine.connect()
+    engine.dispose()
+    assert is_connection_error(down.value)
+    storage = open_storage(pg_url, heartbeat_interval=30, grace_period=60)
+    try:
+        study = optuna.create_study(study_name="poison", storage=storage)
+        with quiet():
+            trial = study.ask()
+        with pytest.raises(optuna.exceptions.StorageInternalError) as too_long:
+            trial.set_user_attr("k" * 600, 1)
+        assert isinstance(too_long.value.__cause__, sqlalchemy.exc.DataError)
+        assert not is_connection_error(too_long.value)
+        with storage.engine.connect() as conn, pytest.raises(
+                sqlalchemy.exc.IntegrityError) as duplicate:
+            conn.execute(sqlalchemy.text(
+                "INSERT INTO studies (study_id, study_name) VALUES (:i, 'dup')"),
+                {"i": study._study_id})
+        assert not is_connection_error(duplicate.value)
+        assert storage.get_trial(trial._trial_id).state == TrialState.RUNNING
+    finally:
+        close(storage)
+
+
+# -- Optuna's checks are Optuna's again --------------------------------------------------------
+def test_a_value_that_is_not_json_fails_the_trial_at_once(storage_url: str) -> None:
+    """``np.float32`` is not JSON: Optuna raises TypeError from ``set_user_attr`` and the trial
+    fails with its params kept, as on plain Optuna."""
+    import numpy as np
 
     storage = open_storage(storage_url, heartbeat_interval=30, grace_period=60)
-    study = optuna.create_study(study_name="artifacts", storage=storage)
-    other = optuna.storages.RDBStorage(storage_url)
     try:
-        with quiet():
-            trial = study.ask()
-        path = tmp_path / "metrics.json"
-        path.write_text('{"loss": 0.5}\n')
-        artifact_id = optuna.artifacts.upload_artifact(
-            artifact_store=artifact_store(tmp_path / "out"), file_path=str(path),
-            study_or_trial=trial)
-        storage.set_trial_system_attr(trial._trial_id, "grid_id", 7)
-        seen = other.get_trial(trial._trial_id).system_attrs
-        assert seen == {"grid_id": 7}  # the artifact record is pending ...
-        mine = study._storage.get_trial(trial._trial_id).system_attrs
-        assert f"artifacts:{artifact_id}" in mine  # ... but this process reads it
-        study.tell(trial, 0.5)
-        assert f"artifacts:{artifact_id}" in other.get_trial(trial._trial_id).system_attrs
-        listed = optuna.artifacts.get_all_artifact_meta(
-            optuna.load_study(study_name="artifacts", storage=other).trials[0], storage=other)
-        assert [a.artifact_id for a in listed] == [artifact_id]
+        study = optuna.create_study(study_name="json", storage=storage)
+
+        def objective(trial: optuna.Trial) -> float:
+            x = trial.suggest_float("x", 0.0, 1.0)
+            trial.set_user_attr("loss", np.float32(x))
+            return x
+
+        with worker_trials(study), pytest.raises(TypeError, match="JSON serializable"):
+            study.optimize(objective, n_trials=1)
+        (trial,) = study.trials
+        assert trial.state == TrialState.FAIL and set(trial.params) == {"x"}
+        with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+            storage.set_trial_user_attr(trial._trial_id, "late", 1)
+        with pytest.raises(KeyError):
+            storage.set_trial_user_attr(trial._trial_id + 100, "missing", 1)
     finally:
-        other.engine.dispose()
-        storage.remove_session()
-        storage.engine.dispose()
+        close(storage)
 
 
-@pytest.mark.parametrize("interval", [None, 30])
-def test_without_heartbeats_attrs_are_written_through(storage_url: str,
-                                                     interval: int | None) -> None:
-    storage = open_storage(storage_url, heartbeat_interval=interval,
-                           grace_period=60 if interval else None)
-    study = optuna.create_study(study_name="through", storage=storage)
-    other = optuna.storages.RDBStorage(storage_url)
+# -- pickling ------------------------------------------------------------------------------------
+def objective_for_pool(trial: optuna.Trial) -> float:
+    return trial.suggest_float("x", 0.0, 1.0) ** 2
+
+
+def optimize_in_pool(study: optuna.Study) -> int:
+    study.optimize(objective_for_pool, n_trials=2)
+    return len(study.trials)
+
+
+def test_a_pickled_study_round_trips(storage_url: str) -> None:
+    storage = open_storage(storage_url, heartbeat_interval=30, grace_period=60)
     try:
-        with quiet():
-            trial = study.ask()
-        trial.set_user_attr("worker", "a:1")
-        expected = {} if interval else {"worker": "a:1"}
-        assert other.get_trial(trial._trial_id).user_attrs == expected
-        assert (trial._trial_id in heartbeat_rows(storage_url)) == bool(interval)
+        study = optuna.create_study(study_name="pickled", storage=storage)
+        study.optimize(objective_for_pool, n_trials=2)
+        copy = pickle.loads(pickle.dumps(study))
+        backend = copy._storage._backend
+        assert type(backend) is service_storage.ServiceRDBStorage
+        assert (backend.url, backend.heartbeat_interval, backend.grace_period) == (
+            storage.url, 30, 60)
+        assert [t.params for t in copy.trials] == [t.params for t in study.trials]
+        copy.optimize(objective_for_pool, n_trials=1)
+        assert len(study.trials) == 3
+        close(backend)
     finally:
-        other.engine.dispose()
-        storage.remove_session()
-        storage.engine.dispose()
+        close(storage)
 
 
-def test_stale_trials_are_looked_for_once_per_interval_unless_asked(storage_url: str) -> None:
-    """Optuna's check before every trial queries at most once per heartbeat interval; the
-    worker's own check (at start, while waiting) always queries."""
-    from hpo.storage import fail_stale_trials
+def test_a_spawn_pool_of_two_processes_runs_trials_on_one_study(storage_url: str) -> None:
+    """Spawn (the default start method from Python 3.14) pickles the study into each worker."""
+    import multiprocessing
 
-    service = open_storage(storage_url, heartbeat_interval=30, grace_period=60)
-    study = optuna.create_study(study_name="limit", storage=service)
-    counter = StatementCounter(service.engine)
+    storage = open_storage(storage_url, heartbeat_interval=30, grace_period=60)
     try:
-        with quiet():
-            zombie = study.ask()
-        optuna.storages.fail_stale_trials(study)  # the first look queries
-        age_heartbeat(storage_url, zombie._trial_id, 3600)
-        before = counter.count
-        optuna.storages.fail_stale_trials(study)  # within the interval: no query
-        assert counter.count == before
-        assert service.get_trial(zombie._trial_id).state == TrialState.RUNNING
-        fail_stale_trials(study)  # asked explicitly: found and failed now
-        assert service.get_trial(zombie._trial_id).state == TrialState.FAIL
+        study = optuna.create_study(study_name="spawned", storage=storage)
+        with multiprocessing.get_context("spawn").Pool(2) as pool:
+            pool.map(optimize_in_pool, [study, study])
+        trials = study.trials
+        assert len(trials) == 4
+        assert all(t.state == TrialState.COMPLETE for t in trials)
     finally:
-        counter.close()
-        service.remove_session()
-        service.engine.dispose()
+        close(storage)
 
 
 _OPEN_AT = r"""
@@ -286,195 +466,6 @@ def test_storage_benchmark_runs_and_writes_the_documented_json(tmp_path: Path) -
                             "service_ms", "service_without_artifacts_ms",
                             "service_ratio_median"}
         assert all(v > 0 for v in row.values())
-
-
-def test_a_queued_trial_is_started_by_one_worker_only(storage_url: str) -> None:
-    """Two workers take the same WAITING trial: the first gets it (with its heartbeat), the
-    second is told no, as Optuna's own transition answers."""
-    first = open_storage(storage_url, heartbeat_interval=30, grace_period=60)
-    second = open_storage(storage_url, heartbeat_interval=30, grace_period=60)
-    try:
-        study = optuna.create_study(study_name="queue", storage=first)
-        study.enqueue_trial({"x": 1.0})
-        trial_id = study.trials[0]._trial_id
-        assert trial_id not in heartbeat_rows(storage_url)
-        assert first.set_trial_state_values(trial_id, TrialState.RUNNING) is True
-        assert second.set_trial_state_values(trial_id, TrialState.RUNNING) is False
-        assert second.get_trial(trial_id).state == TrialState.RUNNING
-        assert trial_id in heartbeat_rows(storage_url)
-        assert trial_id in first._born and trial_id not in second._born
-    finally:
-        for storage in (first, second):
-            storage.remove_session()
-            storage.engine.dispose()
-
-
-class CommitCounter:
-    """Commits of this engine's connections (read-only transactions included)."""
-
-    def __init__(self, engine: sqlalchemy.engine.Engine) -> None:
-        self.engine, self.count = engine, 0
-        sqlalchemy.event.listen(engine, "commit", self._seen)
-
-    def _seen(self, *_args: object) -> None:
-        self.count += 1
-
-    def close(self) -> None:
-        sqlalchemy.event.remove(self.engine, "commit", self._seen)
-
-
-SPACE = {"lr": optuna.distributions.FloatDistribution(1e-3, 1.0, log=True),
-         "width": optuna.distributions.IntDistribution(1, 4),
-         "optimizer": optuna.distributions.CategoricalDistribution(["sgd", "momentum"])}
-
-
-def suggest_all(trial: optuna.Trial) -> dict[str, object]:
-    return {"lr": trial.suggest_float("lr", 1e-3, 1.0, log=True),
-            "width": trial.suggest_int("width", 1, 4),
-            "optimizer": trial.suggest_categorical("optimizer", ["sgd", "momentum"])}
-
-
-@pytest.mark.parametrize("kind", ["optuna", "service"])
-def test_a_trials_params_are_written_in_one_commit_when_it_is_set_up(storage_url: str,
-                                                                    kind: str) -> None:
-    """Optuna commits each param as it is suggested; the service stages them (this process
-    reads them at once) and writes them together when the worker has set the trial up."""
-    from hpo.storage import flush_trial
-
-    storage = (open_storage(storage_url, heartbeat_interval=30, grace_period=60)
-               if kind == "service" else optuna.storages.RDBStorage(storage_url))
-    other = optuna.storages.RDBStorage(storage_url)
-    study = optuna.create_study(study_name="params", storage=storage,
-                                sampler=optuna.samplers.RandomSampler(seed=0))
-    try:
-        with quiet():
-            study.optimize(suggest_all_objective, n_trials=1)  # distributions now cached
-            trial = study.ask()
-        commits = CommitCounter(storage.engine)
-        params = suggest_all(trial)
-        staged = commits.count
-        flush_trial(trial)
-        flushed = commits.count - staged
-        commits.close()
-        assert study._storage.get_trial(trial._trial_id).params == params
-        assert other.get_trial(trial._trial_id).params == params
-        assert other.get_trial(trial._trial_id).distributions == SPACE
-        if kind == "optuna":
-            assert (staged, flushed) == (3, 0)
-        else:
-            assert (staged, flushed) == (0, 1)
-    finally:
-        other.engine.dispose()
-        storage.remove_session()
-        storage.engine.dispose()
-
-
-def suggest_all_objective(trial: optuna.Trial) -> float:
-    suggest_all(trial)
-    return 0.0
-
-
-def test_staged_params_are_checked_as_optuna_checks_them(storage_url: str) -> None:
-    """A distribution that contradicts the study's earlier trials is refused when suggested
-    (by a process that has not seen the param yet: it asks the database), and staged params
-    of a trial finished elsewhere in the meantime are refused when written, not lost quietly."""
-    from hpo.storage import flush_trial
-
-    first = open_storage(storage_url, heartbeat_interval=30, grace_period=60)
-    study = optuna.create_study(study_name="checks", storage=first)
-    fresh = open_storage(storage_url, heartbeat_interval=30, grace_period=60)
-    try:
-        with quiet():
-            study.optimize(suggest_all_objective, n_trials=1)
-            trial = optuna.load_study(study_name="checks", storage=fresh).ask()
-            with pytest.raises(ValueError, match="Cannot set different distribution kind"):
-                trial.suggest_int("lr", 1, 4)
-            trial.suggest_float("lr", 1e-3, 1.0, log=True)
-        optuna.storages.RDBStorage(storage_url).set_trial_state_values(
-            trial._trial_id, TrialState.FAIL)
-        with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
-            flush_trial(trial)
-    finally:
-        for storage in (first, fresh):
-            storage.remove_session()
-            storage.engine.dispose()
-
-
-def _outcome(storage: object, trial_id: int, state: TrialState,
-             values: list[float] | None) -> object:
-    try:
-        return storage.set_trial_state_values(trial_id, state, values)
-    except Exception as exc:  # the exception type is the outcome to compare
-        return type(exc).__name__
-
-
-def test_state_writes_answer_as_optunas(storage_url: str) -> None:
-    """The service's state write (plain statements, values as one upsert) gives Optuna's
-    answers and leaves the same rows, case by case, on twin studies."""
-    plain = optuna.storages.RDBStorage(storage_url)
-    service = open_storage(storage_url, heartbeat_interval=30, grace_period=60)
-    inf = float("inf")
-    cases = [  # (trial's state before, state written, values)
-        (TrialState.RUNNING, TrialState.COMPLETE, [0.5, inf, -inf]),
-        (TrialState.RUNNING, TrialState.FAIL, None),
-        (TrialState.RUNNING, TrialState.PRUNED, [0.25, 1.0, 2.0]),
-        (TrialState.RUNNING, TrialState.RUNNING, None),
-        (TrialState.WAITING, TrialState.RUNNING, None),
-        (TrialState.COMPLETE, TrialState.COMPLETE, [1.0, 2.0, 3.0]),
-        (TrialState.FAIL, TrialState.RUNNING, None),
-    ]
-    try:
-        views = {}
-        for name, storage in (("plain", plain), ("service", service)):
-            study_id = storage.create_new_study(
-                [optuna.study.StudyDirection.MINIMIZE] * 3, f"twin_{name}")
-            seen = []
-            for before, state, values in cases:
-                template = optuna.trial.create_trial(
-                    state=before,
-                    values=[9.0, 9.0, 9.0] if before == TrialState.COMPLETE else None,
-                    params={"x": 1.0}, distributions={"x": SPACE["lr"]})
-                trial_id = plain.create_new_trial(study_id, template_trial=template)
-                answer = _outcome(storage, trial_id, state, values)
-                after = plain.get_trial(trial_id)
-                seen.append((answer, after.state, after.values,
-                             after.datetime_start is not None,
-                             after.datetime_complete is not None))
-            seen.append(_outcome(storage, 10**9, TrialState.COMPLETE, [1.0, 2.0, 3.0]))
-            views[name] = seen
-        assert views["service"] == views["plain"]
-        assert views["plain"][0][2] == [0.5, inf, -inf]
-        assert views["plain"][-1] == "KeyError"
-    finally:
-        plain.engine.dispose()
-        service.remove_session()
-        service.engine.dispose()
-
-
-def test_the_trial_just_created_is_not_read_back(storage_url: str) -> None:
-    """``optuna.Trial`` loads the trial ``ask`` has just created (6 queries in Optuna); the
-    service answers from the trial as created, once, identical to what the database holds."""
-    service = open_storage(storage_url, heartbeat_interval=30, grace_period=60)
-    other = optuna.storages.RDBStorage(storage_url)
-    study = optuna.create_study(study_name="fresh", storage=service)
-    counter = StatementCounter(service.engine)
-    try:
-        trial_id = study._storage.create_new_trial(study._study_id)  # as ``ask`` does
-        before = counter.count
-        created = study._storage.get_trial(trial_id)  # as ``optuna.Trial`` does next
-        assert counter.count == before  # answered without a query ...
-        service.get_trial(trial_id)
-        assert counter.count > before  # ... once
-        stored = other.get_trial(trial_id)
-        assert (created.number, created.state, created.datetime_start, created.params,
-                created.user_attrs, created.system_attrs) == \
-            (stored.number, stored.state, stored.datetime_start, stored.params,
-             stored.user_attrs, stored.system_attrs)
-    finally:
-        counter.close()
-        other.engine.dispose()
-        service.remove_session()
-        service.engine.dispose()
 
 
 _COMMIT_AND_DIE = r"""
