@@ -1,5 +1,5 @@
 # The two commands of the README. Each sets everything up first (scripts/setup.sh is idempotent).
-.PHONY: setup demo test lint
+.PHONY: setup demo test test-optuna-storage lint
 
 setup:
 	./scripts/setup.sh
@@ -9,6 +9,11 @@ demo: setup
 
 test: setup
 	.venv/bin/python -m pytest
+
+# Optuna's own storage tests against our storage, the full matrix: SQLite and PostgreSQL,
+# heartbeats on and off (`make test` runs heartbeats on only). Takes ~10 minutes.
+test-optuna-storage: setup
+	HPO_OPTUNA_SUITE=full .venv/bin/python -m pytest -v tests/hpo/test_optuna_storage_suite.py
 
 lint: setup
 	.venv/bin/ruff check .

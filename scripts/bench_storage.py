@@ -1,9 +1,14 @@
-"""Per-trial overhead of the service versus bare Optuna, and throughput with 1, 2 and 4 workers.
+"""Per-trial overhead of the service versus Optuna with its own heartbeats, its share of a real
+demo trial, and throughput with 1, 2 and 4 workers.
 
 Run from the repository root:
 
     python -m scripts.bench_storage                 # SQLite + PostgreSQL (if reachable)
     python -m scripts.bench_storage --trials 100 --profile output/bench/service.prof
+
+Targets: service <= 1.25x Optuna with its own heartbeats (``service_vs_heartbeat_median``, on
+each backend); the service's work outside ``train`` <= 1 % of a demo trial's wall time
+(``demo_trial``); 4 sleeping workers >= 3.5x one.
 
 * overhead: the same TPE sampler (multivariate, constant liar), the same three-parameter search
   space and three objectives, an objective that returns at once. "bare" is
@@ -17,15 +22,19 @@ Run from the repository root:
   ``bare_heartbeat_ms`` is bare Optuna on a plain ``RDBStorage`` with the same crash-safety
   settings (heartbeats, retry callback, pool_pre_ping): what heartbeats cost in Optuna itself.
   ``service_storage_ms`` is the same bare loop on the service's storage
-  (``hpo.storage.open_storage``: heartbeats written with the trial, one-query stale check,
-  params and attrs staged and written with the final state, values as one upsert): the
-  storage layer alone. The service itself writes a trial in three transactions (created;
-  params and setup attrs before training; values, state and the remaining attrs), where
-  Optuna takes one per param and per sampler record besides.
+  (``hpo.storage.open_storage``: Optuna's RDBStorage with resilient heartbeats and a retried
+  final state write, and SQLite's write-ahead log): the storage layer alone.
   ``service_without_artifacts_ms`` is the service without the per-trial dashboard artifacts
   (learning-curve PNG, file links, note; ``hpo.artifacts``). ``service_ratio_median`` is the
   median over the repeats of service / bare measured side by side (robust to the machine's
-  drift between repeats, which the best-of figures are not).
+  drift between repeats, which the best-of figures are not); ``service_vs_heartbeat_median``
+  the same against Optuna with its own heartbeats: the target.
+* demo_trial: two trials of ``studies/demo.toml`` (the real ATFT-GAT workload) through
+  ``hpo.worker.run_worker`` on each backend, timing ``train`` inside: ``overhead_ms`` is the
+  worker's wall time outside ``train`` per trial (sampling, storage writes, attrs, metrics
+  files, artifacts, results files, progress, the collection after each trial),
+  ``overhead_pct`` its share of a trial's wall time. ``without_gc_freeze_pct``: the same with
+  the worker's ``gc.freeze`` switched off (why it stays).
 * workers: ``python -m hpo.run --workers N`` on an objective that sleeps 0.5 s (on PostgreSQL
   when reachable, and then again on one SQLite file as ``workers_sqlite``); the throughput
   of each worker process is its trials over the span from its first start to its last
@@ -168,12 +177,12 @@ def postgres_database() -> Iterator[str | None]:
 def bare_ms(url: str, *, n_trials: int, name: str, heartbeat: bool = False,
             service_storage: bool = False) -> float:
     """Bare ``study.optimize``; with ``heartbeat``, on an RDBStorage with the service's crash
-    safety settings (heartbeats, retry callback, pool_pre_ping) but nothing else; with
+    safety and engine settings (heartbeats, retry callback, pool) but nothing else; with
     ``service_storage``, on the storage the service opens (same settings)."""
     import optuna
 
     from hpo.config import load_study_spec
-    from hpo.storage import open_storage
+    from hpo.storage import _engine_kwargs, open_storage
     from hpo.study import make_sampler
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -185,7 +194,7 @@ def bare_ms(url: str, *, n_trials: int, name: str, heartbeat: bool = False,
                                max_retry=spec.storage.max_retry)
     elif heartbeat:
         storage = optuna.storages.RDBStorage(
-            url, engine_kwargs={"pool_pre_ping": True} if url.startswith("postgresql") else {},
+            url, engine_kwargs=_engine_kwargs(url),
             heartbeat_interval=spec.storage.heartbeat_interval,
             grace_period=spec.storage.grace_period,
             heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
@@ -251,6 +260,55 @@ def service_ms(url: str, *, n_trials: int, name: str, profile: Path | None = Non
     return 1000 * elapsed / n_trials
 
 
+# -- a real demo trial -----------------------------------------------------------------------
+DEMO_STUDY = REPO / "studies" / "demo.toml"
+
+
+def demo_trial(url: str, *, n_trials: int, tmp: Path, freeze: bool = True) -> dict[str, float]:
+    """``n_trials`` trials of the demo study through the worker; the time outside ``train``."""
+    import dataclasses
+
+    import hpo.objective
+    import hpo.worker
+    from hpo.config import load_study_spec
+    from hpo.study import open_study
+
+    spec = dataclasses.replace(load_study_spec(str(DEMO_STUDY)),
+                               name=f"demo_bench_{uuid.uuid4().hex[:8]}")
+    in_train: list[float] = []
+    original_get, original_freeze = hpo.objective.get_workload, hpo.worker._freeze_heap
+
+    def timed_workload(name: str) -> Workload:
+        workload = original_get(name)
+
+        def train(config: object, ctx: TrialContext) -> dict[str, float]:
+            started = time.perf_counter()
+            try:
+                return workload.train(config, ctx)
+            finally:
+                in_train.append(time.perf_counter() - started)
+
+        return dataclasses.replace(workload, train=train)
+
+    hpo.objective.get_workload = timed_workload
+    if not freeze:
+        hpo.worker._freeze_heap = lambda: False
+    try:
+        study = open_study(spec, url, force=False, target=n_trials, quiet=True)
+        started = time.perf_counter()
+        code = hpo.worker.run_worker(study, spec, output=tmp / "demo_out", target=n_trials,
+                                     timeout=None, announce=False)
+        wall = time.perf_counter() - started
+    finally:
+        hpo.objective.get_workload, hpo.worker._freeze_heap = original_get, original_freeze
+    if code != 0 or len(in_train) != n_trials:
+        raise RuntimeError(f"demo run exited {code} after {len(in_train)} trials")
+    overhead = (wall - sum(in_train)) / n_trials
+    return {"trial_s": round(wall / n_trials, 2), "train_s": round(sum(in_train) / n_trials, 2),
+            "overhead_ms": round(1000 * overhead, 1),
+            "overhead_pct": round(100 * overhead / (wall / n_trials), 2)}
+
+
 # -- worker throughput -----------------------------------------------------------------------
 # A worker exactly as ``hpo.run --workers N`` starts it (``--worker-index i``), with the
 # per-trial dashboard artifacts switched off.
@@ -308,7 +366,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output", type=Path, default=Path("output/bench/storage.json"))
     p.add_argument("--profile", type=Path, default=None,
                    help="write a cProfile of the service run on PostgreSQL (or SQLite) here")
-    p.add_argument("--skip-workers", action="store_true", help="only the overhead rows")
+    p.add_argument("--skip-workers", action="store_true", help="no worker throughput rows")
+    p.add_argument("--demo-trials", type=int, default=2,
+                   help="demo-study trials per demo_trial run; 0 skips the row (default: 2)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     import optuna
@@ -359,7 +419,19 @@ def main(argv: list[str] | None = None) -> int:
                              # repeat's service time over the bare time measured beside it
                              "service_ratio_median": round(statistics.median(
                                  s / b for s, b in zip(runs["service"], runs["bare"],
+                                                       strict=True)), 3),
+                             "service_vs_heartbeat_median": round(statistics.median(
+                                 s / b for s, b in zip(runs["service"], runs["bare_hb"],
                                                        strict=True)), 3)}
+        if args.demo_trials:
+            gc.unfreeze()  # the worker freezes the heap itself (or not, for the second run)
+            result["demo_trial"] = {}
+            for label, url_of in backends.items():
+                demo = demo_trial(url_of("demo"), n_trials=args.demo_trials, tmp=Path(tmp))
+                demo["without_gc_freeze_pct"] = demo_trial(
+                    url_of("demo_nofreeze"), n_trials=args.demo_trials, tmp=Path(tmp),
+                    freeze=False)["overhead_pct"]
+                result["demo_trial"][label] = demo
         if not args.skip_workers:
             url = pg or sqlite_url("workers")
             result["workers_storage"] = "postgres" if pg else "sqlite"
@@ -384,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
                "service storage"), ("service_without_artifacts_ms", "service w/o artifacts"),
                ("service_ms", "service"))
     print(f"{'storage':<10} {'bare':>8}" + "".join(f" {title:>22}" for _, title in columns)
-          + f" {'service - bare':>15} {'median ratio':>13}")
+          + f" {'service - bare':>15} {'median ratio':>13} {'vs optuna+hb':>13}")
     for label in ("sqlite", "postgres"):
         if label in result:
             row = result[label]
@@ -392,7 +464,13 @@ def main(argv: list[str] | None = None) -> int:
             cells = [f"{row[k]:.1f} ({row[k] / bare:.2f}x)" for k, _ in columns]
             print(f"{label:<10} {bare:>8.1f}" + "".join(f" {c:>22}" for c in cells)
                   + f" {row['service_ms'] - bare:>12.1f} ms"
-                  + f" {row['service_ratio_median']:>12.2f}x")
+                  + f" {row['service_ratio_median']:>12.2f}x"
+                  + f" {row['service_vs_heartbeat_median']:>12.2f}x")
+    for label, demo in result.get("demo_trial", {}).items():
+        print(f"\ndemo trial ({label}): {demo['trial_s']:.1f} s per trial, "
+              f"{demo['train_s']:.1f} s in train; service outside train "
+              f"{demo['overhead_ms']:.0f} ms = {demo['overhead_pct']:.2f} % "
+              f"(without gc.freeze: {demo['without_gc_freeze_pct']:.2f} %)")
     for key in ("workers", "workers_without_artifacts", "workers_sqlite"):
         if key in result:
             w = result[key]

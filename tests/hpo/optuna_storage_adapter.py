@@ -64,9 +64,9 @@ def _pg_admin() -> Any:
 
 
 class _Postgres:
-    """One database for the whole run, emptied (schema dropped and recreated) for each
-    storage: ~20x faster than a CREATE DATABASE per case. A supplier entered while another is
-    open (none in Optuna's suite today) gets a database of its own."""
+    """One database for the whole run, emptied for each storage (a CREATE DATABASE per case
+    made the PostgreSQL run ~2x slower). A supplier entered while another is open (none in
+    Optuna's suite today) gets a database of its own."""
 
     def __init__(self) -> None:
         self.shared: str | None = None
@@ -83,6 +83,10 @@ class _Postgres:
         try:
             with engine.connect() as conn:
                 conn.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+                # A throwaway database need not wait for its commits to reach the disk; the
+                # storage's own settings are untouched.
+                conn.execute(sqlalchemy.text(
+                    f'ALTER DATABASE "{name}" SET synchronous_commit = off'))
         finally:
             engine.dispose()
         return name
@@ -115,8 +119,16 @@ class _Postgres:
                 conn.execute(sqlalchemy.text(
                     "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                     "WHERE datname = :n AND pid <> pg_backend_pid()"), {"n": self.shared})
-                conn.execute(sqlalchemy.text("DROP SCHEMA public CASCADE"))
-                conn.execute(sqlalchemy.text("CREATE SCHEMA public"))
+                # Emptied, not dropped: one TRUNCATE instead of re-creating Optuna's schema
+                # (~40 DDL statements) for every case. Ids restart as in a new database; the
+                # schema version rows stay, as Optuna writes them once per database.
+                tables = conn.execute(sqlalchemy.text(
+                    "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND "
+                    "tablename NOT IN ('version_info', 'alembic_version')")).scalars().all()
+                if tables:
+                    names = ", ".join(f'"{t}"' for t in tables)
+                    conn.execute(sqlalchemy.text(
+                        f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
         finally:
             engine.dispose()
         self.in_use = True
