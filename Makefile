@@ -13,7 +13,7 @@ test: setup
 # Optuna's own storage tests against our storage, the full matrix: SQLite and PostgreSQL,
 # heartbeats on and off (`make test` runs heartbeats on only). Takes ~10 minutes.
 test-optuna-storage: setup
-	HPO_OPTUNA_SUITE=full .venv/bin/python -m pytest -v tests/hpo/test_optuna_storage_suite.py
+	HPO_OPTUNA_SUITE=full .venv/bin/python -m pytest -v -s tests/hpo/test_optuna_storage_suite.py
 
 lint: setup
 	.venv/bin/ruff check .
