@@ -167,9 +167,12 @@ def run_worker(study: optuna.Study, spec: StudySpec, *, output: Path, target: in
         trial = view.trial(number) if number is not None else None
         if trial is None or not trial.state.is_finished():
             return  # its final state never reached the storage: it goes stale, is retried
-        write_results_now(view)
-        if not trial.user_attrs.get("surplus"):
-            progress.trial_done(view, trial)
+        try:
+            write_results_now(view)
+            if not trial.user_attrs.get("surplus"):
+                progress.trial_done(view, trial)
+        except OSError:  # a full disk must not stop the study: the files catch up later
+            log.warning("could not report trial %d", number, exc_info=True)
 
     def guarded(trial: optuna.Trial) -> float | list[float]:
         state.update(number=trial.number, outcome="fail", storage_error=False)
