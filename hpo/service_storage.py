@@ -103,8 +103,9 @@ class ServiceRDBStorage(optuna.storages.RDBStorage):
                                values: Sequence[float] | None = None) -> bool:
         """Optuna's write; a final state (COMPLETE, PRUNED, FAIL) is retried for up to
         ``STATE_WRITE_RETRY_S`` when the database cannot be reached (never for a constraint or
-        data error). Proved by ``test_storage.py::test_the_final_state_survives_an_outage``
-        and ``::test_a_data_error_is_not_retried``.
+        data error). Proved by ``test_storage.py::test_the_final_state_survives_an_outage``,
+        ``::test_a_statement_error_is_not_retried`` and
+        ``::test_a_trial_finished_elsewhere_meanwhile_is_success_only_if_it_holds_this_write``.
 
         When an attempt's commit went through but its answer was lost, the next attempt finds
         the trial finished: that counts as success only if the trial holds exactly the state
