@@ -367,6 +367,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", type=Path, default=None,
                    help="write a cProfile of the service run on PostgreSQL (or SQLite) here")
     p.add_argument("--skip-workers", action="store_true", help="no worker throughput rows")
+    p.add_argument("--skip-overhead", action="store_true",
+                   help="no per-trial overhead rows (e.g. to run demo_trial alone)")
+    p.add_argument("--demo-backends", default="sqlite,postgres",
+                   help="backends of the demo_trial row (default: sqlite,postgres)")
     p.add_argument("--demo-trials", type=int, default=2,
                    help="demo-study trials per demo_trial run; 0 skips the row (default: 2)")
     args = p.parse_args(argv)
@@ -384,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
             return f"sqlite:///{Path(tmp) / name}.db"
 
         backends = {"sqlite": sqlite_url, **({"postgres": lambda name: pg} if pg else {})}
-        for label, url_of in backends.items():
+        for label, url_of in ({} if args.skip_overhead else backends).items():
             profile = args.profile if label == ("postgres" if pg else "sqlite") else None
             # warm-up (imports, first connections, schema) on a throwaway study
             bare_ms(url_of("warmup_bare"), n_trials=3, name="warmup_bare")
@@ -427,6 +431,8 @@ def main(argv: list[str] | None = None) -> int:
             gc.unfreeze()  # the worker freezes the heap itself (or not, for the second run)
             result["demo_trial"] = {}
             for label, url_of in backends.items():
+                if label not in args.demo_backends.split(","):
+                    continue
                 demo = demo_trial(url_of("demo"), n_trials=args.demo_trials, tmp=Path(tmp))
                 demo["without_gc_freeze_pct"] = demo_trial(
                     url_of("demo_nofreeze"), n_trials=args.demo_trials, tmp=Path(tmp),
