@@ -292,9 +292,11 @@ def _freeze_heap() -> bool:
     """Move every object alive now (imported modules: ~180k objects with torch) out of the
     collector's reach for the worker's lifetime; True if this call froze them.
 
-    Kept because a demo trial needs it: without it the full collection after each trial
-    walks them all (~0.3 s here, over 1 % of a demo trial; see ``scripts/bench_storage.py``,
-    row ``demo_trial``). What is alive at worker start stays alive anyway.
+    It keeps the full collection after each trial (which a GPU trial needs: it frees CUDA
+    tensors held in reference cycles before the next trial allocates) at milliseconds instead
+    of ~0.3 s. On a demo trial that difference is below what ``scripts/bench_storage.py``
+    (row ``demo_trial``) can resolve on a busy machine; it is kept for studies of short trials.
+    What is alive at worker start stays alive anyway.
     """
     if gc.get_freeze_count():
         return False  # an outer caller froze the heap already
