@@ -6,8 +6,9 @@ import argparse
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -23,6 +24,12 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     Temp file in the same directory, fsync, rename over the target, fsync the directory: the
     new file also survives a power loss.
     """
+    atomic_write(path, lambda f: f.write(data))
+
+
+def atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
+    """``write(file)`` into a temp file beside ``path``, then the same fsync and rename as
+    :func:`atomic_write_bytes` (for content too large to hold as one bytes object)."""
     path = Path(path)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -31,7 +38,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

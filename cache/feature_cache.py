@@ -29,13 +29,15 @@ import json
 import mmap
 import os
 import re
+import struct
+import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 
-from cache._io import atomic_write_bytes
+from cache._io import atomic_write
 from cache._source import new_hash
 from cache.errors import CacheError
 
@@ -320,13 +322,20 @@ class FeatureCache:
             if np.asarray(value).dtype.hasobject:
                 raise ValueError(f"sidecar array {key!r} has dtype object; store numbers")
         meta = json.dumps({"key": self.key, "name": name, "params": json.loads(params_json)})
-        buf = io.BytesIO()
-        np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()},
-                 **{SIDECAR_META: np.frombuffer(meta.encode(), dtype=np.uint8)})
-        atomic_write_bytes(path, buf.getvalue())
+        # Straight into the temp file (np.savez stores members uncompressed), never a second
+        # in-memory copy: a seed-sized graph is gigabytes.
+        atomic_write(path, lambda f: np.savez(
+            f, **{k: np.asarray(v) for k, v in arrays.items()},
+            **{SIDECAR_META: np.frombuffer(meta.encode(), dtype=np.uint8)}))
 
-    def load_sidecar(self, name: str, *, params: dict[str, Any]) -> dict[str, np.ndarray] | None:
-        """The arrays saved under ``name`` with exactly these params, or None."""
+    def load_sidecar(self, name: str, *, params: dict[str, Any], mmap: bool = False
+                     ) -> dict[str, np.ndarray] | None:
+        """The arrays saved under ``name`` with exactly these params, or None.
+
+        ``mmap=True`` maps each array read-only from the file instead of reading it: the
+        arrays then live in the page cache, shared by every process of the host, not in this
+        process's memory.
+        """
         path, params_json = self._sidecar_path(name, params)
         if not path.is_file():
             return None
@@ -335,7 +344,41 @@ class FeatureCache:
             if (meta.get("key") != self.key or meta.get("name") != name
                     or meta.get("params") != json.loads(params_json)):
                 return None  # a hash-prefix collision: treat as absent
-            return {k: stored[k] for k in stored.files if k != SIDECAR_META}
+            if not mmap:
+                return {k: stored[k] for k in stored.files if k != SIDECAR_META}
+        return {k: v for k, v in _mapped_npz(path).items() if k != SIDECAR_META}
+
+
+def _mapped_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every member of an uncompressed ``.npz`` as a read-only memory map of the file.
+
+    A stored zip member's bytes lie verbatim after its local header, and an ``.npy`` member
+    is a header followed by the raw array, so each array is one ``np.memmap`` at the offset
+    where its data starts.
+    """
+    out: dict[str, np.ndarray] = {}
+    with zipfile.ZipFile(path) as zf, open(path, "rb") as f:
+        for info in zf.infolist():
+            key = info.filename.removesuffix(".npy")
+            if info.compress_type != zipfile.ZIP_STORED:
+                out[key] = np.load(io.BytesIO(zf.read(info)), allow_pickle=False)
+                continue
+            f.seek(info.header_offset)
+            local = f.read(30)  # the fixed part of a zip local file header
+            name_len, extra_len = struct.unpack("<HH", local[26:30])
+            f.seek(info.header_offset + 30 + name_len + extra_len)
+            version = np.lib.format.read_magic(f)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, fortran, dtype = read_header(f)
+            if dtype.hasobject:
+                raise CacheError(f"sidecar {path} holds objects; rebuild it")
+            if int(np.prod(shape)) == 0:
+                out[key] = np.zeros(shape, dtype=dtype)
+                continue
+            out[key] = np.memmap(path, dtype=dtype, mode="r", offset=f.tell(), shape=shape,
+                                 order="F" if fortran else "C")
+    return out
 
 
 def cache_dirs(cache_root: Path) -> list[Path]:

@@ -50,3 +50,19 @@ def test_bad_sidecar_arguments(tmp_path: Path, name: str, arrays: dict[str, np.n
     fc = load_or_build(make_panel(), tmp_path, panel_spec())
     with pytest.raises(ValueError, match=match):
         fc.save_sidecar(name, arrays, params=params)
+
+
+def test_sidecar_maps_its_arrays_from_the_file(tmp_path: Path) -> None:
+    """mmap=True: the same values, but views of the file (page cache), not process memory."""
+    fc = load_or_build(make_panel(), tmp_path, panel_spec())
+    arrays = {"src": np.arange(1000, dtype=np.int32), "w": np.linspace(0, 1, 7, dtype=np.float32),
+              "grid": np.arange(12, dtype=np.float64).reshape(3, 4),
+              "empty": np.zeros(0, dtype=np.int64)}
+    fc.save_sidecar("graphs", arrays, params={"k": 3})
+    mapped = fc.load_sidecar("graphs", params={"k": 3}, mmap=True)
+    assert mapped is not None and set(mapped) == set(arrays)
+    for key, value in arrays.items():
+        np.testing.assert_array_equal(mapped[key], value)
+        assert mapped[key].dtype == value.dtype and mapped[key].shape == value.shape
+    assert isinstance(mapped["src"], np.memmap) and not mapped["src"].flags.writeable
+    assert fc.load_sidecar("graphs", params={"k": 4}, mmap=True) is None

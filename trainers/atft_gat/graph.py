@@ -46,7 +46,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -120,22 +120,59 @@ class DateGraphs:
     dst: np.ndarray  # (E,) int32 stock i that listens
     weight: np.ndarray  # (E,) float32 correlation
     offsets: np.ndarray  # (D + 1,) int64
+    # Read only the first ``limit`` in-edges of every (date, dst); 0 reads all. Set by
+    # :meth:`prefix`, which (unlike :meth:`top`) copies nothing: the arrays may be a memory
+    # map shared by every worker, and a date's prefix costs one pass over its own edges.
+    limit: int = 0
 
     @property
     def n_dates(self) -> int:
         return len(self.offsets) - 1
 
+    @property
+    def n_edges(self) -> int:
+        return int(self.edges_per_date().sum()) if self.limit else len(self.src)
+
     def edges(self, d: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(src, dst, weight) of date ``d``, as views into the shared arrays."""
+        """(src, dst, weight) of date ``d``: views into the shared arrays (copies of the
+        date's first ``limit`` edges per stock under a limit)."""
         if not -self.n_dates <= d < self.n_dates:
             raise IndexError(f"date index {d} out of range for {self.n_dates} dates")
         d %= self.n_dates
         lo, hi = int(self.offsets[d]), int(self.offsets[d + 1])
-        return self.src[lo:hi], self.dst[lo:hi], self.weight[lo:hi]
+        src, dst, weight = self.src[lo:hi], self.dst[lo:hi], self.weight[lo:hi]
+        if self.limit and hi > lo:
+            keep = _group_rank(np.asarray(dst), np.zeros(1, dtype=np.int64)) < self.limit
+            return src[keep], dst[keep], weight[keep]
+        return src, dst, weight
 
     def edges_per_date(self) -> np.ndarray:
         """(D,) int64 edge count of every date."""
-        return np.diff(self.offsets)
+        if not self.limit:
+            return np.diff(self.offsets)
+        return self._kept(self.limit)[1]
+
+    def prefix(self, k: int) -> DateGraphs:
+        """The graphs as :meth:`top` gives them, read lazily (see ``limit``)."""
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        return replace(self, limit=min(k, self.limit) if self.limit else k)
+
+    def _kept(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(keep mask over all edges, kept edges per date) of the per-(date, dst) prefix k."""
+        keep = np.empty(len(self.src), dtype=bool)
+        kept = np.zeros(self.n_dates, dtype=np.int64)
+        # In chunks of dates, so the int64 temporaries stay small at 10^8 edges.
+        for d0 in range(0, self.n_dates, TOP_CHUNK_DATES):
+            bounds = self.offsets[d0 : d0 + TOP_CHUNK_DATES + 1]
+            lo, hi = int(bounds[0]), int(bounds[-1])
+            if hi == lo:
+                continue
+            keep[lo:hi] = _group_rank(np.asarray(self.dst[lo:hi]),
+                                      bounds[:-1][bounds[:-1] < hi] - lo) < k
+            kept_before = np.concatenate([[0], np.cumsum(keep[lo:hi], dtype=np.int64)])
+            kept[d0 : d0 + len(bounds) - 1] = np.diff(kept_before[bounds - lo])
+        return keep, kept
 
     def top(self, k: int) -> DateGraphs:
         """The graphs with each stock's ``k`` strongest in-edges only: the graphs a build with
@@ -143,34 +180,26 @@ class DateGraphs:
         ``k`` edges of every (date, dst)). Returns ``self`` when no stock has more than k."""
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
-        keep = np.empty(len(self.src), dtype=bool)
-        kept = np.zeros(self.n_dates, dtype=np.int64)  # edges kept per date
-        # In chunks of dates, so the int64 temporaries stay small at 10^8 edges.
-        for d0 in range(0, self.n_dates, TOP_CHUNK_DATES):
-            bounds = self.offsets[d0 : d0 + TOP_CHUNK_DATES + 1]
-            lo, hi = int(bounds[0]), int(bounds[-1])
-            if hi == lo:
-                continue
-            dst = self.dst[lo:hi]
-            # A (date, dst) group starts where dst changes or a new date begins.
-            starts = np.ones(hi - lo, dtype=bool)
-            np.not_equal(dst[1:], dst[:-1], out=starts[1:])
-            starts[bounds[:-1][bounds[:-1] < hi] - lo] = True
-            start_pos = np.flatnonzero(starts)  # first edge of every group
-            group_len = np.diff(np.append(start_pos, hi - lo))
-            # Rank of each edge inside its group = position - its group's start.
-            rank = np.arange(hi - lo) - np.repeat(start_pos, group_len)
-            keep[lo:hi] = rank < k
-            kept_before = np.concatenate([[0], np.cumsum(keep[lo:hi], dtype=np.int64)])
-            kept[d0 : d0 + len(bounds) - 1] = np.diff(kept_before[bounds - lo])
+        keep, kept = self._kept(min(k, self.limit) if self.limit else k)
         if keep.all():
-            return self
+            return replace(self, limit=0) if self.limit else self
         return DateGraphs(
             src=self.src[keep],
             dst=self.dst[keep],
             weight=self.weight[keep],
             offsets=np.concatenate([[0], np.cumsum(kept)]).astype(np.int64),
         )
+
+
+def _group_rank(dst: np.ndarray, date_starts: np.ndarray) -> np.ndarray:
+    """Rank of every edge inside its (date, dst) group: edges run sorted by date, then dst,
+    then decreasing weight, so a group starts where dst changes or a date begins."""
+    starts = np.ones(len(dst), dtype=bool)
+    np.not_equal(dst[1:], dst[:-1], out=starts[1:])
+    starts[date_starts] = True
+    start_pos = np.flatnonzero(starts)
+    group_len = np.diff(np.append(start_pos, len(dst)))
+    return np.arange(len(dst)) - np.repeat(start_pos, group_len)
 
 
 class _RunningSums:

@@ -87,7 +87,8 @@ def load_graphs(fc: FeatureCache, panel: Panel, config: TrainConfig) -> DateGrap
     params = {"window": gcfg.window, "threshold": gcfg.threshold,
               "min_periods": gcfg.min_periods, "source": config.graph_source, "k_max": gcfg.k,
               "dates": [str(panel.dates[0]), str(panel.dates[-1]), len(panel.dates)]}
-    cached = fc.load_sidecar("graphs", params=params)
+    # Mapped, not read: every worker of the host shares one copy in the page cache.
+    cached = fc.load_sidecar("graphs", params=params, mmap=True)
     if cached is not None:
         graphs = DateGraphs(src=cached["src"], dst=cached["dst"], weight=cached["weight"],
                             offsets=cached["offsets"])
@@ -104,8 +105,12 @@ def load_graphs(fc: FeatureCache, panel: Panel, config: TrainConfig) -> DateGrap
         fc.save_sidecar("graphs", {"src": graphs.src, "dst": graphs.dst,
                                    "weight": graphs.weight, "offsets": graphs.offsets},
                         params=params)
-    graphs = graphs.top(config.graph_k)
-    if config.use_graph and len(graphs.src) == 0:
+        stored = fc.load_sidecar("graphs", params=params, mmap=True)
+        if stored is not None:  # the built arrays go; the mapped file stays
+            graphs = DateGraphs(src=stored["src"], dst=stored["dst"],
+                                weight=stored["weight"], offsets=stored["offsets"])
+    graphs = graphs.prefix(config.graph_k)
+    if config.use_graph and graphs.n_edges == 0:
         n_dates, n_stocks = panel.present.shape
         raise UserError(
             f"the correlation graph has no edges on any of {n_dates} dates x {n_stocks} "
@@ -386,8 +391,7 @@ def train(config: TrainConfig, ctx: TrialContext) -> dict[str, float]:
                           "train_dates": len(train_dates), "val_dates": len(val_dates),
                           "test_dates": len(dsplit.test),
                           "cache_key": fc.key,
-                          "edges_per_date": round(len(graphs.src) / max(1, graphs.n_dates),
-                                                  1)})
+                          "edges_per_date": round(graphs.n_edges / max(1, graphs.n_dates), 1)})
     if config.use_graph:
         ctx.set_attr("graph", graph_summary(graphs, config))
 

@@ -314,15 +314,17 @@ def test_every_graph_k_reads_one_sidecar_built_for_graph_k_max(
     for k in (1, 3, 5, 8):  # a sampled graph_k reads the sidecar: no rebuild
         graphs = recipe.load_graphs(fc, panel, TrainConfig(**{**GRAPH_TINY, "graph_k": k}))
         top = widest.top(k)
-        for name in ("src", "dst", "weight", "offsets"):
-            assert np.array_equal(getattr(graphs, name), getattr(top, name)), (k, name)
-        assert np.bincount(graphs.dst).max() <= k * graphs.n_dates
+        assert graphs.n_edges == len(top.src) and graphs.limit == k
+        for d in range(graphs.n_dates):
+            for a, b in zip(graphs.edges(d), top.edges(d), strict=True):
+                assert np.array_equal(a, b), (k, d)
+        assert isinstance(graphs.src, np.memmap)  # read from the mapped sidecar, not copied
     assert built == [8]
     # ... and equals what a build for that k alone gives.
     col = panel.feature_names.index(config.graph_source)
     returns = np.where(panel.present.numpy(), panel.x[:, :, col].numpy(), np.nan)
     direct = build_graphs(returns, GraphConfig(window=20, k=3), present=panel.present.numpy())
-    three = recipe.load_graphs(fc, panel, TrainConfig(**GRAPH_TINY))
+    three = recipe.load_graphs(fc, panel, TrainConfig(**GRAPH_TINY)).top(3)
     assert np.array_equal(three.src, direct.src) and np.array_equal(three.offsets, direct.offsets)
     # A different k_max is a different graph: built once more.
     recipe.load_graphs(fc, panel, TrainConfig(**{**GRAPH_TINY, "graph_k_max": 5}))
@@ -335,7 +337,7 @@ def test_graph_summary_counts_edges_per_date(tmp_path: Path) -> None:
     fc, panel, config = _recipe_inputs(tmp_path)
     graphs = recipe.load_graphs(fc, panel, config)
     summary = recipe.graph_summary(graphs, config)
-    per_date = np.diff(graphs.offsets)
+    per_date = np.diff(graphs.top(config.graph_k).offsets)
     assert summary == {"k": 3, "k_max": 8, "edges_per_date_mean": round(per_date.mean(), 1),
                        "edges_per_date_min": 0, "edges_per_date_max": int(per_date.max()),
                        "dates_without_edges": int((per_date == 0).sum())}
@@ -360,3 +362,21 @@ def test_graph_k_max_settings() -> None:
     assert TrainConfig(graph_k=5, graph_k_max=12).effective_graph_k_max == 12
     with pytest.raises(UserError, match=r"graph_k_max=4: must be 0 .* or >= graph_k=10"):
         TrainConfig(graph_k=10, graph_k_max=4)
+
+
+def test_prefix_reads_what_top_copies() -> None:
+    """The lazy per-stock prefix (what a trial reads from the mapped sidecar) equals top(k),
+    date by date, without copying the shared arrays."""
+    rng = np.random.default_rng(5)
+    returns = rng.standard_normal((90, 30)) * 0.01 + rng.standard_normal((90, 1)) * 0.01
+    returns[rng.random(returns.shape) < 0.05] = np.nan
+    graphs = build_graphs(returns, GraphConfig(window=20, k=8, threshold=0.0, min_periods=10))
+    for k in (1, 3, 8, 12):
+        lazy, copied = graphs.prefix(k), graphs.top(k)
+        assert lazy.src is graphs.src  # nothing copied
+        assert lazy.n_edges == len(copied.src)
+        np.testing.assert_array_equal(lazy.edges_per_date(), copied.edges_per_date())
+        for d in range(graphs.n_dates):
+            for a, b in zip(lazy.edges(d), copied.edges(d), strict=True):
+                np.testing.assert_array_equal(a, b)
+    assert graphs.prefix(5).prefix(3).limit == 3 and graphs.prefix(3).prefix(5).limit == 3
