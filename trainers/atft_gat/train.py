@@ -501,9 +501,11 @@ def train(config: TrainConfig, ctx: TrialContext) -> dict[str, float]:
             ctx.set_attr("stopped_early", {"epoch": epoch + 1, "best_rank_ic": best["ic"]})
             break
 
+    scored_with_graph = with_graph if metrics else plan[-1] != "baseline"
     if best["weights"] is not None and (best["epoch"] != len(ctx.history) or not metrics):
         # Score the selected epoch's weights, not the last epoch's.
         runner.module.load_state_dict(best["weights"])
+        scored_with_graph = best["with_graph"]
         train_loss = ctx.history[best["epoch"] - 1].get("train_loss", float("nan"))
         metrics, preds = validate(runner, panel, y_z, graphs, val_dates, config,
                                   with_graph=best["with_graph"], h_idx=h_idx)
@@ -523,7 +525,8 @@ def train(config: TrainConfig, ctx: TrialContext) -> dict[str, float]:
                                       "steps": len(step_seconds)})
     ctx.set_attr("final_batch_size", runner.micro_batch)
     write_predictions(ctx.output_dir / "predictions.parquet", preds)
-    _save_model(ctx.output_dir / "model.pt", runner, config)
+    _save_model(ctx.output_dir / "model.pt", runner, config, panel=panel,
+                with_graph=scored_with_graph)
     return metrics
 
 
@@ -625,9 +628,16 @@ def write_predictions(path: Path, preds: dict[str, np.ndarray]) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def _save_model(path: Path, runner: StepRunner, config: TrainConfig) -> None:
+def _save_model(path: Path, runner: StepRunner, config: TrainConfig, *, panel: Panel,
+                with_graph: bool) -> None:
+    """The scored weights with what prediction on new dates needs (``trainers.atft_gat.predict``):
+    the resolved config, the training-date feature statistics, the feature order and whether
+    the scored model ran with its graph."""
     import io
 
     buf = io.BytesIO()
-    torch.save({"model": runner.module.state_dict(), "config": to_mapping(config)}, buf)
+    torch.save({"model": runner.module.state_dict(), "config": to_mapping(config),
+                "feature_names": list(panel.feature_names),
+                "feature_mean": panel.feature_mean, "feature_std": panel.feature_std,
+                "with_graph": bool(with_graph)}, buf)
     atomic_write_bytes(path, buf.getvalue())
