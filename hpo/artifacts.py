@@ -85,6 +85,11 @@ def study_note(study: optuna.Study) -> str:
     lines.append(f"- objectives: {objectives}")
     if attrs.get("n_trials_target") is not None:
         lines.append(f"- target: {attrs['n_trials_target']} finished trials")
+    from hpo.heldout import read_summary, render_markdown
+
+    summary = read_summary(study)
+    if summary is not None:  # written by hpo.evaluate once the test period was opened
+        lines += ["", render_markdown(summary).rstrip("\n")]
     return "\n".join(lines) + "\n"
 
 

@@ -132,6 +132,10 @@ def main(argv: list[str] | None = None) -> int:
           f"{PLOTS_DIRNAME}/ ({n_plots} plots as HTML + PNG)")
     for note in notes:
         print(f"note: {note}")
+    from hpo.heldout import describe
+
+    for line in describe(study):
+        print(line)
     return EXIT_OK
 
 

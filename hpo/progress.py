@@ -6,6 +6,7 @@ import logging
 import math
 import shlex
 import time
+from pathlib import Path
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -83,6 +84,11 @@ def dashboard_command(url: str, study_name: str) -> str:
            f"{shlex.quote(mask_url(url))}"
 
 
+def evaluate_command(url: str, study_name: str, output: Path) -> str:
+    return f"python -m hpo.evaluate --study {shlex.quote(study_name)} --storage " \
+           f"{shlex.quote(mask_url(url))} --output {shlex.quote(str(output))}"
+
+
 def print_summary(study: optuna.Study, spec: StudySpec, url: str, target: int) -> None:
     trials = study.get_trials(deepcopy=False)
     counts = {s.name: 0 for s in TrialState}
@@ -106,6 +112,10 @@ def print_summary(study: optuna.Study, spec: StudySpec, url: str, target: int) -
         print("  " + "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
         for r in rows:
             print("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
+    from hpo.heldout import describe
+
+    for line in describe(study):
+        print(line)
     print(f"\nwatch it in a browser: {dashboard_command(url, spec.name)}")
     if "***" in mask_url(url):
         print("(the password is masked above; the command reads it from $HPO_STORAGE if you "

@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING
 from trainers.errors import UserError
 
 if TYPE_CHECKING:
+    import optuna
+
     from hpo.config import StudySpec
 
 log = logging.getLogger("hpo")
@@ -168,19 +170,49 @@ def _run(args: argparse.Namespace, n_workers: int, *, gpu_pinning: bool) -> int:
                  mask_url(url), target)
     if n_workers > 1 and args.worker_index is None:
         code = _spawn_workers(args, url, n_workers, gpu_pinning=gpu_pinning)
-        from hpo.progress import print_summary
+    else:
+        from hpo.worker import run_worker
 
-        print_summary(study, spec, url, target)
-        return code
-    from hpo.worker import run_worker
-
-    code = run_worker(study, spec, output=output, target=target, timeout=timeout,
-                      announce=args.worker_index is None)
+        code = run_worker(study, spec, output=output, target=target, timeout=timeout,
+                          announce=args.worker_index is None)
     if args.worker_index is None:
         from hpo.progress import print_summary
 
+        if code == EXIT_OK:
+            evaluate_when_complete(study, output=output, url=url, target=target)
         print_summary(study, spec, url, target)
     return code
+
+
+def evaluate_when_complete(study: optuna.Study, *, output: Path, url: str,
+                           target: int) -> None:
+    """Open the test period (``hpo.evaluate``) once the study has reached its target.
+
+    Only for workloads with a held-out test period, and only when ``target`` trials are
+    finished (not after a timeout or an interruption). A failure here never touches the
+    study: it prints the reason and the command that retries it.
+    """
+    from optuna.trial import TrialState
+
+    from hpo.evaluate import evaluate_study, has_test_period
+    from hpo.progress import evaluate_command
+
+    if not has_test_period(study.user_attrs.get("workload")):
+        return
+    finished = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+                   for t in study.get_trials(deepcopy=False))
+    if finished < target:
+        return
+    try:
+        result = evaluate_study(study, output=output)
+    except Exception as exc:  # the study is done and stored; the report can be made later
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"\ntest evaluation failed ({type(exc).__name__}: {reason}); the study is "
+              f"intact. Retry with: {evaluate_command(url, study.study_name, output)}",
+              file=sys.stderr)
+        return
+    state = "written" if result.changed else "unchanged"
+    log.info("test report %s: %s", result.path, state)
 
 
 def pinned_devices(n: int) -> list[str]:

@@ -27,6 +27,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from hpo.heldout import current_summary, render_lines
 from hpo.results import best_trials, metric_names
 from hpo.storage import mask_url, open_storage, resolve_url
 from trainers.cli import OneLineParser
@@ -175,6 +176,7 @@ def collect_status(study: optuna.Study, storage: optuna.storages.BaseStorage, *,
         eta = estimate_eta(remaining=remaining, durations=durations, workers=workers,
                            running_elapsed=[r["elapsed_s"] or 0.0 for r in live])
     best = best_trials(study)
+    test_report, current = current_summary(study)
     return {
         "study": study.study_name,
         "storage": mask_url(url),
@@ -194,6 +196,10 @@ def collect_status(study: optuna.Study, storage: optuna.storages.BaseStorage, *,
         "best_kind": "best_trial" if len(names) == 1 else "pareto_front",
         "best": [{"number": t.number, "values": _values(names, t), "params": t.params}
                  for t in best],
+        # hpo.evaluate's summary: validation and test figures, each labelled (None = the
+        # test period was never opened); "test_report_current" is False once the front moved.
+        "test_report": test_report,
+        "test_report_current": current,
     }
 
 
@@ -273,6 +279,12 @@ def render(status: dict[str, Any]) -> str:
                           *(_num(b["params"].get(p, "-")) for p in params)] for b in s["best"]])
     else:
         lines.append("best: no complete trial yet")
+    if s.get("test_report") is not None:
+        if s.get("test_report_current"):
+            lines += render_lines(s["test_report"])
+        else:
+            lines.append("held-out test report: out of date (the front changed since); "
+                         f"refresh it with python -m hpo.evaluate --study {s['study']}")
     return "\n".join(lines)
 
 

@@ -1,0 +1,127 @@
+"""The held-out test report as the other commands show it: names, the summary attr, tables.
+
+``hpo.evaluate`` writes ``<output>/<study>/test_report.json`` and puts a short summary of it in
+the study user attr ``test_report`` (never in a trial's values or attrs, which samplers and
+pruners read). ``hpo.run``, ``hpo.status``, ``hpo.export`` and the dashboard's study note show
+that summary as one table: validation and test side by side, each column labelled.
+This module is light (no torch): the status and export commands import it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import optuna
+
+REPORT_FILE = "test_report.json"
+PREDICTIONS_FILE = "test_predictions.parquet"
+SUMMARY_ATTR = "test_report"
+# Bumped whenever a reported figure is computed differently: part of the report's identity,
+# so a changed computation gives a fresh report instead of an old file left in place.
+METRICS_VERSION = 1
+# The figures of each period shown in the tables, in order.
+TABLE_METRICS = ("sharpe", "rank_ic", "ic", "icir")
+
+
+def read_summary(study: optuna.Study) -> dict[str, Any] | None:
+    """The study's test-report summary, or None when the test period was never opened."""
+    summary = study.user_attrs.get(SUMMARY_ATTR)
+    return summary if isinstance(summary, dict) else None
+
+
+def _cell(figure: dict[str, Any] | None) -> str:
+    """``value ± se`` (or just the value when there is no standard error)."""
+    if not figure:
+        return "-"
+    value, se = figure.get("value"), figure.get("se")
+    if not isinstance(value, int | float) or not math.isfinite(value):
+        return "-"
+    text = f"{value:.3g}"
+    if isinstance(se, int | float) and math.isfinite(se):
+        text += f"±{se:.2g}"
+    return text
+
+
+def table_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows: one row per evaluated trial (the chosen one marked ``*``), then the
+    baselines; for each of ``TABLE_METRICS`` a validation and a test column."""
+    header = ["trial"]
+    for name in TABLE_METRICS:
+        header += [f"validation {name}", f"test {name}"]
+    rows = []
+    for trial in summary.get("trials", []):
+        row = [f"{trial['number']}{' *' if trial.get('chosen') else ''}"]
+        for name in TABLE_METRICS:
+            row += [_cell(trial["validation"].get(name)), _cell(trial["test"].get(name))]
+        rows.append(row)
+    for label, base in (summary.get("baselines") or {}).items():
+        row = [label]
+        for name in TABLE_METRICS:
+            row += [_cell(base["validation"].get(name)), _cell(base["test"].get(name))]
+        rows.append(row)
+    return header, rows
+
+
+def footnotes(summary: dict[str, Any]) -> list[str]:
+    """What the table's marks and figures mean, one line each."""
+    dsr = summary.get("deflated_sharpe") or {}
+    lines = [f"* chosen: {summary.get('rule', '?')}"]
+    value = dsr.get("value")
+    if isinstance(value, int | float) and math.isfinite(value):
+        lines.append(f"deflated Sharpe ratio of trial {summary.get('chosen')}'s validation "
+                     f"Sharpe, {dsr.get('n_trials')} trials searched: {value:.3f}")
+    lines.append(f"±: standard errors, {summary.get('standard_errors', '?')}")
+    return lines
+
+
+def render_lines(summary: dict[str, Any], *, indent: str = "  ") -> list[str]:
+    """The side-by-side table as text lines, with its footnotes."""
+    header, rows = table_rows(summary)
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
+              for i, h in enumerate(header)]
+    lines = [f"held-out test period {summary.get('test_dates', '?')} "
+             f"(validation {summary.get('validation_dates', '?')}):"]
+    lines += [indent + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+              for r in [header, *rows]]
+    lines += [indent + line for line in footnotes(summary)]
+    return lines
+
+
+def render_markdown(summary: dict[str, Any]) -> str:
+    """The same table in Markdown, for the dashboard's study note."""
+    header, rows = table_rows(summary)
+    lines = ["### Held-out test period", "",
+             f"test {summary.get('test_dates', '?')}, validation "
+             f"{summary.get('validation_dates', '?')}; report `{REPORT_FILE}`", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    lines += [""] + [f"- {line}" for line in footnotes(summary)]
+    return "\n".join(lines) + "\n"
+
+
+def current_summary(study: optuna.Study) -> tuple[dict[str, Any] | None, bool]:
+    """The summary and whether it still describes the study's best trial / Pareto front
+    (False once later trials changed the front: the report is then out of date)."""
+    from hpo.results import best_trials
+
+    summary = read_summary(study)
+    if summary is None:
+        return None, False
+    front = [t.number for t in best_trials(study)]
+    return summary, [t["number"] for t in summary.get("trials", [])] == front
+
+
+def describe(study: optuna.Study, *, indent: str = "  ") -> list[str]:
+    """Lines for the terminal: the side-by-side table, or a note that the test report is
+    missing or out of date (never a table for a front it was not computed on)."""
+    summary, current = current_summary(study)
+    command = f"python -m hpo.evaluate --study {study.study_name}"
+    if summary is None:
+        return []
+    if not current:
+        evaluated = ", ".join(str(t["number"]) for t in summary.get("trials", []))
+        return [f"held-out test report: out of date (made for trial(s) {evaluated}; the front "
+                f"changed since); refresh it with {command}"]
+    return render_lines(summary, indent=indent)
+
