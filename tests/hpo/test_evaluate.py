@@ -1,0 +1,276 @@
+"""``python -m hpo.evaluate``: the held-out test period, opened once, after selection.
+
+One tiny ATFT-GAT study (3 trials, 2 objectives) is run through ``hpo.run``, which evaluates it
+when it reaches its target; the tests read its report, recompute it from the written
+predictions with scipy, and rerun ``hpo.evaluate`` on copies of the study.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import optuna
+import polars as pl
+import pytest
+from scipy import stats
+
+from hpo.evaluate import CHOICE_RULE_FRONT, main
+from hpo.heldout import PREDICTIONS_FILE, REPORT_FILE, SUMMARY_ATTR
+from hpo.run import main as run_main
+from tests.hpo.test_run import study_file
+from trainers.metrics import predictions_metrics_with_se
+
+STUDY = """
+name = "held"
+workload = "atft_gat"
+n_trials = 3
+[[objectives]]
+metric = "sharpe"
+direction = "maximize"
+[[objectives]]
+metric = "val_loss"
+direction = "minimize"
+[sampler]
+name = "random"
+seed = 0
+[data]
+n_stocks = 24
+n_dates = 220
+market_difficulty = "easy"
+val_fraction = 0.2
+test_fraction = 0.2
+purge = 20
+[trainer]
+epochs = 1
+max_steps_per_epoch = 3
+hidden_size = 16
+attn_heads = 2
+gat_heads = 2
+gat_layers = 1
+lookback = 10
+batch_size = 48
+graph_window = 20
+graph_k = 4
+warmup_steps = 0
+[search_space.lr]
+type = "float"
+low = 1e-4
+high = 1e-2
+log = true
+"""
+EULER_GAMMA = 0.5772156649015329
+
+
+@pytest.fixture(scope="module")
+def ran(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The study, run to its target by ``hpo.run`` (which writes the test report)."""
+    root = tmp_path_factory.mktemp("evaluate")
+    (root / "held.toml").write_text(STUDY)
+    assert run_main(["--study", str(root / "held.toml"), "--output", str(root / "out")]) == 0
+    return root
+
+
+@pytest.fixture
+def copy(ran: Path, tmp_path: Path) -> Path:
+    """A private copy of the study (database, trial directories, cache, report)."""
+    shutil.copytree(ran / "out", tmp_path / "out")
+    return tmp_path / "out"
+
+
+def _study(out: Path) -> optuna.Study:
+    return optuna.load_study(study_name="held", storage=f"sqlite:///{out / 'hpo.db'}")
+
+
+def _report(out: Path) -> dict:
+    return json.loads((out / "held" / REPORT_FILE).read_text())
+
+
+def _by_scipy(frame: pl.DataFrame) -> dict[str, float]:
+    """Sharpe, RankIC, IC and ICIRs, date by date with scipy, independent of trainers.metrics."""
+    rank_ic, ic, long_short = [], [], []
+    for _, day in frame.sort("date").group_by("date", maintain_order=True):
+        pred, target = day["pred"].to_numpy(), day["target"].to_numpy()
+        rank_ic.append(stats.spearmanr(pred, target).statistic)
+        ic.append(stats.pearsonr(pred, target).statistic)
+        n_leg = max(1, math.floor(0.2 * len(pred) + 1e-9))
+        order = np.argsort(pred, kind="stable")
+        long_short.append(target[order[-n_leg:]].mean() - target[order[:n_leg]].mean())
+    rank_ic, ic, ls = np.array(rank_ic), np.array(ic), np.array(long_short)
+    return {"sharpe": ls.mean() / ls.std(ddof=1) * math.sqrt(252), "rank_ic": rank_ic.mean(),
+            "ic": ic.mean(), "icir": ic.mean() / ic.std(ddof=1),
+            "rank_icir": rank_ic.mean() / rank_ic.std(ddof=1), "_ls": ls}
+
+
+def test_report_equals_scipy_recomputed_from_the_predictions(ran: Path) -> None:
+    out = ran / "out"
+    report = _report(out)
+    study = _study(out)
+    preds = pl.read_parquet(out / "held" / PREDICTIONS_FILE)
+    front = sorted(t.number for t in study.best_trials)
+    assert [t["number"] for t in report["trials"]] == front
+    assert sorted(preds["trial"].unique().to_list()) == front
+    test_start = np.datetime64(report["test_dates"][0])
+    assert (preds["date"].to_numpy() >= test_start).all()
+    for trial in report["trials"]:
+        rows = preds.filter(pl.col("trial") == trial["number"]).drop("trial")
+        val = pl.read_parquet(out / "held" / f"trial_{trial['number']}" / "predictions.parquet")
+        for period, frame in (("test", rows), ("validation", val)):
+            expected = _by_scipy(frame)
+            for name in ("sharpe", "rank_ic", "ic", "icir", "rank_icir"):
+                assert trial[period][name]["value"] == pytest.approx(expected[name], abs=1e-9,
+                                                                     rel=0), (period, name)
+            # The standard errors are those of the bootstrap over this very file.
+            se = predictions_metrics_with_se(frame)
+            assert trial[period]["sharpe"]["se"] == se["sharpe"]["se"] > 0
+        # The validation figures are the objective values the study stored.
+        stored = study.trials[trial["number"]]
+        assert trial["validation"]["sharpe"]["value"] == pytest.approx(stored.values[0],
+                                                                       abs=1e-12)
+
+
+def test_chosen_trial_and_its_deflated_sharpe(ran: Path) -> None:
+    """The chosen trial is the front's best validation Sharpe; its deflated Sharpe ratio is
+    Bailey & Lopez de Prado's formula over every complete trial's validation Sharpe."""
+    out = ran / "out"
+    report, study = _report(out), _study(out)
+    front = study.best_trials
+    chosen = max(front, key=lambda t: (t.user_attrs["sharpe"], -t.number))
+    assert report["chosen"] == chosen.number and report["rule"] == CHOICE_RULE_FRONT
+    assert [t["number"] for t in report["trials"] if t["chosen"]] == [chosen.number]
+
+    dsr = report["deflated_sharpe"]
+    sharpes = np.array([t.user_attrs["sharpe"] for t in study.trials])
+    assert dsr["n_trials"] == len(study.trials) == 3
+    assert dsr["sharpe_variance"] == pytest.approx(sharpes.var(ddof=1), rel=1e-12)
+    val = pl.read_parquet(out / "held" / f"trial_{chosen.number}" / "predictions.parquet")
+    ls = _by_scipy(val)["_ls"]
+    sr = ls.mean() / ls.std(ddof=1)  # per day
+    v = sharpes.var(ddof=1) / 252
+    sr0 = math.sqrt(v) * ((1 - EULER_GAMMA) * stats.norm.ppf(1 - 1 / 3)
+                          + EULER_GAMMA * stats.norm.ppf(1 - 1 / (3 * math.e)))
+    skew, kurt = stats.skew(ls), stats.kurtosis(ls, fisher=False)
+    expected = stats.norm.cdf((sr - sr0) * math.sqrt(len(ls) - 1)
+                              / math.sqrt(1 - skew * sr + (kurt - 1) / 4 * sr**2))
+    assert dsr["value"] == pytest.approx(expected, abs=1e-9)
+    assert dsr["of"] == "the chosen trial's validation Sharpe"
+    assert 0.0 <= report["test_psr"]["value"] <= 1.0
+
+
+def test_synthetic_baselines_beside_the_trials(ran: Path) -> None:
+    report = _report(ran / "out")
+    for period in ("validation", "test"):
+        base = report["baselines"][period]
+        assert math.isfinite(base["oracle"]["sharpe"]) and base["oracle"]["rank_ic"] > 0.05
+        assert base["best_feature"]["chosen_on"] == "earlier dates"
+    summary = _study(ran / "out").user_attrs[SUMMARY_ATTR]
+    labels = list(summary["baselines"])
+    assert labels[0] == "oracle" and labels[1].startswith("best feature (")
+    assert summary["report_id"] == report["report_id"]
+
+
+def test_rerun_leaves_the_same_file_and_force_rewrites_the_same_bytes(
+        copy: Path, capsys: pytest.CaptureFixture) -> None:
+    path = copy / "held" / REPORT_FILE
+    before, mtime = path.read_bytes(), path.stat().st_mtime_ns
+    assert main(["--study", "held", "--output", str(copy)]) == 0
+    assert "unchanged" in capsys.readouterr().out
+    assert path.stat().st_mtime_ns == mtime
+    assert main(["--study", "held", "--output", str(copy), "--force"]) == 0
+    assert "written" in capsys.readouterr().out
+    assert path.read_bytes() == before
+
+
+def test_a_changed_front_gets_a_fresh_report_and_trials_never_see_test_figures(
+        copy: Path, capsys: pytest.CaptureFixture) -> None:
+    """A new trial that dominates the front (trial 0's model copied as its own) makes the
+    report out of date; status says so; evaluate writes a fresh one for the new front. No
+    trial's values or attrs change."""
+    from hpo.status import main as status_main
+
+    study = _study(copy)
+    template = study.trials[0]
+    shutil.copytree(copy / "held" / "trial_0", copy / "held" / "trial_3")
+    study.add_trial(optuna.trial.create_trial(
+        params=template.params, distributions=template.distributions, values=[99.0, 0.0],
+        user_attrs={**template.user_attrs, "sharpe": 99.0}))
+    old = _report(copy)
+    assert status_main(["--study", "held", "--output", str(copy)]) == 0
+    assert "out of date" in capsys.readouterr().out
+    before = [(t.values, t.user_attrs, t.system_attrs) for t in _study(copy).trials]
+
+    assert main(["--study", "held", "--output", str(copy)]) == 0
+    new = _report(copy)
+    assert new["report_id"] != old["report_id"]
+    assert [t["number"] for t in new["trials"]] == [3] and new["chosen"] == 3
+    assert new["deflated_sharpe"]["n_trials"] == 4
+    after = [(t.values, t.user_attrs, t.system_attrs) for t in _study(copy).trials]
+    assert after == before
+
+
+def test_status_export_and_note_show_validation_and_test_side_by_side(
+        copy: Path, capsys: pytest.CaptureFixture) -> None:
+    from optuna_dashboard import get_note
+
+    from hpo.export import main as export_main
+    from hpo.status import main as status_main
+
+    capsys.readouterr()
+    for cli in (status_main, export_main):
+        assert cli(["--study", "held", "--output", str(copy)]) == 0
+        text = capsys.readouterr().out
+        assert "validation sharpe" in text and "test sharpe" in text and "oracle" in text
+        assert "deflated Sharpe ratio" in text
+    assert status_main(["--study", "held", "--output", str(copy), "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["test_report_current"] is True
+    trial = status["test_report"]["trials"][0]
+    assert set(trial) == {"number", "chosen", "validation", "test"}
+    assert "| trial | validation sharpe | test sharpe" in get_note(_study(copy))
+
+
+def test_run_summary_shows_the_report_and_a_failed_evaluation_keeps_the_study(
+        copy: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    import hpo.evaluate
+
+    args = ["--study", str(copy.parent / "held.toml"), "--output", str(copy)]
+    (copy.parent / "held.toml").write_text(STUDY)
+    assert run_main(args) == 0  # target already reached: nothing runs, the report is current
+    out = capsys.readouterr().out
+    assert "validation sharpe" in out and "test sharpe" in out
+
+    def broken(*_a: object, **_k: object) -> None:
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(hpo.evaluate, "evaluate_study", broken)
+    assert run_main([*args, "--n-trials", "3"]) == 0
+    err = capsys.readouterr().err
+    assert "test evaluation failed (RuntimeError: disk full); the study is intact" in err
+    assert "python -m hpo.evaluate --study held" in err
+    assert len(_study(copy).trials) == 3
+
+
+def test_not_evaluated_before_the_target(copy: Path) -> None:
+    from hpo.run import evaluate_when_complete
+
+    (copy / "held" / REPORT_FILE).unlink()
+    evaluate_when_complete(_study(copy), output=copy, url="sqlite:///x", target=4)
+    assert not (copy / "held" / REPORT_FILE).exists()
+
+
+def test_workload_without_test_period_and_unknown_study(tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    path = study_file(tmp_path)
+    out = tmp_path / "out"
+    assert run_main(["--study", str(path), "--output", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["--study", "toy", "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err == ("error: workload 'tests.hpo.toy_workload' of study 'toy' has no held-out "
+                   "test period yet; only atft_gat studies can be evaluated\n")
+    assert not (out / "toy" / REPORT_FILE).exists()
+    assert main(["--study", "nope", "--output", str(out)]) == 2
+    assert capsys.readouterr().err.startswith("error: unknown study 'nope'")
