@@ -120,63 +120,49 @@ def _metrics_with_se(frame: pl.DataFrame, horizon: int) -> tuple[dict[str, Any],
     return {name: raw[name] for name in REPORTED}, boot
 
 
-def _long_short_moments(frame: pl.DataFrame) -> dict[str, float]:
-    """Skewness and (non-excess) kurtosis of the per-date long-short series (scipy's default,
-    biased estimators), for the probabilistic and deflated Sharpe ratios."""
-    from scipy import stats
+def _moments(frame: pl.DataFrame, horizon: int) -> dict[str, float]:
+    from trainers.metrics import sharpe_moments
 
-    from trainers.metrics import per_date_metrics
-
-    ls = per_date_metrics(frame["date"].to_numpy(), frame["pred"].to_numpy(),
-                          frame["target"].to_numpy())["long_short"].to_numpy()
-    ls = ls[np.isfinite(ls)]
-    return {"skew": float(stats.skew(ls)), "kurtosis": float(stats.kurtosis(ls, fisher=False)),
-            "n_returns": len(ls)}
+    return sharpe_moments(frame["date"].to_numpy(), frame["pred"].to_numpy(),
+                          frame["target"].to_numpy(), horizon=horizon)
 
 
 def deflation(chosen_sharpe: float, frame: pl.DataFrame, *, sharpes: dict[int, float],
               horizon: int) -> dict[str, Any]:
     """The deflated Sharpe ratio of the chosen trial's validation Sharpe (Bailey and Lopez de
-    Prado 2014), with every input it used. ``frame``: the chosen trial's validation rows."""
-    from trainers.metrics import (
-        TRADING_DAYS_PER_YEAR,
-        deflated_sharpe_ratio,
-        expected_max_sharpe,
-    )
+    Prado 2014), with every input it used. ``frame``: the chosen trial's validation rows;
+    ``sharpes``: the annualised validation Sharpe of every trial searched. The moments (per
+    period skewness, non-excess kurtosis, non-overlapping periods) are
+    ``trainers.metrics.sharpe_moments`` of the chosen trial's long-short."""
+    from trainers.metrics import deflated_sharpe_ratio, expected_max_sharpe
 
     values = np.array(list(sharpes.values()), dtype=np.float64)
     variance = float(values.var(ddof=1)) if len(values) >= 2 else 0.0
-    ppy = TRADING_DAYS_PER_YEAR / horizon
-    moments = _long_short_moments(frame)
-    # Non-overlapping horizon-date periods in the validation window.
-    n_obs = max(2, moments["n_returns"] // horizon)
+    m = _moments(frame, horizon)
+    ppy = m["periods_per_year"]
     n_trials = max(1, len(values))
     value = deflated_sharpe_ratio(chosen_sharpe, n_trials=n_trials, sharpe_variance=variance,
-                                  n_obs=n_obs, skew=moments["skew"],
-                                  kurtosis=moments["kurtosis"], periods_per_year=ppy)
+                                  n_obs=int(m["n_obs"]), skew=m["skew"],
+                                  kurtosis=m["kurtosis"], periods_per_year=ppy)
     benchmark = expected_max_sharpe(n_trials=n_trials, sharpe_variance=variance / ppy)
     return {"value": value, "of": "the chosen trial's validation Sharpe",
-            "sharpe": chosen_sharpe, "n_trials": n_trials,
-            "sharpe_variance": variance,
-            "expected_max_sharpe": benchmark * math.sqrt(ppy),
-            "n_obs": n_obs, "skew": moments["skew"], "kurtosis": moments["kurtosis"],
-            "periods_per_year": ppy}
+            "sharpe": chosen_sharpe, "n_trials": n_trials, "sharpe_variance": variance,
+            "expected_max_sharpe": benchmark * math.sqrt(ppy), "n_obs": int(m["n_obs"]),
+            "skew": m["skew"], "kurtosis": m["kurtosis"], "periods_per_year": ppy}
 
 
-def test_psr(test_sharpe: float, frame: pl.DataFrame, *, horizon: int) -> dict[str, Any]:
+def psr_of_test(test_sharpe: float, frame: pl.DataFrame, *, horizon: int) -> dict[str, Any]:
     """Probabilistic Sharpe ratio of a test Sharpe against 0: not deflated, since nothing was
     chosen on the test period."""
-    from trainers.metrics import TRADING_DAYS_PER_YEAR, probabilistic_sharpe_ratio
+    from trainers.metrics import probabilistic_sharpe_ratio
 
-    ppy = TRADING_DAYS_PER_YEAR / horizon
-    moments = _long_short_moments(frame)
-    n_obs = max(2, moments["n_returns"] // horizon)
-    value = (probabilistic_sharpe_ratio(test_sharpe / math.sqrt(ppy), benchmark=0.0,
-                                        n_obs=n_obs, skew=moments["skew"],
-                                        kurtosis=moments["kurtosis"])
-             if math.isfinite(test_sharpe) else math.nan)
-    return {"value": value, "of": "the chosen trial's test Sharpe, against 0", "n_obs": n_obs,
-            "skew": moments["skew"], "kurtosis": moments["kurtosis"]}
+    m = _moments(frame, horizon)
+    ok = math.isfinite(test_sharpe) and m["n_obs"] >= 2
+    value = (probabilistic_sharpe_ratio(test_sharpe / math.sqrt(m["periods_per_year"]),
+                                        benchmark=0.0, n_obs=int(m["n_obs"]), skew=m["skew"],
+                                        kurtosis=m["kurtosis"]) if ok else math.nan)
+    return {"value": value, "of": "the chosen trial's test Sharpe, against 0",
+            "n_obs": int(m["n_obs"]), "skew": m["skew"], "kurtosis": m["kurtosis"]}
 
 
 def synthetic_baselines(config: Any, dates: np.ndarray, split: Any) -> dict[str, Any] | None:
@@ -352,7 +338,7 @@ def _build_report(study: optuna.Study, front: list[FrozenTrial], chosen: FrozenT
         "trials": trials,
         "deflated_sharpe": deflation(chosen_row["validation"]["sharpe"]["value"], chosen_val,
                                      sharpes=sharpes, horizon=horizon),
-        "test_psr": test_psr(chosen_row["test"]["sharpe"]["value"], chosen_test,
+        "test_psr": psr_of_test(chosen_row["test"]["sharpe"]["value"], chosen_test,
                              horizon=horizon),
         "baselines": baselines,
         "_predictions": pl.concat(frames),
