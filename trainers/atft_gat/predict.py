@@ -33,12 +33,12 @@ import torch
 
 from trainers.atft_gat.config import TrainConfig
 from trainers.atft_gat.data import DateSplit, cache_panel, date_split, standardise
-from trainers.atft_gat.graph import DateGraphs
 from trainers.atft_gat.model import ATFTGATFAN
 from trainers.atft_gat.train import (
     load_features,
     load_graphs,
     make_batch,
+    no_graphs,
     pack_dates,
     zscore_targets,
 )
@@ -49,9 +49,6 @@ MODEL_FILE = "model.pt"
 PERIODS = ("val", "test")
 # Bytes read per step while hashing a model file.
 _HASH_CHUNK = 1 << 20
-# A model scored without its graph reads no edges (make_batch never looks at them).
-_NO_GRAPHS = DateGraphs(src=np.zeros(0, np.int32), dst=np.zeros(0, np.int32),
-                        weight=np.zeros(0, np.float32), offsets=np.zeros(1, np.int64))
 
 
 @dataclass(frozen=True)
@@ -137,7 +134,9 @@ def predict_period(trial_dir: Path, *, cache_dir: Path, period: str = "test",
                         f"{config.test_fraction}); nothing to predict")
     full_dates = panel.dates
     panel = panel.lagged(config.execution_lag)
-    graphs = load_graphs(fc, panel, config) if trained.with_graph else _NO_GRAPHS
+    # A model scored without its graph reads no edges: none is built.
+    graphs = (load_graphs(fc, panel, config) if trained.with_graph
+              else no_graphs(len(panel.dates)))
     if trained.feature_mean is not None and trained.feature_std is not None:
         # Windows are standardised with these as they are cut (Panel.window).
         panel = replace(panel, feature_mean=trained.feature_mean,
