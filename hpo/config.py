@@ -24,7 +24,20 @@ STUDIES_DIR = Path(__file__).resolve().parent.parent / "studies"
 
 DIRECTIONS = ("maximize", "minimize")
 SAMPLERS = ("tpe", "nsga2", "gp", "random", "grid")
-PRUNERS = ("none", "median")
+PRUNERS = ("none", "median", "percentile", "successive_halving", "hyperband", "mo_asha")
+# The [pruner] keys each pruner reads; any other key is an error, never silently ignored.
+PRUNER_KEYS: dict[str, tuple[str, ...]] = {
+    "none": (),
+    "median": ("n_startup_trials", "n_warmup_steps", "interval_steps", "n_min_trials"),
+    "percentile": ("percentile", "n_startup_trials", "n_warmup_steps", "interval_steps",
+                   "n_min_trials"),
+    "successive_halving": ("min_resource", "reduction_factor", "min_early_stopping_rate",
+                           "bootstrap_count"),
+    "hyperband": ("min_resource", "max_resource", "reduction_factor", "bootstrap_count"),
+    "mo_asha": ("min_epochs", "eta", "min_trials_at_rung"),
+}
+# Pruners built on Optuna's trial.report, which refuses multi-objective studies.
+SINGLE_OBJECTIVE_PRUNERS = ("median", "percentile", "successive_halving", "hyperband")
 PARAM_TYPES = ("float", "int", "categorical")
 
 _TOP_KEYS = {
@@ -82,8 +95,26 @@ class SamplerSpec:
 
 @dataclass(frozen=True)
 class PrunerSpec:
+    """The [pruner] table; which keys apply depends on ``name`` (``PRUNER_KEYS``).
+
+    Steps and resources are epochs (trainers report once per epoch, 1-based).
+    ``max_resource = 0`` lets hyperband take it from the first finished trial (Optuna's "auto").
+    """
+
     name: str = "none"
+    n_startup_trials: int = 5
     n_warmup_steps: int = 1
+    interval_steps: int = 1
+    n_min_trials: int = 1
+    percentile: float = 25.0
+    min_resource: int = 1
+    max_resource: int = 0
+    reduction_factor: int = 3
+    min_early_stopping_rate: int = 0
+    bootstrap_count: int = 0
+    min_epochs: int = 1
+    eta: int = 3
+    min_trials_at_rung: int = 3
 
 
 @dataclass(frozen=True)
@@ -348,11 +379,9 @@ def parse_study(raw: Mapping[str, Any], *, path: Path, check_workload: bool = Tr
     if sampler.name not in SAMPLERS:
         problems.add("sampler.name", f"got {sampler.name!r}; allowed: {', '.join(SAMPLERS)}")
     pruner = _simple(PrunerSpec, raw, "pruner", problems)
-    if pruner.name not in PRUNERS:
-        problems.add("pruner.name", f"got {pruner.name!r}; allowed: {', '.join(PRUNERS)}")
-    elif pruner.name != "none" and len(objectives) > 1:
-        problems.add("pruner.name", f"{pruner.name!r} needs a single objective (Optuna cannot "
-                                    "prune multi-objective trials); use \"none\"")
+    raw_pruner = raw.get("pruner", {})
+    _check_pruner(pruner, raw_pruner if isinstance(raw_pruner, dict) else {}, len(objectives),
+                  problems)
     storage = _simple(StorageSpec, raw, "storage", problems)
     if storage.heartbeat_interval < 1 or storage.grace_period <= storage.heartbeat_interval:
         problems.add("storage", "need heartbeat_interval >= 1 and grace_period > "
@@ -400,6 +429,33 @@ def parse_study(raw: Mapping[str, Any], *, path: Path, check_workload: bool = Tr
         sampler=sampler, pruner=pruner, storage=storage, n_trials=n_trials,
         timeout_s=float(timeout) or None, enqueue=tuple(enqueued),
     )
+
+
+def _check_pruner(pruner: PrunerSpec, raw: Mapping[str, Any], n_objectives: int,
+                  problems: _Problems) -> None:
+    if pruner.name not in PRUNERS:
+        problems.add("pruner.name", f"got {pruner.name!r}; allowed: {', '.join(PRUNERS)}")
+        return
+    allowed = PRUNER_KEYS[pruner.name]
+    for key in sorted(set(raw) - {"name"} - set(allowed)):
+        if key in PrunerSpec.__dataclass_fields__:
+            problems.add(f"pruner.{key}", f"does not apply to pruner {pruner.name!r}; its keys: "
+                                          f"{', '.join(allowed) or '(none)'}")
+    if pruner.name in SINGLE_OBJECTIVE_PRUNERS and n_objectives > 1:
+        problems.add("pruner.name", f"{pruner.name!r} needs a single objective (Optuna's "
+                                    "trial.report refuses multi-objective studies); use "
+                                    "\"mo_asha\" or \"none\"")
+    minimums = {"n_startup_trials": 0, "n_warmup_steps": 0, "interval_steps": 1,
+                "n_min_trials": 1, "min_resource": 1, "max_resource": 0, "reduction_factor": 2,
+                "min_early_stopping_rate": 0, "bootstrap_count": 0, "min_epochs": 1, "eta": 2,
+                "min_trials_at_rung": 1}
+    for key in allowed:
+        value = getattr(pruner, key)
+        if key == "percentile":
+            if not 0.0 <= value <= 100.0:
+                problems.add("pruner.percentile", f"must be in [0, 100], got {value!r}")
+        elif value < minimums[key]:
+            problems.add(f"pruner.{key}", f"must be >= {minimums[key]}, got {value!r}")
 
 
 def _check_trainer_settings(workload: Any, params: list[Param], trainer: dict, data: dict,

@@ -24,6 +24,7 @@ from typing import Any
 
 import optuna
 
+from hpo.pruning import epochs_saved
 from hpo.results import metric_names, write_results
 from hpo.status import load_existing_study, open_existing_storage
 from hpo.storage import mask_url, resolve_url
@@ -127,7 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = args.output / args.study
     files, notes = export_study(study, out_dir)
     n_plots = sum(1 for f in files if f.parent.name == PLOTS_DIRNAME and f.suffix == ".html")
-    print(f"exported study {study.study_name} ({len(study.get_trials(deepcopy=False))} trials) "
+    pruned, saved = epochs_saved(study.get_trials(deepcopy=False))
+    print(f"exported study {study.study_name} ({len(study.get_trials(deepcopy=False))} trials, "
+          f"{pruned} pruned, {saved} epochs saved) "
           f"from {mask_url(url)} to {out_dir}: all_trials.json, best_params.json, {CSV_NAME}, "
           f"{PLOTS_DIRNAME}/ ({n_plots} plots as HTML + PNG)")
     for note in notes:

@@ -19,7 +19,14 @@ from typing import Any
 
 import optuna
 
-from hpo.config import Param, StudySpec
+from hpo.config import SINGLE_OBJECTIVE_PRUNERS, Param, PrunerSpec, StudySpec
+from hpo.pruning import (
+    EPOCHS_PLANNED_ATTR,
+    MOASHA,
+    PRUNED_AT_ATTR,
+    epoch_values_key,
+    records_at,
+)
 from trainers.config import from_mapping, to_mapping
 from trainers.context import TrialContext, atomic_write_bytes, atomic_write_json
 from trainers.errors import StopRequested, TrialFailed, TrialPruned, UserError
@@ -29,7 +36,8 @@ from trainers.registry import get_workload
 SPLIT_ATTR = "date_split"
 # Trial user attrs that belong to one attempt; a retried trial inherits its predecessor's
 # user attrs from Optuna, so these are cleared to keep the dashboard truthful.
-_PER_ATTEMPT_ATTRS = ("history", "epoch", "fail_reason", "prune_reason", "oom_retries")
+_PER_ATTEMPT_ATTRS = ("history", "epoch", "fail_reason", "prune_reason", "oom_retries",
+                      PRUNED_AT_ATTR, "mo_asha")
 OVERRIDES_ATTR = "enqueued_overrides"
 ENQUEUED_NAME_ATTR = "enqueued_name"
 
@@ -89,8 +97,9 @@ class StudyTrialContext(TrialContext):
     """A TrialContext whose attrs and reports land on the Optuna trial as user attrs."""
 
     def __init__(self, trial: optuna.Trial, *, output_dir: Path, seed: int,
-                 predecessors: list[tuple[int, Path]], single_objective_metric: str | None,
-                 pruning: bool, cache_dir: Path) -> None:
+                 predecessors: list[tuple[int, Path]], metric_names: list[str],
+                 directions: list[str], pruner: PrunerSpec, max_epochs: int | None,
+                 cache_dir: Path) -> None:
         # The newest predecessor with a checkpoint is the one to resume from.
         resume = next((d for _, d in reversed(predecessors) if (d / "checkpoint.pt").exists()),
                       None)
@@ -98,8 +107,13 @@ class StudyTrialContext(TrialContext):
                          cache_dir=cache_dir)
         self.trial = trial
         self._predecessors = dict((d, n) for n, d in predecessors)
-        self._metric = single_objective_metric
-        self._pruning = pruning
+        self._metric_names = list(metric_names)
+        self._pruner = pruner
+        self._max_epochs = max_epochs
+        self._mo_asha = (MOASHA(tuple(directions), min_epochs=pruner.min_epochs, eta=pruner.eta,
+                                min_trials_at_rung=pruner.min_trials_at_rung)
+                         if pruner.name == "mo_asha" else None)
+        self._rungs: list[dict[str, int]] = []
 
     def set_attr(self, key: str, value: Any) -> None:
         super().set_attr(key, value)
@@ -109,12 +123,38 @@ class StudyTrialContext(TrialContext):
         super().report(epoch, metrics)
         self.trial.set_user_attr("history", self.history)
         self.trial.set_user_attr("epoch", int(epoch))
-        if self._metric is not None:
-            value = metrics.get(self._metric)
-            if value is not None and math.isfinite(value):
-                self.trial.report(float(value), step=int(epoch))
-                if self._pruning and self.trial.should_prune():
-                    raise optuna.TrialPruned(f"pruned by the median rule at epoch {epoch}")
+        vector = [_finite_or_none(metrics.get(name)) for name in self._metric_names]
+        # Written through at once (one small row per epoch, not one growing attr): other
+        # workers' MO-ASHA rungs read it while this trial still trains. A system attr, because
+        # Optuna's intermediate values are single-valued, refused by trial.report in a
+        # multi-objective study, and, written through the storage anyway, make TPE crash once
+        # such a trial is pruned (it asks the study for its one direction).
+        self.trial.study._storage.set_trial_system_attr(
+            self.trial._trial_id, epoch_values_key(epoch), vector)
+        if len(self._metric_names) == 1 and vector[0] is not None:
+            # The learning-curve path optuna-dashboard plots (single-objective studies only).
+            self.trial.report(vector[0], step=int(epoch))
+            if self._pruner.name in SINGLE_OBJECTIVE_PRUNERS and self.trial.should_prune():
+                raise optuna.TrialPruned(f"pruned by the {self._pruner.name} pruner at epoch "
+                                         f"{epoch}")
+        if self._mo_asha is not None and self._mo_asha.is_rung(
+                int(epoch), max_epochs=self._max_epochs or int(epoch) + 1):
+            missing = [n for n in self._metric_names if n not in metrics]
+            if missing:
+                # Not reported is not "diverged": ranked as the worst, every trial but the
+                # first would be pruned. Without the numbers the rule stands aside.
+                self.set_attr("mo_asha", f"not applied: the trainer reports no {missing} per "
+                                         "epoch")
+                return
+            trials = self.trial.study.get_trials(deepcopy=False)
+            records = records_at(trials, int(epoch))
+            records[self.trial.number] = vector  # what this process wrote, whatever was read
+            decision = self._mo_asha.decide(self.trial.number, int(epoch), records)
+            self._rungs.append({"epoch": int(epoch), "place": decision.position + 1,
+                                "of": decision.n_at_rung, "kept": decision.n_kept})
+            self.set_attr("mo_asha", self._rungs)
+            if decision.prune:
+                raise optuna.TrialPruned(decision.reason())
 
     def restore(self) -> dict[str, Any] | None:
         own_exists = self.checkpoint_path.exists()
@@ -125,6 +165,14 @@ class StudyTrialContext(TrialContext):
             self.set_attr("resumed_from", {"trial": source, "epoch": int(state.get("epoch", 0))})
             self.log(f"resuming from trial {source} at epoch {state.get('epoch', 0)}")
         return state
+
+
+def _finite_or_none(value: Any) -> float | None:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
 
 
 class Objective:
@@ -163,9 +211,11 @@ class Objective:
         predecessors = [(n, trial_dir(self.output_dir, spec.name, n)) for n in history]
         seed = (spec.sampler.seed or 0) + (history[0] if history else trial.number)
         single = spec.metric_names[0] if len(spec.objectives) == 1 else None
+        max_epochs = getattr(config, "epochs", None)
         ctx = StudyTrialContext(trial, output_dir=out, seed=seed, predecessors=predecessors,
-                                single_objective_metric=single,
-                                pruning=spec.pruner.name != "none",
+                                metric_names=spec.metric_names, directions=spec.directions,
+                                pruner=spec.pruner,
+                                max_epochs=max_epochs if isinstance(max_epochs, int) else None,
                                 cache_dir=self.output_dir / "cache")
         self.current_ctx = ctx
         if self.stop_requested:
@@ -175,13 +225,15 @@ class Objective:
         ctx.set_attr("seed", seed)
         if history:
             ctx.set_attr("retry_of", history[-1])
+        if isinstance(max_epochs, int):
+            ctx.set_attr(EPOCHS_PLANNED_ATTR, max_epochs)
 
         started = time.perf_counter()
         try:
             metrics = self.workload.train(config, ctx)
         except TrialPruned as exc:
             if single is not None:
-                ctx.set_attr("prune_reason", str(exc))
+                self._record_pruned(trial, ctx, out, str(exc))
                 raise optuna.TrialPruned(str(exc)) from None
             ctx.set_attr("fail_reason", str(exc))
             raise TrialFailed(str(exc)) from None
@@ -193,7 +245,8 @@ class Objective:
             ctx.set_attr("fail_reason", f"interrupted ({exc or 'signal'}); retried later")
             self._enqueue_retry(trial)
             raise StopRequested(str(exc) or "interrupted") from None
-        except optuna.TrialPruned:
+        except optuna.TrialPruned as exc:
+            self._record_pruned(trial, ctx, out, str(exc))
             raise
         except UserError:
             raise
@@ -243,6 +296,19 @@ class Objective:
             reason = (f"trial {trial.number} was split into {split}, the study's earlier trials "
                       f"into {known}; the data changed under the study: start a new study")
             raise TrialFailed(reason)
+
+    def _record_pruned(self, trial: optuna.Trial, ctx: StudyTrialContext, out: Path,
+                       reason: str) -> None:
+        """A pruned trial keeps why, where, and its last epoch's metrics (objectives included)
+        as user attrs: Optuna stores no values for a pruned multi-objective trial."""
+        ctx.set_attr("prune_reason", reason)
+        last = ctx.history[-1] if ctx.history else {}
+        if "epoch" in last:
+            ctx.set_attr(PRUNED_AT_ATTR, int(last["epoch"]))
+        for name, value in last.items():
+            if name != "epoch" and (value is None or isinstance(value, int | float)):
+                ctx.set_attr(name, value)
+        self._publish(trial, out)
 
     def _publish(self, trial: optuna.Trial, out: Path) -> None:
         """Dashboard artifacts of a finished or failed trial (metrics.json, learning curve,

@@ -12,6 +12,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.config import StudySpec
+from hpo.pruning import epochs_saved
 from hpo.results import best_trials
 from hpo.storage import mask_url
 
@@ -95,8 +96,10 @@ def print_summary(study: optuna.Study, spec: StudySpec, url: str, target: int) -
     for t in trials:
         counts[t.state.name] += 1
     finished = counts["COMPLETE"] + counts["PRUNED"]
+    saved = f" (saved {epochs_saved(trials)[1]} epochs)" if counts["PRUNED"] else ""
     print(f"\nstudy {spec.name}: {finished}/{target} finished "
-          f"({counts['COMPLETE']} complete, {counts['PRUNED']} pruned, {counts['FAIL']} failed, "
+          f"({counts['COMPLETE']} complete, {counts['PRUNED']} pruned{saved}, "
+          f"{counts['FAIL']} failed, "
           f"{counts['RUNNING']} running, {counts['WAITING']} waiting)")
     best = best_trials(study)
     if best:

@@ -28,6 +28,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.heldout import current_summary, render_lines
+from hpo.pruning import epochs_saved
 from hpo.results import best_trials, metric_names
 from hpo.storage import mask_url, open_storage, resolve_url
 from trainers.cli import OneLineParser
@@ -186,6 +187,7 @@ def collect_status(study: optuna.Study, storage: optuna.storages.BaseStorage, *,
         "target": target,
         "finished": finished,
         "counts": counts,
+        "epochs_saved": epochs_saved(trials)[1],
         "mean_trial_s": sum(durations) / len(durations) if durations else None,
         "observed_trials": len(durations),
         "live_workers": workers,
@@ -237,7 +239,9 @@ def render(status: dict[str, Any]) -> str:
     else:
         progress = f"progress: {s['finished']} finished (no target stored)"
     lines.append(progress)
-    lines.append(f"trials: {c['complete']} complete, {c['pruned']} pruned, {c['failed']} failed, "
+    saved = f" (saved {s['epochs_saved']} epochs)" if c["pruned"] else ""
+    lines.append(f"trials: {c['complete']} complete, {c['pruned']} pruned{saved}, "
+                 f"{c['failed']} failed, "
                  f"{c['running']} running, {c['waiting']} waiting"
                  + (f" ({c['surplus']} surplus)" if c["surplus"] else ""))
     if s["eta_s"] == 0.0:

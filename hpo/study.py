@@ -55,8 +55,26 @@ def make_sampler(spec: StudySpec, *, seed_offset: int) -> optuna.samplers.BaseSa
 
 
 def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
-    if spec.pruner.name == "median":
-        return optuna.pruners.MedianPruner(n_warmup_steps=spec.pruner.n_warmup_steps)
+    """Optuna's pruner for the single-objective ones; ``mo_asha`` and ``none`` leave Optuna a
+    NopPruner (MO-ASHA is applied by the objective, see hpo.pruning)."""
+    p = spec.pruner
+    if p.name == "median":
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps,
+            interval_steps=p.interval_steps, n_min_trials=p.n_min_trials)
+    if p.name == "percentile":
+        return optuna.pruners.PercentilePruner(
+            p.percentile, n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps,
+            interval_steps=p.interval_steps, n_min_trials=p.n_min_trials)
+    if p.name == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=p.min_resource, reduction_factor=p.reduction_factor,
+            min_early_stopping_rate=p.min_early_stopping_rate,
+            bootstrap_count=p.bootstrap_count)
+    if p.name == "hyperband":
+        return optuna.pruners.HyperbandPruner(
+            min_resource=p.min_resource, max_resource=p.max_resource or "auto",
+            reduction_factor=p.reduction_factor, bootstrap_count=p.bootstrap_count)
     return optuna.pruners.NopPruner()
 
 

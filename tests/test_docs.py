@@ -33,3 +33,16 @@ def test_readme_commands_are_what_ci_runs() -> None:
     readme = (REPO / "README.md").read_text()
     assert "make test" in readme and "make test" in ci
     assert "make demo" in readme
+
+
+def test_every_pruner_and_its_keys_are_in_the_readme() -> None:
+    """Study-file keys are options too: each [pruner] name and key has its line."""
+    from hpo.config import PRUNER_KEYS, PrunerSpec
+
+    readme = (REPO / "README.md").read_text()
+    missing = [f"{name}" for name in PRUNER_KEYS if f"`{name}`" not in readme]
+    missing += [key for keys in PRUNER_KEYS.values() for key in keys
+                if f"`{key}`" not in readme]
+    assert not missing, f"[pruner] names/keys missing from README.md: {missing}"
+    assert {k for keys in PRUNER_KEYS.values() for k in keys} | {"name"} == \
+        set(PrunerSpec.__dataclass_fields__)

@@ -52,7 +52,7 @@ def train(config: ToyConfig, ctx: TrialContext) -> dict[str, float]:
         loss = config.width * x * x
         if config.diverge:
             raise TrialPruned(f"loss became nan at step {epoch}")
-        ctx.report(epoch + 1, {"loss": loss})
+        ctx.report(epoch + 1, {"loss": loss, "score": -math.log1p(loss), "x": x})
         ctx.checkpoint({"x": x, "velocity": velocity}, epoch=epoch + 1)
         time.sleep(config.sleep_s)
         if epoch + 1 == stop_after:
