@@ -10,7 +10,7 @@ import numpy as np
 import optuna
 import pytest
 
-from hpo.config import PRUNER_KEYS, PrunerSpec, parse_study
+from hpo.config import PrunerSpec, parse_study
 from hpo.pruning import (
     MOASHA,
     epoch_values,
