@@ -129,8 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     files, notes = export_study(study, out_dir)
     n_plots = sum(1 for f in files if f.parent.name == PLOTS_DIRNAME and f.suffix == ".html")
     pruned, saved = epochs_saved(study.get_trials(deepcopy=False))
-    print(f"exported study {study.study_name} ({len(study.get_trials(deepcopy=False))} trials, "
-          f"{pruned} pruned, {saved} epochs saved) "
+    pruning = f", {pruned} pruned, {saved} epochs saved" if pruned else ""
+    print(f"exported study {study.study_name} ({len(study.get_trials(deepcopy=False))} trials"
+          f"{pruning}) "
           f"from {mask_url(url)} to {out_dir}: all_trials.json, best_params.json, {CSV_NAME}, "
           f"{PLOTS_DIRNAME}/ ({n_plots} plots as HTML + PNG)")
     for note in notes:

@@ -96,7 +96,8 @@ def print_summary(study: optuna.Study, spec: StudySpec, url: str, target: int) -
     for t in trials:
         counts[t.state.name] += 1
     finished = counts["COMPLETE"] + counts["PRUNED"]
-    saved = f" (saved {epochs_saved(trials)[1]} epochs)" if counts["PRUNED"] else ""
+    saved_epochs = epochs_saved(trials)[1]
+    saved = f" (saved {saved_epochs} epochs)" if saved_epochs else ""
     print(f"\nstudy {spec.name}: {finished}/{target} finished "
           f"({counts['COMPLETE']} complete, {counts['PRUNED']} pruned{saved}, "
           f"{counts['FAIL']} failed, "

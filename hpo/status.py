@@ -239,7 +239,7 @@ def render(status: dict[str, Any]) -> str:
     else:
         progress = f"progress: {s['finished']} finished (no target stored)"
     lines.append(progress)
-    saved = f" (saved {s['epochs_saved']} epochs)" if c["pruned"] else ""
+    saved = f" (saved {s['epochs_saved']} epochs)" if s["epochs_saved"] else ""
     lines.append(f"trials: {c['complete']} complete, {c['pruned']} pruned{saved}, "
                  f"{c['failed']} failed, "
                  f"{c['running']} running, {c['waiting']} waiting"

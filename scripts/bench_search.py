@@ -11,8 +11,9 @@ synthetic market (shrunk from the demo's so a trial takes seconds: 60 stocks, 26
 short epochs). For one
 seed, every sampler gets the same trial budget, the same market and the same per-trial training
 seeds (the trial number), so the runs are paired: TPE's first ``--n-startup`` trials are even
-the same random draws as the random sampler's (both draw them with ``RandomSampler(seed)``),
-and the samplers part only where TPE starts to model.
+the same random draws as the random sampler's (both draw them with ``RandomSampler(seed)``;
+the report checks it), so they are trained once and shared, and the samplers part only where
+TPE starts to model.
 
 Reported per sampler and seed: the best validation RankIC reached after each trial, and the
 test RankIC of that best trial when a trial's outputs carry one (a ``test_rank_ic`` user attr,
@@ -95,8 +96,29 @@ def best_curve(trials: list[Any], tests: dict[int, float]) -> tuple[list[float |
     return curve, test_curve
 
 
-def run_one(sampler: str, seed: int, *, n_trials: int, n_startup: int,
-            out_dir: Path) -> dict[str, Any]:
+def share_startup(source: Any, study: Any, n_startup: int) -> None:
+    """Copy ``source``'s first ``n_startup`` complete trials into the empty ``study``.
+
+    Both samplers draw their startup trials with ``RandomSampler(seed)`` (checked in
+    ``startup_draws_equal``), and a trial's training seed is its number, so these trials would
+    be trained again to the same values: they are trained once and shared.
+    """
+    import optuna
+
+    if study.get_trials(deepcopy=False):
+        return
+    done = sorted((t for t in source.get_trials(deepcopy=False)
+                   if t.state == TrialState.COMPLETE), key=lambda t: t.number)[:n_startup]
+    for t in done:
+        study.add_trial(optuna.trial.create_trial(
+            params=t.params, distributions=t.distributions, values=t.values,
+            user_attrs={**t.user_attrs, "shared_from": f"{source.study_name}#{t.number}"}))
+
+
+def run_one(sampler: str, seed: int, *, n_trials: int, n_startup: int, out_dir: Path,
+            share_from: str | None = None) -> dict[str, Any]:
+    import optuna
+
     from hpo.config import parse_study
     from hpo.study import open_study
     from hpo.worker import run_worker
@@ -105,11 +127,14 @@ def run_one(sampler: str, seed: int, *, n_trials: int, n_startup: int,
     spec = parse_study(raw, path=Path(f"{raw['name']}.toml"))
     url = f"sqlite:///{(out_dir / 'hpo.db').resolve()}"
     study = open_study(spec, url, force=False, target=n_trials, quiet=True)
+    if share_from is not None and not study.get_trials(deepcopy=False):
+        share_startup(optuna.load_study(study_name=share_from, storage=url), study, n_startup)
+        # opened again, so the sampler's seed moves past the shared trials (no re-draws)
+        study = open_study(spec, url, force=False, target=n_trials, quiet=True)
     started = time.perf_counter()
     code = run_worker(study, spec, output=out_dir, target=n_trials, timeout=None,
                       announce=False)
-    trials = [t for t in study.get_trials(deepcopy=False) if t.state != TrialState.FAIL
-              or not t.user_attrs.get("surplus")]
+    trials = [t for t in study.get_trials(deepcopy=False) if t.state != TrialState.FAIL]
     curve, test_curve = best_curve(trials, test_rank_ics(trials, out_dir / spec.name))
     return {"exit_code": code, "seconds": round(time.perf_counter() - started, 1),
             "rank_ic": [t.value if t.state == TrialState.COMPLETE else None
@@ -142,10 +167,10 @@ def summarise(runs: dict[str, dict[int, dict[str, Any]]], seeds: list[int]) -> d
     return out
 
 
-def nsga2_draws_equal_random(seeds: list[int], n_trials: int) -> bool:
-    """Whether NSGA-II proposes exactly the random sampler's points over ``n_trials`` (its
-    first generation, ``population_size`` trials, is drawn by ``RandomSampler(seed)``).
-    Checked by drawing, without training, on the bench's search space."""
+def draws_equal_random(name: str, seeds: list[int], n_trials: int) -> bool:
+    """Whether sampler ``name`` proposes exactly the random sampler's points over its first
+    ``n_trials`` (TPE's startup trials and NSGA-II's first generation are drawn by
+    ``RandomSampler(seed)``). Checked by drawing, without training, on the bench's space."""
     import optuna
 
     from hpo.config import parse_study
@@ -155,8 +180,10 @@ def nsga2_draws_equal_random(seeds: list[int], n_trials: int) -> bool:
                        check_workload=False)
     for seed in seeds:
         draws = []
-        for sampler in (optuna.samplers.NSGAIISampler(seed=seed),
-                        optuna.samplers.RandomSampler(seed=seed)):
+        first = (optuna.samplers.NSGAIISampler(seed=seed) if name == "nsga2" else
+                 optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_trials,
+                                            multivariate=True, constant_liar=True))
+        for sampler in (first, optuna.samplers.RandomSampler(seed=seed)):
             study = optuna.create_study(directions=["maximize"], sampler=sampler)
             params = []
             for _ in range(n_trials):
@@ -180,9 +207,11 @@ def write_report(args: argparse.Namespace, runs: dict[str, dict[int, dict[str, A
         "market": DATA, "trainer": TRAINER,
         "test_rank_ic": "reported per trial" if any_test else TEST_PENDING,
         "samplers": summary,
+        "shared_startup_trials": args.n_startup,
+        "startup_draws_equal": draws_equal_random("tpe", seeds, args.n_startup),
     }
     if "nsga2" in args.samplers and args.trials <= NSGA2_POPULATION:
-        same = nsga2_draws_equal_random(seeds, args.trials)
+        same = draws_equal_random("nsga2", seeds, args.trials)
         report["nsga2"] = (
             f"not trained: with a budget of {args.trials} <= its population_size "
             f"({NSGA2_POPULATION}), NSGA-II draws "
@@ -211,9 +240,10 @@ def main(argv: list[str] | None = None) -> int:
     runs: dict[str, dict[int, dict[str, Any]]] = {s: {} for s in trained}
     done: list[int] = []
     for seed in args.seeds:  # seed-major: a cut-short run still holds whole, paired seeds
-        for sampler in trained:
+        for i, sampler in enumerate(trained):
+            first = study_raw(trained[0], seed, args.trials, args.n_startup)["name"]
             run = run_one(sampler, seed, n_trials=args.trials, n_startup=args.n_startup,
-                          out_dir=args.dir)
+                          out_dir=args.dir, share_from=first if i else None)
             runs[sampler][seed] = run
             print(f"{sampler:7s} seed {seed}: best val RankIC {run['best_val_rank_ic'][-1]:.4f}"
                   f" after {args.trials} trials ({run['seconds']:.0f} s)", flush=True)
