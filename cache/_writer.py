@@ -25,21 +25,22 @@ from cache.feature_cache import (
 from cache.spec import CacheSpec
 
 
-def fsync_dir(path: Path) -> None:
-    """Make renames and creations inside ``path`` durable."""
+def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make renames and creations inside ``path`` durable."""
+    _fsync(path)
 
 
 def _fsync_file(path: Path) -> int:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    """Flush a file written by another writer (Arrow's) to disk; returns its size."""
+    _fsync(path)
     return path.stat().st_size
 
 
