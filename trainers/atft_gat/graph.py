@@ -243,25 +243,31 @@ class _RunningSums:
         self.b[lo:hi].addmm_(zt * zt, ms)
         self.bt[lo:hi].addmm_(mt, zzs)
 
-    def correlations(self, lo: int, hi: int, need: torch.Tensor, out: torch.Tensor
-                     ) -> torch.Tensor:
+    def correlations(self, lo: int, hi: int, need: torch.Tensor, out: torch.Tensor,
+                     scratch: torch.Tensor) -> torch.Tensor:
         """Pairwise-complete correlations of rows [lo, hi) against every stock into ``out``
         (hi - lo, S); INVALID for self-pairs and where the overlap is below ``need`` (S,), the
-        overlap each column's stock requires (+inf for an unusable stock), or is constant."""
+        overlap each column's stock requires (+inf for an unusable stock), or is constant.
+        ``scratch`` is (2, >= hi - lo, S) of working space.
+
+        Every term is multiplied by the overlap n, so no reciprocal is needed:
+        ``corr = (n c - a at) / sqrt((n b - a^2) (n bt - at^2))``; each step writes into
+        ``out`` or ``scratch`` (no temporaries: this formula is most of a graph's time).
+        """
         n, a, at = self.n[lo:hi], self.a[lo:hi], self.at[lo:hi]
-        # 1 / overlap; NaN marks invalid pairs, flows through the formula, ends as INVALID.
-        # (n = 0 needs no guard: then a = at = 0 and 0 * inf is NaN too.)
-        inv = torch.reciprocal(n).masked_fill_(n < need, float("nan"))  # (T, S)
-        inv[:, lo:hi].diagonal().fill_(float("nan"))
-        # cov = sum z_i z_j - sum z_i sum z_j / n over the overlap (all "sums" are times n).
-        cov = torch.addcmul(self.c[lo:hi], torch.mul(a, at, out=out), inv, value=-1.0, out=out)
-        var_i = torch.addcmul(self.b[lo:hi], a * a, inv, value=-1.0)
-        var_j = torch.addcmul(self.bt[lo:hi], at * at, inv, value=-1.0)
-        # A zero variance gives 0/0 or x/0, a rounding-negative one a NaN sqrt: INVALID. (A
-        # constant overlap can also leave a positive rounding-level variance ~1e-7 n: the
-        # correlation is then below 1e-3 in size, under any useful threshold.)
-        cov.div_(var_i.mul_(var_j).sqrt_())
-        return torch.nan_to_num_(cov, nan=INVALID, posinf=INVALID, neginf=INVALID)
+        var_i, var_j = scratch[0, : hi - lo], scratch[1, : hi - lo]
+        cov = torch.mul(n, self.c[lo:hi], out=out).addcmul_(a, at, value=-1.0)
+        torch.mul(n, self.b[lo:hi], out=var_i).addcmul_(a, a, value=-1.0)
+        torch.mul(n, self.bt[lo:hi], out=var_j).addcmul_(at, at, value=-1.0)
+        # A zero variance gives x * inf or 0 * inf, a rounding-negative one a NaN root: both
+        # end as INVALID. (A constant overlap can also leave a positive rounding-level
+        # variance: the correlation is then below 1e-3 in size, under any useful threshold.)
+        cov.mul_(var_i.mul_(var_j).rsqrt_())
+        torch.nan_to_num_(cov, nan=INVALID, posinf=INVALID, neginf=INVALID)
+        # n = 0 needs no guard beyond this: such a pair is below every ``need``.
+        cov.masked_fill_(n < need, INVALID)
+        cov[:, lo:hi].diagonal().fill_(INVALID)
+        return cov
 
 
 def _standardise(window: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -292,7 +298,8 @@ def _standardised(rows: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor
 def _tiles_of_one_date(sums: _RunningSums, share: list[tuple[int, int]], *,
                        reset: tuple[torch.Tensor, torch.Tensor] | None,
                        step: tuple[torch.Tensor, torch.Tensor] | None, need: torch.Tensor,
-                       out: torch.Tensor, values: torch.Tensor, neighbour: torch.Tensor) -> None:
+                       out: torch.Tensor, scratch: torch.Tensor, values: torch.Tensor,
+                       neighbour: torch.Tensor) -> None:
     """One worker's row tiles of one date: bring the sums to this date (``reset`` from a
     window's (z, m), or one ``step`` of (entering, leaving) rows), then correlations and the
     top-k of each row into ``values`` / ``neighbour`` (S, k)."""
@@ -302,7 +309,7 @@ def _tiles_of_one_date(sums: _RunningSums, share: list[tuple[int, int]], *,
             sums.reset(*reset, lo, hi)
         elif step is not None:
             sums.shift(*step, lo, hi)
-        corr = sums.correlations(lo, hi, need, out[: hi - lo])
+        corr = sums.correlations(lo, hi, need, out[: hi - lo], scratch)
         torch.topk(corr, k, dim=-1, sorted=True, out=(values[lo:hi], neighbour[lo:hi]))
 
 
@@ -370,8 +377,8 @@ def build_graphs(
     tile = min(max(1, TILE_ELEMENTS // n_stocks) if on_cpu else n_stocks, n_stocks)
     tiles = [(lo, min(n_stocks, lo + tile)) for lo in range(0, n_stocks, tile)]
     shares = [tiles[i::workers] for i in range(workers)]
-    buffers = [torch.empty(tile, n_stocks, dtype=torch.float32, device=device)
-               for _ in range(workers)]
+    buffers = [torch.empty(3, tile, n_stocks, dtype=torch.float32, device=device)
+               for _ in range(workers)]  # per worker: the correlations and two scratch rows
     sums = _RunningSums(n_stocks, device)
     parts: list[tuple[np.ndarray, ...]] = []
     with (torch.no_grad(), _single_threaded_ops(on_cpu and workers > 1),
@@ -399,9 +406,9 @@ def build_graphs(
                 reset = window if step is None else None
                 futures = [
                     pool.submit(_tiles_of_one_date, sums, share, reset=reset, step=step,
-                                need=need, out=out, values=values[t - r0],
+                                need=need, out=buf[0], scratch=buf[1:], values=values[t - r0],
                                 neighbour=neighbour[t - r0])
-                    for share, out in zip(shares, buffers, strict=True)
+                    for share, buf in zip(shares, buffers, strict=True)
                 ]
                 for future in futures:
                     future.result()
