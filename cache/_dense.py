@@ -84,16 +84,29 @@ class Built:
 
 
 # -- reading the source in chunks ------------------------------------------------------------
-def iter_chunks(source: Source, frame: pl.DataFrame | None, columns: list[str]
-                ) -> Iterator[pl.DataFrame]:
-    """The source's ``columns`` in row order, ``CHUNK_ROWS`` rows at a time."""
+def iter_chunks(source: Source, frame: pl.DataFrame | None, columns: list[str],
+                convert: Callable[[pl.DataFrame], Any] | None = None) -> Iterator[Any]:
+    """The source's ``columns`` in row order, ``CHUNK_ROWS`` rows at a time; each chunk goes
+    through ``convert`` first when given (on the read-ahead thread for a parquet file)."""
     if frame is not None:
         sub = frame.select(columns)
         for start in range(0, max(sub.height, 1), CHUNK_ROWS):
-            yield sub.slice(start, CHUNK_ROWS)
+            chunk = sub.slice(start, CHUNK_ROWS)
+            yield chunk if convert is None else convert(chunk)
         return
     assert source.path is not None and source.kind == "parquet"
-    yield from _prefetched(_parquet_chunks(source.path, columns))
+    chunks = _parquet_chunks(source.path, columns)
+    yield from _prefetched(chunks if convert is None else map(convert, chunks))
+
+
+def value_matrices(features: list[str], targets: list[str]
+                   ) -> Callable[[pl.DataFrame], tuple[np.ndarray, np.ndarray]]:
+    """Chunk -> (x (n, F), y (n, H)) float32 C-contiguous, NaN where null: the value pass's
+    row-major copy, made while the next chunk decodes."""
+    def convert(chunk: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        return _float32_matrix(chunk, features), _float32_matrix(chunk, targets)
+
+    return convert
 
 
 def _parquet_chunks(path: Path, columns: list[str]) -> Iterator[pl.DataFrame]:
@@ -207,19 +220,19 @@ class _Stats:
         self.present = np.zeros(n_dates, dtype=np.int32)
         self.target_count = np.zeros((n_dates, n_targets), dtype=np.int32)
 
-    def add(self, d: int, x: np.ndarray, finite: np.ndarray, y: np.ndarray) -> None:
-        """x: (n, F) present rows with 0 wherever ``finite`` is False; y: (n, H).
+    def add(self, d: int, x: np.ndarray, finite: np.ndarray, n: np.ndarray,
+            n_target: np.ndarray, n_present: int) -> None:
+        """x: (S, F) with NaN (only) where ``finite`` is False; n: finite values per feature.
 
         Float32 passes with float64 accumulation (a build spends most of its compute here):
         sum, then the squared deviations about that mean, so there is no cancellation."""
-        n = finite.sum(axis=0)
-        mean = x.sum(axis=0, dtype=np.float64) / np.maximum(n, 1)
-        dev = x - mean.astype(np.float32)
-        dev[~finite] = 0.0
+        x0 = np.where(finite, x, np.float32(0.0))
+        mean = x0.sum(axis=0, dtype=np.float64) / np.maximum(n, 1)
+        np.subtract(x0, mean.astype(np.float32), out=x0, where=finite)  # 0 stays 0 elsewhere
         self.count[d], self.mean[d] = n, mean
-        self.m2[d] = np.einsum("ij,ij->j", dev, dev, dtype=np.float64)
-        self.present[d] = x.shape[0]
-        self.target_count[d] = np.isfinite(y).sum(axis=0)
+        self.m2[d] = np.einsum("ij,ij->j", x0, x0, dtype=np.float64)
+        self.present[d] = n_present
+        self.target_count[d] = n_target
 
     def save(self, path: Path) -> None:
         with open(path, "wb") as f:
@@ -240,14 +253,105 @@ def _date_batch(schema: pa.Schema, x: np.ndarray, y: np.ndarray, present: np.nda
                            schema=schema)
 
 
+class _DateWriter:
+    """The last stage of the value pass, on its own thread: each complete date's checks,
+    statistics and Arrow batch. The scattering thread hands dates over in order through a
+    short queue (a few dates' blocks, so memory stays bounded) and gets the written blocks
+    back for reuse; numpy and Arrow's writer release the GIL, so on two cores the stages
+    overlap with each other and with parquet decoding."""
+
+    QUEUE_DATES = 4
+
+    def __init__(self, writer: pa.ipc.RecordBatchFileWriter, schema: pa.Schema, *,
+                 stats: _Stats, built: Built, bad: np.ndarray, n_feat: int,
+                 fill: float | None) -> None:
+        self.writer, self.schema, self.stats, self.built = writer, schema, stats, built
+        self.bad, self.n_feat, self.fill = bad, n_feat, fill
+        self.spare: Queue[tuple[np.ndarray, np.ndarray, np.ndarray]] = Queue()
+        self._todo: Queue[Any] = Queue(maxsize=self.QUEUE_DATES)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="cache-write", daemon=True)
+        self._thread.start()
+
+    def put(self, d: int, blocks: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+        while True:
+            if self._error is not None:
+                raise self._error
+            try:
+                self._todo.put((d, blocks), timeout=0.1)
+                return
+            except Full:
+                continue
+
+    def close(self) -> None:
+        """Wait until every handed-over date is written; raise the writer's error if any."""
+        if self._thread.is_alive():
+            while self._error is None:
+                try:
+                    self._todo.put(None, timeout=0.1)
+                    break
+                except Full:
+                    continue
+            self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def _run(self) -> None:
+        try:
+            while (item := self._todo.get()) is not None:
+                d, blocks = item
+                self._write(d, *blocks)
+                self.spare.put(blocks)
+        except BaseException as exc:  # raised in the scattering thread
+            self._error = exc
+            while True:  # let a blocked put() see the error
+                try:
+                    self._todo.get_nowait()
+                except Empty:
+                    break
+
+    def _write(self, d: int, x: np.ndarray, y: np.ndarray, present: np.ndarray) -> None:
+        """One date: x (S, F), y (S, H), absent rows all NaN. No compaction to the present
+        rows: a NaN/inf count over present rows is "present rows - finite values"."""
+        n_present = int(np.count_nonzero(present))
+        finite = np.isfinite(x)
+        n_finite = finite.sum(axis=0)
+        n_bad = n_present - n_finite
+        self.bad[: self.n_feat] += n_bad
+        finite_y = np.isfinite(y)
+        self.bad[self.n_feat:] += n_present - finite_y.sum(axis=0)
+        # Targets are never filled: a missing target is NaN, masked by every consumer.
+        inf_y = np.isinf(y)
+        if inf_y.any():
+            y[inf_y] = np.nan
+        if n_bad.any():
+            if self.fill is not None:
+                replace_ = ~finite
+                replace_[~present] = False  # absent rows stay NaN
+                x[replace_] = self.fill
+                finite = np.isfinite(x)
+                n_finite = finite.sum(axis=0)
+            else:
+                inf = np.isinf(x)
+                if inf.any():
+                    x[inf] = np.nan  # NaN is the one missing marker
+                self.built.missing_feature_values += int(n_bad.sum())
+                self.built.rows_with_missing_feature += int(np.count_nonzero(
+                    present & ~finite.all(axis=1)))
+        self.stats.add(d, x, finite, n_finite, finite_y.sum(axis=0), n_present)
+        self.writer.write_batch(_date_batch(self.schema, x, y, present))
+
+
 def write_dense(data_path: Path, stats_path: Path, *, keys: Keys,
-                chunks: Callable[[], Iterator[pl.DataFrame]], features: list[str],
-                targets: list[str], spec: CacheSpec, metadata: dict[bytes, bytes],
-                where: str) -> Built:
+                chunks: Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]],
+                features: list[str], targets: list[str], spec: CacheSpec,
+                metadata: dict[bytes, bytes], where: str) -> Built:
     """Pass 2: write the per-date Arrow batches and the statistics; returns the counts.
 
-    ``chunks()`` starts a fresh iteration over the value columns (features, then targets) in
-    the same row order as pass 1.
+    ``chunks()`` starts a fresh iteration over the value columns in the same row order as
+    pass 1, as ``(x, y)`` matrices (``value_matrices``). Three stages run at once: decoding
+    (``iter_chunks``' thread), scattering rows into dense date blocks (this thread) and
+    writing finished dates (``_DateWriter``).
     """
     n_dates, n_codes = len(keys.dates), len(keys.codes)
     n_feat, n_targ = len(features), len(targets)
@@ -270,85 +374,54 @@ def write_dense(data_path: Path, stats_path: Path, *, keys: Keys,
     open_dates: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     next_to_write = 0
 
-    def finish(writer: pa.ipc.RecordBatchFileWriter, upto: int) -> None:
-        """Write every date below ``upto`` (all of them are complete)."""
-        nonlocal next_to_write
-        while next_to_write < upto:
-            d = next_to_write
-            x, y, present = open_dates.pop(d)
-            every = bool(present.all())
-            xp = x if every else x[present]  # (n, F) present rows (a copy unless all are)
-            yp = y if every else y[present]
-            finite = np.isfinite(xp)
-            bad_x = ~finite
-            n_bad = bad_x.sum(axis=0)
-            bad[:n_feat] += n_bad
-            finite_y = np.isfinite(yp)
-            bad[n_feat:] += (~finite_y).sum(axis=0)
-            # Targets are never filled: a missing target is NaN, masked by every consumer.
-            if not finite_y.all():
-                yp[~finite_y] = np.nan
-                if not every:
-                    y[present] = yp
-            missing = 0
-            if n_bad.any():
-                if fill is not None:
-                    xp[bad_x] = fill
-                    finite = np.ones_like(finite)
-                else:
-                    inf = np.isinf(xp)
-                    if inf.any():
-                        xp[inf] = np.nan  # NaN is the one missing marker
-                    missing = int(n_bad.sum())
-                    built.rows_with_missing_feature += int(bad_x.any(axis=1).sum())
-                if not every:
-                    x[present] = xp
-            built.missing_feature_values += missing
-            stats.add(d, np.where(finite, xp, np.float32(0.0)), finite, yp)
-            writer.write_batch(_date_batch(schema, x, y, present))  # written: free to reuse
-            spare.append((x, y, present))
-            next_to_write += 1
-
-    spare: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-
-    def date_block(d: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def date_block(d: int, out: _DateWriter) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if d not in open_dates:
-            if spare:  # a written date's blocks: refilling beats faulting in fresh pages
-                x, y, present = spare.pop()
+            try:  # a written date's blocks: refilling beats faulting in fresh pages
+                x, y, present = out.spare.get_nowait()
                 x.fill(np.nan)
                 y.fill(np.nan)
                 present.fill(False)
                 open_dates[d] = (x, y, present)
-            else:
+            except Empty:
                 open_dates[d] = (np.full((n_codes, n_feat), np.nan, dtype=np.float32),
                                  np.full((n_codes, n_targ), np.nan, dtype=np.float32),
                                  np.zeros(n_codes, dtype=bool))
         return open_dates[d]
 
+    def finish(out: _DateWriter, upto: int) -> None:
+        """Hand every date below ``upto`` (all of them are complete) to the writer."""
+        nonlocal next_to_write
+        while next_to_write < upto:
+            out.put(next_to_write, open_dates.pop(next_to_write))
+            next_to_write += 1
+
     with pa.OSFile(str(data_path), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
-        for d0, d1 in blocks:
-            start = 0
-            for chunk in chunks():
-                stop = start + chunk.height
-                d_idx = keys.date_index[start:stop]
-                c_idx = keys.code_index[start:stop]
-                start = stop
-                take = (d_idx >= d0) & (d_idx < d1)
-                if not take.any():
-                    continue
-                x = _float32_matrix(chunk, features)  # (n, F), NaN where null
-                y = _float32_matrix(chunk, targets)
-                if not take.all():
-                    x, y, d_idx, c_idx = x[take], y[take], d_idx[take], c_idx[take]
-                # Rows of one date form runs; scatter each run into its dense block.
-                cuts = np.flatnonzero(np.diff(d_idx)) + 1
-                for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, len(d_idx)], strict=True):
-                    bx, by, bp = date_block(int(d_idx[lo]))
-                    rows = c_idx[lo:hi]
-                    bx[rows], by[rows], bp[rows] = x[lo:hi], y[lo:hi], True
-                if keys.date_ordered:
-                    finish(writer, int(d_idx[-1]))  # the last date may go on in the next chunk
-            finish(writer, d1)
+        out = _DateWriter(writer, schema, stats=stats, built=built, bad=bad, n_feat=n_feat,
+                          fill=fill)
+        try:
+            for d0, d1 in blocks:
+                start = 0
+                for x, y in chunks():
+                    stop = start + len(x)
+                    d_idx = keys.date_index[start:stop]
+                    c_idx = keys.code_index[start:stop]
+                    start = stop
+                    take = (d_idx >= d0) & (d_idx < d1)
+                    if not take.any():
+                        continue
+                    if not take.all():
+                        x, y, d_idx, c_idx = x[take], y[take], d_idx[take], c_idx[take]
+                    # Rows of one date form runs; scatter each run into its dense block.
+                    cuts = np.flatnonzero(np.diff(d_idx)) + 1
+                    for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, len(d_idx)], strict=True):
+                        bx, by, bp = date_block(int(d_idx[lo]), out)
+                        rows = c_idx[lo:hi]
+                        bx[rows], by[rows], bp[rows] = x[lo:hi], y[lo:hi], True
+                    if keys.date_ordered:
+                        finish(out, int(d_idx[-1]))  # the last date may go on in the next chunk
+                finish(out, d1)
+        finally:
+            out.close()
     if start != built.rows:
         raise CacheError(f"{where} changed between the two reads of the build; try again")
     names = [*features, *targets]

@@ -1,7 +1,9 @@
 """Where a panel comes from: parse the source argument, fingerprint it, read it.
 
 Fingerprints (content hashes) are what cache keys are made of. A file's hash is its bytes'
-BLAKE2b digest; because hashing gigabytes on every trainer start-up would be slow, the hash
+BLAKE3 digest (tagged ``blake3:``), computed on every core from a memory map (~1 s for the
+seed-sized 16.6 GB panel when it is in the page cache; at disk speed otherwise); because
+hashing gigabytes on every trainer start-up would still be slow, the hash
 is remembered in ``<cache_root>/.source-hashes.json`` against the file's (size, mtime_ns,
 ctime_ns, inode, device) and recomputed only when one of those changes. ctime cannot be set
 by users (``touch -d`` and ``cp -p`` change it), so an edited file is always rehashed.
@@ -20,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import blake3
 import polars as pl
 
 from cache._io import atomic_write_json
@@ -30,7 +33,9 @@ CSV_SUFFIXES = (".csv",)
 SYNTHETIC_PREFIX = "synthetic"
 SYNTHETIC_EXAMPLE = "synthetic:n_stocks=500,n_dates=750,seed=0"
 MEMO_NAME = ".source-hashes.json"
-DIGEST_BYTES = 20  # 160-bit BLAKE2b: collisions are out of reach, names stay short
+DIGEST_BYTES = 20  # 160-bit digests: collisions are out of reach, names stay short
+# A file hash is "<FILE_HASH>:<hex>"; memo entries made with another algorithm are rehashed.
+FILE_HASH = "blake3"
 
 # The panel generator behind ``synthetic:key=value,...`` sources: a callable that takes the
 # options as keywords and returns a polars DataFrame, raising ValueError/TypeError (or a
@@ -164,8 +169,12 @@ def _stat_signature(path: Path) -> list[int]:
 
 
 def _hash_file(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, new_hash).hexdigest()
+    digest = blake3.blake3(max_threads=blake3.blake3.AUTO)
+    try:
+        digest.update_mmap(path)
+    except OSError as exc:
+        raise CacheError(f"cannot read source {path}: {exc.strerror or exc}") from exc
+    return f"{FILE_HASH}:{digest.hexdigest(length=DIGEST_BYTES)}"
 
 
 def _read_memo(memo_path: Path) -> dict[str, Any]:
@@ -188,7 +197,8 @@ def file_content_hash(source: Source, *, cache_root: Path, rehash: bool = False)
     memo_path = cache_root / MEMO_NAME
     memo = _read_memo(memo_path)
     entry = memo.get(str(source.path))
-    if not rehash and isinstance(entry, dict) and entry.get("signature") == signature:
+    if (not rehash and isinstance(entry, dict) and entry.get("signature") == signature
+            and str(entry.get("hash", "")).startswith(f"{FILE_HASH}:")):
         source.stat_signature = signature
         return str(entry["hash"])
     digest = _hash_file(source.path)

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import polars as pl
 
 from cache._dense import STATS_FILE, Built, Keys, write_dense
 from cache.feature_cache import (
@@ -53,9 +52,9 @@ def _write_synced(path: Path, write: Callable[[Any], None]) -> int:
 
 
 def write_cache_files(directory: Path, *, keys: Keys,
-                      chunks: Callable[[], Iterator[pl.DataFrame]], features: list[str],
-                      targets: list[str], spec: CacheSpec, manifest: dict[str, Any],
-                      where: str, started: float,
+                      chunks: Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]],
+                      features: list[str], targets: list[str], spec: CacheSpec,
+                      manifest: dict[str, Any], where: str, started: float,
                       after_data: Callable[[], None] | None = None) -> dict[str, Any]:
     """Write data, statistics, index and manifest into the (temporary) ``directory``, each
     fsynced; the manifest goes last, so a directory without one is never a cache.

@@ -33,7 +33,7 @@ import polars as pl
 import pyarrow as pa
 from filelock import FileLock, Timeout
 
-from cache._dense import columns_of, iter_chunks, read_keys
+from cache._dense import columns_of, iter_chunks, read_keys, value_matrices
 from cache._panel import resolve_columns
 from cache._source import (
     Source,
@@ -209,7 +209,8 @@ def _build_locked(source: Source, spec: CacheSpec, *, content_hash: str, key: st
             "build": {"pid": os.getpid(), "polars": pl.__version__, "pyarrow": pa.__version__},
         }
         write_cache_files(tmp, keys=keys,
-                          chunks=lambda: iter_chunks(source, frame, [*features, *targets]),
+                          chunks=lambda: iter_chunks(source, frame, [*features, *targets],
+                                                     value_matrices(features, targets)),
                           features=features, targets=targets, spec=spec, manifest=manifest,
                           where=where, started=started, after_data=_test_hook_mid_build)
         check_unchanged(source)

@@ -10,8 +10,11 @@ Steps, each in a fresh process so its memory is its own:
    correlation graph has real structure), 20 % of stocks listing late and 10 % delisting early,
    2 % of feature values missing at random, ``f_ret_1d_past`` (yesterday's return, the graph's
    source), a few weak signal features and noise. Kept under ``--data-dir`` for the next run.
-2. **Read** the parquet's feature columns batch by batch (the floor a build cannot beat).
-3. **Build** the feature cache (``cache.build_cache``).
+2. **Read** the parquet's feature columns batch by batch (the floor a build cannot beat),
+   from a cold page cache (the file's pages are dropped first with ``posix_fadvise``, no
+   root needed), then again warm.
+3. **Build** the feature cache (``cache.build_cache``) from a cold page cache too, as a user
+   builds from a freshly exported or copied panel: hashing the source is part of the build.
 4. **Train**: the real ATFT-GAT-FAN recipe (``trainers.atft_gat.train``), one epoch of
    ``--steps`` steps (one date per step) and one full validation pass over the validation
    period (20 % of the dates); the trainer builds the correlation graph on the way.
@@ -122,6 +125,16 @@ def generate(path: Path, *, stocks: int, dates: int, features: int, seed: int) -
 
 
 # -- 2-4. the children -----------------------------------------------------------------------
+def evict(path: Path) -> None:
+    """Drop the file's clean pages from the page cache, so the next read comes from disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
 def child_read(path: str) -> dict[str, Any]:
     import pyarrow.parquet as pq
 
@@ -211,7 +224,10 @@ def run(*, stocks: int, dates: int, features: int, steps: int, hidden: int, look
     import shutil
 
     shutil.rmtree(cache_root, ignore_errors=True)  # the build is what is measured
+    evict(path)
     read = _in_child("read", str(path))
+    warm = _in_child("read", str(path))
+    evict(path)
     build = _in_child("build", str(path), str(cache_root))
     trained = _in_child("train", str(path), str(cache_root), str(data_dir / "trial"), steps,
                         hidden, lookback)
@@ -220,8 +236,10 @@ def run(*, stocks: int, dates: int, features: int, steps: int, hidden: int, look
         "stocks": stocks, "dates": dates, "rows": build["rows"],
         "features": build["features"], "parquet_gb": path.stat().st_size / GB,
         "generate_s": round(generated_s, 1),
-        "read_s": round(read["read_s"], 2), "build_s": round(build["build_s"], 2),
+        "read_s": round(read["read_s"], 2), "read_warm_s": round(warm["read_s"], 2),
+        "build_s": round(build["build_s"], 2),
         "build_speed_vs_read": round(read["read_s"] / build["build_s"], 3),
+        "build_speed_vs_warm_read": round(warm["read_s"] / build["build_s"], 3),
         "build_peak_rss_gb": round(build["peak_rss_gb"], 3),
         "build_peak_anon_gb": round(build["peak_anon_gb"], 3),
         "build_peak_rss_ratio": round(build["peak_rss_gb"] / feature_gb, 4),
@@ -243,7 +261,7 @@ def run(*, stocks: int, dates: int, features: int, steps: int, hidden: int, look
 
 TARGETS = (
     ("build_peak_rss_ratio", "<=", 0.25, "cache build peak RSS / feature bytes"),
-    ("build_speed_vs_read", ">=", 0.5, "build speed / parquet read speed"),
+    ("build_speed_vs_read", ">=", 0.5, "build speed / parquet read speed, both cold"),
     ("train_peak_anon_gb", "<=", 4.0, "training anonymous memory, GB (full size)"),
     ("graph_s", "<=", 300.0, "graph build, s (full size)"),
     ("rows_kept_fraction", ">=", 1.0, "rows with a target that reach the model"),

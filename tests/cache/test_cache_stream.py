@@ -50,10 +50,10 @@ def _record_chunks(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, ...] | in
     seen: list[tuple[str, ...] | int] = []
     real = core.iter_chunks
 
-    def spy(source: Any, frame: Any, columns: list[str]) -> Iterator[pl.DataFrame]:
+    def spy(source: Any, frame: Any, columns: list[str], convert: Any = None) -> Iterator[Any]:
         seen.append(tuple(columns))
-        for chunk in real(source, frame, columns):
-            seen.append(chunk.height)
+        for chunk in real(source, frame, columns, convert):
+            seen.append(chunk.height if isinstance(chunk, pl.DataFrame) else len(chunk[0]))
             yield chunk
 
     monkeypatch.setattr(core, "iter_chunks", spy)

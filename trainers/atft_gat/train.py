@@ -45,7 +45,7 @@ from trainers.config import to_mapping
 from trainers.context import TrialContext, atomic_write_bytes, check_resumable
 from trainers.errors import UserError
 from trainers.metrics import panel_metrics
-from trainers.runtime import StepRunner, seed_everything, select_device
+from trainers.runtime import StepRunner, release_host_memory, seed_everything, select_device
 
 # Below this share of the source's labelled rows reaching the loss, the data is unusable.
 MIN_ROWS_KEPT = 0.5
@@ -370,6 +370,9 @@ def train(config: TrainConfig, ctx: TrialContext) -> dict[str, float]:
         :LISTED_SCORES]))
     check_features(scores, target=panel.target_names[h_idx], threshold=config.leak_threshold,
                    allow=config.allow_features)
+    # The graph build's and the guard's temporaries are freed; their pages go back now, not
+    # at the end of the trial (see release_host_memory).
+    release_host_memory()
     panel = standardise(panel, train_dates, moments=fc.feature_moments(train_dates))
     y_z = zscore_targets(panel.y)
     # Train only on dates whose scored horizon has labels.

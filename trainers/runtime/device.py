@@ -228,3 +228,34 @@ def free_memory(device: torch.device) -> None:
         torch.cuda.empty_cache()
     elif device.type == "mps":
         torch.mps.empty_cache()
+
+
+def _libc_malloc_trim() -> Any:
+    """glibc's ``malloc_trim``, or None where the C library has none (macOS, musl)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+def release_host_memory() -> bool:
+    """Give the pages of freed host allocations back to the operating system; returns
+    whether it could.
+
+    After a phase that made many mid-sized temporary arrays (the correlation graph's per-block
+    edge arrays, the leakage guard's ranks), glibc's malloc keeps their freed pages in its
+    heap instead of unmapping them: measured at the seed's size, a trial carried 1.8 GB of
+    such freed memory into training. ``malloc_trim(0)`` returns them; nothing live moves.
+    """
+    import gc
+
+    gc.collect()
+    trim = _libc_malloc_trim()
+    if trim is None:
+        return False
+    trim(0)
+    return True
