@@ -15,11 +15,15 @@ the same random draws as the random sampler's (both draw them with ``RandomSampl
 the report checks it), so they are trained once and shared, and the samplers part only where
 TPE starts to model.
 
-Reported per sampler and seed: the best validation RankIC reached after each trial, and the
-test RankIC of that best trial when a trial's outputs carry one (a ``test_rank_ic`` user attr,
-or ``<output>/<study>/test_report.json`` mapping trial numbers to ``{"rank_ic": ...}``). The
-held-out test period (``hpo.evaluate``) has not landed yet, so today every test figure is
-``null`` and the output says so: no test number is ever made up.
+Reported per sampler and seed, after each trial: the best **validation** RankIC so far and the
+**test** RankIC of the trial that holds it. Validation RankIC is what the search maximised and
+chose on, so its best is in-sample for the search (a selection figure). Test RankIC is the mean
+per-date rank IC of that trial's saved model on the study's held-out test dates, with a
+moving-block bootstrap standard error (``trainers.atft_gat.predict.predict_period`` and
+``trainers.metrics.predictions_metrics_with_se``, as ``hpo.evaluate`` computes them). It is
+computed only after the study has ended, for the trials that were ever best on validation, so
+no trial, pruner or sampler saw the test period. A trial shared from another study is
+predicted from that study's trial directory, where it was trained.
 
 Writes ``output/bench/search.json`` and prints a table. The studies live in
 ``output/bench/search/hpo.db``; a rerun with the same arguments resumes them.
@@ -30,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import statistics
 import time
 import tomllib
@@ -50,10 +55,18 @@ TRAINER = {"epochs": 2, "use_graph": False, "max_steps_per_epoch": 15, "lookback
 # small, for time) and batch_size (a 60-stock cross-section makes 200 and 400 the same step).
 DROPPED = ("hidden_size", "batch_size", "gat_layers", "gat_heads", "gat_dropout",
            "edge_dropout", "graph_k")
-TEST_REPORT = "test_report.json"
 NSGA2_POPULATION = 50  # Optuna's default population_size, what hpo.study builds
-TEST_PENDING = ("test RankIC pending: the held-out test period (hpo.evaluate) is not on main "
-                "yet; no trial carried a test_rank_ic")
+SHARED_ATTR = "shared_from"  # "<study>#<number>" on a trial copied by share_startup
+FIGURES = {
+    "val_rank_ic": "validation RankIC, the objective the search maximised and chose on: the "
+                   "best of it is in-sample for the search (selection)",
+    "test_rank_ic": "held-out test RankIC (mean per-date rank IC on the study's test dates, "
+                    "moving-block bootstrap SE) of the trial best on validation, predicted "
+                    "from its saved model after the study ended",
+}
+# (study, trial number) of a trained trial -> its held-out RankIC; shared between the studies
+# of one run, so a trial shared by share_startup is predicted once.
+HeldOut = dict[tuple[str, int], dict[str, Any]]
 
 
 def study_raw(sampler: str, seed: int, n_trials: int, n_startup: int) -> dict[str, Any]:
@@ -68,32 +81,61 @@ def study_raw(sampler: str, seed: int, n_trials: int, n_startup: int) -> dict[st
     }
 
 
-def test_rank_ics(trials: list[Any], study_dir: Path) -> dict[int, float]:
-    """Trial number -> test RankIC, from the trials' attrs or the study's test report."""
-    out = {t.number: float(t.user_attrs["test_rank_ic"]) for t in trials
-           if isinstance(t.user_attrs.get("test_rank_ic"), int | float)}
-    path = study_dir / TEST_REPORT
-    if path.is_file():
-        report = json.loads(path.read_text())
-        for number, row in (report.get("trials") or report).items():
-            value = row.get("rank_ic") if isinstance(row, dict) else None
-            if isinstance(value, int | float) and str(number).isdigit():
-                out.setdefault(int(number), float(value))
-    return out
-
-
-def best_curve(trials: list[Any], tests: dict[int, float]) -> tuple[list[float | None],
-                                                                     list[float | None]]:
-    """Best validation RankIC after each trial (in trial order), and its test RankIC."""
+def best_curve(trials: list[Any]) -> tuple[list[float | None], list[int | None]]:
+    """Best validation RankIC after each trial (in trial order), and the number of the trial
+    that holds it (the first to reach it)."""
     best, best_n = None, None
     curve: list[float | None] = []
-    test_curve: list[float | None] = []
+    numbers: list[int | None] = []
     for t in sorted(trials, key=lambda t: t.number):
         if t.state == TrialState.COMPLETE and (best is None or t.value > best):
             best, best_n = t.value, t.number
         curve.append(best)
-        test_curve.append(tests.get(best_n) if best_n is not None else None)
-    return curve, test_curve
+        numbers.append(best_n)
+    return curve, numbers
+
+
+def trained_in(trial: Any, study_name: str) -> tuple[str, int]:
+    """The study and trial number whose trial directory holds ``trial``'s model: a trial
+    copied by ``share_startup`` was trained in its source study, not in ``study_name``."""
+    shared = trial.user_attrs.get(SHARED_ATTR)
+    if shared is None:
+        return study_name, trial.number
+    name, _, number = str(shared).rpartition("#")
+    return name, int(number)
+
+
+def _finite(x: float) -> float | None:
+    return float(x) if math.isfinite(x) else None
+
+
+def heldout_rank_ic(out_dir: Path, study_name: str, number: int, *,
+                    recorded_split: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Test RankIC (``value``, ``se``; None where undefined) of trial ``number`` of
+    ``study_name``, from its saved model on the study's held-out test dates.
+
+    ``out_dir`` is the studies' ``--output``: the trial directories and the feature cache the
+    trials trained on (``<out_dir>/cache``) are under it. ``recorded_split`` is the study's
+    ``date_split`` attr: predicting on data that now splits otherwise is an error.
+    """
+    from hpo.objective import trial_dir
+    from trainers.atft_gat.predict import load_trained, predict_period
+    from trainers.errors import UserError
+    from trainers.metrics import predictions_metrics_with_se
+
+    directory = trial_dir(out_dir, study_name, number)
+    trained = load_trained(directory)
+    frame, split, dates = predict_period(directory, cache_dir=Path(out_dir) / "cache",
+                                         period="test", trained=trained)
+    ranges = split.ranges(dates)
+    if recorded_split is not None and recorded_split != ranges:
+        raise UserError(f"{directory}: the data now splits into {ranges}, the study was run on "
+                        f"{recorded_split}; rerun the bench into a fresh --dir")
+    metrics = predictions_metrics_with_se(frame, horizon=trained.config.metric_horizon)
+    return {"value": _finite(metrics["rank_ic"]["value"]),
+            "se": _finite(metrics["rank_ic"]["se"]),
+            "n_dates": int(metrics["n_dates"]["value"]), "test_dates": ranges.get("test"),
+            "trained_in": f"{study_name}#{number}"}
 
 
 def share_startup(source: Any, study: Any, n_startup: int) -> None:
@@ -116,10 +158,14 @@ def share_startup(source: Any, study: Any, n_startup: int) -> None:
 
 
 def run_one(sampler: str, seed: int, *, n_trials: int, n_startup: int, out_dir: Path,
-            share_from: str | None = None) -> dict[str, Any]:
+            share_from: str | None = None, heldout: HeldOut | None = None) -> dict[str, Any]:
+    """Run (or resume) one sampler's study, then, the study over, predict the held-out test
+    period for every trial that was ever best on validation. ``heldout`` caches those
+    predictions across the run's studies (shared trials are predicted once)."""
     import optuna
 
     from hpo.config import parse_study
+    from hpo.objective import SPLIT_ATTR
     from hpo.study import open_study
     from hpo.worker import run_worker
 
@@ -134,36 +180,76 @@ def run_one(sampler: str, seed: int, *, n_trials: int, n_startup: int, out_dir: 
     started = time.perf_counter()
     code = run_worker(study, spec, output=out_dir, target=n_trials, timeout=None,
                       announce=False)
+    seconds = round(time.perf_counter() - started, 1)
     trials = [t for t in study.get_trials(deepcopy=False) if t.state != TrialState.FAIL]
-    curve, test_curve = best_curve(trials, test_rank_ics(trials, out_dir / spec.name))
-    return {"exit_code": code, "seconds": round(time.perf_counter() - started, 1),
+    curve, best_numbers = best_curve(trials)
+    # The study has ended: only now is the test period opened, for its val-best trials.
+    heldout = {} if heldout is None else heldout
+    by_number = {t.number: t for t in trials}
+    recorded = study.user_attrs.get(SPLIT_ATTR)
+    tests: dict[int, dict[str, Any]] = {}
+    for number in sorted({n for n in best_numbers if n is not None}):
+        key = trained_in(by_number[number], spec.name)
+        if key not in heldout:
+            heldout[key] = heldout_rank_ic(out_dir, *key, recorded_split=recorded)
+        tests[number] = heldout[key]
+
+    def test_curve(field: str) -> list[float | None]:
+        return [None if n is None else tests[n][field] for n in best_numbers]
+
+    return {"exit_code": code, "seconds": seconds,
             "rank_ic": [t.value if t.state == TrialState.COMPLETE else None
                         for t in sorted(trials, key=lambda t: t.number)],
-            "best_val_rank_ic": curve, "best_test_rank_ic": test_curve}
+            "best_val_rank_ic": curve, "best_val_trial": best_numbers,
+            "best_test_rank_ic": test_curve("value"), "best_test_rank_ic_se": test_curve("se"),
+            "test_rank_ic_of_val_best": {str(n): row for n, row in tests.items()},
+            "split": recorded}
+
+
+def _median(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+def _gaps(values: list[float | None], base: list[float | None]) -> list[float | None]:
+    return [None if a is None or b is None else a - b for a, b in zip(values, base, strict=True)]
 
 
 def summarise(runs: dict[str, dict[int, dict[str, Any]]], seeds: list[int]) -> dict[str, Any]:
+    """Per sampler: the final best validation RankIC per seed and the held-out test RankIC of
+    the trial that holds it, their medians, and (against random) the paired gaps."""
     out: dict[str, Any] = {}
     for sampler, by_seed in runs.items():
         finals = [by_seed[s]["best_val_rank_ic"][-1] for s in seeds]
         tests = [by_seed[s]["best_test_rank_ic"][-1] for s in seeds]
         out[sampler] = {
             "final_best_val_rank_ic": finals,
-            "median_final_best_val_rank_ic": statistics.median(finals),
+            "median_final_best_val_rank_ic": _median(finals),
+            "final_best_val_trial": [by_seed[s]["best_val_trial"][-1] for s in seeds],
             "final_best_test_rank_ic": tests,
+            "final_best_test_rank_ic_se": [by_seed[s]["best_test_rank_ic_se"][-1]
+                                           for s in seeds],
+            "median_final_best_test_rank_ic": _median(tests),
             "best_val_rank_ic_per_trial": {str(s): by_seed[s]["best_val_rank_ic"]
                                            for s in seeds},
             "best_test_rank_ic_per_trial": {str(s): by_seed[s]["best_test_rank_ic"]
                                             for s in seeds},
+            "best_test_rank_ic_se_per_trial": {str(s): by_seed[s]["best_test_rank_ic_se"]
+                                               for s in seeds},
+            "test_rank_ic_of_val_best_trials": {str(s): by_seed[s]["test_rank_ic_of_val_best"]
+                                                for s in seeds},
         }
     if "random" in out:
-        base = out["random"]["final_best_val_rank_ic"]
+        base = out["random"]
         for sampler, row in out.items():
-            if sampler != "random":
-                gaps = [a - b for a, b in zip(row["final_best_val_rank_ic"], base, strict=True)]
-                row["gap_vs_random_per_seed"] = gaps
-                row["gap_vs_random_median"] = statistics.median(gaps)
-                row["wins_vs_random"] = sum(g > 0 for g in gaps)
+            if sampler == "random":
+                continue
+            for figure in ("val", "test"):
+                gaps = _gaps(row[f"final_best_{figure}_rank_ic"],
+                             base[f"final_best_{figure}_rank_ic"])
+                row[f"{figure}_gap_vs_random_per_seed"] = gaps
+                row[f"{figure}_gap_vs_random_median"] = _median(gaps)
+                row[f"{figure}_wins_vs_random"] = sum(g is not None and g > 0 for g in gaps)
     return out
 
 
@@ -199,13 +285,12 @@ def draws_equal_random(name: str, seeds: list[int], n_trials: int) -> bool:
 def write_report(args: argparse.Namespace, runs: dict[str, dict[int, dict[str, Any]]],
                  seeds: list[int]) -> dict[str, Any]:
     summary = summarise(runs, seeds)
-    any_test = any(v is not None for row in summary.values()
-                   for v in row["final_best_test_rank_ic"])
+    first = next(iter(runs.values()))[seeds[0]]
     report: dict[str, Any] = {
         "n_trials": args.trials, "seeds": seeds, "n_startup_trials": args.n_startup,
         "objective": "validation rank_ic (maximize), single objective",
+        "figures": FIGURES, "split": first["split"],
         "market": DATA, "trainer": TRAINER,
-        "test_rank_ic": "reported per trial" if any_test else TEST_PENDING,
         "samplers": summary,
         "shared_startup_trials": args.n_startup,
         "startup_draws_equal": draws_equal_random("tpe", seeds, args.n_startup),
@@ -238,32 +323,50 @@ def main(argv: list[str] | None = None) -> int:
     args.dir.mkdir(parents=True, exist_ok=True)
     trained = [s for s in args.samplers if s != "nsga2" or args.trials > NSGA2_POPULATION]
     runs: dict[str, dict[int, dict[str, Any]]] = {s: {} for s in trained}
+    heldout: HeldOut = {}
     done: list[int] = []
     for seed in args.seeds:  # seed-major: a cut-short run still holds whole, paired seeds
         for i, sampler in enumerate(trained):
             first = study_raw(trained[0], seed, args.trials, args.n_startup)["name"]
             run = run_one(sampler, seed, n_trials=args.trials, n_startup=args.n_startup,
-                          out_dir=args.dir, share_from=first if i else None)
+                          out_dir=args.dir, share_from=first if i else None, heldout=heldout)
             runs[sampler][seed] = run
-            print(f"{sampler:7s} seed {seed}: best val RankIC {run['best_val_rank_ic'][-1]:.4f}"
-                  f" after {args.trials} trials ({run['seconds']:.0f} s)", flush=True)
+            print(f"{sampler:7s} seed {seed}: best val RankIC {_fmt(run['best_val_rank_ic'][-1])}"
+                  f", its test RankIC {_fmt(run['best_test_rank_ic'][-1])} after {args.trials} "
+                  f"trials ({run['seconds']:.0f} s)", flush=True)
         done.append(seed)
         report = write_report(args, runs, done)
-    summary = report["samplers"]
-    any_test = report["test_rank_ic"] != TEST_PENDING
-    print(f"\n{'sampler':8s} {'median best val RankIC':>23s} {'per seed':>30s} "
-          f"{'gap vs random (median)':>23s}")
-    for sampler, row in summary.items():
-        per_seed = " ".join(f"{v:.4f}" for v in row["final_best_val_rank_ic"])
-        gap = row.get("gap_vs_random_median")
-        print(f"{sampler:8s} {row['median_final_best_val_rank_ic']:23.4f} {per_seed:>30s} "
-              f"{'' if gap is None else f'{gap:+.4f}':>23s}")
-    if not any_test:
-        print(f"note: {TEST_PENDING}")
-    if "nsga2" in report:
-        print(f"nsga2: {report['nsga2']}")
+    print_table(report)
     print(f"wrote {args.out}")
     return 0
+
+
+def _fmt(value: float | None, se: float | None = None, *, sign: bool = False) -> str:
+    if value is None:
+        return "n/a"
+    out = f"{value:+.4f}" if sign else f"{value:.4f}"
+    return out if se is None else f"{out}±{se:.4f}"
+
+
+def print_table(report: dict[str, Any]) -> None:
+    summary = report["samplers"]
+    for figure, title, per_seed_width in (
+            ("val", "validation RankIC (selection: in-sample for the search)", 30),
+            ("test", "held-out test RankIC of the val-best trial (value ± bootstrap SE)", 48)):
+        print(f"\n{title}")
+        print(f"{'sampler':8s} {'median':>8s} {'per seed':>{per_seed_width}s} "
+              f"{'gap vs random (median)':>23s}")
+        for sampler, row in summary.items():
+            values = row[f"final_best_{figure}_rank_ic"]
+            ses = (row["final_best_test_rank_ic_se"] if figure == "test"
+                   else [None] * len(values))
+            per_seed = " ".join(_fmt(v, e) for v, e in zip(values, ses, strict=True))
+            gap = row.get(f"{figure}_gap_vs_random_median")
+            print(f"{sampler:8s} {_fmt(row[f'median_final_best_{figure}_rank_ic']):>8s} "
+                  f"{per_seed:>{per_seed_width}s} "
+                  f"{'' if sampler == 'random' else _fmt(gap, sign=True):>23s}")
+    if "nsga2" in report:
+        print(f"nsga2: {report['nsga2']}")
 
 
 if __name__ == "__main__":
