@@ -69,7 +69,8 @@ FIGURES = {
 HeldOut = dict[tuple[str, int], dict[str, Any]]
 
 
-def study_raw(sampler: str, seed: int, n_trials: int, n_startup: int) -> dict[str, Any]:
+def study_raw(sampler: str, seed: int, n_trials: int, n_startup: int,
+              market: str = "realistic") -> dict[str, Any]:
     demo = tomllib.loads(DEMO.read_text())
     space = {k: v for k, v in demo["search_space"].items() if k not in DROPPED}
     return {
@@ -77,7 +78,8 @@ def study_raw(sampler: str, seed: int, n_trials: int, n_startup: int) -> dict[st
         "description": "bench_search: validation RankIC, paired sampler comparison",
         "objectives": [{"metric": "rank_ic", "direction": "maximize"}],
         "sampler": {"name": sampler, "seed": seed, "n_startup_trials": n_startup},
-        "data": DATA, "trainer": TRAINER, "search_space": space,
+        "data": {**DATA, "market_difficulty": market}, "trainer": TRAINER,
+        "search_space": space,
     }
 
 
@@ -158,7 +160,8 @@ def share_startup(source: Any, study: Any, n_startup: int) -> None:
 
 
 def run_one(sampler: str, seed: int, *, n_trials: int, n_startup: int, out_dir: Path,
-            share_from: str | None = None, heldout: HeldOut | None = None) -> dict[str, Any]:
+            share_from: str | None = None, heldout: HeldOut | None = None,
+            market: str = "realistic") -> dict[str, Any]:
     """Run (or resume) one sampler's study, then, the study over, predict the held-out test
     period for every trial that was ever best on validation. ``heldout`` caches those
     predictions across the run's studies (shared trials are predicted once)."""
@@ -169,7 +172,7 @@ def run_one(sampler: str, seed: int, *, n_trials: int, n_startup: int, out_dir: 
     from hpo.study import open_study
     from hpo.worker import run_worker
 
-    raw = study_raw(sampler, seed, n_trials, n_startup)
+    raw = study_raw(sampler, seed, n_trials, n_startup, market)
     spec = parse_study(raw, path=Path(f"{raw['name']}.toml"))
     url = f"sqlite:///{(out_dir / 'hpo.db').resolve()}"
     study = open_study(spec, url, force=False, target=n_trials, quiet=True)
@@ -290,7 +293,7 @@ def write_report(args: argparse.Namespace, runs: dict[str, dict[int, dict[str, A
         "n_trials": args.trials, "seeds": seeds, "n_startup_trials": args.n_startup,
         "objective": "validation rank_ic (maximize), single objective",
         "figures": FIGURES, "split": first["split"],
-        "market": DATA, "trainer": TRAINER,
+        "market": {**DATA, "market_difficulty": args.market}, "trainer": TRAINER,
         "samplers": summary,
         "shared_startup_trials": args.n_startup,
         "startup_draws_equal": draws_equal_random("tpe", seeds, args.n_startup),
@@ -315,6 +318,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--trials", type=int, default=8, help="trial budget per sampler and seed")
     p.add_argument("--n-startup", type=int, default=4, help="TPE/GP random startup trials")
+    p.add_argument("--market", choices=["realistic", "easy"], default="realistic",
+                   help="synthetic market: 'realistic' (calibrated, RankIC near what real "
+                        "panels give) or 'easy' (strong planted signal, where settings matter "
+                        "more); use another --dir and --out per market")
     p.add_argument("--dir", type=Path, default=Path("output/bench/search"))
     p.add_argument("--out", type=Path, default=Path("output/bench/search.json"))
     args = p.parse_args(argv)
@@ -329,7 +336,8 @@ def main(argv: list[str] | None = None) -> int:
         for i, sampler in enumerate(trained):
             first = study_raw(trained[0], seed, args.trials, args.n_startup)["name"]
             run = run_one(sampler, seed, n_trials=args.trials, n_startup=args.n_startup,
-                          out_dir=args.dir, share_from=first if i else None, heldout=heldout)
+                          market=args.market, out_dir=args.dir,
+                          share_from=first if i else None, heldout=heldout)
             runs[sampler][seed] = run
             print(f"{sampler:7s} seed {seed}: best val RankIC {_fmt(run['best_val_rank_ic'][-1])}"
                   f", its test RankIC {_fmt(run['best_test_rank_ic'][-1])} after {args.trials} "

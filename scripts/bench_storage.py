@@ -201,7 +201,7 @@ def bare_ms(url: str, *, n_trials: int, name: str, heartbeat: bool = False,
                 max_retry=spec.storage.max_retry))
     study = optuna.create_study(study_name=name, storage=storage,
                                 directions=["minimize", "maximize", "minimize"],
-                                sampler=make_sampler(spec, seed_offset=0))
+                                sampler=make_sampler(spec))
 
     def objective(trial: optuna.Trial) -> tuple[float, float, float]:
         return _values(trial.suggest_float("lr", 0.01, 0.5, log=True),
