@@ -212,7 +212,7 @@ def _in_child(name: str, *args: Any) -> dict[str, Any]:
 
 
 def run(*, stocks: int, dates: int, features: int, steps: int, hidden: int, lookback: int,
-        data_dir: Path, seed: int = 0) -> dict[str, Any]:
+        data_dir: Path, seed: int = 0, val_fraction: float = 0.2) -> dict[str, Any]:
     data_dir.mkdir(parents=True, exist_ok=True)
     path = data_dir / f"panel_{stocks}x{dates}x{features}_s{seed}.parquet"
     generated_s = 0.0
@@ -230,7 +230,7 @@ def run(*, stocks: int, dates: int, features: int, steps: int, hidden: int, look
     evict(path)
     build = _in_child("build", str(path), str(cache_root))
     trained = _in_child("train", str(path), str(cache_root), str(data_dir / "trial"), steps,
-                        hidden, lookback)
+                        hidden, lookback, val_fraction)
     feature_gb = build["feature_gb"]
     result = {
         "stocks": stocks, "dates": dates, "rows": build["rows"],
@@ -254,7 +254,8 @@ def run(*, stocks: int, dates: int, features: int, steps: int, hidden: int, look
         "values_missing_fraction": trained["values_missing_fraction"],
         "edges_per_date": trained["edges_per_date"],
         "validation_rank_ic": round(trained["validation_rank_ic"], 4),
-        "hidden_size": hidden, "lookback": lookback, "cpu_threads": os.cpu_count(),
+        "hidden_size": hidden, "lookback": lookback, "val_fraction": val_fraction,
+        "cpu_threads": os.cpu_count(),
     }
     return result
 
@@ -280,12 +281,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=5, help="training steps (one date each)")
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--lookback", type=int, default=20)
+    parser.add_argument("--val-fraction", type=float, default=0.2,
+                        help="share of the dates validated (0.2: the full validation period "
+                             "of a study; the test period is cut after it either way)")
     parser.add_argument("--data-dir", type=Path, default=Path("output/bench/scale-data"))
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
     result = run(stocks=args.stocks, dates=args.dates, features=args.features,
                  steps=args.steps, hidden=args.hidden, lookback=args.lookback,
-                 data_dir=args.data_dir)
+                 data_dir=args.data_dir, val_fraction=args.val_fraction)
     full = (args.stocks, args.dates, args.features) == (4000, 2500, 300)
     print(f"panel {args.stocks} stocks x {args.dates} dates x {args.features} features: "
           f"{result['rows']:,} rows, {result['feature_gb']:.2f} GB of float32 features "

@@ -43,10 +43,12 @@ training GPU when there is one, in whole-matrix tiles). 4,000 stocks x 2,500 dat
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -327,6 +329,54 @@ def _single_threaded_ops(enabled: bool) -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
+class _EdgeSink:
+    """Where build_graphs puts each block of dates' edges: in memory, or (``spill_dir``)
+    appended to three unlinked temporary files that end up memory-mapped, so a seed-sized
+    graph (1.8 GB) never sits in the process's private memory, nor does the copy that
+    joining in-memory blocks makes."""
+
+    DTYPES = (np.int32, np.int32, np.float32)  # src, dst, weight
+
+    def __init__(self, spill_dir: str | Path | None) -> None:
+        self.counts: list[np.ndarray] = []
+        self.parts: list[list[np.ndarray]] = [[], [], []]
+        self.files = None
+        if spill_dir is not None:
+            try:
+                self.files = [tempfile.TemporaryFile(dir=spill_dir, prefix=".graph-")
+                              for _ in self.DTYPES]
+            except OSError:  # an unwritable directory: keep the edges in memory instead
+                self.files = None
+
+    def add(self, counts: np.ndarray, *columns: np.ndarray) -> None:
+        self.counts.append(counts)
+        for i, column in enumerate(columns):
+            column = np.ascontiguousarray(column, dtype=self.DTYPES[i])
+            if self.files is None:
+                self.parts[i].append(column)
+            else:
+                self.files[i].write(memoryview(column).cast("B"))
+
+    def finish(self) -> tuple[np.ndarray, ...]:
+        """(counts per date, src, dst, weight)."""
+        counts = np.concatenate(self.counts) if self.counts else np.zeros(0, np.int64)
+        n_edges = int(counts.sum())
+        columns = []
+        for i, dtype in enumerate(self.DTYPES):
+            if self.files is None:
+                # One column at a time, its blocks freed once joined.
+                columns.append(np.concatenate(self.parts[i]) if self.parts[i]
+                               else np.zeros(0, dtype))
+                self.parts[i] = []
+                continue
+            f = self.files[i]
+            f.flush()
+            columns.append(np.memmap(f, dtype=dtype, mode="r", shape=(n_edges,))
+                           if n_edges else np.zeros(0, dtype))
+            f.close()  # the map keeps its own handle; the unlinked file goes with it
+        return counts, *columns
+
+
 def build_graphs(
     returns: np.ndarray,
     cfg: GraphConfig,
@@ -334,6 +384,7 @@ def build_graphs(
     present: np.ndarray | None = None,
     device: str | torch.device = "cpu",
     refresh: int = REFRESH_DATES,
+    spill_dir: str | Path | None = None,
 ) -> DateGraphs:
     """Correlation graphs of every date of a (dates, stocks) return matrix.
 
@@ -345,6 +396,8 @@ def build_graphs(
         device: where the sums and top-k run; the result is always numpy on the CPU.
         refresh: dates between exact recomputations of the running sums (1 = recompute every
             date, no incremental update; for tests and drift measurements).
+        spill_dir: a directory for the edges as they are found (see ``_EdgeSink``): the
+            returned arrays are then read-only memory maps of unlinked files there.
     """
     returns = np.asarray(returns)
     if returns.ndim != 2:
@@ -380,7 +433,7 @@ def build_graphs(
     buffers = [torch.empty(3, tile, n_stocks, dtype=torch.float32, device=device)
                for _ in range(workers)]  # per worker: the correlations and two scratch rows
     sums = _RunningSums(n_stocks, device)
-    parts: list[tuple[np.ndarray, ...]] = []
+    sink = _EdgeSink(spill_dir)
     with (torch.no_grad(), _single_threaded_ops(on_cpu and workers > 1),
           ThreadPoolExecutor(max_workers=workers) as pool):
         for r0 in range(0, n_dates, refresh):
@@ -415,19 +468,14 @@ def build_graphs(
             # Unusable listeners and weak links are dropped on the small (dates, S, k) result.
             keep = (values >= cfg.threshold) & node_ok.unsqueeze(-1)
             date, dst, slot = keep.nonzero(as_tuple=True)  # row-major: date, dst, rank
-            parts.append((
+            sink.add(
                 torch.bincount(date, minlength=r1 - r0).cpu().numpy(),
                 neighbour[date, dst, slot].to(torch.int32).cpu().numpy(),
                 dst.to(torch.int32).cpu().numpy(),
                 values[date, dst, slot].clamp(-1.0, 1.0).cpu().numpy(),
-            ))
+            )
             del date, dst, slot, keep
-    # One column at a time, each freed once joined: peak = the graph + one column's copy.
-    columns = [list(column) for column in zip(*parts, strict=True)]
-    del parts
-    joined = []
-    while columns:
-        joined.append(np.concatenate(columns.pop(0)))
-    counts, src, dst_np, weight = joined
+    del sums, buffers
+    counts, src, dst_np, weight = sink.finish()
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     return DateGraphs(src=src, dst=dst_np, weight=weight, offsets=offsets)

@@ -101,7 +101,8 @@ def load_graphs(fc: FeatureCache, panel: Panel, config: TrainConfig) -> DateGrap
         returns = np.where(panel.present.numpy(), returns, np.nan)
         device = select_device(config.device)
         graphs = build_graphs(returns, gcfg, present=panel.present.numpy(),
-                              device=device if device.type == "cuda" else "cpu")
+                              device=device if device.type == "cuda" else "cpu",
+                              spill_dir=fc.path)
         fc.save_sidecar("graphs", {"src": graphs.src, "dst": graphs.dst,
                                    "weight": graphs.weight, "offsets": graphs.offsets},
                         params=params)
@@ -363,6 +364,7 @@ def train(config: TrainConfig, ctx: TrialContext) -> dict[str, float]:
                         "lookback")
     # A model without the graph block never reads a graph: none is built.
     graphs = load_graphs(fc, panel, config) if config.use_graph else no_graphs(len(panel.dates))
+    release_host_memory()  # a graph build's freed per-block arrays (see release_host_memory)
     graph_seconds = time.perf_counter() - t_graph
     h_idx = list(config.horizons).index(config.metric_horizon)
     scores = leak_scores(fc, panel, train_dates, h_idx, config)
@@ -370,9 +372,7 @@ def train(config: TrainConfig, ctx: TrialContext) -> dict[str, float]:
         :LISTED_SCORES]))
     check_features(scores, target=panel.target_names[h_idx], threshold=config.leak_threshold,
                    allow=config.allow_features)
-    # The graph build's and the guard's temporaries are freed; their pages go back now, not
-    # at the end of the trial (see release_host_memory).
-    release_host_memory()
+    release_host_memory()  # and the guard's ranks
     panel = standardise(panel, train_dates, moments=fc.feature_moments(train_dates))
     y_z = zscore_targets(panel.y)
     # Train only on dates whose scored horizon has labels.

@@ -141,6 +141,24 @@ def test_incremental_sums_equal_a_from_scratch_computation() -> None:
         np.testing.assert_allclose(rolled.weight, scratch.weight, rtol=0, atol=1e-5)
 
 
+def test_spilled_edges_are_the_in_memory_graph_mapped_from_unlinked_files(
+        tmp_path: Path) -> None:
+    returns = _factor_returns(300, 30, seed=21)
+    cfg = GraphConfig(window=30, k=5, threshold=0.1, min_periods=10)
+    in_memory = build_graphs(returns, cfg, refresh=16)
+    spilled = build_graphs(returns, cfg, refresh=16, spill_dir=tmp_path)
+    assert in_memory.n_edges > 0
+    for name in ("src", "dst", "weight", "offsets"):
+        assert np.array_equal(getattr(spilled, name), getattr(in_memory, name)), name
+    for name in ("src", "dst", "weight"):  # file-backed, so not in the process's own memory
+        array = getattr(spilled, name)
+        assert isinstance(array, np.memmap) and not array.flags.writeable, name
+    assert list(tmp_path.iterdir()) == []  # nothing left behind, even while mapped
+    # An unwritable spill directory keeps the edges in memory instead of failing.
+    missing = build_graphs(returns, cfg, refresh=16, spill_dir=tmp_path / "missing")
+    assert np.array_equal(missing.src, in_memory.src)
+
+
 def test_top_k_is_the_graph_a_smaller_k_builds() -> None:
     rng = np.random.default_rng(13)
     returns = _factor_returns(90, 30, seed=13)
