@@ -224,6 +224,7 @@ def run(*, stocks: int, dates: int, features: int, steps: int, hidden: int, look
     import shutil
 
     shutil.rmtree(cache_root, ignore_errors=True)  # the build is what is measured
+    shutil.rmtree(data_dir / "trial", ignore_errors=True)  # a fresh trial, never a resume
     evict(path)
     read = _in_child("read", str(path))
     warm = _in_child("read", str(path))
