@@ -451,31 +451,48 @@ def test_cuda_auto_precision_and_pinned_transfer(tmp_path) -> None:
         assert runner.optimizer.param_groups[0]["fused"] is True
 
 
-def _anon_bytes() -> int:
+RETENTION_SCRIPT = """
+import json, numpy as np
+from pathlib import Path
+from trainers.runtime.device import release_host_memory
+
+def anon():
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("RssAnon:"):
             return int(line.split()[1]) * 1024
-    raise AssertionError("no RssAnon in /proc/self/status")
+
+# Freeing a large mapped block raises glibc's mmap threshold to its size, so the 8 MB arrays
+# that follow come from the heap, as a graph build's per-block arrays do; the smaller arrays
+# made between them stay alive, so the freed blocks are holes the heap cannot shrink past.
+np.ones(24 << 20, dtype=np.uint8)
+blocks, pins = [], []
+for _ in range(40):  # 320 MB touched
+    blocks.append(np.ones(8 << 20, dtype=np.uint8))
+    pins.append(np.ones(256 << 10, dtype=np.uint8))
+del blocks
+held = anon()
+done = release_host_memory()
+print(json.dumps({"done": done, "released": held - anon(), "pins": len(pins)}))
+"""
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="needs Linux /proc")
 def test_release_host_memory_returns_the_pages_of_freed_mid_sized_arrays() -> None:
-    from trainers.runtime.device import _libc_malloc_trim, release_host_memory
+    """In a fresh interpreter, so the heap's layout is the script's own (in a long test run,
+    earlier tests' free holes change where the arrays land)."""
+    import json
+    import subprocess
+    import sys
+
+    from trainers.runtime.device import _libc_malloc_trim
 
     if _libc_malloc_trim() is None:
         pytest.skip("the C library has no malloc_trim (not glibc)")
-    # Freeing a large mapped block raises glibc's mmap threshold to its size, so the 8 MB
-    # arrays that follow come from the heap, as a graph build's per-block arrays do; the
-    # smaller arrays made between them stay alive, so the freed blocks are holes in the heap
-    # that it cannot shrink past on its own.
-    np.ones(24 << 20, dtype=np.uint8)
-    blocks, pins = [], []
-    for _ in range(40):  # 320 MB touched
-        blocks.append(np.ones(8 << 20, dtype=np.uint8))
-        pins.append(np.ones(256 << 10, dtype=np.uint8))
-    del blocks  # (a no-op release would leave all 320 MB held)
-    held = _anon_bytes()
-    assert release_host_memory() is True
-    released = held - _anon_bytes()
-    assert released > 200 << 20, f"only {released >> 20} MB went back"
-    assert sum(int(p[0]) for p in pins) == 40
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", RETENTION_SCRIPT], env=env, check=True,
+                          capture_output=True, text=True)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["done"] is True
+    # (a no-op release would leave all 320 MB held)
+    assert result["released"] > 200 << 20, f"only {result['released'] >> 20} MB went back"
