@@ -19,6 +19,8 @@ from typing import Any, BinaryIO
 
 import optuna
 
+from hpo import attrs
+
 log = logging.getLogger("hpo")
 
 ARTIFACTS_DIRNAME = "artifacts"
@@ -73,18 +75,18 @@ def artifact_store(output_dir: Path, *,
 # -- study note -------------------------------------------------------------------------------
 def study_note(study: optuna.Study) -> str:
     """Markdown shown on the study's dashboard page: description, workload, objectives."""
-    attrs = study.user_attrs
+    user_attrs = study.user_attrs
     names = study.metric_names or [f"value_{i}" for i in range(len(study.directions))]
     lines = [f"## {study.study_name}", ""]
-    if attrs.get("description"):
-        lines += [str(attrs["description"]), ""]
-    if attrs.get("workload"):
-        lines.append(f"- workload: `{attrs['workload']}`")
+    if user_attrs.get(attrs.DESCRIPTION):
+        lines += [str(user_attrs[attrs.DESCRIPTION]), ""]
+    if user_attrs.get(attrs.WORKLOAD):
+        lines.append(f"- workload: `{user_attrs[attrs.WORKLOAD]}`")
     objectives = ", ".join(f"{n} ({d.name.lower()})"
                            for n, d in zip(names, study.directions, strict=False))
     lines.append(f"- objectives: {objectives}")
-    if attrs.get("n_trials_target") is not None:
-        lines.append(f"- target: {attrs['n_trials_target']} finished trials")
+    if user_attrs.get(attrs.TARGET) is not None:
+        lines.append(f"- target: {user_attrs[attrs.TARGET]} finished trials")
     from hpo.heldout import read_summary, render_markdown
 
     summary = read_summary(study)
@@ -198,7 +200,7 @@ def upload_trial_artifacts(trial: optuna.Trial, *, trial_dir: Path, output_dir: 
 
 def _upload(trial: optuna.Trial, trial_dir: Path,
             store: optuna.artifacts.FileSystemArtifactStore, metric_names: list[str]) -> list[str]:
-    history = list(trial.user_attrs.get("history") or [])
+    history = list(trial.user_attrs.get(attrs.HISTORY) or [])
     if len(history) < MIN_CURVE_EPOCHS:
         history = []
     if history:

@@ -17,6 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hpo.pruners import PRUNER_KEYS as PRUNER_KEYS  # re-exported: the study file's keys
+from hpo.pruners import SINGLE_OBJECTIVE_PRUNERS as SINGLE_OBJECTIVE_PRUNERS
+from hpo.pruners import PrunerSpec, pruner_problems
 from trainers.config import config_problems, unknown_key_problem
 from trainers.errors import UserError
 
@@ -24,20 +27,6 @@ STUDIES_DIR = Path(__file__).resolve().parent.parent / "studies"
 
 DIRECTIONS = ("maximize", "minimize")
 SAMPLERS = ("tpe", "nsga2", "gp", "random", "grid")
-PRUNERS = ("none", "median", "percentile", "successive_halving", "hyperband", "mo_asha")
-# The [pruner] keys each pruner reads; any other key is an error, never silently ignored.
-PRUNER_KEYS: dict[str, tuple[str, ...]] = {
-    "none": (),
-    "median": ("n_startup_trials", "n_warmup_steps", "interval_steps", "n_min_trials"),
-    "percentile": ("percentile", "n_startup_trials", "n_warmup_steps", "interval_steps",
-                   "n_min_trials"),
-    "successive_halving": ("min_resource", "reduction_factor", "min_early_stopping_rate",
-                           "bootstrap_count"),
-    "hyperband": ("min_resource", "max_resource", "reduction_factor", "bootstrap_count"),
-    "mo_asha": ("min_epochs", "eta", "min_trials_at_rung"),
-}
-# Pruners built on Optuna's trial.report, which refuses multi-objective studies.
-SINGLE_OBJECTIVE_PRUNERS = ("median", "percentile", "successive_halving", "hyperband")
 PARAM_TYPES = ("float", "int", "categorical")
 
 _TOP_KEYS = {
@@ -71,11 +60,26 @@ class Param:
                 "step": self.step}
 
     def midpoint(self) -> Any:
-        """A representative value used to validate the trainer config before any trial."""
+        """A value the sampler can draw from the middle of the range, used to validate the
+        trainer config before any trial (the first choice of a categorical).
+
+        The middle on the scale the sampler draws from: the geometric mean when ``log``,
+        else the arithmetic mean, moved down onto the grid ``low + k * step`` when there is
+        a step (an int's step is 1 at least), so it is always a legal point.
+        """
         if self.kind == "categorical":
             return self.choices[0]
         assert self.low is not None and self.high is not None
-        return self.low if self.kind == "int" else float(self.low)
+        if self.log:
+            middle = math.sqrt(self.low * self.high)
+            return math.floor(middle) if self.kind == "int" else middle
+        step = self.step if self.step is not None else (1 if self.kind == "int" else None)
+        if step is None:
+            return (self.low + self.high) / 2
+        # points on the grid past low; rounded first so 0.3 / 0.1 = 2.9999... counts 3
+        n_steps = math.floor(round((self.high - self.low) / step, 9))
+        value = self.low + (n_steps // 2) * step
+        return int(value) if self.kind == "int" else float(value)
 
     def grid_values(self) -> list[Any]:
         if self.kind == "categorical":
@@ -91,30 +95,6 @@ class SamplerSpec:
     name: str = "tpe"
     seed: int | None = 0
     n_startup_trials: int = 10
-
-
-@dataclass(frozen=True)
-class PrunerSpec:
-    """The [pruner] table; which keys apply depends on ``name`` (``PRUNER_KEYS``).
-
-    Steps and resources are epochs (trainers report once per epoch, 1-based).
-    ``max_resource = 0`` lets hyperband take it from the first finished trial (Optuna's "auto").
-    """
-
-    name: str = "none"
-    n_startup_trials: int = 5
-    n_warmup_steps: int = 1
-    interval_steps: int = 1
-    n_min_trials: int = 1
-    percentile: float = 25.0
-    min_resource: int = 1
-    max_resource: int = 0
-    reduction_factor: int = 3
-    min_early_stopping_rate: int = 0
-    bootstrap_count: int = 0
-    min_epochs: int = 1
-    eta: int = 3
-    min_trials_at_rung: int = 3
 
 
 @dataclass(frozen=True)
@@ -380,8 +360,9 @@ def parse_study(raw: Mapping[str, Any], *, path: Path, check_workload: bool = Tr
         problems.add("sampler.name", f"got {sampler.name!r}; allowed: {', '.join(SAMPLERS)}")
     pruner = _simple(PrunerSpec, raw, "pruner", problems)
     raw_pruner = raw.get("pruner", {})
-    _check_pruner(pruner, raw_pruner if isinstance(raw_pruner, dict) else {}, len(objectives),
-                  problems)
+    for key, problem in pruner_problems(pruner, raw_pruner if isinstance(raw_pruner, dict)
+                                        else {}, n_objectives=len(objectives)):
+        problems.add(key, problem)
     storage = _simple(StorageSpec, raw, "storage", problems)
     if storage.heartbeat_interval < 1 or storage.grace_period <= storage.heartbeat_interval:
         problems.add("storage", "need heartbeat_interval >= 1 and grace_period > "
@@ -429,33 +410,6 @@ def parse_study(raw: Mapping[str, Any], *, path: Path, check_workload: bool = Tr
         sampler=sampler, pruner=pruner, storage=storage, n_trials=n_trials,
         timeout_s=float(timeout) or None, enqueue=tuple(enqueued),
     )
-
-
-def _check_pruner(pruner: PrunerSpec, raw: Mapping[str, Any], n_objectives: int,
-                  problems: _Problems) -> None:
-    if pruner.name not in PRUNERS:
-        problems.add("pruner.name", f"got {pruner.name!r}; allowed: {', '.join(PRUNERS)}")
-        return
-    allowed = PRUNER_KEYS[pruner.name]
-    for key in sorted(set(raw) - {"name"} - set(allowed)):
-        if key in PrunerSpec.__dataclass_fields__:
-            problems.add(f"pruner.{key}", f"does not apply to pruner {pruner.name!r}; its keys: "
-                                          f"{', '.join(allowed) or '(none)'}")
-    if pruner.name in SINGLE_OBJECTIVE_PRUNERS and n_objectives > 1:
-        problems.add("pruner.name", f"{pruner.name!r} needs a single objective (Optuna's "
-                                    "trial.report refuses multi-objective studies); use "
-                                    "\"mo_asha\" or \"none\"")
-    minimums = {"n_startup_trials": 0, "n_warmup_steps": 0, "interval_steps": 1,
-                "n_min_trials": 1, "min_resource": 1, "max_resource": 0, "reduction_factor": 2,
-                "min_early_stopping_rate": 0, "bootstrap_count": 0, "min_epochs": 1, "eta": 2,
-                "min_trials_at_rung": 1}
-    for key in allowed:
-        value = getattr(pruner, key)
-        if key == "percentile":
-            if not 0.0 <= value <= 100.0:
-                problems.add("pruner.percentile", f"must be in [0, 100], got {value!r}")
-        elif value < minimums[key]:
-            problems.add(f"pruner.{key}", f"must be >= {minimums[key]}, got {value!r}")
 
 
 def _check_trainer_settings(workload: Any, params: list[Param], trainer: dict, data: dict,

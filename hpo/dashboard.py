@@ -25,8 +25,9 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import optuna
 
+from hpo import attrs
 from hpo.artifacts import artifact_dir, artifact_store, has_study_note, save_study_note
-from hpo.status import load_existing_study, open_existing_storage
+from hpo.loading import load_existing_study, open_existing_storage
 from hpo.storage import mask_url, resolve_url
 from trainers.cli import OneLineParser
 from trainers.errors import UserError
@@ -56,7 +57,7 @@ def output_of(study: optuna.Study) -> Path | None:
     """The ``--output`` directory the study's workers used, from the newest trial's
     ``output_dir`` attr (``<output>/<study>/trial_<n>``) when its artifacts/ is on this host."""
     for trial in reversed(study.get_trials(deepcopy=False)):
-        trial_dir = trial.user_attrs.get("output_dir")
+        trial_dir = trial.user_attrs.get(attrs.OUTPUT_DIR)
         if trial_dir:
             root = Path(trial_dir).parent.parent
             return root if artifact_dir(root).is_dir() else None

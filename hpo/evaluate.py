@@ -4,21 +4,24 @@ Example:
     python -m hpo.evaluate --study production
     python -m hpo.evaluate --study demo --output output --storage sqlite:///output/hpo.db
 
-For the best trial (one objective) or every Pareto-front trial (several), the saved model is
-loaded and the study's test dates are predicted (``trainers.atft_gat.predict``). Written to
-``<output>/<study>/``:
+It works for any workload that declares a held-out capability (``Workload.heldout``, the
+protocol in ``trainers.heldout``); the workload itself is never named here. For the best trial
+(one objective) or every Pareto-front trial (several), the saved model is loaded and the
+study's test dates are predicted. Written to ``<output>/<study>/``:
 
 * ``test_predictions.parquet``: ``trial, date, code, pred, target`` for every evaluated trial;
-* ``test_report.json``: per trial the validation and the test Sharpe, RankIC, IC, ICIR, rank
-  ICIR and hit rate, each with a standard error (moving-block bootstrap over dates,
-  ``trainers.metrics.predictions_metrics_with_se``), the chosen trial and the rule that chose
+* ``test_report.json``: per trial the validation and the test figures the workload reports
+  (for the ranking workloads Sharpe, RankIC, IC, ICIR, rank ICIR and hit rate), each with a
+  standard error (moving-block bootstrap over dates), the chosen trial and the rule that chose
   it, the deflated Sharpe ratio of the chosen trial's **validation** Sharpe given every trial
-  the study ran, the probabilistic Sharpe ratio of its **test** Sharpe, and on a synthetic
-  market the oracle's and the best single raw feature's figures on the same dates.
+  the study ran and the probabilistic Sharpe ratio of its **test** Sharpe (when the workload
+  gives the long-short moments), and the workload's baselines on the same dates (on a
+  synthetic market: the oracle and the best single raw feature).
 
 The chosen trial: the best trial of a single-objective study; in a multi-objective study the
-Pareto-front trial with the highest validation Sharpe (the lowest number on a tie). Nothing
-here uses test figures to choose anything.
+Pareto-front trial with the best validation figure of the workload's ``selection_metric``
+(Sharpe for the ranking workloads; the lowest number on a tie). Nothing here uses test figures
+to choose anything.
 
 The report's identity (study, front, chosen trial, SHA-256 of each model file, the date split,
 the trials counted for deflation and ``METRICS_VERSION``) is hashed into ``report_id``. When
@@ -46,6 +49,7 @@ import optuna
 import polars as pl
 from optuna.trial import FrozenTrial, TrialState
 
+from hpo import attrs
 from hpo.heldout import (
     METRICS_VERSION,
     PREDICTIONS_FILE,
@@ -54,21 +58,29 @@ from hpo.heldout import (
     TABLE_METRICS,
     render_lines,
 )
-from hpo.objective import SPLIT_ATTR, trial_dir
+from hpo.objective import trial_dir
 from hpo.results import best_trials, metric_names
+from trainers.attrs import DATE_SPLIT
 from trainers.cli import OneLineParser
 from trainers.context import atomic_write_bytes, atomic_write_json
 from trainers.errors import UserError
+from trainers.heldout import HeldOut
+from trainers.registry import get_workload, workload_names
 
 EXIT_OK, EXIT_USER = 0, 2
-# Workloads whose trainer holds out a test period and can predict it from a saved model.
-TEST_WORKLOADS = ("atft_gat",)
-SELECTION_METRIC = "sharpe"  # the validation figure that picks the chosen Pareto-front trial
+# The deflated Sharpe ratio is a statistic of the Sharpe ratio, whatever picks the trial.
+DSR_METRIC = "sharpe"
 CHOICE_RULE_SINGLE = "the best trial of the study's objective"
-CHOICE_RULE_FRONT = ("the Pareto-front trial with the highest validation Sharpe "
-                     "(lowest trial number on a tie)")
-REPORTED = ("sharpe", "rank_ic", "ic", "icir", "rank_icir", "hit_rate", "long_short_mean",
-            "n_dates")
+
+
+def choice_rule_front(metric: str, direction: str = "maximize") -> str:
+    label = "Sharpe" if metric == "sharpe" else metric
+    best = "highest" if direction == "maximize" else "lowest"
+    return (f"the Pareto-front trial with the {best} validation {label} "
+            "(lowest trial number on a tie)")
+
+
+CHOICE_RULE_FRONT = choice_rule_front(DSR_METRIC)
 
 
 @dataclass(frozen=True)
@@ -80,21 +92,42 @@ class Evaluation:
     changed: bool
 
 
-def has_test_period(workload: str | None) -> bool:
-    return workload in TEST_WORKLOADS
+def heldout_of(workload: Any) -> HeldOut | None:
+    """The held-out capability of the workload a study names, or None (unknown or none)."""
+    if not isinstance(workload, str):
+        return None
+    try:
+        return get_workload(workload).heldout
+    except UserError:
+        return None
 
 
-def choose(study: optuna.Study, front: list[FrozenTrial]) -> tuple[FrozenTrial, str]:
-    """The chosen trial of the front and the rule that chose it (see the module docstring)."""
+def has_test_period(workload: Any) -> bool:
+    return heldout_of(workload) is not None
+
+
+def _with_test_period() -> list[str]:
+    return [n for n in workload_names() if get_workload(n).heldout is not None]
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
+def choose(study: optuna.Study, front: list[FrozenTrial], *, metric: str = DSR_METRIC,
+           direction: str = "maximize") -> tuple[FrozenTrial, str]:
+    """The chosen trial of the front and the rule that chose it: the best trial of a
+    single-objective study; the front trial with the best validation ``metric`` (a user attr
+    of every trial) in ``direction`` otherwise, the lowest number on a tie."""
     if len(study.directions) == 1:
         return front[0], CHOICE_RULE_SINGLE
+    sign = -1.0 if direction == "maximize" else 1.0
 
     def key(t: FrozenTrial) -> tuple[float, int]:
-        value = t.user_attrs.get(SELECTION_METRIC)
-        ok = isinstance(value, int | float) and math.isfinite(value)
-        return (-float(value) if ok else math.inf, t.number)
+        value = t.user_attrs.get(metric)
+        return (sign * float(value) if _number(value) else math.inf, t.number)
 
-    return min(front, key=key), CHOICE_RULE_FRONT
+    return min(front, key=key), choice_rule_front(metric, direction)
 
 
 def searched_sharpes(study: optuna.Study) -> dict[int, float]:
@@ -102,8 +135,8 @@ def searched_sharpes(study: optuna.Study) -> dict[int, float]:
     made among, which the deflated Sharpe ratio accounts for."""
     out = {}
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        value = t.user_attrs.get(SELECTION_METRIC)
-        if isinstance(value, int | float) and math.isfinite(value):
+        value = t.user_attrs.get(DSR_METRIC)
+        if _number(value):
             out[t.number] = float(value)
     return out
 
@@ -112,33 +145,17 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _metrics_with_se(frame: pl.DataFrame, horizon: int) -> tuple[dict[str, Any], dict]:
-    from trainers.metrics import predictions_metrics_with_se
-
-    raw = predictions_metrics_with_se(frame, horizon=horizon)
-    boot = {k: int(v) for k, v in raw.pop("bootstrap").items()}
-    return {name: raw[name] for name in REPORTED}, boot
-
-
-def _moments(frame: pl.DataFrame, horizon: int) -> dict[str, float]:
-    from trainers.metrics import sharpe_moments
-
-    return sharpe_moments(frame["date"].to_numpy(), frame["pred"].to_numpy(),
-                          frame["target"].to_numpy(), horizon=horizon)
-
-
-def deflation(chosen_sharpe: float, frame: pl.DataFrame, *, sharpes: dict[int, float],
-              horizon: int) -> dict[str, Any]:
+def deflation(chosen_sharpe: float, moments: dict[str, float], *,
+              sharpes: dict[int, float]) -> dict[str, Any]:
     """The deflated Sharpe ratio of the chosen trial's validation Sharpe (Bailey and Lopez de
-    Prado 2014), with every input it used. ``frame``: the chosen trial's validation rows;
-    ``sharpes``: the annualised validation Sharpe of every trial searched. The moments (per
-    period skewness, non-excess kurtosis, non-overlapping periods) are
-    ``trainers.metrics.sharpe_moments`` of the chosen trial's long-short."""
+    Prado 2014), with every input it used. ``moments``: the chosen trial's validation
+    long-short moments (per period skewness, non-excess kurtosis, non-overlapping periods,
+    periods per year); ``sharpes``: the annualised validation Sharpe of every trial searched."""
     from trainers.metrics import deflated_sharpe_ratio, expected_max_sharpe
 
     values = np.array(list(sharpes.values()), dtype=np.float64)
     variance = float(values.var(ddof=1)) if len(values) >= 2 else 0.0
-    m = _moments(frame, horizon)
+    m = moments
     ppy = m["periods_per_year"]
     n_trials = max(1, len(values))
     value = deflated_sharpe_ratio(chosen_sharpe, n_trials=n_trials, sharpe_variance=variance,
@@ -151,12 +168,12 @@ def deflation(chosen_sharpe: float, frame: pl.DataFrame, *, sharpes: dict[int, f
             "skew": m["skew"], "kurtosis": m["kurtosis"], "periods_per_year": ppy}
 
 
-def psr_of_test(test_sharpe: float, frame: pl.DataFrame, *, horizon: int) -> dict[str, Any]:
+def psr_of_test(test_sharpe: float, moments: dict[str, float]) -> dict[str, Any]:
     """Probabilistic Sharpe ratio of a test Sharpe against 0: not deflated, since nothing was
     chosen on the test period."""
     from trainers.metrics import probabilistic_sharpe_ratio
 
-    m = _moments(frame, horizon)
+    m = moments
     ok = math.isfinite(test_sharpe) and m["n_obs"] >= 2
     value = (probabilistic_sharpe_ratio(test_sharpe / math.sqrt(m["periods_per_year"]),
                                         benchmark=0.0, n_obs=int(m["n_obs"]), skew=m["skew"],
@@ -165,54 +182,40 @@ def psr_of_test(test_sharpe: float, frame: pl.DataFrame, *, horizon: int) -> dic
             "n_obs": int(m["n_obs"]), "skew": m["skew"], "kurtosis": m["kurtosis"]}
 
 
-def synthetic_baselines(config: Any, dates: np.ndarray, split: Any) -> dict[str, Any] | None:
-    """The oracle and the best raw feature (``market_baselines``) on the validation and the
-    test dates of a synthetic market; None for a user panel. With an execution lag the
-    baselines are scored on the same lagged target as the trials."""
-    if config.source != "synthetic":
-        return None
-    from trainers.atft_gat.synthetic import generate_market, market_baselines
-
-    frame, oracle = generate_market(n_stocks=config.n_stocks, n_dates=config.n_dates,
-                                    seed=config.market_seed,
-                                    difficulty=config.market_difficulty, return_oracle=True)
-    market = frame.with_columns(oracle_own=oracle["oracle_own"],
-                                oracle_peer=oracle["oracle_peer"])
-    target = f"ret_{config.metric_horizon}d"
-    if config.execution_lag:
-        market = market.with_columns(
-            pl.col(target).shift(-config.execution_lag).over("code"))
+def _period_figures(metrics: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
+    """A baseline's figures as ``{name: {"value", "se"}}``: plain numbers get no SE."""
     out = {}
-    for period, idx in (("validation", split.val), ("test", split.test)):
-        out[period] = market_baselines(market, dates[idx], horizon=config.metric_horizon)
+    for name in names:
+        v = metrics.get(name)
+        if isinstance(v, dict) and "value" in v:
+            out[name] = {"value": v["value"], "se": v.get("se")}
+        elif isinstance(v, int | float):
+            out[name] = {"value": v, "se": None}
     return out
 
 
-def _period_figures(metrics: dict[str, Any]) -> dict[str, Any]:
-    return {k: {"value": v, "se": None} for k, v in metrics.items()
-            if k in REPORTED and isinstance(v, int | float)}
-
-
-def _baseline_rows(baselines: dict[str, Any] | None) -> dict[str, Any]:
+def _baseline_rows(baselines: dict[str, Any] | None,
+                   names: tuple[str, ...]) -> dict[str, Any]:
+    """One table row per baseline present in both periods, named by its ``label``."""
     if not baselines:
         return {}
     rows: dict[str, Any] = {}
-    oracle_v, oracle_t = baselines["validation"]["oracle"], baselines["test"]["oracle"]
-    if oracle_v is not None and oracle_t is not None:
-        rows["oracle"] = {"validation": _period_figures(oracle_v),
-                          "test": _period_figures(oracle_t)}
-    best_v, best_t = baselines["validation"]["best_feature"], baselines["test"]["best_feature"]
-    rows[f"best feature ({best_t['sign']:+.0f} {best_t['name']})"] = {
-        "validation": _period_figures(best_v), "test": _period_figures(best_t)}
+    val, test = baselines.get("validation") or {}, baselines.get("test") or {}
+    for name, on_test in test.items():
+        on_val = val.get(name)
+        if on_test is None or on_val is None:
+            continue
+        rows[str(on_test.get("label", name))] = {"validation": _period_figures(on_val, names),
+                                                "test": _period_figures(on_test, names)}
     return rows
 
 
 def _identity(study: optuna.Study, front: list[FrozenTrial], chosen: FrozenTrial,
               digests: dict[int, str], sharpes: dict[int, float]) -> dict[str, Any]:
-    return {"study": study.study_name, "workload": study.user_attrs.get("workload"),
+    return {"study": study.study_name, "workload": study.user_attrs.get(attrs.WORKLOAD),
             "metrics_version": METRICS_VERSION, "front": [t.number for t in front],
             "chosen": chosen.number, "model_sha256": {str(n): d for n, d in digests.items()},
-            "split": study.user_attrs.get(SPLIT_ATTR),
+            "split": study.user_attrs.get(DATE_SPLIT),
             "searched_sharpes": {str(n): v for n, v in sorted(sharpes.items())}}
 
 
@@ -234,31 +237,38 @@ def _existing_id(out_dir: Path) -> str | None:
     return report.get("report_id")
 
 
+def _heldout_or_error(study: optuna.Study) -> HeldOut:
+    workload = study.user_attrs.get(attrs.WORKLOAD)
+    heldout = heldout_of(workload)
+    if heldout is None:
+        raise UserError(f"workload {workload!r} of study {study.study_name!r} has no held-out "
+                        f"test period yet; only {', '.join(_with_test_period())} studies can "
+                        "be evaluated")
+    return heldout
+
+
 def evaluate_study(study: optuna.Study, *, output: Path, force: bool = False) -> Evaluation:
     """Predict the test period for the chosen trials and write the report (module docstring).
 
     ``output`` is the study's ``--output`` directory: trial directories, the feature cache and
     the report all live under it. ``force`` recomputes even when the report is up to date.
     """
-    from trainers.atft_gat.predict import load_trained, model_digest
-
-    workload = study.user_attrs.get("workload")
-    if not has_test_period(workload):
-        raise UserError(f"workload {workload!r} of study {study.study_name!r} has no held-out "
-                        f"test period yet; only {', '.join(TEST_WORKLOADS)} studies can be "
-                        "evaluated")
+    heldout = _heldout_or_error(study)
     front = best_trials(study)
     if not front:
         raise UserError(f"study {study.study_name!r} has no complete trial yet; nothing to "
                         "evaluate")
-    chosen, rule = choose(study, front)
+    workload = get_workload(study.user_attrs[attrs.WORKLOAD])
+    chosen, rule = choose(study, front, metric=heldout.selection_metric,
+                          direction=workload.metrics.get(heldout.selection_metric, "maximize"))
     out_dir = Path(output) / study.study_name
     dirs = {t.number: trial_dir(output, study.study_name, t.number) for t in front}
-    trained = {n: load_trained(d) for n, d in dirs.items()}
-    if trained[chosen.number].config.test_fraction <= 0:
-        raise UserError(f"study {study.study_name!r} holds out no test period (test_fraction "
-                        "= 0); set test_fraction in the study file's [data] for a new study")
-    digests = {n: model_digest(d) for n, d in dirs.items()}
+    trained = {n: heldout.load(d) for n, d in dirs.items()}
+    try:
+        heldout.check(trained[chosen.number])
+    except UserError as exc:
+        raise UserError(f"study {study.study_name!r} {exc}") from None
+    digests = {n: heldout.digest(d) for n, d in dirs.items()}
     sharpes = searched_sharpes(study)
     identity = _identity(study, front, chosen, digests, sharpes)
     rid = report_id(identity)
@@ -266,7 +276,7 @@ def evaluate_study(study: optuna.Study, *, output: Path, force: bool = False) ->
     if not force and _existing_id(out_dir) == rid:
         return Evaluation(json.loads(report_path.read_text()), report_path, changed=False)
 
-    report = _build_report(study, front, chosen, rule, dirs=dirs, trained=trained,
+    report = _build_report(study, front, chosen, rule, heldout, dirs=dirs, trained=trained,
                            output=Path(output), identity=identity, rid=rid, sharpes=sharpes)
     preds = report.pop("_predictions")
     buf = io.BytesIO()
@@ -283,42 +293,43 @@ def evaluate_study(study: optuna.Study, *, output: Path, force: bool = False) ->
 
 
 def _build_report(study: optuna.Study, front: list[FrozenTrial], chosen: FrozenTrial,
-                  rule: str, *, dirs: dict[int, Path], trained: dict[int, Any], output: Path,
-                  identity: dict[str, Any], rid: str,
+                  rule: str, heldout: HeldOut, *, dirs: dict[int, Path],
+                  trained: dict[int, Any], output: Path, identity: dict[str, Any], rid: str,
                   sharpes: dict[int, float]) -> dict[str, Any]:
-    from trainers.atft_gat.predict import predict_period
-
     names = metric_names(study)
+    recorded = study.user_attrs.get(DATE_SPLIT)
     trials, frames = [], []
     boot: dict[str, int] = {}
-    split = dates = None
-    chosen_val = chosen_test = None
+    chosen_val = chosen_test = chosen_pred = None
     for t in front:
         model = trained[t.number]
-        horizon = model.config.metric_horizon
-        test_frame, split, dates = predict_period(dirs[t.number], cache_dir=output / "cache",
-                                                  trained=model)
-        recorded = study.user_attrs.get(SPLIT_ATTR)
-        if recorded is not None and recorded != split.ranges(dates):
-            raise UserError(f"trial {t.number}'s data now splits into {split.ranges(dates)}, the "
-                            f"study was run on {recorded}: the data changed since; evaluate "
-                            "with the data the study was run on")
-        val_frame = pl.read_parquet(dirs[t.number] / "predictions.parquet")
-        validation, boot = _metrics_with_se(val_frame, horizon)
-        test, _ = _metrics_with_se(test_frame, horizon)
+        prediction = heldout.predict(dirs[t.number], model, output / "cache")
+        split = dict(prediction.split)
+        if recorded is not None and recorded != split:
+            raise UserError(f"trial {t.number}'s data now splits into {split}, the study was "
+                            f"run on {recorded}: the data changed since; evaluate with the "
+                            "data the study was run on")
+        val_frame = heldout.validation(dirs[t.number])
+        validation, boot = heldout.score(val_frame, model)
+        test, _ = heldout.score(prediction.frame, model)
         trials.append({"number": t.number, "chosen": t.number == chosen.number,
                        "values": dict(zip(names, t.values, strict=False)),
                        "params": t.params, "validation": validation, "test": test})
-        frames.append(test_frame.with_columns(pl.lit(t.number, pl.Int64).alias("trial"))
+        frames.append(prediction.frame.with_columns(pl.lit(t.number, pl.Int64).alias("trial"))
                       .select("trial", "date", "code", "pred", "target"))
         if t.number == chosen.number:
-            chosen_val, chosen_test = val_frame, test_frame
-    assert split is not None and dates is not None and chosen_val is not None
-    config = trained[chosen.number].config
-    horizon = config.metric_horizon
+            chosen_val, chosen_test, chosen_pred = val_frame, prediction.frame, prediction
+    assert chosen_pred is not None
+    model = trained[chosen.number]
     chosen_row = next(r for r in trials if r["chosen"])
-    ranges = split.ranges(dates)
-    baselines = synthetic_baselines(config, dates, split)
+    ranges = dict(chosen_pred.split)
+    dsr = psr = None
+    if heldout.moments is not None and DSR_METRIC in chosen_row["validation"]:
+        dsr = deflation(chosen_row["validation"][DSR_METRIC]["value"],
+                        heldout.moments(chosen_val, model), sharpes=sharpes)
+        psr = psr_of_test(chosen_row["test"][DSR_METRIC]["value"],
+                          heldout.moments(chosen_test, model))
+    baselines = heldout.baselines(model, chosen_pred) if heldout.baselines else None
     return {
         "study": study.study_name,
         "report_id": rid,
@@ -326,7 +337,7 @@ def _build_report(study: optuna.Study, front: list[FrozenTrial], chosen: FrozenT
         "split": ranges,
         "validation_dates": ranges.get("val"),
         "test_dates": ranges.get("test"),
-        "metric_horizon": horizon,
+        **(heldout.describe(model) if heldout.describe else {}),
         "objectives": names,
         "kind": "best_trial" if len(names) == 1 else "pareto_front",
         "chosen": chosen.number,
@@ -335,11 +346,10 @@ def _build_report(study: optuna.Study, front: list[FrozenTrial], chosen: FrozenT
                             f"replicates, blocks of {boot.get('block_length')} dates, seed "
                             f"{boot.get('seed')})"),
         "bootstrap": boot,
+        "table_metrics": list(heldout.table),
         "trials": trials,
-        "deflated_sharpe": deflation(chosen_row["validation"]["sharpe"]["value"], chosen_val,
-                                     sharpes=sharpes, horizon=horizon),
-        "test_psr": psr_of_test(chosen_row["test"]["sharpe"]["value"], chosen_test,
-                             horizon=horizon),
+        "deflated_sharpe": dsr,
+        "test_psr": psr,
         "baselines": baselines,
         "_predictions": pl.concat(frames),
     }
@@ -347,21 +357,25 @@ def _build_report(study: optuna.Study, front: list[FrozenTrial], chosen: FrozenT
 
 def summary_of(report: dict[str, Any]) -> dict[str, Any]:
     """The short form stored as the study user attr ``test_report`` (what the tables show)."""
+    table = tuple(report.get("table_metrics") or TABLE_METRICS)
+
     def figures(period: dict[str, Any]) -> dict[str, Any]:
         return {k: {"value": period[k]["value"], "se": period[k]["se"]}
-                for k in TABLE_METRICS if k in period}
+                for k in table if k in period}
 
+    dsr, psr = report.get("deflated_sharpe"), report.get("test_psr")
     return {
         "report_id": report["report_id"], "file": REPORT_FILE,
         "validation_dates": report["validation_dates"], "test_dates": report["test_dates"],
         "chosen": report["chosen"], "rule": report["rule"],
         "standard_errors": report["standard_errors"],
+        "metrics": list(table),
         "trials": [{"number": t["number"], "chosen": t["chosen"],
                     "validation": figures(t["validation"]), "test": figures(t["test"])}
                    for t in report["trials"]],
-        "baselines": _baseline_rows(report.get("baselines")),
-        "deflated_sharpe": {k: report["deflated_sharpe"][k] for k in ("value", "n_trials")},
-        "test_psr": report["test_psr"]["value"],
+        "baselines": _baseline_rows(report.get("baselines"), table),
+        "deflated_sharpe": ({k: dsr[k] for k in ("value", "n_trials")} if dsr else None),
+        "test_psr": psr["value"] if psr else None,
     }
 
 
@@ -393,7 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from hpo.status import load_existing_study, open_existing_storage
+    from hpo.loading import load_existing_study, open_existing_storage
     from hpo.storage import resolve_url
 
     try:

@@ -24,9 +24,10 @@ from typing import Any
 
 import optuna
 
+from hpo import attrs
+from hpo.loading import load_existing_study, open_existing_storage
 from hpo.pruning import epochs_saved
 from hpo.results import metric_names, write_results
-from hpo.status import load_existing_study, open_existing_storage
 from hpo.storage import mask_url, resolve_url
 from trainers.cli import OneLineParser
 from trainers.errors import UserError
@@ -35,7 +36,7 @@ EXIT_OK, EXIT_USER = 0, 2
 CSV_NAME = "trials.csv"
 PLOTS_DIRNAME = "plots"
 # Per-epoch history is a list per trial: it stays in metrics.json / history.json, not the CSV.
-_CSV_SKIP_ATTRS = ("history",)
+_CSV_SKIP_ATTRS = (attrs.HISTORY,)
 
 
 def _cell(value: Any) -> Any:
@@ -55,11 +56,11 @@ def trial_rows(study: optuna.Study) -> tuple[list[str], list[dict[str, Any]]]:
     names = metric_names(study)
     trials = study.get_trials(deepcopy=False)
     params = list(dict.fromkeys(p for t in trials for p in t.params))
-    attrs = list(dict.fromkeys(k for t in trials for k in t.user_attrs
-                               if k not in _CSV_SKIP_ATTRS))
+    keys = list(dict.fromkeys(k for t in trials for k in t.user_attrs
+                              if k not in _CSV_SKIP_ATTRS))
     columns = ["number", "state", *(f"values_{n}" for n in names), "datetime_start",
                "datetime_complete", "duration_s", *(f"params_{p}" for p in params),
-               *(f"user_attrs_{k}" for k in attrs)]
+               *(f"user_attrs_{k}" for k in keys)]
     rows = []
     for t in trials:
         row: dict[str, Any] = {"number": t.number, "state": t.state.name}
@@ -71,7 +72,7 @@ def trial_rows(study: optuna.Study) -> tuple[list[str], list[dict[str, Any]]]:
         row["duration_s"] = t.duration.total_seconds() if t.duration else None
         for p in params:
             row[f"params_{p}"] = t.params.get(p)
-        for k in attrs:
+        for k in keys:
             row[f"user_attrs_{k}"] = t.user_attrs.get(k)
         rows.append({k: _cell(v) for k, v in row.items()})
     return columns, rows

@@ -14,13 +14,16 @@ from typing import Any
 
 import optuna
 
+from hpo import attrs
+
 REPORT_FILE = "test_report.json"
 PREDICTIONS_FILE = "test_predictions.parquet"
-SUMMARY_ATTR = "test_report"
+SUMMARY_ATTR = attrs.TEST_REPORT
 # Bumped whenever a reported figure is computed differently: part of the report's identity,
 # so a changed computation gives a fresh report instead of an old file left in place.
 METRICS_VERSION = 1
-# The figures of each period shown in the tables, in order.
+# The figures of each period shown in the tables, in order, when a summary names none (the
+# workload's held-out capability names them: ``HeldOut.table``).
 TABLE_METRICS = ("sharpe", "rank_ic", "ic", "icir")
 
 
@@ -45,19 +48,21 @@ def _cell(figure: dict[str, Any] | None) -> str:
 
 def table_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Header and rows: one row per evaluated trial (the chosen one marked ``*``), then the
-    baselines; for each of ``TABLE_METRICS`` a validation and a test column."""
+    baselines; for each of the summary's ``metrics`` (default ``TABLE_METRICS``) a validation
+    and a test column."""
+    metrics = tuple(summary.get("metrics") or TABLE_METRICS)
     header = ["trial"]
-    for name in TABLE_METRICS:
+    for name in metrics:
         header += [f"validation {name}", f"test {name}"]
     rows = []
     for trial in summary.get("trials", []):
         row = [f"{trial['number']}{' *' if trial.get('chosen') else ''}"]
-        for name in TABLE_METRICS:
+        for name in metrics:
             row += [_cell(trial["validation"].get(name)), _cell(trial["test"].get(name))]
         rows.append(row)
     for label, base in (summary.get("baselines") or {}).items():
         row = [label]
-        for name in TABLE_METRICS:
+        for name in metrics:
             row += [_cell(base["validation"].get(name)), _cell(base["test"].get(name))]
         rows.append(row)
     return header, rows

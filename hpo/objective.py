@@ -19,14 +19,12 @@ from typing import Any
 
 import optuna
 
+from hpo import attrs
+from hpo.attrs import EPOCHS_PLANNED as EPOCHS_PLANNED_ATTR
+from hpo.attrs import PRUNED_AT as PRUNED_AT_ATTR
 from hpo.config import SINGLE_OBJECTIVE_PRUNERS, Param, PrunerSpec, StudySpec
-from hpo.pruning import (
-    EPOCHS_PLANNED_ATTR,
-    MOASHA,
-    PRUNED_AT_ATTR,
-    epoch_values_key,
-    records_at,
-)
+from hpo.pruners import get_kind
+from hpo.pruning import MOASHA, epoch_values_key, records_at
 from trainers.config import from_mapping, to_mapping
 from trainers.context import TrialContext, atomic_write_bytes, atomic_write_json
 from trainers.errors import StopRequested, TrialFailed, TrialPruned, UserError
@@ -38,8 +36,6 @@ SPLIT_ATTR = "date_split"
 # user attrs from Optuna, so these are cleared to keep the dashboard truthful.
 _PER_ATTEMPT_ATTRS = ("history", "epoch", "fail_reason", "prune_reason", "oom_retries",
                       PRUNED_AT_ATTR, "mo_asha")
-OVERRIDES_ATTR = "enqueued_overrides"
-ENQUEUED_NAME_ATTR = "enqueued_name"
 
 
 def suggest(trial: optuna.Trial, param: Param) -> Any:
@@ -133,7 +129,9 @@ class StudyTrialContext(TrialContext):
             self.trial._trial_id, epoch_values_key(epoch), vector)
         if len(self._metric_names) == 1 and vector[0] is not None:
             # The learning-curve path optuna-dashboard plots (single-objective studies only).
-            self.trial.report(vector[0], step=int(epoch))
+            # At the step that makes the pruner's keys mean epochs (hpo.pruners: Optuna's
+            # median warm-up counts steps from 0, our epochs from 1).
+            self.trial.report(vector[0], step=get_kind(self._pruner.name).step(int(epoch)))
             if self._pruner.name in SINGLE_OBJECTIVE_PRUNERS and self.trial.should_prune():
                 raise optuna.TrialPruned(f"pruned by the {self._pruner.name} pruner at epoch "
                                          f"{epoch}")
@@ -198,7 +196,7 @@ class Objective:
             if key in trial.user_attrs:
                 trial.set_user_attr(key, None)
         params = {p.name: suggest(trial, p) for p in spec.search_space}
-        overrides = dict(trial.user_attrs.get(OVERRIDES_ATTR) or {})
+        overrides = dict(trial.user_attrs.get(attrs.ENQUEUED_OVERRIDES) or {})
         settings = {**spec.fixed_settings(), **overrides, **params}
         settings.update(space_maxima(
             spec.search_space, settings,
@@ -209,7 +207,9 @@ class Objective:
         out = trial_dir(self.output_dir, spec.name, trial.number)
         history = retry_history(trial)
         predecessors = [(n, trial_dir(self.output_dir, spec.name, n)) for n in history]
-        seed = (spec.sampler.seed or 0) + (history[0] if history else trial.number)
+        from hpo.study import trial_seed
+
+        seed = trial_seed(spec.sampler.seed, spec.name, history[0] if history else trial.number)
         single = spec.metric_names[0] if len(spec.objectives) == 1 else None
         max_epochs = getattr(config, "epochs", None)
         ctx = StudyTrialContext(trial, output_dir=out, seed=seed, predecessors=predecessors,

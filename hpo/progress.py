@@ -11,6 +11,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from hpo import attrs
 from hpo.config import StudySpec
 from hpo.pruning import epochs_saved
 from hpo.results import best_trials
@@ -60,8 +61,8 @@ class Progress:
             values = " ".join(f"{n}={_fmt_value(v)}" for n, v in zip(names, trial.values,
                                                                      strict=False))
         else:
-            values = trial.user_attrs.get("fail_reason") or trial.user_attrs.get(
-                "prune_reason") or ""
+            values = (trial.user_attrs.get(attrs.FAIL_REASON)
+                      or trial.user_attrs.get(attrs.PRUNE_REASON) or "")
         best = best_trials(study)
         best_txt = ""
         if best and len(names) == 1:

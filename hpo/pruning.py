@@ -1,4 +1,8 @@
-"""Pruning: Optuna's single-objective pruners, and MO-ASHA for studies with several objectives.
+"""The machinery pruning shares: per-epoch objective vectors, pruned-trial counts, MO-ASHA's rule.
+
+The pruner kinds a study file can name, each with its keys and its Optuna pruner, are the
+modules of :mod:`hpo.pruners`; ``mo_asha`` there gives Optuna a NopPruner, and the objective
+applies the rule below instead.
 
 Optuna's ``trial.report`` / ``should_prune`` refuse multi-objective studies, so every epoch's
 objective vector is stored here as a trial system attr ``epoch_values:<epoch>`` (one small row
@@ -29,9 +33,9 @@ from typing import Any
 
 import numpy as np
 
+from hpo import attrs
+
 EPOCH_VALUES_PREFIX = "epoch_values:"
-PRUNED_AT_ATTR = "pruned_at_epoch"
-EPOCHS_PLANNED_ATTR = "epochs_planned"
 
 
 def epoch_values_key(epoch: int) -> str:
@@ -192,7 +196,7 @@ def records_at(trials: Iterable[Any], epoch: int) -> dict[int, list[float | None
         value = t.system_attrs.get(key)
         if isinstance(value, list):
             out[t.number] = value
-        superseded.update(t.system_attrs.get("retry_history") or [])
+        superseded.update(t.system_attrs.get(attrs.RETRY_HISTORY) or [])
     return {n: v for n, v in out.items() if n not in superseded}
 
 
@@ -206,7 +210,7 @@ def epochs_saved(trials: Iterable[Any]) -> tuple[int, int]:
         if t.state != TrialState.PRUNED:
             continue
         n += 1
-        planned, at = t.user_attrs.get(EPOCHS_PLANNED_ATTR), t.user_attrs.get(PRUNED_AT_ATTR)
+        planned, at = t.user_attrs.get(attrs.EPOCHS_PLANNED), t.user_attrs.get(attrs.PRUNED_AT)
         if isinstance(planned, int) and isinstance(at, int):
             saved += max(0, planned - at)
     return n, saved

@@ -34,8 +34,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("hpo")
 
 EXIT_OK, EXIT_FAILED, EXIT_USER, EXIT_INTERRUPTED = 0, 1, 2, 130
-# A study whose trials keep crashing has a bug, not bad luck: stop instead of burning the night.
-MAX_CONSECUTIVE_FAILURES = 5
 
 
 def build_parser() -> argparse.ArgumentParser:

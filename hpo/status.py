@@ -27,10 +27,12 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from hpo import attrs
 from hpo.heldout import current_summary, render_lines
+from hpo.loading import load_existing_study, open_existing_storage
 from hpo.pruning import epochs_saved
 from hpo.results import best_trials, metric_names
-from hpo.storage import mask_url, open_storage, resolve_url
+from hpo.storage import mask_url, resolve_url
 from trainers.cli import OneLineParser
 from trainers.errors import UserError
 
@@ -40,27 +42,6 @@ STATE_KEYS = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned",
               TrialState.FAIL: "failed", TrialState.RUNNING: "running",
               TrialState.WAITING: "waiting"}
 _sleep = time.sleep  # replaced in tests
-
-
-# -- opening an existing study (shared by hpo.dashboard and hpo.export) -----------------------
-def open_existing_storage(url: str) -> optuna.storages.RDBStorage:
-    """Open the storage at ``url`` without creating an empty SQLite file where none exists."""
-    if url.startswith("sqlite:///"):
-        path = Path(url.removeprefix("sqlite:///"))
-        if not path.is_file():
-            raise UserError(f"no study database at {path}; run `python -m hpo.run --study NAME` "
-                            "first, or pass --storage (or set $HPO_STORAGE)")
-    return open_storage(url)
-
-
-def load_existing_study(storage: optuna.storages.BaseStorage, name: str,
-                        url: str) -> optuna.Study:
-    """The study ``name``; an unknown name is a UserError listing the studies that exist."""
-    names = sorted(optuna.study.get_all_study_names(storage))
-    if name not in names:
-        have = ", ".join(names) if names else "(none)"
-        raise UserError(f"unknown study {name!r} in {mask_url(url)}; studies there: {have}")
-    return optuna.load_study(study_name=name, storage=storage)
 
 
 # -- heartbeats -------------------------------------------------------------------------------
@@ -128,7 +109,7 @@ def _values(names: list[str], trial: FrozenTrial) -> dict[str, float]:
 def _total_epochs(study: optuna.Study, trial: FrozenTrial) -> int | None:
     epochs = trial.params.get("epochs")
     if epochs is None:
-        epochs = (study.user_attrs.get("spec") or {}).get("fixed", {}).get("epochs")
+        epochs = (study.user_attrs.get(attrs.SPEC) or {}).get("fixed", {}).get("epochs")
     return int(epochs) if isinstance(epochs, int | float) else None
 
 
@@ -141,12 +122,12 @@ def collect_status(study: optuna.Study, storage: optuna.storages.BaseStorage, *,
     trials = study.get_trials(deepcopy=False)
     counts = dict.fromkeys(["complete", "pruned", "failed", "running", "waiting", "surplus"], 0)
     for t in trials:
-        if t.state == TrialState.FAIL and t.user_attrs.get("surplus"):
+        if t.state == TrialState.FAIL and t.user_attrs.get(attrs.SURPLUS):
             counts["surplus"] += 1  # lost the race for the last slot: not a real failure
         elif t.state in STATE_KEYS:
             counts[STATE_KEYS[t.state]] += 1
     finished = counts["complete"] + counts["pruned"]
-    target = study.user_attrs.get("n_trials_target")
+    target = study.user_attrs.get(attrs.TARGET)
     durations = [t.duration.total_seconds() for t in trials
                  if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and t.duration]
 
@@ -156,12 +137,12 @@ def collect_status(study: optuna.Study, storage: optuna.storages.BaseStorage, *,
         if t.state != TrialState.RUNNING:
             continue
         age = ages.get(t.number)
-        history = t.user_attrs.get("history") or []
+        history = t.user_attrs.get(attrs.HISTORY) or []
         running.append({
             "number": t.number,
-            "epoch": t.user_attrs.get("epoch"),
+            "epoch": t.user_attrs.get(attrs.EPOCH),
             "epochs": _total_epochs(study, t),
-            "worker": t.user_attrs.get("worker"),
+            "worker": t.user_attrs.get(attrs.WORKER),
             "elapsed_s": (now - t.datetime_start).total_seconds() if t.datetime_start else None,
             "heartbeat_age_s": age,
             "zombie": age is not None and age > grace_period,
@@ -181,7 +162,7 @@ def collect_status(study: optuna.Study, storage: optuna.storages.BaseStorage, *,
     return {
         "study": study.study_name,
         "storage": mask_url(url),
-        "workload": study.user_attrs.get("workload"),
+        "workload": study.user_attrs.get(attrs.WORKLOAD),
         "metric_names": names,
         "directions": [d.name.lower() for d in study.directions],
         "target": target,
@@ -302,7 +283,7 @@ def trial_history(study: optuna.Study, number: int) -> dict[str, Any]:
     t = match[0]
     return {"study": study.study_name, "number": t.number, "state": t.state.name,
             "values": _values(metric_names(study), t) if t.values else None,
-            "params": t.params, "history": t.user_attrs.get("history") or []}
+            "params": t.params, "history": t.user_attrs.get(attrs.HISTORY) or []}
 
 
 def render_history(record: dict[str, Any]) -> str:

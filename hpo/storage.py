@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from hpo.storage_errors import short_reason
 from trainers.errors import UserError
 
 log = logging.getLogger("hpo")
@@ -64,13 +65,6 @@ def _engine_kwargs(url: str) -> dict[str, Any]:
         # Several worker processes share the file: wait for the write lock instead of failing.
         return {"connect_args": {"timeout": 60}}
     return {"pool_pre_ping": True}
-
-
-def short_reason(exc: BaseException) -> str:
-    """The first line of the database's own message (what a log line needs)."""
-    exc = exc.__cause__ or exc
-    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__).strip()
 
 
 def check_sqlite_parent(url: str) -> None:
@@ -169,8 +163,6 @@ def _use_sqlite_wal(engine: Any) -> None:
         log.debug("SQLite write-ahead log not enabled now (%s)", short_reason(exc))
 
 
-
-
 @contextmanager
 def worker_trials(study: Any) -> Iterator[None]:
     """Trials that this thread starts inside the block (``study.optimize`` of the service's
@@ -195,26 +187,3 @@ def _is_schema_race(exc: BaseException) -> bool:
 
     text = str(getattr(exc, "orig", None) or exc).lower()
     return isinstance(exc, sqlalchemy.exc.IntegrityError) or "already exists" in text
-
-
-def is_connection_error(exc: BaseException | None) -> bool:
-    """Whether ``exc`` (or an error in its cause/context chain) means "the database cannot be
-    reached right now", as opposed to "this write is bad".
-
-    Connection-level: an ``OperationalError`` / ``InterfaceError`` that SQLAlchemy marked as a
-    disconnect, or that was raised while connecting (no statement). A constraint or data error
-    (IntegrityError, DataError, ProgrammingError: a value too long, a duplicate key) and a
-    statement that failed on a live connection (SQLite's "database is locked" after its
-    timeout) are not: retrying them cannot help. Optuna wraps SQLAlchemy errors raised inside
-    its transactions in ``StorageInternalError``, so the chain is walked.
-    """
-    import sqlalchemy.exc
-
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError) \
-                and (exc.connection_invalidated or exc.statement is None):
-            return True
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return False

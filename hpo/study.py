@@ -10,8 +10,9 @@ from typing import Any
 
 import optuna
 
+from hpo import attrs
 from hpo.config import StudySpec
-from hpo.objective import ENQUEUED_NAME_ATTR, OVERRIDES_ATTR
+from hpo.pruners import get_kind
 from hpo.storage import mask_url, open_storage
 from trainers.errors import UserError
 
@@ -40,8 +41,21 @@ def sampler_seed(seed: int, *, n_stored: int, worker_index: int) -> int:
     "independent" seeds shared trials). Deterministic: the same parts give the same seed on
     every run.
     """
-    parts = f"{seed}:{n_stored}:{worker_index}:{host_seed_offset()}".encode()
-    return int.from_bytes(hashlib.blake2b(parts, digest_size=8).digest(), "big") % _SEED_MODULUS
+    return hashed_seed(seed, n_stored, worker_index, host_seed_offset())
+
+
+def trial_seed(seed: int | None, study_name: str, number: int) -> int:
+    """The seed a trial's trainer gets: the study file's ``seed``, the study's name and the
+    trial's number hashed together (``number`` is the original trial's for a retry, so a
+    resumed run repeats the interrupted one). A sum let studies share seeds: seed 0's trial 4
+    trained with seed-4 trial 0's. The same on every host, unlike :func:`sampler_seed`."""
+    return hashed_seed(seed, study_name, number)
+
+
+def hashed_seed(*parts: object) -> int:
+    """A seed below ``_SEED_MODULUS`` from ``parts`` (blake2b of their ``:``-joined text)."""
+    text = ":".join(str(p) for p in parts).encode()
+    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "big") % _SEED_MODULUS
 
 
 def make_sampler(spec: StudySpec, *, n_stored: int = 0, worker_index: int = 0
@@ -65,27 +79,9 @@ def make_sampler(spec: StudySpec, *, n_stored: int = 0, worker_index: int = 0
 
 
 def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
-    """Optuna's pruner for the single-objective ones; ``mo_asha`` and ``none`` leave Optuna a
-    NopPruner (MO-ASHA is applied by the objective, see hpo.pruning)."""
-    p = spec.pruner
-    if p.name == "median":
-        return optuna.pruners.MedianPruner(
-            n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps,
-            interval_steps=p.interval_steps, n_min_trials=p.n_min_trials)
-    if p.name == "percentile":
-        return optuna.pruners.PercentilePruner(
-            p.percentile, n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps,
-            interval_steps=p.interval_steps, n_min_trials=p.n_min_trials)
-    if p.name == "successive_halving":
-        return optuna.pruners.SuccessiveHalvingPruner(
-            min_resource=p.min_resource, reduction_factor=p.reduction_factor,
-            min_early_stopping_rate=p.min_early_stopping_rate,
-            bootstrap_count=p.bootstrap_count)
-    if p.name == "hyperband":
-        return optuna.pruners.HyperbandPruner(
-            min_resource=p.min_resource, max_resource=p.max_resource or "auto",
-            reduction_factor=p.reduction_factor, bootstrap_count=p.bootstrap_count)
-    return optuna.pruners.NopPruner()
+    """The Optuna pruner of the study's [pruner] kind (see hpo.pruners); ``mo_asha`` and
+    ``none`` leave Optuna a NopPruner (MO-ASHA is applied by the objective, see hpo.pruning)."""
+    return get_kind(spec.pruner.name).build(spec.pruner)
 
 
 def _describe_change(old: dict[str, Any], new: dict[str, Any]) -> str:
@@ -171,8 +167,8 @@ def open_study(spec: StudySpec, url: str, *, force: bool, target: int, worker_in
     for item in spec.enqueue:
         params = {k: v for k, v in item.params.items() if k in space}
         overrides = {k: v for k, v in item.params.items() if k not in space}
-        study.enqueue_trial(params, user_attrs={ENQUEUED_NAME_ATTR: item.name,
-                                                OVERRIDES_ATTR: overrides})
+        study.enqueue_trial(params, user_attrs={attrs.ENQUEUED_NAME: item.name,
+                                                attrs.ENQUEUED_OVERRIDES: overrides})
     if not quiet:
         log.info("created study %s (%d enqueued trials)", spec.name, len(spec.enqueue))
     return study

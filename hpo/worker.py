@@ -18,18 +18,20 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable, Container
+from collections.abc import Container
 from pathlib import Path
-from typing import Any
+from typing import Literal
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from hpo import attrs
 from hpo.config import StudySpec
 from hpo.objective import Objective
 from hpo.progress import Progress
 from hpo.results import ParetoFront, write_results
-from hpo.storage import is_connection_error, worker_trials
+from hpo.storage import worker_trials
+from hpo.storage_errors import caused_by, is_connection_error
 from trainers.errors import StopRequested, TrialFailed
 
 log = logging.getLogger("hpo")
@@ -43,6 +45,9 @@ STORAGE_OUTAGE_LIMIT_S = 300.0
 STORAGE_RETRY_S = 2.0
 # Seconds between looks at a study whose remaining trials run in other workers.
 WAIT_POLL_MAX_S = 5.0
+
+# How the trial just run ended, as the failure count sees it (a surplus trial is no failure).
+Outcome = Literal["complete", "pruned", "fail", "surplus"]
 
 
 class BudgetGuard:
@@ -98,194 +103,267 @@ class StudySnapshot:
         return self._front.update(self._trials)
 
 
-def _interruptible_sleep(seconds: float, objective: Objective) -> None:
-    end = time.monotonic() + seconds
-    while not objective.stop_requested and time.monotonic() < end:
-        time.sleep(min(0.2, max(0.0, end - time.monotonic())))
-
-
-def _chain_has(exc: BaseException | None, test: Callable[[BaseException], bool]) -> bool:
-    """Whether ``exc`` or anything in its cause/context chain passes ``test``.
-
-    Optuna can replace an error of its ``tell`` by another one raised while handling it
-    (an UnboundLocalError, an AssertionError), so the whole chain is checked.
-    """
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        if test(exc):
-            return True
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return False
-
-
-def _is_storage_error(exc: BaseException | None) -> bool:
-    """The database could not be reached (not: a write it refused)."""
-    return is_connection_error(exc)
-
-
-def _was_reclaimed(exc: BaseException) -> bool:
-    """The trial was finished by someone else (declared dead by another worker after a long
-    outage): Optuna says so with UpdateFinishedTrialError or "Cannot tell a FAIL trial"."""
-    return _chain_has(exc, lambda e: isinstance(e, optuna.exceptions.UpdateFinishedTrialError)
-                      or (isinstance(e, ValueError) and str(e).startswith("Cannot tell a ")))
-
-
 def run_worker(study: optuna.Study, spec: StudySpec, *, output: Path, target: int,
                timeout: float | None, announce: bool = True) -> int:
-    objective = Objective(spec, output_dir=output)
-    guard = BudgetGuard(target)
-    progress = Progress(spec, target=target, announce=announce)
-    study_dir = Path(output) / spec.name
-    study_dir.mkdir(parents=True, exist_ok=True)
-    metric_names = study.metric_names
-    front = ParetoFront(study.directions)  # shared by the snapshots: updated per trial
-    heartbeat = spec.storage.heartbeat_interval
-    # number/outcome/storage_error: the trial just run and how it ended;
-    # pending: the trial whose progress line is due once a trial list shows it finished.
-    state: dict[str, Any] = {"interrupts": 0, "failures": 0, "number": None, "outcome": None,
-                             "storage_error": False, "pending": None}
+    """Run trials of ``study`` in this process until ``target`` trials of the study (run by any
+    worker) finished, ``timeout`` seconds passed, a signal or too many failures in a row.
 
-    def on_signal(signum: int, _frame: object) -> None:
-        state["interrupts"] += 1
+    Returns the exit code: 0 target or timeout reached, 1 failures or the storage lost for good,
+    130 interrupted (the running trial is queued for retry).
+    """
+    return Worker(study, spec, output=output, target=target, timeout=timeout,
+                  announce=announce).run()
+
+
+class Worker:
+    """One process's trial loop (module docstring); :meth:`run` runs it once.
+
+    Between trials it keeps the trial just run (``number``), how it ended (``outcome``, None
+    once counted) and whether it lost the storage (``storage_error``); the consecutive
+    ``failures``; and the trial whose progress line is due once a trial list shows it finished
+    (``pending``).
+    """
+
+    def __init__(self, study: optuna.Study, spec: StudySpec, *, output: Path, target: int,
+                 timeout: float | None, announce: bool = True) -> None:
+        self.study = study
+        self.spec = spec
+        self.target = target
+        self.timeout = timeout
+        self.objective = Objective(spec, output_dir=output)
+        self.guard = BudgetGuard(target)
+        self.progress = Progress(spec, target=target, announce=announce)
+        self.study_dir = Path(output) / spec.name
+        self.study_dir.mkdir(parents=True, exist_ok=True)
+        self.metric_names = study.metric_names
+        self.front = ParetoFront(study.directions)  # shared by the snapshots: updated per trial
+        self.deadline: float | None = None  # set when the loop starts
+        self.interrupts = 0
+        self.failures = 0
+        self.number: int | None = None
+        self.outcome: Outcome | None = None
+        self.storage_error = False
+        self.pending: int | None = None
+        self.check_stale = True  # fail stale trials of dead workers before the next look
+        self.waiting_announced = False
+        self.outage_since: float | None = None
+
+    # -- the loop ---------------------------------------------------------------------------
+    def run(self) -> int:
+        """The trial loop, with this worker's signal handlers; returns the exit code."""
+        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        frozen = _freeze_heap()
+        self.deadline = time.monotonic() + self.timeout if self.timeout else None
+        try:
+            code: int | None = None
+            while code is None:
+                code = self._turn()
+            self._final_report()
+            return code
+        except _StorageGone:
+            return EXIT_FAILED  # no final report: the storage is unreachable
+        finally:
+            for s, handler in old.items():
+                signal.signal(s, handler)
+            if frozen:
+                gc.unfreeze()
+
+    def _turn(self) -> int | None:
+        """One look at the study and, when this worker should, one trial: the exit code to
+        stop with, or None to go on."""
+        if self.objective.stop_requested:
+            return EXIT_INTERRUPTED
+        code = None
+        try:
+            if self.check_stale:
+                optuna.storages.fail_stale_trials(self.study)
+                self.check_stale = False
+            if self.storage_error:
+                self._requeue_after_outage(self._snapshot())
+                self.storage_error = False
+            view = self._snapshot()
+            self._report_pending(view)
+            code = self._exit_code(view)
+            if code is not None:
+                if code == EXIT_OK and _finished(view) >= self.target:
+                    self.progress.done(self.study)
+                return code
+            if _others_hold_the_rest(view, self.target):
+                self._wait_for_others(view)
+                return None
+            self.progress.trial_started(_finished(view))
+            self.outage_since = None
+            with worker_trials(self.study):
+                self.study.optimize(self._trial, n_trials=1, catch=(TrialFailed,))
+        except StopRequested:
+            log.warning("trial interrupted and queued for retry; rerun the same command "
+                        "to resume")
+            code = EXIT_INTERRUPTED
+        except KeyboardInterrupt:
+            code = EXIT_INTERRUPTED
+        except Exception as exc:
+            if _was_reclaimed(exc):
+                self._reclaimed()
+            elif is_connection_error(exc):
+                self._ride_out_outage(exc)
+            else:
+                raise
+            return None
+        finally:
+            self._count_outcome()
+        # Frees what a trial left in reference cycles (a model, CUDA tensors) before the
+        # next one allocates its own.
+        gc.collect()
+        return code
+
+    def _trial(self, trial: optuna.Trial) -> float | list[float]:
+        """The objective ``study.optimize`` runs: the budget guard, then the workload."""
+        self.number = trial.number
+        self.outcome = "fail"
+        self.storage_error = False
+        # Read after this trial was created: it holds every trial with a smaller number.
+        if self.guard.is_surplus(self.study.get_trials(deepcopy=False), trial.number):
+            self.outcome = "surplus"
+            trial.set_user_attr(attrs.SURPLUS, True)
+            raise TrialFailed("surplus: the study target was reached by other trials")
+        try:
+            values = self.objective(trial)
+        except optuna.TrialPruned:
+            self.outcome = "pruned"
+            raise
+        except Exception as exc:
+            self.storage_error = is_connection_error(exc)
+            raise
+        self.outcome = "complete"
+        return values
+
+    def _wait_for_others(self, view: StudySnapshot) -> None:
+        """Stay until they finish: if their worker dies, its retry runs here."""
+        if not self.waiting_announced:
+            log.info("the remaining %d trial(s) are running in other workers; waiting for "
+                     "them (a dead worker's trial is retried here)",
+                     self.target - _finished(view))
+            self.waiting_announced = True
+        self._sleep(min(float(self.spec.storage.heartbeat_interval), WAIT_POLL_MAX_S))
+        self.check_stale = True
+
+    def _sleep(self, seconds: float) -> None:
+        """Sleep ``seconds``, or less when a signal asks the worker to stop."""
+        end = time.monotonic() + seconds
+        while not self.objective.stop_requested and time.monotonic() < end:
+            time.sleep(min(0.2, max(0.0, end - time.monotonic())))
+
+    # -- when to stop -----------------------------------------------------------------------
+    def _exit_code(self, view: StudySnapshot) -> int | None:
+        """The exit code if this worker should stop now, else None."""
+        finished = _finished(view)
+        if finished >= self.target:
+            return EXIT_OK
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            log.info("timeout reached with %d/%d finished trials", finished, self.target)
+            return EXIT_OK
+        if self.failures >= MAX_CONSECUTIVE_FAILURES:
+            trials = view.get_trials()
+            last = trials[-1].user_attrs if trials else {}
+            log.error("%d trials in a row failed (last: %s); stopping this worker",
+                      self.failures, last.get(attrs.FAIL_REASON, "unknown"))
+            return EXIT_FAILED
+        return None
+
+    def _count_outcome(self) -> None:
+        """Consecutive failures (surplus trials are no failures); the trial's line becomes due."""
+        outcome, self.outcome = self.outcome, None
+        if outcome is None:
+            return
+        if outcome == "fail":
+            self.failures += 1
+        elif outcome in ("complete", "pruned"):
+            self.failures = 0
+        self.pending = self.number
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        self.interrupts += 1
         name = signal.Signals(signum).name
-        if state["interrupts"] > 1 and signum == signal.SIGINT:
+        if self.interrupts > 1 and signum == signal.SIGINT:
             os._exit(EXIT_INTERRUPTED)  # second Ctrl-C: leave now; heartbeats reclaim the trial
         log.warning("%s received: stopping the running trial (it will be retried); "
                     "press Ctrl-C again to exit at once", name)
-        objective.request_stop(name)
+        self.objective.request_stop(name)
 
-    def snapshot() -> StudySnapshot:
-        return StudySnapshot(study, study.get_trials(deepcopy=False), metric_names, front)
+    # -- a database that went away ----------------------------------------------------------
+    def _ride_out_outage(self, exc: BaseException) -> None:
+        """Wait a little for an unreachable storage; raises _StorageGone past the limit."""
+        now = time.monotonic()
+        if self.outage_since is None:
+            self.outage_since = now
+            log.warning("storage unreachable (%s); retrying for up to %d s",
+                        exc.__cause__ or exc, STORAGE_OUTAGE_LIMIT_S)
+        if now - self.outage_since >= STORAGE_OUTAGE_LIMIT_S:
+            log.error("storage unreachable for %d s; stopping this worker (its running trial "
+                      "is retried by the next worker)", STORAGE_OUTAGE_LIMIT_S)
+            raise _StorageGone
+        self._sleep(STORAGE_RETRY_S)
+        self.check_stale = True
 
-    def write_results_now(view: StudySnapshot) -> None:
-        write_results(view, study_dir)
+    def _reclaimed(self) -> None:
+        # The database was out for longer than the grace period: another worker declared
+        # this trial dead and queued its retry, which resumes from the trial's last
+        # checkpoint. Nothing left to store here; go on.
+        log.warning("trial %s was reclaimed by another worker while the storage was "
+                    "unreachable; its retry resumes from its last checkpoint", self.number)
+        self.outcome = None
 
-    def report_pending(view: StudySnapshot) -> None:
+    def _requeue_after_outage(self, view: StudySnapshot) -> None:
+        """A trial that lost the database mid-run is not at fault: queue it again (it
+        resumes from its last checkpoint), within the study's retry limit."""
+        trial = view.trial(self.number) if self.number is not None else None
+        if trial is None or trial.state != TrialState.FAIL:
+            return  # still RUNNING: its heartbeat goes stale and Optuna's callback retries it
+        callback = optuna.storages.RetryHeartbeatStaleTrialCallback(
+            max_retry=self.spec.storage.max_retry)
+        callback(self.study, self.study._storage.get_trial(trial._trial_id))
+        log.warning("trial %d lost the storage connection; queued for retry", self.number)
+
+    # -- progress lines and results files ---------------------------------------------------
+    def _snapshot(self) -> StudySnapshot:
+        return StudySnapshot(self.study, self.study.get_trials(deepcopy=False),
+                             self.metric_names, self.front)
+
+    def _report_pending(self, view: StudySnapshot) -> None:
         """Progress line and results files of the previous trial."""
-        number, state["pending"] = state["pending"], None
+        number, self.pending = self.pending, None
         trial = view.trial(number) if number is not None else None
         if trial is None or not trial.state.is_finished():
             return  # its final state never reached the storage: it goes stale, is retried
         try:
-            write_results_now(view)
-            if not trial.user_attrs.get("surplus"):
-                progress.trial_done(view, trial)
+            write_results(view, self.study_dir)
+            if not trial.user_attrs.get(attrs.SURPLUS):
+                self.progress.trial_done(view, trial)
         except OSError:  # a full disk must not stop the study: the files catch up later
             log.warning("could not report trial %d", number, exc_info=True)
 
-    def guarded(trial: optuna.Trial) -> float | list[float]:
-        state.update(number=trial.number, outcome="fail", storage_error=False)
-        # Read after this trial was created: it holds every trial with a smaller number.
-        if guard.is_surplus(study.get_trials(deepcopy=False), trial.number):
-            state["outcome"] = "surplus"
-            trial.set_user_attr("surplus", True)
-            raise TrialFailed("surplus: the study target was reached by other trials")
+    def _final_report(self) -> None:
         try:
-            values = objective(trial)
-        except optuna.TrialPruned:
-            state["outcome"] = "pruned"
-            raise
+            view = self._snapshot()
+            self._report_pending(view)
+            write_results(view, self.study_dir)
         except Exception as exc:
-            state["storage_error"] = _is_storage_error(exc)
-            raise
-        state["outcome"] = "complete"
-        return values
+            if not is_connection_error(exc):
+                raise
+            log.warning("results files not refreshed: storage unreachable (%s)", exc)
 
-    def requeue_after_outage(view: StudySnapshot, number: int) -> None:
-        """A trial that lost the database mid-run is not at fault: queue it again (it
-        resumes from its last checkpoint), within the study's retry limit."""
-        trial = view.trial(number)
-        if trial is None or trial.state != TrialState.FAIL:
-            return  # still RUNNING: its heartbeat goes stale and Optuna's callback retries it
-        callback = optuna.storages.RetryHeartbeatStaleTrialCallback(
-            max_retry=spec.storage.max_retry)
-        callback(study, study._storage.get_trial(trial._trial_id))
-        log.warning("trial %d lost the storage connection; queued for retry", number)
 
-    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    frozen = _freeze_heap()
-    deadline = time.monotonic() + timeout if timeout else None
-    check_stale, waiting_announced = True, False
-    outage_since: float | None = None
-    code: int | None = None
-    try:
-        while code is None:
-            if objective.stop_requested:
-                code = EXIT_INTERRUPTED
-                break
-            try:
-                if check_stale:
-                    optuna.storages.fail_stale_trials(study)
-                    check_stale = False
-                if state["storage_error"]:
-                    requeue_after_outage(snapshot(), state["number"])
-                    state["storage_error"] = False
-                view = snapshot()
-                report_pending(view)
-                code = _decide(view, target=target, deadline=deadline,
-                               failures=state["failures"])
-                if code is not None:
-                    if code == EXIT_OK and _finished(view) >= target:
-                        progress.done(study)
-                    break
-                if _others_hold_the_rest(view, target):
-                    # Stay until they finish: if their worker dies, its retry runs here.
-                    if not waiting_announced:
-                        log.info("the remaining %d trial(s) are running in other workers; "
-                                 "waiting for them (a dead worker's trial is retried "
-                                 "here)", target - _finished(view))
-                        waiting_announced = True
-                    _interruptible_sleep(min(float(heartbeat), WAIT_POLL_MAX_S), objective)
-                    check_stale = True
-                    continue
-                progress.trial_started(_finished(view))
-                outage_since = None
-                with worker_trials(study):
-                    study.optimize(guarded, n_trials=1, catch=(TrialFailed,))
-            except StopRequested:
-                log.warning("trial interrupted and queued for retry; rerun the same command "
-                            "to resume")
-                code = EXIT_INTERRUPTED
-            except KeyboardInterrupt:
-                code = EXIT_INTERRUPTED
-            except Exception as exc:
-                if _was_reclaimed(exc):
-                    # The database was out for longer than the grace period: another worker
-                    # declared this trial dead and queued its retry, which resumes from the
-                    # trial's last checkpoint. Nothing left to store here; go on.
-                    log.warning("trial %s was reclaimed by another worker while the storage "
-                                "was unreachable; its retry resumes from its last checkpoint",
-                                state["number"])
-                    state["outcome"] = None
-                    continue
-                if not _is_storage_error(exc):
-                    raise
-                now = time.monotonic()
-                if outage_since is None:
-                    outage_since = now
-                    log.warning("storage unreachable (%s); retrying for up to %d s",
-                                exc.__cause__ or exc, STORAGE_OUTAGE_LIMIT_S)
-                if now - outage_since >= STORAGE_OUTAGE_LIMIT_S:
-                    log.error("storage unreachable for %d s; stopping this worker (its "
-                              "running trial is retried by the next worker)",
-                              STORAGE_OUTAGE_LIMIT_S)
-                    return EXIT_FAILED
-                _interruptible_sleep(STORAGE_RETRY_S, objective)
-                check_stale = True
-                continue
-            finally:
-                _count_outcome(state)
-            # Frees what a trial left in reference cycles (a model, CUDA tensors) before the
-            # next one allocates its own.
-            gc.collect()
-        _final_report(snapshot, report_pending, write_results_now)
-        return code
-    finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
-        if frozen:
-            gc.unfreeze()
+class _StorageGone(Exception):
+    """The storage stayed unreachable for ``STORAGE_OUTAGE_LIMIT_S``: the worker stops."""
+
+
+def _was_reclaimed(exc: BaseException) -> bool:
+    """The trial was finished by someone else (declared dead by another worker after a long
+    outage): Optuna says so with UpdateFinishedTrialError or "Cannot tell a FAIL trial".
+    Optuna can replace that error by another one raised while handling it, so the whole
+    cause/context chain is checked."""
+    return caused_by(exc, lambda e: isinstance(e, optuna.exceptions.UpdateFinishedTrialError)
+                     or (isinstance(e, ValueError) and str(e).startswith("Cannot tell a ")))
 
 
 def _freeze_heap() -> bool:
@@ -304,30 +382,6 @@ def _freeze_heap() -> bool:
     return True
 
 
-def _count_outcome(state: dict[str, Any]) -> None:
-    """Consecutive failures (surplus trials are no failures); the trial's line becomes due."""
-    outcome, state["outcome"] = state["outcome"], None
-    if outcome is None:
-        return
-    state["last_outcome"] = outcome
-    if outcome == "fail":
-        state["failures"] += 1
-    elif outcome in ("complete", "pruned"):
-        state["failures"] = 0
-    state["pending"] = state["number"]
-
-
-def _final_report(snapshot: Any, report_pending: Any, write_results_now: Any) -> None:
-    try:
-        view = snapshot()
-        report_pending(view)
-        write_results_now(view)
-    except Exception as exc:
-        if not _is_storage_error(exc):
-            raise
-        log.warning("results files not refreshed: storage unreachable (%s)", exc)
-
-
 def _finished(view: StudySnapshot) -> int:
     return sum(t.state in FINISHED for t in view.get_trials())
 
@@ -337,20 +391,3 @@ def _others_hold_the_rest(view: StudySnapshot, target: int) -> bool:
     running = sum(t.state == TrialState.RUNNING for t in trials)
     waiting = sum(t.state == TrialState.WAITING for t in trials)
     return waiting == 0 and _finished(view) + running >= target
-
-
-def _decide(view: StudySnapshot, *, target: int, deadline: float | None,
-            failures: int) -> int | None:
-    """The exit code if this worker should stop now, else None."""
-    finished = _finished(view)
-    if finished >= target:
-        return EXIT_OK
-    if deadline is not None and time.monotonic() >= deadline:
-        log.info("timeout reached with %d/%d finished trials", finished, target)
-        return EXIT_OK
-    if failures >= MAX_CONSECUTIVE_FAILURES:
-        trials = view.get_trials()
-        last = trials[-1].user_attrs.get("fail_reason", "unknown") if trials else "unknown"
-        log.error("%d trials in a row failed (last: %s); stopping this worker", failures, last)
-        return EXIT_FAILED
-    return None

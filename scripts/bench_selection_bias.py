@@ -165,8 +165,8 @@ def main(argv: list[str] | None = None) -> int:
                      f"README figures use >= {MIN_TRIALS}")
 
     from hpo.evaluate import evaluate_study
+    from hpo.loading import load_existing_study, open_existing_storage
     from hpo.run import main as run_main
-    from hpo.status import load_existing_study, open_existing_storage
 
     shutil.rmtree(args.workdir, ignore_errors=True)
     args.workdir.mkdir(parents=True)

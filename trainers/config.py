@@ -1,9 +1,10 @@
-"""Frozen-dataclass configs built from mappings (TOML, CLI flags, sampled trial params).
+"""Frozen-dataclass configs: how they check themselves, and the one loader that builds them
+from mappings (TOML, CLI flags, sampled trial params).
 
 Every problem is collected before failing: unknown keys (with a close-match hint), wrong
-types and the config's own range checks are reported together in one ``UserError``.
-The same dataclass also generates the standalone CLI flags, so a study parameter named
-``batch_size`` is the flag ``--batch-size`` of ``python -m trainers.<workload>``.
+types and the config's own range checks (:class:`CheckedConfig`) are reported together in
+one ``UserError``. The same dataclass also generates the standalone CLI flags, so a study
+parameter named ``batch_size`` is the flag ``--batch-size`` of ``python -m trainers.<workload>``.
 """
 
 from __future__ import annotations
@@ -12,14 +13,82 @@ import argparse
 import dataclasses
 import difflib
 import functools
+import math
 import types
 import typing
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from trainers.errors import UserError
 
 T = TypeVar("T")
+
+
+# -- range checks ---------------------------------------------------------------------------
+def is_int(value: Any) -> bool:
+    """An int that is not a bool: ``True`` is an ``int`` to Python, never a count here."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_real(value: Any) -> bool:
+    """A finite int or float that is not a bool."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+class Checks:
+    """The problems one class of a :class:`CheckedConfig` found; each worded by its phrase."""
+
+    def __init__(self, config: Any, phrase: str) -> None:
+        self.config = config
+        self.phrase = phrase
+        self.ignored: frozenset[str] = frozenset()
+        self.problems: list[str] = []
+
+    def need(self, ok: bool, name: str, rule: str) -> None:
+        """Unless ``ok``: field ``name`` breaks ``rule`` (its value is shown as received)."""
+        if not ok and name not in self.ignored:
+            value = getattr(self.config, name)
+            self.problems.append(self.phrase.format(name=name, value=value, rule=rule))
+
+    def add(self, problem: str) -> None:
+        """A problem worded by the caller (one that involves several fields)."""
+        self.problems.append(problem)
+
+
+@dataclass(frozen=True)
+class CheckedConfig:
+    """Base of every frozen config: lists become tuples, then every problem is reported at once.
+
+    A subclass checks its own fields in ``_check(self, checks)`` with ``checks.need(ok, name,
+    rule)``. Building a config runs the ``_check`` of every class it inherits from, bases first
+    (a workload's TrainConfig that extends RuntimeConfig adds its checks to the runtime's, it
+    never repeats them), and raises one ``UserError`` naming each field, the value received
+    and the rule. ``PHRASE`` is how the class that sets it words a broken rule; a class
+    without one says ``name=value: rule``.
+    """
+
+    PHRASE = "{name}={value!r}: {rule}"
+
+    def __post_init__(self) -> None:
+        for name, tp in field_types(type(self)).items():  # TOML has no tuples
+            value = getattr(self, name)
+            if isinstance(value, list) and typing.get_origin(tp) is tuple:
+                object.__setattr__(self, name, tuple(value))
+        problems: list[str] = []
+        for klass in reversed(type(self).__mro__):
+            if "_check" in vars(klass):
+                checks = Checks(self, vars(klass).get("PHRASE", CheckedConfig.PHRASE))
+                klass._check(self, checks)
+                problems += checks.problems
+        if problems:
+            raise UserError("; ".join(problems))
+
+    def _check(self, checks: Checks) -> None:
+        """Record every broken rule of this class's fields (see the class docstring)."""
+
+
+# -- loading ----------------------------------------------------------------------------------
 
 
 def _describe(tp: Any) -> str:
@@ -74,7 +143,7 @@ def coerce(value: Any, tp: Any) -> Any:
             return value
         raise TypeError("expected true or false")
     if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
+        if is_int(value):
             return value
         if isinstance(value, float) and value.is_integer():
             return int(value)

@@ -5,10 +5,13 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trainers.context import TrialContext
 from trainers.errors import UserError
+
+if TYPE_CHECKING:
+    from trainers.heldout import HeldOut
 
 # name -> package; each package exposes ``WORKLOAD``. Imported lazily: a study of one
 # workload must not pay for (or break on) another workload's imports.
@@ -31,6 +34,9 @@ class Workload:
             metric is undefined), keyed by the names in ``metrics``.
         metrics: every metric ``train`` returns -> its natural direction ("maximize" or
             "minimize"), used to validate study objectives.
+        heldout: the optional held-out capability (``trainers.heldout.HeldOut``): how to
+            predict a saved trial on the study's test period and score it, so that
+            ``hpo.evaluate`` can open that period. None: the workload holds out none.
     """
 
     name: str
@@ -38,6 +44,7 @@ class Workload:
     train: Callable[[Any, TrialContext], dict[str, float]]
     metrics: Mapping[str, str]
     description: str = ""
+    heldout: HeldOut | None = None
 
 
 def workload_names() -> list[str]:

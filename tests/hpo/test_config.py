@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from hpo.config import available_studies, load_study_spec, resolve_study_path
+from hpo.config import Param, available_studies, load_study_spec, resolve_study_path
 from trainers.errors import UserError
 
 TOY = """
@@ -114,3 +114,35 @@ def test_fingerprint_changes_with_search_space(tmp_path: Path) -> None:
     a = load_study_spec(str(write(tmp_path, TOY)))
     b = load_study_spec(str(write(tmp_path, TOY.replace("high = 4", "high = 5"), "b.toml")))
     assert a.fingerprint() != b.fingerprint()
+
+
+@pytest.mark.parametrize("param, expected", [
+    (Param("n", "int", low=1, high=4, step=1), 2),  # (1 + 4) // 2
+    (Param("n", "int", low=-3, high=0, step=1), -2),
+    (Param("n", "int", low=2, high=20, step=3), 11),  # grid 2, 5, ..., 20: its middle point
+    (Param("n", "int", low=2, high=21, step=3), 11),  # 21 is past the last grid point, 20
+    (Param("n", "int", low=16, high=1024, log=True, step=1), 128),  # geometric
+    (Param("n", "int", low=7, high=7, step=1), 7),
+    (Param("x", "float", low=0.0, high=1.0), 0.5),
+    (Param("x", "float", low=1e-4, high=1e-2, log=True), 1e-3),
+    (Param("x", "float", low=0.0, high=0.3, step=0.1), 0.1),  # grid 0, .1, .2, .3 (not 2.99)
+    (Param("x", "float", low=0.0, high=1.0, step=0.3), 0.3),  # grid 0, .3, .6, .9
+    (Param("c", "categorical", choices=("b", "a")), "b"),
+])
+def test_midpoint_is_a_legal_point_in_the_middle(param: Param, expected: object) -> None:
+    got = param.midpoint()
+    assert got == pytest.approx(expected) and type(got) is type(expected)
+    if param.kind != "categorical":
+        assert param.low <= got <= param.high
+    if param.step is not None and not param.log:
+        assert (got - param.low) / param.step == pytest.approx(round((got - param.low)
+                                                                     / param.step))
+
+
+def test_the_trainer_config_is_validated_at_the_midpoint(tmp_path: Path) -> None:
+    """Before any trial the workload's config is built with each parameter at its midpoint:
+    the error shows the value it was given."""
+    text = TOY.replace("[trainer]\nepochs = 2\n", "") + \
+        '\n[search_space.epochs]\ntype = "int"\nlow = -4\nhigh = 0\n'
+    with pytest.raises(UserError, match=r"epochs must be >= 1, got -2"):
+        load_study_spec(str(write(tmp_path, text)))

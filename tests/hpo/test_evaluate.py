@@ -22,6 +22,7 @@ from hpo.evaluate import CHOICE_RULE_FRONT, main
 from hpo.heldout import PREDICTIONS_FILE, REPORT_FILE, SUMMARY_ATTR
 from hpo.run import main as run_main
 from tests.hpo.test_run import study_file
+from trainers.atft_gat.synthetic import FEATURE_NAMES
 from trainers.metrics import predictions_metrics_with_se
 
 STUDY = """
@@ -160,15 +161,24 @@ def test_chosen_trial_and_its_deflated_sharpe(ran: Path) -> None:
     assert 0.0 <= report["test_psr"]["value"] <= 1.0
 
 
-def test_synthetic_baselines_beside_the_trials(ran: Path) -> None:
+def test_baselines_beside_the_trials(ran: Path) -> None:
+    """The oracle, the best single feature and the ridge fit, on the same dates and with the
+    same figures and standard errors as the trials; both fitted baselines chosen on training
+    dates (the ridge penalty on validation)."""
     report = _report(ran / "out")
     for period in ("validation", "test"):
         base = report["baselines"][period]
         assert math.isfinite(base["oracle"]["sharpe"]) and base["oracle"]["rank_ic"] > 0.05
-        assert base["best_feature"]["chosen_on"] == "earlier dates"
+        best, linear = base["best_feature"], base["linear"]
+        assert best["chosen_on"] == "training dates" and best["feature"][0] in "+-"
+        assert best["feature"][1:] in FEATURE_NAMES
+        for row in (best, linear):
+            assert row["sharpe"]["se"] > 0 and math.isfinite(row["rank_ic"]["value"])
+            assert row["n_dates"]["value"] == report["trials"][0][period]["n_dates"]["value"]
+        assert str(linear["alpha"]) in linear["validation_rank_ic_by_alpha"]
     summary = _study(ran / "out").user_attrs[SUMMARY_ATTR]
     labels = list(summary["baselines"])
-    assert labels[0] == "oracle" and labels[1].startswith("best feature (")
+    assert labels == ["oracle", f"best feature ({best['feature']})", "ridge (every feature)"]
     assert summary["report_id"] == report["report_id"]
 
 

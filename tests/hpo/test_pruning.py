@@ -11,6 +11,7 @@ import optuna
 import pytest
 
 from hpo.config import PrunerSpec, parse_study
+from hpo.pruners import KINDS, Key, PrunerKind, _spec_class, get_kind
 from hpo.pruning import (
     MOASHA,
     epoch_values,
@@ -23,7 +24,8 @@ from hpo.pruning import (
     rung_epochs,
     to_minimisation,
 )
-from hpo.study import make_pruner
+from hpo.study import make_pruner, open_study
+from hpo.worker import run_worker
 from trainers.errors import UserError
 
 MAXMAX = ("maximize", "maximize")
@@ -214,3 +216,68 @@ def test_bad_mo_asha_values_and_unknown_pruner() -> None:
     with pytest.raises(UserError, match=r"\[pruner.name\] got 'asha'; allowed: none, median, "
                                         r"percentile, successive_halving, hyperband, mo_asha"):
         parse_study(_raw({"name": "asha"}), path=Path("s.toml"))
+
+
+# -- epochs and Optuna's steps --------------------------------------------------------------
+EPOCHS = 5
+
+
+@pytest.mark.parametrize("pruner, first_judged", [
+    ({"name": "median", "n_warmup_steps": 0}, 1),
+    ({"name": "median", "n_warmup_steps": 1}, 2),
+    ({"name": "median", "n_warmup_steps": 2}, 3),
+    ({"name": "percentile", "n_warmup_steps": 2}, 3),
+    ({"name": "successive_halving", "min_resource": 2, "reduction_factor": 4}, 2),
+])
+def test_keys_count_epochs_as_the_readme_says(tmp_path: Path, pruner: dict,
+                                              first_judged: int) -> None:
+    """The first ``n_warmup_steps`` epochs are never judged; a successive-halving rung at
+    ``min_resource`` judges after that many epochs. One fast trial finishes, then slow ones
+    (worse at every epoch) are pruned at the first epoch their pruner may judge."""
+    raw = _raw({**pruner, **({"n_startup_trials": 1} if "n_warmup_steps" in pruner else {})})
+    raw.update(n_trials=4, trainer={"epochs": EPOCHS},
+               enqueue=[{"name": "fast", "params": {"lr": 0.45}}]
+               + [{"name": f"slow{i}", "params": {"lr": 0.01}} for i in range(3)])
+    spec = parse_study(raw, path=tmp_path / "steps.toml")
+    study = open_study(spec, f"sqlite:///{tmp_path / 'hpo.db'}", force=False, target=4,
+                       quiet=True)
+    assert run_worker(study, spec, output=tmp_path / "out", target=4, timeout=None,
+                      announce=False) == 0
+    trials = study.get_trials(deepcopy=False)
+    assert trials[0].state == optuna.trial.TrialState.COMPLETE
+    assert [t.user_attrs.get("pruned_at_epoch") for t in trials[1:]] == [first_judged] * 3
+    # the step each epoch was reported at, so the dashboard's curve and the pruner agree
+    first = get_kind(spec.pruner.name).step(1)
+    assert sorted(trials[0].intermediate_values) == list(range(first, first + EPOCHS))
+
+
+def test_percentile_family_steps_count_from_zero_the_halving_ones_from_one() -> None:
+    assert [KINDS[n].step(1) for n in ("median", "percentile")] == [0, 0]
+    assert [KINDS[n].step(3) for n in ("successive_halving", "hyperband", "none")] == [3, 3, 3]
+
+
+# -- the registry ------------------------------------------------------------------------------
+def test_the_spec_holds_every_kinds_keys_with_their_defaults() -> None:
+    spec = PrunerSpec()
+    assert spec.name == "none"
+    for kind in KINDS.values():
+        for key in kind.keys:
+            assert getattr(spec, key.name) == key.default
+            assert type(getattr(spec, key.name)) is key.type
+
+
+def test_a_key_declared_twice_with_other_defaults_is_a_bug() -> None:
+    def build(spec: object) -> optuna.pruners.BasePruner:
+        return optuna.pruners.NopPruner()
+
+    a = PrunerKind(name="a", keys=(Key("k", 1, 0),), build=build, single_objective=False)
+    b = PrunerKind(name="b", keys=(Key("k", 2, 0),), build=build, single_objective=False)
+    assert [f for f in _spec_class([a, a]).__dataclass_fields__] == ["name", "k"]
+    with pytest.raises(TypeError, match="pruner key 'k' of 'b' differs"):
+        _spec_class([a, b])
+
+
+def test_out_of_range_percentile_names_the_range() -> None:
+    with pytest.raises(UserError, match=r"\[pruner.percentile\] must be in \[0, 100\], "
+                                        r"got 120.0"):
+        parse_study(_raw({"name": "percentile", "percentile": 120}), path=Path("s.toml"))

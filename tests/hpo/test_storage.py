@@ -24,7 +24,8 @@ import sqlalchemy
 from optuna.trial import TrialState
 
 from hpo import service_storage
-from hpo.storage import is_connection_error, open_storage, worker_trials
+from hpo.storage import open_storage, worker_trials
+from hpo.storage_errors import is_connection_error
 
 
 @contextmanager

@@ -16,6 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from trainers.config import from_mapping
 from trainers.context import TrialContext
 from trainers.errors import StopRequested, UserError
 from trainers.runtime import (
@@ -102,9 +103,9 @@ def test_config_rejects_bad_value(field: str, value: object) -> None:
 
 
 def test_config_from_mapping_rejects_unknown_key() -> None:
-    assert RuntimeConfig.from_mapping({"lr": 0.1}).lr == 0.1
-    with pytest.raises(UserError, match=r"unknown key\(s\) 'learning_rate'.*allowed keys"):
-        RuntimeConfig.from_mapping({"learning_rate": 0.1})
+    assert from_mapping(RuntimeConfig, {"lr": 0.1, "betas": [0.8, 0.9]}).betas == (0.8, 0.9)
+    with pytest.raises(UserError, match=r"runtime: unknown key 'learning_rate'; allowed: .*lr"):
+        from_mapping(RuntimeConfig, {"learning_rate": 0.1}, where="runtime")
 
 
 # -- device, precision, threads, seeds --------------------------------------------------

@@ -9,6 +9,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from trainers.atft_gat.config import TrainConfig
+from trainers.atft_gat.heldout import HELDOUT
 from trainers.context import TrialContext
 from trainers.errors import UserError
 from trainers.registry import Workload
@@ -60,4 +61,5 @@ WORKLOAD = Workload(
         "train_loss": "minimize",
     },
     description="ATFT-GAT-FAN cross-sectional stock ranking (synthetic market or your panel).",
+    heldout=HELDOUT,
 )

@@ -1,9 +1,9 @@
 """TrainConfig: every setting of one ATFT-GAT-FAN training, flat.
 
 Field names are the study's parameter names and the standalone CLI flags
-(``python -m trainers.atft_gat --hidden-size 128``). Model and optimisation fields take their
-defaults from :class:`ModelConfig` and :class:`RuntimeConfig`, which validate them again when
-the trainer builds those, so the two can never drift apart.
+(``python -m trainers.atft_gat --hidden-size 128``). The model's and the optimisation's
+settings are declared (and checked) once, in :class:`ModelConfig` and :class:`RuntimeConfig`,
+which this class extends; it adds the data, graph, loss and schedule settings.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import dataclasses
 from dataclasses import dataclass
 
 from trainers.atft_gat.model import ModelConfig
-from trainers.errors import UserError
-from trainers.runtime import RuntimeConfig, runtime_config_of
+from trainers.config import Checks
+from trainers.runtime import RuntimeConfig
 
 PHASE_KINDS = ("baseline", "graph", "finetune")
 BASE_LOSSES = ("huber", "mse")
@@ -27,7 +27,7 @@ GRAPH_K_MAX_DEFAULT = 20
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(ModelConfig, RuntimeConfig):
     # -- data ---------------------------------------------------------------------------
     source: str = "synthetic"         # "synthetic" or a parquet/CSV panel path (README schema)
     n_stocks: int = 200               # synthetic market size
@@ -61,26 +61,6 @@ class TrainConfig:
     # prefix of that graph without a rebuild. 0 = max(graph_k, GRAPH_K_MAX_DEFAULT). A study
     # sets it to its search space's upper bound of graph_k (hpo.objective).
     graph_k_max: int = 0
-    # -- model (see ModelConfig) ---------------------------------------------------------
-    hidden_size: int = ModelConfig.hidden_size
-    lookback: int = ModelConfig.lookback
-    use_vsn: bool = ModelConfig.use_vsn
-    vsn_per_feature_grn: bool = ModelConfig.vsn_per_feature_grn
-    lstm_layers: int = ModelConfig.lstm_layers
-    use_temporal_attention: bool = ModelConfig.use_temporal_attention
-    attn_heads: int = ModelConfig.attn_heads
-    use_graph: bool = ModelConfig.use_graph
-    gat_layers: int = ModelConfig.gat_layers
-    gat_heads: int = ModelConfig.gat_heads
-    gat_dropout: float = ModelConfig.gat_dropout
-    graph_features: bool = ModelConfig.graph_features
-    edge_dropout: float = ModelConfig.edge_dropout
-    use_fan: bool = ModelConfig.use_fan
-    fan_top_k: int = ModelConfig.fan_top_k
-    dropout: float = ModelConfig.dropout
-    horizons: tuple[int, ...] = ModelConfig.horizons
-    quantiles: tuple[float, ...] = ModelConfig.quantiles
-    grad_checkpointing: bool = ModelConfig.grad_checkpointing
     # -- loss -----------------------------------------------------------------------------
     base_loss: str = "huber"          # regression part on per-date z-scored targets
     huber_delta: float = 1.0
@@ -88,7 +68,7 @@ class TrainConfig:
     ic_weight: float = 0.0            # weight of the (1 - Pearson IC) term
     quantile_weight: float = 0.1      # weight of the pinball loss of the quantile heads
     rank_strength: float = 1.0        # soft-rank regularisation (smaller = closer to hard)
-    # -- optimisation (see RuntimeConfig) ----------------------------------------------------
+    # -- optimisation (the runtime's settings are RuntimeConfig's) --------------------------
     epochs: int = 5
     phases: tuple[str, ...] = ()      # e.g. ["baseline:1", "graph:3", "finetune:1"]
     finetune_lr_scale: float = 0.1    # lr multiplier during "finetune" phases
@@ -96,85 +76,58 @@ class TrainConfig:
     patience: int = 0                 # stop after this many epochs without a better RankIC
     select_fraction: float = 0.0      # last share of training dates that picks the best epoch
     max_steps_per_epoch: int = 0      # 0 = every training date once per epoch
-    optimizer: str = RuntimeConfig.optimizer
-    lr: float = RuntimeConfig.lr
+    # this workload's defaults of runtime settings
     weight_decay: float = 1e-4
-    scheduler: str = RuntimeConfig.scheduler
     warmup_steps: int = 20
-    min_lr_ratio: float = RuntimeConfig.min_lr_ratio
-    grad_clip: float = RuntimeConfig.grad_clip
-    accumulation: int = RuntimeConfig.accumulation
-    precision: str = RuntimeConfig.precision
-    device: str = RuntimeConfig.device
     min_batch: int = 16
 
-    def __post_init__(self) -> None:
-        for name in ("features", "phases", "horizons", "quantiles", "allow_features"):
-            value = getattr(self, name)
-            if isinstance(value, list):
-                object.__setattr__(self, name, tuple(value))
-        problems: list[str] = []
-
-        def bad(name: str, allowed: str) -> None:
-            problems.append(f"{name}={getattr(self, name)!r}: {allowed}")
-
-        if self.nan_policy not in NAN_POLICIES:
-            bad("nan_policy", f"allowed: {', '.join(NAN_POLICIES)}")
-        if self.base_loss not in BASE_LOSSES:
-            bad("base_loss", f"allowed: {', '.join(BASE_LOSSES)}")
-        if not 0.0 < self.val_fraction < 1.0:
-            bad("val_fraction", "must be in (0, 1)")
-        if self.market_difficulty not in MARKET_DIFFICULTIES:
-            bad("market_difficulty", f"allowed: {', '.join(MARKET_DIFFICULTIES)}")
+    def _check(self, checks: Checks) -> None:
+        need, add = checks.need, checks.add
+        need(self.nan_policy in NAN_POLICIES, "nan_policy", f"allowed: {', '.join(NAN_POLICIES)}")
+        need(self.base_loss in BASE_LOSSES, "base_loss", f"allowed: {', '.join(BASE_LOSSES)}")
+        need(0.0 < self.val_fraction < 1.0, "val_fraction", "must be in (0, 1)")
+        need(self.market_difficulty in MARKET_DIFFICULTIES, "market_difficulty",
+             f"allowed: {', '.join(MARKET_DIFFICULTIES)}")
         if self.n_stocks < 2 or self.n_dates < 2:
-            problems.append(f"n_stocks={self.n_stocks}, n_dates={self.n_dates}: need >= 2 each")
-        if not 0.0 < self.leak_threshold <= 1.0:
-            bad("leak_threshold", "must be in (0, 1]; 1 switches the guard off")
-        if not 0.0 <= self.test_fraction < 1.0:
-            bad("test_fraction", "must be in [0, 1); 0 holds out no test period")
-        elif 0.0 < self.val_fraction < 1.0 and self.val_fraction + self.test_fraction >= 0.9:
-            bad("test_fraction", "val_fraction + test_fraction must stay below 0.9")
-        if self.execution_lag not in (0, 1):
-            bad("execution_lag", "must be 0 (trade at the close of t) or 1 (from t + 1)")
-        elif self.horizons and self.purge < max(self.horizons) + self.execution_lag:
-            bad("purge", f"must be >= the longest label horizon plus the execution lag "
-                         f"({max(self.horizons)} + {self.execution_lag} dates), or training "
-                         "labels overlap validation dates")
-        if self.metric_horizon not in self.horizons:
-            bad("metric_horizon", f"must be one of horizons {list(self.horizons)}")
+            add(f"n_stocks={self.n_stocks}, n_dates={self.n_dates}: need >= 2 each")
+        need(0.0 < self.leak_threshold <= 1.0, "leak_threshold",
+             "must be in (0, 1]; 1 switches the guard off")
+        test_ok = 0.0 <= self.test_fraction < 1.0
+        need(test_ok, "test_fraction", "must be in [0, 1); 0 holds out no test period")
+        if test_ok and 0.0 < self.val_fraction < 1.0:
+            need(self.val_fraction + self.test_fraction < 0.9, "test_fraction",
+                 "val_fraction + test_fraction must stay below 0.9")
+        lag_ok = self.execution_lag in (0, 1)
+        need(lag_ok, "execution_lag", "must be 0 (trade at the close of t) or 1 (from t + 1)")
+        if lag_ok and self.horizons:
+            need(self.purge >= max(self.horizons) + self.execution_lag, "purge",
+                 f"must be >= the longest label horizon plus the execution lag "
+                 f"({max(self.horizons)} + {self.execution_lag} dates), or training "
+                 "labels overlap validation dates")
+        need(self.metric_horizon in self.horizons, "metric_horizon",
+             f"must be one of horizons {list(self.horizons)}")
         if self.graph_window < 2 or self.graph_k < 1:
-            problems.append(f"graph_window={self.graph_window}, graph_k={self.graph_k}: "
-                            "need graph_window >= 2 and graph_k >= 1")
-        if self.graph_k_max < 0 or 0 < self.graph_k_max < self.graph_k:
-            bad("graph_k_max", f"must be 0 (= max(graph_k, {GRAPH_K_MAX_DEFAULT})) or >= "
-                               f"graph_k={self.graph_k}: the cached graph keeps graph_k_max "
-                               "in-edges per stock")
-        if not -1.0 <= self.graph_threshold <= 1.0:
-            bad("graph_threshold", "a correlation, in [-1, 1]")
+            add(f"graph_window={self.graph_window}, graph_k={self.graph_k}: "
+                "need graph_window >= 2 and graph_k >= 1")
+        need(self.graph_k_max == 0 or self.graph_k_max >= max(1, self.graph_k), "graph_k_max",
+             f"must be 0 (= max(graph_k, {GRAPH_K_MAX_DEFAULT})) or >= graph_k={self.graph_k}: "
+             "the cached graph keeps graph_k_max in-edges per stock")
+        need(-1.0 <= self.graph_threshold <= 1.0, "graph_threshold", "a correlation, in [-1, 1]")
         for name in ("huber_delta", "rank_strength"):
-            if getattr(self, name) <= 0:
-                bad(name, "must be > 0")
+            need(getattr(self, name) > 0, name, "must be > 0")
         for name in ("rank_weight", "ic_weight", "quantile_weight"):
-            if getattr(self, name) < 0:
-                bad(name, "must be >= 0")
-        if self.epochs < 1:
-            bad("epochs", "must be >= 1")
-        if self.batch_size < 1:
-            bad("batch_size", "must be >= 1")
+            need(getattr(self, name) >= 0, name, "must be >= 0")
+        need(self.epochs >= 1, "epochs", "must be >= 1")
+        need(self.batch_size >= 1, "batch_size", "must be >= 1")
         if self.patience < 0 or self.max_steps_per_epoch < 0:
-            problems.append("patience and max_steps_per_epoch must be >= 0")
-        if not 0.0 <= self.select_fraction < 0.5:
-            bad("select_fraction", "must be in [0, 0.5); 0 scores the last epoch")
-        if not 0.0 < self.finetune_lr_scale <= 1.0:
-            bad("finetune_lr_scale", "must be in (0, 1]")
-        problems.extend(self._phase_problems())
-        for build in (self.model_config, self.runtime_config):
-            try:
-                build()
-            except UserError as exc:
-                problems.append(str(exc))
-        if problems:
-            raise UserError("; ".join(problems))
+            add("patience and max_steps_per_epoch must be >= 0")
+        need(0.0 <= self.select_fraction < 0.5, "select_fraction",
+             "must be in [0, 0.5); 0 scores the last epoch")
+        need(0.0 < self.finetune_lr_scale <= 1.0, "finetune_lr_scale", "must be in (0, 1]")
+        for problem in self._phase_problems():
+            add(problem)
+        need(not self.compile, "compile", "not supported by this workload (its batches change "
+                                          "shape every step)")
 
     def _phase_problems(self) -> list[str]:
         if not self.phases:
@@ -210,8 +163,6 @@ class TrainConfig:
         return self.graph_k_max or max(self.graph_k, GRAPH_K_MAX_DEFAULT)
 
     def model_config(self) -> ModelConfig:
+        """Only the model's settings, as :class:`ATFTGATFAN` takes them."""
         names = {f.name for f in dataclasses.fields(ModelConfig)}
         return ModelConfig(**{n: getattr(self, n) for n in names})
-
-    def runtime_config(self) -> RuntimeConfig:
-        return runtime_config_of(self)

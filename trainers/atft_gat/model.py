@@ -37,7 +37,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -52,21 +51,14 @@ from trainers.atft_gat._layers import (
     TemporalFusion,
     VariableSelection,
 )
+from trainers.config import CheckedConfig, Checks, is_int, is_real
 from trainers.errors import UserError
 
 __all__ = ["ATFTGATFAN", "ModelConfig", "pinball_loss"]
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(CheckedConfig):
     """Architecture of :class:`ATFTGATFAN`.
 
     Lists given for ``horizons``/``quantiles`` (as TOML produces them) are stored as tuples.
@@ -100,97 +92,42 @@ class ModelConfig:
     quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)
     grad_checkpointing: bool = False
 
-    def __post_init__(self) -> None:
-        for name in ("horizons", "quantiles"):
+    def _check(self, checks: Checks) -> None:
+        need = checks.need
+        for name in ("use_vsn", "vsn_per_feature_grn", "use_temporal_attention", "use_graph",
+                     "graph_features", "use_fan", "grad_checkpointing"):
+            need(isinstance(getattr(self, name), bool), name, "must be true or false")
+        for name in ("hidden_size", "lstm_layers", "attn_heads", "gat_layers", "gat_heads",
+                     "fan_top_k"):
             value = getattr(self, name)
-            if isinstance(value, list):
-                object.__setattr__(self, name, tuple(value))
-        problems: list[str] = []
-
-        def bad(field: str, allowed: str) -> None:
-            problems.append(f"{field}={getattr(self, field)!r}: {allowed}")
-
-        for field in (
-            "use_vsn",
-            "vsn_per_feature_grn",
-            "use_temporal_attention",
-            "use_graph",
-            "graph_features",
-            "use_fan",
-            "grad_checkpointing",
-        ):
-            if not isinstance(getattr(self, field), bool):
-                bad(field, "must be true or false")
-        positive = (
-            "hidden_size",
-            "lstm_layers",
-            "attn_heads",
-            "gat_layers",
-            "gat_heads",
-            "fan_top_k",
-        )
-        for field in positive:
-            value = getattr(self, field)
-            if not _is_int(value) or value < 1:
-                bad(field, "must be an integer >= 1")
-        if not _is_int(self.lookback) or self.lookback < 2:
-            bad("lookback", "must be an integer >= 2")
-        for field in ("dropout", "gat_dropout", "edge_dropout"):
-            value = getattr(self, field)
-            if not _is_number(value) or not 0.0 <= value < 1.0:
-                bad(field, "must be a number with 0 <= value < 1")
-        hidden_ok = _is_int(self.hidden_size) and self.hidden_size >= 1
+            need(is_int(value) and value >= 1, name, "must be an integer >= 1")
+        need(is_int(self.lookback) and self.lookback >= 2, "lookback", "must be an integer >= 2")
+        for name in ("dropout", "gat_dropout", "edge_dropout"):
+            value = getattr(self, name)
+            need(is_real(value) and 0.0 <= value < 1.0, name,
+                 "must be a number with 0 <= value < 1")
+        hidden_ok = is_int(self.hidden_size) and self.hidden_size >= 1
         for use, heads in (("use_temporal_attention", "attn_heads"), ("use_graph", "gat_heads")):
             n_heads = getattr(self, heads)
-            if (
-                hidden_ok
-                and getattr(self, use) is True
-                and _is_int(n_heads)
-                and n_heads >= 1
-                and self.hidden_size % n_heads
-            ):
-                bad(
-                    heads,
-                    f"must divide hidden_size={self.hidden_size} "
-                    f"(each head gets hidden_size / {heads} channels)",
-                )
-        if (
-            self.use_fan is True
-            and _is_int(self.lookback)
-            and self.lookback >= 2
-            and _is_int(self.fan_top_k)
-            and self.fan_top_k >= 1
-        ):
+            if hidden_ok and getattr(self, use) is True and is_int(n_heads) and n_heads >= 1:
+                need(self.hidden_size % n_heads == 0, heads,
+                     f"must divide hidden_size={self.hidden_size} "
+                     f"(each head gets hidden_size / {heads} channels)")
+        if (self.use_fan is True and is_int(self.lookback) and self.lookback >= 2
+                and is_int(self.fan_top_k) and self.fan_top_k >= 1):
             n_freq = self.lookback // 2 + 1
-            if self.fan_top_k >= n_freq:
-                bad(
-                    "fan_top_k",
-                    f"must be < lookback//2+1 = {n_freq} (the rFFT of a "
-                    f"{self.lookback}-step window has {n_freq} components; removing all of "
-                    "them leaves nothing)",
-                )
+            need(self.fan_top_k < n_freq, "fan_top_k",
+                 f"must be < lookback//2+1 = {n_freq} (the rFFT of a {self.lookback}-step "
+                 f"window has {n_freq} components; removing all of them leaves nothing)")
         h = self.horizons
-        if (
-            not isinstance(h, tuple)
-            or not h
-            or not all(_is_int(v) and v >= 1 for v in h)
-            or len(set(h)) != len(h)
-        ):
-            bad("horizons", "must be a non-empty list of distinct integers >= 1, e.g. [1, 5]")
+        need(isinstance(h, tuple) and bool(h) and all(is_int(v) and v >= 1 for v in h)
+             and len(set(h)) == len(h),
+             "horizons", "must be a non-empty list of distinct integers >= 1, e.g. [1, 5]")
         q = self.quantiles
-        if (
-            not isinstance(q, tuple)
-            or not q
-            or not all(_is_number(v) and 0 < v < 1 for v in q)
-            or any(a >= b for a, b in zip(q, q[1:], strict=False))
-        ):
-            bad(
-                "quantiles",
-                "must be a non-empty, strictly increasing list of numbers in "
-                "(0, 1), e.g. [0.1, 0.5, 0.9]",
-            )
-        if problems:
-            raise UserError("invalid model config: " + "; ".join(problems))
+        need(isinstance(q, tuple) and bool(q) and all(is_real(v) and 0 < v < 1 for v in q)
+             and all(a < b for a, b in zip(q, q[1:], strict=False)),
+             "quantiles", "must be a non-empty, strictly increasing list of numbers in "
+                          "(0, 1), e.g. [0.1, 0.5, 0.9]")
 
 
 class ATFTGATFAN(nn.Module):
@@ -206,7 +143,7 @@ class ATFTGATFAN(nn.Module):
 
     def __init__(self, cfg: ModelConfig, *, n_features: int):
         super().__init__()
-        if not _is_int(n_features) or n_features < 1:
+        if not is_int(n_features) or n_features < 1:
             raise UserError(f"n_features={n_features!r}: must be an integer >= 1")
         self.cfg = cfg
         self.n_features = n_features

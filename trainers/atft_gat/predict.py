@@ -1,9 +1,10 @@
 """Predict a trained ATFT-GAT-FAN trial on its study's validation or held-out test dates.
 
-Only ``hpo.evaluate`` opens the test period, once, after the study has chosen its trials; this
-module is what it calls. Given a trial directory (``model.pt`` holds the weights, the resolved
-config, the training-date feature statistics and whether the scored model ran with its graph),
-it rebuilds exactly what training saw and goes on past it:
+Only ``hpo.evaluate`` opens the test period, once, after the study has chosen its trials,
+through the workload's held-out capability (``heldout.py``), which calls this module. Given a
+trial directory (``model.pt`` holds the weights, the resolved config, the training-date
+feature statistics and whether the scored model ran with its graph), it rebuilds exactly what
+training saw and goes on past it:
 
 1. the same feature cache (same source, same spec), its memory-mapped panel in full;
 2. the same calendar split (``date_split``; it depends on the panel and the data settings
@@ -22,7 +23,6 @@ pipeline. Rows whose ``metric_horizon`` target is missing are dropped, as in val
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -44,11 +44,10 @@ from trainers.atft_gat.train import (
 )
 from trainers.config import from_mapping
 from trainers.errors import UserError
+from trainers.heldout import file_digest
 
 MODEL_FILE = "model.pt"
 PERIODS = ("val", "test")
-# Bytes read per step while hashing a model file.
-_HASH_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -65,11 +64,7 @@ class TrainedModel:
 
 def model_digest(trial_dir: Path) -> str:
     """SHA-256 of the trial's ``model.pt`` (identifies the weights a report was made from)."""
-    h = hashlib.sha256()
-    with (Path(trial_dir) / MODEL_FILE).open("rb") as f:
-        while chunk := f.read(_HASH_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
+    return file_digest(Path(trial_dir) / MODEL_FILE)
 
 
 def load_trained(trial_dir: Path) -> TrainedModel:

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
-from trainers.errors import UserError
-from trainers.runtime import RuntimeConfig, runtime_config_of
+from trainers.config import Checks
+from trainers.runtime import RuntimeConfig
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(RuntimeConfig):
     """Defaults are a small model that trains on a CPU in minutes; the seed sweep's GPU
-    sizes (d_model 512-1024, 16-48 layers) are set by ``studies/condor_sweep.toml``."""
+    sizes (d_model 512-1024, 16-48 layers) are set by ``studies/condor_sweep.toml``.
+
+    The optimisation settings (optimizer, lr, betas, precision, ...) are the shared runtime's,
+    declared and checked in :class:`~trainers.runtime.RuntimeConfig`.
+    """
 
     # synthetic market (see trainers/condor/data.py)
     n_paths: int = 16
@@ -27,32 +30,19 @@ class TrainConfig:
     layers: int = 4
     d_state: int = 16
     scan_chunk: int = 16
-    # optimisation (the shared runtime's settings)
+    # optimisation
     epochs: int = 10
     batch_size: int = 256
+    # this workload's defaults of runtime settings
     lr: float = 3e-4
-    optimizer: Literal["adamw", "adabelief"] = "adamw"
     weight_decay: float = 0.01
-    betas: tuple[float, ...] = (0.9, 0.999)  # two numbers; the runtime checks the count
-    eps: float = 1e-8
-    scheduler: Literal["cosine", "constant"] = "cosine"
     warmup_steps: int = 100
-    min_lr_ratio: float = 0.1
-    grad_clip: float = 1.0
-    accumulation: int = 1
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    device: str = "auto"
     min_batch: int = 8
-    grad_checkpointing: bool = False
-    compile: bool = False
 
-    def __post_init__(self) -> None:
-        problems: list[str] = []
+    PHRASE = "{name}={value!r} is not allowed: {rule}"
 
-        def need(ok: bool, name: str, allowed: str) -> None:
-            if not ok:
-                problems.append(f"{name}={getattr(self, name)!r} is not allowed: {allowed}")
-
+    def _check(self, checks: Checks) -> None:
+        need = checks.need
         for name in ("n_paths", "seq_len", "horizon", "d_model", "layers", "d_state",
                      "scan_chunk", "epochs", "batch_size"):
             need(getattr(self, name) >= 1, name, "must be >= 1")
@@ -64,12 +54,3 @@ class TrainConfig:
         need(self.n_days >= needed, "n_days",
              f"must be >= {needed} for ivr_window={self.ivr_window}, seq_len={self.seq_len}, "
              f"horizon={self.horizon} (warm-up, look-ahead, purge gap and both splits)")
-        try:  # the runtime checks its own fields (lr, betas, precision, device, ...)
-            self.runtime()
-        except UserError as exc:
-            problems.append(str(exc))
-        if problems:
-            raise UserError("; ".join(problems))
-
-    def runtime(self) -> RuntimeConfig:
-        return runtime_config_of(self)

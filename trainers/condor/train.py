@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from trainers import attrs
 from trainers.condor.config import TrainConfig
 from trainers.condor.data import (
     N_FEATURES,
@@ -27,9 +28,14 @@ from trainers.condor.data import (
     gather_windows,
 )
 from trainers.condor.model import CondorBrain
-from trainers.config import to_mapping
-from trainers.context import TrialContext, check_resumable
-from trainers.runtime import StepRunner, configure_threads, seed_everything
+from trainers.context import TrialContext
+from trainers.runtime import (
+    StepRunner,
+    configure_threads,
+    resume,
+    save_checkpoint,
+    seed_everything,
+)
 
 # Per-epoch shuffles are seeded from (run seed, epoch) so a resumed run replays exactly the
 # order an uninterrupted run would have used.
@@ -52,8 +58,6 @@ def multitask_loss(
         + F.binary_cross_entropy_with_logits(pop_logit, pop)
         + F.cross_entropy(regime_logits, regime)
     )
-
-
 
 
 def train(config: TrainConfig, ctx: TrialContext) -> dict[str, float]:
@@ -79,18 +83,11 @@ def train(config: TrainConfig, ctx: TrialContext) -> dict[str, float]:
     data = CondorData(**{k: runner.to_device(v) for k, v in vars(data).items()})
     train_strikes, train_pop, train_regime = gather_targets(data, data.train_index)
     scale = {"strike_mean": train_strikes.mean(dim=0), "strike_std": train_strikes.std(dim=0)}
-    ctx.set_attr("n_params", sum(p.numel() for p in model.parameters()))
-    ctx.set_attr("n_train", n_train)
-    ctx.set_attr("n_val", len(data.val_index))
-    ctx.set_attr("baselines", baselines(data, train_strikes, train_pop, train_regime))
-
-    start_epoch = 0
-    state = ctx.restore()
-    if state is not None and "epoch" in state:
-        check_resumable(state, config, ctx)
-        runner.load_state_dict(state["runner"])
-        start_epoch = int(state["epoch"])
-        ctx.log(f"resumed after epoch {start_epoch}")
+    ctx.set_attr(attrs.N_PARAMS, sum(p.numel() for p in model.parameters()))
+    ctx.set_attr(attrs.N_TRAIN, n_train)
+    ctx.set_attr(attrs.N_VAL, len(data.val_index))
+    ctx.set_attr(attrs.BASELINES, baselines(data, train_strikes, train_pop, train_regime))
+    start_epoch, _ = resume(runner, ctx, config=config)
 
     def loss_on(index: torch.Tensor) -> torch.Tensor:
         return multitask_loss(runner.model(gather_windows(data, index)),
@@ -112,8 +109,7 @@ def train(config: TrainConfig, ctx: TrialContext) -> dict[str, float]:
         ctx.report(epoch + 1, metrics)
         ctx.log(f"epoch {epoch + 1}/{config.epochs} " +
                 " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
-        ctx.checkpoint({"runner": runner.state_dict(), "config": to_mapping(config)},
-                       epoch=epoch + 1)
+        save_checkpoint(runner, ctx, config=config, epoch=epoch + 1)
 
     # -- cleanup -------------------------------------------------------------------------
     if not metrics:  # resumed from a run that had already finished every epoch

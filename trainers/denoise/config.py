@@ -5,17 +5,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from trainers.errors import UserError
-from trainers.runtime import RuntimeConfig, runtime_config_of
+from trainers.config import Checks
+from trainers.runtime import PrecisionName, RuntimeConfig, SchedulerName
+
+DENOISE_OPTIMIZERS = ("adam", "sgld")
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(RuntimeConfig):
     """Defaults are the reference run of the published sweep (d=1024, 300k samples, 12 epochs).
 
-    ``optimizer = "adam"`` is the runtime's AdamW with weight decay forced to 0 (plain Adam);
-    ``"sgld"`` is that same step followed by Langevin noise of variance
-    ``2 * lr_t * sgld_temperature`` on every weight (``lr_t``: the scheduled rate).
+    ``optimizer = "adam"`` is the runtime's AdamW, whose ``weight_decay`` defaults to 0 here
+    (plain Adam); ``"sgld"`` is that same step followed by Langevin noise of variance
+    ``2 * lr_t * sgld_temperature`` on every weight (``lr_t``: the scheduled rate). The other
+    optimisation settings are the shared runtime's (:class:`~trainers.runtime.RuntimeConfig`).
     """
 
     # data: two-hot signals in R^d plus Gaussian noise
@@ -32,29 +35,25 @@ class TrainConfig:
     # optimisation
     epochs: int = 12
     batch_size: int = 10240
-    lr: float = 0.01
-    optimizer: Literal["adam", "sgld"] = "adam"
+    optimizer: Literal["adam", "sgld"] = "adam"  # this workload's own; see the docstring
     sgld_temperature: float = 1e-7
-    betas: tuple[float, ...] = (0.9, 0.999)  # two numbers; the runtime checks the count
-    scheduler: Literal["cosine", "constant"] = "constant"
-    warmup_steps: int = 0
-    min_lr_ratio: float = 0.1
+    # this workload's defaults of runtime settings
+    lr: float = 0.01
+    scheduler: SchedulerName = "constant"
     grad_clip: float = 0.0
-    accumulation: int = 1
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "fp32"
-    device: str = "auto"
+    precision: PrecisionName = "fp32"
     min_batch: int = 256
     # blob diagnostics (DBSCAN on the standardised weight pairs)
     blob_eps: float = 0.5
     blob_min_samples: int = 10
 
-    def __post_init__(self) -> None:
-        problems: list[str] = []
+    PHRASE = "{name}={value!r} is not allowed: {rule}"
+    RUNTIME_OVERRIDES = {"optimizer": "adamw"}  # "adam" and "sgld" both step with AdamW
 
-        def need(ok: bool, name: str, allowed: str) -> None:
-            if not ok:
-                problems.append(f"{name}={getattr(self, name)!r} is not allowed: {allowed}")
-
+    def _check(self, checks: Checks) -> None:
+        need = checks.need
+        need(self.optimizer in DENOISE_OPTIMIZERS, "optimizer",
+             f"must be one of {', '.join(DENOISE_OPTIMIZERS)}")
         for name in ("d", "n_train", "n_test", "hidden", "epochs", "batch_size",
                      "blob_min_samples"):
             need(getattr(self, name) >= 1, name, "must be >= 1")
@@ -64,14 +63,5 @@ class TrainConfig:
             need(getattr(self, name) > 0, name, "must be > 0")
         need(self.sgld_temperature >= 0, "sgld_temperature", "must be >= 0")
         need(self.batch_size <= self.n_train, "batch_size", f"must be <= n_train={self.n_train}")
-        try:  # the runtime checks its own fields (lr, betas, precision, device, ...)
-            self.runtime()
-        except UserError as exc:
-            problems.append(str(exc))
-        if problems:
-            raise UserError("; ".join(problems))
-
-    def runtime(self) -> RuntimeConfig:
-        """The shared training mechanics; "adam" and "sgld" both step with weight-decay-free
-        AdamW (see the class docstring)."""
-        return runtime_config_of(self, optimizer="adamw", weight_decay=0.0)
+        need(not self.grad_checkpointing, "grad_checkpointing",
+             "the two-layer denoiser has no blocks to recompute")

@@ -11,20 +11,24 @@ import time
 
 import torch
 
-from trainers.config import to_mapping
-from trainers.context import TrialContext, check_resumable
+from trainers import attrs
+from trainers.context import TrialContext
 from trainers.denoise.blobs import blob_diagnostics
 from trainers.denoise.config import TrainConfig
 from trainers.denoise.data import DenoiseData, add_noise, build_data, clean_signals
 from trainers.denoise.model import TwoLayerDenoiser, langevin_noise, squared_error
-from trainers.runtime import StepRunner, configure_threads, seed_everything
+from trainers.runtime import (
+    StepRunner,
+    configure_threads,
+    resume,
+    save_checkpoint,
+    seed_everything,
+)
 
 # Per-epoch generators are seeded from (run seed, epoch) so that a resumed run draws exactly
 # the batches and noise an uninterrupted run would have drawn; the prime keeps the streams of
 # neighbouring seeds apart.
 _EPOCH_SEED_STRIDE = 1_000_003
-
-
 
 
 def train(config: TrainConfig, ctx: TrialContext) -> dict[str, float]:
@@ -43,17 +47,11 @@ def train(config: TrainConfig, ctx: TrialContext) -> dict[str, float]:
         model, config.runtime(), ctx=ctx,
         total_steps=steps_per_epoch * config.epochs, batch_size=config.batch_size,
     )
-    ctx.set_attr("n_params", sum(p.numel() for p in model.parameters()))
+    ctx.set_attr(attrs.N_PARAMS, sum(p.numel() for p in model.parameters()))
     # Predicting all zeros misses every hot coordinate by exactly 1: the trivial baseline.
-    ctx.set_attr("zero_output_test_loss", float(config.sparsity))
-
-    start_epoch, train_seconds = 0, 0.0
-    state = ctx.restore()
-    if state is not None and "epoch" in state:
-        check_resumable(state, config, ctx)
-        runner.load_state_dict(state["runner"])
-        start_epoch, train_seconds = int(state["epoch"]), float(state["train_seconds"])
-        ctx.log(f"resumed after epoch {start_epoch}")
+    ctx.set_attr(attrs.ZERO_OUTPUT_TEST_LOSS, float(config.sparsity))
+    start_epoch, saved = resume(runner, ctx, config=config, extra={"train_seconds": 0.0})
+    train_seconds = float(saved["train_seconds"])
 
     train_support = data.train_support.to(runner.device)
     metrics: dict[str, float] = {}
@@ -91,11 +89,11 @@ def train(config: TrainConfig, ctx: TrialContext) -> dict[str, float]:
         ctx.report(epoch + 1, metrics)
         ctx.log(f"epoch {epoch + 1}/{config.epochs} " +
                 " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
-        ctx.checkpoint({"runner": runner.state_dict(), "config": to_mapping(config),
-                        "train_seconds": train_seconds}, epoch=epoch + 1)
+        save_checkpoint(runner, ctx, config=config, epoch=epoch + 1,
+                        extra={"train_seconds": train_seconds})
 
     # -- cleanup -------------------------------------------------------------------------
-    ctx.set_attr("oom_retries", runner.oom_retries)
+    ctx.set_attr(attrs.OOM_RETRIES, runner.oom_retries)
     if not metrics:  # resumed from a run that had already finished every epoch
         metrics = {k: v for k, v in ctx.history[-1].items() if k != "epoch"}
     return metrics

@@ -5,17 +5,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from trainers.errors import UserError
-from trainers.runtime import RuntimeConfig, runtime_config_of
+from trainers.config import Checks
+from trainers.runtime import RuntimeConfig
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(RuntimeConfig):
     """Defaults are the small CPU preset (a 4-layer, 128-wide byte GPT).
 
     Length of a run: ``epochs * iters_per_epoch`` optimizer steps, or exactly ``max_steps``
     when that is > 0 (then the last epoch is cut short). One optimizer step sees
-    ``batch_size * accumulation`` windows of ``block_size`` bytes.
+    ``batch_size * accumulation`` windows of ``block_size`` bytes. The optimisation settings
+    (optimizer, lr, betas, precision, ...) are the shared runtime's, declared and checked in
+    :class:`~trainers.runtime.RuntimeConfig`.
     """
 
     # data
@@ -36,34 +38,20 @@ class TrainConfig:
     n_features: int = 64
     attn_chunk: int = 64
     ortho_weight: float = 1e-3
-    # optimisation (the shared runtime's settings)
+    # optimisation
     epochs: int = 5
     iters_per_epoch: int = 100
     max_steps: int = 0
     batch_size: int = 32
-    lr: float = 1e-3
-    optimizer: Literal["adamw", "adabelief"] = "adamw"
+    # this workload's defaults of runtime settings
     weight_decay: float = 0.1
-    betas: tuple[float, ...] = (0.9, 0.95)  # two numbers; the runtime checks the count
-    eps: float = 1e-8
-    scheduler: Literal["cosine", "constant"] = "cosine"
+    betas: tuple[float, ...] = (0.9, 0.95)
     warmup_steps: int = 50
-    min_lr_ratio: float = 0.1
-    grad_clip: float = 1.0
-    accumulation: int = 1
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    device: str = "auto"
-    min_batch: int = 1
-    grad_checkpointing: bool = False
-    compile: bool = False
 
-    def __post_init__(self) -> None:
-        problems: list[str] = []
+    PHRASE = "{name}={value!r} is not allowed: {rule}"
 
-        def need(ok: bool, name: str, allowed: str) -> None:
-            if not ok:
-                problems.append(f"{name}={getattr(self, name)!r} is not allowed: {allowed}")
-
+    def _check(self, checks: Checks) -> None:
+        need = checks.need
         for name in ("corpus_max_bytes", "eval_windows", "d_model", "layers", "heads",
                      "block_size", "n_features", "attn_chunk", "epochs", "iters_per_epoch",
                      "batch_size"):
@@ -75,12 +63,6 @@ class TrainConfig:
         need(0 <= self.dropout < 1, "dropout", "must be in [0, 1)")
         need(self.ortho_weight >= 0, "ortho_weight", "must be >= 0")
         need(self.max_steps >= 0, "max_steps", "must be >= 0 (0 means epochs * iters_per_epoch)")
-        try:  # the runtime checks its own fields (lr, betas, precision, device, ...)
-            self.runtime()
-        except UserError as exc:
-            problems.append(str(exc))
-        if problems:
-            raise UserError("; ".join(problems))
 
     @property
     def total_steps(self) -> int:
@@ -94,6 +76,3 @@ class TrainConfig:
     @property
     def ff_width(self) -> int:
         return self.d_ff if self.d_ff > 0 else 4 * self.d_model
-
-    def runtime(self) -> RuntimeConfig:
-        return runtime_config_of(self)

@@ -17,8 +17,8 @@ import time
 
 import torch
 
-from trainers.config import to_mapping
-from trainers.context import TrialContext, check_resumable
+from trainers import attrs
+from trainers.context import TrialContext
 from trainers.lm.config import TrainConfig
 from trainers.lm.data import (
     VOCAB_SIZE,
@@ -29,13 +29,17 @@ from trainers.lm.data import (
     windows,
 )
 from trainers.lm.model import GPT, next_byte_loss
-from trainers.runtime import StepRunner, configure_threads, seed_everything
+from trainers.runtime import (
+    StepRunner,
+    configure_threads,
+    resume,
+    save_checkpoint,
+    seed_everything,
+)
 
 # Per-epoch window draws are seeded from (run seed, epoch): a resumed run sees exactly the
 # windows an uninterrupted one would have seen.
 _EPOCH_SEED_STRIDE = 1_000_003
-
-
 
 
 def train(config: TrainConfig, ctx: TrialContext) -> dict[str, float]:
@@ -55,20 +59,14 @@ def train(config: TrainConfig, ctx: TrialContext) -> dict[str, float]:
         model, config.runtime(), ctx=ctx,
         total_steps=config.total_steps * calls_per_step, batch_size=config.batch_size,
     )
-    ctx.set_attr("n_params", sum(p.numel() for p in model.parameters()))
-    ctx.set_attr("corpus_source", data.source)
-    ctx.set_attr("corpus_bytes", len(data.train) + len(data.val))
-    ctx.set_attr("uniform_val_loss", math.log(VOCAB_SIZE))
-    ctx.set_attr("unigram_val_loss", unigram_cross_entropy(data.train, data.val))
-
-    start_epoch, train_seconds, train_tokens = 0, 0.0, 0
-    state = ctx.restore()
-    if state is not None and "epoch" in state:
-        check_resumable(state, config, ctx)
-        runner.load_state_dict(state["runner"])
-        start_epoch = int(state["epoch"])
-        train_seconds, train_tokens = float(state["train_seconds"]), int(state["train_tokens"])
-        ctx.log(f"resumed after epoch {start_epoch}")
+    ctx.set_attr(attrs.N_PARAMS, sum(p.numel() for p in model.parameters()))
+    ctx.set_attr(attrs.CORPUS_SOURCE, data.source)
+    ctx.set_attr(attrs.CORPUS_BYTES, len(data.train) + len(data.val))
+    ctx.set_attr(attrs.UNIFORM_VAL_LOSS, math.log(VOCAB_SIZE))
+    ctx.set_attr(attrs.UNIGRAM_VAL_LOSS, unigram_cross_entropy(data.train, data.val))
+    start_epoch, saved = resume(runner, ctx, config=config,
+                                extra={"train_seconds": 0.0, "train_tokens": 0})
+    train_seconds, train_tokens = float(saved["train_seconds"]), int(saved["train_tokens"])
 
     def loss_on(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         loss = next_byte_loss(runner.model(x), y)
@@ -104,9 +102,8 @@ def train(config: TrainConfig, ctx: TrialContext) -> dict[str, float]:
         ctx.report(epoch + 1, metrics)
         ctx.log(f"epoch {epoch + 1}/{config.n_epochs} " +
                 " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
-        ctx.checkpoint({"runner": runner.state_dict(), "config": to_mapping(config),
-                        "train_seconds": train_seconds, "train_tokens": train_tokens},
-                       epoch=epoch + 1)
+        save_checkpoint(runner, ctx, config=config, epoch=epoch + 1,
+                        extra={"train_seconds": train_seconds, "train_tokens": train_tokens})
 
     # -- cleanup -------------------------------------------------------------------------
     if not metrics:  # resumed from a run that had already finished every epoch

@@ -4,11 +4,19 @@
 * :mod:`trainers.runtime.device`: threads, seeds, device and precision, RNG state, OOM.
 * :mod:`trainers.runtime.optim`: optimizers and learning-rate schedules.
 * :mod:`trainers.runtime.step`: :class:`StepRunner`, the step loop (usage in its docstring).
+* :mod:`trainers.runtime.resume`: :func:`resume` and :func:`save_checkpoint` of a recipe.
+* :mod:`trainers.runtime.faults`: out-of-memory and NaN injection from the environment.
+* :mod:`trainers.runtime.memory`: activation checkpointing and DataLoader settings.
 """
 
 from __future__ import annotations
 
-from trainers.runtime.config import RuntimeConfig, runtime_config_of
+from trainers.runtime.config import (
+    OptimizerName,
+    PrecisionName,
+    RuntimeConfig,
+    SchedulerName,
+)
 from trainers.runtime.device import (
     Precision,
     autocast,
@@ -22,22 +30,21 @@ from trainers.runtime.device import (
     select_device,
     set_rng_state,
 )
+from trainers.runtime.faults import INJECT_NAN_ENV, INJECT_OOM_ENV, INJECT_TRIALS_ENV
+from trainers.runtime.memory import dataloader_kwargs, maybe_checkpoint
 from trainers.runtime.optim import WarmupSchedule, build_optimizer, build_scheduler, param_groups
-from trainers.runtime.step import (
-    INJECT_NAN_ENV,
-    INJECT_OOM_ENV,
-    INJECT_TRIALS_ENV,
-    StepRunner,
-    dataloader_kwargs,
-    maybe_checkpoint,
-)
+from trainers.runtime.resume import resume, save_checkpoint
+from trainers.runtime.step import StepRunner
 
 __all__ = [
     "INJECT_NAN_ENV",
     "INJECT_OOM_ENV",
     "INJECT_TRIALS_ENV",
+    "OptimizerName",
     "Precision",
+    "PrecisionName",
     "RuntimeConfig",
+    "SchedulerName",
     "StepRunner",
     "WarmupSchedule",
     "autocast",
@@ -51,8 +58,9 @@ __all__ = [
     "release_host_memory",
     "maybe_checkpoint",
     "param_groups",
+    "resume",
     "rng_state",
-    "runtime_config_of",
+    "save_checkpoint",
     "seed_everything",
     "select_device",
     "set_rng_state",

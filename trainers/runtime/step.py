@@ -25,14 +25,8 @@ Precision policy (``precision="auto"``): bf16 autocast on CUDA with native bf16,
 autocast + GradScaler on older CUDA, fp32 on MPS and CPU (bf16 autocast measured ~7x
 slower than fp32 on CPUs without a bf16 unit; see :func:`choose_precision`).
 
-Fault injection (read when a StepRunner is built, so each trial sees the value set for it):
-
-* ``HPO_INJECT_OOM_ABOVE_BATCH=<n>``: every chunk of more than ``n`` samples raises a
-  genuine ``torch.OutOfMemoryError`` (the class CUDA raises; it can be built on any
-  device) right after its forward pass, while the chunk's autograd graph is alive, so the
-  retry path (free, halve, redo) runs on the CPU exactly as on a GPU.
-* ``HPO_INJECT_NAN_AT_STEP=<k>``: the loss of step ``k`` (1-based count of ``step()``
-  calls, the unit of ``step_count`` and of every message) becomes NaN.
+Out-of-memory errors and NaN losses can be injected from the environment to exercise those
+paths on any machine: see :mod:`trainers.runtime.faults`.
 """
 
 from __future__ import annotations
@@ -42,15 +36,15 @@ import dataclasses
 import logging
 import math
 import operator
-import os
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 
+from trainers import attrs
 from trainers.context import TrialContext
-from trainers.errors import StopRequested, TrialFailed, TrialPruned, UserError
+from trainers.errors import StopRequested, TrialFailed, TrialPruned
 from trainers.runtime.config import RuntimeConfig
 from trainers.runtime.device import (
     autocast,
@@ -61,68 +55,14 @@ from trainers.runtime.device import (
     select_device,
     set_rng_state,
 )
+from trainers.runtime.faults import FaultInjection
 from trainers.runtime.optim import (
     build_optimizer,
     build_scheduler,
     param_groups,
 )
 
-INJECT_OOM_ENV = "HPO_INJECT_OOM_ABOVE_BATCH"
-INJECT_NAN_ENV = "HPO_INJECT_NAN_AT_STEP"
-# Optional comma-separated trial numbers: injections apply only to those trials, so a test can
-# break one trial of a study and watch the study carry on.
-INJECT_TRIALS_ENV = "HPO_INJECT_TRIALS"
-
 log = logging.getLogger("trainers")
-
-
-def _injection_targets(ctx: TrialContext | None) -> bool:
-    """Whether fault injection applies to this run (see ``INJECT_TRIALS_ENV``)."""
-    raw = os.environ.get(INJECT_TRIALS_ENV, "").strip()
-    if not raw:
-        return True
-    try:
-        trials = {int(x) for x in raw.split(",") if x.strip()}
-    except ValueError:
-        raise UserError(f"{INJECT_TRIALS_ENV}={raw!r} must be comma-separated trial numbers, "
-                        "e.g. 0,3") from None
-    return ctx is not None and ctx.trial_number in trials
-
-
-def _env_int(name: str, *, minimum: int) -> int | None:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return None
-    try:
-        value = int(raw)
-    except ValueError:
-        value = minimum - 1
-    if value < minimum:
-        raise UserError(f"{name}={raw!r} is not allowed; give an integer >= {minimum} or unset it")
-    return value
-
-
-def dataloader_kwargs(device: torch.device) -> dict[str, Any]:
-    """Arguments for a ``torch.utils.data.DataLoader`` that fit this runtime.
-
-    ``num_workers=0``: worker processes are forked, and a fork taken while polars (or any
-    library with its own thread pool) holds a lock deadlocks the child; our data sets are
-    in-memory tensors, so workers buy nothing. ``pin_memory`` only on CUDA.
-    """
-    return {"num_workers": 0, "pin_memory": device.type == "cuda"}
-
-
-def maybe_checkpoint(fn: Callable[..., Any], *args: Any, enabled: bool) -> Any:
-    """``fn(*args)``, recomputing its activations in backward when ``enabled`` (and grad is on).
-
-    Models call this per block with ``enabled=runner.grad_checkpointing``: deep stacks
-    trade ~30% more compute for activation memory that no longer grows with depth.
-    """
-    if enabled and torch.is_grad_enabled():
-        from torch.utils.checkpoint import checkpoint
-
-        return checkpoint(fn, *args, use_reentrant=False)
-    return fn(*args)
 
 
 class StepRunner:
@@ -182,10 +122,7 @@ class StepRunner:
         # Gradients of the open window's earlier calls, set aside while the current call
         # computes its own, so an OOM can drop just this call's partial gradients.
         self._stash: list[torch.Tensor | None] | None = None
-        self._inject_oom_above = _env_int(INJECT_OOM_ENV, minimum=1)
-        self._inject_nan_at = _env_int(INJECT_NAN_ENV, minimum=1)
-        if not _injection_targets(ctx):
-            self._inject_oom_above = self._inject_nan_at = None
+        self._faults = FaultInjection.from_env(ctx)
         self._record_setup()
 
     # -- facts ----------------------------------------------------------------------------
@@ -201,23 +138,21 @@ class StepRunner:
 
     def _record_setup(self) -> None:
         facts = {
-            "device": str(self.device),
-            "precision": self.precision.name,
-            "optimizer_class": type(self.optimizer).__name__,
-            "micro_batch": self.micro_batch,
-            "accumulation": self.cfg.accumulation,
-            "effective_batch": self.effective_batch,
+            attrs.DEVICE: str(self.device),
+            attrs.PRECISION: self.precision.name,
+            attrs.OPTIMIZER_CLASS: type(self.optimizer).__name__,
+            attrs.MICRO_BATCH: self.micro_batch,
+            attrs.ACCUMULATION: self.cfg.accumulation,
+            attrs.EFFECTIVE_BATCH: self.effective_batch,
         }
         for key, value in facts.items():
             self._set_attr(key, value)
-        self._set_attr("oom_retries", list(self.oom_retries))
-        self._set_attr("tf32", self.precision.tf32)
-        self._set_attr("grad_checkpointing", self.cfg.grad_checkpointing)
+        self._set_attr(attrs.OOM_RETRIES, list(self.oom_retries))
+        self._set_attr(attrs.TF32, self.precision.tf32)
+        self._set_attr(attrs.GRAD_CHECKPOINTING, self.cfg.grad_checkpointing)
         self._log("runtime: " + " ".join(f"{k}={v}" for k, v in facts.items()))
-        if self._inject_oom_above is not None:
-            self._log(f"fault injection: out of memory above micro-batch {self._inject_oom_above}")
-        if self._inject_nan_at is not None:
-            self._log(f"fault injection: NaN loss at step {self._inject_nan_at}")
+        for line in self._faults.describe():
+            self._log(line)
 
     @property
     def lr(self) -> float:
@@ -293,16 +228,13 @@ class StepRunner:
             hi = min(lo + chunk, n)
             with autocast(self.device, self.precision):
                 loss = loss_fn(slice(lo, hi))
-            if self._inject_oom_above is not None and hi - lo > self._inject_oom_above:
-                raise torch.OutOfMemoryError(
-                    f"out of memory (injected by {INJECT_OOM_ENV}={self._inject_oom_above}): "
-                    f"chunk of {hi - lo} samples at step {step_no}"
-                )
+            if self._faults.exceeds(hi - lo):
+                raise self._faults.out_of_memory(f"chunk of {hi - lo} samples at step {step_no}")
             if loss.ndim != 0:
                 raise ValueError(
                     f"loss_fn must return a 0-dim mean loss, got shape {tuple(loss.shape)}"
                 )
-            if self._inject_nan_at == step_no:
+            if self._faults.nan_at == step_no:
                 loss = loss + float("nan")
             weighted = loss * ((hi - lo) / (n * k))
             self.scaler.scale(weighted).backward()
@@ -412,8 +344,8 @@ class StepRunner:
         self.micro_batch = after
         self.oom_retries.append({"step": step, "batch_before": before, "batch_after": after,
                                  **({"phase": "eval"} if where.startswith("eval") else {})})
-        self._set_attr("oom_retries", list(self.oom_retries))
-        self._set_attr("micro_batch", after)
+        self._set_attr(attrs.OOM_RETRIES, list(self.oom_retries))
+        self._set_attr(attrs.MICRO_BATCH, after)
         self._log(f"out of memory at micro-batch {before} ({where}); retrying with {after}")
 
     def evaluate(self, n_samples: int, forward: Callable[[slice], Any]) -> list[Any]:
@@ -434,10 +366,8 @@ class StepRunner:
                     for lo in range(0, n_samples, max(chunk, 1)):
                         hi = min(lo + chunk, n_samples)
                         results.append(forward(slice(lo, hi)))
-                        if self._inject_oom_above is not None and hi - lo > self._inject_oom_above:
-                            raise torch.OutOfMemoryError(
-                                f"out of memory (injected by {INJECT_OOM_ENV}="
-                                f"{self._inject_oom_above}): evaluation chunk of {hi - lo}")
+                        if self._faults.exceeds(hi - lo):
+                            raise self._faults.out_of_memory(f"evaluation chunk of {hi - lo}")
                 return results
             except Exception as exc:
                 if not is_oom_error(exc):
@@ -530,9 +460,9 @@ class StepRunner:
             grad = pending[i] if pending is not None else None
             p.grad = None if grad is None else grad.to(device=p.device, dtype=p.dtype)
         set_rng_state(state["rng"])
-        self._set_attr("micro_batch", self.micro_batch)
+        self._set_attr(attrs.MICRO_BATCH, self.micro_batch)
         if self.oom_retries:
-            self._set_attr("oom_retries", list(self.oom_retries))
+            self._set_attr(attrs.OOM_RETRIES, list(self.oom_retries))
         self._log(f"runtime: resumed at step {self.step_count}, micro_batch={self.micro_batch}")
 
 

@@ -97,3 +97,38 @@ def test_test_period_predictions(tmp_path: Path, market) -> None:
 def test_missing_model_is_a_user_error(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="no model.pt in"):
         load_trained(tmp_path)
+
+
+def test_a_user_panel_gets_the_best_feature_and_ridge_baselines(tmp_path: Path, market) -> None:
+    """On a file panel (no oracle) the held-out capability fits both baselines on the
+    training dates; the best feature and its test RankIC are scipy's on the panel itself."""
+    from scipy import stats
+
+    from trainers.atft_gat.heldout import HELDOUT
+
+    frame, path = market
+    _, ctx = _train(tmp_path, path, epochs=1, execution_lag=1, purge=21)
+    trained = HELDOUT.load(ctx.output_dir)
+    prediction = HELDOUT.predict(ctx.output_dir, trained, tmp_path / "cache")
+    base = HELDOUT.baselines(trained, prediction)
+    assert set(base["test"]) == {"best_feature", "linear"}  # a user panel has no oracle
+    split = prediction.context["split"]
+    days = np.sort(frame["date"].unique().to_numpy()).astype("datetime64[D]")
+    # Lag 1: the label of date t is the return that starts on t + 1.
+    lagged = frame.sort("date").with_columns(pl.col("ret_1d").shift(-1).over("code"))
+
+    def mean_ic(feature: str, idx: np.ndarray) -> float:
+        chosen = lagged.filter(pl.col("date").is_in(days[idx].tolist()))
+        ics = [stats.spearmanr(day[feature], day["ret_1d"]).statistic
+               for _, day in chosen.group_by("date") if day["ret_1d"].is_finite().sum() > 2]
+        return float(np.nanmean(ics))
+
+    train_ics = {name: mean_ic(name, split.train) for name in trained.feature_names}
+    name = max(train_ics, key=lambda k: abs(train_ics[k]))
+    sign = "+" if train_ics[name] > 0 else "-"
+    best = base["test"]["best_feature"]
+    assert best["feature"] == f"{sign}{name}"
+    assert best["selection_rank_ic"] == pytest.approx(train_ics[name], abs=1e-9)
+    expected = (1 if sign == "+" else -1) * mean_ic(name, split.test)
+    assert best["rank_ic"]["value"] == pytest.approx(expected, abs=1e-9)
+    assert base["test"]["linear"]["rank_ic"]["se"] > 0

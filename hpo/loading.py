@@ -1,0 +1,34 @@
+"""Opening a study that must already exist, for the commands that only read one.
+
+``hpo.status``, ``hpo.export``, ``hpo.dashboard`` and ``hpo.evaluate`` never create a study: a
+mistyped path or name is a one-line UserError that says what exists, not an empty new database.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+
+from hpo.storage import mask_url, open_storage
+from trainers.errors import UserError
+
+
+def open_existing_storage(url: str) -> optuna.storages.RDBStorage:
+    """Open the storage at ``url`` without creating an empty SQLite file where none exists."""
+    if url.startswith("sqlite:///"):
+        path = Path(url.removeprefix("sqlite:///"))
+        if not path.is_file():
+            raise UserError(f"no study database at {path}; run `python -m hpo.run --study NAME` "
+                            "first, or pass --storage (or set $HPO_STORAGE)")
+    return open_storage(url)
+
+
+def load_existing_study(storage: optuna.storages.BaseStorage, name: str,
+                        url: str) -> optuna.Study:
+    """The study ``name``; an unknown name is a UserError listing the studies that exist."""
+    names = sorted(optuna.study.get_all_study_names(storage))
+    if name not in names:
+        have = ", ".join(names) if names else "(none)"
+        raise UserError(f"unknown study {name!r} in {mask_url(url)}; studies there: {have}")
+    return optuna.load_study(study_name=name, storage=storage)

@@ -1,0 +1,99 @@
+"""The held-out protocol: a workload from outside ``hpo/`` gets its test period opened.
+
+``tests.hpo.toy_heldout`` declares ``Workload.heldout``; ``hpo.run`` evaluates it when the
+study reaches its target and ``hpo.evaluate`` reruns it, with no line of ``hpo/`` naming it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import optuna
+import polars as pl
+import pytest
+
+from hpo.evaluate import choice_rule_front, main
+from hpo.heldout import PREDICTIONS_FILE, REPORT_FILE, SUMMARY_ATTR
+from hpo.run import main as run_main
+from tests.conftest import REPO
+from trainers.heldout import HeldOut, ranking_score
+
+STUDY = """
+name = "ranker"
+workload = "tests.hpo.toy_heldout"
+n_trials = 3
+[[objectives]]
+metric = "rank_ic"
+direction = "maximize"
+[[objectives]]
+metric = "val_loss"
+direction = "minimize"
+[sampler]
+name = "random"
+seed = 3
+[trainer]
+epochs = 3
+[search_space.lr]
+type = "float"
+low = 0.001
+high = 0.5
+log = true
+"""
+
+
+@pytest.fixture(scope="module")
+def ran(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("protocol")
+    (root / "ranker.toml").write_text(STUDY)
+    assert run_main(["--study", str(root / "ranker.toml"), "--output", str(root / "out")]) == 0
+    return root / "out"
+
+
+def test_hpo_never_names_the_toy_workload() -> None:
+    for path in (REPO / "hpo").rglob("*.py"):
+        assert "toy_heldout" not in path.read_text(), path
+
+
+def test_run_opens_the_test_period_of_a_plugged_in_workload(ran: Path) -> None:
+    report = json.loads((ran / "ranker" / REPORT_FILE).read_text())
+    study = optuna.load_study(study_name="ranker", storage=f"sqlite:///{ran / 'hpo.db'}")
+    front = sorted(t.number for t in study.best_trials)
+    assert [t["number"] for t in report["trials"]] == front
+    # The front's pick is made on the selection metric (Sharpe), never on test figures.
+    chosen = max(study.best_trials, key=lambda t: (t.user_attrs["sharpe"], -t.number))
+    assert report["chosen"] == chosen.number
+    assert report["rule"] == choice_rule_front("sharpe")
+    assert report["test_dates"][0] > report["validation_dates"][1]
+    preds = pl.read_parquet(ran / "ranker" / PREDICTIONS_FILE)
+    for trial in report["trials"]:
+        rows = preds.filter(pl.col("trial") == trial["number"]).drop("trial")
+        assert rows["date"].min() == np.datetime64(report["test_dates"][0])
+        expected, _ = ranking_score(rows)
+        for name in ("sharpe", "rank_ic", "ic"):
+            assert trial["test"][name] == expected[name]
+        # Validation figures are the trial's own: they equal what it reported.
+        assert trial["validation"]["rank_ic"]["value"] == pytest.approx(
+            study.trials[trial["number"]].user_attrs["rank_ic"], abs=1e-12)
+    assert report["deflated_sharpe"]["n_trials"] == 3
+    # The workload's baseline is scored on the same dates and shown beside the trials.
+    base = report["baselines"]["test"]["signal_feature"]
+    assert base["rank_ic"]["value"] > 0.1
+    summary = study.user_attrs[SUMMARY_ATTR]
+    assert list(summary["baselines"]) == ["feature +f_signal"]
+    assert summary["report_id"] == report["report_id"]
+
+
+def test_evaluate_reruns_unchanged(ran: Path, capsys: pytest.CaptureFixture) -> None:
+    before = (ran / "ranker" / REPORT_FILE).read_bytes()
+    assert main(["--study", "ranker", "--output", str(ran)]) == 0
+    out = capsys.readouterr().out
+    assert "unchanged" in out and "feature +f_signal" in out and "test sharpe" in out
+    assert (ran / "ranker" / REPORT_FILE).read_bytes() == before
+
+
+def test_a_table_metric_must_be_reported() -> None:
+    with pytest.raises(ValueError, match="not in reported"):
+        HeldOut(load=print, digest=str, predict=print, score=print, reported=("sharpe",),
+                table=("sharpe", "ic"))

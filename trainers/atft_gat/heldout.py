@@ -1,0 +1,126 @@
+"""ATFT-GAT-FAN's held-out capability (``trainers.heldout``): what ``hpo.evaluate`` calls.
+
+The test rows come from ``predict.predict_period`` (the saved model on the study's test dates,
+through exactly the pipeline training used); every period is scored with the cross-sectional
+figures at the study's ``metric_horizon``. The baselines, scored on the same dates with the
+same figures and standard errors: the best single feature and a ridge fit on every panel
+(``trainers.baselines``), and the planted oracle on a synthetic market.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trainers.errors import UserError
+from trainers.heldout import HeldOut, Prediction, ranking_moments, ranking_score
+
+
+def _load(trial_dir: Path) -> Any:
+    from trainers.atft_gat.predict import load_trained
+
+    return load_trained(trial_dir)
+
+
+def _digest(trial_dir: Path) -> str:
+    from trainers.atft_gat.predict import model_digest
+
+    return model_digest(trial_dir)
+
+
+def _check(trained: Any) -> None:
+    if trained.config.test_fraction <= 0:
+        raise UserError("holds out no test period (test_fraction = 0); set test_fraction in the "
+                        "study file's [data] for a new study")
+
+
+def _predict(trial_dir: Path, trained: Any, cache_dir: Path) -> Prediction:
+    from trainers.atft_gat.predict import predict_period
+
+    frame, split, dates = predict_period(trial_dir, cache_dir=cache_dir, trained=trained)
+    return Prediction(frame=frame, split=split.ranges(dates),
+                      dates={"validation": dates[split.val], "test": dates[split.test]},
+                      context={"cache_dir": Path(cache_dir), "split": split})
+
+
+def _score(frame: Any, trained: Any) -> tuple[dict[str, Any], dict[str, int]]:
+    return ranking_score(frame, horizon=trained.config.metric_horizon)
+
+
+def _moments(frame: Any, trained: Any) -> dict[str, float]:
+    return ranking_moments(frame, horizon=trained.config.metric_horizon)
+
+
+def oracle_baseline(config: Any, dates: dict[str, np.ndarray]) -> dict[str, Any] | None:
+    """The planted oracle (``market_baselines``) on the validation and the test dates of a
+    synthetic market; None for a user panel. With an execution lag it is scored on the same
+    lagged target as the trials."""
+    if config.source != "synthetic":
+        return None
+    import polars as pl
+
+    from trainers.atft_gat.synthetic import generate_market, market_baselines
+
+    frame, oracle = generate_market(n_stocks=config.n_stocks, n_dates=config.n_dates,
+                                    seed=config.market_seed,
+                                    difficulty=config.market_difficulty, return_oracle=True)
+    market = frame.with_columns(oracle_own=oracle["oracle_own"],
+                                oracle_peer=oracle["oracle_peer"])
+    target = f"ret_{config.metric_horizon}d"
+    if config.execution_lag:
+        market = market.with_columns(
+            pl.col(target).shift(-config.execution_lag).over("code"))
+    return {period: market_baselines(market, dates[period],
+                                     horizon=config.metric_horizon)["oracle"]
+            for period in ("validation", "test")}
+
+
+def panel_baselines_of(trained: Any, prediction: Prediction) -> dict[str, Any]:
+    """The best single feature and the ridge fit (``trainers.baselines``) on the study's
+    panel as the trials read it (same cache, same execution lag, the scored horizon), fitted
+    on the training dates, scored on the validation and test dates like the trials."""
+    from trainers.atft_gat.data import cache_panel
+    from trainers.atft_gat.train import load_features
+    from trainers.baselines import PanelView, panel_baselines
+
+    config = trained.config
+    fc = load_features(config, Path(prediction.context["cache_dir"]))
+    panel = cache_panel(fc).lagged(config.execution_lag)
+    split = prediction.context["split"]
+    h = list(config.horizons).index(config.metric_horizon)
+    view = PanelView(x=panel.x, y=panel.y[:, :, h], present=panel.present,
+                     dates=panel.dates, codes=panel.codes, feature_names=panel.feature_names)
+    return panel_baselines(view, {"validation": split.val, "test": split.test},
+                           train_dates=split.train)
+
+
+def _baselines(trained: Any, prediction: Prediction) -> dict[str, Any] | None:
+    horizon = trained.config.metric_horizon
+    fitted = panel_baselines_of(trained, prediction)
+    oracle = oracle_baseline(trained.config, dict(prediction.dates))
+    out: dict[str, Any] = {}
+    for period in ("validation", "test"):
+        rows: dict[str, Any] = {}
+        if oracle is not None:
+            rows["oracle"] = oracle[period]
+        best = fitted["best_feature"]
+        rows["best_feature"] = {
+            **ranking_score(fitted["frames"][period]["best_feature"], horizon=horizon)[0],
+            **best, "label": f"best feature ({best['feature']})"}
+        linear = fitted["linear"]
+        rows["linear"] = {
+            **ranking_score(fitted["frames"][period]["linear"], horizon=horizon)[0],
+            **linear, "label": "ridge (every feature)"}
+        out[period] = rows
+    return out
+
+
+def _describe(trained: Any) -> dict[str, Any]:
+    return {"metric_horizon": trained.config.metric_horizon}
+
+
+HELDOUT = HeldOut(load=_load, digest=_digest, predict=_predict, score=_score,
+                  selection_metric="sharpe", check=_check, moments=_moments,
+                  baselines=_baselines, describe=_describe)

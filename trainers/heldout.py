@@ -1,0 +1,124 @@
+"""The held-out capability: what a workload offers so that ``hpo.evaluate`` can open its test
+period once, after the study has chosen, without knowing the workload.
+
+A workload that holds out a test period sets ``Workload.heldout = HeldOut(...)``. The
+protocol, in the order ``hpo.evaluate`` uses it, for each trial of the best trial / front:
+
+1. ``load(trial_dir)`` -> the trained model, whatever the workload needs to predict (raise
+   ``UserError`` when the trial saved none); ``check(trained)`` raises ``UserError`` when the
+   study holds out no test period (e.g. ``test_fraction = 0``).
+2. ``digest(trial_dir)`` -> SHA-256 of the saved model: part of the report's identity.
+3. ``predict(trial_dir, trained, cache_dir)`` -> :class:`Prediction`: the test rows
+   ``date, code, pred, target`` (the schema of the trial's validation ``predictions.parquet``),
+   the study's date split (``trainers.attrs.DATE_SPLIT``'s value, checked against the one the
+   study recorded) and the dates of each period.
+4. ``validation(trial_dir)`` -> the validation rows the trial was scored on (default: its
+   ``predictions.parquet``).
+5. ``score(frame, trained)`` -> ``(metrics, bootstrap)``: ``{name: {"value", "se"}}`` for every
+   name in ``reported`` and the bootstrap's settings; the same function scores validation and
+   test, so the two columns are comparable.
+6. Optional ``moments(frame, trained)`` -> ``{"n_obs", "skew", "kurtosis",
+   "periods_per_year"}`` of the long-short returns: with it the report gains the deflated
+   Sharpe ratio of the chosen trial's validation Sharpe and the PSR of its test Sharpe.
+7. Optional ``baselines(trained, prediction)`` -> ``{"validation": {name: metrics},
+   "test": {name: metrics}}`` (``metrics`` as ``score``'s values or plain numbers, a ``label``
+   key names the row in tables; a None entry is left out), or None.
+8. Optional ``describe(trained)`` -> extra report fields (e.g. the scored horizon).
+
+``selection_metric`` (a user attr every trial writes) picks the chosen trial of a Pareto front,
+in the workload's natural direction for it; ``table`` is what the compact tables show.
+:func:`ranking_score` and :func:`ranking_moments` are the cross-sectional implementations.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# The trial's validation predictions, written by the trainer: date, code, pred, target.
+VALIDATION_PREDICTIONS = "predictions.parquet"
+# Bytes read per step while hashing a model file.
+_HASH_CHUNK = 1 << 20
+# Defaults: the cross-sectional ranking figures (trainers.metrics.predictions_metrics_with_se).
+RANKING_REPORTED = ("sharpe", "rank_ic", "ic", "icir", "rank_icir", "hit_rate",
+                    "long_short_mean", "n_dates")
+RANKING_TABLE = ("sharpe", "rank_ic", "ic", "icir")
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """A trial's model on the study's test period (step 3 of the protocol)."""
+
+    frame: Any  # polars.DataFrame: date, code, pred, target
+    split: Mapping[str, Any]  # the study's date split: period -> [first, last] ISO dates
+    dates: Mapping[str, np.ndarray] = field(default_factory=dict)  # "validation"/"test"
+    context: Any = None  # the workload's own, handed back to its ``baselines``
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file, read in blocks."""
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        while chunk := f.read(_HASH_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_validation(trial_dir: Path) -> Any:
+    """The trial's validation rows (``predictions.parquet``)."""
+    import polars as pl
+
+    return pl.read_parquet(Path(trial_dir) / VALIDATION_PREDICTIONS)
+
+
+def _no_check(trained: Any) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """A workload's held-out capability (module docstring: the protocol)."""
+
+    load: Callable[[Path], Any]
+    digest: Callable[[Path], str]
+    predict: Callable[[Path, Any, Path], Prediction]
+    score: Callable[[Any, Any], tuple[dict[str, Any], dict[str, int]]]
+    selection_metric: str = "sharpe"
+    reported: tuple[str, ...] = RANKING_REPORTED
+    table: tuple[str, ...] = RANKING_TABLE
+    check: Callable[[Any], None] = _no_check
+    validation: Callable[[Path], Any] = read_validation
+    moments: Callable[[Any, Any], dict[str, float]] | None = None
+    baselines: Callable[[Any, Prediction], dict[str, Any] | None] | None = None
+    describe: Callable[[Any], dict[str, Any]] | None = None
+
+    def __post_init__(self) -> None:
+        missing = [m for m in self.table if m not in self.reported]
+        if missing:
+            raise ValueError(f"HeldOut.table names {missing}, which are not in reported")
+
+
+def ranking_score(frame: Any, *, horizon: int = 1,
+                  reported: tuple[str, ...] = RANKING_REPORTED
+                  ) -> tuple[dict[str, Any], dict[str, int]]:
+    """Cross-sectional figures with moving-block bootstrap SEs of ``date, pred, target`` rows
+    (``trainers.metrics.predictions_metrics_with_se``), limited to ``reported``."""
+    from trainers.metrics import predictions_metrics_with_se
+
+    raw = predictions_metrics_with_se(frame, horizon=horizon)
+    boot = {k: int(v) for k, v in raw.pop("bootstrap").items()}
+    return {name: raw[name] for name in reported}, boot
+
+
+def ranking_moments(frame: Any, *, horizon: int = 1) -> dict[str, float]:
+    """Skewness, kurtosis, non-overlapping periods and periods per year of the long-short
+    returns of ``date, pred, target`` rows (``trainers.metrics.sharpe_moments``)."""
+    from trainers.metrics import sharpe_moments
+
+    return sharpe_moments(frame["date"].to_numpy(), frame["pred"].to_numpy(),
+                          frame["target"].to_numpy(), horizon=horizon)

@@ -1,0 +1,145 @@
+"""Bootstrap standard errors of the panel metrics (``panel_metrics_with_se``).
+
+They come from a **moving-block bootstrap over dates** with a fixed seed: blocks of
+``block_length`` consecutive dates (a multiple of the horizon, so a block keeps the phase
+structure and the overlap of h-day targets) are drawn with replacement, every statistic is
+recomputed on each replicate, and its standard error is the standard deviation (ddof=1) of the
+replicates. The cross-section of a date is never split: the dependence between stocks of one
+date (sector moves) stays inside the resampled unit. Default block length:
+``h * ceil(D^(1/3) / h)`` for D dates, the usual D^(1/3) rate for the variance of a mean,
+rounded up to whole horizons. Which metrics get one, and how each is recomputed on a
+replicate, is said by :mod:`trainers.metrics.registry`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import polars as pl
+
+from trainers.metrics.cross_section import (
+    DEFAULT_MIN_STOCKS,
+    DEFAULT_QUANTILE,
+    TRADING_DAYS_PER_YEAR,
+    _check_horizon,
+    _date_positions,
+    _summaries,
+    per_date_metrics,
+)
+from trainers.metrics.registry import METRICS, RESAMPLED, Replicates, with_se
+
+DEFAULT_N_BOOT = 1000  # bootstrap replicates: the SE's own relative error is ~1/sqrt(2B) ~ 2%
+DEFAULT_BOOT_SEED = 0
+SE_METRICS = with_se()
+
+
+def default_block_length(n_dates: int, horizon: int = 1) -> int:
+    """``h * ceil(n_dates^(1/3) / h)``: the D^(1/3) rule for a mean, in whole horizons."""
+    return horizon * max(1, math.ceil(n_dates ** (1.0 / 3.0) / horizon))
+
+
+def panel_metrics_with_se(
+    dates: np.ndarray,
+    pred: np.ndarray,
+    target: np.ndarray,
+    *,
+    horizon: int = 1,
+    quantile: float = DEFAULT_QUANTILE,
+    min_stocks: int = DEFAULT_MIN_STOCKS,
+    periods_per_year: int = TRADING_DAYS_PER_YEAR,
+    n_boot: int = DEFAULT_N_BOOT,
+    block_length: int | None = None,
+    seed: int = DEFAULT_BOOT_SEED,
+) -> dict[str, dict[str, float]]:
+    """``panel_metrics`` with a bootstrap standard error for each of ``SE_METRICS``.
+
+    Returns ``{name: {"value": v, "se": s}}`` for every key of ``panel_metrics`` (``se`` is
+    NaN for ``hit_rate``, ``long_short_mean`` and ``n_dates``, which get none), plus
+    ``"bootstrap": {"n_boot", "block_length", "seed"}``. The standard errors come from the
+    moving-block bootstrap over dates described in the module docstring: ``n_boot``
+    replicates, each of ``ceil(D / block_length)`` blocks of ``block_length`` consecutive
+    positions among the input's D distinct dates (unusable dates included, as NaN), drawn with
+    a ``numpy`` generator seeded with ``seed``; a replicate statistic that is undefined (too
+    few values) is left out of the standard deviation. ``block_length`` must be a multiple of
+    ``horizon`` (default: ``default_block_length(D, horizon)``). With fewer than two blocks'
+    worth of dates, or fewer than 2 usable replicates, an SE is NaN.
+    """
+    horizon = _check_horizon(horizon)
+    if n_boot < 2:
+        raise ValueError(f"n_boot must be >= 2 (a standard deviation needs two); got {n_boot}")
+    per_date = per_date_metrics(dates, pred, target, quantile=quantile, min_stocks=min_stocks)
+    position = _date_positions(dates, per_date["date"].to_numpy())
+    values = _summaries(per_date, position, horizon, periods_per_year)
+    n_grid = int(position.max()) + 1 if len(position) else 0
+    if block_length is None:
+        block_length = default_block_length(max(n_grid, 1), horizon)
+    if block_length < 1 or block_length % horizon:
+        raise ValueError(
+            f"block_length must be a positive multiple of horizon={horizon}, so blocks keep "
+            f"whole non-overlapping periods; got {block_length}"
+        )
+    se = dict.fromkeys(values, math.nan)  # stays NaN for a metric with no replicate
+    if n_grid >= 2 * block_length:
+        grid = {}
+        for name in RESAMPLED:
+            grid[name] = np.full(n_grid, np.nan)  # (D,) every distinct date, usable or not
+            grid[name][position] = per_date[name].to_numpy()
+        rng = np.random.default_rng(seed)
+        n_blocks = math.ceil(n_grid / block_length)
+        starts = rng.integers(0, n_grid - block_length + 1, size=(n_boot, n_blocks))
+        index = (starts[:, :, None] + np.arange(block_length)).reshape(n_boot, -1)  # (B, m)
+        replicates = Replicates(
+            **{k: v[index] for k, v in grid.items()},
+            horizon=horizon,
+            periods_per_year=periods_per_year,
+        )
+        for metric in METRICS:
+            if metric.replicate is None:
+                continue
+            reps = metric.replicate(replicates)  # (B,)
+            reps = reps[np.isfinite(reps)]
+            se[metric.name] = float(reps.std(ddof=1)) if len(reps) >= 2 else math.nan
+    out: dict[str, dict[str, float]] = {
+        name: {"value": value, "se": se[name]} for name, value in values.items()
+    }
+    out["bootstrap"] = {
+        "n_boot": float(n_boot),
+        "block_length": float(block_length),
+        "seed": float(seed),
+    }
+    return out
+
+
+def predictions_metrics_with_se(
+    predictions: pl.DataFrame,
+    *,
+    horizon: int = 1,
+    quantile: float = DEFAULT_QUANTILE,
+    min_stocks: int = DEFAULT_MIN_STOCKS,
+    periods_per_year: int = TRADING_DAYS_PER_YEAR,
+    n_boot: int = DEFAULT_N_BOOT,
+    block_length: int | None = None,
+    seed: int = DEFAULT_BOOT_SEED,
+) -> dict[str, dict[str, float]]:
+    """``panel_metrics_with_se`` on a predictions frame with columns ``date, pred, target``
+    (``code`` and any others are ignored), e.g. a trial's ``predictions.parquet``."""
+    missing = [c for c in ("date", "pred", "target") if c not in predictions.columns]
+    if missing:
+        raise ValueError(
+            f"predictions frame lacks column(s) {missing}; it needs date, pred and target, "
+            f"got {predictions.columns}"
+        )
+    return panel_metrics_with_se(
+        predictions["date"].to_numpy(),
+        predictions["pred"].to_numpy(),
+        predictions["target"].to_numpy(),
+        horizon=horizon,
+        quantile=quantile,
+        min_stocks=min_stocks,
+        periods_per_year=periods_per_year,
+        n_boot=n_boot,
+        block_length=block_length,
+        seed=seed,
+    )
+

@@ -1,0 +1,90 @@
+"""Checkpoint and resume: the one way a recipe saves its epochs and continues from them.
+
+A recipe that has built its :class:`~trainers.runtime.StepRunner` calls::
+
+    start_epoch, saved = resume(runner, ctx, config=config, extra={"train_seconds": 0.0})
+    for epoch in range(start_epoch, epochs):
+        ...train, validate, ctx.report...
+        save_checkpoint(runner, ctx, config=config, epoch=epoch + 1,
+                        extra={"train_seconds": train_seconds})
+
+``resume`` reads the newest checkpoint of this run, else of the trial it retries
+(``ctx.restore``), refuses one written with other settings, and puts model, optimizer,
+scheduler, GradScaler, step counters, micro-batch and RNG state back
+(``StepRunner.load_state_dict``); the epoch history comes back into ``ctx.history``.
+``extra`` is the recipe's own running state beside the runner (best epoch so far, timers):
+its names and their values at a fresh start.
+
+On disk a checkpoint is ``{"runner": runner.state_dict(), "config": the resolved config,
+**extra, "epoch": epochs completed, "history": ctx.history}``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from trainers.config import to_mapping
+from trainers.context import TrialContext, check_resumable
+from trainers.errors import UserError
+
+if TYPE_CHECKING:
+    from trainers.runtime.step import StepRunner
+
+# Keys of a checkpoint that are not the recipe's extra state.
+RESERVED_KEYS = frozenset({"runner", "config", "epoch", "history"})
+
+
+def resume(runner: StepRunner, ctx: TrialContext, *, config: Any,
+           extra: Mapping[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
+    """Continue from the newest checkpoint, if there is one.
+
+    Returns the number of epochs already completed (0 for a fresh start: the first epoch to
+    run) and the recipe's extra state: each name of ``extra`` with its saved value, or with
+    the value ``extra`` gives when there is nothing to resume.
+
+    Raises:
+        UserError: the checkpoint was written with other run settings (machine settings
+            such as ``device`` may differ), or lacks one of the ``extra`` names.
+    """
+    fresh = dict(extra or {})
+    state = ctx.restore()
+    if state is None or "epoch" not in state:
+        return 0, fresh
+    check_resumable({**state, "config": _saved_settings(state, config)}, config, ctx)
+    missing = sorted(set(fresh) - set(state))
+    if missing:
+        raise UserError(f"the checkpoint in {ctx.output_dir} has no {', '.join(missing)}; it "
+                        "was written by another recipe: use a fresh output directory")
+    # Checkpoints of atft_gat written before this module kept the runner's state at the top.
+    runner.load_state_dict(state["runner"] if "runner" in state else state)
+    epoch = int(state["epoch"])
+    ctx.log(f"resumed after epoch {epoch}")
+    return epoch, {name: state[name] for name in fresh}
+
+
+def save_checkpoint(runner: StepRunner, ctx: TrialContext, *, config: Any, epoch: int,
+                    extra: Mapping[str, Any] | None = None) -> None:
+    """Save everything an exact resume after ``epoch`` completed epochs needs, atomically:
+    the runner's state, the resolved config (to refuse a resume with other settings) and the
+    recipe's ``extra`` state (see :func:`resume`)."""
+    extra = dict(extra or {})
+    clash = sorted(RESERVED_KEYS & set(extra))
+    if clash:
+        raise ValueError(f"extra state may not be named {', '.join(clash)}; those keys are the "
+                         "checkpoint's own")
+    ctx.checkpoint({"runner": runner.state_dict(), "config": to_mapping(config), **extra},
+                   epoch=epoch)
+
+
+def _saved_settings(state: Mapping[str, Any], config: Any) -> dict[str, Any]:
+    """The settings a checkpoint was written with. A setting added to the config since then
+    is taken at its default: that is what the run it continues used, before it existed."""
+    saved = dict(state.get("config") or {})
+    if not saved:
+        return saved  # nothing recorded: nothing to compare
+    for f in dataclasses.fields(config):
+        if f.name not in saved and f.default is not dataclasses.MISSING:
+            saved[f.name] = list(f.default) if isinstance(f.default, tuple) else f.default
+    return saved
