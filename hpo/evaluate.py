@@ -369,6 +369,7 @@ def summary_of(report: dict[str, Any]) -> dict[str, Any]:
         "validation_dates": report["validation_dates"], "test_dates": report["test_dates"],
         "chosen": report["chosen"], "rule": report["rule"],
         "standard_errors": report["standard_errors"],
+        "cost_bps": report.get("cost_bps"),
         "metrics": list(table),
         "trials": [{"number": t["number"], "chosen": t["chosen"],
                     "validation": figures(t["validation"]), "test": figures(t["test"])}

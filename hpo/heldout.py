@@ -21,7 +21,7 @@ PREDICTIONS_FILE = "test_predictions.parquet"
 SUMMARY_ATTR = attrs.TEST_REPORT
 # Bumped whenever a reported figure is computed differently: part of the report's identity,
 # so a changed computation gives a fresh report instead of an old file left in place.
-METRICS_VERSION = 1
+METRICS_VERSION = 2
 # The figures of each period shown in the tables, in order, when a summary names none (the
 # workload's held-out capability names them: ``HeldOut.table``).
 TABLE_METRICS = ("sharpe", "rank_ic", "ic", "icir")
@@ -76,6 +76,10 @@ def footnotes(summary: dict[str, Any]) -> list[str]:
     if isinstance(value, int | float) and math.isfinite(value):
         lines.append(f"deflated Sharpe ratio of trial {summary.get('chosen')}'s validation "
                      f"Sharpe, {dsr.get('n_trials')} trials searched: {value:.3f}")
+    cost = summary.get("cost_bps")
+    if isinstance(cost, int | float) and "sharpe_net" in (summary.get("metrics") or ()):
+        lines.append(f"sharpe_net: the long-short net of {cost:g} bps per unit traded; "
+                     "turnover: weight traded per rebalance (0 to 4)")
     lines.append(f"±: standard errors, {summary.get('standard_errors', '?')}")
     return lines
 

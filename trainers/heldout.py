@@ -40,14 +40,16 @@ from typing import Any
 
 import numpy as np
 
+from trainers.metrics import registry
+from trainers.metrics.turnover import DEFAULT_COST_BPS
+
 # The trial's validation predictions, written by the trainer: date, code, pred, target.
 VALIDATION_PREDICTIONS = "predictions.parquet"
 # Bytes read per step while hashing a model file.
 _HASH_CHUNK = 1 << 20
 # Defaults: the cross-sectional ranking figures (trainers.metrics.predictions_metrics_with_se).
-RANKING_REPORTED = ("sharpe", "rank_ic", "ic", "icir", "rank_icir", "hit_rate",
-                    "long_short_mean", "n_dates")
-RANKING_TABLE = ("sharpe", "rank_ic", "ic", "icir")
+RANKING_REPORTED = registry.reported()
+RANKING_TABLE = registry.table()
 
 
 @dataclass(frozen=True)
@@ -103,14 +105,14 @@ class HeldOut:
             raise ValueError(f"HeldOut.table names {missing}, which are not in reported")
 
 
-def ranking_score(frame: Any, *, horizon: int = 1,
+def ranking_score(frame: Any, *, horizon: int = 1, cost_bps: float = DEFAULT_COST_BPS,
                   reported: tuple[str, ...] = RANKING_REPORTED
                   ) -> tuple[dict[str, Any], dict[str, int]]:
     """Cross-sectional figures with moving-block bootstrap SEs of ``date, pred, target`` rows
     (``trainers.metrics.predictions_metrics_with_se``), limited to ``reported``."""
     from trainers.metrics import predictions_metrics_with_se
 
-    raw = predictions_metrics_with_se(frame, horizon=horizon)
+    raw = predictions_metrics_with_se(frame, horizon=horizon, cost_bps=cost_bps)
     boot = {k: int(v) for k, v in raw.pop("bootstrap").items()}
     return {name: raw[name] for name in reported}, boot
 

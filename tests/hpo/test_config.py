@@ -146,3 +146,24 @@ def test_the_trainer_config_is_validated_at_the_midpoint(tmp_path: Path) -> None
         '\n[search_space.epochs]\ntype = "int"\nlow = -4\nhigh = 0\n'
     with pytest.raises(UserError, match=r"epochs must be >= 1, got -2"):
         load_study_spec(str(write(tmp_path, text)))
+
+
+def test_the_net_sharpe_and_turnover_are_objectives_and_cost_bps_a_setting(
+        tmp_path: Path) -> None:
+    text = """
+workload = "atft_gat"
+n_trials = 2
+[[objectives]]
+metric = "sharpe_net"
+direction = "maximize"
+[[objectives]]
+metric = "turnover"
+direction = "minimize"
+[data]
+cost_bps = 10.0
+"""
+    spec = load_study_spec(str(write(tmp_path, text, "net.toml")))
+    assert spec.metric_names == ["sharpe_net", "turnover"]
+    assert spec.fixed_settings()["cost_bps"] == 10.0
+    with pytest.raises(UserError, match=r"cost_bps"):
+        load_study_spec(str(write(tmp_path, text.replace("10.0", "-1.0"), "bad.toml")))

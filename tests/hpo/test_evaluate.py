@@ -23,6 +23,7 @@ from hpo.heldout import PREDICTIONS_FILE, REPORT_FILE, SUMMARY_ATTR
 from hpo.run import main as run_main
 from tests.hpo.test_run import study_file
 from trainers.atft_gat.synthetic import FEATURE_NAMES
+from tests.trainers.test_turnover import naive_turnover_and_net
 from trainers.metrics import predictions_metrics_with_se
 
 STUDY = """
@@ -124,13 +125,26 @@ def test_report_equals_scipy_recomputed_from_the_predictions(ran: Path) -> None:
             for name in ("sharpe", "rank_ic", "ic", "icir", "rank_icir"):
                 assert trial[period][name]["value"] == pytest.approx(expected[name], abs=1e-9,
                                                                      rel=0), (period, name)
+            # Turnover and the net Sharpe ratio at the default 5 bps, by the README's
+            # definitions, one date and one stock at a time.
+            turnover, sharpe_net = naive_turnover_and_net(
+                frame["date"].to_numpy(), frame["code"].to_numpy(), frame["pred"].to_numpy(),
+                frame["target"].to_numpy(), cost_bps=5.0)
+            assert trial[period]["turnover"]["value"] == pytest.approx(turnover, rel=1e-12)
+            assert trial[period]["sharpe_net"]["value"] == pytest.approx(sharpe_net, rel=1e-9)
+            assert trial[period]["sharpe_net"]["value"] < trial[period]["sharpe"]["value"]
             # The standard errors are those of the bootstrap over this very file.
             se = predictions_metrics_with_se(frame)
             assert trial[period]["sharpe"]["se"] == se["sharpe"]["se"] > 0
-        # The validation figures are the objective values the study stored.
+            assert trial[period]["turnover"]["se"] == se["turnover"]["se"] > 0
+        # The validation figures are the objective values and attrs the study stored.
         stored = study.trials[trial["number"]]
         assert trial["validation"]["sharpe"]["value"] == pytest.approx(stored.values[0],
                                                                        abs=1e-12)
+        for name in ("turnover", "sharpe_net"):
+            assert trial["validation"][name]["value"] == pytest.approx(
+                stored.user_attrs[name], rel=1e-12)
+    assert report["cost_bps"] == 5.0
 
 
 def test_chosen_trial_and_its_deflated_sharpe(ran: Path) -> None:

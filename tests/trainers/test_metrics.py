@@ -120,6 +120,8 @@ def test_panel_metrics_match_reference() -> None:
         "sharpe",
         "long_short_mean",
         "n_dates",
+        "sharpe_net",
+        "turnover",
     }
     assert all(isinstance(v, float) for v in got.values())
 
@@ -399,7 +401,8 @@ def test_predictions_frame_gives_the_same_figures() -> None:
         {"date": dates, "code": np.tile(np.arange(15), 120), "pred": pred, "target": target}
     )
     got = predictions_metrics_with_se(frame, horizon=5, n_boot=100)
-    assert got == panel_metrics_with_se(dates, pred, target, horizon=5, n_boot=100)
+    assert got == panel_metrics_with_se(dates, pred, target, codes=frame["code"].to_numpy(),
+                                        horizon=5, n_boot=100)
     with pytest.raises(ValueError, match=r"lacks column\(s\) \['pred'\]"):
         predictions_metrics_with_se(frame.drop("pred"))
 

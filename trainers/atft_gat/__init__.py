@@ -12,6 +12,7 @@ from trainers.atft_gat.config import TrainConfig
 from trainers.atft_gat.heldout import HELDOUT
 from trainers.context import TrialContext
 from trainers.errors import UserError
+from trainers.metrics.registry import directions
 from trainers.registry import Workload
 
 if TYPE_CHECKING:
@@ -49,17 +50,9 @@ WORKLOAD = Workload(
     name="atft_gat",
     config_cls=TrainConfig,
     train=_train,
-    metrics={
-        "sharpe": "maximize",
-        "rank_ic": "maximize",
-        "ic": "maximize",
-        "icir": "maximize",
-        "rank_icir": "maximize",
-        "hit_rate": "maximize",
-        "long_short_mean": "maximize",
-        "val_loss": "minimize",
-        "train_loss": "minimize",
-    },
+    # The cross-sectional figures of the metric registry (sharpe, sharpe_net, turnover, ...)
+    # and the recipe's losses.
+    metrics={**directions(), "val_loss": "minimize", "train_loss": "minimize"},
     description="ATFT-GAT-FAN cross-sectional stock ranking (synthetic market or your panel).",
     heldout=HELDOUT,
 )

@@ -52,6 +52,9 @@ class TrainConfig(ModelConfig, RuntimeConfig):
     # README's convention); 1: features computed at the close of t trade from t + 1.
     execution_lag: int = 0
     metric_horizon: int = 1           # the horizon whose predictions are scored
+    # One-way cost per unit of traded notional, in basis points, charged by sharpe_net
+    # (trainers.metrics.turnover): 5 is a liquid large cap's spread and impact at modest size.
+    cost_bps: float = 5.0
     # -- graph --------------------------------------------------------------------------
     graph_window: int = 60
     graph_k: int = 10
@@ -104,6 +107,8 @@ class TrainConfig(ModelConfig, RuntimeConfig):
                  f"must be >= the longest label horizon plus the execution lag "
                  f"({max(self.horizons)} + {self.execution_lag} dates), or training "
                  "labels overlap validation dates")
+        need(0.0 <= self.cost_bps < 1e4, "cost_bps",
+             "basis points per unit traded, in [0, 10000); 0 charges nothing")
         need(self.metric_horizon in self.horizons, "metric_horizon",
              f"must be one of horizons {list(self.horizons)}")
         if self.graph_window < 2 or self.graph_k < 1:

@@ -46,7 +46,8 @@ def _predict(trial_dir: Path, trained: Any, cache_dir: Path) -> Prediction:
 
 
 def _score(frame: Any, trained: Any) -> tuple[dict[str, Any], dict[str, int]]:
-    return ranking_score(frame, horizon=trained.config.metric_horizon)
+    return ranking_score(frame, horizon=trained.config.metric_horizon,
+                         cost_bps=trained.config.cost_bps)
 
 
 def _moments(frame: Any, trained: Any) -> dict[str, float]:
@@ -73,7 +74,8 @@ def oracle_baseline(config: Any, dates: dict[str, np.ndarray]) -> dict[str, Any]
         market = market.with_columns(
             pl.col(target).shift(-config.execution_lag).over("code"))
     return {period: market_baselines(market, dates[period],
-                                     horizon=config.metric_horizon)["oracle"]
+                                     horizon=config.metric_horizon,
+                                     cost_bps=config.cost_bps)["oracle"]
             for period in ("validation", "test")}
 
 
@@ -97,7 +99,7 @@ def panel_baselines_of(trained: Any, prediction: Prediction) -> dict[str, Any]:
 
 
 def _baselines(trained: Any, prediction: Prediction) -> dict[str, Any] | None:
-    horizon = trained.config.metric_horizon
+    horizon, cost = trained.config.metric_horizon, trained.config.cost_bps
     fitted = panel_baselines_of(trained, prediction)
     oracle = oracle_baseline(trained.config, dict(prediction.dates))
     out: dict[str, Any] = {}
@@ -107,18 +109,21 @@ def _baselines(trained: Any, prediction: Prediction) -> dict[str, Any] | None:
             rows["oracle"] = oracle[period]
         best = fitted["best_feature"]
         rows["best_feature"] = {
-            **ranking_score(fitted["frames"][period]["best_feature"], horizon=horizon)[0],
+            **ranking_score(fitted["frames"][period]["best_feature"], horizon=horizon,
+                            cost_bps=cost)[0],
             **best, "label": f"best feature ({best['feature']})"}
         linear = fitted["linear"]
         rows["linear"] = {
-            **ranking_score(fitted["frames"][period]["linear"], horizon=horizon)[0],
+            **ranking_score(fitted["frames"][period]["linear"], horizon=horizon,
+                            cost_bps=cost)[0],
             **linear, "label": "ridge (every feature)"}
         out[period] = rows
     return out
 
 
 def _describe(trained: Any) -> dict[str, Any]:
-    return {"metric_horizon": trained.config.metric_horizon}
+    return {"metric_horizon": trained.config.metric_horizon,
+            "cost_bps": trained.config.cost_bps}
 
 
 HELDOUT = HeldOut(load=_load, digest=_digest, predict=_predict, score=_score,

@@ -85,7 +85,7 @@ import polars as pl
 from scipy.signal import lfilter
 
 from trainers.errors import UserError
-from trainers.metrics import DEFAULT_MIN_STOCKS, DEFAULT_QUANTILE, panel_metrics
+from trainers.metrics import DEFAULT_COST_BPS, DEFAULT_MIN_STOCKS, DEFAULT_QUANTILE, panel_metrics
 
 # Daily volatilities of the return components. The cluster factor is the largest so that
 # within-cluster correlation (~0.65) stands far above the cross-cluster one (~0.15).
@@ -339,6 +339,7 @@ def market_baselines(
     features: Sequence[str] | None = None,
     quantile: float = DEFAULT_QUANTILE,
     min_stocks: int = DEFAULT_MIN_STOCKS,
+    cost_bps: float = DEFAULT_COST_BPS,
 ) -> dict[str, Any]:
     """What a trial scored on ``dates`` should be read against: the planted oracle and the best
     raw feature, scored with ``panel_metrics`` on the ``ret_{horizon}d`` target of ``dates``.
@@ -404,12 +405,15 @@ def market_baselines(
     else:
         in_selection = np.isin(all_dates, _as_date_array(selection_dates))
     target = market[target_name].to_numpy().astype(np.float64)
+    codes = market["code"].to_numpy() if "code" in market.columns else None
 
     def score(rows: np.ndarray, pred: np.ndarray) -> dict[str, float]:
         return panel_metrics(
             all_dates[rows],
             pred[rows],
             target[rows],
+            codes=None if codes is None else codes[rows],
+            cost_bps=cost_bps,
             horizon=horizon,
             quantile=quantile,
             min_stocks=min_stocks,

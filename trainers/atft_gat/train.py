@@ -437,7 +437,7 @@ def validate(runner: StepRunner, panel: Panel, y_z: torch.Tensor, graphs: DateGr
     keep = np.isfinite(preds["target"])
     preds = {k: v[keep] for k, v in preds.items()}
     # An h-day target: Sharpe on non-overlapping h-day periods, annualised with sqrt(252 / h).
-    metrics = panel_metrics(preds["date"], preds["pred"], preds["target"],
-                            horizon=config.metric_horizon)
+    metrics = panel_metrics(preds["date"], preds["pred"], preds["target"], codes=preds["code"],
+                            horizon=config.metric_horizon, cost_bps=config.cost_bps)
     metrics["val_loss"] = float(np.average(losses, weights=weights))
     return metrics, preds

@@ -13,6 +13,8 @@ date with few.
 * :mod:`trainers.metrics.bootstrap`: ``panel_metrics_with_se`` and
   ``predictions_metrics_with_se``, moving-block bootstrap standard errors over dates.
 * :mod:`trainers.metrics.sharpe`: ``sharpe_moments`` and the deflated Sharpe ratio.
+* :mod:`trainers.metrics.turnover`: the long-short book's turnover and its return net of
+  ``cost_bps`` (``DEFAULT_COST_BPS`` = 5), behind ``turnover`` and ``sharpe_net``.
 
 NaN policy:
 
@@ -54,9 +56,11 @@ from trainers.metrics.sharpe import (
     probabilistic_sharpe_ratio,
     sharpe_moments,
 )
+from trainers.metrics.turnover import DEFAULT_COST_BPS
 
 __all__ = [
     "DEFAULT_BOOT_SEED",
+    "DEFAULT_COST_BPS",
     "DEFAULT_MIN_STOCKS",
     "DEFAULT_N_BOOT",
     "DEFAULT_QUANTILE",

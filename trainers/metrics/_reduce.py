@@ -44,6 +44,15 @@ def horizon_sharpe(
     return mean(sharpes)
 
 
+def phase_mean(values: np.ndarray, position: np.ndarray, horizon: int) -> float:
+    """Mean over the h phases of each phase's mean (finite values only): a per-book figure
+    combined across the staggered books as :func:`horizon_sharpe` combines Sharpe ratios."""
+    if horizon == 1:
+        return mean(values)
+    phase = position % horizon
+    return mean(np.array([mean(values[phase == k]) for k in range(horizon)]))
+
+
 def nan_ratio(x: np.ndarray, axis: int) -> np.ndarray:
     """mean / std (ddof=1) over the finite values along ``axis``; NaN where undefined."""
     finite = np.isfinite(x)

@@ -28,6 +28,7 @@ from trainers.metrics.cross_section import (
     per_date_metrics,
 )
 from trainers.metrics.registry import METRICS, RESAMPLED, Replicates, with_se
+from trainers.metrics.turnover import DEFAULT_COST_BPS
 
 DEFAULT_N_BOOT = 1000  # bootstrap replicates: the SE's own relative error is ~1/sqrt(2B) ~ 2%
 DEFAULT_BOOT_SEED = 0
@@ -44,7 +45,9 @@ def panel_metrics_with_se(
     pred: np.ndarray,
     target: np.ndarray,
     *,
+    codes: np.ndarray | None = None,
     horizon: int = 1,
+    cost_bps: float = DEFAULT_COST_BPS,
     quantile: float = DEFAULT_QUANTILE,
     min_stocks: int = DEFAULT_MIN_STOCKS,
     periods_per_year: int = TRADING_DAYS_PER_YEAR,
@@ -68,7 +71,8 @@ def panel_metrics_with_se(
     horizon = _check_horizon(horizon)
     if n_boot < 2:
         raise ValueError(f"n_boot must be >= 2 (a standard deviation needs two); got {n_boot}")
-    per_date = per_date_metrics(dates, pred, target, quantile=quantile, min_stocks=min_stocks)
+    per_date = per_date_metrics(dates, pred, target, codes=codes, horizon=horizon,
+                                cost_bps=cost_bps, quantile=quantile, min_stocks=min_stocks)
     position = _date_positions(dates, per_date["date"].to_numpy())
     values = _summaries(per_date, position, horizon, periods_per_year)
     n_grid = int(position.max()) + 1 if len(position) else 0
@@ -115,6 +119,7 @@ def predictions_metrics_with_se(
     predictions: pl.DataFrame,
     *,
     horizon: int = 1,
+    cost_bps: float = DEFAULT_COST_BPS,
     quantile: float = DEFAULT_QUANTILE,
     min_stocks: int = DEFAULT_MIN_STOCKS,
     periods_per_year: int = TRADING_DAYS_PER_YEAR,
@@ -123,7 +128,8 @@ def predictions_metrics_with_se(
     seed: int = DEFAULT_BOOT_SEED,
 ) -> dict[str, dict[str, float]]:
     """``panel_metrics_with_se`` on a predictions frame with columns ``date, pred, target``
-    (``code`` and any others are ignored), e.g. a trial's ``predictions.parquet``."""
+    and, for turnover and the net Sharpe ratio, ``code`` (others are ignored), e.g. a
+    trial's ``predictions.parquet``."""
     missing = [c for c in ("date", "pred", "target") if c not in predictions.columns]
     if missing:
         raise ValueError(
@@ -134,7 +140,9 @@ def predictions_metrics_with_se(
         predictions["date"].to_numpy(),
         predictions["pred"].to_numpy(),
         predictions["target"].to_numpy(),
+        codes=predictions["code"].to_numpy() if "code" in predictions.columns else None,
         horizon=horizon,
+        cost_bps=cost_bps,
         quantile=quantile,
         min_stocks=min_stocks,
         periods_per_year=periods_per_year,

@@ -12,6 +12,8 @@ Per-date quantities (``per_date_metrics``), one cross-section at a time:
 * ``hits`` / ``n_hit``: how many rows have ``sign(pred) == sign(target)`` / how many rows have
   a nonzero target. Rows with a zero target are excluded (no direction to guess); a zero pred
   against a nonzero target is a miss.
+* ``turnover`` / ``long_short_net``: the weight traded by the date's long-short book and its
+  long-short net of ``cost_bps`` (:mod:`trainers.metrics.turnover`); NaN without ``codes``.
 
 ``panel_metrics`` reduces these series to the figures of :mod:`trainers.metrics.registry`
 (their definitions are there). The NaN policy is in :mod:`trainers.metrics`.
@@ -25,12 +27,19 @@ import numpy as np
 import polars as pl
 
 from trainers.metrics.registry import METRICS, PerDate
+from trainers.metrics.turnover import (
+    DEFAULT_COST_BPS,
+    book_matrix,
+    book_turnover,
+    net_long_short,
+)
 
 DEFAULT_QUANTILE = 0.2  # quintile legs, the usual equity long-short convention
 DEFAULT_MIN_STOCKS = 5  # see trainers.metrics' NaN policy: smallest cross-section worth scoring
 TRADING_DAYS_PER_YEAR = 252
 
-PER_DATE_COLUMNS = ("date", "n", "rank_ic", "ic", "long_short", "hits", "n_hit")
+PER_DATE_COLUMNS = ("date", "n", "rank_ic", "ic", "long_short", "hits", "n_hit", "turnover",
+                    "long_short_net")
 
 
 def _check_inputs(
@@ -148,27 +157,37 @@ def per_date_metrics(
     pred: np.ndarray,
     target: np.ndarray,
     *,
+    codes: np.ndarray | None = None,
+    horizon: int = 1,
+    cost_bps: float = DEFAULT_COST_BPS,
     quantile: float = DEFAULT_QUANTILE,
     min_stocks: int = DEFAULT_MIN_STOCKS,
 ) -> pl.DataFrame:
-    """One row per usable date, sorted by date: ``date, n, rank_ic, ic, long_short, hits, n_hit``.
+    """One row per usable date, sorted by date: ``date, n, rank_ic, ic, long_short, hits, n_hit,
+    turnover, long_short_net``.
 
     ``n`` is the number of valid rows of the date. ``rank_ic``, ``ic`` and ``long_short`` are NaN
-    on a date whose pred or target is constant. See the module docstring for the definitions and
-    :mod:`trainers.metrics` for the NaN policy.
+    on a date whose pred or target is constant. ``codes`` (one stock identity per row) lets the
+    books be compared from date to date: ``turnover`` is against the previous book of the date's
+    ``horizon`` phase, ``long_short_net`` pays ``cost_bps`` per unit traded
+    (:mod:`trainers.metrics.turnover`); both are NaN without ``codes``. See the module docstring
+    for the definitions and :mod:`trainers.metrics` for the NaN policy.
 
     Vectorised over a (dates, largest date) matrix: per-date sums are row sums, ranks and legs
     come from numpy's SIMD argsort along the stock axis. No Python loop over dates or rows.
     Memory is a few float64 copies of that matrix (about 24 MB each at 750 x 4,000).
     """
     dates, pred, target = _check_inputs(dates, pred, target, quantile, min_stocks)
+    horizon = _check_horizon(horizon)
+    all_dates = dates
+    code_ids, n_codes = _code_ids(codes, len(dates))
     keep = np.isfinite(pred) & np.isfinite(target)
     if not keep.all():
-        dates, pred, target = dates[keep], pred[keep], target[keep]
+        dates, pred, target, code_ids = dates[keep], pred[keep], target[keep], code_ids[keep]
     lay = _layout(dates)
     if (lay.counts < min_stocks).any():  # drop the rows of dates with too few stocks
         rows = lay.counts[lay.group] >= min_stocks
-        dates, pred, target = dates[rows], pred[rows], target[rows]
+        dates, pred, target, code_ids = dates[rows], pred[rows], target[rows], code_ids[rows]
         lay = _layout(dates)
     n_dates = len(lay.dates)
     if n_dates == 0:
@@ -230,6 +249,17 @@ def per_date_metrics(
     constant = (p_sorted[:, 0] == p_sorted[rows, last]) | (t_sorted[:, 0] == t_sorted[rows, last])
     for series in (rank_ic, ic, long_short):
         series[constant] = np.nan
+
+    turnover = np.full(n_dates, np.nan)
+    if n_codes:
+        formed = np.isfinite(long_short)
+        code_by_rank = np.take_along_axis(lay.dense(code_ids, 0), order_p, axis=1)
+        books = book_matrix(code_by_rank.astype(np.int64), lay.counts, n_leg.astype(np.int64),
+                            formed, n_codes)
+        turnover = book_turnover(books, _date_positions(all_dates, lay.dates), formed, horizon)
+        long_short_net = net_long_short(long_short, turnover, cost_bps)
+    else:
+        long_short_net = np.full(n_dates, np.nan)
     return pl.DataFrame(
         {
             "date": lay.dates,
@@ -239,8 +269,23 @@ def per_date_metrics(
             "long_short": long_short,
             "hits": hits.astype(np.int64),
             "n_hit": n_hit.astype(np.int64),
+            "turnover": turnover,
+            "long_short_net": long_short_net,
         }
     )
+
+
+def _code_ids(codes: np.ndarray | None, n_rows: int) -> tuple[np.ndarray, int]:
+    """An integer id per row's stock (0 for every row without ``codes``) and how many
+    distinct stocks there are (0 without ``codes``)."""
+    if codes is None:
+        return np.zeros(n_rows, dtype=np.int64), 0
+    codes = np.asarray(codes)
+    if codes.shape != (n_rows,):
+        raise ValueError(f"codes must be 1-D with one entry per row ({n_rows}); got shape "
+                         f"{codes.shape}")
+    uniq, ids = np.unique(codes, return_inverse=True)
+    return ids.reshape(-1).astype(np.int64), len(uniq)
 
 
 def _check_horizon(horizon: int) -> int:
@@ -271,6 +316,8 @@ def _summaries(
         rank_ic=per_date["rank_ic"].to_numpy(),
         ic=per_date["ic"].to_numpy(),
         long_short=per_date["long_short"].to_numpy(),
+        turnover=per_date["turnover"].to_numpy(),
+        long_short_net=per_date["long_short_net"].to_numpy(),
         hits=per_date["hits"].to_numpy(),
         n_hit=per_date["n_hit"].to_numpy(),
         position=position,
@@ -285,7 +332,9 @@ def panel_metrics(
     pred: np.ndarray,
     target: np.ndarray,
     *,
+    codes: np.ndarray | None = None,
     horizon: int = 1,
+    cost_bps: float = DEFAULT_COST_BPS,
     quantile: float = DEFAULT_QUANTILE,
     min_stocks: int = DEFAULT_MIN_STOCKS,
     periods_per_year: int = TRADING_DAYS_PER_YEAR,
@@ -293,14 +342,16 @@ def panel_metrics(
     """Summaries of the per-date series, as plain floats.
 
     Keys: the registered metrics, ``rank_ic, ic, icir, rank_icir, hit_rate, sharpe,
-    long_short_mean, n_dates`` (``n_dates`` is a float too, so the dict is uniformly JSON- and
-    Optuna-friendly). ICIR is not annualised; the Sharpe ratio is, on non-overlapping
-    ``horizon``-date periods (the number of dates the target spans: 20 for a 20-day forward
-    return). Definitions in :mod:`trainers.metrics.registry`, NaN policy in
-    :mod:`trainers.metrics`.
+    long_short_mean, n_dates, turnover, sharpe_net`` (``n_dates`` is a float too, so the dict is
+    uniformly JSON- and Optuna-friendly). ICIR is not annualised; the Sharpe ratio is, on
+    non-overlapping ``horizon``-date periods (the number of dates the target spans: 20 for a
+    20-day forward return). ``turnover`` and ``sharpe_net`` need ``codes`` (NaN without) and
+    charge ``cost_bps`` per unit traded. Definitions in :mod:`trainers.metrics.registry` and
+    :mod:`trainers.metrics.turnover`, NaN policy in :mod:`trainers.metrics`.
     """
     horizon = _check_horizon(horizon)
-    per_date = per_date_metrics(dates, pred, target, quantile=quantile, min_stocks=min_stocks)
+    per_date = per_date_metrics(dates, pred, target, codes=codes, horizon=horizon,
+                                cost_bps=cost_bps, quantile=quantile, min_stocks=min_stocks)
     position = (
         _date_positions(dates, per_date["date"].to_numpy())
         if horizon > 1

@@ -45,7 +45,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from trainers.metrics._reduce import horizon_sharpe, mean, nan_mean, nan_ratio, ratio
+from trainers.metrics._reduce import (
+    horizon_sharpe,
+    mean,
+    nan_mean,
+    nan_ratio,
+    phase_mean,
+    ratio,
+)
 
 DIRECTIONS = ("maximize", "minimize")
 # The figure every report and table leads with: the one hpo picks the chosen Pareto-front
@@ -61,6 +68,8 @@ class PerDate:
     rank_ic: np.ndarray  # (G,) NaN on a date whose pred or target is constant
     ic: np.ndarray  # (G,)
     long_short: np.ndarray  # (G,)
+    turnover: np.ndarray  # (G,) NaN without codes, on no book and on a phase's first book
+    long_short_net: np.ndarray  # (G,) long_short less its trading cost; NaN without codes
     hits: np.ndarray  # (G,) int
     n_hit: np.ndarray  # (G,) int
     position: np.ndarray  # (G,) index of each usable date among all the input's dates
@@ -77,12 +86,14 @@ class Replicates:
     rank_ic: np.ndarray  # (B, m)
     ic: np.ndarray  # (B, m)
     long_short: np.ndarray  # (B, m)
+    turnover: np.ndarray  # (B, m)
+    long_short_net: np.ndarray  # (B, m)
     horizon: int
     periods_per_year: float
 
 
 # The per-date series the bootstrap resamples: the fields of Replicates that are grids.
-RESAMPLED = ("rank_ic", "ic", "long_short")
+RESAMPLED = ("rank_ic", "ic", "long_short", "turnover", "long_short_net")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -124,11 +135,35 @@ def _sharpe(s: PerDate) -> float:
     return horizon_sharpe(s.long_short, s.position, s.horizon, s.periods_per_year)
 
 
+def _sharpe_net(s: PerDate) -> float:
+    return horizon_sharpe(s.long_short_net, s.position, s.horizon, s.periods_per_year)
+
+
+def _turnover(s: PerDate) -> float:
+    return phase_mean(s.turnover, s.position, s.horizon)
+
+
+def _by_phase(grid: np.ndarray, horizon: int) -> np.ndarray:
+    """(B, m) replicate grid -> (B, periods, h): phase k is the last axis' entry k."""
+    b, m = grid.shape
+    return grid.reshape(b, m // horizon, horizon)
+
+
+def _sharpe_of(grid: np.ndarray, r: Replicates) -> np.ndarray:
+    sharpe = nan_ratio(_by_phase(grid, r.horizon), axis=1)  # (B, h)
+    return nan_mean(sharpe * math.sqrt(r.periods_per_year / r.horizon), axis=1)
+
+
 def _sharpe_replicates(r: Replicates) -> np.ndarray:
-    b, m = r.long_short.shape
-    by_phase = r.long_short.reshape(b, m // r.horizon, r.horizon)  # (B, periods, h)
-    sharpe = nan_ratio(by_phase, axis=1) * math.sqrt(r.periods_per_year / r.horizon)  # (B, h)
-    return nan_mean(sharpe, axis=1)
+    return _sharpe_of(r.long_short, r)
+
+
+def _sharpe_net_replicates(r: Replicates) -> np.ndarray:
+    return _sharpe_of(r.long_short_net, r)
+
+
+def _turnover_replicates(r: Replicates) -> np.ndarray:
+    return nan_mean(nan_mean(_by_phase(r.turnover, r.horizon), axis=1), axis=1)
 
 
 # In the key order of panel_metrics, which every trial's stored history has had since the
@@ -136,9 +171,9 @@ def _sharpe_replicates(r: Replicates) -> np.ndarray:
 METRICS: tuple[Metric, ...] = (
     Metric(name="rank_ic", direction="maximize", table=True,
            value=lambda s: mean(s.rank_ic), replicate=lambda r: nan_mean(r.rank_ic, axis=1)),
-    Metric(name="ic", direction="maximize", table=True,
+    Metric(name="ic", direction="maximize",
            value=lambda s: mean(s.ic), replicate=lambda r: nan_mean(r.ic, axis=1)),
-    Metric(name="icir", direction="maximize", table=True,
+    Metric(name="icir", direction="maximize",
            value=lambda s: ratio(s.ic), replicate=lambda r: nan_ratio(r.ic, axis=1)),
     Metric(name="rank_icir", direction="maximize",
            value=lambda s: ratio(s.rank_ic), replicate=lambda r: nan_ratio(r.rank_ic, axis=1)),
@@ -147,6 +182,11 @@ METRICS: tuple[Metric, ...] = (
            value=_sharpe, replicate=_sharpe_replicates),
     Metric(name="long_short_mean", direction="maximize", value=lambda s: mean(s.long_short)),
     Metric(name="n_dates", direction=None, value=lambda s: float(len(s.rank_ic))),
+    # Costs (trainers.metrics.turnover): NaN for a panel scored without stock codes.
+    Metric(name="sharpe_net", direction="maximize", table=True,
+           value=_sharpe_net, replicate=_sharpe_net_replicates),
+    Metric(name="turnover", direction="minimize", table=True,
+           value=_turnover, replicate=_turnover_replicates),
 )
 _BY_NAME = {m.name: m for m in METRICS}
 if len(_BY_NAME) != len(METRICS) or HEADLINE not in _BY_NAME:
@@ -183,7 +223,8 @@ def reported() -> tuple[str, ...]:
 
 
 def table() -> tuple[str, ...]:
-    """The columns of the compact tables, headline first: ``sharpe, rank_ic, ic, icir``."""
+    """The columns of the compact tables, headline first: ``sharpe, rank_ic, sharpe_net,
+    turnover`` (gross and net of costs side by side; IC and ICIR are in the full report)."""
     return tuple(m.name for m in _display() if m.table)
 
 

@@ -348,16 +348,19 @@ def test_market_baselines_choose_on_earlier_dates(easy_market, horizon: int) -> 
     assert (bf["name"], bf["sign"], bf["chosen_on"]) == (best, sign, "earlier dates")
     assert bf["n_selection_dates"] == 200 - horizon
     assert bf["selection_rank_ic"] == pytest.approx(ics[best], rel=1e-12)
+    codes = frame["code"].to_numpy()
     expected = panel_metrics(
         dates[in_report],
         sign * frame[best].to_numpy()[in_report],
         target[in_report],
+        codes=codes[in_report],
         horizon=horizon,
     )
     assert {k: bf[k] for k in expected} == pytest.approx(expected, rel=1e-9)
     forecast = oracle_forecast(oracle, horizon)
     assert got["oracle"] == pytest.approx(
-        panel_metrics(dates[in_report], forecast[in_report], target[in_report], horizon=horizon),
+        panel_metrics(dates[in_report], forecast[in_report], target[in_report],
+                      codes=codes[in_report], horizon=horizon),
         rel=1e-9,
     )
     # The joined frame gives the same.

@@ -205,3 +205,23 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path: Path) -> None:
     again = train(TrainConfig(**settings), resumed)
     assert again == whole
     assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
+
+
+def test_turnover_and_net_sharpe_recompute_from_the_predictions(baseline) -> None:
+    from tests.trainers.test_turnover import naive_turnover_and_net
+
+    metrics, ctx, _ = baseline
+    preds = pl.read_parquet(ctx.output_dir / "predictions.parquet")
+    turnover, sharpe_net = naive_turnover_and_net(
+        preds["date"].to_numpy(), preds["code"].to_numpy(), preds["pred"].to_numpy(),
+        preds["target"].to_numpy(), cost_bps=5.0)
+    assert metrics["turnover"] == pytest.approx(turnover, rel=1e-12)
+    assert metrics["sharpe_net"] == pytest.approx(sharpe_net, rel=1e-9)
+
+
+def test_cost_bps_changes_only_the_net_figures(baseline) -> None:
+    base_metrics, _, root = baseline
+    metrics, _ = run(root, "costly", cost_bps=50.0)
+    assert metrics["sharpe"] == base_metrics["sharpe"]
+    assert metrics["turnover"] == base_metrics["turnover"]
+    assert metrics["sharpe_net"] < base_metrics["sharpe_net"]
