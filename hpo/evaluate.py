@@ -210,6 +210,44 @@ def _baseline_rows(baselines: dict[str, Any] | None,
     return rows
 
 
+def versus_best_baseline(heldout: HeldOut, model: Any, baselines: dict[str, Any] | None,
+                         frames: dict[str, Any] | None, chosen: dict[str, Any], *, metric: str,
+                         direction: str = "maximize") -> dict[str, Any] | None:
+    """The chosen trial minus its best baseline, on validation and on test, with paired
+    standard errors (``HeldOut.compare``). The best baseline is the one with the best
+    *validation* ``metric`` (the figure that picks the chosen trial; the first listed on a
+    tie): like the trials, baselines are chosen without looking at the test period. None when
+    the workload gives no baseline rows or no comparison."""
+    if not baselines or not frames or heldout.compare is None:
+        return None
+    on_val = baselines.get("validation") or {}
+    candidates = []
+    for name in frames.get("validation", {}):
+        figure = (on_val.get(name) or {}).get(metric)
+        value = figure.get("value") if isinstance(figure, dict) else figure
+        if name in frames.get("test", {}) and _number(value):
+            candidates.append((float(value), name))
+    if not candidates:
+        return None
+    sign = 1.0 if direction == "maximize" else -1.0
+    best = max(candidates, key=lambda c: sign * c[0])[1]
+    label = ((baselines.get("test") or {}).get(best) or {}).get("label", best)
+    return {"baseline": best, "label": str(label),
+            "chosen_by": f"the best validation {metric} among the baselines",
+            **{period: heldout.compare(chosen[period], frames[period][best], model)
+               for period in ("validation", "test")}}
+
+
+def _versus_row(versus: dict[str, Any] | None,
+                names: tuple[str, ...]) -> dict[str, Any] | None:
+    """The summary's "chosen minus best baseline" row."""
+    if not versus:
+        return None
+    return {"label": f"chosen - {versus['label']}",
+            "validation": _period_figures(versus["validation"], names),
+            "test": _period_figures(versus["test"], names)}
+
+
 def _identity(study: optuna.Study, front: list[FrozenTrial], chosen: FrozenTrial,
               digests: dict[int, str], sharpes: dict[int, float]) -> dict[str, Any]:
     return {"study": study.study_name, "workload": study.user_attrs.get(attrs.WORKLOAD),
@@ -330,6 +368,12 @@ def _build_report(study: optuna.Study, front: list[FrozenTrial], chosen: FrozenT
         psr = psr_of_test(chosen_row["test"][DSR_METRIC]["value"],
                           heldout.moments(chosen_test, model))
     baselines = heldout.baselines(model, chosen_pred) if heldout.baselines else None
+    baseline_frames = baselines.pop("frames", None) if baselines else None
+    directions = get_workload(study.user_attrs[attrs.WORKLOAD]).metrics
+    versus = versus_best_baseline(
+        heldout, model, baselines, baseline_frames,
+        {"validation": chosen_val, "test": chosen_test}, metric=heldout.selection_metric,
+        direction=directions.get(heldout.selection_metric, "maximize"))
     return {
         "study": study.study_name,
         "report_id": rid,
@@ -351,6 +395,7 @@ def _build_report(study: optuna.Study, front: list[FrozenTrial], chosen: FrozenT
         "deflated_sharpe": dsr,
         "test_psr": psr,
         "baselines": baselines,
+        "versus_baseline": versus,
         "_predictions": pl.concat(frames),
     }
 
@@ -375,6 +420,7 @@ def summary_of(report: dict[str, Any]) -> dict[str, Any]:
                     "validation": figures(t["validation"]), "test": figures(t["test"])}
                    for t in report["trials"]],
         "baselines": _baseline_rows(report.get("baselines"), table),
+        "versus_baseline": _versus_row(report.get("versus_baseline"), table),
         "deflated_sharpe": ({k: dsr[k] for k in ("value", "n_trials")} if dsr else None),
         "test_psr": psr["value"] if psr else None,
     }

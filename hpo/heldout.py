@@ -65,7 +65,47 @@ def table_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         for name in metrics:
             row += [_cell(base["validation"].get(name)), _cell(base["test"].get(name))]
         rows.append(row)
+    versus = summary.get("versus_baseline")
+    if versus:
+        row = [versus["label"]]
+        for name in metrics:
+            row += [_cell(versus["validation"].get(name)), _cell(versus["test"].get(name))]
+        rows.append(row)
     return header, rows
+
+
+# Figures the verdict on the chosen trial against its best baseline is read on (higher is
+# better for each), and how many standard errors a difference must reach to count.
+VERDICT_METRICS = ("sharpe", "sharpe_net", "rank_ic")
+VERDICT_SES = 2.0
+
+
+def verdict(summary: dict[str, Any]) -> str | None:
+    """One line: does the chosen trial beat its best baseline on test? A paired difference
+    under ``VERDICT_SES`` standard errors is "no difference"."""
+    versus = summary.get("versus_baseline")
+    if not versus:
+        return None
+    label = versus["label"].removeprefix("chosen - ")
+    parts = []
+    for name in VERDICT_METRICS:
+        figure = versus["test"].get(name) or {}
+        value, se = figure.get("value"), figure.get("se")
+        if not (isinstance(value, int | float) and math.isfinite(value)):
+            continue
+        if not (isinstance(se, int | float) and math.isfinite(se) and se > 0):
+            parts.append(f"{name} {value:+.3g} (no standard error)")
+        elif value >= VERDICT_SES * se:
+            parts.append(f"{name} better by {value:.3g}±{se:.2g}")
+        elif value <= -VERDICT_SES * se:
+            parts.append(f"{name} worse by {-value:.3g}±{se:.2g}")
+        else:
+            parts.append(f"{name} no difference ({value:+.3g}±{se:.2g}, under "
+                         f"{VERDICT_SES:g} SE)")
+    if not parts:
+        return None
+    return (f"on test, trial {summary.get('chosen')} against {label} (the best baseline on "
+            f"validation): " + "; ".join(parts))
 
 
 def footnotes(summary: dict[str, Any]) -> list[str]:
@@ -76,6 +116,12 @@ def footnotes(summary: dict[str, Any]) -> list[str]:
     if isinstance(value, int | float) and math.isfinite(value):
         lines.append(f"deflated Sharpe ratio of trial {summary.get('chosen')}'s validation "
                      f"Sharpe, {dsr.get('n_trials')} trials searched: {value:.3f}")
+    line = verdict(summary)
+    if line:
+        lines.append(line)
+    if summary.get("versus_baseline"):
+        lines.append("chosen - baseline: paired differences, both resampled on the same "
+                     "bootstrap dates")
     cost = summary.get("cost_bps")
     if isinstance(cost, int | float) and "sharpe_net" in (summary.get("metrics") or ()):
         lines.append(f"sharpe_net: the long-short net of {cost:g} bps per unit traded; "

@@ -22,8 +22,13 @@ protocol, in the order ``hpo.evaluate`` uses it, for each trial of the best tria
    Sharpe ratio of the chosen trial's validation Sharpe and the PSR of its test Sharpe.
 7. Optional ``baselines(trained, prediction)`` -> ``{"validation": {name: metrics},
    "test": {name: metrics}}`` (``metrics`` as ``score``'s values or plain numbers, a ``label``
-   key names the row in tables; a None entry is left out), or None.
+   key names the row in tables; a None entry is left out), or None. An optional ``"frames"``
+   key, ``{period: {name: rows}}``, holds a baseline's prediction rows (the schema of step 3)
+   for the paired comparison of step 9; it is not written to the report.
 8. Optional ``describe(trained)`` -> extra report fields (e.g. the scored horizon).
+9. Optional ``compare(rows_a, rows_b, trained)`` -> ``{name: {"value", "se"}}``: every
+   figure of ``a`` minus ``b`` on the same dates, with a paired standard error. With it and
+   baseline frames, the report says by how much the chosen trial beats its best baseline.
 
 ``selection_metric`` (a user attr every trial writes) picks the chosen trial of a Pareto front,
 in the workload's natural direction for it; ``table`` is what the compact tables show.
@@ -98,6 +103,7 @@ class HeldOut:
     moments: Callable[[Any, Any], dict[str, float]] | None = None
     baselines: Callable[[Any, Prediction], dict[str, Any] | None] | None = None
     describe: Callable[[Any], dict[str, Any]] | None = None
+    compare: Callable[[Any, Any, Any], dict[str, Any]] | None = None
 
     def __post_init__(self) -> None:
         missing = [m for m in self.table if m not in self.reported]
@@ -115,6 +121,16 @@ def ranking_score(frame: Any, *, horizon: int = 1, cost_bps: float = DEFAULT_COS
     raw = predictions_metrics_with_se(frame, horizon=horizon, cost_bps=cost_bps)
     boot = {k: int(v) for k, v in raw.pop("bootstrap").items()}
     return {name: raw[name] for name in reported}, boot
+
+
+def ranking_compare(a: Any, b: Any, *, horizon: int = 1, cost_bps: float = DEFAULT_COST_BPS,
+                    reported: tuple[str, ...] = RANKING_REPORTED) -> dict[str, Any]:
+    """Figures of rows ``a`` minus those of rows ``b`` with paired moving-block bootstrap SEs
+    (``trainers.metrics.paired_difference``), limited to ``reported``."""
+    from trainers.metrics import paired_difference
+
+    raw = paired_difference(a, b, horizon=horizon, cost_bps=cost_bps)
+    return {name: raw[name] for name in reported if name in raw}
 
 
 def ranking_moments(frame: Any, *, horizon: int = 1) -> dict[str, float]:

@@ -19,11 +19,11 @@ import pytest
 from scipy import stats
 
 from hpo.evaluate import CHOICE_RULE_FRONT, main
-from hpo.heldout import PREDICTIONS_FILE, REPORT_FILE, SUMMARY_ATTR
+from hpo.heldout import PREDICTIONS_FILE, REPORT_FILE, SUMMARY_ATTR, render_lines
 from hpo.run import main as run_main
 from tests.hpo.test_run import study_file
-from trainers.atft_gat.synthetic import FEATURE_NAMES
 from tests.trainers.test_turnover import naive_turnover_and_net
+from trainers.atft_gat.synthetic import FEATURE_NAMES
 from trainers.metrics import predictions_metrics_with_se
 
 STUDY = """
@@ -298,3 +298,26 @@ def test_workload_without_test_period_and_unknown_study(tmp_path: Path,
     assert not (out / "toy" / REPORT_FILE).exists()
     assert main(["--study", "nope", "--output", str(out)]) == 2
     assert capsys.readouterr().err.startswith("error: unknown study 'nope'")
+
+
+def test_the_chosen_trial_minus_its_best_baseline_with_a_paired_se(ran: Path) -> None:
+    """The baseline with the best validation Sharpe is compared; each difference is the
+    chosen trial's figure minus the baseline's, on validation and on test, and the printed
+    table shows the row and a verdict."""
+    out = ran / "out"
+    report = _report(out)
+    versus = report["versus_baseline"]
+    base = report["baselines"]
+    best = max(("best_feature", "linear"),
+               key=lambda n: base["validation"][n]["sharpe"]["value"])
+    assert versus["baseline"] == best and versus["label"] == base["test"][best]["label"]
+    chosen = next(t for t in report["trials"] if t["chosen"])
+    for period in ("validation", "test"):
+        for name in ("sharpe", "rank_ic", "sharpe_net", "turnover"):
+            expected = chosen[period][name]["value"] - base[period][best][name]["value"]
+            assert versus[period][name]["value"] == pytest.approx(expected, abs=1e-12)
+            assert versus[period][name]["se"] > 0
+    lines = render_lines(_study(out).user_attrs[SUMMARY_ATTR])
+    assert any(line.strip().startswith(f"chosen - {versus['label']}") for line in lines)
+    assert any(f"on test, trial {report['chosen']} against {versus['label']}" in line
+               for line in lines)

@@ -143,3 +143,22 @@ def test_bootstrap_gives_both_a_standard_error_and_the_frame_reads_its_codes() -
     via_frame = predictions_metrics_with_se(frame, n_boot=50)
     assert via_frame["turnover"] == got["turnover"]
     assert via_frame["sharpe_net"] == got["sharpe_net"]
+
+
+def test_a_paired_difference_cancels_the_shared_noise() -> None:
+    from trainers.metrics import paired_difference
+
+    dates, codes, pred, target = _panel(n_dates=120)
+    rng = np.random.default_rng(5)
+    a = pl.DataFrame({"date": dates, "code": codes, "pred": pred, "target": target})
+    b = a.with_columns(pl.Series("pred", pred + 0.3 * rng.standard_normal(len(pred))))
+    diff = paired_difference(a, b, n_boot=200)
+    se_a = predictions_metrics_with_se(a, n_boot=200)
+    se_b = predictions_metrics_with_se(b, n_boot=200)
+    for name in ("sharpe", "rank_ic", "sharpe_net", "turnover"):
+        assert diff[name]["value"] == pytest.approx(se_a[name]["value"] - se_b[name]["value"],
+                                                    rel=1e-12, abs=1e-15)
+        unpaired = math.hypot(se_a[name]["se"], se_b[name]["se"])
+        assert 0 < diff[name]["se"] < 0.8 * unpaired, name
+    same = paired_difference(a, a, n_boot=50)
+    assert same["sharpe"]["value"] == 0.0 and same["sharpe"]["se"] == 0.0

@@ -15,7 +15,13 @@ from typing import Any
 import numpy as np
 
 from trainers.errors import UserError
-from trainers.heldout import HeldOut, Prediction, ranking_moments, ranking_score
+from trainers.heldout import (
+    HeldOut,
+    Prediction,
+    ranking_compare,
+    ranking_moments,
+    ranking_score,
+)
 
 
 def _load(trial_dir: Path) -> Any:
@@ -48,6 +54,11 @@ def _predict(trial_dir: Path, trained: Any, cache_dir: Path) -> Prediction:
 def _score(frame: Any, trained: Any) -> tuple[dict[str, Any], dict[str, int]]:
     return ranking_score(frame, horizon=trained.config.metric_horizon,
                          cost_bps=trained.config.cost_bps)
+
+
+def _compare(a: Any, b: Any, trained: Any) -> dict[str, Any]:
+    return ranking_compare(a, b, horizon=trained.config.metric_horizon,
+                           cost_bps=trained.config.cost_bps)
 
 
 def _moments(frame: Any, trained: Any) -> dict[str, float]:
@@ -118,6 +129,9 @@ def _baselines(trained: Any, prediction: Prediction) -> dict[str, Any] | None:
                             cost_bps=cost)[0],
             **linear, "label": "ridge (every feature)"}
         out[period] = rows
+    out["frames"] = {period: {name: fitted["frames"][period][name]
+                              for name in ("best_feature", "linear")}
+                     for period in ("validation", "test")}
     return out
 
 
@@ -128,4 +142,4 @@ def _describe(trained: Any) -> dict[str, Any]:
 
 HELDOUT = HeldOut(load=_load, digest=_digest, predict=_predict, score=_score,
                   selection_metric="sharpe", check=_check, moments=_moments,
-                  baselines=_baselines, describe=_describe)
+                  baselines=_baselines, describe=_describe, compare=_compare)

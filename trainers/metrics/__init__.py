@@ -11,7 +11,8 @@ date with few.
 * :mod:`trainers.metrics.registry`: the summaries themselves (definitions, directions, which
   get a standard error, which are reported and tabled): adding a metric is one entry there.
 * :mod:`trainers.metrics.bootstrap`: ``panel_metrics_with_se`` and
-  ``predictions_metrics_with_se``, moving-block bootstrap standard errors over dates.
+  ``predictions_metrics_with_se``, moving-block bootstrap standard errors over dates, and
+  ``paired_difference``, one ranking minus another with a paired standard error.
 * :mod:`trainers.metrics.sharpe`: ``sharpe_moments`` and the deflated Sharpe ratio.
 * :mod:`trainers.metrics.turnover`: the long-short book's turnover and its return net of
   ``cost_bps`` (``DEFAULT_COST_BPS`` = 5), behind ``turnover`` and ``sharpe_net``.
@@ -38,6 +39,7 @@ from trainers.metrics.bootstrap import (
     DEFAULT_N_BOOT,
     SE_METRICS,
     default_block_length,
+    paired_difference,
     panel_metrics_with_se,
     predictions_metrics_with_se,
 )
@@ -71,6 +73,7 @@ __all__ = [
     "default_block_length",
     "deflated_sharpe_ratio",
     "expected_max_sharpe",
+    "paired_difference",
     "panel_metrics",
     "panel_metrics_with_se",
     "per_date_metrics",
