@@ -18,7 +18,7 @@ named in ``GENERATORS`` and imported only when a ``synthetic:...`` source is bui
 from __future__ import annotations
 
 from cache._source import GENERATORS
-from cache.core import build_cache, cache_key, load_or_build
+from cache.core import build_cache, cache_key, check_source, load_or_build, source_columns
 from cache.errors import CacheError
 from cache.feature_cache import FORMAT_VERSION, FeatureCache, open_cache
 from cache.spec import DEFAULT_TARGETS, NAN_POLICIES, CacheSpec
@@ -33,6 +33,8 @@ __all__ = [
     "FeatureCache",
     "build_cache",
     "cache_key",
+    "check_source",
     "load_or_build",
     "open_cache",
+    "source_columns",
 ]

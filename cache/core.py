@@ -299,3 +299,39 @@ def build_cache(source: str | Path | pl.DataFrame, cache_root: str | Path,
     """
     return _ensure(source, cache_root, spec or CacheSpec(), source_id=source_id, force=force,
                    rehash=rehash, lock_timeout=lock_timeout)
+
+
+def source_columns(source: str | Path | pl.DataFrame) -> list[str]:
+    """The column names of a file or frame source, reading no data (a parquet footer or a CSV
+    header); ``[]`` for the synthetic market, whose columns are generated."""
+    src = resolve_source(source, source_id=None)
+    if src.kind == "synthetic":
+        return []
+    if src.frame is not None:
+        return list(src.frame.columns)
+    if not src.path or not src.path.exists():
+        raise CacheError(f"{src.kind} {source} does not exist; check the path (a relative "
+                         "path is read from the directory the command runs in)")
+    return list(file_schema(src))
+
+
+def check_source(source: str | Path | pl.DataFrame, spec: CacheSpec) -> dict[str, Any]:
+    """Every check of the data contract that a build makes, writing nothing: the columns and
+    their types, parseable dates and codes, no duplicate (date, code) row. A mistake is a
+    ``CacheError``, exactly as the build would raise it. Reads the key columns (a CSV whole).
+
+    Returns ``{"features", "targets", "dates", "codes"}``: the columns and the panel's size.
+    """
+    src = resolve_source(source, source_id=None)
+    if src.kind == "synthetic":
+        src.frame = generate_synthetic(src.options)
+    where = _where(src)
+    if src.path is not None and not src.path.exists():
+        raise CacheError(f"{where} does not exist; check the path")
+    frame = src.frame if src.frame is not None else (
+        _read_frame(src, spec) if src.kind == "csv" else None)
+    schema = dict(frame.schema) if frame is not None else file_schema(src)
+    features, targets = columns_of(src, frame, spec, where=where, schema=schema)
+    keys = read_keys(iter_chunks(src, frame, [DATE_COLUMN, CODE_COLUMN]), where)
+    return {"features": features, "targets": targets, "dates": len(keys.dates),
+            "codes": len(keys.codes)}

@@ -25,6 +25,7 @@ from hpo.attrs import PRUNED_AT as PRUNED_AT_ATTR
 from hpo.config import SINGLE_OBJECTIVE_PRUNERS, Param, PrunerSpec, StudySpec
 from hpo.pruners import get_kind
 from hpo.pruning import MOASHA, epoch_values_key, records_at
+from hpo.study import trial_dir, trial_seed
 from trainers.config import from_mapping, to_mapping
 from trainers.context import TrialContext, atomic_write_bytes, atomic_write_json
 from trainers.errors import StopRequested, TrialFailed, TrialPruned, UserError
@@ -70,10 +71,6 @@ def space_maxima(space: Sequence[Param], settings: dict[str, Any], *, fields: se
         current = settings.get(p.name, upper)
         maxima[name] = max(upper, current) if isinstance(current, int | float) else upper
     return maxima
-
-
-def trial_dir(output_dir: Path, study_name: str, number: int) -> Path:
-    return Path(output_dir) / study_name / f"trial_{number}"
 
 
 def retry_history(trial: optuna.Trial) -> list[int]:
@@ -207,8 +204,6 @@ class Objective:
         out = trial_dir(self.output_dir, spec.name, trial.number)
         history = retry_history(trial)
         predecessors = [(n, trial_dir(self.output_dir, spec.name, n)) for n in history]
-        from hpo.study import trial_seed
-
         seed = trial_seed(spec.sampler.seed, spec.name, history[0] if history else trial.number)
         single = spec.metric_names[0] if len(spec.objectives) == 1 else None
         max_epochs = getattr(config, "epochs", None)
@@ -248,7 +243,8 @@ class Objective:
         except optuna.TrialPruned as exc:
             self._record_pruned(trial, ctx, out, str(exc))
             raise
-        except UserError:
+        except UserError as exc:  # ends the run with exit 2; the trial keeps the reason
+            ctx.set_attr("fail_reason", str(exc))
             raise
         except Exception as exc:  # a crash in one trial must not end an overnight study
             ctx.set_attr("fail_reason", f"{type(exc).__name__}: {exc}")

@@ -156,12 +156,14 @@ def _run(args: argparse.Namespace, n_workers: int, *, gpu_pinning: bool) -> int:
     spec = apply_storage_overrides(load_study_spec(args.study), _storage_overrides(args))
     target = args.n_trials or spec.n_trials
     timeout = args.timeout if args.timeout is not None else spec.timeout_s
+    if args.worker_index is None:
+        preflight(spec)  # the data's problems, before anything is written
     output = args.output
     output.mkdir(parents=True, exist_ok=True)
     url = resolve_url(args.storage, output)
     worker_index = args.worker_index or 0
     study = open_study(spec, url, force=args.force, target=target, worker_index=worker_index,
-                       quiet=args.worker_index is not None)
+                       quiet=args.worker_index is not None, output=output)
 
     if args.worker_index is None:
         log.info("study %s (%s) on %s: target %d finished trials", spec.name, spec.workload,
@@ -180,6 +182,20 @@ def _run(args: argparse.Namespace, n_workers: int, *, gpu_pinning: bool) -> int:
             evaluate_when_complete(study, output=output, url=url, target=target)
         print_summary(study, spec, url, target)
     return code
+
+
+def preflight(spec: StudySpec) -> None:
+    """The workload's checks of its data (``Workload.preflight``) with the study's fixed
+    settings and the search space's midpoint: a panel that cannot train is a one-line
+    ``UserError`` before a study, a trial or a directory exists."""
+    from trainers.config import from_mapping
+    from trainers.registry import get_workload
+
+    workload = get_workload(spec.workload)
+    if workload.preflight is None:
+        return
+    settings = {**spec.fixed_settings(), **{p.name: p.midpoint() for p in spec.search_space}}
+    workload.preflight(from_mapping(workload.config_cls, settings, where="settings"))
 
 
 def evaluate_when_complete(study: optuna.Study, *, output: Path, url: str,

@@ -113,6 +113,20 @@ def _total_epochs(study: optuna.Study, trial: FrozenTrial) -> int | None:
     return int(epochs) if isinstance(epochs, int | float) else None
 
 
+# Failed trials listed with their reasons, newest first; the rest are counted only.
+SHOWN_FAILURES = 3
+# A trial that ended FAIL without a fail_reason: its worker never got to write one.
+NO_REASON = "no reason recorded (its worker stopped: killed, or its heartbeat expired)"
+
+
+def failures(trials: list[FrozenTrial], *, limit: int = SHOWN_FAILURES) -> list[dict[str, Any]]:
+    """The newest ``limit`` failed trials (surplus ones are not failures) and their reasons."""
+    failed = [t for t in trials
+              if t.state == TrialState.FAIL and not t.user_attrs.get(attrs.SURPLUS)]
+    return [{"number": t.number, "reason": t.user_attrs.get(attrs.FAIL_REASON) or NO_REASON}
+            for t in sorted(failed, key=lambda t: -t.number)[:limit]]
+
+
 def collect_status(study: optuna.Study, storage: optuna.storages.BaseStorage, *,
                    grace_period: float, url: str = "",
                    now: datetime | None = None) -> dict[str, Any]:
@@ -176,6 +190,7 @@ def collect_status(study: optuna.Study, storage: optuna.storages.BaseStorage, *,
         "grace_period_s": grace_period,
         "running": running,
         "zombies": [r["number"] for r in running if r["zombie"]],
+        "failures": failures(trials),
         "best_kind": "best_trial" if len(names) == 1 else "pareto_front",
         "best": [{"number": t.number, "values": _values(names, t), "params": t.params}
                  for t in best],
@@ -253,6 +268,8 @@ def render(status: dict[str, Any]) -> str:
         lines.append(f"zombies: trial(s) {numbers} have sent no heartbeat for more than "
                      f"{s['grace_period_s']:g} s (their worker died); the next worker to start "
                      "a trial marks them failed and queues their retry")
+    for f in s.get("failures") or []:
+        lines.append(f"failed: trial {f['number']}: {f['reason']}")
     if s["best"]:
         names = s["metric_names"]
         params = list(dict.fromkeys(p for b in s["best"] for p in b["params"]))

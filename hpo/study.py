@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import shutil
 import socket
 import zlib
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -98,14 +100,39 @@ def _describe_change(old: dict[str, Any], new: dict[str, Any]) -> str:
     return ", ".join(changes) or "unknown"
 
 
+def trial_dir(output_dir: Path, study_name: str, number: int) -> Path:
+    """Where trial ``number`` of a study writes its files."""
+    return Path(output_dir) / study_name / f"trial_{number}"
+
+
+def _only_failures(study: optuna.Study) -> bool:
+    """True when every trial of ``study`` ended FAIL (or there is none): nothing finished,
+    nothing running or waiting."""
+    return all(t.state == optuna.trial.TrialState.FAIL
+               for t in study.get_trials(deepcopy=False))
+
+
+def _drop_failed_study(study: optuna.Study, storage: Any, output: Path | None) -> int:
+    """Delete a study of failed trials and their trial directories; the number dropped."""
+    numbers = [t.number for t in study.get_trials(deepcopy=False)]
+    optuna.delete_study(study_name=study.study_name, storage=storage)
+    if output is not None:
+        for n in numbers:
+            shutil.rmtree(trial_dir(output, study.study_name, n), ignore_errors=True)
+    return len(numbers)
+
+
 def open_study(spec: StudySpec, url: str, *, force: bool, target: int, worker_index: int = 0,
-               quiet: bool = False) -> optuna.Study:
+               quiet: bool = False, output: Path | None = None) -> optuna.Study:
     """Load the study named by ``spec`` or create it; refuse an incompatible existing study.
 
     Checked before anything is written: directions must match, and the stored fingerprint
     (workload, objectives, search space, fixed settings) must equal the file's unless
-    ``force``. The sampler seed is mixed with the number of trials already stored, so a
-    restarted seeded study draws new points instead of re-proposing its first ones.
+    ``force``. A study whose every trial failed (or that has none) holds nothing worth
+    keeping: a changed file re-creates it (its trial directories under ``output`` go too)
+    instead of being refused. The sampler seed is mixed with the number of trials already
+    stored, so a restarted seeded study draws new points instead of re-proposing its first
+    ones.
     """
     s = spec.storage
     storage = open_storage(url, heartbeat_interval=s.heartbeat_interval,
@@ -116,6 +143,13 @@ def open_study(spec: StudySpec, url: str, *, force: bool, target: int, worker_in
         existing = optuna.load_study(study_name=spec.name, storage=storage)
     except KeyError:
         pass
+    if existing is not None and _only_failures(existing) and (
+            list(existing.directions) != directions
+            or existing.user_attrs.get(FINGERPRINT_ATTR) not in (None, spec.fingerprint())):
+        dropped = _drop_failed_study(existing, storage, output)
+        log.info("study %s had no finished trial (%d failed); re-created from the changed %s",
+                 spec.name, dropped, spec.path)
+        existing = None
     if existing is not None:
         if list(existing.directions) != directions:
             have = [d.name.lower() for d in existing.directions]

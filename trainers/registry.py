@@ -37,6 +37,9 @@ class Workload:
         heldout: the optional held-out capability (``trainers.heldout.HeldOut``): how to
             predict a saved trial on the study's test period and score it, so that
             ``hpo.evaluate`` can open that period. None: the workload holds out none.
+        preflight: ``preflight(config)`` raises ``UserError`` for every problem of the data
+            that can be found without training; ``hpo.run`` calls it with the study's
+            settings before it writes anything (a study, a trial, a directory).
     """
 
     name: str
@@ -45,6 +48,7 @@ class Workload:
     metrics: Mapping[str, str]
     description: str = ""
     heldout: HeldOut | None = None
+    preflight: Callable[[Any], None] | None = None
 
 
 def workload_names() -> list[str]:

@@ -180,3 +180,24 @@ def test_datetime_dates_and_integer_codes_are_accepted(tmp_path: Path) -> None:
 def test_bad_spec_reports_every_problem(make_spec: Callable[[], CacheSpec], match: str) -> None:
     with pytest.raises(CacheError, match=match):
         make_spec()
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv"])
+def test_check_source_finds_what_a_build_would_and_writes_nothing(tmp_path: Path,
+                                                                  suffix: str) -> None:
+    from cache import check_source, source_columns
+
+    panel = make_panel(n_stocks=5, n_dates=4)
+    path = tmp_path / f"panel{suffix}"
+    (panel.write_parquet if suffix == ".parquet" else panel.write_csv)(path)
+    assert set(source_columns(path)) == set(panel.columns)
+    got = check_source(path, panel_spec())
+    assert (got["dates"], got["codes"]) == (4, 5)
+    assert got["features"] == ["f0", "f1", "f2"]
+    bad = pl.concat([panel, panel.head(1)])
+    (bad.write_parquet if suffix == ".parquet" else bad.write_csv)(path)
+    with pytest.raises(CacheError, match=r"1 duplicate \(date, code\) row"):
+        check_source(path, panel_spec())
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"panel{suffix}"]
+    with pytest.raises(CacheError, match="does not exist"):
+        source_columns(tmp_path / "nowhere.parquet")

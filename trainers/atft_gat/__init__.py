@@ -30,6 +30,12 @@ def _train(config: TrainConfig, ctx: TrialContext) -> dict[str, Any]:
         raise UserError(str(exc)) from exc
 
 
+def _preflight(config: TrainConfig) -> None:
+    from trainers.atft_gat.preflight import preflight
+
+    preflight(config)
+
+
 def generate_panel(**options: Any) -> pl.DataFrame:
     """The synthetic market for the cache's ``synthetic:...`` sources (``cache.GENERATORS``).
 
@@ -55,4 +61,5 @@ WORKLOAD = Workload(
     metrics={**directions(), "val_loss": "minimize", "train_loss": "minimize"},
     description="ATFT-GAT-FAN cross-sectional stock ranking (synthetic market or your panel).",
     heldout=HELDOUT,
+    preflight=_preflight,
 )
