@@ -320,7 +320,8 @@ def check_source(source: str | Path | pl.DataFrame, spec: CacheSpec) -> dict[str
     their types, parseable dates and codes, no duplicate (date, code) row. A mistake is a
     ``CacheError``, exactly as the build would raise it. Reads the key columns (a CSV whole).
 
-    Returns ``{"features", "targets", "dates", "codes"}``: the columns and the panel's size.
+    Returns ``{"features", "targets", "dates", "codes", "first_date", "last_date"}``: the
+    columns, the panel's size and its first and last date (ISO).
     """
     src = resolve_source(source, source_id=None)
     if src.kind == "synthetic":
@@ -334,4 +335,5 @@ def check_source(source: str | Path | pl.DataFrame, spec: CacheSpec) -> dict[str
     features, targets = columns_of(src, frame, spec, where=where, schema=schema)
     keys = read_keys(iter_chunks(src, frame, [DATE_COLUMN, CODE_COLUMN]), where)
     return {"features": features, "targets": targets, "dates": len(keys.dates),
-            "codes": len(keys.codes)}
+            "codes": len(keys.codes), "first_date": str(keys.dates[0]),
+            "last_date": str(keys.dates[-1])}

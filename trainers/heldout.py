@@ -48,6 +48,8 @@ import numpy as np
 from trainers.metrics import registry
 from trainers.metrics.turnover import DEFAULT_COST_BPS
 
+TRADING_DAYS = 252  # the annualisation when a workload names none
+
 # The trial's validation predictions, written by the trainer: date, code, pred, target.
 VALIDATION_PREDICTIONS = "predictions.parquet"
 # Bytes read per step while hashing a model file.
@@ -112,31 +114,37 @@ class HeldOut:
 
 
 def ranking_score(frame: Any, *, horizon: int = 1, cost_bps: float = DEFAULT_COST_BPS,
+                  periods_per_year: float = TRADING_DAYS,
                   reported: tuple[str, ...] = RANKING_REPORTED
                   ) -> tuple[dict[str, Any], dict[str, int]]:
     """Cross-sectional figures with moving-block bootstrap SEs of ``date, pred, target`` rows
     (``trainers.metrics.predictions_metrics_with_se``), limited to ``reported``."""
     from trainers.metrics import predictions_metrics_with_se
 
-    raw = predictions_metrics_with_se(frame, horizon=horizon, cost_bps=cost_bps)
+    raw = predictions_metrics_with_se(frame, horizon=horizon, cost_bps=cost_bps,
+                                      periods_per_year=periods_per_year)
     boot = {k: int(v) for k, v in raw.pop("bootstrap").items()}
     return {name: raw[name] for name in reported}, boot
 
 
 def ranking_compare(a: Any, b: Any, *, horizon: int = 1, cost_bps: float = DEFAULT_COST_BPS,
+                    periods_per_year: float = TRADING_DAYS,
                     reported: tuple[str, ...] = RANKING_REPORTED) -> dict[str, Any]:
     """Figures of rows ``a`` minus those of rows ``b`` with paired moving-block bootstrap SEs
     (``trainers.metrics.paired_difference``), limited to ``reported``."""
     from trainers.metrics import paired_difference
 
-    raw = paired_difference(a, b, horizon=horizon, cost_bps=cost_bps)
+    raw = paired_difference(a, b, horizon=horizon, cost_bps=cost_bps,
+                            periods_per_year=periods_per_year)
     return {name: raw[name] for name in reported if name in raw}
 
 
-def ranking_moments(frame: Any, *, horizon: int = 1) -> dict[str, float]:
+def ranking_moments(frame: Any, *, horizon: int = 1,
+                    periods_per_year: float = TRADING_DAYS) -> dict[str, float]:
     """Skewness, kurtosis, non-overlapping periods and periods per year of the long-short
     returns of ``date, pred, target`` rows (``trainers.metrics.sharpe_moments``)."""
     from trainers.metrics import sharpe_moments
 
     return sharpe_moments(frame["date"].to_numpy(), frame["pred"].to_numpy(),
-                          frame["target"].to_numpy(), horizon=horizon)
+                          frame["target"].to_numpy(), horizon=horizon,
+                          periods_per_year=periods_per_year)

@@ -3,6 +3,7 @@ failed trial keeps its reason, and the fixed file runs without ``--force``."""
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from pathlib import Path
@@ -15,6 +16,7 @@ from optuna.trial import TrialState
 
 from hpo.run import main
 from hpo.status import main as status_main
+from trainers.metrics import calendar_periods_per_year
 
 STUDY = """
 name = "mine"
@@ -59,7 +61,8 @@ def write_panel(path: Path, *, n_stocks: int = 24, n_dates: int = 160, targets=(
         **{f"ret_{h}d": ret.ravel() for h in targets},
     })
     if leak:
-        frame = frame.with_columns(peek=pl.col("ret_1d") * 3.0)
+        # the return the label of a date holds when trading from the next date
+        frame = frame.with_columns(peek=pl.col("ret_1d").shift(-1).over("code") * 3.0)
     if duplicate:
         frame = pl.concat([frame, frame.head(1)])
     if path.suffix == ".csv":
@@ -87,6 +90,8 @@ def run(tmp_path: Path, study: Path, *extra: str) -> int:
     ({}, 'horizons = [1]\ngraph_source = "past_ret"',
      r"no column 'past_ret' for graph_source .* use_graph = false"),
     ({}, 'horizons = [1]\nfeatures = ["mom", "size"]', r"no column\(s\) size named in features"),
+    ({}, 'horizons = [1]\ntest_start = "2019-06-03"',
+     r"test_start = '2019-06-03' is outside panel .*\(2021-01-04 to 2021-08-13\)"),
 ])
 def test_a_mistake_in_the_panel_writes_nothing(tmp_path: Path, capsys, panel_kw: dict,
                                                 data: str, expected: str) -> None:
@@ -127,6 +132,13 @@ def test_a_failed_first_try_keeps_its_reason_and_the_fixed_file_runs(tmp_path: P
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
     assert all(math.isfinite(t.values[0]) for t in trials)
     assert "fail_reason" not in trials[0].user_attrs
+    # A file panel trades from the next date, annualises with its own calendar (every business
+    # day of 7 months: 263 a year) and says so, in the trial and in the test report.
+    days = pl.read_parquet(panel)["date"].unique().to_numpy()
+    assert trials[0].user_attrs["date_split"]["lag"] == 1
+    assert trials[0].user_attrs["periods_per_year"] == calendar_periods_per_year(days) == 263
+    report = json.loads((tmp_path / "out" / "mine" / "test_report.json").read_text())
+    assert report["periods_per_year"] == 263
 
 
 def test_a_changed_file_is_still_refused_once_a_trial_finished(tmp_path: Path,

@@ -507,3 +507,17 @@ def test_sharpe_moments_feed_the_deflated_sharpe_ratio(horizon: int) -> None:
         kurtosis=got["kurtosis"],
     )
     assert dsr == pytest.approx(stats.norm.cdf(z), rel=1e-12)
+
+
+def test_the_calendar_gives_the_annualisation() -> None:
+    from trainers.metrics import calendar_periods_per_year
+
+    days = np.arange(np.datetime64("2015-01-01"), np.datetime64("2021-01-01"))
+    business = days[np.is_busday(days)]
+    assert calendar_periods_per_year(business) == 261
+    # ~10 holidays a year, as an exchange calendar has: ~251.
+    holidays = business[np.random.default_rng(0).permutation(len(business))[:60]]
+    assert calendar_periods_per_year(np.setdiff1d(business, holidays)) == 251
+    # Rows repeat per stock; only distinct dates count. Too few dates: the 252 convention.
+    assert calendar_periods_per_year(np.repeat(business, 3)) == 261
+    assert calendar_periods_per_year(business[:1]) == 252

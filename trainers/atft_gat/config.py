@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from datetime import date
 
 from trainers.atft_gat.model import ModelConfig
 from trainers.config import Checks
@@ -24,6 +25,17 @@ MARKET_DIFFICULTIES = ("realistic", "easy")
 # graph_k_max when it is 0: production's upper bound of graph_k, so a standalone run reuses
 # the graph a production study cached.
 GRAPH_K_MAX_DEFAULT = 20
+
+
+def _iso_date(text: str) -> bool:
+    """"" or a calendar date in ISO form."""
+    if not text:
+        return True
+    try:
+        date.fromisoformat(text)
+    except ValueError:
+        return False
+    return len(text) == 10
 
 
 @dataclass(frozen=True)
@@ -47,10 +59,21 @@ class TrainConfig(ModelConfig, RuntimeConfig):
     # Last share of the usable dates held out as the test period: no trial, early stopping,
     # epoch selection, pruner or sampler reads it; only ``hpo.evaluate`` opens it, once.
     test_fraction: float = 0.2
-    purge: int = 20                   # dates between train|val and val|test (>= horizon + lag)
-    # 0: a label of date t is the return from the close of t (the synthetic market's and the
-    # README's convention); 1: features computed at the close of t trade from t + 1.
-    execution_lag: int = 0
+    # Explicit split dates (ISO, e.g. "2019-01-02") instead of the fractions: the first date on
+    # or after each starts its period; "" = use val_fraction / test_fraction.
+    val_start: str = ""
+    test_start: str = ""
+    # Dates between train|val and val|test (>= horizon + lag); None = max(horizons) +
+    # execution_lag, the least that keeps every training label out of validation.
+    purge: int | None = None
+    # 0: a label of date t is the return from the close of t (the synthetic market's
+    # convention); 1: features computed at the close of t trade from t + 1. None = 0 for the
+    # synthetic market, 1 for a file panel (trading at the close the features were computed
+    # from is optimistic for real data).
+    execution_lag: int | None = None
+    # Annualisation factor of every Sharpe ratio; 0 = from the panel's calendar (dates per
+    # year over its span; 252 for the synthetic market). The resolved value is recorded.
+    periods_per_year: float = 0.0
     metric_horizon: int = 1           # the horizon whose predictions are scored
     # One-way cost per unit of traded notional, in basis points, charged by sharpe_net
     # (trainers.metrics.turnover): 5 is a liquid large cap's spread and impact at modest size.
@@ -84,6 +107,15 @@ class TrainConfig(ModelConfig, RuntimeConfig):
     warmup_steps: int = 20
     min_batch: int = 16
 
+    def __post_init__(self) -> None:
+        # The data-dependent defaults, resolved before the checks so that they are checked too
+        # and every saved config holds the values the run used.
+        if self.execution_lag is None:
+            object.__setattr__(self, "execution_lag", 0 if self.source == "synthetic" else 1)
+        if self.purge is None and isinstance(self.execution_lag, int) and self.horizons:
+            object.__setattr__(self, "purge", max(self.horizons) + self.execution_lag)
+        super().__post_init__()
+
     def _check(self, checks: Checks) -> None:
         need, add = checks.need, checks.add
         need(self.nan_policy in NAN_POLICIES, "nan_policy", f"allowed: {', '.join(NAN_POLICIES)}")
@@ -100,6 +132,15 @@ class TrainConfig(ModelConfig, RuntimeConfig):
         if test_ok and 0.0 < self.val_fraction < 1.0:
             need(self.val_fraction + self.test_fraction < 0.9, "test_fraction",
                  "val_fraction + test_fraction must stay below 0.9")
+        for name in ("val_start", "test_start"):
+            need(_iso_date(getattr(self, name)), name,
+                 'an ISO date such as "2019-01-02", or "" to use the fraction')
+        if (_iso_date(self.val_start) and _iso_date(self.test_start) and self.val_start
+                and self.test_start):
+            need(self.val_start < self.test_start, "val_start",
+                 f"must come before test_start={self.test_start!r}")
+        need(self.periods_per_year == 0 or 1 <= self.periods_per_year <= 366 * 24,
+             "periods_per_year", "0 (from the calendar) or the periods in a year, e.g. 252")
         lag_ok = self.execution_lag in (0, 1)
         need(lag_ok, "execution_lag", "must be 0 (trade at the close of t) or 1 (from t + 1)")
         if lag_ok and self.horizons:

@@ -18,7 +18,7 @@ look-ahead. Targets are never filled.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -219,16 +219,41 @@ class DateSplit:
         return out
 
 
+def start_index(dates: np.ndarray, start: str, *, name: str) -> int | None:
+    """Index of the first panel date on or after the ISO date ``start`` ("" = None)."""
+    if not start:
+        return None
+    day = np.datetime64(start, "D")
+    days = np.asarray(dates).astype("datetime64[D]")
+    if day < days[0] or day > days[-1]:
+        raise UserError(f"{name} = {start!r} is outside the panel's dates ({days[0]} to "
+                        f"{days[-1]}); choose a date inside them")
+    return int(np.searchsorted(days, day))
+
+
+def study_split(config: Any, dates: np.ndarray) -> DateSplit:
+    """The study's split of a panel with calendar ``dates`` under ``config``'s data settings
+    (fractions, or ``val_start`` / ``test_start`` dates): what training and prediction use."""
+    return date_split(len(dates), val_fraction=config.val_fraction,
+                      test_fraction=config.test_fraction, purge=config.purge,
+                      horizon=max(config.horizons), lag=config.execution_lag,
+                      val_start=start_index(dates, config.val_start, name="val_start"),
+                      test_start=start_index(dates, config.test_start, name="test_start"))
+
+
 def date_split(n_dates: int, *, val_fraction: float, test_fraction: float, purge: int,
-               horizon: int, lag: int = 0) -> DateSplit:
+               horizon: int, lag: int = 0, val_start: int | None = None,
+               test_start: int | None = None) -> DateSplit:
     """Train / purge / validation / purge / test date indices (see :class:`DateSplit`).
 
     The last ``horizon + lag`` dates have no label inside the sample and belong to no part.
     Of the ``usable`` dates before them, the test period takes the last
     ``round(test_fraction * usable)`` (none when ``test_fraction`` is 0), validation the
     ``max(1, round(val_fraction * usable))`` before the second purge gap, and training
-    everything before the first. Every problem with the settings is reported at once; a
-    panel too short for them is a UserError naming the counts.
+    everything before the first. ``test_start`` / ``val_start`` (date indices) replace the
+    fractions: the test period then runs from ``test_start`` to the last usable date, and
+    validation from ``val_start`` to the second purge gap. Every problem with the settings is
+    reported at once; a panel too short for them is a UserError naming the counts.
     """
     problems = []
     if not 0.0 < val_fraction < 1.0:
@@ -250,12 +275,26 @@ def date_split(n_dates: int, *, val_fraction: float, test_fraction: float, purge
         raise UserError("; ".join(problems))
     last = n_dates - 1 - horizon - lag  # the last date whose label lies inside the sample
     usable = last + 1
-    n_test = round(test_fraction * usable) if test_fraction > 0 else 0
-    if test_fraction > 0:
-        n_test = max(1, n_test)
-    n_val = max(1, round(val_fraction * usable))
+    if test_start is not None:
+        n_test = last - test_start + 1
+        if n_test < 1:
+            raise UserError(f"test_start is date {test_start + 1} of {n_dates}, after the last "
+                            f"date with a {horizon}-date label (date {usable}); choose an "
+                            "earlier test_start")
+    else:
+        n_test = round(test_fraction * usable) if test_fraction > 0 else 0
+        if test_fraction > 0:
+            n_test = max(1, n_test)
     test = np.arange(last - n_test + 1, last + 1, dtype=np.int64)
     val_end = last - n_test - (purge if n_test else 0)
+    if val_start is not None:
+        if val_start > val_end:
+            raise UserError(f"val_start is date {val_start + 1} of {n_dates}, but validation "
+                            f"must end at date {val_end + 1} ({purge} purge dates before the "
+                            "test period); choose an earlier val_start")
+        n_val = val_end - val_start + 1
+    else:
+        n_val = max(1, round(val_fraction * usable))
     val = np.arange(val_end - n_val + 1, val_end + 1, dtype=np.int64)
     train = np.arange(0, val[0] - purge if len(val) else 0, dtype=np.int64)
     if len(train) < 1 or val[0] < 0:

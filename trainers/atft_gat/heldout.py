@@ -16,6 +16,7 @@ import numpy as np
 
 from trainers.errors import UserError
 from trainers.heldout import (
+    TRADING_DAYS,
     HeldOut,
     Prediction,
     ranking_compare,
@@ -51,18 +52,24 @@ def _predict(trial_dir: Path, trained: Any, cache_dir: Path) -> Prediction:
                       context={"cache_dir": Path(cache_dir), "split": split})
 
 
+def scoring(config: Any) -> dict[str, Any]:
+    """How this study scores a period: the scored horizon, the cost per unit traded and the
+    annualisation the trainer resolved (252 for a model saved before it was recorded)."""
+    return {"horizon": config.metric_horizon, "cost_bps": config.cost_bps,
+            "periods_per_year": config.periods_per_year or TRADING_DAYS}
+
+
 def _score(frame: Any, trained: Any) -> tuple[dict[str, Any], dict[str, int]]:
-    return ranking_score(frame, horizon=trained.config.metric_horizon,
-                         cost_bps=trained.config.cost_bps)
+    return ranking_score(frame, **scoring(trained.config))
 
 
 def _compare(a: Any, b: Any, trained: Any) -> dict[str, Any]:
-    return ranking_compare(a, b, horizon=trained.config.metric_horizon,
-                           cost_bps=trained.config.cost_bps)
+    return ranking_compare(a, b, **scoring(trained.config))
 
 
 def _moments(frame: Any, trained: Any) -> dict[str, float]:
-    return ranking_moments(frame, horizon=trained.config.metric_horizon)
+    s = scoring(trained.config)
+    return ranking_moments(frame, horizon=s["horizon"], periods_per_year=s["periods_per_year"])
 
 
 def oracle_baseline(config: Any, dates: dict[str, np.ndarray]) -> dict[str, Any] | None:
@@ -85,8 +92,7 @@ def oracle_baseline(config: Any, dates: dict[str, np.ndarray]) -> dict[str, Any]
         market = market.with_columns(
             pl.col(target).shift(-config.execution_lag).over("code"))
     return {period: market_baselines(market, dates[period],
-                                     horizon=config.metric_horizon,
-                                     cost_bps=config.cost_bps)["oracle"]
+                                     **scoring(config))["oracle"]
             for period in ("validation", "test")}
 
 
@@ -110,7 +116,7 @@ def panel_baselines_of(trained: Any, prediction: Prediction) -> dict[str, Any]:
 
 
 def _baselines(trained: Any, prediction: Prediction) -> dict[str, Any] | None:
-    horizon, cost = trained.config.metric_horizon, trained.config.cost_bps
+    s = scoring(trained.config)
     fitted = panel_baselines_of(trained, prediction)
     oracle = oracle_baseline(trained.config, dict(prediction.dates))
     out: dict[str, Any] = {}
@@ -120,13 +126,11 @@ def _baselines(trained: Any, prediction: Prediction) -> dict[str, Any] | None:
             rows["oracle"] = oracle[period]
         best = fitted["best_feature"]
         rows["best_feature"] = {
-            **ranking_score(fitted["frames"][period]["best_feature"], horizon=horizon,
-                            cost_bps=cost)[0],
+            **ranking_score(fitted["frames"][period]["best_feature"], **s)[0],
             **best, "label": f"best feature ({best['feature']})"}
         linear = fitted["linear"]
         rows["linear"] = {
-            **ranking_score(fitted["frames"][period]["linear"], horizon=horizon,
-                            cost_bps=cost)[0],
+            **ranking_score(fitted["frames"][period]["linear"], **s)[0],
             **linear, "label": "ridge (every feature)"}
         out[period] = rows
     out["frames"] = {period: {name: fitted["frames"][period][name]
@@ -136,8 +140,9 @@ def _baselines(trained: Any, prediction: Prediction) -> dict[str, Any] | None:
 
 
 def _describe(trained: Any) -> dict[str, Any]:
-    return {"metric_horizon": trained.config.metric_horizon,
-            "cost_bps": trained.config.cost_bps}
+    s = scoring(trained.config)
+    return {"metric_horizon": s["horizon"], "cost_bps": s["cost_bps"],
+            "periods_per_year": s["periods_per_year"]}
 
 
 HELDOUT = HeldOut(load=_load, digest=_digest, predict=_predict, score=_score,

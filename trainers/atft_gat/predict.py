@@ -32,7 +32,7 @@ import polars as pl
 import torch
 
 from trainers.atft_gat.config import TrainConfig
-from trainers.atft_gat.data import DateSplit, cache_panel, date_split, standardise
+from trainers.atft_gat.data import DateSplit, cache_panel, standardise, study_split
 from trainers.atft_gat.model import ATFTGATFAN
 from trainers.atft_gat.train import (
     load_features,
@@ -93,12 +93,6 @@ def load_trained(trial_dir: Path) -> TrainedModel:
                         feature_std=saved.get("feature_std"), with_graph=bool(with_graph))
 
 
-def study_split(config: TrainConfig, n_dates: int) -> DateSplit:
-    """The study's calendar split, exactly as the trainer computes it."""
-    return date_split(n_dates, val_fraction=config.val_fraction,
-                      test_fraction=config.test_fraction, purge=config.purge,
-                      horizon=max(config.horizons), lag=config.execution_lag)
-
 
 def predict_period(trial_dir: Path, *, cache_dir: Path, period: str = "test",
                    trained: TrainedModel | None = None) -> tuple[pl.DataFrame, DateSplit,
@@ -121,8 +115,7 @@ def predict_period(trial_dir: Path, *, cache_dir: Path, period: str = "test",
         raise UserError(f"{trial_dir}: the model was trained on features "
                         f"{list(trained.feature_names)}, the cache now has "
                         f"{list(panel.feature_names)}")
-    n_dates = panel.x.shape[0]
-    split = study_split(config, n_dates)
+    split = study_split(config, panel.dates)
     dates = getattr(split, period)
     if len(dates) == 0:
         raise UserError(f"the study holds out no {period} period (test_fraction = "

@@ -9,7 +9,8 @@ one line and exit code 2 and leaves nothing behind. The checks, in order:
 2. the ``features`` listed, and the graph's ``graph_source`` when the model has the graph, are
    columns;
 3. everything the cache build checks (``cache.check_source``): numeric types, parseable dates
-   and codes, one row per (date, code).
+   and codes, one row per (date, code);
+4. ``val_start`` / ``test_start`` fall inside the panel's dates.
 
 The synthetic market needs none of this: its generator's settings are checked with the config.
 """
@@ -64,6 +65,11 @@ def preflight(config: TrainConfig) -> None:
     spec = CacheSpec(feature_columns=config.features or None, target_columns=tuple(wanted),
                      nan_policy=config.nan_policy)
     try:
-        check_source(config.source, spec)
+        found = check_source(config.source, spec)
     except CacheError as exc:
         raise UserError(str(exc)) from None
+    for name in ("val_start", "test_start"):
+        day = getattr(config, name)
+        if day and not found["first_date"] < day <= found["last_date"]:
+            raise UserError(f"{name} = {day!r} is outside {where}'s dates ({found['first_date']} "
+                            f"to {found['last_date']}); choose a date inside them")

@@ -3,6 +3,7 @@ scores, the selection dates carved off the training period and the z-scored targ
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -144,3 +145,20 @@ def coverage(fc: FeatureCache, panel: Panel, dates: np.ndarray, h_idx: int, *, l
                         f"dates reach the model (minimum {MIN_ROWS_KEPT:.0%}); check the "
                         "panel's presence and target columns")
     return {"rows_kept_fraction": round(kept, 6), "values_missing_fraction": round(missing, 6)}
+
+
+# The synthetic market's annualisation: its calendar is every business day (261 a year), but
+# its figures are calibrated, and have always been quoted, at 252 trading days.
+SYNTHETIC_PERIODS_PER_YEAR = 252.0
+
+
+def with_calendar(config: TrainConfig, dates: np.ndarray) -> TrainConfig:
+    """``config`` with ``periods_per_year`` resolved: as set, else the panel's calendar
+    (``calendar_periods_per_year`` of its ``dates``), else 252 for the synthetic market."""
+    if config.periods_per_year:
+        return config
+    from trainers.metrics import calendar_periods_per_year
+
+    ppy = (SYNTHETIC_PERIODS_PER_YEAR if config.source == "synthetic"
+           else calendar_periods_per_year(dates))
+    return dataclasses.replace(config, periods_per_year=ppy)

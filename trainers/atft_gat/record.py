@@ -23,6 +23,7 @@ SELECTED_EPOCH = "selected_epoch"
 EPOCH_SECONDS = "epoch_seconds"
 STEP_SECONDS = "step_seconds"
 FINAL_BATCH_SIZE = "final_batch_size"  # the micro-batch after any out-of-memory halving
+PERIODS_PER_YEAR = "periods_per_year"  # the annualisation every Sharpe ratio used
 
 # Features whose leakage-guard RankIC is kept as a trial attr (the largest in magnitude).
 LISTED_SCORES = 10

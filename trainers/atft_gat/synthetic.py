@@ -85,7 +85,13 @@ import polars as pl
 from scipy.signal import lfilter
 
 from trainers.errors import UserError
-from trainers.metrics import DEFAULT_COST_BPS, DEFAULT_MIN_STOCKS, DEFAULT_QUANTILE, panel_metrics
+from trainers.metrics import (
+    DEFAULT_COST_BPS,
+    DEFAULT_MIN_STOCKS,
+    DEFAULT_QUANTILE,
+    TRADING_DAYS_PER_YEAR,
+    panel_metrics,
+)
 
 # Daily volatilities of the return components. The cluster factor is the largest so that
 # within-cluster correlation (~0.65) stands far above the cross-cluster one (~0.15).
@@ -340,6 +346,7 @@ def market_baselines(
     quantile: float = DEFAULT_QUANTILE,
     min_stocks: int = DEFAULT_MIN_STOCKS,
     cost_bps: float = DEFAULT_COST_BPS,
+    periods_per_year: float = TRADING_DAYS_PER_YEAR,
 ) -> dict[str, Any]:
     """What a trial scored on ``dates`` should be read against: the planted oracle and the best
     raw feature, scored with ``panel_metrics`` on the ``ret_{horizon}d`` target of ``dates``.
@@ -414,6 +421,7 @@ def market_baselines(
             target[rows],
             codes=None if codes is None else codes[rows],
             cost_bps=cost_bps,
+            periods_per_year=periods_per_year,
             horizon=horizon,
             quantile=quantile,
             min_stocks=min_stocks,

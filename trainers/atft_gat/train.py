@@ -40,7 +40,7 @@ from cache import FeatureCache
 from trainers import attrs
 from trainers.atft_gat.batch import Batch, make_batch, pack_dates
 from trainers.atft_gat.config import TrainConfig
-from trainers.atft_gat.data import Panel, cache_panel, date_split, standardise
+from trainers.atft_gat.data import Panel, cache_panel, standardise, study_split
 from trainers.atft_gat.graph import DateGraphs, GraphConfig, build_graphs
 from trainers.atft_gat.leakage import check_features
 from trainers.atft_gat.loss import batch_loss, scoring_loss
@@ -54,10 +54,12 @@ from trainers.atft_gat.prepare import (
     leak_scores,
     load_features,
     no_graphs,
+    with_calendar,
     zscore_targets,
 )
 from trainers.atft_gat.record import (
     DATES_PER_STEP,
+    PERIODS_PER_YEAR,
     STOPPED_EARLY,
     graph_summary,
     record_data,
@@ -151,9 +153,7 @@ def prepare_inputs(config: TrainConfig, ctx: TrialContext) -> Inputs:
     t_graph = time.perf_counter()
     n_dates = panel.x.shape[0]
     # One split for the whole study: it depends on the panel and the data settings only.
-    dsplit = date_split(n_dates, val_fraction=config.val_fraction,
-                        test_fraction=config.test_fraction, purge=config.purge,
-                        horizon=max(config.horizons), lag=config.execution_lag)
+    dsplit = study_split(config, panel.dates)
     source_dates = panel.dates
     # From here on the trial sees nothing after its last validation label: the test period
     # (and the purge before it) is not in the panel at all.
@@ -265,6 +265,8 @@ def train(config: TrainConfig, ctx: TrialContext) -> dict[str, float]:
 
     # 1-2. data, split, graphs; the leakage guard and the coverage check may refuse the trial
     inp = prepare_inputs(config, ctx)
+    config = with_calendar(config, inp.source_dates)
+    ctx.set_attr(PERIODS_PER_YEAR, config.periods_per_year)
     record_split(ctx, inp)
     record_data(ctx, inp, config, coverage=coverage(inp.fc, inp.panel, inp.used_dates,
                                                     inp.h_idx, lag=config.execution_lag))
@@ -438,6 +440,7 @@ def validate(runner: StepRunner, panel: Panel, y_z: torch.Tensor, graphs: DateGr
     preds = {k: v[keep] for k, v in preds.items()}
     # An h-day target: Sharpe on non-overlapping h-day periods, annualised with sqrt(252 / h).
     metrics = panel_metrics(preds["date"], preds["pred"], preds["target"], codes=preds["code"],
-                            horizon=config.metric_horizon, cost_bps=config.cost_bps)
+                            horizon=config.metric_horizon, cost_bps=config.cost_bps,
+                            periods_per_year=config.periods_per_year)
     metrics["val_loss"] = float(np.average(losses, weights=weights))
     return metrics, preds

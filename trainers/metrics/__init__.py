@@ -48,6 +48,7 @@ from trainers.metrics.cross_section import (
     DEFAULT_QUANTILE,
     PER_DATE_COLUMNS,
     TRADING_DAYS_PER_YEAR,
+    calendar_periods_per_year,
     panel_metrics,
     per_date_metrics,
 )
@@ -71,6 +72,7 @@ __all__ = [
     "SE_METRICS",
     "TRADING_DAYS_PER_YEAR",
     "default_block_length",
+    "calendar_periods_per_year",
     "deflated_sharpe_ratio",
     "expected_max_sharpe",
     "paired_difference",

@@ -42,6 +42,18 @@ PER_DATE_COLUMNS = ("date", "n", "rank_ic", "ic", "long_short", "hits", "n_hit",
                     "long_short_net")
 
 
+def calendar_periods_per_year(dates: np.ndarray) -> float:
+    """Distinct dates per year of a panel's calendar: ``(D - 1)`` intervals over its span in
+    years (365.25 days), rounded to a whole number. A real daily panel gives ~250 (its
+    holidays and listings decide), a calendar of every business day 261; with fewer than two
+    distinct dates, ``TRADING_DAYS_PER_YEAR``."""
+    days = np.unique(np.asarray(dates).astype("datetime64[D]"))
+    if len(days) < 2:
+        return float(TRADING_DAYS_PER_YEAR)
+    span_years = float((days[-1] - days[0]).astype(np.int64)) / 365.25
+    return float(round((len(days) - 1) / span_years))
+
+
 def _check_inputs(
     dates: np.ndarray, pred: np.ndarray, target: np.ndarray, quantile: float, min_stocks: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -207,7 +208,46 @@ def test_date_split_does_not_depend_on_lookback_or_batch() -> None:
     import inspect
 
     assert set(inspect.signature(date_split).parameters) == {
-        "n_dates", "val_fraction", "test_fraction", "purge", "horizon", "lag"}
+        "n_dates", "val_fraction", "test_fraction", "purge", "horizon", "lag", "val_start",
+        "test_start"}
+
+
+def test_split_dates_replace_the_fractions() -> None:
+    n, purge, horizon = 200, 6, 5
+    s = date_split(n, val_fraction=0.2, test_fraction=0.2, purge=purge, horizon=horizon,
+                   lag=1, val_start=100, test_start=150)
+    last = n - 1 - horizon - 1
+    assert (s.test[0], s.test[-1]) == (150, last)
+    assert (s.val[0], s.val[-1]) == (100, 150 - purge - 1)
+    assert s.train[-1] == 100 - purge - 1
+    only_test = date_split(n, val_fraction=0.1, test_fraction=0.4, purge=purge,
+                           horizon=horizon, lag=1, test_start=150)
+    assert only_test.test[0] == 150 and len(only_test.val) == round(0.1 * (last + 1))
+    with pytest.raises(UserError, match="val_start is date 146 of 200, but validation must "
+                                        "end at date 144"):
+        date_split(n, val_fraction=0.2, test_fraction=0.2, purge=purge, horizon=horizon,
+                   lag=1, val_start=145, test_start=150)
+    with pytest.raises(UserError, match="test_start is date 196 of 200, after the last"):
+        date_split(n, val_fraction=0.2, test_fraction=0.2, purge=purge, horizon=horizon,
+                   lag=1, test_start=195)
+
+
+def test_study_split_finds_the_first_date_on_or_after_each_start() -> None:
+    from trainers.atft_gat.config import TrainConfig
+    from trainers.atft_gat.data import study_split
+
+    days = np.arange(np.datetime64("2020-01-01"), np.datetime64("2020-12-31"))
+    days = days[np.is_busday(days)]
+    config = TrainConfig(source="p.parquet", horizons=(1,), metric_horizon=1,
+                         val_start="2020-07-04", test_start="2020-10-01")
+    assert (config.execution_lag, config.purge) == (1, 2)  # a file panel's defaults
+    s = study_split(config, days)
+    assert str(days[s.val[0]]) == "2020-07-06"  # the 4th is a Saturday
+    assert str(days[s.test[0]]) == "2020-10-01"
+    with pytest.raises(UserError, match="val_start = '2019-07-04' is outside the panel's dates"):
+        study_split(dataclasses.replace(config, val_start="2019-07-04"), days)
+    with pytest.raises(UserError, match="must come before test_start"):
+        TrainConfig(val_start="2020-10-02", test_start="2020-10-01")
 
 
 def test_date_split_reports_every_problem_and_short_panels() -> None:

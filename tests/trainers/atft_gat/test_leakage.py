@@ -29,7 +29,7 @@ def test_leaked_future_return_does_not_reach_validation(tmp_path: Path) -> None:
                              peer_strength=0.0)
     config = dict(n_stocks=60, n_dates=200, epochs=1, max_steps_per_epoch=2, hidden_size=16,
                   attn_heads=2, gat_heads=2, gat_layers=1, lookback=10, graph_window=20,
-                  graph_k=4, batch_size=60, val_fraction=0.3, purge=20)
+                  graph_k=4, batch_size=60, val_fraction=0.3, purge=20, execution_lag=0)
     # A first run (without the leak) tells where training ends.
     probe = TrialContext(tmp_path / "probe", cache_dir=tmp_path / "cache")
     source = tmp_path / "market.parquet"

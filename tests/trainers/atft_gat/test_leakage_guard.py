@@ -21,7 +21,7 @@ from trainers.errors import UserError
 SMALL = dict(epochs=1, max_steps_per_epoch=2, hidden_size=16, attn_heads=2, gat_heads=2,
              gat_layers=1, lookback=10, batch_size=60, warmup_steps=0, graph_window=20,
              graph_k=4, val_fraction=0.2, test_fraction=0.2, purge=20, horizons=(1,),
-             metric_horizon=1)
+             metric_horizon=1, execution_lag=0)
 
 
 def test_rank_ic_equals_scipy_date_by_date() -> None:

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from trainers.atft_gat.config import TrainConfig
-from trainers.atft_gat.data import cache_panel, standardise
-from trainers.atft_gat.predict import load_trained, model_digest, predict_period, study_split
+from trainers.atft_gat.data import cache_panel, standardise, study_split
+from trainers.atft_gat.predict import load_trained, model_digest, predict_period
 from trainers.atft_gat.synthetic import generate_market
 from trainers.atft_gat.train import load_features, train
 from trainers.context import TrialContext
@@ -19,7 +19,7 @@ from trainers.errors import UserError
 
 SMALL = dict(epochs=2, max_steps_per_epoch=3, hidden_size=16, attn_heads=2, gat_heads=2,
              gat_layers=1, lookback=10, batch_size=48, warmup_steps=0, graph_window=20,
-             graph_k=4, val_fraction=0.2, test_fraction=0.2, purge=20)
+             graph_k=4, val_fraction=0.2, test_fraction=0.2, purge=20, execution_lag=0)
 N_STOCKS, N_DATES = 24, 220
 
 
@@ -65,7 +65,7 @@ def test_saved_feature_statistics_are_the_training_ones(tmp_path: Path, market) 
     saved = torch.load(ctx.output_dir / "model.pt", weights_only=False)
     fc = load_features(config, tmp_path / "cache")
     panel = cache_panel(fc)
-    split = study_split(config, panel.x.shape[0])
+    split = study_split(config, panel.dates)
     train_dates = split.train[split.train >= config.lookback - 1]
     # Recomputed from the panel's values, not from the cache's per-date statistics.
     expected = standardise(panel, train_dates)

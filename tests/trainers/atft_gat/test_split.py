@@ -18,7 +18,8 @@ from trainers.context import TrialContext
 
 SMALL = dict(epochs=2, max_steps_per_epoch=3, hidden_size=16, attn_heads=2, gat_heads=2,
              gat_layers=1, lookback=10, batch_size=48, warmup_steps=0, graph_window=20,
-             graph_k=4, val_fraction=0.2, test_fraction=0.2, purge=20, select_fraction=0.2)
+             graph_k=4, val_fraction=0.2, test_fraction=0.2, purge=20, select_fraction=0.2,
+             execution_lag=0)
 N_STOCKS, N_DATES = 24, 220
 
 

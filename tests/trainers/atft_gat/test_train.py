@@ -16,7 +16,7 @@ from trainers.context import TrialContext
 
 TINY = dict(n_stocks=24, n_dates=140, epochs=1, max_steps_per_epoch=3, hidden_size=16,
             attn_heads=2, gat_heads=2, gat_layers=1, lookback=10, batch_size=48, warmup_steps=0,
-            graph_window=20, graph_k=4, val_fraction=0.25, purge=20)
+            graph_window=20, graph_k=4, val_fraction=0.25, purge=20, execution_lag=0)
 
 
 def run(tmp_path: Path, name: str, **overrides) -> tuple[dict, TrialContext]:
