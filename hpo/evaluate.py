@@ -210,32 +210,46 @@ def _baseline_rows(baselines: dict[str, Any] | None,
     return rows
 
 
-def versus_best_baseline(heldout: HeldOut, model: Any, baselines: dict[str, Any] | None,
-                         frames: dict[str, Any] | None, chosen: dict[str, Any], *, metric: str,
-                         direction: str = "maximize") -> dict[str, Any] | None:
-    """The chosen trial minus its best baseline, on validation and on test, with paired
-    standard errors (``HeldOut.compare``). The best baseline is the one with the best
-    *validation* ``metric`` (the figure that picks the chosen trial; the first listed on a
-    tie): like the trials, baselines are chosen without looking at the test period. None when
-    the workload gives no baseline rows or no comparison."""
+def versus_baselines(heldout: HeldOut, model: Any, baselines: dict[str, Any] | None,
+                     frames: dict[str, Any] | None,
+                     chosen: dict[str, Any]) -> dict[str, Any] | None:
+    """The chosen trial minus each baseline that came with prediction rows, on validation and
+    on test, with paired standard errors (``HeldOut.compare``); None without baselines or a
+    comparison."""
     if not baselines or not frames or heldout.compare is None:
+        return None
+    out = {}
+    for name, on_val in (frames.get("validation") or {}).items():
+        on_test = (frames.get("test") or {}).get(name)
+        if on_test is None:
+            continue
+        label = ((baselines.get("test") or {}).get(name) or {}).get("label", name)
+        out[name] = {"label": str(label),
+                     "validation": heldout.compare(chosen["validation"], on_val, model),
+                     "test": heldout.compare(chosen["test"], on_test, model)}
+    return out or None
+
+
+def best_of(versus: dict[str, Any] | None, baselines: dict[str, Any] | None, *, metric: str,
+            direction: str = "maximize") -> dict[str, Any] | None:
+    """The comparison with the best baseline: the one with the best *validation* ``metric``
+    (the figure that picks the chosen trial; the first listed on a tie). Like the trials,
+    baselines are chosen without looking at the test period."""
+    if not versus or not baselines:
         return None
     on_val = baselines.get("validation") or {}
     candidates = []
-    for name in frames.get("validation", {}):
+    for name in versus:
         figure = (on_val.get(name) or {}).get(metric)
         value = figure.get("value") if isinstance(figure, dict) else figure
-        if name in frames.get("test", {}) and _number(value):
+        if _number(value):
             candidates.append((float(value), name))
     if not candidates:
         return None
     sign = 1.0 if direction == "maximize" else -1.0
     best = max(candidates, key=lambda c: sign * c[0])[1]
-    label = ((baselines.get("test") or {}).get(best) or {}).get("label", best)
-    return {"baseline": best, "label": str(label),
-            "chosen_by": f"the best validation {metric} among the baselines",
-            **{period: heldout.compare(chosen[period], frames[period][best], model)
-               for period in ("validation", "test")}}
+    return {"baseline": best, "chosen_by": f"the best validation {metric} among the baselines",
+            **versus[best]}
 
 
 def _versus_row(versus: dict[str, Any] | None,
@@ -370,10 +384,10 @@ def _build_report(study: optuna.Study, front: list[FrozenTrial], chosen: FrozenT
     baselines = heldout.baselines(model, chosen_pred) if heldout.baselines else None
     baseline_frames = baselines.pop("frames", None) if baselines else None
     directions = get_workload(study.user_attrs[attrs.WORKLOAD]).metrics
-    versus = versus_best_baseline(
-        heldout, model, baselines, baseline_frames,
-        {"validation": chosen_val, "test": chosen_test}, metric=heldout.selection_metric,
-        direction=directions.get(heldout.selection_metric, "maximize"))
+    versus_all = versus_baselines(heldout, model, baselines, baseline_frames,
+                                  {"validation": chosen_val, "test": chosen_test})
+    versus = best_of(versus_all, baselines, metric=heldout.selection_metric,
+                     direction=directions.get(heldout.selection_metric, "maximize"))
     return {
         "study": study.study_name,
         "report_id": rid,
@@ -396,6 +410,7 @@ def _build_report(study: optuna.Study, front: list[FrozenTrial], chosen: FrozenT
         "test_psr": psr,
         "baselines": baselines,
         "versus_baseline": versus,
+        "versus_baselines": versus_all,
         "_predictions": pl.concat(frames),
     }
 

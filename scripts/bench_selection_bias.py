@@ -2,21 +2,23 @@
 
 Run from the repository root:
 
-    python -m scripts.bench_selection_bias                    # 12 trials, CPU-sized
-    python -m scripts.bench_selection_bias --n-trials 24 --n-stocks 200 --n-dates 1000
+    python -m scripts.bench_selection_bias                    # 3 markets x 8 trials, CPU-sized
+    python -m scripts.bench_selection_bias --market-seeds 0 1 2 3 4 --n-stocks 200 --n-dates 1000
 
-It runs a fresh single-objective study (maximise validation Sharpe, TPE) of ``--n-trials``
-ATFT-GAT-FAN trials on the calibrated synthetic market (``market_difficulty = "realistic"``)
-through ``hpo.run``, which opens the held-out test period with ``hpo.evaluate`` when the study
-reaches its target. From that report it takes, for the validation-best trial: its validation
-Sharpe, its test Sharpe and the gap between them; the oracle's and the best single raw
-feature's test Sharpe on the same dates; and the deflated Sharpe ratio of the validation
-Sharpe given the trials searched. Standard errors: the report's moving-block bootstrap.
+For each market seed it runs a fresh single-objective study (maximise validation Sharpe, TPE)
+of ``--n-trials`` ATFT-GAT-FAN trials on the calibrated synthetic market (``market_difficulty
+= "realistic"``) through ``hpo.run``, which opens the held-out test period with
+``hpo.evaluate`` when the study reaches its target. From that report it takes the
+validation-best trial, the oracle and the two baselines a quant tries first (the best single
+feature and a ridge fit, both fitted on the training dates), on validation and test, gross and
+net of the study's ``cost_bps`` (Sharpe, net Sharpe, RankIC, turnover), and the chosen trial
+minus each baseline on test with its paired bootstrap SE; then the differences pooled over the
+markets (mean, SE of the mean from the per-market SEs, markets won). A difference under two
+SEs is "no difference".
 
-Prints a table and writes ``output/bench/selection_bias.json`` (keys ``n_trials,
-val_sharpe_best, test_sharpe_best, oracle_test_sharpe, best_feature_test_sharpe,
-deflated_sharpe`` and the settings and extra figures beside them). The study itself lives in
-``--workdir`` (deleted first, so each run is a fresh study).
+Prints a table per market and the pooled one, and writes ``output/bench/selection_bias.json``
+after every market (``settings``, ``markets``, ``pooled``). The studies live in ``--workdir``
+(each market's deleted first, so each run is a fresh study).
 """
 
 from __future__ import annotations
@@ -102,115 +104,178 @@ type = "int"
 low = 1
 high = 3
 """
-MIN_TRIALS = 12  # fewer, and the validation-best trial is barely selected at all
+# Trials per market by default: few enough that 3 markets fit in ~30 minutes on 2 CPU cores,
+# enough that the validation-best trial is selected among several.
+DEFAULT_TRIALS = 8
+# The figures compared on test, gross and net of costs; turnover is what the cost charges.
+COMPARED = ("sharpe", "sharpe_net", "rank_ic", "turnover")
+BASELINES = ("best_feature", "linear")
 
 
-def _value(figure: dict[str, Any] | None) -> float | None:
-    return None if figure is None else figure.get("value")
+def _value(figure: Any) -> float | None:
+    if isinstance(figure, dict):
+        return figure.get("value")
+    return figure if isinstance(figure, int | float) else None
+
+
+def _se(figure: Any) -> float | None:
+    return figure.get("se") if isinstance(figure, dict) else None
 
 
 def figures(report: dict[str, Any]) -> dict[str, Any]:
-    """The benchmark's figures from a test report (the chosen trial is the validation-best)."""
+    """One market's figures from its test report (the chosen trial is the validation-best):
+    the chosen trial, the oracle and both baselines on validation and test, and the chosen
+    trial minus each baseline with its paired SE."""
     best = next(t for t in report["trials"] if t["chosen"])
     base = report["baselines"]
-    val_sharpe = best["validation"]["sharpe"]["value"]
-    test_sharpe = best["test"]["sharpe"]["value"]
-    feature = base["test"]["best_feature"]
+    rows: dict[str, Any] = {"chosen": {p: {m: {"value": _value(best[p].get(m)),
+                                               "se": _se(best[p].get(m))} for m in COMPARED}
+                                       for p in ("validation", "test")}}
+    for name in ("oracle", *BASELINES):
+        if base["test"].get(name) is None:
+            continue
+        rows[name] = {p: {m: {"value": _value(base[p][name].get(m)),
+                              "se": _se(base[p][name].get(m))} for m in COMPARED}
+                      for p in ("validation", "test")}
+    versus = {name: {m: v["test"][m] for m in COMPARED}
+              for name, v in (report.get("versus_baselines") or {}).items()}
     return {
         "n_trials": report["deflated_sharpe"]["n_trials"],
         "best_trial": best["number"],
-        "val_sharpe_best": val_sharpe,
-        "val_sharpe_best_se": best["validation"]["sharpe"]["se"],
-        "test_sharpe_best": test_sharpe,
-        "test_sharpe_best_se": best["test"]["sharpe"]["se"],
-        "gap": val_sharpe - test_sharpe,
-        "val_rank_ic_best": best["validation"]["rank_ic"]["value"],
-        "test_rank_ic_best": best["test"]["rank_ic"]["value"],
-        "oracle_val_sharpe": base["validation"]["oracle"]["sharpe"],
-        "oracle_test_sharpe": base["test"]["oracle"]["sharpe"],
-        "oracle_test_rank_ic": base["test"]["oracle"]["rank_ic"],
-        "best_feature": f"{feature['sign']:+.0f} {feature['name']}",
-        "best_feature_val_sharpe": base["validation"]["best_feature"]["sharpe"],
-        "best_feature_test_sharpe": feature["sharpe"],
-        "best_feature_test_rank_ic": feature["rank_ic"],
+        "best_feature": base["test"]["best_feature"].get("feature"),
+        "rows": rows,
+        "chosen_minus_baseline_test": versus,
+        "best_baseline_on_validation": (report.get("versus_baseline") or {}).get("baseline"),
         "deflated_sharpe": report["deflated_sharpe"]["value"],
         "expected_max_sharpe_by_luck": report["deflated_sharpe"]["expected_max_sharpe"],
-        "validation_sharpe_sd_across_trials": report["deflated_sharpe"]["sharpe_variance"] ** 0.5,
         "test_psr": report["test_psr"]["value"],
+        "cost_bps": report.get("cost_bps"),
         "validation_dates": report["validation_dates"],
         "test_dates": report["test_dates"],
         "standard_errors": report["standard_errors"],
     }
 
 
-def _fmt(v: Any) -> str:
-    return f"{v:.3f}" if isinstance(v, float) else str(v)
+def _fmt(v: Any, se: Any = None) -> str:
+    if not isinstance(v, int | float):
+        return "-"
+    text = f"{v:+.3f}" if abs(v) < 10 else f"{v:+.1f}"
+    return text + (f" ± {se:.3f}" if isinstance(se, int | float) else "")
+
+
+def verdict(diff: dict[str, Any], metric: str) -> str:
+    """Better / worse beyond 2 SEs ("more" / "less" for turnover), else "no difference"."""
+    value, se = diff.get("value"), diff.get("se")
+    if not isinstance(value, int | float) or not isinstance(se, int | float) or se <= 0:
+        return "?"
+    up, down = ("more", "less") if metric == "turnover" else ("better", "worse")
+    if value >= 2 * se:
+        return up
+    return down if value <= -2 * se else "no difference"
+
+
+def run_market(args: argparse.Namespace, market_seed: int) -> dict[str, Any]:
+    """One fresh study on the market of ``market_seed``; its figures (see ``figures``)."""
+    from hpo.evaluate import evaluate_study
+    from hpo.loading import load_existing_study, open_existing_storage
+    from hpo.run import main as run_main
+
+    workdir = args.workdir / f"market_{market_seed}"
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    study_path = workdir / "selection_bias.toml"
+    study_path.write_text(STUDY.format(
+        n_trials=args.n_trials, seed=args.seed, startup=max(2, args.n_trials // 3),
+        n_stocks=args.n_stocks, n_dates=args.n_dates, market_seed=market_seed,
+        epochs=args.epochs, steps=args.steps, batch_size=args.batch_size))
+    output = workdir / "out"
+    url = f"sqlite:///{output / 'hpo.db'}"
+    started = time.perf_counter()
+    code = run_main(["--study", str(study_path), "--output", str(output), "--storage", url])
+    elapsed = time.perf_counter() - started
+    if code != 0:
+        raise SystemExit(f"error: the study of market {market_seed} ended with exit code {code}")
+    study = load_existing_study(open_existing_storage(url), "selection_bias", url)
+    report = evaluate_study(study, output=output).report  # written by hpo.run already
+    return {**figures(report), "market_seed": market_seed, "study_seconds": round(elapsed, 1)}
+
+
+def print_market(result: dict[str, Any]) -> None:
+    print(f"\nmarket seed {result['market_seed']} ({result['n_trials']} trials, test "
+          f"{result['test_dates']}, costs {result['cost_bps']} bps per unit traded):")
+    header = ["", *(f"test {m}" for m in COMPARED)]
+    table = [header]
+    for name, row in result["rows"].items():
+        label = f"{name} ({result['best_feature']})" if name == "best_feature" else name
+        table.append([label, *(_fmt(row["test"][m]["value"], row["test"][m]["se"])
+                               for m in COMPARED)])
+    for name, diff in result["chosen_minus_baseline_test"].items():
+        table.append([f"chosen - {name}",
+                      *(f"{_fmt(diff[m]['value'], diff[m]['se'])} ({verdict(diff[m], m)})"
+                        for m in COMPARED)])
+    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+    for r in table:
+        print("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
+    print(f"  deflated Sharpe ratio of the validation Sharpe: {result['deflated_sharpe']:.3f}; "
+          f"study {result['study_seconds']:.0f} s")
+
+
+def pooled(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Across markets: each paired difference's mean and its SE (the per-market SEs combined,
+    the markets being independent), and how many markets the chosen trial won."""
+    out: dict[str, Any] = {}
+    for name in BASELINES:
+        diffs = [r["chosen_minus_baseline_test"].get(name) for r in results]
+        diffs = [d for d in diffs if d]
+        if not diffs:
+            continue
+        out[name] = {}
+        for m in COMPARED:
+            values = [d[m]["value"] for d in diffs]
+            ses = [d[m]["se"] for d in diffs]
+            mean = sum(values) / len(values)
+            se = (sum(s * s for s in ses)) ** 0.5 / len(ses)
+            out[name][m] = {"mean": mean, "se": se,
+                            "verdict": verdict({"value": mean, "se": se}, m),
+                            "chosen_ahead": sum(v > 0 for v in values), "markets": len(values)}
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n-trials", type=int, default=MIN_TRIALS)
+    parser.add_argument("--n-trials", type=int, default=DEFAULT_TRIALS)
     parser.add_argument("--n-stocks", type=int, default=100)
-    parser.add_argument("--n-dates", type=int, default=600)
-    parser.add_argument("--market-seed", type=int, default=0)
+    parser.add_argument("--n-dates", type=int, default=500)
+    parser.add_argument("--market-seeds", type=int, nargs="+", default=[0, 1, 2],
+                        help="one fresh study per synthetic market seed")
     parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--steps", type=int, default=20, help="max steps per epoch")
+    parser.add_argument("--steps", type=int, default=10, help="max steps per epoch")
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0, help="the sampler's seed")
     parser.add_argument("--workdir", type=Path, default=Path("output/bench/selection_bias_study"))
     parser.add_argument("--out", type=Path, default=Path("output/bench"))
     args = parser.parse_args(argv)
     if args.n_trials < 2:
-        parser.error("--n-trials must be >= 2 (the deflated Sharpe needs a variance); the "
-                     f"README figures use >= {MIN_TRIALS}")
-
-    from hpo.evaluate import evaluate_study
-    from hpo.loading import load_existing_study, open_existing_storage
-    from hpo.run import main as run_main
-
-    shutil.rmtree(args.workdir, ignore_errors=True)
-    args.workdir.mkdir(parents=True)
-    study_path = args.workdir / "selection_bias.toml"
-    study_path.write_text(STUDY.format(
-        n_trials=args.n_trials, seed=args.seed, startup=max(2, args.n_trials // 3),
-        n_stocks=args.n_stocks, n_dates=args.n_dates, market_seed=args.market_seed,
-        epochs=args.epochs, steps=args.steps, batch_size=args.batch_size))
-    output = args.workdir / "out"
-    url = f"sqlite:///{output / 'hpo.db'}"
-    started = time.perf_counter()
-    code = run_main(["--study", str(study_path), "--output", str(output), "--storage", url])
-    elapsed = time.perf_counter() - started
-    if code != 0:
-        print(f"error: the study ended with exit code {code}", file=sys.stderr)
-        return code
-    study = load_existing_study(open_existing_storage(url), "selection_bias", url)
-    report = evaluate_study(study, output=output).report  # written by hpo.run already
-    result = {**figures(report),
-              "settings": {"n_stocks": args.n_stocks, "n_dates": args.n_dates,
-                           "market_seed": args.market_seed, "market_difficulty": "realistic",
-                           "epochs": args.epochs, "max_steps_per_epoch": args.steps,
-                           "batch_size": args.batch_size, "sampler": "tpe",
-                           "sampler_seed": args.seed},
-              "study_seconds": round(elapsed, 1)}
-    rows = [("trials searched", result["n_trials"]),
-            ("validation Sharpe, validation-best trial",
-             f"{_fmt(result['val_sharpe_best'])} ± {_fmt(result['val_sharpe_best_se'])}"),
-            ("test Sharpe, same trial",
-             f"{_fmt(result['test_sharpe_best'])} ± {_fmt(result['test_sharpe_best_se'])}"),
-            ("gap (validation - test)", _fmt(result["gap"])),
-            ("oracle test Sharpe", _fmt(result["oracle_test_sharpe"])),
-            (f"best raw feature ({result['best_feature']}) test Sharpe",
-             _fmt(result["best_feature_test_sharpe"])),
-            ("deflated Sharpe ratio (validation Sharpe)", _fmt(result["deflated_sharpe"])),
-            ("PSR of the test Sharpe vs 0", _fmt(result["test_psr"])),
-            ("study wall time (s)", _fmt(result["study_seconds"]))]
-    width = max(len(k) for k, _ in rows)
-    print()
-    for key, value in rows:
-        print(f"{key.ljust(width)}  {value}")
+        parser.error("--n-trials must be >= 2 (the deflated Sharpe needs a variance)")
+    settings = {"n_trials": args.n_trials, "n_stocks": args.n_stocks, "n_dates": args.n_dates,
+                "market_difficulty": "realistic", "epochs": args.epochs,
+                "max_steps_per_epoch": args.steps, "batch_size": args.batch_size,
+                "sampler": "tpe", "sampler_seed": args.seed}
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "selection_bias.json"
-    path.write_text(json.dumps(result, indent=1) + "\n")
+    results: list[dict[str, Any]] = []
+    for market_seed in args.market_seeds:
+        results.append(run_market(args, market_seed))
+        print_market(results[-1])
+        # Written after every market: a long run keeps what it measured.
+        path.write_text(json.dumps({"settings": settings, "markets": results,
+                                    "pooled": pooled(results)}, indent=1) + "\n")
+    print("\npooled over markets, test, chosen minus baseline "
+          "(mean ± SE; chosen ahead in k of n):")
+    for name, by_metric in pooled(results).items():
+        cells = [f"{m} {v['mean']:+.3f} ± {v['se']:.3f} ({v['verdict']}; {v['chosen_ahead']}/"
+                 f"{v['markets']})" for m, v in by_metric.items()]
+        print(f"  {name}: " + "; ".join(cells))
     print(f"\nwrote {path}")
     return 0
 

@@ -311,6 +311,9 @@ def test_the_chosen_trial_minus_its_best_baseline_with_a_paired_se(ran: Path) ->
     best = max(("best_feature", "linear"),
                key=lambda n: base["validation"][n]["sharpe"]["value"])
     assert versus["baseline"] == best and versus["label"] == base["test"][best]["label"]
+    every = report["versus_baselines"]
+    assert set(every) == {"best_feature", "linear"}
+    assert every[best]["test"] == versus["test"]
     chosen = next(t for t in report["trials"] if t["chosen"])
     for period in ("validation", "test"):
         for name in ("sharpe", "rank_ic", "sharpe_net", "turnover"):
