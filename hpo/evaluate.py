@@ -38,6 +38,7 @@ import argparse
 import hashlib
 import io
 import json
+import logging
 import math
 import sys
 from dataclasses import dataclass
@@ -68,6 +69,8 @@ from trainers.heldout import HeldOut
 from trainers.registry import get_workload, workload_names
 
 EXIT_OK, EXIT_USER = 0, 2
+TEAR_SHEET = "tear_sheet.html"
+log = logging.getLogger("hpo")
 # The deflated Sharpe ratio is a statistic of the Sharpe ratio, whatever picks the trial.
 DSR_METRIC = "sharpe"
 CHOICE_RULE_SINGLE = "the best trial of the study's objective"
@@ -331,6 +334,7 @@ def evaluate_study(study: optuna.Study, *, output: Path, force: bool = False) ->
     report = _build_report(study, front, chosen, rule, heldout, dirs=dirs, trained=trained,
                            output=Path(output), identity=identity, rid=rid, sharpes=sharpes)
     preds = report.pop("_predictions")
+    sheet_frames = report.pop("_sheet_frames")
     buf = io.BytesIO()
     preds.write_parquet(buf)
     data = buf.getvalue()
@@ -338,10 +342,32 @@ def evaluate_study(study: optuna.Study, *, output: Path, force: bool = False) ->
                        "test_predictions_sha256": _sha256(data)}
     # Predictions first: a report never points at predictions that are not on disk.
     atomic_write_bytes(out_dir / PREDICTIONS_FILE, data)
+    if heldout.tear_sheet is not None:
+        report["files"]["tear_sheet"] = TEAR_SHEET
+        paths = heldout.tear_sheet(sheet_frames, trained[chosen.number], out_dir,
+                                   f"{study.study_name}: trial {chosen.number} on the test "
+                                   "period")
+        attach_tear_sheet(study, paths, output=Path(output))
     atomic_write_json(report_path, report)
     report = json.loads(report_path.read_text())  # as readers see it: NaN stored as null
     publish_summary(study, report)
     return Evaluation(report, report_path, changed=True)
+
+
+def attach_tear_sheet(study: optuna.Study, paths: list[Path], *, output: Path) -> None:
+    """Upload the tear sheet's files as study artifacts (the store ``hpo.dashboard`` serves),
+    so optuna-dashboard lists them on the study's page. Best effort, as every artifact: the
+    files are on disk whatever happens here."""
+    from hpo.artifacts import artifact_store
+
+    try:
+        store = artifact_store(output)
+        for path in paths:
+            optuna.artifacts.upload_artifact(artifact_store=store, file_path=str(path),
+                                             study_or_trial=study)
+    except Exception as exc:  # noqa: BLE001 - a broken upload must not lose the report
+        log.warning("study %s: could not attach the tear sheet: %s: %s", study.study_name,
+                    type(exc).__name__, exc)
 
 
 def _build_report(study: optuna.Study, front: list[FrozenTrial], chosen: FrozenTrial,
@@ -412,6 +438,11 @@ def _build_report(study: optuna.Study, front: list[FrozenTrial], chosen: FrozenT
         "versus_baseline": versus,
         "versus_baselines": versus_all,
         "_predictions": pl.concat(frames),
+        "_sheet_frames": {f"trial {chosen.number} (chosen)": chosen_test,
+                          **{str((baselines or {}).get("test", {}).get(name, {})
+                                 .get("label", name)): frame
+                             for name, frame in ((baseline_frames or {}).get("test")
+                                                 or {}).items()}},
     }
 
 

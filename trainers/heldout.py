@@ -29,6 +29,9 @@ protocol, in the order ``hpo.evaluate`` uses it, for each trial of the best tria
 9. Optional ``compare(rows_a, rows_b, trained)`` -> ``{name: {"value", "se"}}``: every
    figure of ``a`` minus ``b`` on the same dates, with a paired standard error. With it and
    baseline frames, the report says by how much the chosen trial beats its best baseline.
+10. Optional ``tear_sheet(frames, trained, out_dir, title)`` -> the files written: a
+   human-readable sheet of the test period (``frames``: label -> test rows, the chosen trial
+   first, then each baseline); ``hpo.evaluate`` attaches them to the study as artifacts.
 
 ``selection_metric`` (a user attr every trial writes) picks the chosen trial of a Pareto front,
 in the workload's natural direction for it; ``table`` is what the compact tables show.
@@ -106,6 +109,7 @@ class HeldOut:
     baselines: Callable[[Any, Prediction], dict[str, Any] | None] | None = None
     describe: Callable[[Any], dict[str, Any]] | None = None
     compare: Callable[[Any, Any, Any], dict[str, Any]] | None = None
+    tear_sheet: Callable[[Mapping[str, Any], Any, Path, str], list[Path]] | None = None
 
     def __post_init__(self) -> None:
         missing = [m for m in self.table if m not in self.reported]

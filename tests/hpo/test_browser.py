@@ -190,3 +190,35 @@ def test_exported_plots_render_offline(tmp_path: Path, browser: Any) -> None:
     assert [u for u in loaded if u.startswith(("http:", "https:"))] == []
     assert browser.execute_script("return typeof Plotly") == "object"
     _screenshot(browser, "export_pareto_front.png")
+
+
+def test_the_tear_sheet_renders_in_the_dashboard(tmp_path: Path, browser: Any,
+                                                 dashboard_server: Any) -> None:
+    """hpo.run opens the test period of a tiny ATFT-GAT study; the tear sheet it attaches is
+    listed by optuna-dashboard and, served by it, shows its table and its four charts."""
+    import json
+
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from tests.hpo.test_evaluate import STUDY
+
+    (tmp_path / "held.toml").write_text(STUDY.replace("n_trials = 3", "n_trials = 2"))
+    out = tmp_path / "out"
+    assert run_main(["--study", str(tmp_path / "held.toml"), "--output", str(out)]) == 0
+    url = f"sqlite:///{out / 'hpo.db'}"
+    study_id = optuna.load_study(study_name="held", storage=url)._study_id
+    base = dashboard_server(["--study", "held", "--storage", url, "--output", str(out)])
+    with urllib.request.urlopen(f"{base}/api/studies/{study_id}", timeout=10) as r:
+        listed = {a["filename"]: a["artifact_id"] for a in json.load(r)["artifacts"]}
+    assert "tear_sheet.html" in listed and "tear_sheet_cumulative.png" in listed
+
+    browser.get(f"{base}/artifacts/{study_id}/{listed['tear_sheet.html']}")
+    WebDriverWait(browser, PAGE_TIMEOUT_S).until(
+        lambda d: d.execute_script("return document.images.length") == 4)
+    widths = browser.execute_script(
+        "return Array.from(document.images).map(i => i.complete ? i.naturalWidth : 0)")
+    assert all(w > 300 for w in widths), widths
+    text = _wait_for_text(browser, "held: trial", "(chosen)", "ridge (every feature)",
+                          "sharpe_net", "Mean target of each prediction quintile")
+    assert "nothing was chosen on these dates" in text
+    _screenshot(browser, "tear_sheet.png")

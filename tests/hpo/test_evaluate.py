@@ -324,3 +324,42 @@ def test_the_chosen_trial_minus_its_best_baseline_with_a_paired_se(ran: Path) ->
     assert any(line.strip().startswith(f"chosen - {versus['label']}") for line in lines)
     assert any(f"on test, trial {report['chosen']} against {versus['label']}" in line
                for line in lines)
+
+
+def test_the_tear_sheet_is_written_and_attached_to_the_study(ran: Path) -> None:
+    """Four PNGs and one self-contained HTML page beside the report, their figures those of
+    the report, every file an artifact of the study (what optuna-dashboard lists)."""
+    import re
+
+    from trainers.tearsheet import HTML_NAME, PNG_NAMES, quantile_returns
+
+    out = ran / "out"
+    folder = out / "held"
+    report = _report(out)
+    assert report["files"]["tear_sheet"] == HTML_NAME
+    for name in PNG_NAMES:
+        assert (folder / name).read_bytes().startswith(b"\x89PNG")
+    page = (folder / HTML_NAME).read_text()
+    assert page.count("data:image/png;base64,") == 4 and "http" not in page
+    chosen = next(t for t in report["trials"] if t["chosen"])
+    row = re.search(rf"<tr><td>trial {chosen['number']} \(chosen\)</td>(.*?)</tr>", page)
+    cells = re.findall(r"<td>([^<]*)</td>", row.group(1))
+    for cell, name in zip(cells, ("sharpe", "sharpe_net", "rank_ic", "turnover"), strict=True):
+        assert float(cell) == pytest.approx(chosen["test"][name]["value"], rel=1e-3)
+    feature = report["baselines"]["test"]["best_feature"]["feature"]
+    for label in ("ridge (every feature)", f"best feature ({feature})"):
+        assert f"<td>{label}</td>" in page
+    assert "5 bps per unit traded" in page
+    names = {m.filename for m in optuna.artifacts.get_all_artifact_meta(_study(out))}
+    assert {HTML_NAME, *PNG_NAMES} <= names
+    # The quintile chart's numbers: the chosen trial's mean target per prediction quintile.
+    preds = pl.read_parquet(folder / PREDICTIONS_FILE)
+    rows = preds.filter(pl.col("trial") == chosen["number"])
+    q = quantile_returns(rows)
+    by_hand = []
+    for _, day in rows.group_by("date"):
+        order = np.argsort(day["pred"].to_numpy(), kind="stable")
+        buckets = np.arange(len(order)) * 5 // len(order)
+        target = day["target"].to_numpy()[order]
+        by_hand.append([target[buckets == k].mean() for k in range(5)])
+    np.testing.assert_allclose(q, np.mean(by_hand, axis=0), rtol=1e-9)

@@ -67,6 +67,12 @@ def _compare(a: Any, b: Any, trained: Any) -> dict[str, Any]:
     return ranking_compare(a, b, **scoring(trained.config))
 
 
+def _tear_sheet(frames: Any, trained: Any, out_dir: Path, title: str) -> list[Path]:
+    from trainers.tearsheet import tear_sheet
+
+    return tear_sheet(frames, out_dir, title=title, **scoring(trained.config))
+
+
 def _moments(frame: Any, trained: Any) -> dict[str, float]:
     s = scoring(trained.config)
     return ranking_moments(frame, horizon=s["horizon"], periods_per_year=s["periods_per_year"])
@@ -147,4 +153,5 @@ def _describe(trained: Any) -> dict[str, Any]:
 
 HELDOUT = HeldOut(load=_load, digest=_digest, predict=_predict, score=_score,
                   selection_metric="sharpe", check=_check, moments=_moments,
-                  baselines=_baselines, describe=_describe, compare=_compare)
+                  baselines=_baselines, describe=_describe, compare=_compare,
+                  tear_sheet=_tear_sheet)

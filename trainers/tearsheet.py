@@ -1,0 +1,225 @@
+"""The held-out period's tear sheet of a ranking model, beside its baselines.
+
+:func:`tear_sheet` takes prediction rows (``date, code, pred, target``) of the chosen model and
+of each baseline on the same dates and writes, into one directory:
+
+* ``tear_sheet_cumulative.png``: the cumulative long-short return, gross (solid) and net of
+  ``cost_bps`` per unit traded (dashed), one line each (for an h-day target each date's
+  h-day long-short is divided by h: the h staggered books of ``sharpe`` each hold 1/h);
+* ``tear_sheet_rank_ic.png``: the chosen model's per-date RankIC (bars) and its rolling mean,
+  and the baselines' rolling means;
+* ``tear_sheet_quantiles.png``: the mean target of each prediction quintile (per date, then
+  averaged over dates): a model that ranks well rises from the first to the last;
+* ``tear_sheet_turnover.png``: the rolling mean of each model's turnover;
+* ``tear_sheet.html``: a table of each model's figures (``panel_metrics``: Sharpe, net Sharpe,
+  RankIC, turnover) and the four figures embedded, so the one file is the whole sheet (no
+  network, nothing beside it needed).
+
+Everything is drawn from the rows given with the same definitions as the metrics
+(:mod:`trainers.metrics`): nothing here chooses anything.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+HTML_NAME = "tear_sheet.html"
+PNG_NAMES = ("tear_sheet_cumulative.png", "tear_sheet_rank_ic.png",
+             "tear_sheet_quantiles.png", "tear_sheet_turnover.png")
+# Rolling windows (in dates) of the RankIC and turnover lines: about a trading month.
+ROLLING_DATES = 20
+N_QUANTILES = 5
+TABLE = ("sharpe", "sharpe_net", "rank_ic", "turnover")
+DPI = 90
+
+
+def quantile_returns(frame: pl.DataFrame, n_quantiles: int = N_QUANTILES,
+                     min_stocks: int = 5) -> np.ndarray:
+    """(n_quantiles,) mean target of each prediction quantile: per date (dates with at least
+    ``min_stocks`` finite rows; ties broken by row order), then the mean over dates."""
+    rows = frame.filter(pl.col("pred").is_finite() & pl.col("target").is_finite())
+    rows = rows.with_columns(n=pl.len().over("date")).filter(pl.col("n") >= min_stocks)
+    if rows.height == 0:
+        return np.full(n_quantiles, np.nan)
+    rank = pl.col("pred").rank("ordinal").over("date") - 1
+    bucket = (rank * n_quantiles // pl.col("n")).alias("q")
+    per_date = rows.with_columns(bucket).group_by("date", "q").agg(pl.col("target").mean())
+    means = per_date.group_by("q").agg(pl.col("target").mean()).sort("q")
+    out = np.full(n_quantiles, np.nan)
+    out[means["q"].to_numpy().astype(int)] = means["target"].to_numpy()
+    return out
+
+
+def _per_date(frame: pl.DataFrame, *, horizon: int, cost_bps: float) -> pl.DataFrame:
+    from trainers.metrics import per_date_metrics
+
+    return per_date_metrics(frame["date"].to_numpy(), frame["pred"].to_numpy(),
+                            frame["target"].to_numpy(), codes=frame["code"].to_numpy(),
+                            horizon=horizon, cost_bps=cost_bps)
+
+
+def _rolling(values: np.ndarray, window: int) -> np.ndarray:
+    """Trailing mean over the finite values of the last ``window`` entries."""
+    finite = np.isfinite(values)
+    total = np.cumsum(np.where(finite, values, 0.0))
+    count = np.cumsum(finite)
+    total[window:] = total[window:] - total[:-window]
+    count[window:] = count[window:] - count[:-window]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / count, np.nan)
+
+
+def _dates_axis(ax: Any) -> None:
+    from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
+
+    locator = AutoDateLocator()
+    ax.xaxis.set_major_locator(locator)
+    ax.xaxis.set_major_formatter(ConciseDateFormatter(locator))
+
+
+def _png(fig: Any) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=DPI, format="png", metadata={"Software": None})
+    return buf.getvalue()
+
+
+def _figures(series: Mapping[str, pl.DataFrame], quantiles: Mapping[str, np.ndarray], *,
+             horizon: int, cost_bps: float, title: str) -> list[bytes]:
+    from matplotlib.figure import Figure
+
+    colors = [f"C{i}" for i in range(len(series))]
+    out = []
+    fig = Figure(figsize=(8.0, 3.6), layout="constrained")
+    ax = fig.subplots()
+    for (label, pd), color in zip(series.items(), colors, strict=True):
+        dates = pd["date"].to_numpy()
+        for column, style, suffix in (("long_short", "-", "gross"),
+                                      ("long_short_net", "--", "net")):
+            ret = np.nan_to_num(pd[column].to_numpy() / horizon)
+            ax.plot(dates, np.cumsum(ret), style, color=color, label=f"{label}, {suffix}")
+    ax.axhline(0.0, color="0.6", lw=0.8)
+    ax.set_ylabel("cumulative long-short return")
+    _dates_axis(ax)
+    ax.set_title(f"{title}: cumulative long-short, gross and net of {cost_bps:g} bps")
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(alpha=0.3)
+    out.append(_png(fig))
+
+    fig = Figure(figsize=(8.0, 3.6), layout="constrained")
+    ax = fig.subplots()
+    first = next(iter(series))
+    chosen = series[first]
+    ax.bar(chosen["date"].to_numpy(), np.nan_to_num(chosen["rank_ic"].to_numpy()),
+           color="0.75", width=1.0, label=f"{first}, per date")
+    for (label, pd), color in zip(series.items(), colors, strict=True):
+        ax.plot(pd["date"].to_numpy(), _rolling(pd["rank_ic"].to_numpy(), ROLLING_DATES),
+                color=color, label=f"{label}, {ROLLING_DATES}-date mean")
+    ax.axhline(0.0, color="0.4", lw=0.8)
+    ax.set_ylabel("RankIC")
+    _dates_axis(ax)
+    ax.set_title(f"{title}: per-date RankIC")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    out.append(_png(fig))
+
+    fig = Figure(figsize=(8.0, 3.6), layout="constrained")
+    ax = fig.subplots()
+    width = 0.8 / len(quantiles)
+    x = np.arange(N_QUANTILES)
+    for i, ((label, q), color) in enumerate(zip(quantiles.items(), colors, strict=True)):
+        ax.bar(x + (i - (len(quantiles) - 1) / 2) * width, np.nan_to_num(q), width,
+               color=color, label=label)
+    ax.set_xticks(x, [f"Q{i + 1}" for i in x])
+    ax.axhline(0.0, color="0.4", lw=0.8)
+    ax.set_xlabel("prediction quintile (Q1 lowest)")
+    ax.set_ylabel("mean target")
+    ax.set_title(f"{title}: mean target by prediction quintile")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3, axis="y")
+    out.append(_png(fig))
+
+    fig = Figure(figsize=(8.0, 3.0), layout="constrained")
+    ax = fig.subplots()
+    for (label, pd), color in zip(series.items(), colors, strict=True):
+        ax.plot(pd["date"].to_numpy(), _rolling(pd["turnover"].to_numpy(), ROLLING_DATES),
+                color=color, label=label)
+    ax.set_ylim(0.0, 4.0)
+    _dates_axis(ax)
+    ax.set_ylabel(f"turnover ({ROLLING_DATES}-date mean)")
+    ax.set_title(f"{title}: weight traded per rebalance (0 to 4)")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    out.append(_png(fig))
+    return out
+
+
+def _html(title: str, figures: Mapping[str, Mapping[str, float]], pngs: list[bytes], *,
+          horizon: int, cost_bps: float, periods_per_year: float, dates: str) -> str:
+    def cell(v: float) -> str:
+        return f"{v:.4g}" if isinstance(v, float) and np.isfinite(v) else "-"
+
+    head = "".join(f"<th>{html.escape(n)}</th>" for n in TABLE)
+    rows = "".join(f"<tr><td>{html.escape(label)}</td>"
+                   + "".join(f"<td>{cell(f.get(n))}</td>" for n in TABLE) + "</tr>"
+                   for label, f in figures.items())
+    captions = ("Cumulative long-short return (top 20% minus bottom 20% by prediction), gross "
+                f"and net of {cost_bps:g} bps per unit traded",
+                f"Per-date RankIC and its {ROLLING_DATES}-date trailing mean",
+                "Mean target of each prediction quintile",
+                f"Turnover: weight traded per rebalance, {ROLLING_DATES}-date trailing mean")
+    images = "".join(
+        f'<figure><img alt="{html.escape(c)}" src="data:image/png;base64,'
+        f'{base64.b64encode(p).decode()}"><figcaption>{html.escape(c)}</figcaption></figure>'
+        for c, p in zip(captions, pngs, strict=True))
+    note = (f"Test dates {html.escape(dates)}; {horizon}-date target; Sharpe ratios annualised "
+            f"with {periods_per_year:g} periods a year; costs {cost_bps:g} bps per unit traded. "
+            "These are held-out figures: nothing was chosen on these dates.")
+    return ("<!doctype html><html><head><meta charset=\"utf-8\">"
+            f"<title>{html.escape(title)}</title><style>body{{font-family:sans-serif;"
+            "margin:2em;max-width:60em}table{border-collapse:collapse}td,th{border:1px solid "
+            "#ccc;padding:.3em .6em;text-align:right}td:first-child{text-align:left}"
+            "img{max-width:100%}</style></head><body>"
+            f"<h1>{html.escape(title)}</h1><p>{note}</p><h2>Figures</h2><table><tr><th></th>"
+            f"{head}</tr>{rows}</table><h2>Charts</h2>{images}</body></html>\n")
+
+
+def tear_sheet(frames: Mapping[str, pl.DataFrame], out_dir: Path, *, title: str,
+               horizon: int = 1, cost_bps: float = 5.0,
+               periods_per_year: float = 252.0) -> list[Path]:
+    """Write the tear sheet of ``frames`` (label -> rows; the first is the model, the others
+    its baselines, on the same dates) into ``out_dir``; returns the HTML file and the PNGs.
+    Each file is replaced atomically."""
+    from trainers.context import atomic_write_bytes
+    from trainers.metrics import panel_metrics
+
+    if not frames:
+        raise ValueError("tear_sheet needs at least one frame of prediction rows")
+    series = {label: _per_date(f, horizon=horizon, cost_bps=cost_bps)
+              for label, f in frames.items()}
+    quantiles = {label: quantile_returns(f) for label, f in frames.items()}
+    figures = {label: panel_metrics(f["date"].to_numpy(), f["pred"].to_numpy(),
+                                    f["target"].to_numpy(), codes=f["code"].to_numpy(),
+                                    horizon=horizon, cost_bps=cost_bps,
+                                    periods_per_year=periods_per_year)
+               for label, f in frames.items()}
+    pngs = _figures(series, quantiles, horizon=horizon, cost_bps=cost_bps, title=title)
+    first = next(iter(frames.values()))["date"]
+    dates = f"{first.min()} to {first.max()}"
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, data in zip(PNG_NAMES, pngs, strict=True):
+        atomic_write_bytes(out_dir / name, data, durable=False)
+        paths.append(out_dir / name)
+    page = _html(title, figures, pngs, horizon=horizon, cost_bps=cost_bps,
+                 periods_per_year=periods_per_year, dates=dates)
+    atomic_write_bytes(out_dir / HTML_NAME, page.encode(), durable=False)
+    return [out_dir / HTML_NAME, *paths]
