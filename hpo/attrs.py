@@ -14,6 +14,9 @@ TARGET = "n_trials_target"  # finished trials the study aims for, shared by ever
 WORKLOAD = "workload"
 DESCRIPTION = "description"
 TEST_REPORT = "test_report"  # the held-out report's summary (hpo.heldout)
+# Append-only: one entry per look at the test period (time, finished trials, front, chosen,
+# report id); hpo.evaluate refuses a new look without --reopen once it holds one.
+TEST_OPENINGS = "test_openings"
 
 # -- trial user attrs written by the objective and the worker ---------------------------------
 OUTPUT_DIR = "output_dir"

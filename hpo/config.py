@@ -31,7 +31,7 @@ PARAM_TYPES = ("float", "int", "categorical")
 
 _TOP_KEYS = {
     "name", "description", "workload", "n_trials", "timeout_s", "objectives", "sampler",
-    "pruner", "trainer", "data", "search_space", "enqueue", "storage",
+    "pruner", "trainer", "data", "search_space", "enqueue", "storage", "evaluate",
 }
 
 
@@ -107,6 +107,15 @@ class StorageSpec:
 
 
 @dataclass(frozen=True)
+class EvaluateSpec:
+    """When the held-out test period is opened (see hpo.evaluate). ``auto``: ``hpo.run``
+    opens it when the study first reaches its target; after that only
+    ``hpo.evaluate --reopen`` looks again. Not part of the fingerprint: it changes no trial."""
+
+    auto: bool = True
+
+
+@dataclass(frozen=True)
 class Enqueued:
     name: str
     params: Mapping[str, Any]
@@ -128,6 +137,7 @@ class StudySpec:
     n_trials: int
     timeout_s: float | None
     enqueue: tuple[Enqueued, ...] = field(default=())
+    evaluate: EvaluateSpec = field(default_factory=EvaluateSpec)
 
     @property
     def metric_names(self) -> list[str]:
@@ -364,6 +374,7 @@ def parse_study(raw: Mapping[str, Any], *, path: Path, check_workload: bool = Tr
                                         else {}, n_objectives=len(objectives)):
         problems.add(key, problem)
     storage = _simple(StorageSpec, raw, "storage", problems)
+    evaluate = _simple(EvaluateSpec, raw, "evaluate", problems)
     if storage.heartbeat_interval < 1 or storage.grace_period <= storage.heartbeat_interval:
         problems.add("storage", "need heartbeat_interval >= 1 and grace_period > "
                                 f"heartbeat_interval, got {storage.heartbeat_interval} and "
@@ -407,7 +418,7 @@ def parse_study(raw: Mapping[str, Any], *, path: Path, check_workload: bool = Tr
     return StudySpec(
         name=name, path=path, description=description, workload=workload_name,
         objectives=tuple(objectives), search_space=tuple(params), trainer=trainer, data=data,
-        sampler=sampler, pruner=pruner, storage=storage, n_trials=n_trials,
+        sampler=sampler, pruner=pruner, storage=storage, evaluate=evaluate, n_trials=n_trials,
         timeout_s=float(timeout) or None, enqueue=tuple(enqueued),
     )
 

@@ -42,6 +42,7 @@ import logging
 import math
 import sys
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -302,11 +303,40 @@ def _heldout_or_error(study: optuna.Study) -> HeldOut:
     return heldout
 
 
-def evaluate_study(study: optuna.Study, *, output: Path, force: bool = False) -> Evaluation:
+class ReopenRequired(UserError):
+    """The test period was opened before and this would be a new look at it."""
+
+
+# What a look at the test period is: the same models of the same front on the same dates give
+# the same test figures, so recomputing them (after more trials changed only the deflation, or
+# with --force) is not a new look; another front, chosen trial or model is.
+LOOK_KEYS = ("study", "front", "chosen", "model_sha256", "split")
+
+
+def test_openings(study: optuna.Study) -> list[dict[str, Any]]:
+    """Every recorded look at the study's test period, oldest first."""
+    value = study.user_attrs.get(attrs.TEST_OPENINGS)
+    return list(value) if isinstance(value, list) else []
+
+
+def _reopen_message(study: optuna.Study, seen: list[dict[str, Any]]) -> str:
+    last = seen[-1]
+    return (f"the test period of study {study.study_name!r} was opened {len(seen)} time(s), "
+            f"last at {last.get('time')} (chosen trial {last.get('chosen')}, "
+            f"{last.get('finished_trials')} finished trials); the front or its models changed "
+            "since, and looking again turns the test period into a second validation set. "
+            f"Pass --reopen to look anyway; it is recorded as opening {len(seen) + 1}")
+
+
+def evaluate_study(study: optuna.Study, *, output: Path, force: bool = False,
+                   reopen: bool = False) -> Evaluation:
     """Predict the test period for the chosen trials and write the report (module docstring).
 
     ``output`` is the study's ``--output`` directory: trial directories, the feature cache and
     the report all live under it. ``force`` recomputes even when the report is up to date.
+    The first look at the test period is recorded in the study user attr ``test_openings``;
+    a later look at another front or other models raises :class:`ReopenRequired` unless
+    ``reopen``, and is recorded too. Recomputing figures already seen is not a new look.
     """
     heldout = _heldout_or_error(study)
     front = best_trials(study)
@@ -327,9 +357,14 @@ def evaluate_study(study: optuna.Study, *, output: Path, force: bool = False) ->
     sharpes = searched_sharpes(study)
     identity = _identity(study, front, chosen, digests, sharpes)
     rid = report_id(identity)
+    look = report_id({k: identity[k] for k in LOOK_KEYS})
     report_path = out_dir / REPORT_FILE
     if not force and _existing_id(out_dir) == rid:
         return Evaluation(json.loads(report_path.read_text()), report_path, changed=False)
+    seen = test_openings(study)
+    new_look = look not in {o.get("look_id") for o in seen}
+    if seen and new_look and not reopen:
+        raise ReopenRequired(_reopen_message(study, seen))
 
     report = _build_report(study, front, chosen, rule, heldout, dirs=dirs, trained=trained,
                            output=Path(output), identity=identity, rid=rid, sharpes=sharpes)
@@ -342,6 +377,16 @@ def evaluate_study(study: optuna.Study, *, output: Path, force: bool = False) ->
                        "test_predictions_sha256": _sha256(data)}
     # Predictions first: a report never points at predictions that are not on disk.
     atomic_write_bytes(out_dir / PREDICTIONS_FILE, data)
+    if new_look:  # recorded before anything shows the figures
+        finished = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+                       for t in study.get_trials(deepcopy=False))
+        seen = [*seen, {"opening": len(seen) + 1,
+                        "time": datetime.now(UTC).isoformat(timespec="seconds"),
+                        "finished_trials": finished, "front": [t.number for t in front],
+                        "chosen": chosen.number, "report_id": rid, "look_id": look,
+                        "reopened": bool(seen)}]
+        study.set_user_attr(attrs.TEST_OPENINGS, seen)
+    report["test_openings"] = seen
     if heldout.tear_sheet is not None:
         report["files"]["tear_sheet"] = TEAR_SHEET
         paths = heldout.tear_sheet(sheet_frames, trained[chosen.number], out_dir,
@@ -468,6 +513,8 @@ def summary_of(report: dict[str, Any]) -> dict[str, Any]:
         "baselines": _baseline_rows(report.get("baselines"), table),
         "versus_baseline": _versus_row(report.get("versus_baseline"), table),
         "deflated_sharpe": ({k: dsr[k] for k in ("value", "n_trials")} if dsr else None),
+        "test_openings": len(report.get("test_openings") or []),
+        "first_opened": (report.get("test_openings") or [{}])[0].get("time"),
         "test_psr": psr["value"] if psr else None,
     }
 
@@ -494,7 +541,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the study's output directory: trial models, feature cache, embedded "
                    "database; the report goes to <output>/<study>/ (default: output)")
     p.add_argument("--force", action="store_true",
-                   help="recompute the report even when the existing one is up to date")
+                   help="recompute the report even when the existing one is up to date (the "
+                   "figures already seen: never a new look at the test period)")
+    p.add_argument("--reopen", action="store_true",
+                   help="look at the test period again after the front or its models changed "
+                   "since it was opened; recorded in the study's test_openings")
     return p
 
 
@@ -507,7 +558,8 @@ def main(argv: list[str] | None = None) -> int:
         url = resolve_url(args.storage, args.output)
         study = load_existing_study(open_existing_storage(url), args.study, url)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        result = evaluate_study(study, output=args.output, force=args.force)
+        result = evaluate_study(study, output=args.output, force=args.force,
+                                reopen=args.reopen)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER

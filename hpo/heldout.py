@@ -119,6 +119,14 @@ def footnotes(summary: dict[str, Any]) -> list[str]:
     line = verdict(summary)
     if line:
         lines.append(line)
+    opened = summary.get("test_openings")
+    if isinstance(opened, int) and opened >= 1:
+        lines.append(f"test period opened {opened} time(s), first at "
+                     f"{summary.get('first_opened')}")
+        if opened > 1:
+            lines.append(f"warning: the test period has been looked at {opened} times; a "
+                         "choice made after a look makes its figures validation, not "
+                         "out-of-sample")
     if summary.get("versus_baseline"):
         lines.append("chosen - baseline: paired differences, both resampled on the same "
                      "bootstrap dates")

@@ -179,7 +179,8 @@ def _run(args: argparse.Namespace, n_workers: int, *, gpu_pinning: bool) -> int:
         from hpo.progress import print_summary
 
         if code == EXIT_OK:
-            evaluate_when_complete(study, output=output, url=url, target=target)
+            evaluate_when_complete(study, output=output, url=url, target=target,
+                                   auto=spec.evaluate.auto)
         print_summary(study, spec, url, target)
     return code
 
@@ -199,16 +200,19 @@ def preflight(spec: StudySpec) -> None:
 
 
 def evaluate_when_complete(study: optuna.Study, *, output: Path, url: str,
-                           target: int) -> None:
+                           target: int, auto: bool = True) -> None:
     """Open the test period (``hpo.evaluate``) once the study has reached its target.
 
-    Only for workloads with a held-out test period, and only when ``target`` trials are
-    finished (not after a timeout or an interruption). A failure here never touches the
-    study: it prints the reason and the command that retries it.
+    Only for workloads with a held-out test period, only when ``target`` trials are finished
+    (not after a timeout or an interruption), and only for the first look: once the test
+    period was opened, a front that changed since is reported here with the ``--reopen``
+    command, never looked at (a report of the same front is refreshed: that is no new look).
+    ``auto`` False (``[evaluate] auto = false``) leaves the opening to the user. A failure
+    here never touches the study: it prints the reason and the command that retries it.
     """
     from optuna.trial import TrialState
 
-    from hpo.evaluate import evaluate_study, has_test_period
+    from hpo.evaluate import ReopenRequired, evaluate_study, has_test_period
     from hpo.progress import evaluate_command
 
     if not has_test_period(study.user_attrs.get("workload")):
@@ -217,12 +221,21 @@ def evaluate_when_complete(study: optuna.Study, *, output: Path, url: str,
                    for t in study.get_trials(deepcopy=False))
     if finished < target:
         return
+    command = evaluate_command(url, study.study_name, output)
+    if not auto:
+        log.info("the test period stays closed ([evaluate] auto = false); open it once with: "
+                 "%s", command)
+        return
     try:
         result = evaluate_study(study, output=output)
+    except ReopenRequired as exc:
+        print(f"\ntest period not reopened: {exc}. Command: {command} --reopen",
+              file=sys.stderr)
+        return
     except Exception as exc:  # the study is done and stored; the report can be made later
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         print(f"\ntest evaluation failed ({type(exc).__name__}: {reason}); the study is "
-              f"intact. Retry with: {evaluate_command(url, study.study_name, output)}",
+              f"intact. Retry with: {command}",
               file=sys.stderr)
         return
     state = "written" if result.changed else "unchanged"

@@ -211,8 +211,9 @@ def test_rerun_leaves_the_same_file_and_force_rewrites_the_same_bytes(
 def test_a_changed_front_gets_a_fresh_report_and_trials_never_see_test_figures(
         copy: Path, capsys: pytest.CaptureFixture) -> None:
     """A new trial that dominates the front (trial 0's model copied as its own) makes the
-    report out of date; status says so; evaluate writes a fresh one for the new front. No
-    trial's values or attrs change."""
+    report out of date; status says so; evaluate refuses to look at the test period again
+    until --reopen, then writes a fresh report for the new front and records the second
+    opening. No trial's values or attrs change."""
     from hpo.status import main as status_main
 
     study = _study(copy)
@@ -226,11 +227,24 @@ def test_a_changed_front_gets_a_fresh_report_and_trials_never_see_test_figures(
     assert "out of date" in capsys.readouterr().out
     before = [(t.values, t.user_attrs, t.system_attrs) for t in _study(copy).trials]
 
-    assert main(["--study", "held", "--output", str(copy)]) == 0
+    capsys.readouterr()
+    assert main(["--study", "held", "--output", str(copy)]) == 2
+    err = capsys.readouterr().err
+    assert "was opened 1 time(s)" in err and "Pass --reopen" in err
+    assert _report(copy) == old  # nothing looked at, nothing written
+    assert main(["--study", "held", "--output", str(copy), "--reopen"]) == 0
+    assert "warning: the test period has been looked at 2 times" in capsys.readouterr().out
     new = _report(copy)
     assert new["report_id"] != old["report_id"]
     assert [t["number"] for t in new["trials"]] == [3] and new["chosen"] == 3
     assert new["deflated_sharpe"]["n_trials"] == 4
+    openings = _study(copy).user_attrs["test_openings"]
+    assert [(o["opening"], o["chosen"], o["reopened"]) for o in openings] == [
+        (1, old["chosen"], False), (2, 3, True)]
+    assert new["test_openings"] == openings and openings[0]["report_id"] == old["report_id"]
+    # The same look again, even forced, is no new opening.
+    assert main(["--study", "held", "--output", str(copy), "--force"]) == 0
+    assert len(_study(copy).user_attrs["test_openings"]) == 2
     after = [(t.values, t.user_attrs, t.system_attrs) for t in _study(copy).trials]
     assert after == before
 
@@ -363,3 +377,35 @@ def test_the_tear_sheet_is_written_and_attached_to_the_study(ran: Path) -> None:
         target = day["target"].to_numpy()[order]
         by_hand.append([target[buckets == k].mean() for k in range(5)])
     np.testing.assert_allclose(q, np.mean(by_hand, axis=0), rtol=1e-9)
+
+
+def test_a_resumed_study_keeps_its_report_until_reopened(tmp_path: Path, capsys) -> None:
+    """hpo.run opens the test period the first time the study reaches its target, and never
+    again: more trials leave the report's chosen trial alone (a new front is named with the
+    --reopen command), and the study records one opening."""
+    study_path = tmp_path / "held.toml"
+    study_path.write_text(STUDY.replace("n_trials = 3", "n_trials = 2"))
+    out = tmp_path / "out"
+    assert run_main(["--study", str(study_path), "--output", str(out)]) == 0
+    first = _report(out)
+    assert run_main(["--study", str(study_path), "--output", str(out), "--n-trials", "5"]) == 0
+    study = _study(out)
+    assert len(study.trials) == 5
+    assert len(study.user_attrs["test_openings"]) == 1
+    report = _report(out)
+    assert report["chosen"] == first["chosen"]
+    assert report["test_openings"] == study.user_attrs["test_openings"]
+    if sorted(t.number for t in study.best_trials) != [t["number"] for t in first["trials"]]:
+        assert "--reopen" in capsys.readouterr().err  # the front moved: said, not looked at
+
+
+def test_auto_false_leaves_the_test_period_closed(tmp_path: Path) -> None:
+    study_path = tmp_path / "held.toml"
+    study_path.write_text(STUDY.replace("n_trials = 3", "n_trials = 1")
+                          + "[evaluate]\nauto = false\n")
+    out = tmp_path / "out"
+    assert run_main(["--study", str(study_path), "--output", str(out)]) == 0
+    assert not (out / "held" / REPORT_FILE).exists()
+    assert "test_openings" not in _study(out).user_attrs
+    assert main(["--study", "held", "--output", str(out)]) == 0  # the first look, by hand
+    assert len(_study(out).user_attrs["test_openings"]) == 1
