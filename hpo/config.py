@@ -113,6 +113,7 @@ class EvaluateSpec:
     ``hpo.evaluate --reopen`` looks again. Not part of the fingerprint: it changes no trial."""
 
     auto: bool = True
+    pbo_blocks: int = 16  # blocks of the validation dates for the PBO (even)
 
 
 @dataclass(frozen=True)
@@ -375,6 +376,8 @@ def parse_study(raw: Mapping[str, Any], *, path: Path, check_workload: bool = Tr
         problems.add(key, problem)
     storage = _simple(StorageSpec, raw, "storage", problems)
     evaluate = _simple(EvaluateSpec, raw, "evaluate", problems)
+    if evaluate.pbo_blocks < 2 or evaluate.pbo_blocks % 2:
+        problems.add("evaluate.pbo_blocks", f"must be even and >= 2, got {evaluate.pbo_blocks}")
     if storage.heartbeat_interval < 1 or storage.grace_period <= storage.heartbeat_interval:
         problems.add("storage", "need heartbeat_interval >= 1 and grace_period > "
                                 f"heartbeat_interval, got {storage.heartbeat_interval} and "

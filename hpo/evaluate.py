@@ -70,6 +70,7 @@ from trainers.heldout import HeldOut
 from trainers.registry import get_workload, workload_names
 
 EXIT_OK, EXIT_USER = 0, 2
+DEFAULT_PBO_BLOCKS = 16  # trainers.metrics.overfitting's: C(16, 8) = 12,870 CSCV splits
 TEAR_SHEET = "tear_sheet.html"
 log = logging.getLogger("hpo")
 # The deflated Sharpe ratio is a statistic of the Sharpe ratio, whatever picks the trial.
@@ -134,27 +135,97 @@ def choose(study: optuna.Study, front: list[FrozenTrial], *, metric: str = DSR_M
     return min(front, key=key), choice_rule_front(metric, direction)
 
 
+# Trials the choice was made among: every one that produced a validation figure. A pruned
+# trial was judged on its last epoch and a trial that failed after an epoch was seen too, so
+# both count; a running or surplus trial does not (nothing was chosen against it yet).
+COUNTED_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+def _last_figure(t: FrozenTrial, metric: str) -> float | None:
+    """The trial's ``metric``: its user attr (complete and pruned trials keep their last
+    epoch's), else the last epoch of its ``history`` that has one (a trial that failed)."""
+    value = t.user_attrs.get(metric)
+    if _number(value):
+        return float(value)
+    for row in reversed(t.user_attrs.get(attrs.HISTORY) or []):
+        if isinstance(row, dict) and _number(row.get(metric)):
+            return float(row[metric])
+    return None
+
+
 def searched_sharpes(study: optuna.Study) -> dict[int, float]:
-    """Validation Sharpe of every COMPLETE trial that has one: the trials the choice was
-    made among, which the deflated Sharpe ratio accounts for."""
+    """Validation Sharpe of every trial that produced one (``COUNTED_STATES``): the trials the
+    choice was made among, which the deflated Sharpe ratio accounts for."""
     out = {}
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        value = t.user_attrs.get(DSR_METRIC)
-        if _number(value):
-            out[t.number] = float(value)
+    for t in study.get_trials(deepcopy=False, states=COUNTED_STATES):
+        if t.user_attrs.get(attrs.SURPLUS):
+            continue
+        value = _last_figure(t, DSR_METRIC)
+        if value is not None:
+            out[t.number] = value
     return out
+
+
+def validation_returns(study: optuna.Study, heldout: HeldOut, output: Path,
+                       numbers: list[int]) -> tuple[np.ndarray, list[int]]:
+    """(dates, trials) matrix of the validation long-short returns of the trials ``numbers``
+    that stored validation rows (``HeldOut.validation``), on the dates all of them share;
+    the trial numbers of its columns."""
+    series = {}
+    for n in numbers:
+        try:
+            frame = heldout.validation(trial_dir(output, study.study_name, n))
+        except (OSError, ValueError):  # pruned or failed before it wrote predictions
+            continue
+        series[n] = heldout.returns(frame)
+    if not series:
+        return np.zeros((0, 0)), []
+    common = None
+    for frame in series.values():
+        dates = set(frame["date"].to_list())
+        common = dates if common is None else common & dates
+    keep = sorted(common or ())
+    cols = sorted(series)
+    matrix = np.column_stack([
+        series[n].filter(pl.col("date").is_in(keep)).sort("date")["ret"].to_numpy()
+        for n in cols]) if keep else np.zeros((0, len(cols)))
+    return matrix, cols
+
+
+def overfitting(matrix: np.ndarray, trials: list[int], *, blocks: int) -> dict[str, Any]:
+    """The probability of backtest overfitting of the trials' validation returns (CSCV,
+    ``trainers.metrics.overfitting``); ``value`` None with the reason when it cannot be
+    computed."""
+    from trainers.metrics.overfitting import probability_of_backtest_overfitting
+
+    base = {"of": "the trials' daily validation long-short returns (Sharpe ratio as the "
+                  "performance)", "blocks": blocks, "trials": trials, "dates": len(matrix)}
+    try:
+        got = probability_of_backtest_overfitting(matrix, blocks=blocks)
+    except ValueError as exc:
+        return {**base, "value": None, "reason": str(exc)}
+    got.pop("logits")
+    return {**base, **{k: v for k, v in got.items() if k != "trials"}}
 
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+EFFECTIVE_N_FORMULA = ("N_eff = rho + (1 - rho) N, rho the mean pairwise correlation of the "
+                       "trials' daily validation long-short returns (Lopez de Prado and Lewis "
+                       "2019)")
+
+
 def deflation(chosen_sharpe: float, moments: dict[str, float], *,
-              sharpes: dict[int, float]) -> dict[str, Any]:
+              sharpes: dict[int, float], effective: dict[str, Any] | None = None,
+              states: dict[str, int] | None = None) -> dict[str, Any]:
     """The deflated Sharpe ratio of the chosen trial's validation Sharpe (Bailey and Lopez de
     Prado 2014), with every input it used. ``moments``: the chosen trial's validation
     long-short moments (per period skewness, non-excess kurtosis, non-overlapping periods,
-    periods per year); ``sharpes``: the annualised validation Sharpe of every trial searched."""
+    periods per year); ``sharpes``: the annualised validation Sharpe of every trial searched;
+    ``effective``: ``effective_trials`` of their returns, for a second DSR with the effective
+    number of trials (the raw count over-deflates correlated trials)."""
     from trainers.metrics import deflated_sharpe_ratio, expected_max_sharpe
 
     values = np.array(list(sharpes.values()), dtype=np.float64)
@@ -162,14 +233,28 @@ def deflation(chosen_sharpe: float, moments: dict[str, float], *,
     m = moments
     ppy = m["periods_per_year"]
     n_trials = max(1, len(values))
-    value = deflated_sharpe_ratio(chosen_sharpe, n_trials=n_trials, sharpe_variance=variance,
-                                  n_obs=int(m["n_obs"]), skew=m["skew"],
-                                  kurtosis=m["kurtosis"], periods_per_year=ppy)
+
+    def dsr(n: float) -> float:
+        return deflated_sharpe_ratio(chosen_sharpe, n_trials=max(1, round(n)),
+                                     sharpe_variance=variance, n_obs=int(m["n_obs"]),
+                                     skew=m["skew"], kurtosis=m["kurtosis"],
+                                     periods_per_year=ppy)
+
     benchmark = expected_max_sharpe(n_trials=n_trials, sharpe_variance=variance / ppy)
-    return {"value": value, "of": "the chosen trial's validation Sharpe",
-            "sharpe": chosen_sharpe, "n_trials": n_trials, "sharpe_variance": variance,
-            "expected_max_sharpe": benchmark * math.sqrt(ppy), "n_obs": int(m["n_obs"]),
-            "skew": m["skew"], "kurtosis": m["kurtosis"], "periods_per_year": ppy}
+    out = {"value": dsr(n_trials), "of": "the chosen trial's validation Sharpe",
+           "about": "the Sharpe ratio, whatever metric chose the trial",
+           "sharpe": chosen_sharpe, "n_trials": n_trials,
+           "trials_counted": sorted(sharpes), "states_counted": states or {},
+           "sharpe_variance": variance,
+           "expected_max_sharpe": benchmark * math.sqrt(ppy), "n_obs": int(m["n_obs"]),
+           "skew": m["skew"], "kurtosis": m["kurtosis"], "periods_per_year": ppy}
+    if effective and effective.get("mean_correlation") is not None:
+        n_eff = float(effective["n_effective"])
+        out["effective"] = {"value": dsr(n_eff), "n_trials": n_eff,
+                            "rounded_to": max(1, round(n_eff)),
+                            "mean_correlation": effective["mean_correlation"],
+                            "trials": effective.get("trials"), "formula": EFFECTIVE_N_FORMULA}
+    return out
 
 
 def psr_of_test(test_sharpe: float, moments: dict[str, float]) -> dict[str, Any]:
@@ -329,7 +414,7 @@ def _reopen_message(study: optuna.Study, seen: list[dict[str, Any]]) -> str:
 
 
 def evaluate_study(study: optuna.Study, *, output: Path, force: bool = False,
-                   reopen: bool = False) -> Evaluation:
+                   reopen: bool = False, pbo_blocks: int = DEFAULT_PBO_BLOCKS) -> Evaluation:
     """Predict the test period for the chosen trials and write the report (module docstring).
 
     ``output`` is the study's ``--output`` directory: trial directories, the feature cache and
@@ -355,7 +440,7 @@ def evaluate_study(study: optuna.Study, *, output: Path, force: bool = False,
         raise UserError(f"study {study.study_name!r} {exc}") from None
     digests = {n: heldout.digest(d) for n, d in dirs.items()}
     sharpes = searched_sharpes(study)
-    identity = _identity(study, front, chosen, digests, sharpes)
+    identity = {**_identity(study, front, chosen, digests, sharpes), "pbo_blocks": pbo_blocks}
     rid = report_id(identity)
     look = report_id({k: identity[k] for k in LOOK_KEYS})
     report_path = out_dir / REPORT_FILE
@@ -367,7 +452,8 @@ def evaluate_study(study: optuna.Study, *, output: Path, force: bool = False,
         raise ReopenRequired(_reopen_message(study, seen))
 
     report = _build_report(study, front, chosen, rule, heldout, dirs=dirs, trained=trained,
-                           output=Path(output), identity=identity, rid=rid, sharpes=sharpes)
+                           output=Path(output), identity=identity, rid=rid, sharpes=sharpes,
+                           pbo_blocks=pbo_blocks)
     preds = report.pop("_predictions")
     sheet_frames = report.pop("_sheet_frames")
     buf = io.BytesIO()
@@ -418,7 +504,8 @@ def attach_tear_sheet(study: optuna.Study, paths: list[Path], *, output: Path) -
 def _build_report(study: optuna.Study, front: list[FrozenTrial], chosen: FrozenTrial,
                   rule: str, heldout: HeldOut, *, dirs: dict[int, Path],
                   trained: dict[int, Any], output: Path, identity: dict[str, Any], rid: str,
-                  sharpes: dict[int, float]) -> dict[str, Any]:
+                  sharpes: dict[int, float], pbo_blocks: int = DEFAULT_PBO_BLOCKS
+                  ) -> dict[str, Any]:
     names = metric_names(study)
     recorded = study.user_attrs.get(DATE_SPLIT)
     trials, frames = [], []
@@ -446,10 +533,22 @@ def _build_report(study: optuna.Study, front: list[FrozenTrial], chosen: FrozenT
     model = trained[chosen.number]
     chosen_row = next(r for r in trials if r["chosen"])
     ranges = dict(chosen_pred.split)
-    dsr = psr = None
+    dsr = psr = pbo = None
+    effective = None
+    if heldout.returns is not None:
+        matrix, columns = validation_returns(study, heldout, output, sorted(sharpes))
+        pbo = overfitting(matrix, columns, blocks=pbo_blocks)
+        from trainers.metrics.overfitting import effective_trials
+
+        effective = {**effective_trials(matrix), "trials": columns} if columns else None
     if heldout.moments is not None and DSR_METRIC in chosen_row["validation"]:
+        by_state: dict[str, int] = {}
+        for t in study.get_trials(deepcopy=False, states=COUNTED_STATES):
+            if t.number in sharpes:
+                by_state[t.state.name.lower()] = by_state.get(t.state.name.lower(), 0) + 1
         dsr = deflation(chosen_row["validation"][DSR_METRIC]["value"],
-                        heldout.moments(chosen_val, model), sharpes=sharpes)
+                        heldout.moments(chosen_val, model), sharpes=sharpes,
+                        effective=effective, states=by_state)
         psr = psr_of_test(chosen_row["test"][DSR_METRIC]["value"],
                           heldout.moments(chosen_test, model))
     baselines = heldout.baselines(model, chosen_pred) if heldout.baselines else None
@@ -478,6 +577,7 @@ def _build_report(study: optuna.Study, front: list[FrozenTrial], chosen: FrozenT
         "table_metrics": list(heldout.table),
         "trials": trials,
         "deflated_sharpe": dsr,
+        "pbo": pbo,
         "test_psr": psr,
         "baselines": baselines,
         "versus_baseline": versus,
@@ -512,7 +612,12 @@ def summary_of(report: dict[str, Any]) -> dict[str, Any]:
                    for t in report["trials"]],
         "baselines": _baseline_rows(report.get("baselines"), table),
         "versus_baseline": _versus_row(report.get("versus_baseline"), table),
-        "deflated_sharpe": ({k: dsr[k] for k in ("value", "n_trials")} if dsr else None),
+        "deflated_sharpe": ({k: dsr[k] for k in ("value", "n_trials")}
+                            | ({"effective_value": dsr["effective"]["value"],
+                                "effective_n_trials": dsr["effective"]["n_trials"]}
+                               if dsr.get("effective") else {}) if dsr else None),
+        "pbo": ({k: pbo.get(k) for k in ("value", "blocks", "trials", "reason")}
+                if (pbo := report.get("pbo")) else None),
         "test_openings": len(report.get("test_openings") or []),
         "first_opened": (report.get("test_openings") or [{}])[0].get("time"),
         "test_psr": psr["value"] if psr else None,
@@ -543,6 +648,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true",
                    help="recompute the report even when the existing one is up to date (the "
                    "figures already seen: never a new look at the test period)")
+    p.add_argument("--pbo-blocks", type=int, default=DEFAULT_PBO_BLOCKS,
+                   help="blocks of the validation dates for the probability of backtest "
+                   f"overfitting (even; default {DEFAULT_PBO_BLOCKS})")
     p.add_argument("--reopen", action="store_true",
                    help="look at the test period again after the front or its models changed "
                    "since it was opened; recorded in the study's test_openings")
@@ -558,8 +666,10 @@ def main(argv: list[str] | None = None) -> int:
         url = resolve_url(args.storage, args.output)
         study = load_existing_study(open_existing_storage(url), args.study, url)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
+        if args.pbo_blocks < 2 or args.pbo_blocks % 2:
+            raise UserError(f"--pbo-blocks must be even and >= 2, got {args.pbo_blocks}")
         result = evaluate_study(study, output=args.output, force=args.force,
-                                reopen=args.reopen)
+                                reopen=args.reopen, pbo_blocks=args.pbo_blocks)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER

@@ -21,7 +21,7 @@ PREDICTIONS_FILE = "test_predictions.parquet"
 SUMMARY_ATTR = attrs.TEST_REPORT
 # Bumped whenever a reported figure is computed differently: part of the report's identity,
 # so a changed computation gives a fresh report instead of an old file left in place.
-METRICS_VERSION = 2
+METRICS_VERSION = 3
 # The figures of each period shown in the tables, in order, when a summary names none (the
 # workload's held-out capability names them: ``HeldOut.table``).
 TABLE_METRICS = ("sharpe", "rank_ic", "ic", "icir")
@@ -114,8 +114,18 @@ def footnotes(summary: dict[str, Any]) -> list[str]:
     lines = [f"* chosen: {summary.get('rule', '?')}"]
     value = dsr.get("value")
     if isinstance(value, int | float) and math.isfinite(value):
-        lines.append(f"deflated Sharpe ratio of trial {summary.get('chosen')}'s validation "
-                     f"Sharpe, {dsr.get('n_trials')} trials searched: {value:.3f}")
+        line = (f"deflated Sharpe ratio of trial {summary.get('chosen')}'s validation "
+                f"Sharpe, {dsr.get('n_trials')} trials searched: {value:.3f}")
+        eff = dsr.get("effective_value")
+        if isinstance(eff, int | float) and math.isfinite(eff):
+            line += (f"; with the effective number of trials "
+                     f"({dsr.get('effective_n_trials'):.1f}): {eff:.3f}")
+        lines.append(line)
+    pbo = summary.get("pbo") or {}
+    if isinstance(pbo.get("value"), int | float):
+        lines.append(f"probability of backtest overfitting (CSCV, {pbo.get('blocks')} blocks "
+                     f"of the validation dates, {len(pbo.get('trials') or [])} trials): "
+                     f"{pbo['value']:.2f} (0.5 = the pick is luck; near 0 = it holds up)")
     line = verdict(summary)
     if line:
         lines.append(line)

@@ -180,7 +180,8 @@ def _run(args: argparse.Namespace, n_workers: int, *, gpu_pinning: bool) -> int:
 
         if code == EXIT_OK:
             evaluate_when_complete(study, output=output, url=url, target=target,
-                                   auto=spec.evaluate.auto)
+                                   auto=spec.evaluate.auto,
+                                   pbo_blocks=spec.evaluate.pbo_blocks)
         print_summary(study, spec, url, target)
     return code
 
@@ -200,7 +201,7 @@ def preflight(spec: StudySpec) -> None:
 
 
 def evaluate_when_complete(study: optuna.Study, *, output: Path, url: str,
-                           target: int, auto: bool = True) -> None:
+                           target: int, auto: bool = True, pbo_blocks: int = 16) -> None:
     """Open the test period (``hpo.evaluate``) once the study has reached its target.
 
     Only for workloads with a held-out test period, only when ``target`` trials are finished
@@ -227,7 +228,7 @@ def evaluate_when_complete(study: optuna.Study, *, output: Path, url: str,
                  "%s", command)
         return
     try:
-        result = evaluate_study(study, output=output)
+        result = evaluate_study(study, output=output, pbo_blocks=pbo_blocks)
     except ReopenRequired as exc:
         print(f"\ntest period not reopened: {exc}. Command: {command} --reopen",
               file=sys.stderr)

@@ -29,6 +29,10 @@ protocol, in the order ``hpo.evaluate`` uses it, for each trial of the best tria
 9. Optional ``compare(rows_a, rows_b, trained)`` -> ``{name: {"value", "se"}}``: every
    figure of ``a`` minus ``b`` on the same dates, with a paired standard error. With it and
    baseline frames, the report says by how much the chosen trial beats its best baseline.
+11. Optional ``returns(rows)`` -> a frame ``date, ret``: the per-date return of a strategy
+   built on the rows (for the ranking workloads the long-short). With it the report gains the
+   probability of backtest overfitting over the trials' validation returns and the effective
+   number of trials of the deflated Sharpe ratio.
 10. Optional ``tear_sheet(frames, trained, out_dir, title)`` -> the files written: a
    human-readable sheet of the test period (``frames``: label -> test rows, the chosen trial
    first, then each baseline); ``hpo.evaluate`` attaches them to the study as artifacts.
@@ -110,6 +114,7 @@ class HeldOut:
     describe: Callable[[Any], dict[str, Any]] | None = None
     compare: Callable[[Any, Any, Any], dict[str, Any]] | None = None
     tear_sheet: Callable[[Mapping[str, Any], Any, Path, str], list[Path]] | None = None
+    returns: Callable[[Any], Any] | None = None
 
     def __post_init__(self) -> None:
         missing = [m for m in self.table if m not in self.reported]
@@ -141,6 +146,17 @@ def ranking_compare(a: Any, b: Any, *, horizon: int = 1, cost_bps: float = DEFAU
     raw = paired_difference(a, b, horizon=horizon, cost_bps=cost_bps,
                             periods_per_year=periods_per_year)
     return {name: raw[name] for name in reported if name in raw}
+
+
+def ranking_returns(frame: Any) -> Any:
+    """``date, ret``: the per-date long-short (top minus bottom quintile) of the rows."""
+    import polars as pl
+
+    from trainers.metrics import per_date_metrics
+
+    per_date = per_date_metrics(frame["date"].to_numpy(), frame["pred"].to_numpy(),
+                                frame["target"].to_numpy())
+    return pl.DataFrame({"date": per_date["date"], "ret": per_date["long_short"]})
 
 
 def ranking_moments(frame: Any, *, horizon: int = 1,

@@ -16,6 +16,7 @@ import numpy as np
 import optuna
 import polars as pl
 import pytest
+from optuna.trial import TrialState
 from scipy import stats
 
 from hpo.evaluate import CHOICE_RULE_FRONT, main
@@ -409,3 +410,51 @@ def test_auto_false_leaves_the_test_period_closed(tmp_path: Path) -> None:
     assert "test_openings" not in _study(out).user_attrs
     assert main(["--study", "held", "--output", str(out)]) == 0  # the first look, by hand
     assert len(_study(out).user_attrs["test_openings"]) == 1
+
+
+def test_the_deflated_sharpe_counts_pruned_and_failed_trials(copy: Path) -> None:
+    """Every trial that showed a validation Sharpe was searched: a pruned one (its last
+    epoch's attrs) and one that failed after an epoch (its history) count; a surplus trial,
+    which never ran, does not."""
+    from optuna.distributions import FloatDistribution
+
+    study = _study(copy)
+    dist = {"lr": FloatDistribution(1e-4, 1e-2, log=True)}
+    study.add_trial(optuna.trial.create_trial(
+        params={"lr": 1e-3}, distributions=dist, state=TrialState.PRUNED,
+        user_attrs={"sharpe": 5.0, "pruned_at_epoch": 1}))
+    study.add_trial(optuna.trial.create_trial(
+        params={"lr": 2e-3}, distributions=dist, state=TrialState.FAIL,
+        user_attrs={"history": [{"epoch": 1, "sharpe": -2.0}], "fail_reason": "boom"}))
+    study.add_trial(optuna.trial.create_trial(
+        params={"lr": 3e-3}, distributions=dist, state=TrialState.FAIL,
+        user_attrs={"surplus": True}))
+    assert main(["--study", "held", "--output", str(copy), "--force"]) == 0
+    dsr = _report(copy)["deflated_sharpe"]
+    assert dsr["trials_counted"] == [0, 1, 2, 3, 4]
+    assert dsr["states_counted"] == {"complete": 3, "pruned": 1, "fail": 1}
+    sharpes = [t.user_attrs["sharpe"] for t in _study(copy).trials[:3]] + [5.0, -2.0]
+    assert dsr["sharpe_variance"] == pytest.approx(np.var(sharpes, ddof=1), rel=1e-12)
+    assert dsr["about"] == "the Sharpe ratio, whatever metric chose the trial"
+
+
+def test_pbo_is_cscv_over_the_trials_validation_returns(ran: Path) -> None:
+    from trainers.heldout import ranking_returns
+    from trainers.metrics.overfitting import effective_trials, probability_of_backtest_overfitting
+
+    out = ran / "out"
+    report = _report(out)
+    columns = []
+    for n in range(3):
+        frame = pl.read_parquet(out / "held" / f"trial_{n}" / "predictions.parquet")
+        columns.append(ranking_returns(frame).sort("date")["ret"].to_numpy())
+    matrix = np.column_stack(columns)
+    expected = probability_of_backtest_overfitting(matrix, blocks=16)
+    pbo = report["pbo"]
+    assert pbo["value"] == expected["value"] and pbo["trials"] == [0, 1, 2]
+    assert pbo["splits"] == 12870 and pbo["dates"] == len(matrix)
+    eff = report["deflated_sharpe"]["effective"]
+    assert eff["mean_correlation"] == pytest.approx(
+        effective_trials(matrix)["mean_correlation"], rel=1e-12)
+    lines = render_lines(_study(out).user_attrs[SUMMARY_ATTR])
+    assert any("probability of backtest overfitting" in line for line in lines)

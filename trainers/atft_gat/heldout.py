@@ -21,6 +21,7 @@ from trainers.heldout import (
     Prediction,
     ranking_compare,
     ranking_moments,
+    ranking_returns,
     ranking_score,
 )
 
@@ -154,4 +155,4 @@ def _describe(trained: Any) -> dict[str, Any]:
 HELDOUT = HeldOut(load=_load, digest=_digest, predict=_predict, score=_score,
                   selection_metric="sharpe", check=_check, moments=_moments,
                   baselines=_baselines, describe=_describe, compare=_compare,
-                  tear_sheet=_tear_sheet)
+                  tear_sheet=_tear_sheet, returns=ranking_returns)
