@@ -15,7 +15,7 @@ from cache import CacheSpec, FeatureCache, load_or_build
 from trainers.atft_gat.config import TrainConfig
 from trainers.atft_gat.data import DateSplit, Panel
 from trainers.atft_gat.graph import DateGraphs
-from trainers.atft_gat.leakage import SIDECAR, guard_dates, panel_rank_ic
+from trainers.atft_gat.leakage import SIDECAR, GuardScores, guard_dates, guard_scores
 from trainers.errors import UserError
 
 # Below this share of the source's labelled rows reaching the loss, the data is unusable.
@@ -63,21 +63,25 @@ def load_features(config: TrainConfig, cache_dir: Path) -> FeatureCache:
     return load_or_build(cache_source(config), Path(config.cache_dir or cache_dir), spec)
 
 
-def leak_scores(fc: FeatureCache, panel: Panel, train_dates: np.ndarray, h_idx: int,
-                config: TrainConfig) -> dict[str, float]:
-    """Each feature's mean per-date RankIC with the scored target on (a sample of) the
-    training dates, from the cache's sidecar when an earlier trial measured it."""
+def leak_scores(fc: FeatureCache, panel: Panel, train_dates: np.ndarray,
+                config: TrainConfig) -> GuardScores:
+    """The leakage guard's figures (``trainers.atft_gat.leakage``) on (a sample of) the
+    training dates: every feature against every target, and the timing test on the shortest
+    horizon; from the cache's sidecar when an earlier trial measured them."""
     dates = guard_dates(train_dates)
-    params = {"target": panel.target_names[h_idx], "lag": config.execution_lag,
-              "dates": [str(panel.dates[d]) for d in dates]}
+    targets = tuple(panel.target_names)
+    timing = int(np.argmin(config.horizons))
+    params = {"guard": 3, "targets": list(targets), "timing": targets[timing],
+              "lag": config.execution_lag, "dates": [str(panel.dates[d]) for d in dates]}
     stored = fc.load_sidecar(SIDECAR, params=params)
     if stored is None:
-        values = panel_rank_ic(panel.x, panel.y[:, :, h_idx], panel.present, dates)
-        fc.save_sidecar(SIDECAR, {"rank_ic": values}, params=params)
-    else:
-        values = stored["rank_ic"]
-    return {name: round(float(v), 6) for name, v in zip(panel.feature_names, values,
-                                                        strict=True)}
+        scores = guard_scores(panel.x, panel.y, panel.present, dates,
+                              features=tuple(panel.feature_names), targets=targets,
+                              horizons=tuple(config.horizons), timing_index=timing)
+        fc.save_sidecar(SIDECAR, scores.to_arrays(), params=params)
+        return scores
+    return GuardScores(features=tuple(panel.feature_names), targets=targets,
+                       timing_target=targets[timing], **stored)
 
 
 def no_graphs(n_dates: int) -> DateGraphs:

@@ -13,6 +13,7 @@ import numpy as np
 from trainers import attrs
 from trainers.atft_gat.config import TrainConfig
 from trainers.atft_gat.graph import DateGraphs
+from trainers.atft_gat.leakage import GuardScores
 from trainers.atft_gat.prepare import Inputs
 from trainers.context import TrialContext
 
@@ -25,14 +26,21 @@ STEP_SECONDS = "step_seconds"
 FINAL_BATCH_SIZE = "final_batch_size"  # the micro-batch after any out-of-memory halving
 PERIODS_PER_YEAR = "periods_per_year"  # the annualisation every Sharpe ratio used
 
+LEAK_GUARD = "leak_guard"  # the timing test's [own date, one date older] RankICs
 # Features whose leakage-guard RankIC is kept as a trial attr (the largest in magnitude).
 LISTED_SCORES = 10
 
 
-def record_feature_scores(ctx: TrialContext, scores: dict[str, float]) -> None:
-    """The leakage guard's scores of the ``LISTED_SCORES`` features closest to the target."""
-    ranked = sorted(scores.items(), key=lambda kv: -abs(kv[1]))
-    ctx.set_attr(attrs.FEATURE_RANK_IC, dict(ranked[:LISTED_SCORES]))
+def record_feature_scores(ctx: TrialContext, scores: GuardScores) -> None:
+    """The leakage guard's scores of the ``LISTED_SCORES`` features closest to a target: each
+    one's RankIC of largest magnitude over the targets, and the timing test's figures."""
+    ranked = sorted(scores.strongest().items(), key=lambda kv: -abs(kv[1]))[:LISTED_SCORES]
+    ctx.set_attr(attrs.FEATURE_RANK_IC, dict(ranked))
+    index = {f: j for j, f in enumerate(scores.features)}
+    ctx.set_attr(LEAK_GUARD, {
+        "timing_target": scores.timing_target,
+        "timing": {f: [round(float(scores.now[index[f]]), 6),
+                       round(float(scores.older[index[f]]), 6)] for f, _ in ranked}})
 
 
 def record_split(ctx: TrialContext, inp: Inputs) -> None:

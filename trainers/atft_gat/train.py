@@ -169,9 +169,9 @@ def prepare_inputs(config: TrainConfig, ctx: TrialContext) -> Inputs:
     release_host_memory()  # a graph build's freed per-block arrays (see release_host_memory)
     graph_seconds = time.perf_counter() - t_graph
     h_idx = list(config.horizons).index(config.metric_horizon)
-    scores = leak_scores(fc, panel, train_dates, h_idx, config)
+    scores = leak_scores(fc, panel, train_dates, config)
     record_feature_scores(ctx, scores)
-    check_features(scores, target=panel.target_names[h_idx], threshold=config.leak_threshold,
+    check_features(scores, threshold=config.leak_threshold,
                    allow=config.allow_features)
     release_host_memory()  # and the guard's ranks
     panel = standardise(panel, train_dates, moments=fc.feature_moments(train_dates))
