@@ -42,16 +42,15 @@ import logging
 import math
 import sys
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import optuna
 import polars as pl
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
 from hpo import attrs
+from hpo.comparisons import baseline_rows, best_of, versus_baselines, versus_row
 from hpo.heldout import (
     METRICS_VERSION,
     PREDICTIONS_FILE,
@@ -60,7 +59,25 @@ from hpo.heldout import (
     TABLE_METRICS,
     render_lines,
 )
+from hpo.luck import (
+    COUNTED_STATES,
+    DEFAULT_PBO_BLOCKS,
+    DSR_METRIC,
+    deflation,
+    finite_number,
+    overfitting,
+    psr_of_test,
+    searched_sharpes,
+    validation_returns,
+)
 from hpo.objective import trial_dir
+from hpo.openings import (
+    LOOK_KEYS,
+    ReopenRequired,
+    record_opening,
+    reopen_message,
+    test_openings,
+)
 from hpo.results import best_trials, metric_names
 from trainers.attrs import DATE_SPLIT
 from trainers.cli import OneLineParser
@@ -70,11 +87,8 @@ from trainers.heldout import HeldOut
 from trainers.registry import get_workload, workload_names
 
 EXIT_OK, EXIT_USER = 0, 2
-DEFAULT_PBO_BLOCKS = 16  # trainers.metrics.overfitting's: C(16, 8) = 12,870 CSCV splits
 TEAR_SHEET = "tear_sheet.html"
 log = logging.getLogger("hpo")
-# The deflated Sharpe ratio is a statistic of the Sharpe ratio, whatever picks the trial.
-DSR_METRIC = "sharpe"
 CHOICE_RULE_SINGLE = "the best trial of the study's objective"
 
 
@@ -115,10 +129,6 @@ def _with_test_period() -> list[str]:
     return [n for n in workload_names() if get_workload(n).heldout is not None]
 
 
-def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and math.isfinite(value)
-
-
 def choose(study: optuna.Study, front: list[FrozenTrial], *, metric: str = DSR_METRIC,
            direction: str = "maximize") -> tuple[FrozenTrial, str]:
     """The chosen trial of the front and the rule that chose it: the best trial of a
@@ -130,225 +140,13 @@ def choose(study: optuna.Study, front: list[FrozenTrial], *, metric: str = DSR_M
 
     def key(t: FrozenTrial) -> tuple[float, int]:
         value = t.user_attrs.get(metric)
-        return (sign * float(value) if _number(value) else math.inf, t.number)
+        return (sign * float(value) if finite_number(value) else math.inf, t.number)
 
     return min(front, key=key), choice_rule_front(metric, direction)
 
 
-# Trials the choice was made among: every one that produced a validation figure. A pruned
-# trial was judged on its last epoch and a trial that failed after an epoch was seen too, so
-# both count; a running or surplus trial does not (nothing was chosen against it yet).
-COUNTED_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-
-
-def _last_figure(t: FrozenTrial, metric: str) -> float | None:
-    """The trial's ``metric``: its user attr (complete and pruned trials keep their last
-    epoch's), else the last epoch of its ``history`` that has one (a trial that failed)."""
-    value = t.user_attrs.get(metric)
-    if _number(value):
-        return float(value)
-    for row in reversed(t.user_attrs.get(attrs.HISTORY) or []):
-        if isinstance(row, dict) and _number(row.get(metric)):
-            return float(row[metric])
-    return None
-
-
-def searched_sharpes(study: optuna.Study) -> dict[int, float]:
-    """Validation Sharpe of every trial that produced one (``COUNTED_STATES``): the trials the
-    choice was made among, which the deflated Sharpe ratio accounts for."""
-    out = {}
-    for t in study.get_trials(deepcopy=False, states=COUNTED_STATES):
-        if t.user_attrs.get(attrs.SURPLUS):
-            continue
-        value = _last_figure(t, DSR_METRIC)
-        if value is not None:
-            out[t.number] = value
-    return out
-
-
-def validation_returns(study: optuna.Study, heldout: HeldOut, output: Path,
-                       numbers: list[int]) -> tuple[np.ndarray, list[int]]:
-    """(dates, trials) matrix of the validation long-short returns of the trials ``numbers``
-    that stored validation rows (``HeldOut.validation``), on the dates all of them share;
-    the trial numbers of its columns."""
-    series = {}
-    for n in numbers:
-        try:
-            frame = heldout.validation(trial_dir(output, study.study_name, n))
-        except (OSError, ValueError):  # pruned or failed before it wrote predictions
-            continue
-        series[n] = heldout.returns(frame)
-    if not series:
-        return np.zeros((0, 0)), []
-    common = None
-    for frame in series.values():
-        dates = set(frame["date"].to_list())
-        common = dates if common is None else common & dates
-    keep = sorted(common or ())
-    cols = sorted(series)
-    matrix = np.column_stack([
-        series[n].filter(pl.col("date").is_in(keep)).sort("date")["ret"].to_numpy()
-        for n in cols]) if keep else np.zeros((0, len(cols)))
-    return matrix, cols
-
-
-def overfitting(matrix: np.ndarray, trials: list[int], *, blocks: int) -> dict[str, Any]:
-    """The probability of backtest overfitting of the trials' validation returns (CSCV,
-    ``trainers.metrics.overfitting``); ``value`` None with the reason when it cannot be
-    computed."""
-    from trainers.metrics.overfitting import probability_of_backtest_overfitting
-
-    base = {"of": "the trials' daily validation long-short returns (Sharpe ratio as the "
-                  "performance)", "blocks": blocks, "trials": trials, "dates": len(matrix)}
-    try:
-        got = probability_of_backtest_overfitting(matrix, blocks=blocks)
-    except ValueError as exc:
-        return {**base, "value": None, "reason": str(exc)}
-    got.pop("logits")
-    return {**base, **{k: v for k, v in got.items() if k != "trials"}}
-
-
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-EFFECTIVE_N_FORMULA = ("N_eff = rho + (1 - rho) N, rho the mean pairwise correlation of the "
-                       "trials' daily validation long-short returns (Lopez de Prado and Lewis "
-                       "2019)")
-
-
-def deflation(chosen_sharpe: float, moments: dict[str, float], *,
-              sharpes: dict[int, float], effective: dict[str, Any] | None = None,
-              states: dict[str, int] | None = None) -> dict[str, Any]:
-    """The deflated Sharpe ratio of the chosen trial's validation Sharpe (Bailey and Lopez de
-    Prado 2014), with every input it used. ``moments``: the chosen trial's validation
-    long-short moments (per period skewness, non-excess kurtosis, non-overlapping periods,
-    periods per year); ``sharpes``: the annualised validation Sharpe of every trial searched;
-    ``effective``: ``effective_trials`` of their returns, for a second DSR with the effective
-    number of trials (the raw count over-deflates correlated trials)."""
-    from trainers.metrics import deflated_sharpe_ratio, expected_max_sharpe
-
-    values = np.array(list(sharpes.values()), dtype=np.float64)
-    variance = float(values.var(ddof=1)) if len(values) >= 2 else 0.0
-    m = moments
-    ppy = m["periods_per_year"]
-    n_trials = max(1, len(values))
-
-    def dsr(n: float) -> float:
-        return deflated_sharpe_ratio(chosen_sharpe, n_trials=max(1, round(n)),
-                                     sharpe_variance=variance, n_obs=int(m["n_obs"]),
-                                     skew=m["skew"], kurtosis=m["kurtosis"],
-                                     periods_per_year=ppy)
-
-    benchmark = expected_max_sharpe(n_trials=n_trials, sharpe_variance=variance / ppy)
-    out = {"value": dsr(n_trials), "of": "the chosen trial's validation Sharpe",
-           "about": "the Sharpe ratio, whatever metric chose the trial",
-           "sharpe": chosen_sharpe, "n_trials": n_trials,
-           "trials_counted": sorted(sharpes), "states_counted": states or {},
-           "sharpe_variance": variance,
-           "expected_max_sharpe": benchmark * math.sqrt(ppy), "n_obs": int(m["n_obs"]),
-           "skew": m["skew"], "kurtosis": m["kurtosis"], "periods_per_year": ppy}
-    if effective and effective.get("mean_correlation") is not None:
-        n_eff = float(effective["n_effective"])
-        out["effective"] = {"value": dsr(n_eff), "n_trials": n_eff,
-                            "rounded_to": max(1, round(n_eff)),
-                            "mean_correlation": effective["mean_correlation"],
-                            "trials": effective.get("trials"), "formula": EFFECTIVE_N_FORMULA}
-    return out
-
-
-def psr_of_test(test_sharpe: float, moments: dict[str, float]) -> dict[str, Any]:
-    """Probabilistic Sharpe ratio of a test Sharpe against 0: not deflated, since nothing was
-    chosen on the test period."""
-    from trainers.metrics import probabilistic_sharpe_ratio
-
-    m = moments
-    ok = math.isfinite(test_sharpe) and m["n_obs"] >= 2
-    value = (probabilistic_sharpe_ratio(test_sharpe / math.sqrt(m["periods_per_year"]),
-                                        benchmark=0.0, n_obs=int(m["n_obs"]), skew=m["skew"],
-                                        kurtosis=m["kurtosis"]) if ok else math.nan)
-    return {"value": value, "of": "the chosen trial's test Sharpe, against 0",
-            "n_obs": int(m["n_obs"]), "skew": m["skew"], "kurtosis": m["kurtosis"]}
-
-
-def _period_figures(metrics: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
-    """A baseline's figures as ``{name: {"value", "se"}}``: plain numbers get no SE."""
-    out = {}
-    for name in names:
-        v = metrics.get(name)
-        if isinstance(v, dict) and "value" in v:
-            out[name] = {"value": v["value"], "se": v.get("se")}
-        elif isinstance(v, int | float):
-            out[name] = {"value": v, "se": None}
-    return out
-
-
-def _baseline_rows(baselines: dict[str, Any] | None,
-                   names: tuple[str, ...]) -> dict[str, Any]:
-    """One table row per baseline present in both periods, named by its ``label``."""
-    if not baselines:
-        return {}
-    rows: dict[str, Any] = {}
-    val, test = baselines.get("validation") or {}, baselines.get("test") or {}
-    for name, on_test in test.items():
-        on_val = val.get(name)
-        if on_test is None or on_val is None:
-            continue
-        rows[str(on_test.get("label", name))] = {"validation": _period_figures(on_val, names),
-                                                "test": _period_figures(on_test, names)}
-    return rows
-
-
-def versus_baselines(heldout: HeldOut, model: Any, baselines: dict[str, Any] | None,
-                     frames: dict[str, Any] | None,
-                     chosen: dict[str, Any]) -> dict[str, Any] | None:
-    """The chosen trial minus each baseline that came with prediction rows, on validation and
-    on test, with paired standard errors (``HeldOut.compare``); None without baselines or a
-    comparison."""
-    if not baselines or not frames or heldout.compare is None:
-        return None
-    out = {}
-    for name, on_val in (frames.get("validation") or {}).items():
-        on_test = (frames.get("test") or {}).get(name)
-        if on_test is None:
-            continue
-        label = ((baselines.get("test") or {}).get(name) or {}).get("label", name)
-        out[name] = {"label": str(label),
-                     "validation": heldout.compare(chosen["validation"], on_val, model),
-                     "test": heldout.compare(chosen["test"], on_test, model)}
-    return out or None
-
-
-def best_of(versus: dict[str, Any] | None, baselines: dict[str, Any] | None, *, metric: str,
-            direction: str = "maximize") -> dict[str, Any] | None:
-    """The comparison with the best baseline: the one with the best *validation* ``metric``
-    (the figure that picks the chosen trial; the first listed on a tie). Like the trials,
-    baselines are chosen without looking at the test period."""
-    if not versus or not baselines:
-        return None
-    on_val = baselines.get("validation") or {}
-    candidates = []
-    for name in versus:
-        figure = (on_val.get(name) or {}).get(metric)
-        value = figure.get("value") if isinstance(figure, dict) else figure
-        if _number(value):
-            candidates.append((float(value), name))
-    if not candidates:
-        return None
-    sign = 1.0 if direction == "maximize" else -1.0
-    best = max(candidates, key=lambda c: sign * c[0])[1]
-    return {"baseline": best, "chosen_by": f"the best validation {metric} among the baselines",
-            **versus[best]}
-
-
-def _versus_row(versus: dict[str, Any] | None,
-                names: tuple[str, ...]) -> dict[str, Any] | None:
-    """The summary's "chosen minus best baseline" row."""
-    if not versus:
-        return None
-    return {"label": f"chosen - {versus['label']}",
-            "validation": _period_figures(versus["validation"], names),
-            "test": _period_figures(versus["test"], names)}
 
 
 def _identity(study: optuna.Study, front: list[FrozenTrial], chosen: FrozenTrial,
@@ -388,31 +186,6 @@ def _heldout_or_error(study: optuna.Study) -> HeldOut:
     return heldout
 
 
-class ReopenRequired(UserError):
-    """The test period was opened before and this would be a new look at it."""
-
-
-# What a look at the test period is: the same models of the same front on the same dates give
-# the same test figures, so recomputing them (after more trials changed only the deflation, or
-# with --force) is not a new look; another front, chosen trial or model is.
-LOOK_KEYS = ("study", "front", "chosen", "model_sha256", "split")
-
-
-def test_openings(study: optuna.Study) -> list[dict[str, Any]]:
-    """Every recorded look at the study's test period, oldest first."""
-    value = study.user_attrs.get(attrs.TEST_OPENINGS)
-    return list(value) if isinstance(value, list) else []
-
-
-def _reopen_message(study: optuna.Study, seen: list[dict[str, Any]]) -> str:
-    last = seen[-1]
-    return (f"the test period of study {study.study_name!r} was opened {len(seen)} time(s), "
-            f"last at {last.get('time')} (chosen trial {last.get('chosen')}, "
-            f"{last.get('finished_trials')} finished trials); the front or its models changed "
-            "since, and looking again turns the test period into a second validation set. "
-            f"Pass --reopen to look anyway; it is recorded as opening {len(seen) + 1}")
-
-
 def evaluate_study(study: optuna.Study, *, output: Path, force: bool = False,
                    reopen: bool = False, pbo_blocks: int = DEFAULT_PBO_BLOCKS) -> Evaluation:
     """Predict the test period for the chosen trials and write the report (module docstring).
@@ -449,7 +222,7 @@ def evaluate_study(study: optuna.Study, *, output: Path, force: bool = False,
     seen = test_openings(study)
     new_look = look not in {o.get("look_id") for o in seen}
     if seen and new_look and not reopen:
-        raise ReopenRequired(_reopen_message(study, seen))
+        raise ReopenRequired(reopen_message(study, seen))
 
     report = _build_report(study, front, chosen, rule, heldout, dirs=dirs, trained=trained,
                            output=Path(output), identity=identity, rid=rid, sharpes=sharpes,
@@ -464,14 +237,8 @@ def evaluate_study(study: optuna.Study, *, output: Path, force: bool = False,
     # Predictions first: a report never points at predictions that are not on disk.
     atomic_write_bytes(out_dir / PREDICTIONS_FILE, data)
     if new_look:  # recorded before anything shows the figures
-        finished = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED)
-                       for t in study.get_trials(deepcopy=False))
-        seen = [*seen, {"opening": len(seen) + 1,
-                        "time": datetime.now(UTC).isoformat(timespec="seconds"),
-                        "finished_trials": finished, "front": [t.number for t in front],
-                        "chosen": chosen.number, "report_id": rid, "look_id": look,
-                        "reopened": bool(seen)}]
-        study.set_user_attr(attrs.TEST_OPENINGS, seen)
+        seen = record_opening(study, seen, front=front, chosen=chosen, report_id=rid,
+                              look_id=look)
     report["test_openings"] = seen
     if heldout.tear_sheet is not None:
         report["files"]["tear_sheet"] = TEAR_SHEET
@@ -610,8 +377,8 @@ def summary_of(report: dict[str, Any]) -> dict[str, Any]:
         "trials": [{"number": t["number"], "chosen": t["chosen"],
                     "validation": figures(t["validation"]), "test": figures(t["test"])}
                    for t in report["trials"]],
-        "baselines": _baseline_rows(report.get("baselines"), table),
-        "versus_baseline": _versus_row(report.get("versus_baseline"), table),
+        "baselines": baseline_rows(report.get("baselines"), table),
+        "versus_baseline": versus_row(report.get("versus_baseline"), table),
         "deflated_sharpe": ({k: dsr[k] for k in ("value", "n_trials")}
                             | ({"effective_value": dsr["effective"]["value"],
                                 "effective_n_trials": dsr["effective"]["n_trials"]}

@@ -1,0 +1,170 @@
+"""How much of the chosen trial is selection luck: the statistics of the held-out report
+that look at every trial the study searched, not only the chosen one.
+
+* :func:`searched_sharpes`: the validation Sharpe of every trial that showed one (complete,
+  pruned at its last epoch, failed after an epoch): the N and the variance of the deflated
+  Sharpe ratio.
+* :func:`validation_returns`: the trials' per-date validation returns on their common dates,
+  read from what each trial stored (``HeldOut.validation`` / ``HeldOut.returns``).
+* :func:`deflation`: the deflated Sharpe ratio of the chosen trial's validation Sharpe, raw
+  and at the effective number of trials; :func:`psr_of_test`: the PSR of its test Sharpe.
+* :func:`overfitting`: the probability of backtest overfitting (CSCV) of those returns.
+
+The formulas live in :mod:`trainers.metrics` (``sharpe``, ``overfitting``); this module picks
+the trials and records every input.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import polars as pl
+from optuna.trial import FrozenTrial, TrialState
+
+from hpo import attrs
+from hpo.study import trial_dir
+from trainers.heldout import HeldOut
+
+# The deflated Sharpe ratio is a statistic of the Sharpe ratio, whatever picks the trial.
+DSR_METRIC = "sharpe"
+DEFAULT_PBO_BLOCKS = 16  # trainers.metrics.overfitting's: C(16, 8) = 12,870 CSCV splits
+
+
+def finite_number(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
+# Trials the choice was made among: every one that produced a validation figure. A pruned
+# trial was judged on its last epoch and a trial that failed after an epoch was seen too, so
+# both count; a running or surplus trial does not (nothing was chosen against it yet).
+COUNTED_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+def _last_figure(t: FrozenTrial, metric: str) -> float | None:
+    """The trial's ``metric``: its user attr (complete and pruned trials keep their last
+    epoch's), else the last epoch of its ``history`` that has one (a trial that failed)."""
+    value = t.user_attrs.get(metric)
+    if finite_number(value):
+        return float(value)
+    for row in reversed(t.user_attrs.get(attrs.HISTORY) or []):
+        if isinstance(row, dict) and finite_number(row.get(metric)):
+            return float(row[metric])
+    return None
+
+
+def searched_sharpes(study: optuna.Study) -> dict[int, float]:
+    """Validation Sharpe of every trial that produced one (``COUNTED_STATES``): the trials the
+    choice was made among, which the deflated Sharpe ratio accounts for."""
+    out = {}
+    for t in study.get_trials(deepcopy=False, states=COUNTED_STATES):
+        if t.user_attrs.get(attrs.SURPLUS):
+            continue
+        value = _last_figure(t, DSR_METRIC)
+        if value is not None:
+            out[t.number] = value
+    return out
+
+
+def validation_returns(study: optuna.Study, heldout: HeldOut, output: Path,
+                       numbers: list[int]) -> tuple[np.ndarray, list[int]]:
+    """(dates, trials) matrix of the validation long-short returns of the trials ``numbers``
+    that stored validation rows (``HeldOut.validation``), on the dates all of them share;
+    the trial numbers of its columns."""
+    series = {}
+    for n in numbers:
+        try:
+            frame = heldout.validation(trial_dir(output, study.study_name, n))
+        except (OSError, ValueError):  # pruned or failed before it wrote predictions
+            continue
+        series[n] = heldout.returns(frame)
+    if not series:
+        return np.zeros((0, 0)), []
+    common = None
+    for frame in series.values():
+        dates = set(frame["date"].to_list())
+        common = dates if common is None else common & dates
+    keep = sorted(common or ())
+    cols = sorted(series)
+    matrix = np.column_stack([
+        series[n].filter(pl.col("date").is_in(keep)).sort("date")["ret"].to_numpy()
+        for n in cols]) if keep else np.zeros((0, len(cols)))
+    return matrix, cols
+
+
+def overfitting(matrix: np.ndarray, trials: list[int], *, blocks: int) -> dict[str, Any]:
+    """The probability of backtest overfitting of the trials' validation returns (CSCV,
+    ``trainers.metrics.overfitting``); ``value`` None with the reason when it cannot be
+    computed."""
+    from trainers.metrics.overfitting import probability_of_backtest_overfitting
+
+    base = {"of": "the trials' daily validation long-short returns (Sharpe ratio as the "
+                  "performance)", "blocks": blocks, "trials": trials, "dates": len(matrix)}
+    try:
+        got = probability_of_backtest_overfitting(matrix, blocks=blocks)
+    except ValueError as exc:
+        return {**base, "value": None, "reason": str(exc)}
+    got.pop("logits")
+    return {**base, **{k: v for k, v in got.items() if k != "trials"}}
+
+
+EFFECTIVE_N_FORMULA = ("N_eff = rho + (1 - rho) N, rho the mean pairwise correlation of the "
+                       "trials' daily validation long-short returns (Lopez de Prado and Lewis "
+                       "2019)")
+
+
+def deflation(chosen_sharpe: float, moments: dict[str, float], *,
+              sharpes: dict[int, float], effective: dict[str, Any] | None = None,
+              states: dict[str, int] | None = None) -> dict[str, Any]:
+    """The deflated Sharpe ratio of the chosen trial's validation Sharpe (Bailey and Lopez de
+    Prado 2014), with every input it used. ``moments``: the chosen trial's validation
+    long-short moments (per period skewness, non-excess kurtosis, non-overlapping periods,
+    periods per year); ``sharpes``: the annualised validation Sharpe of every trial searched;
+    ``effective``: ``effective_trials`` of their returns, for a second DSR with the effective
+    number of trials (the raw count over-deflates correlated trials)."""
+    from trainers.metrics import deflated_sharpe_ratio, expected_max_sharpe
+
+    values = np.array(list(sharpes.values()), dtype=np.float64)
+    variance = float(values.var(ddof=1)) if len(values) >= 2 else 0.0
+    m = moments
+    ppy = m["periods_per_year"]
+    n_trials = max(1, len(values))
+
+    def dsr(n: float) -> float:
+        return deflated_sharpe_ratio(chosen_sharpe, n_trials=max(1, round(n)),
+                                     sharpe_variance=variance, n_obs=int(m["n_obs"]),
+                                     skew=m["skew"], kurtosis=m["kurtosis"],
+                                     periods_per_year=ppy)
+
+    benchmark = expected_max_sharpe(n_trials=n_trials, sharpe_variance=variance / ppy)
+    out = {"value": dsr(n_trials), "of": "the chosen trial's validation Sharpe",
+           "about": "the Sharpe ratio, whatever metric chose the trial",
+           "sharpe": chosen_sharpe, "n_trials": n_trials,
+           "trials_counted": sorted(sharpes), "states_counted": states or {},
+           "sharpe_variance": variance,
+           "expected_max_sharpe": benchmark * math.sqrt(ppy), "n_obs": int(m["n_obs"]),
+           "skew": m["skew"], "kurtosis": m["kurtosis"], "periods_per_year": ppy}
+    if effective and effective.get("mean_correlation") is not None:
+        n_eff = float(effective["n_effective"])
+        out["effective"] = {"value": dsr(n_eff), "n_trials": n_eff,
+                            "rounded_to": max(1, round(n_eff)),
+                            "mean_correlation": effective["mean_correlation"],
+                            "trials": effective.get("trials"), "formula": EFFECTIVE_N_FORMULA}
+    return out
+
+
+def psr_of_test(test_sharpe: float, moments: dict[str, float]) -> dict[str, Any]:
+    """Probabilistic Sharpe ratio of a test Sharpe against 0: not deflated, since nothing was
+    chosen on the test period."""
+    from trainers.metrics import probabilistic_sharpe_ratio
+
+    m = moments
+    ok = math.isfinite(test_sharpe) and m["n_obs"] >= 2
+    value = (probabilistic_sharpe_ratio(test_sharpe / math.sqrt(m["periods_per_year"]),
+                                        benchmark=0.0, n_obs=int(m["n_obs"]), skew=m["skew"],
+                                        kurtosis=m["kurtosis"]) if ok else math.nan)
+    return {"value": value, "of": "the chosen trial's test Sharpe, against 0",
+            "n_obs": int(m["n_obs"]), "skew": m["skew"], "kurtosis": m["kurtosis"]}
