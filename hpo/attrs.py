@@ -23,6 +23,7 @@ OUTPUT_DIR = "output_dir"
 WORKER = "worker"  # host:pid of the process that ran the trial
 SEED = "seed"
 HISTORY = "history"  # every epoch's reported metrics
+PROGRESS = "progress"  # the running trial's latest progress record (trainers.progress)
 EPOCH = "epoch"  # the last epoch reported
 EPOCHS_PLANNED = "epochs_planned"
 PRUNED_AT = "pruned_at_epoch"

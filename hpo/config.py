@@ -31,7 +31,7 @@ PARAM_TYPES = ("float", "int", "categorical")
 
 _TOP_KEYS = {
     "name", "description", "workload", "n_trials", "timeout_s", "objectives", "sampler",
-    "pruner", "trainer", "data", "search_space", "enqueue", "storage", "evaluate",
+    "pruner", "trainer", "data", "search_space", "enqueue", "storage", "evaluate", "run",
 }
 
 
@@ -117,6 +117,17 @@ class EvaluateSpec:
 
 
 @dataclass(frozen=True)
+class RunSpec:
+    """How a running trial shows its progress (trainers.progress); not in the fingerprint.
+    ``progress`` false (or ``hpo.run --quiet``) shows none; ``bars`` false prints plain lines
+    even on a terminal (``None``: bars on a terminal)."""
+
+    progress: bool = True
+    progress_every_s: float = 30.0
+    bars: bool | None = None
+
+
+@dataclass(frozen=True)
 class Enqueued:
     name: str
     params: Mapping[str, Any]
@@ -139,6 +150,7 @@ class StudySpec:
     timeout_s: float | None
     enqueue: tuple[Enqueued, ...] = field(default=())
     evaluate: EvaluateSpec = field(default_factory=EvaluateSpec)
+    run: RunSpec = field(default_factory=RunSpec)
 
     @property
     def metric_names(self) -> list[str]:
@@ -376,6 +388,9 @@ def parse_study(raw: Mapping[str, Any], *, path: Path, check_workload: bool = Tr
         problems.add(key, problem)
     storage = _simple(StorageSpec, raw, "storage", problems)
     evaluate = _simple(EvaluateSpec, raw, "evaluate", problems)
+    run = _simple(RunSpec, raw, "run", problems)
+    if not run.progress_every_s > 0:
+        problems.add("run.progress_every_s", f"must be > 0 seconds, got {run.progress_every_s}")
     if evaluate.pbo_blocks < 2 or evaluate.pbo_blocks % 2:
         problems.add("evaluate.pbo_blocks", f"must be even and >= 2, got {evaluate.pbo_blocks}")
     if storage.heartbeat_interval < 1 or storage.grace_period <= storage.heartbeat_interval:
@@ -421,7 +436,8 @@ def parse_study(raw: Mapping[str, Any], *, path: Path, check_workload: bool = Tr
     return StudySpec(
         name=name, path=path, description=description, workload=workload_name,
         objectives=tuple(objectives), search_space=tuple(params), trainer=trainer, data=data,
-        sampler=sampler, pruner=pruner, storage=storage, evaluate=evaluate, n_trials=n_trials,
+        sampler=sampler, pruner=pruner, storage=storage, evaluate=evaluate, run=run,
+        n_trials=n_trials,
         timeout_s=float(timeout) or None, enqueue=tuple(enqueued),
     )
 

@@ -22,13 +22,14 @@ import optuna
 from hpo import attrs
 from hpo.attrs import EPOCHS_PLANNED as EPOCHS_PLANNED_ATTR
 from hpo.attrs import PRUNED_AT as PRUNED_AT_ATTR
-from hpo.config import SINGLE_OBJECTIVE_PRUNERS, Param, PrunerSpec, StudySpec
+from hpo.config import SINGLE_OBJECTIVE_PRUNERS, Param, PrunerSpec, RunSpec, StudySpec
 from hpo.pruners import get_kind
 from hpo.pruning import MOASHA, epoch_values_key, records_at
 from hpo.study import trial_dir, trial_seed
 from trainers.config import from_mapping, to_mapping
 from trainers.context import TrialContext, atomic_write_bytes, atomic_write_json
 from trainers.errors import StopRequested, TrialFailed, TrialPruned, UserError
+from trainers.progress import ProgressRecord
 from trainers.registry import get_workload
 
 # The trainer's attr (and the study's) holding the calendar split every trial shares.
@@ -36,6 +37,7 @@ SPLIT_ATTR = "date_split"
 # Trial user attrs that belong to one attempt; a retried trial inherits its predecessor's
 # user attrs from Optuna, so these are cleared to keep the dashboard truthful.
 _PER_ATTEMPT_ATTRS = ("history", "epoch", "fail_reason", "prune_reason", "oom_retries",
+                      attrs.PROGRESS,
                       PRUNED_AT_ATTR, "mo_asha")
 
 
@@ -92,12 +94,14 @@ class StudyTrialContext(TrialContext):
     def __init__(self, trial: optuna.Trial, *, output_dir: Path, seed: int,
                  predecessors: list[tuple[int, Path]], metric_names: list[str],
                  directions: list[str], pruner: PrunerSpec, max_epochs: int | None,
-                 cache_dir: Path) -> None:
+                 cache_dir: Path, run: RunSpec | None = None) -> None:
         # The newest predecessor with a checkpoint is the one to resume from.
         resume = next((d for _, d in reversed(predecessors) if (d / "checkpoint.pt").exists()),
                       None)
+        run = run or RunSpec()
         super().__init__(output_dir, trial_number=trial.number, seed=seed, resume_dir=resume,
-                         cache_dir=cache_dir)
+                         cache_dir=cache_dir, progress=run.progress,
+                         progress_every_s=run.progress_every_s, progress_bars=run.bars)
         self.trial = trial
         self._predecessors = dict((d, n) for n, d in predecessors)
         self._metric_names = list(metric_names)
@@ -111,6 +115,17 @@ class StudyTrialContext(TrialContext):
     def set_attr(self, key: str, value: Any) -> None:
         super().set_attr(key, value)
         self.trial.set_user_attr(key, self.attrs[key])
+
+    def on_progress(self, record: ProgressRecord) -> None:
+        # At most every progress_every_s, and at each phase's end: never once per step.
+        self.set_attr(attrs.PROGRESS, record.to_attr())
+        try:  # the trial's dashboard note; its learning curve replaces it at the end
+            from optuna_dashboard import save_note
+
+            save_note(self.trial, f"### Progress (trial {self.trial.number})\n\n"
+                                  f"{record.line()} (as of {record.time})\n")
+        except Exception:  # noqa: BLE001 - a note is a convenience, never a failure
+            pass
 
     def report(self, epoch: int, metrics: dict[str, float]) -> None:
         super().report(epoch, metrics)
@@ -211,7 +226,7 @@ class Objective:
                                 metric_names=spec.metric_names, directions=spec.directions,
                                 pruner=spec.pruner,
                                 max_epochs=max_epochs if isinstance(max_epochs, int) else None,
-                                cache_dir=self.output_dir / "cache")
+                                cache_dir=self.output_dir / "cache", run=spec.run)
         self.current_ctx = ctx
         if self.stop_requested:
             ctx.request_stop(self.stop_requested)

@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: [storage] max_retry, else 2)")
     p.add_argument("--force", action="store_true",
                    help="run even though the study file changed since the study was created")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress bars or lines within a trial (the per-trial lines stay); "
+                        "as [run] progress = false")
     p.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
     return p
 
@@ -154,6 +157,10 @@ def _run(args: argparse.Namespace, n_workers: int, *, gpu_pinning: bool) -> int:
     # trial and its reason, and a crash keeps its traceback in the trial's traceback.txt.
     logging.getLogger("optuna.study._optimize").setLevel(logging.ERROR)
     spec = apply_storage_overrides(load_study_spec(args.study), _storage_overrides(args))
+    if args.quiet:
+        spec = dataclasses.replace(spec, run=dataclasses.replace(spec.run, progress=False))
+    if args.worker_index is not None:  # workers share a terminal: lines, never bars
+        spec = dataclasses.replace(spec, run=dataclasses.replace(spec.run, bars=False))
     target = args.n_trials or spec.n_trials
     timeout = args.timeout if args.timeout is not None else spec.timeout_s
     if args.worker_index is None:
@@ -276,6 +283,8 @@ def _spawn_workers(args: argparse.Namespace, url: str, n: int, *, gpu_pinning: b
             cmd += ["--timeout", str(args.timeout)]
         if args.force:
             cmd.append("--force")
+        if args.quiet:
+            cmd.append("--quiet")
         for key, value in _storage_overrides(args).items():
             cmd += [f"--{key.replace('_', '-')}", str(value)]
         procs.append(subprocess.Popen(cmd, env=env, start_new_session=True))

@@ -85,6 +85,10 @@ def default_grace_period(study_name: str) -> tuple[int, str]:
 
 
 # -- the status itself ------------------------------------------------------------------------
+# A running trial's share of its run below this says too little to estimate a trial's length.
+MIN_PROGRESS_SHARE = 0.02
+
+
 def estimate_eta(*, remaining: int, durations: list[float], running_elapsed: list[float],
                  workers: int) -> float | None:
     """Seconds until ``remaining`` more trials finish, or None when there is nothing to go on.
@@ -100,6 +104,32 @@ def estimate_eta(*, remaining: int, durations: list[float], running_elapsed: lis
     mean = sum(durations) / len(durations)
     done = sum(min(e, mean) for e in running_elapsed)
     return max(0.0, remaining * mean - done) / workers
+
+
+def progress_fraction(progress: dict[str, Any] | None) -> float | None:
+    """The share of its whole run a trial had done at its latest progress record: its epochs
+    before this one plus this epoch's training share (validation counts as the epoch done);
+    None without an epoch to go on."""
+    if not isinstance(progress, dict):
+        return None
+    epoch, epochs = progress.get("epoch"), progress.get("epochs")
+    done, total = progress.get("done") or 0, progress.get("total") or 0
+    if not (isinstance(epoch, int) and isinstance(epochs, int) and epochs > 0):
+        return None
+    within = 1.0 if progress.get("phase") != "train" else (done / total if total else 0.0)
+    return min(1.0, max(0.0, (epoch - 1 + within) / epochs))
+
+
+def progress_line(progress: dict[str, Any] | None) -> str | None:
+    """The progress record as ``hpo.status`` prints it (``trainers.progress``)."""
+    if not isinstance(progress, dict):
+        return None
+    from trainers.progress import ProgressRecord
+
+    try:
+        return ProgressRecord(**progress).line()
+    except TypeError:  # a record written by another version
+        return None
 
 
 def _values(names: list[str], trial: FrozenTrial) -> dict[str, float]:
@@ -162,6 +192,7 @@ def collect_status(study: optuna.Study, storage: optuna.storages.BaseStorage, *,
             "zombie": age is not None and age > grace_period,
             "latest": {k: v for k, v in (history[-1] if history else {}).items()
                        if k != "epoch"},
+            "progress": t.user_attrs.get(attrs.PROGRESS),
             "params": t.params,
         })
     live = [r for r in running if not r["zombie"]]
@@ -169,7 +200,13 @@ def collect_status(study: optuna.Study, storage: optuna.storages.BaseStorage, *,
     remaining = max(0, target - finished) if isinstance(target, int) else None
     eta = None
     if remaining is not None:
-        eta = estimate_eta(remaining=remaining, durations=durations, workers=workers,
+        basis = list(durations)
+        if not basis:  # no finished trial yet: a running trial's progress says how long one takes
+            for r in live:
+                share = progress_fraction(r["progress"])
+                if share and share >= MIN_PROGRESS_SHARE and r["elapsed_s"]:
+                    basis.append(r["elapsed_s"] / share)
+        eta = estimate_eta(remaining=remaining, durations=basis, workers=workers,
                            running_elapsed=[r["elapsed_s"] or 0.0 for r in live])
     best = best_trials(study)
     test_report, current = current_summary(study)
@@ -263,6 +300,11 @@ def render(status: dict[str, Any]) -> str:
             rows.append([str(r["number"]), epoch, r["worker"] or "-", _dur(r["elapsed_s"]),
                          beat + (" ZOMBIE" if r["zombie"] else ""), latest])
         lines += _table(["trial", "epoch", "worker", "elapsed", "heartbeat", "latest"], rows)
+        for r in s["running"]:
+            line = progress_line(r.get("progress"))
+            if line:
+                lines.append(f"  trial {r['number']}: {line} (as of "
+                             f"{r['progress'].get('time', '?')})")
     if s["zombies"]:
         numbers = ", ".join(str(n) for n in s["zombies"])
         lines.append(f"zombies: trial(s) {numbers} have sent no heartbeat for more than "

@@ -47,6 +47,18 @@ def one_epoch(config: TrainConfig, out: Path, cache: Path) -> dict[str, float]:
     }
 
 
+def reporter_cost(steps: int = 200_000) -> float:
+    """Seconds per ``advance`` of an enabled progress reporter printing plain lines (the path
+    of logs and pipes; its line every 30 s is not in the loop's cost)."""
+    from trainers.progress import Reporter
+
+    phase = Reporter(bars=False, every_s=3600.0).phase("train", total=steps, unit="steps")
+    started = time.perf_counter()
+    for _ in range(steps):
+        phase.advance()
+    return (time.perf_counter() - started) / steps
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--stocks", type=int, default=500)
@@ -63,7 +75,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'':6s} " + " ".join(f"{k:>12s}" for k in warm))
     for name, row in (("cold", cold), ("warm", warm)):
         print(f"{name:6s} " + " ".join(f"{v:12.3f}" for v in row.values()))
-    report = {**warm, "cold": cold, "settings": vars(args) | {"out": str(args.out)}}
+    # The progress reporter's cost per training step, beside the step itself (target <= 1%).
+    advance_s = reporter_cost()
+    steps = max(1, round(warm["train_s"] * warm["samples_per_s"] / args.stocks))  # batch = stocks
+    step_s = warm["train_s"] / steps
+    progress = {"advance_us": round(advance_s * 1e6, 3), "step_ms": round(step_s * 1e3, 3),
+                "fraction_of_step": advance_s / step_s}
+    print(f"progress reporter: {progress['advance_us']:.2f} us per step against a "
+          f"{progress['step_ms']:.1f} ms step ({progress['fraction_of_step']:.5%})")
+    report = {**warm, "cold": cold, "progress": progress,
+              "settings": vars(args) | {"out": str(args.out)}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     return 0

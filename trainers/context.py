@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from trainers.errors import UserError
+from trainers.progress import DEFAULT_EVERY_S, Phase, ProgressRecord, Reporter
 
 log = logging.getLogger("trainers")
 
@@ -135,6 +136,9 @@ class TrialContext:
         seed: int = 0,
         resume_dir: Path | str | None = None,
         cache_dir: Path | str | None = None,
+        progress: bool = True,
+        progress_every_s: float = DEFAULT_EVERY_S,
+        progress_bars: bool | None = None,
     ) -> None:
         self.output_dir = Path(output_dir)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else self.output_dir / "cache"
@@ -145,6 +149,9 @@ class TrialContext:
         self.attrs: dict[str, Any] = {}
         self.history: list[dict[str, Any]] = []
         self._stop_reason: str | None = None
+        prefix = f"[trial {trial_number}] " if trial_number is not None else ""
+        self.reporter = Reporter(prefix=prefix, enabled=progress, every_s=progress_every_s,
+                                 bars=progress_bars, on_record=self.on_progress)
 
     # -- facts about the run -------------------------------------------------------------
     def set_attr(self, key: str, value: Any) -> None:
@@ -154,6 +161,16 @@ class TrialContext:
     def log(self, message: str) -> None:
         prefix = f"[trial {self.trial_number}] " if self.trial_number is not None else ""
         log.info("%s%s", prefix, message)
+
+    # -- progress within a long phase (trainers.progress) ----------------------------------
+    def phase(self, name: str, *, total: int, unit: str, epoch: int | None = None,
+              epochs: int | None = None) -> Phase:
+        """Open a phase of ``total`` ``unit`` (``with ctx.phase(...) as p: p.advance()``)."""
+        return self.reporter.phase(name, total=total, unit=unit, epoch=epoch, epochs=epochs)
+
+    def on_progress(self, record: ProgressRecord) -> None:
+        """Each progress record shown (at most every ``progress_every_s`` and at each phase's
+        end); a study stores it on the trial."""
 
     # -- per-epoch progress --------------------------------------------------------------
     def report(self, epoch: int, metrics: dict[str, float]) -> None:

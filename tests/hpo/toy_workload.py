@@ -25,6 +25,7 @@ class ToyConfig:
     optimizer: str = "sgd"     # "sgd" | "momentum"
     width: int = 1             # scales the objective, so an int parameter changes the result
     sleep_s: float = 0.0       # per epoch, to make trials overlap in worker tests
+    steps: int = 0             # > 0: the epoch's sleep is cut into this many progress steps
     fail_on_width: int = -1    # raise TrialFailed when width equals this
     diverge: bool = False      # return a NaN loss
 
@@ -54,7 +55,14 @@ def train(config: ToyConfig, ctx: TrialContext) -> dict[str, float]:
             raise TrialPruned(f"loss became nan at step {epoch}")
         ctx.report(epoch + 1, {"loss": loss, "score": -math.log1p(loss), "x": x})
         ctx.checkpoint({"x": x, "velocity": velocity}, epoch=epoch + 1)
-        time.sleep(config.sleep_s)
+        if config.steps > 0:
+            with ctx.phase("train", total=config.steps, unit="steps", epoch=epoch + 1,
+                           epochs=config.epochs) as progress:
+                for _ in range(config.steps):
+                    time.sleep(config.sleep_s / config.steps)
+                    progress.advance()
+        else:
+            time.sleep(config.sleep_s)
         if epoch + 1 == stop_after:
             ctx.request_stop("SIGTERM")
     ctx.set_attr("optimizer_class", config.optimizer)

@@ -44,7 +44,7 @@ training GPU when there is one, in whole-matrix tiles). 4,000 stocks x 2,500 dat
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -385,6 +385,7 @@ def build_graphs(
     device: str | torch.device = "cpu",
     refresh: int = REFRESH_DATES,
     spill_dir: str | Path | None = None,
+    on_dates: Callable[[int], None] | None = None,
 ) -> DateGraphs:
     """Correlation graphs of every date of a (dates, stocks) return matrix.
 
@@ -398,6 +399,8 @@ def build_graphs(
             date, no incremental update; for tests and drift measurements).
         spill_dir: a directory for the edges as they are found (see ``_EdgeSink``): the
             returned arrays are then read-only memory maps of unlinked files there.
+        on_dates: called with the number of dates just finished, after each block of dates
+            (progress).
     """
     returns = np.asarray(returns)
     if returns.ndim != 2:
@@ -475,6 +478,8 @@ def build_graphs(
                 values[date, dst, slot].clamp(-1.0, 1.0).cpu().numpy(),
             )
             del date, dst, slot, keep
+            if on_dates is not None:
+                on_dates(r1 - r0)
     del sums, buffers
     counts, src, dst_np, weight = sink.finish()
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)

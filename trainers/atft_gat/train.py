@@ -71,6 +71,7 @@ from trainers.atft_gat.record import (
 from trainers.context import TrialContext
 from trainers.errors import UserError
 from trainers.metrics import panel_metrics
+from trainers.progress import phase_of
 from trainers.runtime import (
     StepRunner,
     release_host_memory,
@@ -92,7 +93,8 @@ MIN_IMPROVEMENT = 1e-6
 
 
 # -- data -----------------------------------------------------------------------------------
-def load_graphs(fc: FeatureCache, panel: Panel, config: TrainConfig) -> DateGraphs:
+def load_graphs(fc: FeatureCache, panel: Panel, config: TrainConfig,
+                ctx: TrialContext | None = None) -> DateGraphs:
     """Per-date correlation graphs of ``graph_k`` in-edges, cached beside the features.
 
     The graph is built once for ``graph_k_max`` in-edges and stored under the settings that
@@ -122,9 +124,10 @@ def load_graphs(fc: FeatureCache, panel: Panel, config: TrainConfig) -> DateGrap
         returns = panel.x[:, :, col].numpy()  # (D, S), raw (unstandardised)
         returns = np.where(panel.present.numpy(), returns, np.nan)
         device = select_device(config.device)
-        graphs = build_graphs(returns, gcfg, present=panel.present.numpy(),
-                              device=device if device.type == "cuda" else "cpu",
-                              spill_dir=fc.path)
+        with phase_of(ctx, "graph", total=len(panel.dates), unit="dates") as progress:
+            graphs = build_graphs(returns, gcfg, present=panel.present.numpy(),
+                                  device=device if device.type == "cuda" else "cpu",
+                                  spill_dir=fc.path, on_dates=progress.advance)
         fc.save_sidecar("graphs", {"src": graphs.src, "dst": graphs.dst,
                                    "weight": graphs.weight, "offsets": graphs.offsets},
                         params=params)
@@ -165,7 +168,8 @@ def prepare_inputs(config: TrainConfig, ctx: TrialContext) -> Inputs:
                         f"lookback of {config.lookback} dates; use more dates or a shorter "
                         "lookback")
     # A model without the graph block never reads a graph: none is built.
-    graphs = load_graphs(fc, panel, config) if config.use_graph else no_graphs(len(panel.dates))
+    graphs = (load_graphs(fc, panel, config, ctx) if config.use_graph
+              else no_graphs(len(panel.dates)))
     release_host_memory()  # a graph build's freed per-block arrays (see release_host_memory)
     graph_seconds = time.perf_counter() - t_graph
     h_idx = list(config.horizons).index(config.metric_horizon)
@@ -232,10 +236,13 @@ class EpochFit:
 
 
 def train_epoch(runner: StepRunner, inp: Inputs, config: TrainConfig, order: np.ndarray, *,
-                with_graph: bool, dates_per_step: int, steps: int) -> EpochFit:
+                with_graph: bool, dates_per_step: int, steps: int, epoch: int | None = None,
+                epochs: int | None = None) -> EpochFit:
     """Step 3 for one epoch: ``steps`` runtime steps over the dates of ``order``."""
     runner.module.train()
     fit = EpochFit()
+    progress = phase_of(runner.ctx, "train", total=min(steps, -(-len(order) // dates_per_step)),
+                        unit="steps", epoch=epoch, epochs=epochs)
     # On a GPU the next batch is assembled on the CPU while this one trains.
     for batch, waited in epoch_batches(inp.panel, inp.y_z, inp.graphs, order,
                                        dates_per_step=dates_per_step, steps=steps,
@@ -255,6 +262,8 @@ def train_epoch(runner: StepRunner, inp: Inputs, config: TrainConfig, order: np.
         fit.losses.append(runner.step(len(batch), loss_fn))
         fit.step_seconds.append(time.perf_counter() - t_step)
         fit.samples += len(batch)
+        progress.advance()
+    progress.close()
     return fit
 
 
@@ -305,12 +314,14 @@ def train(config: TrainConfig, ctx: TrialContext) -> dict[str, float]:
         # Shuffle order depends only on (seed, epoch): a resumed run replays it exactly.
         order = np.random.default_rng([ctx.seed, epoch]).permutation(inp.train_dates)
         fit = train_epoch(runner, inp, config, order, with_graph=with_graph,
-                          dates_per_step=dates_per_step, steps=steps_per_epoch)
+                          dates_per_step=dates_per_step, steps=steps_per_epoch,
+                          epoch=epoch + 1, epochs=len(plan))
         step_seconds += fit.step_seconds
         train_seconds = time.perf_counter() - t0
 
         t1 = time.perf_counter()
-        metrics, preds, watched = validate_epoch(runner, inp, config, with_graph=with_graph)
+        metrics, preds, watched = validate_epoch(runner, inp, config, with_graph=with_graph,
+                                                 epoch=epoch + 1, epochs=len(plan))
         metrics["train_loss"] = fit.mean_loss
         val_seconds = time.perf_counter() - t1
         epoch_seconds.append(round(time.perf_counter() - t0, 3))
@@ -365,7 +376,8 @@ def selected(runner: StepRunner, inp: Inputs, *, ic: float, epoch: int, with_gra
     return {"ic": ic, "epoch": epoch, "with_graph": with_graph, "weights": weights}
 
 
-def validate_epoch(runner: StepRunner, inp: Inputs, config: TrainConfig, *, with_graph: bool
+def validate_epoch(runner: StepRunner, inp: Inputs, config: TrainConfig, *, with_graph: bool,
+                   epoch: int | None = None, epochs: int | None = None,
                    ) -> tuple[dict[str, float], dict[str, np.ndarray], float]:
     """Validation metrics and predictions, and the RankIC that selects epochs and drives
     patience.
@@ -375,7 +387,8 @@ def validate_epoch(runner: StepRunner, inp: Inputs, config: TrainConfig, *, with
     the README).
     """
     metrics, preds = validate(runner, inp.panel, inp.y_z, inp.graphs, inp.val_dates, config,
-                              with_graph=with_graph, h_idx=inp.h_idx)
+                              with_graph=with_graph, h_idx=inp.h_idx, epoch=epoch,
+                              epochs=epochs)
     if not len(inp.select_dates):
         return metrics, preds, metrics["rank_ic"]
     watched = validate(runner, inp.panel, inp.y_z, inp.graphs, inp.select_dates, config,
@@ -406,7 +419,8 @@ def score_selected(runner: StepRunner, inp: Inputs, config: TrainConfig, *, ctx:
 
 
 def validate(runner: StepRunner, panel: Panel, y_z: torch.Tensor, graphs: DateGraphs,
-             val_dates: np.ndarray, config: TrainConfig, *, with_graph: bool, h_idx: int
+             val_dates: np.ndarray, config: TrainConfig, *, with_graph: bool, h_idx: int,
+             epoch: int | None = None, epochs: int | None = None,
              ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """Metrics and predictions of the model on ``val_dates``.
 
@@ -418,6 +432,8 @@ def validate(runner: StepRunner, panel: Panel, y_z: torch.Tensor, graphs: DateGr
     runner.module.eval()
     cols: dict[str, list[np.ndarray]] = {"date": [], "code": [], "pred": [], "target": []}
     losses, weights = [], []
+    progress = phase_of(runner.ctx, "validate", total=len(val_dates), unit="dates",
+                        epoch=epoch, epochs=epochs)
     for dates in pack_dates(panel, val_dates, lambda: runner.micro_batch):
         b = make_batch(panel, y_z, graphs, dates, lookback=config.lookback,
                        with_graph=with_graph)
@@ -431,10 +447,12 @@ def validate(runner: StepRunner, panel: Panel, y_z: torch.Tensor, graphs: DateGr
         point = torch.cat(runner.evaluate(len(b), forward))  # (N, H)
         losses.append(float(scoring_loss({"point": point}, b)))
         weights.append(len(dates))
+        progress.advance(len(dates))
         cols["pred"].append(point[:, h_idx].numpy())
         cols["target"].append(b.y_raw[:, h_idx].numpy())
         cols["date"].append(panel.dates[b.date[b.group.numpy()]])
         cols["code"].append(np.asarray(panel.codes, dtype=object)[b.stock.numpy()])
+    progress.close()
     preds = {k: np.concatenate(v) for k, v in cols.items()}
     keep = np.isfinite(preds["target"])
     preds = {k: v[keep] for k, v in preds.items()}
