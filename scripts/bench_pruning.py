@@ -309,7 +309,7 @@ def pooled(sets: dict[int, dict[str, Any]], label: str) -> dict[str, float]:
             "hv_ratio_median": float(np.mean([r["hv_ratio_median"] for r in rows])),
             "hv_ratio_median_worst": min(r["hv_ratio_median"] for r in rows),
             "hv_ratio_p10": float(np.mean([r["hv_ratio_p10"] for r in rows])),
-            "sets_meeting_target": sum(meets(r) for r in rows), "sets": len(rows)}
+            "sets_meeting_target": int(sum(bool(meets(r)) for r in rows)), "sets": len(rows)}
 
 
 def choose_setting(select: dict[int, dict[str, Any]]) -> tuple[str, str]:
@@ -374,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         "selection": {label: pooled(select, label) for label in labels},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    args.out.write_text(json.dumps(report, indent=2, default=float) + "\n")
     print(f"{args.trials} trials x {EPOCHS} epochs per set; selection sets {args.select_seeds}, "
           f"held-out sets {args.report_seeds}; {args.orders} arrival orders, {args.workers} "
           f"workers; target {report['target']}")
