@@ -17,6 +17,7 @@ named in ``GENERATORS`` and imported only when a ``synthetic:...`` source is bui
 
 from __future__ import annotations
 
+from cache._panel import forward_looking
 from cache._source import GENERATORS
 from cache.core import build_cache, cache_key, check_source, load_or_build, source_columns
 from cache.errors import CacheError
@@ -34,6 +35,7 @@ __all__ = [
     "build_cache",
     "cache_key",
     "check_source",
+    "forward_looking",
     "load_or_build",
     "open_cache",
     "source_columns",

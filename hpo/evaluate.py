@@ -176,7 +176,7 @@ def _existing_id(out_dir: Path) -> str | None:
     return report.get("report_id")
 
 
-def _heldout_or_error(study: optuna.Study) -> HeldOut:
+def heldout_or_error(study: optuna.Study) -> HeldOut:
     workload = study.user_attrs.get(attrs.WORKLOAD)
     heldout = heldout_of(workload)
     if heldout is None:
@@ -196,7 +196,7 @@ def evaluate_study(study: optuna.Study, *, output: Path, force: bool = False,
     a later look at another front or other models raises :class:`ReopenRequired` unless
     ``reopen``, and is recorded too. Recomputing figures already seen is not a new look.
     """
-    heldout = _heldout_or_error(study)
+    heldout = heldout_or_error(study)
     front = best_trials(study)
     if not front:
         raise UserError(f"study {study.study_name!r} has no complete trial yet; nothing to "

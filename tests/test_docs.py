@@ -9,8 +9,8 @@ import pytest
 
 from tests.conftest import REPO
 
-COMMANDS = ["hpo.run", "hpo.status", "hpo.export", "hpo.evaluate", "hpo.dashboard",
-            "cache.build"]
+COMMANDS = ["hpo.run", "hpo.status", "hpo.export", "hpo.evaluate", "hpo.predict",
+            "hpo.dashboard", "cache.build"]
 
 
 def _options(parser: argparse.ArgumentParser) -> list[str]:

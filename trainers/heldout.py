@@ -29,6 +29,10 @@ protocol, in the order ``hpo.evaluate`` uses it, for each trial of the best tria
 9. Optional ``compare(rows_a, rows_b, trained)`` -> ``{name: {"value", "se"}}``: every
    figure of ``a`` minus ``b`` on the same dates, with a paired standard error. With it and
    baseline frames, the report says by how much the chosen trial beats its best baseline.
+12. Optional ``score_new(trained, source, dates, cache_dir)`` -> an object with ``frame``
+   (``date, code, score``), ``skipped`` and ``dates``: the model on a panel the study never
+   saw, through the training pipeline (``hpo.predict``); ``dates`` is ``last``, ``all`` or
+   ``START:END``. A panel that does not fit the model is a one-line ``UserError``.
 11. Optional ``returns(rows)`` -> a frame ``date, ret``: the per-date return of a strategy
    built on the rows (for the ranking workloads the long-short). With it the report gains the
    probability of backtest overfitting over the trials' validation returns and the effective
@@ -115,6 +119,7 @@ class HeldOut:
     compare: Callable[[Any, Any, Any], dict[str, Any]] | None = None
     tear_sheet: Callable[[Mapping[str, Any], Any, Path, str], list[Path]] | None = None
     returns: Callable[[Any], Any] | None = None
+    score_new: Callable[[Any, str, str, Path], Any] | None = None
 
     def __post_init__(self) -> None:
         missing = [m for m in self.table if m not in self.reported]

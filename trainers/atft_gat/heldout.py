@@ -74,6 +74,12 @@ def _tear_sheet(frames: Any, trained: Any, out_dir: Path, title: str) -> list[Pa
     return tear_sheet(frames, out_dir, title=title, **scoring(trained.config))
 
 
+def _score_new(trained: Any, source: str, dates: str, cache_dir: Path) -> Any:
+    from trainers.atft_gat.scoring import score_panel
+
+    return score_panel(trained, source, dates=dates, cache_dir=cache_dir)
+
+
 def _moments(frame: Any, trained: Any) -> dict[str, float]:
     s = scoring(trained.config)
     return ranking_moments(frame, horizon=s["horizon"], periods_per_year=s["periods_per_year"])
@@ -155,4 +161,4 @@ def _describe(trained: Any) -> dict[str, Any]:
 HELDOUT = HeldOut(load=_load, digest=_digest, predict=_predict, score=_score,
                   selection_metric="sharpe", check=_check, moments=_moments,
                   baselines=_baselines, describe=_describe, compare=_compare,
-                  tear_sheet=_tear_sheet, returns=ranking_returns)
+                  tear_sheet=_tear_sheet, returns=ranking_returns, score_new=_score_new)

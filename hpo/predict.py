@@ -1,0 +1,185 @@
+"""``python -m hpo.predict``: score a panel the study never saw with its chosen model.
+
+Example, the daily job (append today's rows to the panel, score the last date):
+
+    python -m hpo.predict --study production --source panel.parquet --out today.parquet
+
+It works for any workload whose held-out capability can score new data
+(``HeldOut.score_new``), which runs the workload's training pipeline on the panel. The file
+holds ``date, code, score, rank, quantile`` (rank 1 = the highest score of its date; quantile
+1-5, 5 = the top fifth), parquet or CSV by the extension of ``--out``. It names the model it came from: in the parquet schema metadata (key
+``hpo``), for a CSV in ``<out>.meta.json``: the study, the trial, the SHA-256 of its model
+file, the feature list, the source and the SHA-256 of its bytes, the dates scored and those
+skipped for lack of history. A panel that does not fit the model is refused in one line (exit
+2) and nothing is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import optuna
+import polars as pl
+
+from hpo import attrs
+from hpo.results import best_trials
+from hpo.study import trial_dir
+from trainers.cli import OneLineParser
+from trainers.context import atomic_write_bytes
+from trainers.errors import UserError
+
+EXIT_OK, EXIT_USER = 0, 2
+METADATA_KEY = b"hpo"
+N_QUANTILES = 5
+SUFFIXES = (".parquet", ".csv")
+
+
+def source_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def with_ranks(frame: pl.DataFrame) -> pl.DataFrame:
+    """``rank`` (1 = highest score of the date; ties by code) and ``quantile`` (1-5, 5 = the
+    top fifth of the date), sorted by date and rank."""
+    ranked = frame.sort(["date", "score", "code"], descending=[False, True, False]).with_columns(
+        rank=pl.int_range(1, pl.len() + 1).over("date"), n=pl.len().over("date"))
+    return ranked.with_columns(
+        quantile=((pl.col("n") - pl.col("rank")) * N_QUANTILES // pl.col("n") + 1)
+    ).select("date", "code", "score", "rank", "quantile").with_columns(
+        pl.col("rank").cast(pl.Int64), pl.col("quantile").cast(pl.Int64))
+
+
+def pick_trial(study: optuna.Study, model: str, heldout: Any) -> optuna.trial.FrozenTrial:
+    """The trial ``--model`` names: ``chosen`` (the held-out report's rule) or ``trial:N``."""
+    from hpo.evaluate import choose
+
+    if model == "chosen":
+        front = best_trials(study)
+        if not front:
+            raise UserError(f"study {study.study_name!r} has no complete trial yet")
+        from trainers.registry import get_workload
+
+        directions = get_workload(study.user_attrs[attrs.WORKLOAD]).metrics
+        return choose(study, front, metric=heldout.selection_metric,
+                      direction=directions.get(heldout.selection_metric, "maximize"))[0]
+    number = model.removeprefix("trial:")
+    if not model.startswith("trial:") or not number.isdigit():
+        raise UserError(f"--model must be chosen or trial:N, got {model!r}")
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    t = trials.get(int(number))
+    if t is None or t.state != optuna.trial.TrialState.COMPLETE:
+        raise UserError(f"trial {number} of study {study.study_name!r} is not a complete trial")
+    return t
+
+
+def predict(study: optuna.Study, *, source: Path, output: Path, out: Path, model: str = "chosen",
+            dates: str = "last") -> dict[str, Any]:
+    """Score ``source`` and write ``out`` (module docstring); returns the metadata."""
+    from hpo.evaluate import heldout_or_error
+
+    if out.suffix.lower() not in SUFFIXES:
+        raise UserError(f"--out {out} must end in .parquet or .csv")
+    if not Path(source).is_file():
+        raise UserError(f"--source {source} does not exist")
+    heldout = heldout_or_error(study)
+    if heldout.score_new is None:
+        raise UserError(f"workload {study.user_attrs.get(attrs.WORKLOAD)!r} cannot score new "
+                        "data yet")
+    trial = pick_trial(study, model, heldout)
+    folder = trial_dir(output, study.study_name, trial.number)
+    trained = heldout.load(folder)
+    scored = heldout.score_new(trained, str(source), dates, Path(output) / "cache")
+    frame = with_ranks(scored.frame)
+    meta = {"study": study.study_name, "workload": study.user_attrs.get(attrs.WORKLOAD),
+            "trial": trial.number, "model": model, "model_sha256": heldout.digest(folder),
+            "features": list(trained.feature_names), "source": str(source),
+            "source_sha256": source_sha256(Path(source)), "dates": scored.dates,
+            "skipped_for_history": scored.skipped, "rows": frame.height,
+            "columns": {"score": "the model's prediction of the scored horizon's return",
+                        "rank": "1 = the highest score of its date",
+                        "quantile": f"1-{N_QUANTILES}, {N_QUANTILES} = the top fifth"}}
+    if out.suffix.lower() == ".parquet":
+        table = frame.to_arrow()
+        table = table.replace_schema_metadata({METADATA_KEY: json.dumps(meta).encode()})
+        import pyarrow.parquet as pq
+
+        buf = io.BytesIO()
+        pq.write_table(table, buf)
+        atomic_write_bytes(out, buf.getvalue(), durable=False)
+    else:
+        buf = io.BytesIO()
+        frame.write_csv(buf)
+        atomic_write_bytes(Path(f"{out}.meta.json"), json.dumps(meta, indent=1).encode(),
+                           durable=False)
+        atomic_write_bytes(out, buf.getvalue(), durable=False)
+    return meta
+
+
+def read_metadata(path: Path) -> dict[str, Any]:
+    """The metadata of a scores file written by :func:`predict`."""
+    path = Path(path)
+    if path.suffix.lower() == ".csv":
+        return json.loads(Path(f"{path}.meta.json").read_text())
+    import pyarrow.parquet as pq
+
+    return json.loads(pq.read_schema(path).metadata[METADATA_KEY])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = OneLineParser(
+        prog="python -m hpo.predict",
+        description="Score a panel the study never saw with the chosen trial's model, through "
+        "the training pipeline; writes date, code, score, rank, quantile. Example: python -m "
+        "hpo.predict --study production --source panel.parquet --dates last --out today.parquet")
+    p.add_argument("--study", required=True, help="the study name in storage")
+    p.add_argument("--source", required=True, type=Path,
+                   help="the panel to score (parquet or CSV, the schema of the study's panel; "
+                   "target columns may be absent)")
+    p.add_argument("--out", required=True, type=Path,
+                   help="the scores file: .parquet or .csv (metadata beside it as .meta.json)")
+    p.add_argument("--model", default="chosen",
+                   help="chosen (the held-out report's rule) or trial:N (default: chosen)")
+    p.add_argument("--dates", default="last",
+                   help="last, all or START:END (ISO dates, inclusive; default: last)")
+    p.add_argument("--storage", default=None,
+                   help="storage URL (default: $HPO_STORAGE, else sqlite:///<output>/hpo.db)")
+    p.add_argument("--output", type=Path, default=Path("output"),
+                   help="the study's output directory: trial models and feature cache "
+                   "(default: output)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from hpo.loading import load_existing_study, open_existing_storage
+    from hpo.storage import resolve_url
+
+    try:
+        url = resolve_url(args.storage, args.output)
+        study = load_existing_study(open_existing_storage(url), args.study, url)
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        meta = predict(study, source=args.source, output=args.output, out=args.out,
+                       model=args.model, dates=args.dates)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER
+    skipped = (f"; skipped for lack of history: {', '.join(meta['skipped_for_history'])}"
+               if meta["skipped_for_history"] else "")
+    print(f"scored {meta['rows']} rows on {len(meta['dates'])} date(s) "
+          f"({meta['dates'][0]} to {meta['dates'][-1]}) with trial {meta['trial']} "
+          f"(model {meta['model_sha256'][:12]}) -> {args.out}{skipped}")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
