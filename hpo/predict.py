@@ -4,14 +4,14 @@ Example, the daily job (append today's rows to the panel, score the last date):
 
     python -m hpo.predict --study production --source panel.parquet --out today.parquet
 
-It works for any workload whose held-out capability can score new data
-(``HeldOut.score_new``), which runs the workload's training pipeline on the panel. The file
-holds ``date, code, score, rank, quantile`` (rank 1 = the highest score of its date; quantile
-1-5, 5 = the top fifth), parquet or CSV by the extension of ``--out``. It names the model it
-came from: in the parquet schema metadata (key ``hpo``), for a CSV in ``<out>.meta.json``: the study, the trial, the SHA-256 of its model
-file, the feature list, the source and the SHA-256 of its bytes, the dates scored and those
-skipped for lack of history. A panel that does not fit the model is refused in one line (exit
-2) and nothing is written.
+It works for any workload whose held-out capability can score new data (``HeldOut.score_new``),
+which runs the workload's training pipeline on the panel. The file holds ``date, code, score,
+rank, quantile`` (rank 1 = the highest score of its date; quantile 1-5, 5 = the top fifth),
+parquet or CSV by the extension of ``--out``. It names the model it came from: in the parquet
+schema metadata (key ``hpo``), for a CSV in ``<out>.meta.json``: the study, the trial, the
+SHA-256 of its model file, the feature list, the source and the SHA-256 of its bytes, the dates
+scored and those skipped for lack of history. A panel that does not fit the model is refused in
+one line (exit 2) and nothing is written.
 """
 
 from __future__ import annotations
