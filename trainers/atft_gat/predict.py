@@ -62,6 +62,30 @@ class TrainedModel:
     with_graph: bool
 
 
+def forward_dates(trained: TrainedModel, panel: Any, graphs: Any,
+                  dates: np.ndarray) -> dict[str, np.ndarray]:
+    """The model on the panel's ``dates`` (indices), packed into forward passes of at most
+    ``batch_size`` rows (a date is never cut): ``date, code, pred, target`` arrays, every
+    stock of each date (``target`` the ``metric_horizon`` label, NaN where unknown). The
+    panel is standardised already."""
+    config = trained.config
+    y_z = zscore_targets(panel.y)
+    h_idx = list(config.horizons).index(config.metric_horizon)
+    cols: dict[str, list[np.ndarray]] = {"date": [], "code": [], "pred": [], "target": []}
+    codes = np.asarray(panel.codes, dtype=object)
+    with torch.inference_mode():
+        for group in pack_dates(panel, dates, lambda: config.batch_size):
+            b = make_batch(panel, y_z, graphs, group, lookback=config.lookback,
+                           with_graph=trained.with_graph)
+            edges = (b.edges, b.weight) if trained.with_graph else (None, None)
+            out = trained.model(b.x, *edges)
+            cols["pred"].append(out["point"][:, h_idx].float().numpy())
+            cols["target"].append(b.y_raw[:, h_idx].numpy())
+            cols["date"].append(panel.dates[b.date[b.group.numpy()]])
+            cols["code"].append(codes[b.stock.numpy()])
+    return {k: np.concatenate(v) for k, v in cols.items()}
+
+
 def model_digest(trial_dir: Path) -> str:
     """SHA-256 of the trial's ``model.pt`` (identifies the weights a report was made from)."""
     return file_digest(Path(trial_dir) / MODEL_FILE)
@@ -132,21 +156,7 @@ def predict_period(trial_dir: Path, *, cache_dir: Path, period: str = "test",
     else:  # older model files: the same training-date statistics, from the cache
         train_dates = split.train[split.train >= config.lookback - 1]
         panel = standardise(panel, train_dates, moments=fc.feature_moments(train_dates))
-    y_z = zscore_targets(panel.y)
-    h_idx = list(config.horizons).index(config.metric_horizon)
-    cols: dict[str, list[np.ndarray]] = {"date": [], "code": [], "pred": [], "target": []}
-    codes = np.asarray(panel.codes, dtype=object)
-    with torch.inference_mode():
-        for group in pack_dates(panel, dates, lambda: config.batch_size):
-            b = make_batch(panel, y_z, graphs, group, lookback=config.lookback,
-                           with_graph=trained.with_graph)
-            edges = (b.edges, b.weight) if trained.with_graph else (None, None)
-            out = trained.model(b.x, *edges)
-            cols["pred"].append(out["point"][:, h_idx].float().numpy())
-            cols["target"].append(b.y_raw[:, h_idx].numpy())
-            cols["date"].append(panel.dates[b.date[b.group.numpy()]])
-            cols["code"].append(codes[b.stock.numpy()])
-    merged = {k: np.concatenate(v) for k, v in cols.items()}
+    merged = forward_dates(trained, panel, graphs, dates)
     keep = np.isfinite(merged["target"])
     frame = pl.DataFrame({"date": merged["date"][keep].astype("datetime64[D]"),
                           "code": merged["code"][keep].astype(str),

@@ -30,7 +30,6 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-import torch
 
 from trainers.errors import UserError
 
@@ -138,13 +137,8 @@ def score_panel(trained: Any, source: str, *, dates: str, cache_dir: Path) -> Sc
     from cache import CacheSpec, load_or_build, source_columns
     from trainers.atft_gat.data import cache_panel
     from trainers.atft_gat.graph import REFRESH_DATES
-    from trainers.atft_gat.train import (
-        load_graphs,
-        make_batch,
-        no_graphs,
-        pack_dates,
-        zscore_targets,
-    )
+    from trainers.atft_gat.predict import forward_dates
+    from trainers.atft_gat.train import load_graphs, no_graphs
 
     config = trained.config
     features = tuple(trained.feature_names)
@@ -185,21 +179,9 @@ def score_panel(trained: Any, source: str, *, dates: str, cache_dir: Path) -> Sc
     graphs = (load_graphs(fc, panel, config) if trained.with_graph
               else no_graphs(len(panel.dates)))
     panel = replace(panel, feature_mean=trained.feature_mean, feature_std=trained.feature_std)
-    y_z = zscore_targets(panel.y)
-    h_idx = list(config.horizons).index(config.metric_horizon)
-    index = np.array([i - start for i in wanted], dtype=np.int64)
-    codes = np.asarray(panel.codes, dtype=object)
-    cols: dict[str, list[np.ndarray]] = {"date": [], "code": [], "score": []}
-    with torch.inference_mode():
-        for group in pack_dates(panel, index, lambda: config.batch_size):
-            b = make_batch(panel, y_z, graphs, group, lookback=config.lookback,
-                           with_graph=trained.with_graph)
-            edges = (b.edges, b.weight) if trained.with_graph else (None, None)
-            out = trained.model(b.x, *edges)
-            cols["score"].append(out["point"][:, h_idx].float().numpy())
-            cols["date"].append(panel.dates[b.date[b.group.numpy()]])
-            cols["code"].append(codes[b.stock.numpy()])
-    scores = pl.DataFrame({"date": np.concatenate(cols["date"]).astype("datetime64[D]"),
-                           "code": np.concatenate(cols["code"]).astype(str),
-                           "score": np.concatenate(cols["score"]).astype(np.float64)})
+    cols = forward_dates(trained, panel, graphs,
+                         np.array([i - start for i in wanted], dtype=np.int64))
+    scores = pl.DataFrame({"date": cols["date"].astype("datetime64[D]"),
+                           "code": cols["code"].astype(str),
+                           "score": cols["pred"].astype(np.float64)})
     return Scored(frame=scores, skipped=skipped, dates=[str(calendar[i]) for i in wanted])
