@@ -280,10 +280,20 @@ def load_or_build(source: str | Path | pl.DataFrame, cache_root: str | Path,
 
     A missing source file is a CacheError (its key cannot be checked); to use a cache
     without its source, ``open_cache(<cache_root>/<key>)``. In-memory and synthetic
-    sources are hashed on every call (~1 GB/s), as their content is all there is.
+    sources are hashed on every call (~1 GB/s), as their content is all there is. A cache
+    that is there but damaged (a truncated or altered file: ``open_cache`` refuses it) is
+    derived data: it is rebuilt from the source once, with a log line saying why, never
+    reused.
     """
-    path = _ensure(source, cache_root, spec or CacheSpec(), source_id=source_id, force=False,
+    spec = spec or CacheSpec()
+    path = _ensure(source, cache_root, spec, source_id=source_id, force=False,
                    rehash=rehash, lock_timeout=lock_timeout)
+    try:
+        return open_cache(path)
+    except CacheError as exc:
+        log.warning("cache %s is damaged (%s); rebuilding it from its source", path.name, exc)
+    path = _ensure(source, cache_root, spec, source_id=source_id, force=True, rehash=rehash,
+                   lock_timeout=lock_timeout)
     return open_cache(path)
 
 

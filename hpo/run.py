@@ -166,7 +166,7 @@ def _run(args: argparse.Namespace, n_workers: int, *, gpu_pinning: bool) -> int:
     if args.worker_index is None:
         preflight(spec)  # the data's problems, before anything is written
     output = args.output
-    output.mkdir(parents=True, exist_ok=True)
+    ensure_output_dir(output)
     url = resolve_url(args.storage, output)
     worker_index = args.worker_index or 0
     study = open_study(spec, url, force=args.force, target=target, worker_index=worker_index,
@@ -191,6 +191,19 @@ def _run(args: argparse.Namespace, n_workers: int, *, gpu_pinning: bool) -> int:
                                    pbo_blocks=spec.evaluate.pbo_blocks)
         print_summary(study, spec, url, target)
     return code
+
+
+def ensure_output_dir(output: Path) -> None:
+    """Create ``--output`` (a user error in one line when it cannot be created or written:
+    a path under a file, a read-only or pseudo file system, no permission)."""
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--output {output} cannot be created ({exc.strerror or exc}); choose "
+                        "a directory you can write to") from None
+    if not os.access(output, os.W_OK | os.X_OK):
+        raise UserError(f"--output {output} is not writable; choose a directory you can write "
+                        "to")
 
 
 def preflight(spec: StudySpec) -> None:

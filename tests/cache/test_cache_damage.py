@@ -109,3 +109,26 @@ def test_a_missing_or_mismatched_index_is_refused(built: Path) -> None:
     _refused(built, "cache index of .* does not match its data; rebuild it")
     (built / "stats.npz").unlink()
     _refused(built, "index or statistics of .* are unreadable .*; rebuild the cache")
+
+
+def test_load_or_build_rebuilds_a_damaged_cache_from_its_source(tmp_path: Path,
+                                                                caplog) -> None:
+    """A cache is derived data: truncated on disk, it is rebuilt once, with a line saying so,
+    and the rebuilt one holds the source's values."""
+    from cache import load_or_build
+
+    panel = make_panel(n_stocks=5, n_dates=3)
+    first = load_or_build(panel, tmp_path, panel_spec())
+    expected = first.features.copy()
+    data = (first.path / DATA_FILE).read_bytes()
+    del first
+    (tmp_path / first_key(tmp_path) / DATA_FILE).write_bytes(data[:len(data) // 2])
+    caplog.set_level("WARNING")
+    again = load_or_build(panel, tmp_path, panel_spec())
+    assert "is damaged" in caplog.text and "rebuilding it from its source" in caplog.text
+    assert (again.path / DATA_FILE).stat().st_size == len(data)
+    np.testing.assert_array_equal(again.features, expected)
+
+
+def first_key(root: Path) -> str:
+    return next(p.name for p in root.iterdir() if (p / MANIFEST_FILE).is_file())

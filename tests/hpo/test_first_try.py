@@ -150,3 +150,15 @@ def test_a_changed_file_is_still_refused_once_a_trial_finished(tmp_path: Path,
     capsys.readouterr()
     assert run(tmp_path, study) == 2
     assert "created from a different version" in capsys.readouterr().err
+
+
+def test_an_output_directory_that_cannot_be_made_is_one_line(tmp_path: Path, capsys) -> None:
+    panel = write_panel(tmp_path / "panel.parquet")
+    study = study_file(tmp_path, panel, "horizons = [1]")
+    (tmp_path / "a_file").write_text("not a directory")
+    for output in (tmp_path / "a_file" / "out", Path("/proc/hpo-no-such-dir")):
+        code = main(["--study", str(study), "--output", str(output)])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and "\n" not in err
+        assert err.startswith(f"error: --output {output} cannot be created")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "mine.toml", "panel.parquet"]
