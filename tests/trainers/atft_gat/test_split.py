@@ -91,9 +91,9 @@ def test_every_date_the_trainer_touches_is_before_the_test_period(
         assert y_z.shape[0] == len(panel.dates)
         return make_batch(panel, y_z, graphs, dates, lookback=lookback, with_graph=with_graph)
 
-    def recording_graphs(fc, panel, config):
+    def recording_graphs(fc, panel, config, ctx=None):
         seen["graph"].append(panel.dates[-1])
-        return load_graphs(fc, panel, config)
+        return load_graphs(fc, panel, config, ctx)
 
     monkeypatch.setattr(train_module, "make_batch", recording_batch)
     monkeypatch.setattr(train_module, "load_graphs", recording_graphs)
