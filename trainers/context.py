@@ -22,6 +22,11 @@ from trainers.progress import DEFAULT_EVERY_S, Phase, ProgressRecord, Reporter
 log = logging.getLogger("trainers")
 
 CHECKPOINT_NAME = "checkpoint.pt"
+# The previous checkpoint, kept until the next one is on disk with its checksum.
+PREVIOUS_CHECKPOINT_NAME = "checkpoint.prev.pt"
+# Beside each checkpoint: its length and BLAKE3 digest, checked before it is loaded.
+CHECKSUM_SUFFIX = ".sum"
+CHECKPOINT_DAMAGED = "checkpoint_damaged"  # the attr listing damaged checkpoints passed over
 HISTORY_NAME = "history.json"
 
 
@@ -99,6 +104,46 @@ def atomic_write_json(path: Path, obj: Any, *, durable: bool = True) -> None:
 
 # Settings that describe the machine rather than the run: a checkpoint may resume elsewhere.
 MACHINE_FIELDS = frozenset({"device", "precision", "compile", "min_batch"})
+
+
+class CheckpointDamaged(Exception):
+    """A checkpoint file that does not match its checksum or does not load."""
+
+
+def _sum_path(path: Path) -> Path:
+    return path.with_name(path.name + CHECKSUM_SUFFIX)
+
+
+def _checksum(data: bytes) -> dict[str, Any]:
+    import blake3
+
+    return {"bytes": len(data), "blake3": blake3.blake3(data).hexdigest()}
+
+
+def _load_checked(path: Path) -> dict[str, Any]:
+    """Load a checkpoint after checking it against its ``.sum`` (a file written before
+    checksums, with no ``.sum``, is only required to load)."""
+    import io
+
+    import torch
+
+    data = path.read_bytes()
+    sum_file = _sum_path(path)
+    if sum_file.exists():
+        try:
+            expected = json.loads(sum_file.read_text())
+        except (OSError, ValueError) as exc:
+            raise CheckpointDamaged(f"its checksum file is unreadable: {exc}") from None
+        got = _checksum(data)
+        if got["bytes"] != expected.get("bytes"):
+            raise CheckpointDamaged(f"{got['bytes']} bytes, its checksum says "
+                                    f"{expected.get('bytes')}")
+        if got["blake3"] != expected.get("blake3"):
+            raise CheckpointDamaged("its BLAKE3 digest differs from the one written with it")
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - any failure to load is damage
+        raise CheckpointDamaged(f"it does not load ({str(exc).splitlines()[0][:120]})") from None
 
 
 def check_resumable(state: dict[str, Any], config: Any, ctx: TrialContext) -> None:
@@ -207,18 +252,48 @@ class TrialContext:
 
         buf = io.BytesIO()
         torch.save({**state, "epoch": int(epoch), "history": self.history}, buf)
-        atomic_write_bytes(self.checkpoint_path, buf.getvalue())
+        data = buf.getvalue()
+        path = self.checkpoint_path
+        if path.exists():  # the last good one stays until this one is on disk, checksummed
+            previous = path.with_name(PREVIOUS_CHECKPOINT_NAME)
+            os.replace(path, previous)
+            if _sum_path(path).exists():
+                os.replace(_sum_path(path), _sum_path(previous))
+        atomic_write_bytes(path, data)
+        atomic_write_bytes(_sum_path(path), json.dumps(_checksum(data)).encode())
 
     def restore(self) -> dict[str, Any] | None:
-        """The newest checkpoint to resume from: this run's own, else its predecessor's."""
-        import torch
+        """The newest good checkpoint to resume from: this run's own, its previous one, else
+        its predecessor's (own, then previous). A checkpoint whose length or BLAKE3 digest
+        differs from its ``.sum``, or that does not load, is passed over and listed in the
+        attr ``checkpoint_damaged``; with none left the run starts from scratch."""
+        damaged: list[dict[str, str]] = []
+        state = None
+        for candidate in self._checkpoint_candidates():
+            if not candidate.exists():
+                continue
+            try:
+                state = _load_checked(candidate)
+            except CheckpointDamaged as exc:
+                damaged.append({"file": str(candidate), "reason": str(exc)})
+                continue
+            break
+        if damaged:
+            self.set_attr(CHECKPOINT_DAMAGED, damaged)
+            self.log(f"damaged checkpoint(s) passed over: "
+                     f"{'; '.join(d['file'] + ' (' + d['reason'] + ')' for d in damaged)}; "
+                     + ("resuming from the next good one" if state is not None
+                        else "starting from scratch"))
+        if state is not None:
+            self.history = list(state.get("history", []))
+        return state
 
-        for candidate in (self.checkpoint_path, self._predecessor_checkpoint()):
-            if candidate is not None and candidate.exists():
-                state = torch.load(candidate, map_location="cpu", weights_only=False)
-                self.history = list(state.get("history", []))
-                return state
-        return None
+    def _checkpoint_candidates(self) -> list[Path]:
+        out = [self.checkpoint_path, self.checkpoint_path.with_name(PREVIOUS_CHECKPOINT_NAME)]
+        predecessor = self._predecessor_checkpoint()
+        if predecessor is not None:
+            out += [predecessor, predecessor.with_name(PREVIOUS_CHECKPOINT_NAME)]
+        return out
 
     def _predecessor_checkpoint(self) -> Path | None:
         if self.resume_dir is None:
