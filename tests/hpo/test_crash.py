@@ -232,6 +232,31 @@ def test_twice_interrupted_trial_resumes_from_the_newest_predecessor(
     assert trials[2].user_attrs["retry_of"] == 1
 
 
+def test_a_damaged_checkpoint_is_passed_over_and_the_trial_still_matches(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The interrupted trial's newest checkpoint is cut in half before the restart: the retry
+    resumes from the previous one (epoch 1 instead of 2), says so, and, with its fixed seed,
+    still ends with the uninterrupted run's values."""
+    path = write_study(tmp_path, name="damaged", n_trials=1, epochs=5, extra=FIXED)
+    ref_url = f"sqlite:///{tmp_path / 'reference.db'}"
+    assert main(args_for(path, ref_url, tmp_path / "ref")) == 0
+    reference = trials_of(ref_url, "damaged")[0]
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    out = tmp_path / "out"
+    monkeypatch.setenv("TOY_STOP_AFTER_EPOCH", "2")
+    assert main(args_for(path, url, out)) == 130
+    checkpoint = out / "damaged" / "trial_0" / "checkpoint.pt"
+    checkpoint.write_bytes(checkpoint.read_bytes()[: checkpoint.stat().st_size // 2])
+    monkeypatch.delenv("TOY_STOP_AFTER_EPOCH")
+    assert main(args_for(path, url, out)) == 0
+    resumed = trials_of(url, "damaged")[1]
+    assert resumed.state == TrialState.COMPLETE
+    assert resumed.user_attrs["resumed_from"] == {"trial": 0, "epoch": 1}
+    [damaged] = resumed.user_attrs["checkpoint_damaged"]
+    assert damaged["file"].endswith("trial_0/checkpoint.pt")
+    assert resumed.values == reference.values
+
+
 # -- zombies of dead workers ----------------------------------------------------------------
 def make_zombie(path: Path, url: str) -> None:
     """A RUNNING trial with params and one heartbeat, whose worker is gone."""
