@@ -426,12 +426,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from hpo.loading import load_existing_study, open_existing_storage
-    from hpo.storage import resolve_url
+    from hpo.loading import open_existing_study
 
     try:
-        url = resolve_url(args.storage, args.output)
-        study = load_existing_study(open_existing_storage(url), args.study, url)
+        study = open_existing_study(args.study, storage=args.storage, output=args.output)[0]
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         if args.pbo_blocks < 2 or args.pbo_blocks % 2:
             raise UserError(f"--pbo-blocks must be even and >= 2, got {args.pbo_blocks}")

@@ -25,10 +25,10 @@ from typing import Any
 import optuna
 
 from hpo import attrs
-from hpo.loading import load_existing_study, open_existing_storage
+from hpo.loading import open_existing_study
 from hpo.pruning import epochs_saved
 from hpo.results import metric_names, write_results
-from hpo.storage import mask_url, resolve_url
+from hpo.storage import mask_url
 from trainers.cli import OneLineParser
 from trainers.errors import UserError
 
@@ -120,9 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        url = resolve_url(args.storage, args.output)
-        storage = open_existing_storage(url)
-        study = load_existing_study(storage, args.study, url)
+        study, _, url = open_existing_study(args.study, storage=args.storage,
+                                            output=args.output)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER

@@ -1,6 +1,7 @@
 """Opening a study that must already exist, for the commands that only read one.
 
-``hpo.status``, ``hpo.export``, ``hpo.dashboard`` and ``hpo.evaluate`` never create a study: a
+``hpo.status``, ``hpo.export``, ``hpo.dashboard``, ``hpo.evaluate`` and ``hpo.predict`` never
+create a study: a
 mistyped path or name is a one-line UserError that says what exists, not an empty new database.
 """
 
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import optuna
 
-from hpo.storage import mask_url, open_storage
+from hpo.storage import mask_url, open_storage, resolve_url
 from trainers.errors import UserError
 
 
@@ -32,3 +33,13 @@ def load_existing_study(storage: optuna.storages.BaseStorage, name: str,
         have = ", ".join(names) if names else "(none)"
         raise UserError(f"unknown study {name!r} in {mask_url(url)}; studies there: {have}")
     return optuna.load_study(study_name=name, storage=storage)
+
+
+def open_existing_study(name: str, *, storage: str | None, output: Path
+                        ) -> tuple[optuna.Study, optuna.storages.RDBStorage, str]:
+    """The study ``name`` in the storage a read-only command's ``--storage`` / ``--output``
+    name (``$HPO_STORAGE``, else the embedded database under ``output``): the study, its
+    storage and the resolved URL."""
+    url = resolve_url(storage, output)
+    opened = open_existing_storage(url)
+    return load_existing_study(opened, name, url), opened, url

@@ -29,10 +29,10 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpo import attrs
 from hpo.heldout import current_summary, render_lines
-from hpo.loading import load_existing_study, open_existing_storage
+from hpo.loading import open_existing_study
 from hpo.pruning import epochs_saved
 from hpo.results import best_trials, metric_names
-from hpo.storage import mask_url, resolve_url
+from hpo.storage import mask_url
 from trainers.cli import OneLineParser
 from trainers.errors import UserError
 
@@ -386,9 +386,8 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"--watch must be > 0 seconds, got {args.watch:g}")
         if args.grace_period is not None and args.grace_period <= 0:
             raise UserError(f"--grace-period must be > 0 seconds, got {args.grace_period:g}")
-        url = resolve_url(args.storage, args.output)
-        storage = open_existing_storage(url)
-        study = load_existing_study(storage, args.study, url)
+        study, storage, url = open_existing_study(args.study, storage=args.storage,
+                                                  output=args.output)
         grace = args.grace_period
         if grace is None:
             grace = float(default_grace_period(args.study)[0])

@@ -26,8 +26,12 @@ without them both series are NaN.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-from scipy import sparse
+
+if TYPE_CHECKING:
+    from scipy import sparse
 
 # One-way cost per unit of traded notional, in basis points: a liquid large-cap equity's
 # spread and impact at modest size. Stated next to every net figure.
@@ -37,7 +41,8 @@ BPS = 1e4
 
 def book_matrix(code_by_rank: np.ndarray, n: np.ndarray, n_leg: np.ndarray,
                 formed: np.ndarray, n_codes: int) -> sparse.csr_matrix:
-    """The books as a sparse (G, n_codes) matrix of weights.
+    """The books as a sparse (G, n_codes) matrix of weights (scipy is imported here, not with
+    the metrics: loading a workload must stay light).
 
     ``code_by_rank``: (G, M) code id of each date's rows in ascending pred order (padding
     after the first ``n[g]``); ``n_leg``: (G,) stocks per leg; ``formed``: (G,) whether the
@@ -54,6 +59,8 @@ def book_matrix(code_by_rank: np.ndarray, n: np.ndarray, n_leg: np.ndarray,
     rows = np.concatenate([rows_t, rows_b])
     codes = np.concatenate([code_by_rank[rows_t, cols_t], code_by_rank[rows_b, cols_b]])
     weights = np.concatenate([1.0 / n_leg[rows_t], -1.0 / n_leg[rows_b]])
+    from scipy import sparse
+
     return sparse.csr_matrix((weights, (rows, codes)), shape=(g, n_codes))
 
 
