@@ -17,6 +17,9 @@ TEST_REPORT = "test_report"  # the held-out report's summary (hpo.heldout)
 # Append-only: one entry per look at the test period (time, finished trials, front, chosen,
 # report id); hpo.evaluate refuses a new look without --reopen once it holds one.
 TEST_OPENINGS = "test_openings"
+# Append-only: one entry per refit of the chosen configuration (hpo.refit): id, time, trial,
+# dates, epochs, seed, model SHA-256, directory; hpo.predict --model refit uses the newest.
+REFITS = "refits"
 
 # -- trial user attrs written by the objective and the worker ---------------------------------
 OUTPUT_DIR = "output_dir"

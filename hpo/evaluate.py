@@ -176,6 +176,18 @@ def _existing_id(out_dir: Path) -> str | None:
     return report.get("report_id")
 
 
+def chosen_trial(study: optuna.Study, heldout: HeldOut) -> optuna.trial.FrozenTrial:
+    """The trial the held-out report chooses (its rule, on validation figures only)."""
+    front = best_trials(study)
+    if not front:
+        raise UserError(f"study {study.study_name!r} has no complete trial yet")
+    from trainers.registry import get_workload
+
+    directions = get_workload(study.user_attrs[attrs.WORKLOAD]).metrics
+    return choose(study, front, metric=heldout.selection_metric,
+                  direction=directions.get(heldout.selection_metric, "maximize"))[0]
+
+
 def heldout_or_error(study: optuna.Study) -> HeldOut:
     workload = study.user_attrs.get(attrs.WORKLOAD)
     heldout = heldout_of(workload)

@@ -10,7 +10,8 @@ rank, quantile`` (rank 1 = the highest score of its date; quantile 1-5, 5 = the 
 parquet or CSV by the extension of ``--out``. It names the model it came from: in the parquet
 schema metadata (key ``hpo``), for a CSV in ``<out>.meta.json``: the study, the trial, the
 SHA-256 of its model file, the feature list, the source and the SHA-256 of its bytes, the dates
-scored and those skipped for lack of history. A panel that does not fit the model is refused in
+scored and those skipped for lack of history; with ``--model refit`` (the newest ``hpo.refit``)
+also the refit's id, time and dates. A panel that does not fit the model is refused in
 one line (exit 2) and nothing is written.
 """
 
@@ -28,7 +29,6 @@ import optuna
 import polars as pl
 
 from hpo import attrs
-from hpo.results import best_trials
 from hpo.study import trial_dir
 from trainers.cli import OneLineParser
 from trainers.context import atomic_write_bytes
@@ -61,20 +61,13 @@ def with_ranks(frame: pl.DataFrame) -> pl.DataFrame:
 
 def pick_trial(study: optuna.Study, model: str, heldout: Any) -> optuna.trial.FrozenTrial:
     """The trial ``--model`` names: ``chosen`` (the held-out report's rule) or ``trial:N``."""
-    from hpo.evaluate import choose
+    from hpo.evaluate import chosen_trial
 
     if model == "chosen":
-        front = best_trials(study)
-        if not front:
-            raise UserError(f"study {study.study_name!r} has no complete trial yet")
-        from trainers.registry import get_workload
-
-        directions = get_workload(study.user_attrs[attrs.WORKLOAD]).metrics
-        return choose(study, front, metric=heldout.selection_metric,
-                      direction=directions.get(heldout.selection_metric, "maximize"))[0]
+        return chosen_trial(study, heldout)
     number = model.removeprefix("trial:")
     if not model.startswith("trial:") or not number.isdigit():
-        raise UserError(f"--model must be chosen or trial:N, got {model!r}")
+        raise UserError(f"--model must be chosen, trial:N or refit, got {model!r}")
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     t = trials.get(int(number))
     if t is None or t.state != optuna.trial.TrialState.COMPLETE:
@@ -95,19 +88,28 @@ def predict(study: optuna.Study, *, source: Path, output: Path, out: Path, model
     if heldout.score_new is None:
         raise UserError(f"workload {study.user_attrs.get(attrs.WORKLOAD)!r} cannot score new "
                         "data yet")
-    trial = pick_trial(study, model, heldout)
-    folder = trial_dir(output, study.study_name, trial.number)
+    refit_entry = None
+    if model == "refit":
+        from hpo.refit import newest_refit
+
+        refit_entry, folder = newest_refit(study, output)
+        trial_number = int(refit_entry["trial"])
+    else:
+        trial_number = pick_trial(study, model, heldout).number
+        folder = trial_dir(output, study.study_name, trial_number)
     trained = heldout.load(folder)
     scored = heldout.score_new(trained, str(source), dates, Path(output) / "cache")
     frame = with_ranks(scored.frame)
     meta = {"study": study.study_name, "workload": study.user_attrs.get(attrs.WORKLOAD),
-            "trial": trial.number, "model": model, "model_sha256": heldout.digest(folder),
+            "trial": trial_number, "model": model, "model_sha256": heldout.digest(folder),
             "features": list(trained.feature_names), "source": str(source),
             "source_sha256": source_sha256(Path(source)), "dates": scored.dates,
             "skipped_for_history": scored.skipped, "rows": frame.height,
             "columns": {"score": "the model's prediction of the scored horizon's return",
                         "rank": "1 = the highest score of its date",
                         "quantile": f"1-{N_QUANTILES}, {N_QUANTILES} = the top fifth"}}
+    if refit_entry is not None:
+        meta["refit"] = {k: refit_entry[k] for k in ("id", "time", "through", "fit", "epochs")}
     if out.suffix.lower() == ".parquet":
         table = frame.to_arrow()
         table = table.replace_schema_metadata({METADATA_KEY: json.dumps(meta).encode()})
@@ -148,7 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path,
                    help="the scores file: .parquet or .csv (metadata beside it as .meta.json)")
     p.add_argument("--model", default="chosen",
-                   help="chosen (the held-out report's rule) or trial:N (default: chosen)")
+                   help="chosen (the held-out report's rule), trial:N, or refit (the newest "
+                   "hpo.refit of the chosen configuration) (default: chosen)")
     p.add_argument("--dates", default="last",
                    help="last, all or START:END (ISO dates, inclusive; default: last)")
     p.add_argument("--storage", default=None,

@@ -235,6 +235,9 @@ def collect_status(study: optuna.Study, storage: optuna.storages.BaseStorage, *,
         # test period was never opened); "test_report_current" is False once the front moved.
         "test_report": test_report,
         "test_report_current": current,
+        # hpo.refit: the newest refit of the chosen configuration (None before the first).
+        "refits": len(study.user_attrs.get(attrs.REFITS) or []),
+        "latest_refit": (study.user_attrs.get(attrs.REFITS) or [None])[-1],
     }
 
 
@@ -329,6 +332,11 @@ def render(status: dict[str, Any]) -> str:
         else:
             lines.append("held-out test report: out of date (the front changed since); "
                          f"refresh it with python -m hpo.evaluate --study {s['study']}")
+    latest = s.get("latest_refit")
+    if latest:
+        lines.append(f"refits: {s['refits']}, newest {latest['id']} of trial {latest['trial']} "
+                     f"at {latest['time']}: {latest['epochs']} epoch(s) on {latest['fit_dates']} "
+                     f"dates through {latest['through']} (hpo.predict --model refit)")
     return "\n".join(lines)
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import REPO
 
-COMMANDS = ["hpo.run", "hpo.status", "hpo.export", "hpo.evaluate", "hpo.predict",
+COMMANDS = ["hpo.run", "hpo.status", "hpo.export", "hpo.evaluate", "hpo.predict", "hpo.refit",
             "hpo.dashboard", "cache.build"]
 
 

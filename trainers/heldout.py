@@ -33,6 +33,11 @@ protocol, in the order ``hpo.evaluate`` uses it, for each trial of the best tria
    (``date, code, score``), ``skipped`` and ``dates``: the model on a panel the study never
    saw, through the training pipeline (``hpo.predict``); ``dates`` is ``last``, ``all`` or
    ``START:END``. A panel that does not fit the model is a one-line ``UserError``.
+13. Optional ``refit(trained, trial_dir, out_dir, request)`` -> a mapping with ``fit``
+   (first and last fit date), ``through``, ``fit_dates`` and ``epochs``: the trial's
+   configuration trained again, with ``request.seed``, on every date through
+   ``request.through`` (None: the panel's last), its model written to ``out_dir`` in the
+   format ``load`` reads (``hpo.refit``; ``hpo.predict --model refit`` scores with it).
 11. Optional ``returns(rows)`` -> a frame ``date, ret``: the per-date return of a strategy
    built on the rows (for the ranking workloads the long-short). With it the report gains the
    probability of backtest overfitting over the trials' validation returns and the effective
@@ -80,6 +85,17 @@ class Prediction:
     context: Any = None  # the workload's own, handed back to its ``baselines``
 
 
+@dataclass(frozen=True)
+class RefitRequest:
+    """What ``hpo.refit`` asks of a workload's ``refit`` (step 13 of the protocol)."""
+
+    seed: int  # the trial's seed
+    through: str | None  # the last date the refit may read (ISO); None: the panel's last
+    trial_attrs: Mapping[str, Any]  # the trial's user attrs (its selected epoch, ...)
+    cache_dir: Path  # the study's data caches
+    progress: bool = True
+
+
 def file_digest(path: Path) -> str:
     """SHA-256 of a file, read in blocks."""
     h = hashlib.sha256()
@@ -120,6 +136,7 @@ class HeldOut:
     tear_sheet: Callable[[Mapping[str, Any], Any, Path, str], list[Path]] | None = None
     returns: Callable[[Any], Any] | None = None
     score_new: Callable[[Any, str, str, Path], Any] | None = None
+    refit: Callable[[Any, Path, Path, RefitRequest], Mapping[str, Any]] | None = None
 
     def __post_init__(self) -> None:
         missing = [m for m in self.table if m not in self.reported]

@@ -97,3 +97,18 @@ def test_a_table_metric_must_be_reported() -> None:
     with pytest.raises(ValueError, match="not in reported"):
         HeldOut(load=print, digest=str, predict=print, score=print, reported=("sharpe",),
                 table=("sharpe", "ic"))
+
+
+def test_a_workload_that_cannot_refit_or_score_new_data_says_so_in_one_line(
+        ran: Path, capsys: pytest.CaptureFixture) -> None:
+    from hpo.predict import main as predict_main
+    from hpo.refit import main as refit_main
+
+    assert refit_main(["--study", "ranker", "--output", str(ran)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: workload 'tests.hpo.toy_heldout' cannot refit yet"
+    source = ran.parent / "ranker.toml"  # any existing file: refused before it is read
+    assert predict_main(["--study", "ranker", "--output", str(ran), "--source", str(source),
+                         "--out", str(ran.parent / "s.parquet")]) == 2
+    assert capsys.readouterr().err.strip().endswith("cannot score new data yet")
+    assert not list((ran / "ranker").glob("refit_*"))

@@ -80,6 +80,22 @@ def _score_new(trained: Any, source: str, dates: str, cache_dir: Path) -> Any:
     return score_panel(trained, source, dates=dates, cache_dir=cache_dir)
 
 
+def _refit(trained: Any, trial_dir: Path, out_dir: Path, request: Any) -> dict[str, Any]:
+    import dataclasses
+    import json
+
+    from trainers.atft_gat.refit import refit, refit_epochs
+    from trainers.context import HISTORY_NAME, TrialContext
+
+    history_file = Path(trial_dir) / HISTORY_NAME
+    history = json.loads(history_file.read_text()) if history_file.is_file() else []
+    epochs = refit_epochs(dict(request.trial_attrs), len(history))
+    ctx = TrialContext(out_dir, seed=request.seed, cache_dir=request.cache_dir,
+                       progress=request.progress)
+    return dataclasses.asdict(refit(trained.config, ctx, through=request.through,
+                                    epochs=epochs))
+
+
 def _moments(frame: Any, trained: Any) -> dict[str, float]:
     s = scoring(trained.config)
     return ranking_moments(frame, horizon=s["horizon"], periods_per_year=s["periods_per_year"])
@@ -161,4 +177,5 @@ def _describe(trained: Any) -> dict[str, Any]:
 HELDOUT = HeldOut(load=_load, digest=_digest, predict=_predict, score=_score,
                   selection_metric="sharpe", check=_check, moments=_moments,
                   baselines=_baselines, describe=_describe, compare=_compare,
-                  tear_sheet=_tear_sheet, returns=ranking_returns, score_new=_score_new)
+                  tear_sheet=_tear_sheet, returns=ranking_returns, score_new=_score_new,
+                  refit=_refit)
