@@ -385,6 +385,7 @@ def summary_of(report: dict[str, Any]) -> dict[str, Any]:
         "chosen": report["chosen"], "rule": report["rule"],
         "standard_errors": report["standard_errors"],
         "cost_bps": report.get("cost_bps"),
+        "validation_scheme": report.get("validation_scheme"),
         "metrics": list(table),
         "trials": [{"number": t["number"], "chosen": t["chosen"],
                     "validation": figures(t["validation"]), "test": figures(t["test"])}

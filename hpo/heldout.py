@@ -144,6 +144,8 @@ def footnotes(summary: dict[str, Any]) -> list[str]:
     if isinstance(cost, int | float) and "sharpe_net" in (summary.get("metrics") or ()):
         lines.append(f"sharpe_net: the long-short net of {cost:g} bps per unit traded; "
                      "turnover: weight traded per rebalance (0 to 4)")
+    if summary.get("validation_scheme"):
+        lines.append(f"validation: {summary['validation_scheme']}")
     lines.append(f"±: standard errors, {summary.get('standard_errors', '?')}")
     return lines
 

@@ -139,11 +139,20 @@ class StudyTrialContext(TrialContext):
         # such a trial is pruned (it asks the study for its one direction).
         self.trial.study._storage.set_trial_system_attr(
             self.trial._trial_id, epoch_values_key(epoch), vector)
+        kind = get_kind(self._pruner.name)
+        if kind.per_instance and len(self._metric_names) == 1:
+            # The step's own figure (a fold's), not the running one.
+            own = metrics.get("instance")
+            if not isinstance(own, dict):
+                self.set_attr(kind.name, "not applied: the trainer reports no per-fold "
+                                         "figures (set [data] cv = \"walk_forward\")")
+                return
+            vector = [_finite_or_none(own.get(self._metric_names[0]))]
         if len(self._metric_names) == 1 and vector[0] is not None:
             # The learning-curve path optuna-dashboard plots (single-objective studies only).
             # At the step that makes the pruner's keys mean epochs (hpo.pruners: Optuna's
             # median warm-up counts steps from 0, our epochs from 1).
-            self.trial.report(vector[0], step=get_kind(self._pruner.name).step(int(epoch)))
+            self.trial.report(vector[0], step=kind.step(int(epoch)))
             if self._pruner.name in SINGLE_OBJECTIVE_PRUNERS and self.trial.should_prune():
                 raise optuna.TrialPruned(f"pruned by the {self._pruner.name} pruner at epoch "
                                          f"{epoch}")
@@ -221,7 +230,8 @@ class Objective:
         predecessors = [(n, trial_dir(self.output_dir, spec.name, n)) for n in history]
         seed = trial_seed(spec.sampler.seed, spec.name, history[0] if history else trial.number)
         single = spec.metric_names[0] if len(spec.objectives) == 1 else None
-        max_epochs = getattr(config, "epochs", None)
+        # The steps a trial reports: its epochs, or its folds under walk-forward validation.
+        max_epochs = getattr(config, "reported_steps", None) or getattr(config, "epochs", None)
         ctx = StudyTrialContext(trial, output_dir=out, seed=seed, predecessors=predecessors,
                                 metric_names=spec.metric_names, directions=spec.directions,
                                 pruner=spec.pruner,

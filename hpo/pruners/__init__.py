@@ -21,7 +21,15 @@ import dataclasses
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from hpo.pruners import hyperband, median, mo_asha, none, percentile, successive_halving
+from hpo.pruners import (
+    hyperband,
+    median,
+    mo_asha,
+    none,
+    percentile,
+    successive_halving,
+    wilcoxon,
+)
 from hpo.pruners._base import Key, PrunerKind
 from trainers.errors import UserError
 
@@ -29,7 +37,7 @@ __all__ = ["KINDS", "PRUNER_KEYS", "SINGLE_OBJECTIVE_PRUNERS", "Key", "PrunerKin
            "PrunerSpec", "get_kind", "pruner_problems"]
 
 # Registration order is the order error messages and the README list them in.
-_MODULES = (none, median, percentile, successive_halving, hyperband, mo_asha)
+_MODULES = (none, median, percentile, successive_halving, hyperband, mo_asha, wilcoxon)
 KINDS: dict[str, PrunerKind] = {m.KIND.name: m.KIND for m in _MODULES}
 # The [pruner] keys each kind reads; any other key is an error, never silently ignored.
 PRUNER_KEYS: dict[str, tuple[str, ...]] = {name: k.key_names for name, k in KINDS.items()}

@@ -53,6 +53,9 @@ class PrunerKind:
     build: Callable[[Any], optuna.pruners.BasePruner]
     single_objective: bool
     first_step: int = 1
+    # Judges each step's own figure (the trainer's ``instance`` values, one per fold of
+    # walk-forward validation) instead of the running one.
+    per_instance: bool = False
 
     @property
     def key_names(self) -> tuple[str, ...]:

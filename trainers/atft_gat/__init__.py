@@ -22,8 +22,11 @@ if TYPE_CHECKING:
 def _train(config: TrainConfig, ctx: TrialContext) -> dict[str, Any]:
     # Imported on first use: validating a study file must not load the cache and data stack.
     from cache import CacheError
-    from trainers.atft_gat.train import train
 
+    if config.cv == "walk_forward":
+        from trainers.atft_gat.walk_forward import train
+    else:
+        from trainers.atft_gat.train import train
     try:
         return train(config, ctx)
     except CacheError as exc:  # the cache's one-line mistakes are the user's, as UserError

@@ -12,6 +12,7 @@ import dataclasses
 from dataclasses import dataclass
 from datetime import date
 
+from trainers.atft_gat.folds import CV_KINDS, CV_WINDOWS
 from trainers.atft_gat.model import ModelConfig
 from trainers.config import Checks
 from trainers.runtime import RuntimeConfig
@@ -64,6 +65,13 @@ class TrainConfig(ModelConfig, RuntimeConfig):
     # or after each starts its period; "" = use val_fraction / test_fraction.
     val_start: str = ""
     test_start: str = ""
+    # Validation: "holdout" (one block before the test period) or "walk_forward" (cv_folds
+    # consecutive blocks, each scored by a model trained only on the dates before it; see
+    # trainers/atft_gat/folds.py). cv_window: "expanding" (every earlier date) or "rolling"
+    # (as many dates as fold 1's training).
+    cv: str = "holdout"
+    cv_folds: int = 4
+    cv_window: str = "expanding"
     # Dates between train|val and val|test (>= horizon + lag); None = max(horizons) +
     # execution_lag, the least that keeps every training label out of validation.
     purge: int | None = None
@@ -125,6 +133,9 @@ class TrainConfig(ModelConfig, RuntimeConfig):
         need(self.nan_policy in NAN_POLICIES, "nan_policy", f"allowed: {', '.join(NAN_POLICIES)}")
         need(self.base_loss in BASE_LOSSES, "base_loss", f"allowed: {', '.join(BASE_LOSSES)}")
         need(0.0 < self.val_fraction < 1.0, "val_fraction", "must be in (0, 1)")
+        need(self.cv in CV_KINDS, "cv", f"allowed: {', '.join(CV_KINDS)}")
+        need(self.cv_window in CV_WINDOWS, "cv_window", f"allowed: {', '.join(CV_WINDOWS)}")
+        need(2 <= self.cv_folds <= 100, "cv_folds", "must be in [2, 100]")
         need(self.market_difficulty in MARKET_DIFFICULTIES, "market_difficulty",
              f"allowed: {', '.join(MARKET_DIFFICULTIES)}")
         if self.n_stocks < 2 or self.n_dates < 2:
@@ -178,6 +189,12 @@ class TrainConfig(ModelConfig, RuntimeConfig):
             add(problem)
         need(not self.compile, "compile", "not supported by this workload (its batches change "
                                           "shape every step)")
+
+    @property
+    def reported_steps(self) -> int:
+        """How many times a trial reports to the study (its pruners' steps): once per epoch,
+        or once per fold under walk-forward validation."""
+        return self.cv_folds if self.cv == "walk_forward" else self.epochs
 
     def _phase_problems(self) -> list[str]:
         if not self.phases:

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from trainers.atft_gat.folds import Fold, walk_forward_folds
 from trainers.errors import UserError
 
 # A feature whose training spread is below this is constant: it is centred, not scaled.
@@ -199,6 +200,9 @@ class DateSplit:
     purge: int
     horizon: int
     lag: int
+    # Walk-forward validation (trainers.atft_gat.folds): its folds, whose blocks make up
+    # ``val``; ``train`` is then the last fold's. Empty for a holdout split.
+    folds: tuple[Fold, ...] = ()
 
     @property
     def span(self) -> int:
@@ -216,6 +220,8 @@ class DateSplit:
             if len(part):
                 out[name] = [str(dates[part[0]]), str(dates[part[-1]])]
         out.update(purge=self.purge, horizon=self.horizon, lag=self.lag)
+        if self.folds:
+            out["folds"] = [fold.ranges(dates) for fold in self.folds]
         return out
 
 
@@ -234,11 +240,19 @@ def start_index(dates: np.ndarray, start: str, *, name: str) -> int | None:
 def study_split(config: Any, dates: np.ndarray) -> DateSplit:
     """The study's split of a panel with calendar ``dates`` under ``config``'s data settings
     (fractions, or ``val_start`` / ``test_start`` dates): what training and prediction use."""
-    return date_split(len(dates), val_fraction=config.val_fraction,
-                      test_fraction=config.test_fraction, purge=config.purge,
-                      horizon=max(config.horizons), lag=config.execution_lag,
-                      val_start=start_index(dates, config.val_start, name="val_start"),
-                      test_start=start_index(dates, config.test_start, name="test_start"))
+    val_start = start_index(dates, config.val_start, name="val_start")
+    split = date_split(len(dates), val_fraction=config.val_fraction,
+                       test_fraction=config.test_fraction, purge=config.purge,
+                       horizon=max(config.horizons), lag=config.execution_lag,
+                       val_start=val_start,
+                       test_start=start_index(dates, config.test_start, name="test_start"))
+    if getattr(config, "cv", "holdout") != "walk_forward":
+        return split
+    folds = walk_forward_folds(val_end=int(split.val[-1]), folds=config.cv_folds,
+                               purge=config.purge, window=config.cv_window,
+                               val_start=val_start)
+    return replace(split, train=folds[-1].train,
+                   val=np.concatenate([f.val for f in folds]), folds=folds)
 
 
 def date_split(n_dates: int, *, val_fraction: float, test_fraction: float, purge: int,

@@ -140,8 +140,22 @@ def panel_baselines_of(trained: Any, prediction: Prediction) -> dict[str, Any]:
     h = list(config.horizons).index(config.metric_horizon)
     view = PanelView(x=panel.x, y=panel.y[:, :, h], present=panel.present,
                      dates=panel.dates, codes=panel.codes, feature_names=panel.feature_names)
-    return panel_baselines(view, {"validation": split.val, "test": split.test},
-                           train_dates=split.train)
+    if not split.folds:
+        return panel_baselines(view, {"validation": split.val, "test": split.test},
+                               train_dates=split.train)
+    # Walk-forward: each block scored by baselines fitted on its fold's training dates, as
+    # the trials were; the test period by the last fold's, as the chosen model is.
+    import polars as pl
+
+    per_fold = [panel_baselines(view, {"validation": fold.val}, train_dates=fold.train)
+                for fold in split.folds[:-1]]
+    last = panel_baselines(view, {"validation": split.folds[-1].val, "test": split.test},
+                           train_dates=split.folds[-1].train)
+    frames = [f["frames"]["validation"] for f in per_fold] + [last["frames"]["validation"]]
+    last["frames"]["validation"] = {
+        name: pl.concat([f[name] for f in frames]) for name in ("best_feature", "linear")}
+    last["best_feature"]["chosen_on"] = "each fold's training dates (the last fold's shown)"
+    return last
 
 
 def _baselines(trained: Any, prediction: Prediction) -> dict[str, Any] | None:
@@ -170,8 +184,15 @@ def _baselines(trained: Any, prediction: Prediction) -> dict[str, Any] | None:
 
 def _describe(trained: Any) -> dict[str, Any]:
     s = scoring(trained.config)
-    return {"metric_horizon": s["horizon"], "cost_bps": s["cost_bps"],
-            "periods_per_year": s["periods_per_year"]}
+    out = {"metric_horizon": s["horizon"], "cost_bps": s["cost_bps"],
+           "periods_per_year": s["periods_per_year"]}
+    config = trained.config
+    if config.cv == "walk_forward":
+        out["validation_scheme"] = (
+            f"purged walk-forward, {config.cv_folds} folds ({config.cv_window} window); "
+            "validation figures over every fold's block, each by its own fold's model; the "
+            "test period scored by the last fold's model")
+    return out
 
 
 HELDOUT = HeldOut(load=_load, digest=_digest, predict=_predict, score=_score,

@@ -22,6 +22,8 @@ def write_predictions(path: Path, preds: dict[str, np.ndarray]) -> None:
                           "code": preds["code"].astype(str),
                           "pred": preds["pred"].astype(np.float64),
                           "target": preds["target"].astype(np.float64)})
+    if "fold" in preds:  # walk-forward validation: the fold whose model predicted the row
+        frame = frame.with_columns(fold=pl.Series(preds["fold"].astype(np.int64)))
     buf = io.BytesIO()
     frame.write_parquet(buf)
     atomic_write_bytes(path, buf.getvalue())

@@ -49,6 +49,20 @@ class Inputs:
         return np.concatenate([self.train_dates, self.select_dates, self.val_dates])
 
 
+@dataclass
+class StudyPanel:
+    """What every model of a trial shares (``train.load_study_panel``): the panel cut after
+    the last validation label, lagged and unstandardised, the split, the graphs."""
+
+    fc: FeatureCache
+    split: DateSplit
+    source_dates: np.ndarray
+    panel: Panel
+    graphs: DateGraphs
+    graph_seconds: float
+    h_idx: int
+
+
 def cache_source(config: TrainConfig) -> str:
     if config.source == "synthetic":
         return (f"synthetic:n_stocks={config.n_stocks},n_dates={config.n_dates},"

@@ -159,7 +159,12 @@ def refit(config: TrainConfig, ctx: TrialContext, *, through: str | None, epochs
 
 def refit_epochs(trial_attrs: dict[str, Any], history_length: int) -> int:
     """The epochs a refit of a trial runs: the epoch its selection chose, else the epochs it
-    ran (fewer than planned when patience stopped it)."""
+    ran (fewer than planned when patience stopped it); for a walk-forward trial, those of
+    its last fold's model."""
+    folds = trial_attrs.get("fold_metrics")
+    if isinstance(folds, list) and folds:  # walk-forward: the last fold's model's epochs
+        last = folds[-1]
+        return int(last.get("selected_epoch") or last["epochs"])
     selected = trial_attrs.get(SELECTED_EPOCH)
     if isinstance(selected, int) and selected > 0:
         return selected

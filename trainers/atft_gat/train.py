@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,22 +36,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from cache import FeatureCache
 from trainers import attrs
 from trainers.atft_gat.batch import Batch, make_batch, pack_dates
 from trainers.atft_gat.config import TrainConfig
-from trainers.atft_gat.data import Panel, cache_panel, standardise, study_split
-from trainers.atft_gat.graph import DateGraphs, GraphConfig, build_graphs
-from trainers.atft_gat.leakage import check_features
+from trainers.atft_gat.data import Panel, cache_panel
+from trainers.atft_gat.graph import DateGraphs
+from trainers.atft_gat.inputs import load_graphs, prepare_inputs
 from trainers.atft_gat.loss import batch_loss, scoring_loss
 from trainers.atft_gat.model import ATFTGATFAN
 from trainers.atft_gat.outputs import save_model, write_predictions
 from trainers.atft_gat.prepare import (
     Inputs,
     cache_source,
-    carve_selection,
     coverage,
-    leak_scores,
     load_features,
     no_graphs,
     with_calendar,
@@ -63,22 +60,18 @@ from trainers.atft_gat.record import (
     STOPPED_EARLY,
     graph_summary,
     record_data,
-    record_feature_scores,
     record_run,
     record_split,
     record_timing,
 )
 from trainers.context import TrialContext
-from trainers.errors import UserError
 from trainers.metrics import panel_metrics
 from trainers.progress import phase_of
 from trainers.runtime import (
     StepRunner,
-    release_host_memory,
     resume,
     save_checkpoint,
     seed_everything,
-    select_device,
 )
 
 # What predict.py, the tests and the scripts import from the recipe; several of these moved to
@@ -90,102 +83,6 @@ __all__ = ["Batch", "cache_panel", "cache_source", "epoch_batches", "graph_summa
 # An epoch's selection RankIC must beat the best so far by more than this to count as
 # better: float noise between two equal epochs is not progress.
 MIN_IMPROVEMENT = 1e-6
-
-
-# -- data -----------------------------------------------------------------------------------
-def load_graphs(fc: FeatureCache, panel: Panel, config: TrainConfig,
-                ctx: TrialContext | None = None) -> DateGraphs:
-    """Per-date correlation graphs of ``graph_k`` in-edges, cached beside the features.
-
-    The graph is built once for ``graph_k_max`` in-edges and stored under the settings that
-    change it (window, threshold, min_periods, source, k_max), not graph_k: every trial of a
-    study reads that one sidecar and keeps the first ``graph_k`` edges of every stock (a
-    prefix, see ``DateGraphs.top``), so a sampled graph_k never triggers a rebuild. It is
-    built on the training device when that is a GPU. With the graph in use, a graph without a
-    single edge is a UserError, never a silently graph-less run.
-    """
-    gcfg = GraphConfig(window=config.graph_window, k=config.effective_graph_k_max,
-                       threshold=config.graph_threshold)
-    # The dates it covers are part of the key: a trial's graph stops at its last validation
-    # date, evaluation's covers the test period too.
-    params = {"window": gcfg.window, "threshold": gcfg.threshold,
-              "min_periods": gcfg.min_periods, "source": config.graph_source, "k_max": gcfg.k,
-              "dates": [str(panel.dates[0]), str(panel.dates[-1]), len(panel.dates)]}
-    # Mapped, not read: every worker of the host shares one copy in the page cache.
-    cached = fc.load_sidecar("graphs", params=params, mmap=True)
-    if cached is not None:
-        graphs = DateGraphs(src=cached["src"], dst=cached["dst"], weight=cached["weight"],
-                            offsets=cached["offsets"])
-    else:
-        if config.graph_source not in panel.feature_names:
-            raise UserError(f"graph_source {config.graph_source!r} is not a feature of the "
-                            f"panel; features: {', '.join(panel.feature_names)}")
-        col = panel.feature_names.index(config.graph_source)
-        returns = panel.x[:, :, col].numpy()  # (D, S), raw (unstandardised)
-        returns = np.where(panel.present.numpy(), returns, np.nan)
-        device = select_device(config.device)
-        with phase_of(ctx, "graph", total=len(panel.dates), unit="dates") as progress:
-            graphs = build_graphs(returns, gcfg, present=panel.present.numpy(),
-                                  device=device if device.type == "cuda" else "cpu",
-                                  spill_dir=fc.path, on_dates=progress.advance)
-        fc.save_sidecar("graphs", {"src": graphs.src, "dst": graphs.dst,
-                                   "weight": graphs.weight, "offsets": graphs.offsets},
-                        params=params)
-        stored = fc.load_sidecar("graphs", params=params, mmap=True)
-        if stored is not None:  # the built arrays go; the mapped file stays
-            graphs = DateGraphs(src=stored["src"], dst=stored["dst"],
-                                weight=stored["weight"], offsets=stored["offsets"])
-    graphs = graphs.prefix(config.graph_k)
-    if config.use_graph and graphs.n_edges == 0:
-        n_dates, n_stocks = panel.present.shape
-        raise UserError(
-            f"the correlation graph has no edges on any of {n_dates} dates x {n_stocks} "
-            f"stocks (graph_source {config.graph_source!r}, graph_window "
-            f"{config.graph_window}, min_periods {gcfg.min_periods}, graph_threshold "
-            f"{config.graph_threshold}); lower graph_threshold, check that the source has "
-            "returns, or set use_graph = false")
-    return graphs
-
-
-def prepare_inputs(config: TrainConfig, ctx: TrialContext) -> Inputs:
-    """Steps 1-2: the cached panel, the study's date split, the graphs, the leakage guard
-    (its scores are recorded before it may refuse a feature), standardised features and
-    z-scored targets."""
-    fc = load_features(config, ctx.cache_dir)
-    panel = cache_panel(fc, missing_indicator=config.missing_indicator)
-    t_graph = time.perf_counter()
-    n_dates = panel.x.shape[0]
-    # One split for the whole study: it depends on the panel and the data settings only.
-    dsplit = study_split(config, panel.dates)
-    source_dates = panel.dates
-    # From here on the trial sees nothing after its last validation label: the test period
-    # (and the purge before it) is not in the panel at all.
-    panel = panel.head(dsplit.read_until + 1).lagged(config.execution_lag).head(
-        int(dsplit.val[-1]) + 1)
-    train_dates = dsplit.train[dsplit.train >= config.lookback - 1]
-    if len(train_dates) == 0:
-        raise UserError(f"the panel's {n_dates} dates leave no training date with a full "
-                        f"lookback of {config.lookback} dates; use more dates or a shorter "
-                        "lookback")
-    # A model without the graph block never reads a graph: none is built.
-    graphs = (load_graphs(fc, panel, config, ctx) if config.use_graph
-              else no_graphs(len(panel.dates)))
-    release_host_memory()  # a graph build's freed per-block arrays (see release_host_memory)
-    graph_seconds = time.perf_counter() - t_graph
-    h_idx = list(config.horizons).index(config.metric_horizon)
-    scores = leak_scores(fc, panel, train_dates, config)
-    record_feature_scores(ctx, scores)
-    check_features(scores, threshold=config.leak_threshold,
-                   allow=config.allow_features)
-    release_host_memory()  # and the guard's ranks
-    panel = standardise(panel, train_dates, moments=fc.feature_moments(train_dates))
-    y_z = zscore_targets(panel.y)
-    # Train only on dates whose scored horizon has labels.
-    train_dates = train_dates[torch.isfinite(y_z[train_dates, :, h_idx]).any(dim=1).numpy()]
-    train_dates, select_dates = carve_selection(train_dates, config)
-    return Inputs(fc=fc, split=dsplit, source_dates=source_dates, panel=panel, y_z=y_z,
-                  graphs=graphs, train_dates=train_dates, select_dates=select_dates,
-                  val_dates=dsplit.val, h_idx=h_idx, graph_seconds=graph_seconds)
 
 
 # -- batches --------------------------------------------------------------------------------
@@ -269,6 +166,9 @@ def train_epoch(runner: StepRunner, inp: Inputs, config: TrainConfig, order: np.
 
 # -- the recipe ----------------------------------------------------------------------------
 def train(config: TrainConfig, ctx: TrialContext) -> dict[str, float]:
+    """One holdout trial (module docstring); walk-forward validation is ``walk_forward.py``."""
+    if config.cv == "walk_forward":
+        raise ValueError("a walk-forward trial runs trainers.atft_gat.walk_forward.train")
     t_setup = time.perf_counter()
     seed_everything(ctx.seed)
 
@@ -281,6 +181,57 @@ def train(config: TrainConfig, ctx: TrialContext) -> dict[str, float]:
                                                     inp.h_idx, lag=config.execution_lag))
 
     # model and runtime
+    runner, model_fit = new_model(inp, config, ctx)
+    start_epoch, saved = resume(runner, ctx, config=config, extra={
+        "best": {"ic": -math.inf, "epoch": 0, "weights": None}, "stale": 0})
+    record_timing(ctx, setup_seconds=time.perf_counter() - t_setup,
+                  graph_seconds=inp.graph_seconds)
+
+    # 3-5. per epoch: train, validate, select the best epoch, report, checkpoint
+    def checkpoint(epoch: int, best: dict[str, Any], stale: int) -> None:
+        save_checkpoint(runner, ctx, config=config, epoch=epoch,
+                        extra={"best": best, "stale": stale})
+
+    fitted = fit_epochs(runner, inp, config, ctx, model_fit, start_epoch=start_epoch,
+                        best=saved["best"], stale=saved["stale"], report=ctx.report,
+                        checkpoint=checkpoint, epochs_done=len(ctx.history))
+
+    # the scored model (step 5), its predictions and the run's record
+    record_run(ctx, selected_epoch=fitted.best["epoch"] if len(inp.select_dates) else None,
+               epoch_seconds=fitted.epoch_seconds, step_seconds=fitted.step_seconds,
+               final_batch_size=runner.micro_batch)
+    write_predictions(ctx.output_dir / "predictions.parquet", fitted.preds)
+    save_model(ctx.output_dir / "model.pt", runner, config, panel=inp.panel,
+               with_graph=fitted.with_graph)
+    return fitted.metrics
+
+
+@dataclass
+class ModelFit:
+    """How one model trains: its phase plan and the packing of its steps."""
+
+    plan: list[str]
+    dates_per_step: int
+    steps_per_epoch: int
+
+
+@dataclass
+class Fitted:
+    """One model's training: the scored model's metrics, predictions and graph use, the best
+    epoch's state, epoch and step times."""
+
+    metrics: dict[str, float]
+    preds: dict[str, np.ndarray]
+    with_graph: bool
+    best: dict[str, Any]
+    epoch_seconds: list[float]
+    step_seconds: list[float]
+    epochs_run: int
+
+
+def new_model(inp: Inputs, config: TrainConfig, ctx: TrialContext
+              ) -> tuple[StepRunner, ModelFit]:
+    """A fresh model and its runtime for ``inp`` (initialised from the global RNG)."""
     dates_per_step, steps_per_epoch, rows_per_step = step_sizes(inp, config)
     plan = config.phase_plan()
     model = ATFTGATFAN(config.model_config(), n_features=inp.panel.n_inputs)
@@ -289,22 +240,29 @@ def train(config: TrainConfig, ctx: TrialContext) -> dict[str, float]:
     runner = StepRunner(model, config.runtime(), ctx=ctx,
                         total_steps=steps_per_epoch * len(plan),
                         batch_size=max(config.batch_size, rows_per_step))
-    base_lrs = list(runner.scheduler.base_lrs)
     ctx.set_attr(attrs.N_PARAMS, sum(p.numel() for p in model.parameters()))
     ctx.set_attr(DATES_PER_STEP, dates_per_step)
-    # best: the model selection state (epoch, score and weights of the best epoch so far).
-    start_epoch, saved = resume(runner, ctx, config=config, extra={
-        "best": {"ic": -math.inf, "epoch": 0, "weights": None}, "stale": 0})
-    best, stale = saved["best"], saved["stale"]
-    record_timing(ctx, setup_seconds=time.perf_counter() - t_setup,
-                  graph_seconds=inp.graph_seconds)
+    return runner, ModelFit(plan=plan, dates_per_step=dates_per_step,
+                            steps_per_epoch=steps_per_epoch)
 
-    # 3-5. per epoch: train, validate, select the best epoch, report, checkpoint
+
+def fit_epochs(runner: StepRunner, inp: Inputs, config: TrainConfig, ctx: TrialContext,
+               fit_plan: ModelFit, *, start_epoch: int, best: dict[str, Any], stale: int,
+               report: Callable[[int, dict[str, Any]], None],
+               checkpoint: Callable[[int, dict[str, Any], int], None],
+               epochs_done: int, label: str = "") -> Fitted:
+    """Steps 3-5 for one model from ``start_epoch``: per epoch train, validate, select the
+    best epoch, ``report(epoch, row)``, ``checkpoint(epoch, best, stale)``; then the scored
+    model (``score_selected``). ``epochs_done``: epochs this model had finished before (what a
+    run resumed after its last epoch scores)."""
+    plan = fit_plan.plan
+    base_lrs = list(runner.scheduler.base_lrs)
     metrics: dict[str, float] = {}
     preds: dict[str, np.ndarray] = {}
     epoch_seconds: list[float] = []
     step_seconds: list[float] = []
     with_graph = plan[-1] != "baseline"  # what a run resumed after its last epoch scores
+    done = epochs_done
     for epoch in range(start_epoch, len(plan)):
         t0 = time.perf_counter()
         phase = plan[epoch]
@@ -314,8 +272,8 @@ def train(config: TrainConfig, ctx: TrialContext) -> dict[str, float]:
         # Shuffle order depends only on (seed, epoch): a resumed run replays it exactly.
         order = np.random.default_rng([ctx.seed, epoch]).permutation(inp.train_dates)
         fit = train_epoch(runner, inp, config, order, with_graph=with_graph,
-                          dates_per_step=dates_per_step, steps=steps_per_epoch,
-                          epoch=epoch + 1, epochs=len(plan))
+                          dates_per_step=fit_plan.dates_per_step,
+                          steps=fit_plan.steps_per_epoch, epoch=epoch + 1, epochs=len(plan))
         step_seconds += fit.step_seconds
         train_seconds = time.perf_counter() - t0
 
@@ -327,33 +285,27 @@ def train(config: TrainConfig, ctx: TrialContext) -> dict[str, float]:
         epoch_seconds.append(round(time.perf_counter() - t0, 3))
         if watched > best["ic"] + MIN_IMPROVEMENT:
             best, stale = selected(runner, inp, ic=watched, epoch=epoch + 1,
-                                   with_graph=with_graph), 0
+                                   with_graph=with_graph, train_loss=fit.mean_loss), 0
         else:
             stale += 1
-        ctx.report(epoch + 1, {**metrics, "phase": phase, "lr": runner.lr,
-                               "train_s": round(train_seconds, 3),
-                               "batch_s": round(fit.batch_seconds, 3),
-                               "val_s": round(val_seconds, 3), "samples": fit.samples})
-        save_checkpoint(runner, ctx, config=config, epoch=epoch + 1,
-                        extra={"best": best, "stale": stale})
-        ctx.log(f"epoch {epoch + 1}/{len(plan)} [{phase}] train_loss={metrics['train_loss']:.4f}"
-                f" val_loss={metrics['val_loss']:.4f} rank_ic={metrics['rank_ic']:.4f} "
-                f"sharpe={metrics['sharpe']:.3f} ({epoch_seconds[-1]:.1f}s)")
+        report(epoch + 1, {**metrics, "phase": phase, "lr": runner.lr,
+                           "train_s": round(train_seconds, 3),
+                           "batch_s": round(fit.batch_seconds, 3),
+                           "val_s": round(val_seconds, 3), "samples": fit.samples})
+        done = epoch + 1
+        checkpoint(epoch + 1, best, stale)
+        ctx.log(f"{label}epoch {epoch + 1}/{len(plan)} [{phase}] "
+                f"train_loss={metrics['train_loss']:.4f} val_loss={metrics['val_loss']:.4f} "
+                f"rank_ic={metrics['rank_ic']:.4f} sharpe={metrics['sharpe']:.3f} "
+                f"({epoch_seconds[-1]:.1f}s)")
         if config.patience and stale >= config.patience and epoch + 1 < len(plan):
             ctx.set_attr(STOPPED_EARLY, {"epoch": epoch + 1, "best_rank_ic": best["ic"]})
             break
-
-    # the scored model (step 5), its predictions and the run's record
-    metrics, preds, with_graph = score_selected(runner, inp, config, ctx=ctx, best=best,
+    metrics, preds, with_graph = score_selected(runner, inp, config, best=best,
                                                 metrics=metrics, preds=preds,
-                                                with_graph=with_graph)
-    record_run(ctx, selected_epoch=best["epoch"] if len(inp.select_dates) else None,
-               epoch_seconds=epoch_seconds, step_seconds=step_seconds,
-               final_batch_size=runner.micro_batch)
-    write_predictions(ctx.output_dir / "predictions.parquet", preds)
-    save_model(ctx.output_dir / "model.pt", runner, config, panel=inp.panel,
-               with_graph=with_graph)
-    return metrics
+                                                with_graph=with_graph, epochs_done=done)
+    return Fitted(metrics=metrics, preds=preds, with_graph=with_graph, best=best,
+                  epoch_seconds=epoch_seconds, step_seconds=step_seconds, epochs_run=done)
 
 
 def step_sizes(inp: Inputs, config: TrainConfig) -> tuple[int, int, int]:
@@ -367,13 +319,14 @@ def step_sizes(inp: Inputs, config: TrainConfig) -> tuple[int, int, int]:
     return dates_per_step, steps_per_epoch, int(math.ceil(stocks_per_date * dates_per_step))
 
 
-def selected(runner: StepRunner, inp: Inputs, *, ic: float, epoch: int, with_graph: bool
-             ) -> dict[str, Any]:
+def selected(runner: StepRunner, inp: Inputs, *, ic: float, epoch: int, with_graph: bool,
+             train_loss: float = float("nan")) -> dict[str, Any]:
     """The model selection state of a new best epoch; its weights are kept (on the CPU) only
     when selection dates can pick an earlier epoch than the last."""
     weights = ({k: v.detach().cpu().clone() for k, v in runner.module.state_dict().items()}
                if len(inp.select_dates) else None)
-    return {"ic": ic, "epoch": epoch, "with_graph": with_graph, "weights": weights}
+    return {"ic": ic, "epoch": epoch, "with_graph": with_graph, "weights": weights,
+            "train_loss": train_loss}
 
 
 def validate_epoch(runner: StepRunner, inp: Inputs, config: TrainConfig, *, with_graph: bool,
@@ -397,16 +350,16 @@ def validate_epoch(runner: StepRunner, inp: Inputs, config: TrainConfig, *, with
     return metrics, preds, watched
 
 
-def score_selected(runner: StepRunner, inp: Inputs, config: TrainConfig, *, ctx: TrialContext,
+def score_selected(runner: StepRunner, inp: Inputs, config: TrainConfig, *,
                    best: dict[str, Any], metrics: dict[str, float],
-                   preds: dict[str, np.ndarray], with_graph: bool
+                   preds: dict[str, np.ndarray], with_graph: bool, epochs_done: int
                    ) -> tuple[dict[str, float], dict[str, np.ndarray], bool]:
     """The scored model's metrics, predictions and graph use: the selected epoch's weights
     when epoch selection picked an earlier one, else the last epoch's (re-scored when the run
     was resumed after its last epoch and so validated nothing)."""
-    if best["weights"] is not None and (best["epoch"] != len(ctx.history) or not metrics):
+    if best["weights"] is not None and (best["epoch"] != epochs_done or not metrics):
         runner.module.load_state_dict(best["weights"])
-        train_loss = ctx.history[best["epoch"] - 1].get("train_loss", float("nan"))
+        train_loss = best.get("train_loss", float("nan"))
         metrics, preds = validate(runner, inp.panel, inp.y_z, inp.graphs, inp.val_dates, config,
                                   with_graph=best["with_graph"], h_idx=inp.h_idx)
         metrics["train_loss"] = train_loss if train_loss is not None else float("nan")

@@ -317,7 +317,7 @@ def _recipe_inputs(tmp_path: Path, **overrides: object) -> tuple[object, object,
 def test_every_graph_k_reads_one_sidecar_built_for_graph_k_max(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from trainers.atft_gat import train as recipe
+    from trainers.atft_gat import inputs as recipe
 
     fc, panel, config = _recipe_inputs(tmp_path, graph_k=8)
     built: list[int] = []

@@ -111,3 +111,10 @@ def test_a_stopped_refit_resumes_to_the_uninterrupted_model(tmp_path: Path) -> N
     refit(config, again, through=None, epochs=2)
     assert [h["epoch"] for h in again.history] == [1, 2]
     assert _same(_weights(tmp_path / "whole"), _weights(tmp_path / "part"))
+
+
+def test_a_walk_forward_trial_refits_with_its_last_folds_epochs() -> None:
+    folds = [{"fold": 1, "epochs": 5, "selected_epoch": None},
+             {"fold": 2, "epochs": 4, "selected_epoch": 2}]
+    assert refit_epochs({"fold_metrics": folds}, 2) == 2
+    assert refit_epochs({"fold_metrics": folds[:1]}, 1) == 5

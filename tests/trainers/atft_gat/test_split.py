@@ -9,6 +9,7 @@ import polars as pl
 import pytest
 import torch
 
+import trainers.atft_gat.inputs as inputs_module
 import trainers.atft_gat.train as train_module
 from trainers.atft_gat.config import TrainConfig
 from trainers.atft_gat.data import date_split
@@ -82,7 +83,7 @@ def test_every_date_the_trainer_touches_is_before_the_test_period(
     frame, path = market
     start = _test_start(frame)
     seen: dict[str, list[np.datetime64]] = {"panel": [], "batch": [], "graph": []}
-    make_batch, load_graphs = train_module.make_batch, train_module.load_graphs
+    make_batch, load_graphs = train_module.make_batch, inputs_module.load_graphs
 
     def recording_batch(panel, y_z, graphs, dates, *, lookback, with_graph):
         seen["panel"].append(panel.dates[-1])
@@ -96,7 +97,7 @@ def test_every_date_the_trainer_touches_is_before_the_test_period(
         return load_graphs(fc, panel, config, ctx)
 
     monkeypatch.setattr(train_module, "make_batch", recording_batch)
-    monkeypatch.setattr(train_module, "load_graphs", recording_graphs)
+    monkeypatch.setattr(inputs_module, "load_graphs", recording_graphs)
     _, ctx = _run(tmp_path, "rec", path)
     assert seen["batch"] and seen["graph"]
     split = ctx.attrs["split"]

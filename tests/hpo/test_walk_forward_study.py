@@ -1,0 +1,52 @@
+"""A walk-forward ATFT-GAT study end to end: folds in the trials, the held-out report says how
+its test period was scored, baselines validated fold by fold, the refit of a walk-forward pick."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import polars as pl
+import pytest
+
+from hpo.refit import main as refit_main
+from hpo.run import main as run_main
+from tests.hpo.test_evaluate import STUDY
+
+WF_STUDY = STUDY.replace('name = "held"', 'name = "wf"').replace(
+    "purge = 20\n", 'purge = 20\ncv = "walk_forward"\ncv_folds = 3\n')
+
+
+@pytest.fixture(scope="module")
+def ran(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("wf_study")
+    (root / "wf.toml").write_text(WF_STUDY)
+    assert run_main(["--study", str(root / "wf.toml"), "--output", str(root / "out")]) == 0
+    return root / "out"
+
+
+def _study(out: Path) -> optuna.Study:
+    return optuna.load_study(study_name="wf", storage=f"sqlite:///{out / 'hpo.db'}")
+
+
+def test_every_trial_reports_its_folds(ran: Path) -> None:
+    for t in _study(ran).trials:
+        assert t.state == optuna.trial.TrialState.COMPLETE
+        assert len(t.user_attrs["folds"]) == 3 and len(t.user_attrs["fold_metrics"]) == 3
+        assert t.user_attrs["epochs_planned"] == 3  # a trial reports once per fold
+        rows = pl.read_parquet(ran / "wf" / f"trial_{t.number}" / "predictions.parquet")
+        assert rows["fold"].unique().sort().to_list() == [1, 2, 3]
+
+
+def test_the_report_says_how_the_test_period_was_scored(ran: Path) -> None:
+    summary = _study(ran).user_attrs["test_report"]
+    assert "last fold's model" in summary["validation_scheme"]
+    folds = _study(ran).trials[0].user_attrs["folds"]
+    assert summary["validation_dates"] == [folds[0]["validation"][0], folds[-1]["validation"][1]]
+
+
+def test_a_walk_forward_pick_refits_with_its_last_folds_epochs(ran: Path) -> None:
+    assert refit_main(["--study", "wf", "--output", str(ran), "--quiet"]) == 0
+    entry = _study(ran).user_attrs["refits"][-1]
+    chosen = _study(ran).trials[entry["trial"]]
+    assert entry["epochs"] == chosen.user_attrs["fold_metrics"][-1]["epochs"] == 1
