@@ -8,7 +8,8 @@ Example:
 ``n_trials`` is a target for the whole study: COMPLETE and PRUNED trials already in storage
 count, across restarts, workers and hosts, so rerunning the command resumes and never overshoots.
 Exit codes: 0 done (target or timeout reached), 1 the study could not go on (repeated trial
-failures, a worker crashed), 2 a user error (one line ``error: ...``), 130 interrupted.
+failures, a worker crashed), 2 a user error (one line ``error: ...``), 130 interrupted by
+SIGINT (Ctrl-C), 143 by SIGTERM (a scheduler stopping the job).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("hpo")
 
-EXIT_OK, EXIT_FAILED, EXIT_USER, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAILED, EXIT_USER, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -303,16 +304,16 @@ def _spawn_workers(args: argparse.Namespace, url: str, n: int, *, gpu_pinning: b
         procs.append(subprocess.Popen(cmd, env=env, start_new_session=True))
     log.info("started %d workers (pids %s)", n, " ".join(str(p.pid) for p in procs))
 
-    interrupted = False
+    interrupted: int | None = None  # the first signal forwarded
 
     def forward(signum: int, _frame: object) -> None:
         nonlocal interrupted
-        if interrupted and signum == signal.SIGINT:
+        if interrupted is not None and signum == signal.SIGINT:
             for p in procs:  # their second SIGINT: each exits at once, like this process
                 if p.poll() is None:
                     p.send_signal(signal.SIGINT)
             os._exit(EXIT_INTERRUPTED)
-        interrupted = True
+        interrupted = signum if interrupted is None else interrupted
         for p in procs:
             if p.poll() is None:
                 p.send_signal(signum)
@@ -325,8 +326,11 @@ def _spawn_workers(args: argparse.Namespace, url: str, n: int, *, gpu_pinning: b
         for s, handler in old.items():
             signal.signal(s, handler)
     codes = [p.returncode for p in procs]
-    if interrupted or EXIT_INTERRUPTED in codes:
-        return EXIT_INTERRUPTED
+    if interrupted is not None:
+        return 128 + int(interrupted)
+    stopped = [c for c in codes if c in (EXIT_INTERRUPTED, EXIT_TERMINATED)]
+    if stopped:
+        return stopped[0]
     if any(c == EXIT_USER for c in codes):
         return EXIT_USER
     return EXIT_OK if all(c == 0 for c in codes) else EXIT_FAILED

@@ -37,6 +37,16 @@ from trainers.errors import StopRequested, TrialFailed
 log = logging.getLogger("hpo")
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
+
+
+def interrupted_exit(stop: str | None) -> int:
+    """The exit code of a worker stopped by the signal named ``stop``: 128 + its number, as
+    a shell reports a process the signal ended (SIGTERM 143, a scheduler's preemption; SIGINT
+    130, Ctrl-C); 130 for anything else."""
+    try:
+        return 128 + int(signal.Signals[str(stop)])
+    except KeyError:
+        return EXIT_INTERRUPTED
 MAX_CONSECUTIVE_FAILURES = 5
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # How long a worker rides out an unreachable database (server restart, failover) before giving
@@ -109,7 +119,7 @@ def run_worker(study: optuna.Study, spec: StudySpec, *, output: Path, target: in
     worker) finished, ``timeout`` seconds passed, a signal or too many failures in a row.
 
     Returns the exit code: 0 target or timeout reached, 1 failures or the storage lost for good,
-    130 interrupted (the running trial is queued for retry).
+    130 interrupted by SIGINT, 143 by SIGTERM (the running trial is queued for retry).
     """
     return Worker(study, spec, output=output, target=target, timeout=timeout,
                   announce=announce).run()
@@ -172,7 +182,7 @@ class Worker:
         """One look at the study and, when this worker should, one trial: the exit code to
         stop with, or None to go on."""
         if self.objective.stop_requested:
-            return EXIT_INTERRUPTED
+            return interrupted_exit(self.objective.stop_requested)
         code = None
         try:
             if self.check_stale:
@@ -198,7 +208,7 @@ class Worker:
         except StopRequested:
             log.warning("trial interrupted and queued for retry; rerun the same command "
                         "to resume")
-            code = EXIT_INTERRUPTED
+            code = interrupted_exit(self.objective.stop_requested)
         except KeyboardInterrupt:
             code = EXIT_INTERRUPTED
         except Exception as exc:

@@ -4,6 +4,7 @@ fold pruning, on the calibrated synthetic market.
 Run from the repository root:
 
     python -m scripts.bench_cv                        # 3 markets x 8 trials, CPU-sized (~30 min)
+    python -m scripts.bench_cv --folds 8              # fold pruning with room to save
     python -m scripts.bench_cv --market-seeds 0 1 2 3 4 5 --n-trials 16 --n-dates 1500
 
 For each market seed, three fresh single-objective studies (maximise validation RankIC) with
@@ -217,12 +218,12 @@ def pooled(results: list[dict[str, Any]]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n-trials", type=int, default=DEFAULT_TRIALS)
-    parser.add_argument("--n-stocks", type=int, default=100)
-    parser.add_argument("--n-dates", type=int, default=600)
+    parser.add_argument("--n-stocks", type=int, default=150)
+    parser.add_argument("--n-dates", type=int, default=1000)
     parser.add_argument("--market-seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--folds", type=int, default=4, help="walk-forward folds")
     parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--steps", type=int, default=10, help="max steps per epoch")
+    parser.add_argument("--steps", type=int, default=30, help="max steps per epoch")
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0, help="the sampler's seed")
     parser.add_argument("--workdir", type=Path, default=Path("output/bench/cv_studies"))
