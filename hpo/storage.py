@@ -87,13 +87,15 @@ def open_storage(
     Connection problems become a ``UserError`` naming the masked URL; the password never
     appears in the message.
     """
-    import optuna
     import sqlalchemy.engine
     import sqlalchemy.exc
 
     if "://" not in url:
         raise UserError(f"storage {url!r} is not a URL; use e.g. sqlite:///output/hpo.db or "
                         "postgresql+psycopg2://user:password@host:5432/dbname")
+    if url.startswith("grpc://"):
+        return _open_grpc(url, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+                          max_retry=max_retry)
     check_sqlite_parent(url)
     try:
         sqlalchemy.engine.make_url(url)
@@ -101,12 +103,7 @@ def open_storage(
         raise UserError(f"bad storage URL {mask_url(url)}: {short_reason(exc)}") from None
     from hpo.service_storage import ServiceRDBStorage
 
-    callback = None
-    if heartbeat_interval is not None:
-        with warnings.catch_warnings():
-            # Chosen here, not by the user: Optuna warns once, for heartbeat_interval.
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            callback = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+    callback = _stale_trial_callback(heartbeat_interval, max_retry)
     try:
         for attempt in range(1, SCHEMA_RACE_ATTEMPTS + 1):
             try:
@@ -135,6 +132,36 @@ def open_storage(
     except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError,
             ImportError) as exc:
         raise UserError(f"bad storage URL {mask_url(url)}: {short_reason(exc)}") from None
+
+
+def _stale_trial_callback(heartbeat_interval: int | None, max_retry: int | None) -> Any:
+    """Optuna's callback that re-enqueues a trial whose heartbeat stopped (None without
+    heartbeats)."""
+    import optuna
+
+    if heartbeat_interval is None:
+        return None
+    with warnings.catch_warnings():
+        # Chosen here, not by the user: Optuna warns once, for heartbeat_interval.
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+
+
+def _open_grpc(url: str, *, heartbeat_interval: int | None, grace_period: int | None,
+               max_retry: int | None) -> Any:
+    """A ``grpc://HOST:PORT`` storage: the client of ``python -m hpo.proxy``
+    (:mod:`hpo.grpc_storage`)."""
+    try:
+        import grpc  # noqa: F401 - the proxy client needs it
+    except ImportError:
+        raise UserError("a grpc:// storage needs grpcio and protobuf: pip install grpcio "
+                        "protobuf") from None
+    from hpo.grpc_storage import open_grpc_storage
+
+    return open_grpc_storage(url, heartbeat_interval=heartbeat_interval,
+                             grace_period=grace_period,
+                             heartbeat_stale_trial_callback=_stale_trial_callback(
+                                 heartbeat_interval, max_retry))
 
 
 def _use_sqlite_wal(engine: Any) -> None:
