@@ -10,7 +10,7 @@ import pytest
 from tests.conftest import REPO
 
 COMMANDS = ["hpo.run", "hpo.status", "hpo.export", "hpo.evaluate", "hpo.predict", "hpo.refit",
-            "hpo.proxy", "hpo.dashboard", "cache.build"]
+            "hpo.proxy", "hpo.launch", "hpo.dashboard", "cache.build"]
 
 
 def _options(parser: argparse.ArgumentParser) -> list[str]:
