@@ -32,6 +32,10 @@ EPOCHS_PLANNED = "epochs_planned"
 PRUNED_AT = "pruned_at_epoch"
 PRUNE_REASON = "prune_reason"
 FAIL_REASON = "fail_reason"
+# The signal that stopped the trial (SIGTERM, SIGINT); None on a trial that was not stopped.
+STOPPED_BY = "stopped_by"
+# {"count", "times"}: the SIGTERMs (preemptions) of the trial and the trials it retries.
+PREEMPTED = "preempted"
 RETRY_OF = "retry_of"
 RESUMED_FROM = "resumed_from"
 TRAIN_SECONDS = "train_seconds"

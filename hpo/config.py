@@ -118,13 +118,18 @@ class EvaluateSpec:
 
 @dataclass(frozen=True)
 class RunSpec:
-    """How a running trial shows its progress (trainers.progress); not in the fingerprint.
-    ``progress`` false (or ``hpo.run --quiet``) shows none; ``bars`` false prints plain lines
-    even on a terminal (``None``: bars on a terminal)."""
+    """How a running trial shows its progress (trainers.progress) and how it is stopped; not
+    in the fingerprint. ``progress`` false (or ``hpo.run --quiet``) shows none; ``bars``
+    false prints plain lines even on a terminal (``None``: bars on a terminal).
+    ``checkpoint_every_s``: step checkpoints inside an epoch at most this often (0: at epoch
+    ends only; recipes that can resume mid-epoch); ``preempt_grace_s``: after SIGTERM, the
+    worker exits 143 at most this long later even if its trial has not reached a step."""
 
     progress: bool = True
     progress_every_s: float = 30.0
     bars: bool | None = None
+    checkpoint_every_s: float = 300.0
+    preempt_grace_s: float = 20.0
 
 
 @dataclass(frozen=True)
@@ -391,6 +396,11 @@ def parse_study(raw: Mapping[str, Any], *, path: Path, check_workload: bool = Tr
     run = _simple(RunSpec, raw, "run", problems)
     if not run.progress_every_s > 0:
         problems.add("run.progress_every_s", f"must be > 0 seconds, got {run.progress_every_s}")
+    if not run.checkpoint_every_s >= 0:
+        problems.add("run.checkpoint_every_s",
+                     f"must be >= 0 seconds (0: at epoch ends only), got {run.checkpoint_every_s}")
+    if not run.preempt_grace_s > 0:
+        problems.add("run.preempt_grace_s", f"must be > 0 seconds, got {run.preempt_grace_s}")
     if evaluate.pbo_blocks < 2 or evaluate.pbo_blocks % 2:
         problems.add("evaluate.pbo_blocks", f"must be even and >= 2, got {evaluate.pbo_blocks}")
     if storage.heartbeat_interval < 1 or storage.grace_period <= storage.heartbeat_interval:

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 import optuna
+from optuna._experimental import warn_experimental_argument
 from optuna.storages import GrpcStorageProxy
 from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.trial import FrozenTrial, TrialState
@@ -54,9 +55,14 @@ class HeartbeatGrpcStorageProxy(GrpcStorageProxy, BaseHeartbeat):
                  grace_period: int | None = None,
                  heartbeat_stale_trial_callback: Callable[[optuna.Study, FrozenTrial], None]
                  | None = None) -> None:
-        super().__init__(host=host, port=port)
-        if heartbeat_interval is not None and heartbeat_interval < 1:
+        # The checks (and messages) of Optuna's RDBStorage, before anything connects.
+        if heartbeat_interval is not None and heartbeat_interval <= 0:
             raise ValueError("The value of `heartbeat_interval` should be a positive integer.")
+        if heartbeat_interval is not None:
+            warn_experimental_argument("heartbeat_interval")
+        if grace_period is not None and grace_period <= 0:
+            raise ValueError("The value of `grace_period` should be a positive integer.")
+        super().__init__(host=host, port=port)
         self.heartbeat_interval = heartbeat_interval
         # Optuna's RDBStorage default: twice the interval.
         self.grace_period = grace_period or (2 * heartbeat_interval if heartbeat_interval

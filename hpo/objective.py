@@ -14,6 +14,7 @@ import socket
 import time
 import traceback
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -101,7 +102,8 @@ class StudyTrialContext(TrialContext):
         run = run or RunSpec()
         super().__init__(output_dir, trial_number=trial.number, seed=seed, resume_dir=resume,
                          cache_dir=cache_dir, progress=run.progress,
-                         progress_every_s=run.progress_every_s, progress_bars=run.bars)
+                         progress_every_s=run.progress_every_s, progress_bars=run.bars,
+                         checkpoint_every_s=run.checkpoint_every_s)
         self.trial = trial
         self._predecessors = dict((d, n) for n, d in predecessors)
         self._metric_names = list(metric_names)
@@ -241,6 +243,8 @@ class Objective:
         if self.stop_requested:
             ctx.request_stop(self.stop_requested)
         ctx.set_attr("output_dir", str(out))
+        if trial.user_attrs.get(attrs.STOPPED_BY):  # a retry copies the stopped trial's attrs
+            ctx.set_attr(attrs.STOPPED_BY, None)
         ctx.set_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         ctx.set_attr("seed", seed)
         if history:
@@ -263,6 +267,7 @@ class Objective:
             raise
         except (StopRequested, KeyboardInterrupt) as exc:
             ctx.set_attr("fail_reason", f"interrupted ({exc or 'signal'}); retried later")
+            self._record_stop(trial, ctx, str(exc) or "SIGINT")
             self._enqueue_retry(trial)
             raise StopRequested(str(exc) or "interrupted") from None
         except optuna.TrialPruned as exc:
@@ -346,6 +351,19 @@ class Objective:
         if self._artifact_store is None or not artifact_dir(self.output_dir).is_dir():
             self._artifact_store = artifact_store(self.output_dir)
         return self._artifact_store
+
+    @staticmethod
+    def _record_stop(trial: optuna.Trial, ctx: StudyTrialContext, reason: str) -> None:
+        """``stopped_by`` the signal; a SIGTERM (a scheduler's preemption) also counts in
+        ``preempted``, carried over to the retries, which never count it as a failure."""
+        ctx.set_attr(attrs.STOPPED_BY, reason)
+        if reason != "SIGTERM":
+            return
+        seen = trial.user_attrs.get(attrs.PREEMPTED) or {"count": 0, "times": []}
+        ctx.set_attr(attrs.PREEMPTED, {
+            "count": int(seen.get("count", 0)) + 1,
+            "times": [*seen.get("times", []),
+                      datetime.now(UTC).isoformat(timespec="seconds")]})
 
     def _enqueue_retry(self, trial: optuna.Trial) -> None:
         """Queue a copy of an interrupted trial (same params, retry history kept) to run again."""

@@ -152,7 +152,8 @@ NO_REASON = "no reason recorded (its worker stopped: killed, or its heartbeat ex
 def failures(trials: list[FrozenTrial], *, limit: int = SHOWN_FAILURES) -> list[dict[str, Any]]:
     """The newest ``limit`` failed trials (surplus ones are not failures) and their reasons."""
     failed = [t for t in trials
-              if t.state == TrialState.FAIL and not t.user_attrs.get(attrs.SURPLUS)]
+              if t.state == TrialState.FAIL and not t.user_attrs.get(attrs.SURPLUS)
+              and not t.user_attrs.get(attrs.STOPPED_BY)]
     return [{"number": t.number, "reason": t.user_attrs.get(attrs.FAIL_REASON) or NO_REASON}
             for t in sorted(failed, key=lambda t: -t.number)[:limit]]
 
@@ -164,10 +165,14 @@ def collect_status(study: optuna.Study, storage: optuna.storages.BaseStorage, *,
     now = now or datetime.now()
     names = metric_names(study)
     trials = study.get_trials(deepcopy=False)
-    counts = dict.fromkeys(["complete", "pruned", "failed", "running", "waiting", "surplus"], 0)
+    counts = dict.fromkeys(["complete", "pruned", "failed", "running", "waiting", "surplus",
+                            "preempted", "interrupted"], 0)
     for t in trials:
+        stopped = t.state == TrialState.FAIL and t.user_attrs.get(attrs.STOPPED_BY)
         if t.state == TrialState.FAIL and t.user_attrs.get(attrs.SURPLUS):
             counts["surplus"] += 1  # lost the race for the last slot: not a real failure
+        elif stopped:  # stopped by a signal and queued again: not a failure of the trial
+            counts["preempted" if stopped == "SIGTERM" else "interrupted"] += 1
         elif t.state in STATE_KEYS:
             counts[STATE_KEYS[t.state]] += 1
     finished = counts["complete"] + counts["pruned"]
@@ -276,8 +281,9 @@ def render(status: dict[str, Any]) -> str:
         progress = f"progress: {s['finished']} finished (no target stored)"
     lines.append(progress)
     saved = f" (saved {s['epochs_saved']} epochs)" if s["epochs_saved"] else ""
+    stops = "".join(f", {c[k]} {k}" for k in ("preempted", "interrupted") if c.get(k))
     lines.append(f"trials: {c['complete']} complete, {c['pruned']} pruned{saved}, "
-                 f"{c['failed']} failed, "
+                 f"{c['failed']} failed{stops}, "
                  f"{c['running']} running, {c['waiting']} waiting"
                  + (f" ({c['surplus']} surplus)" if c["surplus"] else ""))
     if s["eta_s"] == 0.0:

@@ -134,17 +134,36 @@ def open_storage(
         raise UserError(f"bad storage URL {mask_url(url)}: {short_reason(exc)}") from None
 
 
-def _stale_trial_callback(heartbeat_interval: int | None, max_retry: int | None) -> Any:
-    """Optuna's callback that re-enqueues a trial whose heartbeat stopped (None without
-    heartbeats)."""
-    import optuna
+class CrashRetryCallback:
+    """Optuna's ``RetryHeartbeatStaleTrialCallback`` (it re-enqueues a trial whose heartbeat
+    stopped), with ``max_retry`` counting crashes only: the retries after a preemption
+    (SIGTERM, user attr ``preempted``) are not charged, so a trial preempted three times still
+    gets its ``max_retry`` retries after a real crash. The enqueued copy is Optuna's."""
 
+    def __init__(self, max_retry: int | None) -> None:
+        import optuna
+
+        with warnings.catch_warnings():
+            # Chosen here, not by the user: Optuna warns once, for heartbeat_interval.
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self._retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=None)
+        self.max_retry = max_retry
+
+    def __call__(self, study: Any, trial: Any) -> None:
+        if self.max_retry is not None:
+            retries = len(trial.system_attrs.get("retry_history") or []) + 1
+            preempted = (trial.user_attrs.get("preempted") or {}).get("count", 0)
+            if retries - int(preempted) > self.max_retry:
+                return
+        self._retry(study, trial)
+
+
+def _stale_trial_callback(heartbeat_interval: int | None, max_retry: int | None) -> Any:
+    """The callback that re-enqueues a trial whose heartbeat stopped (None without
+    heartbeats)."""
     if heartbeat_interval is None:
         return None
-    with warnings.catch_warnings():
-        # Chosen here, not by the user: Optuna warns once, for heartbeat_interval.
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+    return CrashRetryCallback(max_retry)
 
 
 def _open_grpc(url: str, *, heartbeat_interval: int | None, grace_period: int | None,

@@ -17,6 +17,7 @@ import gc
 import logging
 import os
 import signal
+import threading
 import time
 from collections.abc import Container
 from pathlib import Path
@@ -299,6 +300,27 @@ class Worker:
         log.warning("%s received: stopping the running trial (it will be retried); "
                     "press Ctrl-C again to exit at once", name)
         self.objective.request_stop(name)
+        if signum == signal.SIGTERM and self.interrupts == 1:
+            # A scheduler kills soon after SIGTERM: leave on time even if the trial is inside
+            # a long step; its heartbeat retry resumes it from its newest checkpoint.
+            timer = threading.Timer(self.spec.run.preempt_grace_s, self._grace_expired)
+            timer.daemon = True
+            timer.start()
+
+    def _grace_expired(self) -> None:
+        log.warning("the trial did not stop within preempt_grace_s = %g s; exiting now (its "
+                    "heartbeat retry resumes it from its newest checkpoint)",
+                    self.spec.run.preempt_grace_s)
+        ctx = self.objective.current_ctx
+        if ctx is not None:
+            try:  # best effort: the retry is then not charged as a crash
+                from hpo.objective import Objective
+
+                Objective._record_stop(ctx.trial, ctx, "SIGTERM")
+            except Exception:  # noqa: BLE001 - leaving on time matters more
+                pass
+        logging.shutdown()
+        os._exit(interrupted_exit("SIGTERM"))
 
     # -- a database that went away ----------------------------------------------------------
     def _ride_out_outage(self, exc: BaseException) -> None:

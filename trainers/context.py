@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -184,6 +185,7 @@ class TrialContext:
         progress: bool = True,
         progress_every_s: float = DEFAULT_EVERY_S,
         progress_bars: bool | None = None,
+        checkpoint_every_s: float = 0.0,
     ) -> None:
         self.output_dir = Path(output_dir)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else self.output_dir / "cache"
@@ -194,6 +196,10 @@ class TrialContext:
         self.attrs: dict[str, Any] = {}
         self.history: list[dict[str, Any]] = []
         self._stop_reason: str | None = None
+        # Step checkpoints inside an epoch at most this often (0: at epoch ends only), for
+        # the recipes that can resume mid-epoch; they bound what a SIGKILL loses.
+        self.checkpoint_every_s = float(checkpoint_every_s)
+        self._last_checkpoint = time.monotonic()
         prefix = f"[trial {trial_number}] " if trial_number is not None else ""
         self.reporter = Reporter(prefix=prefix, enabled=progress, every_s=progress_every_s,
                                  bars=progress_bars, on_record=self.on_progress)
@@ -236,6 +242,12 @@ class TrialContext:
         """The reason to stop now, or None. Trainers check this between steps."""
         return self._stop_reason
 
+    def checkpoint_due(self) -> bool:
+        """True when ``checkpoint_every_s`` (> 0) has passed since the last checkpoint: a
+        recipe that can resume mid-epoch saves a step checkpoint now."""
+        return (self.checkpoint_every_s > 0
+                and time.monotonic() - self._last_checkpoint >= self.checkpoint_every_s)
+
     # -- checkpoints ---------------------------------------------------------------------
     @property
     def checkpoint_path(self) -> Path:
@@ -261,6 +273,7 @@ class TrialContext:
                 os.replace(_sum_path(path), _sum_path(previous))
         atomic_write_bytes(path, data)
         atomic_write_bytes(_sum_path(path), json.dumps(_checksum(data)).encode())
+        self._last_checkpoint = time.monotonic()
 
     def restore(self) -> dict[str, Any] | None:
         """The newest good checkpoint to resume from: this run's own, its previous one, else

@@ -17,11 +17,17 @@ Environment (set by the test module):
                        same engine settings: the baseline a case must also fail on to be
                        listed in ``KNOWN_FAILURES``)
   HPO_SUITE_PG_ADMIN_URL  a PostgreSQL URL allowed to create and drop databases
+  HPO_SUITE_MODE       rdb (the two RDB modes above) | grpc: Optuna's ``grpc_rdb`` mode, where
+                       the server side is what ``python -m hpo.proxy`` serves (the service
+                       storage in Optuna's cache) and the client is the service's
+                       ``HeartbeatGrpcStorageProxy``, with the test's heartbeat settings (the
+                       heartbeat tests run in this mode too: the client is what adds them)
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import uuid
 from pathlib import Path
 from typing import Any
@@ -48,9 +54,13 @@ STORAGE = os.environ.get("HPO_SUITE_STORAGE", "service")
 PG_ADMIN_URL = os.environ.get("HPO_SUITE_PG_ADMIN_URL",
                               "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
 
+MODE = os.environ.get("HPO_SUITE_MODE", "rdb")
+GRPC_MODES = ["grpc_rdb"]
+SUPPLIED_MODES = GRPC_MODES if MODE == "grpc" else RDB_MODES
+
 # Optuna's test modules read these lists when they are imported (after this plugin is).
-optuna_storages.STORAGE_MODES[:] = RDB_MODES
-optuna_storages.STORAGE_MODES_HEARTBEAT[:] = RDB_MODES
+optuna_storages.STORAGE_MODES[:] = SUPPLIED_MODES
+optuna_storages.STORAGE_MODES_HEARTBEAT[:] = SUPPLIED_MODES
 
 _original_enter = optuna_storages.StorageSupplier.__enter__
 _original_exit = optuna_storages.StorageSupplier.__exit__
@@ -177,7 +187,34 @@ def _open(url: str, kwargs: dict[str, Any]) -> optuna.storages.RDBStorage:
     return storage
 
 
+def _enter_grpc(self: Any) -> Any:
+    """Optuna's ``grpc_rdb`` supplier with the service on both sides (module docstring)."""
+    from hpo.grpc_storage import HeartbeatGrpcStorageProxy
+    from hpo.storage import open_storage
+
+    kwargs = dict(self.extra_args)
+    unknown = set(kwargs) - ACCEPTED_ARGS
+    if unknown:
+        raise AssertionError(f"adapter: StorageSupplier argument(s) {sorted(unknown)} not "
+                             "handled; extend optuna_storage_adapter")
+    if HEARTBEAT == "on" and "heartbeat_interval" not in kwargs:
+        kwargs = {**HEARTBEAT_ON_DEFAULTS, **kwargs}
+    self.backend_storage = open_storage(_fresh_url(self))
+    served = optuna.storages.get_storage(self.backend_storage)
+    with optuna_storages._lock_to_search_for_free_port():
+        port = optuna_storages._find_free_port()
+        self.server = optuna.storages._grpc.server.make_server(served, "localhost", port)
+        self.thread = threading.Thread(target=self.server.start)
+        self.thread.start()
+        self.proxy = HeartbeatGrpcStorageProxy(host="localhost", port=port, **kwargs)
+        self.proxy.wait_server_ready(timeout=60)
+    self.storage = self.proxy
+    return self.storage
+
+
 def _enter(self: Any) -> Any:
+    if self.storage_specifier in GRPC_MODES and MODE == "grpc":
+        return _enter_grpc(self)
     if self.storage_specifier not in RDB_MODES:
         return _original_enter(self)
     storage = _open(_fresh_url(self), dict(self.extra_args))
@@ -204,8 +241,19 @@ optuna_storages.StorageSupplier.__enter__ = _enter  # type: ignore[method-assign
 optuna_storages.StorageSupplier.__exit__ = _exit  # type: ignore[method-assign]
 
 
+# Cases of Optuna's heartbeat tests that cannot hold through a gRPC proxy, with the reason.
+GRPC_EXPECTED_FAILURES = {
+    "test_heartbeat_experimental_warnings": "it counts exactly one ExperimentalWarning; "
+    "Optuna's GrpcStorageProxy (the client's base class) is experimental and warns as well",
+}
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
+        if MODE == "grpc":
+            for fragment, reason in GRPC_EXPECTED_FAILURES.items():
+                if fragment in item.nodeid:
+                    item.add_marker(pytest.mark.xfail(reason=reason, strict=False))
         for fragment, reason in KNOWN_FAILURES.get(BACKEND, {}).items():
             if fragment in item.nodeid:
                 item.add_marker(pytest.mark.xfail(reason=reason, strict=True))
@@ -217,5 +265,5 @@ def pytest_unconfigure() -> None:
 
 
 def pytest_report_header() -> str:
-    return (f"optuna storage suite: storage={STORAGE} backend={BACKEND} "
+    return (f"optuna storage suite: mode={MODE} storage={STORAGE} backend={BACKEND} "
             f"heartbeats={HEARTBEAT} optuna={optuna.__version__}")

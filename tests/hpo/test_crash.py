@@ -435,7 +435,7 @@ def test_postgres_engine_is_pinged_and_pooled_small(pg_url: str) -> None:
         pool = storage.engine.pool
         assert pool._pre_ping is True
         assert (pool.size(), pool._max_overflow) == (PG_POOL_SIZE, PG_MAX_OVERFLOW) == (2, 2)
-        assert storage.heartbeat_stale_trial_callback._max_retry == 3
+        assert storage.heartbeat_stale_trial_callback.max_retry == 3
     finally:
         storage.engine.dispose()
 
@@ -496,3 +496,28 @@ def test_other_workers_see_a_trials_params_before_it_trains(storage_url: str, tm
     for (params, attrs), trial in zip(seen, trials, strict=True):
         assert params == trial.params and set(params) == {"lr", "width", "optimizer"}
         assert {"output_dir", "worker", "seed"} <= set(attrs)
+
+
+def test_retries_after_preemptions_are_not_charged_to_max_retry() -> None:
+    """The stale-trial callback counts crashes only: retry_history less the preemptions."""
+    from hpo.storage import CrashRetryCallback
+
+    study = optuna.create_study()
+    trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    study.tell(trial, state=TrialState.FAIL)
+    failed = study.trials[0]
+
+    def with_history(n: int, preempted: int) -> FrozenTrial:
+        import copy
+
+        trial = copy.deepcopy(failed)
+        trial.system_attrs["retry_history"] = list(range(n))
+        trial.user_attrs["preempted"] = {"count": preempted, "times": []}
+        return trial
+
+    callback = CrashRetryCallback(max_retry=1)
+    callback(study, with_history(0, 0))  # a first crash: retried
+    callback(study, with_history(1, 0))  # a second crash: over max_retry, not retried
+    callback(study, with_history(3, 3))  # three preemptions then a crash: retried
+    waiting = [t for t in study.trials if t.state == TrialState.WAITING]
+    assert [len(t.system_attrs["retry_history"]) for t in waiting] == [1, 4]

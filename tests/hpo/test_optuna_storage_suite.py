@@ -8,13 +8,15 @@ later runs do not download again. ``tests/storages_tests/test_storages.py`` and
 (``tests/hpo/optuna_storage_adapter.py``), on SQLite and on PostgreSQL, heartbeats on and off.
 Every case must pass, except those the adapter lists as failing on plain ``RDBStorage`` too.
 
-``make test`` runs the mode this service changes (heartbeats on, both backends, both at once:
+``make test`` runs the modes this service changes (heartbeats on, both backends, and the
+grpc_rdb mode on SQLite: the service's heartbeat client behind Optuna's proxy; all at once:
 the heartbeat tests mostly sleep). ``make test-optuna-storage`` runs the full matrix
-(``HPO_OPTUNA_SUITE=full``).
+(``HPO_OPTUNA_SUITE=full``: heartbeats off, and grpc_rdb on PostgreSQL too).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -90,11 +92,12 @@ class Outcome:
 
 
 def start_suite(tests_dir: Path, *, backend: str, heartbeat: str, storage: str,
-                report: Path) -> subprocess.Popen[str]:
+                report: Path, mode: str = "rdb") -> subprocess.Popen[str]:
     env = {**os.environ,
            "PYTHONPATH": os.pathsep.join([str(ADAPTER_DIR.parent.parent), str(ADAPTER_DIR)]),
            "HPO_SUITE_BACKEND": backend, "HPO_SUITE_HEARTBEAT": heartbeat,
-           "HPO_SUITE_STORAGE": storage, "HPO_SUITE_PG_ADMIN_URL": PG_ADMIN_URL}
+           "HPO_SUITE_STORAGE": storage, "HPO_SUITE_PG_ADMIN_URL": PG_ADMIN_URL,
+           "HPO_SUITE_MODE": mode}
     cmd = [sys.executable, "-m", "pytest", "-p", "optuna_storage_adapter",
            "-p", "no:cacheprovider", "-q", "--color=no", "-rfE", f"--junitxml={report}",
            *SUITE_FILES]
@@ -130,7 +133,16 @@ def finish_suite(proc: subprocess.Popen[str], report: Path, *, deadline: float) 
     return Outcome(passed, failed, xfailed, skipped, output)
 
 
-MODES = [("sqlite", "on"), ("postgres", "on"), ("sqlite", "off"), ("postgres", "off")]
+# (backend, heartbeats, mode): "rdb" is Optuna's two RDB modes on the service storage; "grpc"
+# its grpc_rdb mode, the service storage behind Optuna's proxy and the service's heartbeat
+# client in front (python -m hpo.proxy, --storage grpc://).
+MODES = [("sqlite", "on", "rdb"), ("postgres", "on", "rdb"), ("sqlite", "off", "rdb"),
+         ("postgres", "off", "rdb"), ("sqlite", "on", "grpc"), ("postgres", "on", "grpc")]
+# Every case of a run: test_storages.py and test_heartbeat.py for Optuna's two RDB modes, or
+# for its one grpc_rdb mode.
+CASES = {"rdb": 149, "grpc": 78}
+# What `make test` runs; the rest is the full matrix (make test-optuna-storage).
+QUICK = {("sqlite", "on", "rdb"), ("postgres", "on", "rdb"), ("sqlite", "on", "grpc")}
 
 
 @pytest.fixture(scope="module")
@@ -143,25 +155,28 @@ def tests_dir() -> Path:
 
 @pytest.fixture(scope="module")
 def suite_runs(tests_dir: Path, tmp_path_factory: pytest.TempPathFactory,
-               ) -> dict[tuple[str, str], Outcome | str]:
+               ) -> dict[tuple[str, str, str], Outcome | str]:
     """Every selected backend and mode, started together (they mostly sleep or wait on the
     database) and collected; a mode that cannot run maps to its skip reason."""
     full = os.environ.get(FULL_ENV) == "full"
     pg_reason = postgres_available()
     out = tmp_path_factory.mktemp("optuna_suite")
-    started: dict[tuple[str, str], tuple[subprocess.Popen[str], Path]] = {}
-    results: dict[tuple[str, str], Outcome | str] = {}
-    for backend, heartbeat in MODES:
-        if heartbeat == "off" and not full:
-            results[backend, heartbeat] = (f"heartbeats off runs in the full matrix only: "
-                                           f"make test-optuna-storage ({FULL_ENV}=full)")
+    started: dict[tuple[str, str, str], tuple[subprocess.Popen[str], Path]] = {}
+    results: dict[tuple[str, str, str], Outcome | str] = {}
+    for key in MODES:
+        backend, heartbeat, mode = key
+        if key not in QUICK and not full:
+            results[key] = (f"runs in the full matrix only: make test-optuna-storage "
+                            f"({FULL_ENV}=full)")
         elif backend == "postgres" and pg_reason:
-            results[backend, heartbeat] = pg_reason
+            results[key] = pg_reason
+        elif mode == "grpc" and importlib.util.find_spec("grpc") is None:
+            results[key] = "the grpc_rdb mode needs grpcio"
         else:
-            report = out / f"{backend}_{heartbeat}.xml"
-            started[backend, heartbeat] = (start_suite(
+            report = out / f"{backend}_{heartbeat}_{mode}.xml"
+            started[key] = (start_suite(
                 tests_dir, backend=backend, heartbeat=heartbeat, storage="service",
-                report=report), report)
+                report=report, mode=mode), report)
     deadline = time.monotonic() + SUITE_TIMEOUT_S
     try:
         for key, (proc, report) in started.items():
@@ -176,19 +191,19 @@ def suite_runs(tests_dir: Path, tmp_path_factory: pytest.TempPathFactory,
 
 # The project's per-test limit (10 minutes) would count the fixture's whole run.
 @pytest.mark.timeout(SUITE_TIMEOUT_S + 120)
-@pytest.mark.parametrize(("backend", "heartbeat"), MODES,
-                         ids=[f"{b}-heartbeat_{h}" for b, h in MODES])
-def test_optuna_storage_suite_passes(suite_runs: dict[tuple[str, str], Outcome | str],
-                                     backend: str, heartbeat: str) -> None:
-    outcome = suite_runs[backend, heartbeat]
+@pytest.mark.parametrize(("backend", "heartbeat", "mode"), MODES,
+                         ids=[f"{b}-heartbeat_{h}-{m}" for b, h, m in MODES])
+def test_optuna_storage_suite_passes(suite_runs: dict[tuple[str, str, str], Outcome | str],
+                                     backend: str, heartbeat: str, mode: str) -> None:
+    outcome = suite_runs[backend, heartbeat, mode]
     if isinstance(outcome, str):
         pytest.skip(outcome)
-    print(f"{backend} heartbeats {heartbeat}: {outcome.passed} passed, {len(outcome.failed)} "
-          f"failed, {outcome.xfailed} known failures, {outcome.skipped} skipped")
+    print(f"{backend} heartbeats {heartbeat} {mode}: {outcome.passed} passed, "
+          f"{len(outcome.failed)} failed, {outcome.xfailed} known failures, "
+          f"{outcome.skipped} skipped")
     assert outcome.failed == [], outcome.output[-6000:]
-    # test_storages.py has 121 cases and test_heartbeat.py 28 for Optuna's two RDB modes.
-    assert outcome.passed + outcome.xfailed + outcome.skipped == 149
-    assert outcome.passed >= 140
+    assert outcome.passed + outcome.xfailed + outcome.skipped == CASES[mode]
+    assert outcome.passed >= CASES[mode] - 9
 
 
 def test_the_sdist_is_downloaded_once(tests_dir: Path) -> None:

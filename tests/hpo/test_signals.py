@@ -41,7 +41,12 @@ def test_sigterm_mid_trial_requeues_and_next_run_resumes(tmp_path: Path, pg_url:
     trials = trials_of(pg_url, "sig")
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]  # none RUNNING
     assert trials[0].user_attrs["fail_reason"] == "interrupted (SIGTERM); retried later"
+    assert trials[0].user_attrs["stopped_by"] == "SIGTERM"
+    assert trials[0].user_attrs["preempted"]["count"] == 1
     assert retry_of(trials[1]) == 0 and trials[1].params == trials[0].params
+    from hpo.status import main as status_main
+
+    assert status_main(["--study", "sig", "--storage", pg_url]) == 0
     stopped_at = trials[0].user_attrs["epoch"]
     assert 1 <= stopped_at < 4
     # outputs were flushed before exiting: the export shows the interrupted trial
@@ -55,6 +60,54 @@ def test_sigterm_mid_trial_requeues_and_next_run_resumes(tmp_path: Path, pg_url:
     assert trials[1].state == TrialState.COMPLETE
     assert trials[1].user_attrs["resumed_from"] == {"trial": 0, "epoch": stopped_at}
     assert [h["epoch"] for h in trials[1].user_attrs["history"]] == [1, 2, 3, 4]
+    # the retry was not stopped; the preemption stays counted along the chain
+    assert trials[1].user_attrs["stopped_by"] is None
+    assert trials[1].user_attrs["preempted"]["count"] == 1
+
+
+def test_status_shows_preempted_apart_from_failed(tmp_path: Path, pg_url: str,
+                                                  workers: Workers,  # noqa: F811
+                                                  capsys) -> None:
+    from hpo.status import main as status_main
+
+    path = write_study(tmp_path, name="pre", n_trials=2, epochs=4, sleep_s=0.5)
+    out = tmp_path / "out"
+    proc = workers.start(args_for(path, pg_url, out))
+    wait_for(lambda: checkpoint_epoch(out, "pre", 0) >= 1, timeout=60, what="a checkpoint")
+    proc.send_signal(signal.SIGTERM)
+    assert workers.wait(proc, timeout=30) == 143
+    capsys.readouterr()
+    assert status_main(["--study", "pre", "--storage", pg_url]) == 0
+    text = capsys.readouterr().out
+    assert "0 failed, 1 preempted, 0 running, 1 waiting" in text
+    assert "failed: trial" not in text  # the failures list holds real failures only
+
+
+def test_a_trial_that_misses_the_grace_period_leaves_on_time_and_is_not_charged(
+        tmp_path: Path, pg_url: str, workers: Workers) -> None:  # noqa: F811
+    # one epoch takes 30 s: the trial would only stop at its end
+    path = write_study(tmp_path, name="grace", n_trials=1, epochs=2, sleep_s=30,
+                       extra="[run]\npreempt_grace_s = 1\n")
+    path.write_text(path.read_text().replace("max_retry = 2", "max_retry = 0"))
+    out = tmp_path / "out"
+    proc = workers.start(args_for(path, pg_url, out))
+    wait_for(lambda: checkpoint_epoch(out, "grace", 0) >= 1, timeout=90,
+             what="the first checkpoint")
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    assert workers.wait(proc, timeout=20) == 143
+    assert time.monotonic() - sent < 10
+    left = trials_of(pg_url, "grace")
+    assert [t.state for t in left] == [TrialState.RUNNING]  # for the heartbeat to reclaim
+    assert left[0].user_attrs["preempted"]["count"] == 1
+    # max_retry = 0 would leave a crashed trial alone; a preempted one is retried
+    time.sleep(4)  # grace period 3 s
+    again = workers.start([*args_for(path, pg_url, out)],
+                          env={"TOY_STOP_AFTER_EPOCH": "-1"})
+    assert workers.wait(again, timeout=120) == 0, again.log_path.read_text()[-2000:]
+    trials = trials_of(pg_url, "grace")
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert retry_of(trials[1]) == 0
 
 
 def test_second_sigint_exits_at_once(tmp_path: Path, workers: Workers) -> None:  # noqa: F811

@@ -103,7 +103,7 @@ def test_storage_flags_override_the_study_file(tmp_path: Path) -> None:
     study = open_study(spec, f"sqlite:///{tmp_path / 'db.sqlite'}", force=False, target=1)
     storage = study._storage._backend
     assert storage.heartbeat_interval == 2 and storage.grace_period == 7
-    assert storage.heartbeat_stale_trial_callback._max_retry == 5
+    assert storage.heartbeat_stale_trial_callback.max_retry == 5
 
 
 @pytest.mark.parametrize("flags, message", [

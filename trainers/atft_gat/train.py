@@ -65,6 +65,7 @@ from trainers.atft_gat.record import (
     record_timing,
 )
 from trainers.context import TrialContext
+from trainers.errors import StopRequested
 from trainers.metrics import panel_metrics
 from trainers.progress import phase_of
 from trainers.runtime import (
@@ -88,7 +89,7 @@ MIN_IMPROVEMENT = 1e-6
 # -- batches --------------------------------------------------------------------------------
 def epoch_batches(panel: Panel, y_z: torch.Tensor, graphs: DateGraphs, order: np.ndarray, *,
                   dates_per_step: int, steps: int, lookback: int, with_graph: bool,
-                  prefetch: bool) -> Iterator[tuple[Batch, float]]:
+                  prefetch: bool, skip: int = 0) -> Iterator[tuple[Batch, float]]:
     """The epoch's batches in ``order``, each with the seconds the loop waited for it.
 
     With ``prefetch`` the next batch is built in a background thread while the caller trains
@@ -96,7 +97,7 @@ def epoch_batches(panel: Panel, y_z: torch.Tensor, graphs: DateGraphs, order: np
     batches and their order are the same either way.
     """
     chunks = [np.sort(order[i * dates_per_step:(i + 1) * dates_per_step]) for i in range(steps)]
-    chunks = [c for c in chunks if len(c)]
+    chunks = [c for c in chunks if len(c)][skip:]  # the first `skip` ran before a resume
 
     def build(dates: np.ndarray) -> Batch:
         return make_batch(panel, y_z, graphs, dates, lookback=lookback, with_graph=with_graph)
@@ -131,20 +132,41 @@ class EpochFit:
     def mean_loss(self) -> float:
         return float(np.mean(self.losses)) if self.losses else float("nan")
 
+    def state(self, epoch: int) -> dict[str, Any]:
+        """This part of epoch ``epoch`` (0-based) as a checkpoint's ``partial``."""
+        return {"epoch": epoch, "losses": list(self.losses), "samples": self.samples,
+                "batch_seconds": self.batch_seconds}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> EpochFit:
+        return cls(losses=list(state["losses"]), batch_seconds=float(state["batch_seconds"]),
+                   samples=int(state["samples"]))
+
 
 def train_epoch(runner: StepRunner, inp: Inputs, config: TrainConfig, order: np.ndarray, *,
                 with_graph: bool, dates_per_step: int, steps: int, epoch: int | None = None,
-                epochs: int | None = None) -> EpochFit:
-    """Step 3 for one epoch: ``steps`` runtime steps over the dates of ``order``."""
+                epochs: int | None = None, resumed: EpochFit | None = None,
+                boundary: Callable[[EpochFit], None] | None = None) -> EpochFit:
+    """Step 3 for one epoch: ``steps`` runtime steps over the dates of ``order``.
+
+    ``resumed``: the part of this epoch a mid-epoch checkpoint holds (its steps are not run
+    again). ``boundary(fit)`` is called before every step, with the steps done so far: the
+    recipe's chance to save a step checkpoint or stop there."""
     runner.module.train()
-    fit = EpochFit()
-    progress = phase_of(runner.ctx, "train", total=min(steps, -(-len(order) // dates_per_step)),
-                        unit="steps", epoch=epoch, epochs=epochs)
+    fit = resumed or EpochFit()
+    total = min(steps, -(-len(order) // dates_per_step))
+    progress = phase_of(runner.ctx, "train", total=total, unit="steps", epoch=epoch,
+                        epochs=epochs)
+    if fit.losses:
+        progress.advance(len(fit.losses))
     # On a GPU the next batch is assembled on the CPU while this one trains.
     for batch, waited in epoch_batches(inp.panel, inp.y_z, inp.graphs, order,
                                        dates_per_step=dates_per_step, steps=steps,
                                        lookback=config.lookback, with_graph=with_graph,
-                                       prefetch=runner.device.type == "cuda"):
+                                       prefetch=runner.device.type == "cuda",
+                                       skip=len(fit.losses)):
+        if boundary is not None:
+            boundary(fit)
         fit.batch_seconds += waited
 
         def loss_fn(s: slice, batch: Batch = batch) -> torch.Tensor:
@@ -183,18 +205,21 @@ def train(config: TrainConfig, ctx: TrialContext) -> dict[str, float]:
     # model and runtime
     runner, model_fit = new_model(inp, config, ctx)
     start_epoch, saved = resume(runner, ctx, config=config, extra={
-        "best": {"ic": -math.inf, "epoch": 0, "weights": None}, "stale": 0})
+        "best": {"ic": -math.inf, "epoch": 0, "weights": None}, "stale": 0},
+        optional={"partial": None})
     record_timing(ctx, setup_seconds=time.perf_counter() - t_setup,
                   graph_seconds=inp.graph_seconds)
 
     # 3-5. per epoch: train, validate, select the best epoch, report, checkpoint
-    def checkpoint(epoch: int, best: dict[str, Any], stale: int) -> None:
+    def checkpoint(epoch: int, best: dict[str, Any], stale: int,
+                   partial: dict[str, Any] | None = None) -> None:
         save_checkpoint(runner, ctx, config=config, epoch=epoch,
-                        extra={"best": best, "stale": stale})
+                        extra={"best": best, "stale": stale, "partial": partial})
 
     fitted = fit_epochs(runner, inp, config, ctx, model_fit, start_epoch=start_epoch,
                         best=saved["best"], stale=saved["stale"], report=ctx.report,
-                        checkpoint=checkpoint, epochs_done=len(ctx.history))
+                        checkpoint=checkpoint, epochs_done=len(ctx.history),
+                        partial=saved["partial"])
 
     # the scored model (step 5), its predictions and the run's record
     record_run(ctx, selected_epoch=fitted.best["epoch"] if len(inp.select_dates) else None,
@@ -239,7 +264,7 @@ def new_model(inp: Inputs, config: TrainConfig, ctx: TrialContext
     # after an out-of-memory error, never by default.
     runner = StepRunner(model, config.runtime(), ctx=ctx,
                         total_steps=steps_per_epoch * len(plan),
-                        batch_size=max(config.batch_size, rows_per_step))
+                        batch_size=max(config.batch_size, rows_per_step), checks_stop=False)
     ctx.set_attr(attrs.N_PARAMS, sum(p.numel() for p in model.parameters()))
     ctx.set_attr(DATES_PER_STEP, dates_per_step)
     return runner, ModelFit(plan=plan, dates_per_step=dates_per_step,
@@ -249,12 +274,21 @@ def new_model(inp: Inputs, config: TrainConfig, ctx: TrialContext
 def fit_epochs(runner: StepRunner, inp: Inputs, config: TrainConfig, ctx: TrialContext,
                fit_plan: ModelFit, *, start_epoch: int, best: dict[str, Any], stale: int,
                report: Callable[[int, dict[str, Any]], None],
-               checkpoint: Callable[[int, dict[str, Any], int], None],
-               epochs_done: int, label: str = "") -> Fitted:
+               checkpoint: Callable[..., None],
+               epochs_done: int, label: str = "",
+               partial: dict[str, Any] | None = None) -> Fitted:
     """Steps 3-5 for one model from ``start_epoch``: per epoch train, validate, select the
-    best epoch, ``report(epoch, row)``, ``checkpoint(epoch, best, stale)``; then the scored
-    model (``score_selected``). ``epochs_done``: epochs this model had finished before (what a
-    run resumed after its last epoch scores)."""
+    best epoch, ``report(epoch, row)``, ``checkpoint(epoch, best, stale, partial=None)``; then
+    the scored model (``score_selected``). ``epochs_done``: epochs this model had finished
+    before (what a run resumed after its last epoch scores).
+
+    Inside an epoch, before each step: when the context asks to stop (SIGTERM, Ctrl-C) or a
+    periodic step checkpoint is due (``ctx.checkpoint_every_s``), ``checkpoint`` is called
+    with ``partial`` (the epoch's steps done, their losses) and, to stop, StopRequested is
+    raised; a stop during validation keeps the epoch's whole training. ``partial`` from the
+    checkpoint resumes that epoch at that step: the runner's state (model, optimizer,
+    scheduler, scaler, RNG) is the checkpoint's and the batch order depends on (seed, epoch)
+    only, so the run ends with the values an uninterrupted one has."""
     plan = fit_plan.plan
     base_lrs = list(runner.scheduler.base_lrs)
     metrics: dict[str, float] = {}
@@ -271,15 +305,33 @@ def fit_epochs(runner: StepRunner, inp: Inputs, config: TrainConfig, ctx: TrialC
         with_graph = phase != "baseline"
         # Shuffle order depends only on (seed, epoch): a resumed run replays it exactly.
         order = np.random.default_rng([ctx.seed, epoch]).permutation(inp.train_dates)
+        resumed = (EpochFit.from_state(partial) if partial and partial["epoch"] == epoch
+                   else None)
+        partial = None
+
+        def boundary(fit: EpochFit, epoch: int = epoch, best: dict[str, Any] = best,
+                     stale: int = stale) -> None:
+            reason = ctx.should_stop()
+            if reason or ctx.checkpoint_due():
+                checkpoint(epoch, best, stale, partial=fit.state(epoch))
+            if reason:
+                raise StopRequested(reason)
+
         fit = train_epoch(runner, inp, config, order, with_graph=with_graph,
                           dates_per_step=fit_plan.dates_per_step,
-                          steps=fit_plan.steps_per_epoch, epoch=epoch + 1, epochs=len(plan))
+                          steps=fit_plan.steps_per_epoch, epoch=epoch + 1, epochs=len(plan),
+                          resumed=resumed, boundary=boundary)
         step_seconds += fit.step_seconds
         train_seconds = time.perf_counter() - t0
 
         t1 = time.perf_counter()
-        metrics, preds, watched = validate_epoch(runner, inp, config, with_graph=with_graph,
-                                                 epoch=epoch + 1, epochs=len(plan))
+        try:
+            metrics, preds, watched = validate_epoch(runner, inp, config,
+                                                     with_graph=with_graph, epoch=epoch + 1,
+                                                     epochs=len(plan))
+        except StopRequested:  # the epoch's training is kept; validation reruns
+            checkpoint(epoch, best, stale, partial=fit.state(epoch))
+            raise
         metrics["train_loss"] = fit.mean_loss
         val_seconds = time.perf_counter() - t1
         epoch_seconds.append(round(time.perf_counter() - t0, 3))
@@ -388,6 +440,8 @@ def validate(runner: StepRunner, panel: Panel, y_z: torch.Tensor, graphs: DateGr
     progress = phase_of(runner.ctx, "validate", total=len(val_dates), unit="dates",
                         epoch=epoch, epochs=epochs)
     for dates in pack_dates(panel, val_dates, lambda: runner.micro_batch):
+        if runner.ctx is not None and (reason := runner.ctx.should_stop()):
+            raise StopRequested(reason)
         b = make_batch(panel, y_z, graphs, dates, lookback=config.lookback,
                        with_graph=with_graph)
 

@@ -11,7 +11,9 @@ running figures; the Wilcoxon pruner on the folds' own, paired with the best tri
 The objectives, once every fold is done, are the walk-forward backtest's: ``rank_ic`` the mean
 per-date RankIC over every block's dates, ``sharpe`` / ``sharpe_net`` / ``turnover`` those of
 the concatenated daily long-short, ``val_loss`` the date-weighted mean of the folds'.
-``predictions.parquet`` holds every block's rows with a column ``fold`` (1-based); the trial
+``predictions.parquet`` holds every block's rows with a column ``fold`` (1-based), rewritten
+after each fold, so a trial pruned after k folds keeps their rows (the PBO and the effective
+number of trials of ``hpo.evaluate`` read them, on the dates every trial has); the trial
 attrs ``folds`` (each fold's ``train`` and ``validation`` first and last dates) and
 ``fold_metrics`` (each fold's figures, epochs and selected epoch) show the rest.
 
@@ -20,8 +22,9 @@ the latest block: ``hpo.evaluate`` opens the test period with it (the README say
 ``hpo.refit`` trains the configuration again on every date once the test period is open.
 
 Checkpoints: after every epoch (the fold's runner, its epoch-selection state, the finished
-folds' predictions) and after every fold but the last; a killed trial resumes inside the fold
-it reached, and ends with the values an uninterrupted run has.
+folds' predictions), inside an epoch on a stop or every ``checkpoint_every_s`` (``train.py``'s
+``fit_epochs``), and after every fold but the last; a killed trial resumes inside the fold and
+the epoch it reached, and ends with the values an uninterrupted run has.
 """
 
 from __future__ import annotations
@@ -112,17 +115,19 @@ def train(config: TrainConfig, ctx: TrialContext) -> dict[str, float]:
         def report(epoch: int, row: dict[str, Any], history: list = history) -> None:
             history.append({"epoch": epoch, **row})
 
-        def checkpoint(epoch: int, best: dict[str, Any], stale: int, k: int = k,
+        def checkpoint(epoch: int, best: dict[str, Any], stale: int,
+                       partial: dict[str, Any] | None = None, k: int = k,
                        history: list = history, runner: Any = runner) -> None:
             ctx.checkpoint({"runner": runner.state_dict(), "config": to_mapping(config),
-                            "best": best, "stale": stale,
+                            "best": best, "stale": stale, "partial": partial,
                             STATE_KEY: {"fold": k, "done": done, "history": history}},
                            epoch=epoch)
 
         fitted = fit_epochs(runner, inp, config, ctx, fit_plan, start_epoch=start, best=best,
                             stale=stale, report=report, checkpoint=checkpoint,
                             epochs_done=start if inside else 0,
-                            label=f"fold {k + 1}/{len(folds)} ")
+                            label=f"fold {k + 1}/{len(folds)} ",
+                            partial=state.get("partial") if inside else None)
         final_batch = runner.micro_batch
         if not math.isfinite(fitted.metrics.get("train_loss", math.nan)) and history:
             # resumed after the fold's last epoch: its loss is in the fold's history
@@ -136,6 +141,7 @@ def train(config: TrainConfig, ctx: TrialContext) -> dict[str, float]:
                      "history": history})
         running = combined(done, config)
         ctx.set_attr(FOLD_METRICS, fold_metrics(done))
+        write_folds(ctx, done)  # a trial pruned after this fold keeps the folds it finished
         last = k == len(folds) - 1
         if last:  # before the report: a pruned last fold still leaves its model
             save_model(ctx.output_dir / "model.pt", runner, config, panel=inp.panel,
@@ -152,11 +158,16 @@ def train(config: TrainConfig, ctx: TrialContext) -> dict[str, float]:
 
     record_run(ctx, selected_epoch=None, epoch_seconds=epoch_seconds,
                step_seconds=step_seconds, final_batch_size=final_batch)
+    write_folds(ctx, done)
+    return combined(done, config)
+
+
+def write_folds(ctx: TrialContext, done: list[dict[str, Any]]) -> None:
+    """``predictions.parquet``: the finished folds' validation rows with their ``fold``."""
     preds = {key: np.concatenate([d["preds"][key] for d in done]) for key in done[0]["preds"]}
     preds["fold"] = np.concatenate([np.full(len(d["preds"]["date"]), d["fold"], dtype=np.int64)
                                     for d in done])
     write_predictions(ctx.output_dir / "predictions.parquet", preds)
-    return combined(done, config)
 
 
 def fold_metrics(done: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -37,21 +37,24 @@ RESERVED_KEYS = frozenset({"runner", "config", "epoch", "history"})
 
 
 def resume(runner: StepRunner, ctx: TrialContext, *, config: Any,
-           extra: Mapping[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
+           extra: Mapping[str, Any] | None = None,
+           optional: Mapping[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
     """Continue from the newest checkpoint, if there is one.
 
     Returns the number of epochs already completed (0 for a fresh start: the first epoch to
     run) and the recipe's extra state: each name of ``extra`` with its saved value, or with
-    the value ``extra`` gives when there is nothing to resume.
+    the value ``extra`` gives when there is nothing to resume; each name of ``optional`` the
+    same, its default also standing in for a checkpoint written without it.
 
     Raises:
         UserError: the checkpoint was written with other run settings (machine settings
             such as ``device`` may differ), or lacks one of the ``extra`` names.
     """
     fresh = dict(extra or {})
+    maybe = dict(optional or {})
     state = ctx.restore()
     if state is None or "epoch" not in state:
-        return 0, fresh
+        return 0, {**fresh, **maybe}
     check_resumable({**state, "config": _saved_settings(state, config)}, config, ctx)
     missing = sorted(set(fresh) - set(state))
     if missing:
@@ -61,7 +64,8 @@ def resume(runner: StepRunner, ctx: TrialContext, *, config: Any,
     runner.load_state_dict(state["runner"] if "runner" in state else state)
     epoch = int(state["epoch"])
     ctx.log(f"resumed after epoch {epoch}")
-    return epoch, {name: state[name] for name in fresh}
+    return epoch, {**{name: state[name] for name in fresh},
+                   **{name: state.get(name, default) for name, default in maybe.items()}}
 
 
 def save_checkpoint(runner: StepRunner, ctx: TrialContext, *, config: Any, epoch: int,

@@ -89,6 +89,7 @@ class StepRunner:
         ctx: TrialContext | None,
         total_steps: int,
         batch_size: int,
+        checks_stop: bool = True,
     ) -> None:
         if not isinstance(cfg, RuntimeConfig):
             raise TypeError(f"cfg must be a RuntimeConfig, got {type(cfg).__name__}")
@@ -96,6 +97,8 @@ class StepRunner:
         batch_size = _positive_int("batch_size", batch_size)
         self.cfg = cfg
         self.ctx = ctx
+        # False: the recipe checks ``ctx.should_stop()`` itself, to checkpoint mid-epoch first.
+        self.checks_stop = checks_stop
         self.device = select_device(cfg.device)
         self.precision = choose_precision(self.device, cfg.precision)
         self.module = model.to(self.device)
@@ -196,7 +199,7 @@ class StepRunner:
         optimizers allocate their state before touching any parameter, so this is not seen
         in practice.
         """
-        if self.ctx is not None and (reason := self.ctx.should_stop()):
+        if self.checks_stop and self.ctx is not None and (reason := self.ctx.should_stop()):
             raise StopRequested(reason)
         n_samples = _positive_int("n_samples", n_samples)
         step_no = self.step_count + 1

@@ -130,6 +130,9 @@ def test_a_killed_trial_resumes_inside_its_fold_to_the_uninterrupted_values(
     with pytest.raises(Killed):
         WORKLOAD.train(config, KilledAfter(folder, seed=0, cache_dir=ctx.cache_dir,
                                            after=after))
+    if after == 3:  # fold 1 finished: its rows are on disk, as a pruned trial keeps them
+        kept = pl.read_parquet(folder / "predictions.parquet")
+        assert kept["fold"].unique().to_list() == [1]
     again = TrialContext(folder, seed=0, cache_dir=ctx.cache_dir)
     resumed = WORKLOAD.train(config, again)
     assert resumed == metrics
