@@ -36,6 +36,9 @@ FAIL_REASON = "fail_reason"
 STOPPED_BY = "stopped_by"
 # {"count", "times"}: the SIGTERMs (preemptions) of the trial and the trials it retries.
 PREEMPTED = "preempted"
+# The environment fault (full disk, read-only filesystem) that stopped the trial; it was
+# queued again, not charged (hpo.faults).
+ENVIRONMENT_FAULT = "environment_fault"
 RETRY_OF = "retry_of"
 RESUMED_FROM = "resumed_from"
 TRAIN_SECONDS = "train_seconds"

@@ -24,6 +24,7 @@ from hpo import attrs
 from hpo.attrs import EPOCHS_PLANNED as EPOCHS_PLANNED_ATTR
 from hpo.attrs import PRUNED_AT as PRUNED_AT_ATTR
 from hpo.config import SINGLE_OBJECTIVE_PRUNERS, Param, PrunerSpec, RunSpec, StudySpec
+from hpo.faults import EnvironmentFault, environment_fault
 from hpo.pruners import get_kind
 from hpo.pruning import MOASHA, epoch_values_key, records_at
 from hpo.study import trial_dir, trial_seed
@@ -243,8 +244,9 @@ class Objective:
         if self.stop_requested:
             ctx.request_stop(self.stop_requested)
         ctx.set_attr("output_dir", str(out))
-        if trial.user_attrs.get(attrs.STOPPED_BY):  # a retry copies the stopped trial's attrs
-            ctx.set_attr(attrs.STOPPED_BY, None)
+        for key in (attrs.STOPPED_BY, attrs.ENVIRONMENT_FAULT):
+            if trial.user_attrs.get(key):  # a retry copies the stopped trial's attrs
+                ctx.set_attr(key, None)
         ctx.set_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         ctx.set_attr("seed", seed)
         if history:
@@ -277,6 +279,12 @@ class Objective:
             ctx.set_attr("fail_reason", str(exc))
             raise
         except Exception as exc:  # a crash in one trial must not end an overnight study
+            fault = environment_fault(exc)
+            if fault is not None:  # the machine's, not the trial's: queued again, not charged
+                ctx.set_attr("fail_reason", f"environment: {fault}; retried later")
+                ctx.set_attr(attrs.ENVIRONMENT_FAULT, fault)
+                self._enqueue_retry(trial)
+                raise EnvironmentFault(fault) from None
             ctx.set_attr("fail_reason", f"{type(exc).__name__}: {exc}")
             atomic_write_bytes(out / "traceback.txt", traceback.format_exc().encode(),
                                durable=False)

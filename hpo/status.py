@@ -153,7 +153,8 @@ def failures(trials: list[FrozenTrial], *, limit: int = SHOWN_FAILURES) -> list[
     """The newest ``limit`` failed trials (surplus ones are not failures) and their reasons."""
     failed = [t for t in trials
               if t.state == TrialState.FAIL and not t.user_attrs.get(attrs.SURPLUS)
-              and not t.user_attrs.get(attrs.STOPPED_BY)]
+              and not t.user_attrs.get(attrs.STOPPED_BY)
+              and not t.user_attrs.get(attrs.ENVIRONMENT_FAULT)]
     return [{"number": t.number, "reason": t.user_attrs.get(attrs.FAIL_REASON) or NO_REASON}
             for t in sorted(failed, key=lambda t: -t.number)[:limit]]
 
@@ -166,10 +167,12 @@ def collect_status(study: optuna.Study, storage: optuna.storages.BaseStorage, *,
     names = metric_names(study)
     trials = study.get_trials(deepcopy=False)
     counts = dict.fromkeys(["complete", "pruned", "failed", "running", "waiting", "surplus",
-                            "preempted", "interrupted"], 0)
+                            "preempted", "interrupted", "environment"], 0)
     for t in trials:
         stopped = t.state == TrialState.FAIL and t.user_attrs.get(attrs.STOPPED_BY)
-        if t.state == TrialState.FAIL and t.user_attrs.get(attrs.SURPLUS):
+        if t.state == TrialState.FAIL and t.user_attrs.get(attrs.ENVIRONMENT_FAULT):
+            counts["environment"] += 1  # the machine's fault (hpo.faults): queued again
+        elif t.state == TrialState.FAIL and t.user_attrs.get(attrs.SURPLUS):
             counts["surplus"] += 1  # lost the race for the last slot: not a real failure
         elif stopped:  # stopped by a signal and queued again: not a failure of the trial
             counts["preempted" if stopped == "SIGTERM" else "interrupted"] += 1
@@ -282,6 +285,8 @@ def render(status: dict[str, Any]) -> str:
     lines.append(progress)
     saved = f" (saved {s['epochs_saved']} epochs)" if s["epochs_saved"] else ""
     stops = "".join(f", {c[k]} {k}" for k in ("preempted", "interrupted") if c.get(k))
+    if c.get("environment"):
+        stops += f", {c['environment']} stopped by the environment (disk, filesystem)"
     lines.append(f"trials: {c['complete']} complete, {c['pruned']} pruned{saved}, "
                  f"{c['failed']} failed{stops}, "
                  f"{c['running']} running, {c['waiting']} waiting"

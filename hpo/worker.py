@@ -17,6 +17,7 @@ import gc
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Container
@@ -28,6 +29,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpo import attrs
 from hpo.config import StudySpec
+from hpo.faults import EnvironmentFault
 from hpo.objective import Objective
 from hpo.progress import Progress
 from hpo.results import ParetoFront, write_results
@@ -210,6 +212,11 @@ class Worker:
             log.warning("trial interrupted and queued for retry; rerun the same command "
                         "to resume")
             code = interrupted_exit(self.objective.stop_requested)
+        except EnvironmentFault as exc:
+            # Every trial would hit it: stop at the first, the trial queued again.
+            print(f"error: {exc} (trial {self.number} is queued again)", file=sys.stderr)
+            self.outcome = None
+            code = EXIT_FAILED
         except KeyboardInterrupt:
             code = EXIT_INTERRUPTED
         except Exception as exc:

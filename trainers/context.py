@@ -103,6 +103,25 @@ def atomic_write_json(path: Path, obj: Any, *, durable: bool = True) -> None:
                        durable=durable)
 
 
+# Kept free beside a file about to be written: its checksum, the directory entry, the log.
+FREE_SPACE_MARGIN = 1 << 20
+
+
+def check_free_space(path: Path, size: int) -> None:
+    """Raise ``DiskFull`` (path, bytes needed, bytes free) when the filesystem of ``path``
+    has no room for ``size`` bytes and a margin: checked before a checkpoint is written, so a
+    full disk stops the run with a clear line instead of a half-written file."""
+    import shutil
+
+    from trainers.errors import DiskFull
+
+    folder = Path(path).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(folder).free
+    if free < size + FREE_SPACE_MARGIN:
+        raise DiskFull(str(path), needed=size + FREE_SPACE_MARGIN, free=free)
+
+
 # Settings that describe the machine rather than the run: a checkpoint may resume elsewhere.
 MACHINE_FIELDS = frozenset({"device", "precision", "compile", "min_batch"})
 
@@ -266,6 +285,7 @@ class TrialContext:
         torch.save({**state, "epoch": int(epoch), "history": self.history}, buf)
         data = buf.getvalue()
         path = self.checkpoint_path
+        check_free_space(path, len(data))
         if path.exists():  # the last good one stays until this one is on disk, checksummed
             previous = path.with_name(PREVIOUS_CHECKPOINT_NAME)
             os.replace(path, previous)

@@ -88,7 +88,7 @@ def test_collect_status_on_every_backend(storage_url: str) -> None:
     s = collect_status(study, storage, grace_period=GRACE, url=storage_url,
                        now=live.datetime_start + timedelta(seconds=30))
     assert s["counts"] == {"complete": 2, "pruned": 1, "failed": 1, "running": 2, "waiting": 1,
-                           "surplus": 1, "preempted": 0, "interrupted": 0}
+                           "surplus": 1, "preempted": 0, "interrupted": 0, "environment": 0}
     assert (s["target"], s["finished"], s["observed_trials"]) == (10, 3, 3)
     assert s["mean_trial_s"] == pytest.approx(90.0)
     # one live worker (the zombie's does not count); 7 trials of 90 s, 30 s of one done

@@ -28,6 +28,7 @@ class ToyConfig:
     steps: int = 0             # > 0: the epoch's sleep is cut into this many progress steps
     fail_on_width: int = -1    # raise TrialFailed when width equals this
     diverge: bool = False      # return a NaN loss
+    payload_kb: int = 0        # extra bytes in each checkpoint (to fill a small disk)
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("sgd", "momentum"):
@@ -54,7 +55,8 @@ def train(config: ToyConfig, ctx: TrialContext) -> dict[str, float]:
         if config.diverge:
             raise TrialPruned(f"loss became nan at step {epoch}")
         ctx.report(epoch + 1, {"loss": loss, "score": -math.log1p(loss), "x": x})
-        ctx.checkpoint({"x": x, "velocity": velocity}, epoch=epoch + 1)
+        ctx.checkpoint({"x": x, "velocity": velocity,
+                        "payload": os.urandom(config.payload_kb * 1024)}, epoch=epoch + 1)
         if config.steps > 0:
             with ctx.phase("train", total=config.steps, unit="steps", epoch=epoch + 1,
                            epochs=config.epochs) as progress:
