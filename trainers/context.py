@@ -140,15 +140,19 @@ def _checksum(data: bytes) -> dict[str, Any]:
     return {"bytes": len(data), "blake3": blake3.blake3(data).hexdigest()}
 
 
-def _load_checked(path: Path) -> dict[str, Any]:
-    """Load a checkpoint after checking it against its ``.sum`` (a file written before
-    checksums, with no ``.sum``, is only required to load)."""
-    import io
+def write_with_checksum(path: Path, data: bytes) -> None:
+    """Write ``data`` atomically and durably, with its length and BLAKE3 digest beside it in
+    ``<path>.sum`` (what :func:`verified_bytes` checks before the file is used)."""
+    check_free_space(path, len(data))
+    atomic_write_bytes(path, data)
+    atomic_write_bytes(_sum_path(path), json.dumps(_checksum(data)).encode())
 
-    import torch
 
-    data = path.read_bytes()
-    sum_file = _sum_path(path)
+def verified_bytes(path: Path) -> bytes:
+    """The bytes of ``path``, checked against its ``.sum`` when it has one (a file written
+    before checksums has none); raises ``CheckpointDamaged`` with the difference."""
+    data = Path(path).read_bytes()
+    sum_file = _sum_path(Path(path))
     if sum_file.exists():
         try:
             expected = json.loads(sum_file.read_text())
@@ -160,6 +164,17 @@ def _load_checked(path: Path) -> dict[str, Any]:
                                     f"{expected.get('bytes')}")
         if got["blake3"] != expected.get("blake3"):
             raise CheckpointDamaged("its BLAKE3 digest differs from the one written with it")
+    return data
+
+
+def _load_checked(path: Path) -> dict[str, Any]:
+    """Load a checkpoint after checking it against its ``.sum`` (a file written before
+    checksums, with no ``.sum``, is only required to load)."""
+    import io
+
+    import torch
+
+    data = verified_bytes(path)
     try:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
     except Exception as exc:  # noqa: BLE001 - any failure to load is damage

@@ -12,7 +12,7 @@ import torch
 from trainers.atft_gat.config import TrainConfig
 from trainers.atft_gat.data import Panel
 from trainers.config import to_mapping
-from trainers.context import atomic_write_bytes
+from trainers.context import atomic_write_bytes, write_with_checksum
 from trainers.runtime import StepRunner
 
 
@@ -39,4 +39,4 @@ def save_model(path: Path, runner: StepRunner, config: TrainConfig, *, panel: Pa
                 "feature_names": list(panel.feature_names),
                 "feature_mean": panel.feature_mean, "feature_std": panel.feature_std,
                 "with_graph": bool(with_graph)}, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    write_with_checksum(path, buf.getvalue())  # model.pt.sum: checked before every load

@@ -23,6 +23,7 @@ pipeline. Rows whose ``metric_horizon`` target is missing are dropped, as in val
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ from trainers.atft_gat.train import (
     zscore_targets,
 )
 from trainers.config import from_mapping
+from trainers.context import CheckpointDamaged, verified_bytes
 from trainers.errors import UserError
 from trainers.heldout import file_digest
 
@@ -97,7 +99,16 @@ def load_trained(trial_dir: Path) -> TrainedModel:
     if not path.is_file():
         raise UserError(f"no {MODEL_FILE} in {trial_dir}: the trial did not finish training, or "
                         "its outputs are under another --output directory")
-    saved: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        data = verified_bytes(path)
+        saved: dict[str, Any] = torch.load(io.BytesIO(data), map_location="cpu",
+                                           weights_only=False)
+    except CheckpointDamaged as exc:
+        raise UserError(f"{path} is damaged ({exc}); it cannot be trusted: run the trial "
+                        "again (or restore the file from a backup)") from None
+    except Exception as exc:  # noqa: BLE001 - a file that does not load is damaged too
+        raise UserError(f"{path} does not load ({str(exc).splitlines()[0][:120]}); run the "
+                        "trial again") from None
     config = from_mapping(TrainConfig, saved["config"], where=str(path))
     names = saved.get("feature_names")
     if names is None:

@@ -118,3 +118,26 @@ def test_a_walk_forward_trial_refits_with_its_last_folds_epochs() -> None:
              {"fold": 2, "epochs": 4, "selected_epoch": 2}]
     assert refit_epochs({"fold_metrics": folds}, 2) == 2
     assert refit_epochs({"fold_metrics": folds[:1]}, 1) == 5
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_a_damaged_model_file_is_refused_in_one_line(tmp_path: Path, damage: str) -> None:
+    from trainers.atft_gat.predict import load_trained
+
+    torch.set_num_threads(1)
+    ctx = TrialContext(tmp_path / "t", seed=0, cache_dir=tmp_path / "cache", progress=False)
+    refit(TrainConfig(**TINY), ctx, through=None, epochs=1)
+    model = tmp_path / "t" / "model.pt"
+    assert (tmp_path / "t" / "model.pt.sum").is_file()
+    load_trained(tmp_path / "t")  # intact: loads
+    data = bytearray(model.read_bytes())
+    if damage == "truncate":
+        model.write_bytes(bytes(data[: len(data) // 2]))
+    else:
+        data[len(data) // 2] ^= 0xFF  # one flipped bit-pattern, same length
+        model.write_bytes(bytes(data))
+    with pytest.raises(UserError) as err:
+        load_trained(tmp_path / "t")
+    text = str(err.value)
+    assert "is damaged" in text and "\n" not in text
+    assert ("bytes, its checksum says" if damage == "truncate" else "BLAKE3") in text
