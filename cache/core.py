@@ -47,7 +47,7 @@ from cache._source import (
     resolve_source,
 )
 from cache._writer import fsync_dir, write_cache_files
-from cache.errors import CacheError
+from cache.errors import CacheError, check_free_space
 from cache.feature_cache import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -199,6 +199,10 @@ def _build_locked(source: Source, spec: CacheSpec, *, content_hash: str, key: st
         schema = dict(frame.schema) if frame is not None else file_schema(source)
         features, targets = columns_of(source, frame, spec, where=where, schema=schema)
         keys = read_keys(iter_chunks(source, frame, [DATE_COLUMN, CODE_COLUMN]), where)
+        # The dense (dates, stocks, columns) float32 arrays and the presence mask, before
+        # anything is written: a full disk is one line naming the bytes, not a torn build.
+        cells = len(keys.dates) * len(keys.codes)
+        check_free_space(str(tmp), cells * (4 * (len(features) + len(targets)) + 1))
         manifest = {
             "format": FORMAT_NAME,
             "format_version": FORMAT_VERSION,

@@ -1,4 +1,4 @@
-"""The cache's one error type.
+"""The cache's errors.
 
 A :class:`CacheError` is a mistake the user can fix (a bad source, a damaged or outdated
 cache), with a one-line message that says how. ``python -m cache.build``/``cache.info``
@@ -12,3 +12,31 @@ from __future__ import annotations
 
 class CacheError(ValueError):
     """A problem in the cache's input, with a message that says how to fix it."""
+
+
+class NoSpace(OSError):
+    """Not enough free space where a file must go (``errno.ENOSPC``): an environment fault,
+    not the user's. Raised before a build writes its arrays (the bytes are known then); the
+    message names the path, the bytes needed and free, and what to do."""
+
+    def __init__(self, path: str, *, needed: int | None, free: int | None) -> None:
+        import errno
+
+        self.path, self.needed, self.free = str(path), needed, free
+        need = f"{needed:,} bytes needed, " if needed is not None else ""
+        have = f"{free:,} free" if free is not None else "free space unknown"
+        super().__init__(errno.ENOSPC, f"no space left on device for {path} ({need}{have}); "
+                         "free space on that filesystem and rerun the same command")
+
+    def __str__(self) -> str:
+        return str(self.args[1])
+
+
+def check_free_space(path: str, needed: int) -> None:
+    """Raise :class:`NoSpace` when the filesystem of ``path`` (a directory) has fewer than
+    ``needed`` free bytes."""
+    import shutil
+
+    free = shutil.disk_usage(path).free
+    if free < needed:
+        raise NoSpace(path, needed=needed, free=free)

@@ -22,6 +22,7 @@ import errno
 import shutil
 from pathlib import Path
 
+from cache.errors import NoSpace
 from trainers.errors import DiskFull
 
 ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
@@ -38,7 +39,7 @@ def environment_fault(exc: BaseException) -> str | None:
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, DiskFull):
+        if isinstance(current, NoSpace):  # the service's own check: the bytes are known
             return str(current)
         if isinstance(current, OSError) and current.errno in ENVIRONMENT_ERRNOS:
             return describe_os_error(current)

@@ -7,6 +7,8 @@ Anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+from cache.errors import NoSpace
+
 
 class UserError(Exception):
     """A problem in the user's input, with a message that says how to fix it."""
@@ -27,22 +29,10 @@ class StopRequested(Exception):
     """A signal (SIGINT/SIGTERM) asked the trial to stop; the trial will be retried later."""
 
 
-class DiskFull(OSError):
+class DiskFull(NoSpace):
     """Not enough free space where a file must go: an environment fault, not the trial's.
 
-    Raised by the disk-space check before a checkpoint is written (the bytes are known then),
-    and the shape every ENOSPC takes once it reaches ``hpo``: the path, the bytes needed when
-    known, the bytes free. The message says what to free and where.
+    Raised by the disk-space check before a checkpoint or a model is written (the bytes are
+    known then); the message names the path, the bytes needed and free, and what to free.
+    The cache raises its parent, ``cache.errors.NoSpace``, before a build writes its arrays.
     """
-
-    def __init__(self, path: str, *, needed: int | None, free: int | None) -> None:
-        import errno
-
-        self.path, self.needed, self.free = str(path), needed, free
-        need = f"{needed:,} bytes needed, " if needed is not None else ""
-        have = f"{free:,} free" if free is not None else "free space unknown"
-        super().__init__(errno.ENOSPC, f"no space left on device for {path} ({need}{have}); "
-                         "free space on that filesystem and rerun the same command")
-
-    def __str__(self) -> str:
-        return str(self.args[1])

@@ -78,3 +78,19 @@ def test_an_enospc_anywhere_inside_a_trial_is_an_environment_fault() -> None:
     assert "3,000 bytes needed, 10 free" in str(DiskFull("/x", needed=3000, free=10))
     ro = OSError(errno.EROFS, "Read-only file system", "/mnt/ro/out")
     assert environment_fault(ro).startswith("read-only filesystem at /mnt/ro/out")
+
+
+def test_a_cache_build_that_cannot_fit_says_how_many_bytes_before_writing(
+        small_disk: Path) -> None:
+    from cache import CacheSpec, load_or_build
+    from cache.errors import NoSpace
+    from trainers.atft_gat.synthetic import generate_market
+
+    market = generate_market(n_stocks=200, n_dates=500, seed=0)
+    (small_disk / "filler").write_bytes(b"\0" * (11 * 1024 * 1024))
+    root = small_disk / "cache"
+    with pytest.raises(NoSpace) as err:
+        load_or_build(market, root, CacheSpec(target_columns=("ret_1d",)))
+    assert "bytes needed" in str(err.value) and err.value.needed > err.value.free
+    assert environment_fault(err.value) == str(err.value)
+    assert not [p for p in root.iterdir() if p.name.startswith(".tmp-")]  # nothing torn
