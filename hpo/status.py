@@ -51,12 +51,22 @@ def heartbeat_ages(storage: optuna.storages.BaseStorage, study_id: int) -> dict[
     Read from Optuna's ``trial_heartbeats`` table, with "now" taken from the database clock
     (as Optuna's own stale-trial check does), so the clocks of the watching host and of the
     workers never mix. Trials of a study run without heartbeats have no row and are absent.
+    Through the storage proxy it is the trial system attr ``hpo:heartbeat`` against this
+    host's clock (the proxy has no heartbeat table).
     """
     import sqlalchemy
 
     engine = getattr(storage, "engine", None)
-    if engine is None:  # not an RDB storage: no heartbeat table to read
-        return {}
+    if engine is None:  # behind the proxy (hpo.grpc_storage): the heartbeat attr, this clock
+        import time
+
+        from hpo.grpc_storage import HEARTBEAT_ATTR
+
+        now = time.time()
+        running = storage.get_all_trials(study_id, deepcopy=False,
+                                         states=(optuna.trial.TrialState.RUNNING,))
+        return {t.number: max(0.0, now - beat) for t in running
+                if isinstance(beat := t.system_attrs.get(HEARTBEAT_ATTR), int | float)}
     query = sqlalchemy.text(
         "SELECT t.number, h.heartbeat FROM trials t "
         "JOIN trial_heartbeats h ON h.trial_id = t.trial_id "

@@ -93,6 +93,14 @@ def test_a_killed_workers_trial_is_retried_through_the_proxy(tmp_path: Path, pg_
     os.kill(first.pid, signal.SIGKILL)
     first.wait(timeout=10)
     assert [t.state for t in trials_of(pg_url, "killed")] == [TrialState.RUNNING]
+    # hpo.status through the proxy sees its heartbeat (the attr: no heartbeat table there)
+    from hpo.loading import open_existing_study
+    from hpo.status import collect_status
+
+    study, storage, _ = open_existing_study("killed", storage=proxy.url, output=out)
+    running = collect_status(study, storage, grace_period=3)["running"]
+    assert [r["number"] for r in running] == [0] and running[0]["heartbeat_age_s"] < 30
+    storage.close()
 
     second = workers.start(args_for(path, proxy.url, out))
     assert workers.wait(second, timeout=120) == 0, second.log_path.read_text()[-3000:]
