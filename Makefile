@@ -1,5 +1,5 @@
 # The two commands of the README. Each sets everything up first (scripts/setup.sh is idempotent).
-.PHONY: setup demo test test-optuna-storage lint
+.PHONY: setup demo test test-optuna-storage test-slurm lint
 
 setup:
 	./scripts/setup.sh
@@ -14,6 +14,13 @@ test: setup
 # heartbeats on and off (`make test` runs heartbeats on only). Takes ~10 minutes.
 test-optuna-storage: setup
 	HPO_OPTUNA_SUITE=full .venv/bin/python -m pytest -v -s tests/hpo/test_optuna_storage_suite.py
+
+# hpo.launch slurm --submit on a real one-node SLURM cluster the test starts (slurm-wlm and
+# munge from apt where this host allows it), outside `make test` and CI. ~1 minute.
+test-slurm: setup
+	@command -v slurmctld >/dev/null || (command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] \
+		&& apt-get install -y -q slurm-wlm munge >/dev/null) || true
+	HPO_TEST_SLURM=1 .venv/bin/python -m pytest -v tests/hpo/test_slurm.py
 
 lint: setup
 	.venv/bin/ruff check .
