@@ -121,3 +121,15 @@ def test_no_proxy_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> 
     assert "\n" not in err
     assert status_main(["--study", "x", "--storage", "grpc://nohost"]) == 2
     assert "must look like grpc://HOST:PORT" in capsys.readouterr().err
+
+
+def test_plain_optuna_clients_use_the_proxy_too(tmp_path: Path, pg_url: str,
+                                                proxy: Proxy) -> None:
+    import optuna
+
+    client = optuna.storages.GrpcStorageProxy(host="127.0.0.1", port=proxy.port)
+    study = optuna.create_study(study_name="plain", storage=client)
+    study.optimize(lambda t: t.suggest_float("x", 0, 1) ** 2, n_trials=3)
+    client.close()
+    trials = trials_of(pg_url, "plain")  # straight from the database behind the proxy
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
