@@ -62,10 +62,12 @@ class ProgressRecord:
     epochs: int | None = None
     final: bool = False
     time: str = ""  # ISO time of the record (UTC)
+    stage: str | None = None  # the part of the run, e.g. "fold 2/4" under walk-forward
 
     def line(self) -> str:
-        """``epoch 3/10, train 1,200/4,000 steps, 41 steps/s, epoch ETA 1:08``."""
-        parts = []
+        """``epoch 3/10, train 1,200/4,000 steps, 41 steps/s, epoch ETA 1:08`` (after
+        ``fold 2/4, `` inside a walk-forward fold)."""
+        parts = [self.stage] if self.stage else []
         if self.epoch is not None:
             parts.append(f"epoch {self.epoch}" + (f"/{self.epochs}" if self.epochs else ""))
         parts.append(f"{self.phase} {self.done:,}/{self.total:,} {self.unit}")
@@ -90,6 +92,7 @@ class Phase:
         self.reporter = reporter
         self.phase, self.total, self.unit = phase, max(0, int(total)), unit
         self.epoch, self.epochs = epoch, epochs
+        self.stage = reporter.stage
         self.done = 0
         self.started = reporter.clock()
         self._next = self.started + reporter.every_s
@@ -111,7 +114,8 @@ class Phase:
         return ProgressRecord(phase=self.phase, done=self.done, total=self.total,
                               unit=self.unit, rate=rate, eta_s=0.0 if final else eta,
                               epoch=self.epoch, epochs=self.epochs, final=final,
-                              time=datetime.now(UTC).isoformat(timespec="seconds"))
+                              time=datetime.now(UTC).isoformat(timespec="seconds"),
+                              stage=self.stage)
 
     def close(self) -> None:
         if self._closed:
@@ -169,6 +173,7 @@ class Reporter:
         self.bars = bool(sys.stderr.isatty()) if bars is None else bars
         self.on_record = on_record
         self.clock = clock
+        self.stage: str | None = None  # set by a recipe: the part of the run phases belong to
         self._bar: Any = None
 
     def phase(self, name: str, *, total: int, unit: str, epoch: int | None = None,
@@ -180,9 +185,10 @@ class Reporter:
         if self.enabled and self.bars:
             from tqdm import tqdm
 
-            desc = f"{self.prefix}{phase.phase}"
+            stage = f"{phase.stage} " if phase.stage else ""
+            desc = f"{self.prefix}{stage}{phase.phase}"
             if phase.epoch is not None:
-                desc = f"{self.prefix}epoch {phase.epoch}" + (
+                desc = f"{self.prefix}{stage}epoch {phase.epoch}" + (
                     f"/{phase.epochs}" if phase.epochs else "") + f" {phase.phase}"
             self._bar = tqdm(total=phase.total, desc=desc, unit=phase.unit.rstrip("s") or "it",
                              leave=False, file=sys.stderr, mininterval=1.0, dynamic_ncols=True)

@@ -80,3 +80,12 @@ def test_records_round_trip_through_the_attr_and_clock_text() -> None:
     assert ProgressRecord(**record.to_attr()) == record
     assert record.line() == "epoch 3/10, train 1,200/4,000 steps, 41 steps/s, epoch ETA 1:08"
     assert clock_text(3725) == "1:02:05" and clock_text(None) == "?"
+
+
+def test_a_stage_names_the_part_of_the_run_first() -> None:
+    from trainers.progress import ProgressRecord
+
+    record = ProgressRecord(phase="train", done=3, total=6, unit="steps", rate=2.0, eta_s=1.5,
+                            epoch=1, epochs=2, stage="fold 2/4")
+    assert record.line().startswith("fold 2/4, epoch 1/2, train 3/6 steps")
+    assert ProgressRecord(**record.to_attr()).line() == record.line()  # as hpo.status reads it

@@ -98,6 +98,7 @@ def train(config: TrainConfig, ctx: TrialContext) -> dict[str, float]:
     step_seconds: list[float] = []
     final_batch = config.batch_size
     for k in range(len(done), len(folds)):
+        ctx.reporter.stage = f"fold {k + 1}/{len(folds)}"  # progress lines and hpo.status
         inp = fold_inputs(study, config, train=folds[k].train, val=folds[k].val)
         inside = state is not None and saved["fold"] == k and "runner" in state
         if not inside:
@@ -156,6 +157,7 @@ def train(config: TrainConfig, ctx: TrialContext) -> dict[str, float]:
                 f"sharpe={fitted.metrics['sharpe']:.3f}; over {k + 1} fold(s) "
                 f"rank_ic={running['rank_ic']:.4f} sharpe={running['sharpe']:.3f}")
 
+    ctx.reporter.stage = None
     record_run(ctx, selected_epoch=None, epoch_seconds=epoch_seconds,
                step_seconds=step_seconds, final_batch_size=final_batch)
     write_folds(ctx, done)
