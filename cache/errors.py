@@ -32,11 +32,14 @@ class NoSpace(OSError):
         return str(self.args[1])
 
 
-def check_free_space(path: str, needed: int) -> None:
-    """Raise :class:`NoSpace` when the filesystem of ``path`` (a directory) has fewer than
-    ``needed`` free bytes."""
+def check_free_space(path: str, needed: int, *, error: type[NoSpace] = NoSpace) -> None:
+    """Raise ``error`` (a :class:`NoSpace`) naming ``path`` when the filesystem holding it (its
+    directory when ``path`` is a file about to be written) has fewer than ``needed`` free
+    bytes."""
+    import os
     import shutil
 
-    free = shutil.disk_usage(path).free
+    where = path if os.path.isdir(path) else os.path.dirname(path) or "."
+    free = shutil.disk_usage(where).free
     if free < needed:
-        raise NoSpace(path, needed=needed, free=free)
+        raise error(path, needed=needed, free=free)

@@ -18,7 +18,6 @@ one line (exit 2) and nothing is written.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import json
 import sys
@@ -33,19 +32,12 @@ from hpo.study import trial_dir
 from trainers.cli import OneLineParser
 from trainers.context import atomic_write_bytes
 from trainers.errors import UserError
+from trainers.heldout import file_digest
 
 EXIT_OK, EXIT_USER = 0, 2
 METADATA_KEY = b"hpo"
 N_QUANTILES = 5
 SUFFIXES = (".parquet", ".csv")
-
-
-def source_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def with_ranks(frame: pl.DataFrame) -> pl.DataFrame:
@@ -103,7 +95,7 @@ def predict(study: optuna.Study, *, source: Path, output: Path, out: Path, model
     meta = {"study": study.study_name, "workload": study.user_attrs.get(attrs.WORKLOAD),
             "trial": trial_number, "model": model, "model_sha256": heldout.digest(folder),
             "features": list(trained.feature_names), "source": str(source),
-            "source_sha256": source_sha256(Path(source)), "dates": scored.dates,
+            "source_sha256": file_digest(Path(source)), "dates": scored.dates,
             "skipped_for_history": scored.skipped, "rows": frame.height,
             "columns": {"score": "the model's prediction of the scored horizon's return",
                         "rank": "1 = the highest score of its date",

@@ -321,8 +321,6 @@ class Worker:
         ctx = self.objective.current_ctx
         if ctx is not None:
             try:  # best effort: the retry is then not charged as a crash
-                from hpo.objective import Objective
-
                 Objective._record_stop(ctx.trial, ctx, "SIGTERM")
             except Exception:  # noqa: BLE001 - leaving on time matters more
                 pass

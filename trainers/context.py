@@ -111,15 +111,11 @@ def check_free_space(path: Path, size: int) -> None:
     """Raise ``DiskFull`` (path, bytes needed, bytes free) when the filesystem of ``path``
     has no room for ``size`` bytes and a margin: checked before a checkpoint is written, so a
     full disk stops the run with a clear line instead of a half-written file."""
-    import shutil
-
+    from cache.errors import check_free_space as check
     from trainers.errors import DiskFull
 
-    folder = Path(path).parent
-    folder.mkdir(parents=True, exist_ok=True)
-    free = shutil.disk_usage(folder).free
-    if free < size + FREE_SPACE_MARGIN:
-        raise DiskFull(str(path), needed=size + FREE_SPACE_MARGIN, free=free)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    check(str(path), size + FREE_SPACE_MARGIN, error=DiskFull)
 
 
 # Settings that describe the machine rather than the run: a checkpoint may resume elsewhere.

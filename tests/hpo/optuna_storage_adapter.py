@@ -166,13 +166,19 @@ def _fresh_url(supplier: Any) -> str:
     return f"sqlite:///{supplier.tempfile.name}"
 
 
-def _open(url: str, kwargs: dict[str, Any]) -> optuna.storages.RDBStorage:
+def _settings(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The supplier's storage arguments, checked, with heartbeats on by default (HEARTBEAT)."""
     unknown = set(kwargs) - ACCEPTED_ARGS
     if unknown:
         raise AssertionError(f"adapter: StorageSupplier argument(s) {sorted(unknown)} not "
                              "handled; extend optuna_storage_adapter")
     if HEARTBEAT == "on" and "heartbeat_interval" not in kwargs:
         kwargs = {**HEARTBEAT_ON_DEFAULTS, **kwargs}
+    return kwargs
+
+
+def _open(url: str, kwargs: dict[str, Any]) -> optuna.storages.RDBStorage:
+    kwargs = _settings(kwargs)
     if STORAGE == "plain":
         from hpo.storage import _engine_kwargs
 
@@ -192,13 +198,7 @@ def _enter_grpc(self: Any) -> Any:
     from hpo.grpc_storage import HeartbeatGrpcStorageProxy
     from hpo.storage import open_storage
 
-    kwargs = dict(self.extra_args)
-    unknown = set(kwargs) - ACCEPTED_ARGS
-    if unknown:
-        raise AssertionError(f"adapter: StorageSupplier argument(s) {sorted(unknown)} not "
-                             "handled; extend optuna_storage_adapter")
-    if HEARTBEAT == "on" and "heartbeat_interval" not in kwargs:
-        kwargs = {**HEARTBEAT_ON_DEFAULTS, **kwargs}
+    kwargs = _settings(dict(self.extra_args))
     self.backend_storage = open_storage(_fresh_url(self))
     served = optuna.storages.get_storage(self.backend_storage)
     with optuna_storages._lock_to_search_for_free_port():
