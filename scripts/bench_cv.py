@@ -133,8 +133,10 @@ def run_study(args: argparse.Namespace, market_seed: int, mode: str) -> dict[str
         "selection": selection, "test": test, "model_epochs": model_epochs,
         "chosen": chosen,
         "chosen_test": {m: trial["test"][m] for m in ("rank_ic", "sharpe_net", "sharpe")},
+        # the chosen trial minus the baseline best on validation, on the test dates, paired
         "versus_baseline": {"baseline": versus.get("baseline"),
-                            **{m: versus.get(m) for m in ("rank_ic", "sharpe_net")}},
+                            **{m: (versus.get("test") or {}).get(m)
+                               for m in ("rank_ic", "sharpe_net")}},
         "pbo": (report.get("pbo") or {}).get("value"),
         "_rows": rows[chosen],
     }
@@ -182,6 +184,11 @@ def print_market(result: dict[str, Any]) -> None:
               f"{_f(s['chosen_test']['sharpe_net']):>22} "
               f"{s['pbo'] if s['pbo'] is None else round(s['pbo'], 2):>5} "
               f"{s['study_seconds']:>8}")
+    for mode, s in result["studies"].items():
+        v = s["versus_baseline"]
+        if v.get("rank_ic"):
+            print(f"  {mode}, chosen minus {v['baseline']} (best baseline on validation) on "
+                  f"test: rank_ic {_f(v['rank_ic'])}; sharpe_net {_f(v.get('sharpe_net'))}")
     for key in ("walk_forward_minus_holdout", "pruned_minus_unpruned"):
         d = result[key]
         print(f"  {key}, chosen on test: rank_ic {_f(d.get('rank_ic'))} "
@@ -210,6 +217,17 @@ def pooled(results: list[dict[str, Any]]) -> dict[str, Any]:
             out[key][m] = {"mean": mean, "se": se,
                            "verdict": verdict({"value": mean, "se": se}, m),
                            "within_one_se": abs(mean) <= se}
+    out["chosen_minus_best_baseline"] = {}
+    for mode in MODES:
+        out["chosen_minus_best_baseline"][mode] = {}
+        for m in ("rank_ic", "sharpe_net"):
+            diffs = [r["studies"][mode]["versus_baseline"].get(m) for r in results]
+            diffs = [d for d in diffs if d]
+            if diffs:
+                mean = sum(d["value"] for d in diffs) / len(diffs)
+                se = math.sqrt(sum(d["se"] ** 2 for d in diffs)) / len(diffs)
+                out["chosen_minus_best_baseline"][mode][m] = {
+                    "mean": mean, "se": se, "verdict": verdict({"value": mean, "se": se}, m)}
     saved = [r["pruning_saved"] for r in results if r["pruning_saved"] is not None]
     out["median_pruning_saved"] = statistics.median(saved) if saved else None
     return out
@@ -250,6 +268,10 @@ def main(argv: list[str] | None = None) -> int:
     for key in ("walk_forward_minus_holdout", "pruned_minus_unpruned"):
         for m, v in summary[key].items():
             print(f"  {key} {m}: {v['mean']:+.4f} ± {v['se']:.4f} ({v['verdict']})")
+    for mode, by_metric in summary["chosen_minus_best_baseline"].items():
+        for m, v in by_metric.items():
+            print(f"  {mode} chosen minus best baseline, test {m}: {v['mean']:+.4f} ± "
+                  f"{v['se']:.4f} ({v['verdict']})")
     if summary["median_pruning_saved"] is not None:
         print(f"  fold pruning saved (median) {summary['median_pruning_saved']:.0%} of the "
               "model-epochs")

@@ -61,3 +61,15 @@ def test_compute_is_counted_in_model_epochs(bench: dict[str, Any]) -> None:
     assert pruned["model_epochs"] == 9 - sum(
         3 - len(t.user_attrs["fold_metrics"]) for t in _study(bench, "walk_forward_pruned")[0]
         .trials)
+
+
+def test_the_chosen_trial_is_compared_with_the_best_baseline_on_test(
+        bench: dict[str, Any]) -> None:
+    report = bench["report"]
+    for mode in bench_cv.MODES:
+        versus = report["markets"][0]["studies"][mode]["versus_baseline"]
+        assert versus["baseline"] in ("best_feature", "linear")
+        for metric in ("rank_ic", "sharpe_net"):
+            assert set(versus[metric]) >= {"value", "se"} and versus[metric]["se"] > 0
+        pooled = report["pooled"]["chosen_minus_best_baseline"][mode]
+        assert pooled["rank_ic"]["mean"] == pytest.approx(versus["rank_ic"]["value"])
