@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -20,6 +19,9 @@ from typing import Any
 from hpo.pruners import PRUNER_KEYS as PRUNER_KEYS  # re-exported: the study file's keys
 from hpo.pruners import SINGLE_OBJECTIVE_PRUNERS as SINGLE_OBJECTIVE_PRUNERS
 from hpo.pruners import PrunerSpec, pruner_problems
+from hpo.space import PARAM_TYPES as PARAM_TYPES  # re-exported
+from hpo.space import Param as Param
+from hpo.space import is_number, parse_param
 from trainers.config import config_problems, unknown_key_problem
 from trainers.errors import UserError
 
@@ -27,11 +29,11 @@ STUDIES_DIR = Path(__file__).resolve().parent.parent / "studies"
 
 DIRECTIONS = ("maximize", "minimize")
 SAMPLERS = ("tpe", "nsga2", "gp", "random", "grid")
-PARAM_TYPES = ("float", "int", "categorical")
 
 _TOP_KEYS = {
     "name", "description", "workload", "n_trials", "timeout_s", "objectives", "sampler",
-    "pruner", "trainer", "data", "search_space", "enqueue", "storage", "evaluate", "run",
+    "pruner", "trainer", "data", "portfolio", "search_space", "enqueue", "storage", "evaluate",
+    "run",
 }
 
 
@@ -39,55 +41,6 @@ _TOP_KEYS = {
 class Objective:
     metric: str
     direction: str
-
-
-@dataclass(frozen=True)
-class Param:
-    """One search-space dimension; ``kind`` is "float", "int" or "categorical"."""
-
-    name: str
-    kind: str
-    low: float | int | None = None
-    high: float | int | None = None
-    log: bool = False
-    step: float | int | None = None
-    choices: tuple[Any, ...] = ()
-
-    def to_json(self) -> dict[str, Any]:
-        if self.kind == "categorical":
-            return {"type": self.kind, "choices": list(self.choices)}
-        return {"type": self.kind, "low": self.low, "high": self.high, "log": self.log,
-                "step": self.step}
-
-    def midpoint(self) -> Any:
-        """A value the sampler can draw from the middle of the range, used to validate the
-        trainer config before any trial (the first choice of a categorical).
-
-        The middle on the scale the sampler draws from: the geometric mean when ``log``,
-        else the arithmetic mean, moved down onto the grid ``low + k * step`` when there is
-        a step (an int's step is 1 at least), so it is always a legal point.
-        """
-        if self.kind == "categorical":
-            return self.choices[0]
-        assert self.low is not None and self.high is not None
-        if self.log:
-            middle = math.sqrt(self.low * self.high)
-            return math.floor(middle) if self.kind == "int" else middle
-        step = self.step if self.step is not None else (1 if self.kind == "int" else None)
-        if step is None:
-            return (self.low + self.high) / 2
-        # points on the grid past low; rounded first so 0.3 / 0.1 = 2.9999... counts 3
-        n_steps = math.floor(round((self.high - self.low) / step, 9))
-        value = self.low + (n_steps // 2) * step
-        return int(value) if self.kind == "int" else float(value)
-
-    def grid_values(self) -> list[Any]:
-        if self.kind == "categorical":
-            return list(self.choices)
-        assert self.low is not None and self.high is not None and self.step is not None
-        n = int(round((self.high - self.low) / self.step))
-        values = [self.low + i * self.step for i in range(n + 1)]
-        return [int(v) for v in values] if self.kind == "int" else values
 
 
 @dataclass(frozen=True)
@@ -114,6 +67,12 @@ class EvaluateSpec:
 
     auto: bool = True
     pbo_blocks: int = 16  # blocks of the validation dates for the PBO (even)
+    # A walk-forward study's test row: "last_fold" (its last fold's model) or "fold_ensemble"
+    # (the mean of every fold model's per-date standardised scores); both are reported.
+    test_model: str = "last_fold"
+    # The chosen configuration trained with this many seeds (its own and N - 1 more) and
+    # their averaged scores reported on test beside the single model (hpo.seeds); 1 = off.
+    seeds: int = 1
 
 
 @dataclass(frozen=True)
@@ -154,6 +113,9 @@ class StudySpec:
     n_trials: int
     timeout_s: float | None
     enqueue: tuple[Enqueued, ...] = field(default=())
+    # [portfolio]: the long-short book's settings (the workload's PORTFOLIO_FIELDS), fixed
+    # settings like [data]'s.
+    portfolio: Mapping[str, Any] = field(default_factory=dict)
     evaluate: EvaluateSpec = field(default_factory=EvaluateSpec)
     run: RunSpec = field(default_factory=RunSpec)
 
@@ -166,7 +128,7 @@ class StudySpec:
         return [o.direction for o in self.objectives]
 
     def fixed_settings(self) -> dict[str, Any]:
-        return {**self.data, **self.trainer}
+        return {**self.data, **self.portfolio, **self.trainer}
 
     def fingerprint(self) -> str:
         """Hash of what makes trials comparable: workload, objectives, space, fixed settings.
@@ -232,74 +194,6 @@ class _Problems:
                             + "; ".join(self.items))
 
 
-def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _parse_param(name: str, raw: Any, problems: _Problems) -> Param | None:
-    key = f"search_space.{name}"
-    if not isinstance(raw, dict):
-        problems.add(key, f"must be a table like {{ type = \"float\", low = 0.0, high = 1.0 }}, "
-                          f"got {raw!r}")
-        return None
-    kind = raw.get("type")
-    if kind not in PARAM_TYPES:
-        problems.add(f"{key}.type", f"got {kind!r}; allowed: {', '.join(PARAM_TYPES)}")
-        return None
-    allowed = {"type", "choices"} if kind == "categorical" else {"type", "low", "high", "log",
-                                                                  "step"}
-    for extra in sorted(set(raw) - allowed):
-        problems.add(key, unknown_key_problem(extra, sorted(allowed), where="key")
-                     .removeprefix("key: "))
-    if kind == "categorical":
-        choices = raw.get("choices")
-        if not isinstance(choices, list) or not choices:
-            problems.add(f"{key}.choices", f"must be a non-empty list, got {choices!r}")
-            return None
-        if any(isinstance(c, dict | list) for c in choices):
-            problems.add(f"{key}.choices", f"choices must be strings, numbers or booleans, "
-                                           f"got {choices!r}")
-            return None
-        if len({json.dumps(c) for c in choices}) != len(choices):
-            problems.add(f"{key}.choices", f"duplicate choices in {choices!r}")
-            return None
-        return Param(name=name, kind=kind, choices=tuple(choices))
-    low, high = raw.get("low"), raw.get("high")
-    log, step = raw.get("log", False), raw.get("step")
-    ok = True
-    for bound_name, bound in (("low", low), ("high", high)):
-        if not _number(bound) or (kind == "int" and not float(bound).is_integer()):
-            what = "an integer" if kind == "int" else "a number"
-            problems.add(f"{key}.{bound_name}", f"must be {what}, got {bound!r}")
-            ok = False
-        elif not math.isfinite(bound):
-            problems.add(f"{key}.{bound_name}", f"must be finite, got {bound!r}")
-            ok = False
-    if not isinstance(log, bool):
-        problems.add(f"{key}.log", f"must be true or false, got {log!r}")
-        ok = False
-    if step is not None and (not _number(step) or step <= 0):
-        problems.add(f"{key}.step", f"must be a positive number, got {step!r}")
-        ok = False
-    if not ok:
-        return None
-    if low > high:
-        problems.add(key, f"low {low!r} > high {high!r}; low must not exceed high")
-        return None
-    if log and low <= 0:
-        problems.add(f"{key}.low", f"log scale needs low > 0, got {low!r}")
-        return None
-    if log and step is not None and not (kind == "int" and step == 1):
-        problems.add(key, "log and step cannot be combined (use one or the other)")
-        return None
-    if kind == "int":
-        low, high = int(low), int(high)
-        step = int(step) if step is not None else 1
-    else:
-        low, high = float(low), float(high)
-    return Param(name=name, kind=kind, low=low, high=high, log=bool(log), step=step)
-
-
 def _table(raw: Mapping[str, Any], key: str, problems: _Problems) -> dict[str, Any]:
     value = raw.get(key, {})
     if not isinstance(value, dict):
@@ -314,6 +208,10 @@ def _simple(cls: type, raw: Mapping[str, Any], key: str, problems: _Problems) ->
         head, _, rest = issue.partition(": ")
         problems.add(head, rest)
     return cls(**kwargs)
+
+
+def _plain_table(value: Any) -> dict[str, Any]:
+    return dict(value) if isinstance(value, dict) else {}
 
 
 def parse_study(raw: Mapping[str, Any], *, path: Path, check_workload: bool = True) -> StudySpec:
@@ -345,6 +243,13 @@ def parse_study(raw: Mapping[str, Any], *, path: Path, check_workload: bool = Tr
 
     objectives: list[Objective] = []
     raw_objectives = raw.get("objectives")
+    if raw_objectives is None and workload is not None and workload.default_objectives:
+        # No [[objectives]]: the workload's defaults for these settings (sharpe_net on a file
+        # panel for the ranking workload).
+        settings = {**_plain_table(raw.get("data")), **_plain_table(raw.get("portfolio")),
+                    **_plain_table(raw.get("trainer"))}
+        raw_objectives = [{"metric": m, "direction": d}
+                          for m, d in workload.default_objectives(settings)]
     if not isinstance(raw_objectives, list) or not raw_objectives:
         problems.add("objectives", "need at least one [[objectives]] table with metric and "
                                    f"direction, got {raw_objectives!r}")
@@ -372,16 +277,26 @@ def parse_study(raw: Mapping[str, Any], *, path: Path, check_workload: bool = Tr
             problems.add("objectives", f"a metric appears twice: {metrics}")
 
     space_raw = _table(raw, "search_space", problems)
-    params = [p for n, r in space_raw.items() if (p := _parse_param(n, r, problems))]
+    params = [p for n, r in space_raw.items() if (p := parse_param(n, r, problems))]
 
     trainer = _table(raw, "trainer", problems)
     data = _table(raw, "data", problems)
-    for key in sorted(set(trainer) & set(data)):
-        problems.add(f"trainer.{key}", "also set in [data]; set it in one place")
+    portfolio = _table(raw, "portfolio", problems)
+    for a, b in (("trainer", data), ("trainer", portfolio), ("data", portfolio)):
+        table = {"trainer": trainer, "data": data}[a]
+        other = "data" if b is data else "portfolio"
+        for key in sorted(set(table) & set(b)):
+            problems.add(f"{a}.{key}", f"also set in [{other}]; set it in one place")
     for p in params:
-        if p.name in trainer or p.name in data:
-            problems.add(f"search_space.{p.name}", "is also a fixed setting in [trainer]/[data];"
-                                                   " remove one of them")
+        if p.name in trainer or p.name in data or p.name in portfolio:
+            problems.add(f"search_space.{p.name}", "is also a fixed setting in [trainer]/[data]/"
+                                                   "[portfolio]; remove one of them")
+    if workload is not None and portfolio:
+        allowed = getattr(workload.config_cls, "PORTFOLIO_FIELDS", ())
+        for key in sorted(set(portfolio) - set(allowed)):
+            problems.add(f"portfolio.{key}", "is not a portfolio setting of the "
+                         f"{workload.name} workload; allowed: "
+                         f"{', '.join(allowed) or 'none (it builds no long-short book)'}")
 
     sampler = _simple(SamplerSpec, raw, "sampler", problems)
     if sampler.name not in SAMPLERS:
@@ -401,6 +316,12 @@ def parse_study(raw: Mapping[str, Any], *, path: Path, check_workload: bool = Tr
                      f"must be >= 0 seconds (0: at epoch ends only), got {run.checkpoint_every_s}")
     if not run.preempt_grace_s > 0:
         problems.add("run.preempt_grace_s", f"must be > 0 seconds, got {run.preempt_grace_s}")
+    if evaluate.test_model not in ("last_fold", "fold_ensemble"):
+        problems.add("evaluate.test_model", f"got {evaluate.test_model!r}; allowed: last_fold, "
+                                            "fold_ensemble")
+    if evaluate.seeds < 1:
+        problems.add("evaluate.seeds", f"must be >= 1 (1: no seeds ensemble), got "
+                                       f"{evaluate.seeds}")
     if evaluate.pbo_blocks < 2 or evaluate.pbo_blocks % 2:
         problems.add("evaluate.pbo_blocks", f"must be even and >= 2, got {evaluate.pbo_blocks}")
     if storage.heartbeat_interval < 1 or storage.grace_period <= storage.heartbeat_interval:
@@ -420,7 +341,7 @@ def parse_study(raw: Mapping[str, Any], *, path: Path, check_workload: bool = Tr
         problems.add("n_trials", f"must be a positive integer, got {n_trials!r}")
         n_trials = 1
     timeout = raw.get("timeout_s", 0)
-    if not _number(timeout) or timeout < 0:
+    if not is_number(timeout) or timeout < 0:
         problems.add("timeout_s", f"must be a number of seconds >= 0 (0 = none), got {timeout!r}")
         timeout = 0
 
@@ -440,13 +361,15 @@ def parse_study(raw: Mapping[str, Any], *, path: Path, check_workload: bool = Tr
                                  params=dict(item["params"])))
 
     if workload is not None:
-        _check_trainer_settings(workload, params, trainer, data, enqueued, problems)
+        _check_trainer_settings(workload, params, trainer, {**data, **portfolio}, enqueued,
+                                problems)
 
     problems.raise_if_any()
     return StudySpec(
         name=name, path=path, description=description, workload=workload_name,
         objectives=tuple(objectives), search_space=tuple(params), trainer=trainer, data=data,
-        sampler=sampler, pruner=pruner, storage=storage, evaluate=evaluate, run=run,
+        portfolio=portfolio, sampler=sampler, pruner=pruner, storage=storage,
+        evaluate=evaluate, run=run,
         n_trials=n_trials,
         timeout_s=float(timeout) or None, enqueue=tuple(enqueued),
     )

@@ -35,6 +35,7 @@ Exit codes: 0 ok, 2 a user error (one line ``error: ...``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import io
 import json
@@ -50,13 +51,11 @@ import polars as pl
 from optuna.trial import FrozenTrial
 
 from hpo import attrs
-from hpo.comparisons import baseline_rows, best_of, versus_baselines, versus_row
+from hpo.comparisons import best_of, versus_baselines
 from hpo.heldout import (
     METRICS_VERSION,
     PREDICTIONS_FILE,
     REPORT_FILE,
-    SUMMARY_ATTR,
-    TABLE_METRICS,
     render_lines,
 )
 from hpo.luck import (
@@ -79,6 +78,7 @@ from hpo.openings import (
     test_openings,
 )
 from hpo.results import best_trials, metric_names
+from hpo.summary import publish_summary, summary_of
 from trainers.attrs import DATE_SPLIT
 from trainers.cli import OneLineParser
 from trainers.context import atomic_write_bytes, atomic_write_json
@@ -100,6 +100,12 @@ def choice_rule_front(metric: str, direction: str = "maximize") -> str:
 
 
 CHOICE_RULE_FRONT = choice_rule_front(DSR_METRIC)
+# Which model scores a walk-forward trial's test period: its last fold's, or the mean of
+# every fold model's standardised scores (the K models its validation figures come from).
+TEST_MODELS = ("last_fold", "fold_ensemble")
+DEFAULT_TEST_MODEL = "last_fold"
+# The Sharpe ratios a study can select on; the deflated Sharpe ratio deflates the one it did.
+SHARPES = (DSR_METRIC, "sharpe_net")
 
 
 @dataclass(frozen=True)
@@ -176,6 +182,23 @@ def _existing_id(out_dir: Path) -> str | None:
     return report.get("report_id")
 
 
+def scoring_cost(model: Any, heldout: HeldOut) -> Any:
+    """The cost per unit traded the study's net figures charge, as its report names it."""
+    described = heldout.describe(model) if heldout.describe else {}
+    return described.get("cost_bps", math.nan)
+
+
+def selection_metric(study: optuna.Study, heldout: HeldOut) -> str:
+    """The figure the chosen trial is picked by and whose validation value the deflated Sharpe
+    ratio deflates: the workload's ``selection_metric``, or ``sharpe_net`` for a study that
+    optimises the net Sharpe ratio and not the gross one (it selected on costs)."""
+    names = metric_names(study)
+    if (heldout.selection_metric == DSR_METRIC and "sharpe_net" in names
+            and DSR_METRIC not in names):
+        return "sharpe_net"
+    return heldout.selection_metric
+
+
 def chosen_trial(study: optuna.Study, heldout: HeldOut) -> optuna.trial.FrozenTrial:
     """The trial the held-out report chooses (its rule, on validation figures only)."""
     front = best_trials(study)
@@ -184,8 +207,8 @@ def chosen_trial(study: optuna.Study, heldout: HeldOut) -> optuna.trial.FrozenTr
     from trainers.registry import get_workload
 
     directions = get_workload(study.user_attrs[attrs.WORKLOAD]).metrics
-    return choose(study, front, metric=heldout.selection_metric,
-                  direction=directions.get(heldout.selection_metric, "maximize"))[0]
+    metric = selection_metric(study, heldout)
+    return choose(study, front, metric=metric, direction=directions.get(metric, "maximize"))[0]
 
 
 def heldout_or_error(study: optuna.Study) -> HeldOut:
@@ -199,7 +222,8 @@ def heldout_or_error(study: optuna.Study) -> HeldOut:
 
 
 def evaluate_study(study: optuna.Study, *, output: Path, force: bool = False,
-                   reopen: bool = False, pbo_blocks: int = DEFAULT_PBO_BLOCKS) -> Evaluation:
+                   reopen: bool = False, pbo_blocks: int = DEFAULT_PBO_BLOCKS,
+                   test_model: str = DEFAULT_TEST_MODEL, seeds: int = 1) -> Evaluation:
     """Predict the test period for the chosen trials and write the report (module docstring).
 
     ``output`` is the study's ``--output`` directory: trial directories, the feature cache and
@@ -214,8 +238,9 @@ def evaluate_study(study: optuna.Study, *, output: Path, force: bool = False,
         raise UserError(f"study {study.study_name!r} has no complete trial yet; nothing to "
                         "evaluate")
     workload = get_workload(study.user_attrs[attrs.WORKLOAD])
-    chosen, rule = choose(study, front, metric=heldout.selection_metric,
-                          direction=workload.metrics.get(heldout.selection_metric, "maximize"))
+    metric = selection_metric(study, heldout)
+    chosen, rule = choose(study, front, metric=metric,
+                          direction=workload.metrics.get(metric, "maximize"))
     out_dir = Path(output) / study.study_name
     dirs = {t.number: trial_dir(output, study.study_name, t.number) for t in front}
     trained = {n: heldout.load(d) for n, d in dirs.items()}
@@ -224,8 +249,17 @@ def evaluate_study(study: optuna.Study, *, output: Path, force: bool = False,
     except UserError as exc:
         raise UserError(f"study {study.study_name!r} {exc}") from None
     digests = {n: heldout.digest(d) for n, d in dirs.items()}
-    sharpes = searched_sharpes(study)
+    sharpes = searched_sharpes(study, metric=metric if metric in SHARPES else DSR_METRIC)
+    if test_model not in TEST_MODELS:
+        raise UserError(f"test_model must be one of {', '.join(TEST_MODELS)}, got "
+                        f"{test_model!r}")
     identity = {**_identity(study, front, chosen, digests, sharpes), "pbo_blocks": pbo_blocks}
+    if test_model != DEFAULT_TEST_MODEL:  # reports made before the setting keep their id
+        identity["test_model"] = test_model
+    if seeds < 1:
+        raise UserError(f"seeds must be >= 1 (1: no seeds ensemble), got {seeds}")
+    if seeds > 1:
+        identity["seeds"] = seeds
     rid = report_id(identity)
     look = report_id({k: identity[k] for k in LOOK_KEYS})
     report_path = out_dir / REPORT_FILE
@@ -238,7 +272,8 @@ def evaluate_study(study: optuna.Study, *, output: Path, force: bool = False,
 
     report = _build_report(study, front, chosen, rule, heldout, dirs=dirs, trained=trained,
                            output=Path(output), identity=identity, rid=rid, sharpes=sharpes,
-                           pbo_blocks=pbo_blocks)
+                           pbo_blocks=pbo_blocks, metric=metric, test_model=test_model,
+                           seeds=seeds)
     preds = report.pop("_predictions")
     sheet_frames = report.pop("_sheet_frames")
     buf = io.BytesIO()
@@ -283,8 +318,9 @@ def attach_tear_sheet(study: optuna.Study, paths: list[Path], *, output: Path) -
 def _build_report(study: optuna.Study, front: list[FrozenTrial], chosen: FrozenTrial,
                   rule: str, heldout: HeldOut, *, dirs: dict[int, Path],
                   trained: dict[int, Any], output: Path, identity: dict[str, Any], rid: str,
-                  sharpes: dict[int, float], pbo_blocks: int = DEFAULT_PBO_BLOCKS
-                  ) -> dict[str, Any]:
+                  sharpes: dict[int, float], pbo_blocks: int = DEFAULT_PBO_BLOCKS,
+                  metric: str = DSR_METRIC, test_model: str = DEFAULT_TEST_MODEL,
+                  seeds: int = 1) -> dict[str, Any]:
     names = metric_names(study)
     recorded = study.user_attrs.get(DATE_SPLIT)
     trials, frames = [], []
@@ -298,12 +334,24 @@ def _build_report(study: optuna.Study, front: list[FrozenTrial], chosen: FrozenT
             raise UserError(f"trial {t.number}'s data now splits into {split}, the study was "
                             f"run on {recorded}: the data changed since; evaluate with the "
                             "data the study was run on")
+        alternatives = dict((prediction.context or {}).get("test_models") or {})
+        if test_model in alternatives:  # the walk-forward trial's fold ensemble, or its last
+            prediction = dataclasses.replace(prediction, frame=alternatives[test_model])
         val_frame = heldout.validation(dirs[t.number])
         validation, boot = heldout.score(val_frame, model)
         test, _ = heldout.score(prediction.frame, model)
-        trials.append({"number": t.number, "chosen": t.number == chosen.number,
-                       "values": dict(zip(names, t.values, strict=False)),
-                       "params": t.params, "validation": validation, "test": test})
+        row = {"number": t.number, "chosen": t.number == chosen.number,
+               "values": dict(zip(names, t.values, strict=False)),
+               "params": t.params, "validation": validation, "test": test}
+        if alternatives:
+            row["test_model"] = test_model if test_model in alternatives else "last_fold"
+            row["test_models"] = {name: heldout.score(frame, model)[0]
+                                  for name, frame in alternatives.items()}
+            if t.number == chosen.number and len(alternatives) == 2:
+                a, b = (alternatives[n] for n in ("fold_ensemble", "last_fold"))
+                row["fold_ensemble_minus_last_fold"] = (
+                    heldout.compare(a, b, model) if heldout.compare else None)
+        trials.append(row)
         frames.append(prediction.frame.with_columns(pl.lit(t.number, pl.Int64).alias("trial"))
                       .select("trial", "date", "code", "pred", "target"))
         if t.number == chosen.number:
@@ -315,28 +363,49 @@ def _build_report(study: optuna.Study, front: list[FrozenTrial], chosen: FrozenT
     dsr = psr = pbo = None
     effective = None
     if heldout.returns is not None:
-        matrix, columns = validation_returns(study, heldout, output, sorted(sharpes))
+        matrix, columns = validation_returns(study, heldout, output, sorted(sharpes), model)
         pbo = overfitting(matrix, columns, blocks=pbo_blocks)
         from trainers.metrics.overfitting import effective_trials
 
         effective = {**effective_trials(matrix), "trials": columns} if columns else None
-    if heldout.moments is not None and DSR_METRIC in chosen_row["validation"]:
+    deflated = metric if metric in SHARPES else DSR_METRIC
+    if heldout.moments is not None and deflated in chosen_row["validation"]:
         by_state: dict[str, int] = {}
         for t in study.get_trials(deepcopy=False, states=COUNTED_STATES):
             if t.number in sharpes:
                 by_state[t.state.name.lower()] = by_state.get(t.state.name.lower(), 0) + 1
-        dsr = deflation(chosen_row["validation"][DSR_METRIC]["value"],
-                        heldout.moments(chosen_val, model), sharpes=sharpes,
-                        effective=effective, states=by_state)
-        psr = psr_of_test(chosen_row["test"][DSR_METRIC]["value"],
-                          heldout.moments(chosen_test, model))
+        net = {"net": True} if deflated == "sharpe_net" else {}
+        label = (f"net Sharpe (of {scoring_cost(model, heldout):g} bps)" if net
+                 else "Sharpe (gross)")
+        dsr = deflation(chosen_row["validation"][deflated]["value"],
+                        heldout.moments(chosen_val, model, **net), sharpes=sharpes,
+                        effective=effective, states=by_state, label=label, metric=deflated)
+        psr = psr_of_test(chosen_row["test"][deflated]["value"],
+                          heldout.moments(chosen_test, model, **net), label=label)
     baselines = heldout.baselines(model, chosen_pred) if heldout.baselines else None
     baseline_frames = baselines.pop("frames", None) if baselines else None
     directions = get_workload(study.user_attrs[attrs.WORKLOAD]).metrics
     versus_all = versus_baselines(heldout, model, baselines, baseline_frames,
                                   {"validation": chosen_val, "test": chosen_test})
-    versus = best_of(versus_all, baselines, metric=heldout.selection_metric,
-                     direction=directions.get(heldout.selection_metric, "maximize"))
+    versus = best_of(versus_all, baselines, metric=metric,
+                     direction=directions.get(metric, "maximize"))
+    ensemble = None
+    if seeds > 1:
+        from hpo.seeds import seeds_ensemble
+
+        ensemble = seeds_ensemble(chosen, heldout, model, chosen_pred,
+                                  trial_dir=dirs[chosen.number],
+                                  out_dir=output / study.study_name, cache_dir=output / "cache",
+                                  n_seeds=seeds)
+        ensemble.pop("_frame", None)
+    costs = None
+    if heldout.costs is not None:
+        costs = {"chosen": {period: heldout.costs(frame, model) for period, frame in
+                            (("validation", chosen_val), ("test", chosen_test))},
+                 "baselines_test": {
+                     str((baselines or {}).get("test", {}).get(name, {}).get("label", name)):
+                     heldout.costs(frame, model)
+                     for name, frame in ((baseline_frames or {}).get("test") or {}).items()}}
     return {
         "study": study.study_name,
         "report_id": rid,
@@ -356,6 +425,8 @@ def _build_report(study: optuna.Study, front: list[FrozenTrial], chosen: FrozenT
         "table_metrics": list(heldout.table),
         "trials": trials,
         "deflated_sharpe": dsr,
+        "costs": costs,
+        "seeds_ensemble": ensemble,
         "pbo": pbo,
         "test_psr": psr,
         "baselines": baselines,
@@ -368,48 +439,6 @@ def _build_report(study: optuna.Study, front: list[FrozenTrial], chosen: FrozenT
                              for name, frame in ((baseline_frames or {}).get("test")
                                                  or {}).items()}},
     }
-
-
-def summary_of(report: dict[str, Any]) -> dict[str, Any]:
-    """The short form stored as the study user attr ``test_report`` (what the tables show)."""
-    table = tuple(report.get("table_metrics") or TABLE_METRICS)
-
-    def figures(period: dict[str, Any]) -> dict[str, Any]:
-        return {k: {"value": period[k]["value"], "se": period[k]["se"]}
-                for k in table if k in period}
-
-    dsr, psr = report.get("deflated_sharpe"), report.get("test_psr")
-    return {
-        "report_id": report["report_id"], "file": REPORT_FILE,
-        "validation_dates": report["validation_dates"], "test_dates": report["test_dates"],
-        "chosen": report["chosen"], "rule": report["rule"],
-        "standard_errors": report["standard_errors"],
-        "cost_bps": report.get("cost_bps"),
-        "validation_scheme": report.get("validation_scheme"),
-        "metrics": list(table),
-        "trials": [{"number": t["number"], "chosen": t["chosen"],
-                    "validation": figures(t["validation"]), "test": figures(t["test"])}
-                   for t in report["trials"]],
-        "baselines": baseline_rows(report.get("baselines"), table),
-        "versus_baseline": versus_row(report.get("versus_baseline"), table),
-        "deflated_sharpe": ({k: dsr[k] for k in ("value", "n_trials")}
-                            | ({"effective_value": dsr["effective"]["value"],
-                                "effective_n_trials": dsr["effective"]["n_trials"]}
-                               if dsr.get("effective") else {}) if dsr else None),
-        "pbo": ({k: pbo.get(k) for k in ("value", "blocks", "trials", "reason")}
-                if (pbo := report.get("pbo")) else None),
-        "test_openings": len(report.get("test_openings") or []),
-        "first_opened": (report.get("test_openings") or [{}])[0].get("time"),
-        "test_psr": psr["value"] if psr else None,
-    }
-
-
-def publish_summary(study: optuna.Study, report: dict[str, Any]) -> None:
-    """The summary as the study user attr and in the study's dashboard note."""
-    from hpo.artifacts import save_study_note
-
-    study.set_user_attr(SUMMARY_ATTR, summary_of(report))
-    save_study_note(study)
 
 
 # -- CLI --------------------------------------------------------------------------------------
@@ -431,6 +460,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pbo-blocks", type=int, default=DEFAULT_PBO_BLOCKS,
                    help="blocks of the validation dates for the probability of backtest "
                    f"overfitting (even; default {DEFAULT_PBO_BLOCKS})")
+    p.add_argument("--test-model", choices=TEST_MODELS, default=DEFAULT_TEST_MODEL,
+                   help="a walk-forward study's test row: the last fold's model or the fold "
+                   "ensemble (both are in the report; default: the study file's [evaluate] "
+                   f"test_model is used by hpo.run, {DEFAULT_TEST_MODEL} here)")
+    p.add_argument("--seeds", type=int, default=1,
+                   help="train the chosen configuration with this many seeds (the trial's own "
+                   "and N - 1 more) and report their averaged scores on test beside the "
+                   "single model (default 1: off; hpo.run uses [evaluate] seeds)")
     p.add_argument("--reopen", action="store_true",
                    help="look at the test period again after the front or its models changed "
                    "since it was opened; recorded in the study's test_openings")
@@ -447,7 +484,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.pbo_blocks < 2 or args.pbo_blocks % 2:
             raise UserError(f"--pbo-blocks must be even and >= 2, got {args.pbo_blocks}")
         result = evaluate_study(study, output=args.output, force=args.force,
-                                reopen=args.reopen, pbo_blocks=args.pbo_blocks)
+                                reopen=args.reopen, pbo_blocks=args.pbo_blocks,
+                                test_model=args.test_model, seeds=args.seeds)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER

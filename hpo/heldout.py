@@ -108,19 +108,60 @@ def verdict(summary: dict[str, Any]) -> str | None:
             f"validation): " + "; ".join(parts))
 
 
+def cost_lines(costs: dict[str, Any] | None) -> list[str]:
+    """Net Sharpe on test at each cost of the study's list, with the break-even cost."""
+    if not costs or len(costs.get("grid_bps") or ()) < 2:
+        return []
+    grid = costs["grid_bps"]
+    out = [f"net Sharpe on test at {' / '.join(f'{c:g}' for c in grid)} bps per unit traded:"]
+    for label, row in costs.get("rows", {}).items():
+        values = " / ".join(f"{v:.2f}" if isinstance(v, int | float) and math.isfinite(v)
+                            else "-" for v in row["sharpe_net"].values())
+        even = row.get("break_even_bps")
+        even_text = ("never trades" if even is None else
+                     "loses before costs" if even == 0 else f"break-even {even:.1f} bps")
+        out.append(f"  {label}: {values} ({even_text})")
+    return out
+
+
+def seeds_lines(ensemble: dict[str, Any] | None) -> list[str]:
+    """The seeds ensemble's test figures beside the single model, one line."""
+    if not ensemble:
+        return []
+    if ensemble.get("reason"):
+        return [f"seeds ensemble ({ensemble['n_seeds']} seeds): not built: {ensemble['reason']}"]
+
+    def fmt(f: Any) -> str:
+        if not isinstance(f, dict) or not isinstance(f.get("value"), int | float):
+            return "-"
+        se = f.get("se")
+        return f"{f['value']:+.3g}" + (f"±{se:.2g}" if isinstance(se, int | float) else "")
+
+    test = ensemble.get("test") or {}
+    diff = ensemble.get("minus_single") or {}
+    return [f"seeds ensemble of trial {ensemble.get('trial')} ({ensemble['n_seeds']} seeds) on "
+            "test: " + ", ".join(f"{k} {fmt(test.get(k))}" for k in test)
+            + "; minus the single model (paired): "
+            + ", ".join(f"{k} {fmt(diff.get(k))}" for k in diff)]
+
+
 def footnotes(summary: dict[str, Any]) -> list[str]:
     """What the table's marks and figures mean, one line each."""
     dsr = summary.get("deflated_sharpe") or {}
     lines = [f"* chosen: {summary.get('rule', '?')}"]
     value = dsr.get("value")
     if isinstance(value, int | float) and math.isfinite(value):
-        line = (f"deflated Sharpe ratio of trial {summary.get('chosen')}'s validation "
-                f"Sharpe, {dsr.get('n_trials')} trials searched: {value:.3f}")
+        of = str(dsr.get("of") or "the chosen trial's validation Sharpe").removeprefix(
+            "the chosen trial's ")
+        line = (f"deflated Sharpe ratio of trial {summary.get('chosen')}'s {of}, "
+                f"{dsr.get('n_trials')} trials searched: {value:.3f}")
         eff = dsr.get("effective_value")
         if isinstance(eff, int | float) and math.isfinite(eff):
             line += (f"; with the effective number of trials "
                      f"({dsr.get('effective_n_trials'):.1f}): {eff:.3f}")
         lines.append(line)
+    lines += cost_lines(summary.get("costs"))
+    lines += seeds_lines(summary.get("seeds_ensemble"))
     pbo = summary.get("pbo") or {}
     if isinstance(pbo.get("value"), int | float):
         lines.append(f"probability of backtest overfitting (CSCV, {pbo.get('blocks')} blocks "

@@ -56,31 +56,33 @@ def _last_figure(t: FrozenTrial, metric: str) -> float | None:
     return None
 
 
-def searched_sharpes(study: optuna.Study) -> dict[int, float]:
+def searched_sharpes(study: optuna.Study, metric: str = DSR_METRIC) -> dict[int, float]:
     """Validation Sharpe of every trial that produced one (``COUNTED_STATES``): the trials the
     choice was made among, which the deflated Sharpe ratio accounts for."""
     out = {}
     for t in study.get_trials(deepcopy=False, states=COUNTED_STATES):
         if t.user_attrs.get(attrs.SURPLUS):
             continue
-        value = _last_figure(t, DSR_METRIC)
+        value = _last_figure(t, metric)
         if value is not None:
             out[t.number] = value
     return out
 
 
 def validation_returns(study: optuna.Study, heldout: HeldOut, output: Path,
-                       numbers: list[int]) -> tuple[np.ndarray, list[int]]:
+                       numbers: list[int], trained: Any = None) -> tuple[np.ndarray, list[int]]:
     """(dates, trials) matrix of the validation long-short returns of the trials ``numbers``
     that stored validation rows (``HeldOut.validation``), on the dates all of them share;
-    the trial numbers of its columns."""
+    the trial numbers of its columns. ``trained``: the chosen trial's model; ``HeldOut.returns``
+    gets it with each trial's user attrs (a trial's own book, where it searched one)."""
+    by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
     series = {}
     for n in numbers:
         try:
             frame = heldout.validation(trial_dir(output, study.study_name, n))
         except (OSError, ValueError):  # pruned or failed before it wrote predictions
             continue
-        series[n] = heldout.returns(frame)
+        series[n] = heldout.returns(frame, trained, dict(by_number[n].user_attrs))
     if not series:
         return np.zeros((0, 0)), []
     common = None
@@ -118,7 +120,8 @@ EFFECTIVE_N_FORMULA = ("N_eff = rho + (1 - rho) N, rho the mean pairwise correla
 
 def deflation(chosen_sharpe: float, moments: dict[str, float], *,
               sharpes: dict[int, float], effective: dict[str, Any] | None = None,
-              states: dict[str, int] | None = None) -> dict[str, Any]:
+              states: dict[str, int] | None = None, label: str = "Sharpe (gross)",
+              metric: str = DSR_METRIC) -> dict[str, Any]:
     """The deflated Sharpe ratio of the chosen trial's validation Sharpe (Bailey and Lopez de
     Prado 2014), with every input it used. ``moments``: the chosen trial's validation
     long-short moments (per period skewness, non-excess kurtosis, non-overlapping periods,
@@ -140,8 +143,10 @@ def deflation(chosen_sharpe: float, moments: dict[str, float], *,
                                      periods_per_year=ppy)
 
     benchmark = expected_max_sharpe(n_trials=n_trials, sharpe_variance=variance / ppy)
-    out = {"value": dsr(n_trials), "of": "the chosen trial's validation Sharpe",
-           "about": "the Sharpe ratio, whatever metric chose the trial",
+    out = {"value": dsr(n_trials), "of": f"the chosen trial's validation {label}",
+           "metric": metric,
+           "about": "the Sharpe ratio the study selected on (the net one when it optimised "
+                    "sharpe_net), with every searched trial's value of it",
            "sharpe": chosen_sharpe, "n_trials": n_trials,
            "trials_counted": sorted(sharpes), "states_counted": states or {},
            "sharpe_variance": variance,
@@ -156,7 +161,8 @@ def deflation(chosen_sharpe: float, moments: dict[str, float], *,
     return out
 
 
-def psr_of_test(test_sharpe: float, moments: dict[str, float]) -> dict[str, Any]:
+def psr_of_test(test_sharpe: float, moments: dict[str, float], *,
+                label: str = "Sharpe (gross)") -> dict[str, Any]:
     """Probabilistic Sharpe ratio of a test Sharpe against 0: not deflated, since nothing was
     chosen on the test period."""
     from trainers.metrics import probabilistic_sharpe_ratio
@@ -166,5 +172,5 @@ def psr_of_test(test_sharpe: float, moments: dict[str, float]) -> dict[str, Any]
     value = (probabilistic_sharpe_ratio(test_sharpe / math.sqrt(m["periods_per_year"]),
                                         benchmark=0.0, n_obs=int(m["n_obs"]), skew=m["skew"],
                                         kurtosis=m["kurtosis"]) if ok else math.nan)
-    return {"value": value, "of": "the chosen trial's test Sharpe, against 0",
+    return {"value": value, "of": f"the chosen trial's test {label}, against 0",
             "n_obs": int(m["n_obs"]), "skew": m["skew"], "kurtosis": m["kurtosis"]}

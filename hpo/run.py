@@ -189,7 +189,9 @@ def _run(args: argparse.Namespace, n_workers: int, *, gpu_pinning: bool) -> int:
         if code == EXIT_OK:
             evaluate_when_complete(study, output=output, url=url, target=target,
                                    auto=spec.evaluate.auto,
-                                   pbo_blocks=spec.evaluate.pbo_blocks)
+                                   pbo_blocks=spec.evaluate.pbo_blocks,
+                                   test_model=spec.evaluate.test_model,
+                                   seeds=spec.evaluate.seeds)
         print_summary(study, spec, url, target)
     return code
 
@@ -222,7 +224,8 @@ def preflight(spec: StudySpec) -> None:
 
 
 def evaluate_when_complete(study: optuna.Study, *, output: Path, url: str,
-                           target: int, auto: bool = True, pbo_blocks: int = 16) -> None:
+                           target: int, auto: bool = True, pbo_blocks: int = 16,
+                           test_model: str = "last_fold", seeds: int = 1) -> None:
     """Open the test period (``hpo.evaluate``) once the study has reached its target.
 
     Only for workloads with a held-out test period, only when ``target`` trials are finished
@@ -249,7 +252,8 @@ def evaluate_when_complete(study: optuna.Study, *, output: Path, url: str,
                  "%s", command)
         return
     try:
-        result = evaluate_study(study, output=output, pbo_blocks=pbo_blocks)
+        result = evaluate_study(study, output=output, pbo_blocks=pbo_blocks,
+                                test_model=test_model, seeds=seeds)
     except ReopenRequired as exc:
         print(f"\ntest period not reopened: {exc}. Command: {command} --reopen",
               file=sys.stderr)

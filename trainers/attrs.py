@@ -8,6 +8,9 @@ from __future__ import annotations
 
 # -- what the service reads back ---------------------------------------------------------------
 DATE_SPLIT = "date_split"  # first/last ISO date of train, val, test: the study's, every trial
+# The long-short book a ranking trial's trading figures were scored with (enter, exit,
+# halflife): the PBO re-scores each trial's validation rows with its own book.
+BOOK = "book"
 
 # -- descriptive, shown by status/export ----------------------------------------------------------
 SPLIT = "split"  # sizes of each period in this trial

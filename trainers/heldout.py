@@ -38,8 +38,9 @@ protocol, in the order ``hpo.evaluate`` uses it, for each trial of the best tria
    configuration trained again, with ``request.seed``, on every date through
    ``request.through`` (None: the panel's last), its model written to ``out_dir`` in the
    format ``load`` reads (``hpo.refit``; ``hpo.predict --model refit`` scores with it).
-11. Optional ``returns(rows)`` -> a frame ``date, ret``: the per-date return of a strategy
-   built on the rows (for the ranking workloads the long-short). With it the report gains the
+11. Optional ``returns(rows, trained, trial_attrs)`` -> a frame ``date, ret``: the per-date
+   return of a strategy built on the rows (for the ranking workloads the long-short, with the
+   book the trial recorded in its user attrs ``trial_attrs``). With it the report gains the
    probability of backtest overfitting over the trials' validation returns and the effective
    number of trials of the deflated Sharpe ratio.
 10. Optional ``tear_sheet(frames, trained, out_dir, title)`` -> the files written: a
@@ -62,6 +63,7 @@ from typing import Any
 import numpy as np
 
 from trainers.metrics import registry
+from trainers.metrics.book import PLAIN
 from trainers.metrics.turnover import DEFAULT_COST_BPS
 
 TRADING_DAYS = 252  # the annualisation when a workload names none
@@ -134,7 +136,8 @@ class HeldOut:
     describe: Callable[[Any], dict[str, Any]] | None = None
     compare: Callable[[Any, Any, Any], dict[str, Any]] | None = None
     tear_sheet: Callable[[Mapping[str, Any], Any, Path, str], list[Path]] | None = None
-    returns: Callable[[Any], Any] | None = None
+    returns: Callable[[Any, Any, Any], Any] | None = None
+    costs: Callable[[Any, Any], dict[str, Any]] | None = None
     score_new: Callable[[Any, str, str, Path], Any] | None = None
     refit: Callable[[Any, Path, Path, RefitRequest], Mapping[str, Any]] | None = None
 
@@ -145,7 +148,7 @@ class HeldOut:
 
 
 def ranking_score(frame: Any, *, horizon: int = 1, cost_bps: float = DEFAULT_COST_BPS,
-                  periods_per_year: float = TRADING_DAYS,
+                  book: Any = None, periods_per_year: float = TRADING_DAYS,
                   reported: tuple[str, ...] = RANKING_REPORTED
                   ) -> tuple[dict[str, Any], dict[str, int]]:
     """Cross-sectional figures with moving-block bootstrap SEs of ``date, pred, target`` rows
@@ -153,40 +156,95 @@ def ranking_score(frame: Any, *, horizon: int = 1, cost_bps: float = DEFAULT_COS
     from trainers.metrics import predictions_metrics_with_se
 
     raw = predictions_metrics_with_se(frame, horizon=horizon, cost_bps=cost_bps,
-                                      periods_per_year=periods_per_year)
+                                      book=book or PLAIN, periods_per_year=periods_per_year)
     boot = {k: int(v) for k, v in raw.pop("bootstrap").items()}
     return {name: raw[name] for name in reported}, boot
 
 
 def ranking_compare(a: Any, b: Any, *, horizon: int = 1, cost_bps: float = DEFAULT_COST_BPS,
-                    periods_per_year: float = TRADING_DAYS,
+                    book: Any = None, periods_per_year: float = TRADING_DAYS,
                     reported: tuple[str, ...] = RANKING_REPORTED) -> dict[str, Any]:
     """Figures of rows ``a`` minus those of rows ``b`` with paired moving-block bootstrap SEs
     (``trainers.metrics.paired_difference``), limited to ``reported``."""
     from trainers.metrics import paired_difference
 
-    raw = paired_difference(a, b, horizon=horizon, cost_bps=cost_bps,
+    raw = paired_difference(a, b, horizon=horizon, cost_bps=cost_bps, book=book or PLAIN,
                             periods_per_year=periods_per_year)
     return {name: raw[name] for name in reported if name in raw}
 
 
-def ranking_returns(frame: Any) -> Any:
-    """``date, ret``: the per-date long-short (top minus bottom quintile) of the rows."""
+def ranking_returns(frame: Any, *, book: Any = None) -> Any:
+    """``date, ret``: the per-date long-short of the rows' book (the plain quintile book by
+    default)."""
     import polars as pl
 
     from trainers.metrics import per_date_metrics
 
+    codes = frame["code"].to_numpy() if "code" in frame.columns else None
     per_date = per_date_metrics(frame["date"].to_numpy(), frame["pred"].to_numpy(),
-                                frame["target"].to_numpy())
+                                frame["target"].to_numpy(), codes=codes, book=book or PLAIN)
     return pl.DataFrame({"date": per_date["date"], "ret": per_date["long_short"]})
 
 
-def ranking_moments(frame: Any, *, horizon: int = 1,
+def ensemble_scores(frames: list[Any]) -> Any:
+    """``date, code, pred, target`` rows whose ``pred`` is the mean over ``frames`` (the same
+    rows scored by several models) of each model's per-date standardised score: z-scored
+    across the date's stocks (a constant date reads 0), so no model weighs more for its scale.
+    Rows in the first frame's order; a row some model did not score is dropped."""
+    import polars as pl
+
+    def z(frame: Any, i: int) -> Any:
+        pred = pl.col("pred")
+        score = ((pred - pred.mean().over("date")) / pred.std(ddof=0).over("date"))
+        return frame.select("date", "code", score.fill_nan(0.0).alias(f"z{i}"))
+
+    out = frames[0].select("date", "code", "target")
+    for i, frame in enumerate(frames):
+        out = out.join(z(frame, i), on=["date", "code"], how="inner", maintain_order="left")
+    columns = [f"z{i}" for i in range(len(frames))]
+    return out.select("date", "code", (pl.sum_horizontal(columns) / len(frames)).alias("pred"),
+                      "target")
+
+
+def ranking_costs(frame: Any, *, costs: tuple[float, ...], horizon: int = 1,
+                  book: Any = None, periods_per_year: float = TRADING_DAYS) -> dict[str, Any]:
+    """The net Sharpe ratio (with its bootstrap SE) of ``date, code, pred, target`` rows at
+    each cost of ``costs`` (bps per unit traded), and the break-even cost: the cost at which
+    the mean net long-short return is zero, ``1e4 * sum(long_short) / sum(turnover)`` over
+    the scored dates (0 when the book loses before costs; None when it never trades)."""
+    import math
+
+    from trainers.metrics import per_date_metrics, predictions_metrics_with_se
+
+    book = book or PLAIN
+    at = {}
+    for cost in costs:
+        raw = predictions_metrics_with_se(frame, horizon=horizon, cost_bps=cost, book=book,
+                                          periods_per_year=periods_per_year)
+        at[f"{cost:g}"] = {"value": raw["sharpe_net"]["value"], "se": raw["sharpe_net"]["se"]}
+    per_date = per_date_metrics(frame["date"].to_numpy(), frame["pred"].to_numpy(),
+                                frame["target"].to_numpy(), codes=frame["code"].to_numpy(),
+                                horizon=horizon, cost_bps=0.0, book=book)
+    gross = per_date["long_short"].to_numpy()
+    traded = np.nan_to_num(per_date["turnover"].to_numpy(), nan=0.0)[np.isfinite(gross)]
+    total, spent = float(np.nansum(gross)), float(traded.sum())
+    if spent <= 0:
+        even = None
+    else:
+        even = max(0.0, 1e4 * total / spent) if math.isfinite(total) else None
+    return {"grid_bps": [float(c) for c in costs], "sharpe_net": at, "break_even_bps": even}
+
+
+def ranking_moments(frame: Any, *, horizon: int = 1, cost_bps: float = DEFAULT_COST_BPS,
+                    book: Any = None, net: bool = False,
                     periods_per_year: float = TRADING_DAYS) -> dict[str, float]:
     """Skewness, kurtosis, non-overlapping periods and periods per year of the long-short
-    returns of ``date, pred, target`` rows (``trainers.metrics.sharpe_moments``)."""
+    returns of ``date, pred, target`` rows (``trainers.metrics.sharpe_moments``); ``net``:
+    of the returns net of ``cost_bps`` (needs a ``code`` column)."""
     from trainers.metrics import sharpe_moments
 
+    codes = frame["code"].to_numpy() if "code" in frame.columns else None
     return sharpe_moments(frame["date"].to_numpy(), frame["pred"].to_numpy(),
-                          frame["target"].to_numpy(), horizon=horizon,
+                          frame["target"].to_numpy(), codes=codes, horizon=horizon,
+                          cost_bps=cost_bps, book=book or PLAIN, net=net,
                           periods_per_year=periods_per_year)

@@ -40,6 +40,9 @@ class Workload:
         preflight: ``preflight(config)`` raises ``UserError`` for every problem of the data
             that can be found without training; ``hpo.run`` calls it with the study's
             settings before it writes anything (a study, a trial, a directory).
+        default_objectives: ``default_objectives(settings) -> [(metric, direction), ...]``,
+            the objectives of a study file that lists none (``settings``: its [data],
+            [portfolio] and [trainer] tables). None: a study must list its objectives.
     """
 
     name: str
@@ -49,6 +52,7 @@ class Workload:
     description: str = ""
     heldout: HeldOut | None = None
     preflight: Callable[[Any], None] | None = None
+    default_objectives: Callable[[Mapping[str, Any]], list[tuple[str, str]]] | None = None
 
 
 def workload_names() -> list[str]:

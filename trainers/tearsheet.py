@@ -58,12 +58,13 @@ def quantile_returns(frame: pl.DataFrame, n_quantiles: int = N_QUANTILES,
     return out
 
 
-def _per_date(frame: pl.DataFrame, *, horizon: int, cost_bps: float) -> pl.DataFrame:
+def _per_date(frame: pl.DataFrame, *, horizon: int, cost_bps: float,
+              book: Any) -> pl.DataFrame:
     from trainers.metrics import per_date_metrics
 
     return per_date_metrics(frame["date"].to_numpy(), frame["pred"].to_numpy(),
                             frame["target"].to_numpy(), codes=frame["code"].to_numpy(),
-                            horizon=horizon, cost_bps=cost_bps)
+                            horizon=horizon, cost_bps=cost_bps, book=book)
 
 
 def _rolling(values: np.ndarray, window: int) -> np.ndarray:
@@ -161,8 +162,18 @@ def _figures(series: Mapping[str, pl.DataFrame], quantiles: Mapping[str, np.ndar
     return out
 
 
+def _book_words(book: Any) -> str:
+    words = f"top {book.enter:.0%} minus bottom {book.enter:.0%} by prediction"
+    if book.exit != book.enter:
+        words += f", held while in the top/bottom {book.exit:.0%}"
+    if book.halflife:
+        words += f", scores smoothed with a {book.halflife:g}-date half-life"
+    return words
+
+
 def _html(title: str, figures: Mapping[str, Mapping[str, float]], pngs: list[bytes], *,
-          horizon: int, cost_bps: float, periods_per_year: float, dates: str) -> str:
+          horizon: int, cost_bps: float, book: Any, periods_per_year: float,
+          dates: str) -> str:
     def cell(v: float) -> str:
         return f"{v:.4g}" if isinstance(v, float) and np.isfinite(v) else "-"
 
@@ -170,7 +181,7 @@ def _html(title: str, figures: Mapping[str, Mapping[str, float]], pngs: list[byt
     rows = "".join(f"<tr><td>{html.escape(label)}</td>"
                    + "".join(f"<td>{cell(f.get(n))}</td>" for n in TABLE) + "</tr>"
                    for label, f in figures.items())
-    captions = ("Cumulative long-short return (top 20% minus bottom 20% by prediction), gross "
+    captions = (f"Cumulative long-short return ({_book_words(book)}), gross "
                 f"and net of {cost_bps:g} bps per unit traded",
                 f"Per-date RankIC and its {ROLLING_DATES}-date trailing mean",
                 "Mean target of each prediction quintile",
@@ -192,22 +203,23 @@ def _html(title: str, figures: Mapping[str, Mapping[str, float]], pngs: list[byt
 
 
 def tear_sheet(frames: Mapping[str, pl.DataFrame], out_dir: Path, *, title: str,
-               horizon: int = 1, cost_bps: float = 5.0,
+               horizon: int = 1, cost_bps: float = 5.0, book: Any = None,
                periods_per_year: float = 252.0) -> list[Path]:
     """Write the tear sheet of ``frames`` (label -> rows; the first is the model, the others
     its baselines, on the same dates) into ``out_dir``; returns the HTML file and the PNGs.
     Each file is replaced atomically."""
     from trainers.context import atomic_write_bytes
-    from trainers.metrics import panel_metrics
+    from trainers.metrics import PLAIN, panel_metrics
 
+    book = book or PLAIN
     if not frames:
         raise ValueError("tear_sheet needs at least one frame of prediction rows")
-    series = {label: _per_date(f, horizon=horizon, cost_bps=cost_bps)
+    series = {label: _per_date(f, horizon=horizon, cost_bps=cost_bps, book=book)
               for label, f in frames.items()}
     quantiles = {label: quantile_returns(f) for label, f in frames.items()}
     figures = {label: panel_metrics(f["date"].to_numpy(), f["pred"].to_numpy(),
                                     f["target"].to_numpy(), codes=f["code"].to_numpy(),
-                                    horizon=horizon, cost_bps=cost_bps,
+                                    horizon=horizon, cost_bps=cost_bps, book=book,
                                     periods_per_year=periods_per_year)
                for label, f in frames.items()}
     pngs = _figures(series, quantiles, horizon=horizon, cost_bps=cost_bps, title=title)
@@ -219,7 +231,7 @@ def tear_sheet(frames: Mapping[str, pl.DataFrame], out_dir: Path, *, title: str,
     for name, data in zip(PNG_NAMES, pngs, strict=True):
         atomic_write_bytes(out_dir / name, data, durable=False)
         paths.append(out_dir / name)
-    page = _html(title, figures, pngs, horizon=horizon, cost_bps=cost_bps,
+    page = _html(title, figures, pngs, horizon=horizon, cost_bps=cost_bps, book=book,
                  periods_per_year=periods_per_year, dates=dates)
     atomic_write_bytes(out_dir / HTML_NAME, page.encode(), durable=False)
     return [out_dir / HTML_NAME, *paths]

@@ -172,7 +172,7 @@ def test_chosen_trial_and_its_deflated_sharpe(ran: Path) -> None:
     expected = stats.norm.cdf((sr - sr0) * math.sqrt(len(ls) - 1)
                               / math.sqrt(1 - skew * sr + (kurt - 1) / 4 * sr**2))
     assert dsr["value"] == pytest.approx(expected, abs=1e-9)
-    assert dsr["of"] == "the chosen trial's validation Sharpe"
+    assert dsr["of"] == "the chosen trial's validation Sharpe (gross)"
     assert 0.0 <= report["test_psr"]["value"] <= 1.0
 
 
@@ -435,7 +435,7 @@ def test_the_deflated_sharpe_counts_pruned_and_failed_trials(copy: Path) -> None
     assert dsr["states_counted"] == {"complete": 3, "pruned": 1, "fail": 1}
     sharpes = [t.user_attrs["sharpe"] for t in _study(copy).trials[:3]] + [5.0, -2.0]
     assert dsr["sharpe_variance"] == pytest.approx(np.var(sharpes, ddof=1), rel=1e-12)
-    assert dsr["about"] == "the Sharpe ratio, whatever metric chose the trial"
+    assert dsr["about"].startswith("the Sharpe ratio the study selected on")
 
 
 def test_pbo_is_cscv_over_the_trials_validation_returns(ran: Path) -> None:

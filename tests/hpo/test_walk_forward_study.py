@@ -50,3 +50,52 @@ def test_a_walk_forward_pick_refits_with_its_last_folds_epochs(ran: Path) -> Non
     entry = _study(ran).user_attrs["refits"][-1]
     chosen = _study(ran).trials[entry["trial"]]
     assert entry["epochs"] == chosen.user_attrs["fold_metrics"][-1]["epochs"] == 1
+
+
+def test_the_fold_ensemble_is_the_mean_of_the_fold_models_scores(ran: Path) -> None:
+    """Every fold's model is kept; the report scores the test period with the last fold's
+    model and with the fold ensemble, whose scores are the mean of the fold models' per-date
+    z-scores (recomputed here with numpy); --test-model fold_ensemble makes it the test row."""
+    import json
+
+    import numpy as np
+
+    from hpo.evaluate import main as evaluate_main
+    from hpo.heldout import REPORT_FILE
+    from trainers.atft_gat.heldout import HELDOUT
+    from trainers.atft_gat.predict import load_trained, predict_period
+
+    report = json.loads((ran / "wf" / REPORT_FILE).read_text())
+    chosen = next(t for t in report["trials"] if t["chosen"])
+    trial_dir = ran / "wf" / f"trial_{chosen['number']}"
+    names = [f"fold_models/fold_{k}.pt" for k in (1, 2, 3)]
+    assert all((trial_dir / n).is_file() for n in names)
+    assert chosen["test_model"] == "last_fold"
+    assert chosen["test"] == chosen["test_models"]["last_fold"]
+    assert set(chosen["fold_ensemble_minus_last_fold"]) >= {"sharpe", "rank_ic"}
+
+    frames = [predict_period(trial_dir, cache_dir=ran / "cache",
+                             trained=load_trained(trial_dir, name=n))[0] for n in names]
+    z = []
+    for frame in frames:
+        frame = frame.sort(["date", "code"])
+        pred, day = frame["pred"].to_numpy(), frame["date"].to_numpy()
+        out = np.empty_like(pred)
+        for d in np.unique(day):
+            p = pred[day == d]
+            out[day == d] = (p - p.mean()) / p.std() if p.std() > 0 else 0.0
+        z.append(out)
+    want = np.mean(z, axis=0)
+    trained = HELDOUT.load(trial_dir)
+    got = HELDOUT.predict(trial_dir, trained, ran / "cache").context["test_models"]
+    ensemble = got["fold_ensemble"].sort(["date", "code"])
+    np.testing.assert_allclose(ensemble["pred"].to_numpy(), want, rtol=1e-9, atol=1e-12)
+    assert got["last_fold"].sort(["date", "code"])["pred"].to_list() == \
+        frames[-1].sort(["date", "code"])["pred"].to_list()
+
+    assert evaluate_main(["--study", "wf", "--output", str(ran), "--test-model",
+                          "fold_ensemble", "--reopen"]) == 0
+    report = json.loads((ran / "wf" / REPORT_FILE).read_text())
+    chosen = next(t for t in report["trials"] if t["chosen"])
+    assert chosen["test_model"] == "fold_ensemble"
+    assert chosen["test"] == chosen["test_models"]["fold_ensemble"]

@@ -11,6 +11,7 @@ from scipy import stats
 
 from trainers.metrics import (
     PER_DATE_COLUMNS,
+    Book,
     deflated_sharpe_ratio,
     expected_max_sharpe,
     panel_metrics,
@@ -77,7 +78,7 @@ def test_per_date_matches_reference(seed: int, quantile: float, sort_by_date: bo
     if sort_by_date:  # the common layout (a cache panel); rows of a date keep their order
         order = np.argsort(dates, kind="stable")
         dates, pred, target = dates[order], pred[order], target[order]
-    got = per_date_metrics(dates, pred, target, quantile=quantile, min_stocks=5)
+    got = per_date_metrics(dates, pred, target, book=Book(enter=quantile), min_stocks=5)
     ref = _reference(dates, pred, target, quantile, 5)
 
     assert tuple(got.columns) == PER_DATE_COLUMNS
@@ -192,8 +193,7 @@ def test_perfect_and_inverse_predictions() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"quantile": 0.0}, "quantile must be in"),
-        ({"quantile": 0.6}, "quantile must be in"),
+        ({"book": "top"}, "book must be a trainers.metrics.book.Book"),
         ({"min_stocks": 1}, "min_stocks must be >= 2"),
     ],
 )

@@ -6,6 +6,7 @@ The flagship workload. ``WORKLOAD.train(config, ctx)`` runs the recipe in ``trai
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from trainers.atft_gat.config import TrainConfig
@@ -55,6 +56,14 @@ def generate_panel(**options: Any) -> pl.DataFrame:
         raise CacheError(str(exc)) from exc
 
 
+def _default_objectives(settings: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """On a file panel the study selects on the Sharpe ratio net of costs (a signal has to
+    earn its trading); the synthetic market, a demonstration, on the gross one."""
+    synthetic = settings.get("source", "synthetic") == "synthetic"
+    return [("sharpe" if synthetic else "sharpe_net", "maximize"), ("rank_ic", "maximize"),
+            ("val_loss", "minimize")]
+
+
 WORKLOAD = Workload(
     name="atft_gat",
     config_cls=TrainConfig,
@@ -65,4 +74,5 @@ WORKLOAD = Workload(
     description="ATFT-GAT-FAN cross-sectional stock ranking (synthetic market or your panel).",
     heldout=HELDOUT,
     preflight=_preflight,
+    default_objectives=_default_objectives,
 )

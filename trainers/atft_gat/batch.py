@@ -42,8 +42,10 @@ class Batch:
             self.edges[1] < hi)
         group = self.group[lo:hi]
         first = int(group[0]) if len(group) else 0
+        last = int(group[-1]) + 1 if len(group) else 0
         return Batch(self.x[lo:hi], self.y[lo:hi], self.y_raw[lo:hi], group - first,
-                     self.stock[lo:hi], self.date, self.edges[:, keep] - lo, self.weight[keep])
+                     self.stock[lo:hi], self.date[first:last], self.edges[:, keep] - lo,
+                     self.weight[keep])
 
 
 def make_batch(panel: Panel, y_z: torch.Tensor, graphs: DateGraphs, dates: np.ndarray, *,

@@ -11,10 +11,13 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from datetime import date
+from typing import ClassVar
 
 from trainers.atft_gat.folds import CV_KINDS, CV_WINDOWS
 from trainers.atft_gat.model import ModelConfig
 from trainers.config import Checks
+from trainers.metrics.book import MAX_FRACTION as MAX_LEG
+from trainers.metrics.book import Book
 from trainers.runtime import RuntimeConfig
 
 PHASE_KINDS = ("baseline", "graph", "finetune")
@@ -41,6 +44,10 @@ def _iso_date(text: str) -> bool:
 
 @dataclass(frozen=True)
 class TrainConfig(ModelConfig, RuntimeConfig):
+    # The settings a study file may put in its [portfolio] table (hpo.config).
+    PORTFOLIO_FIELDS: ClassVar[tuple[str, ...]] = ("enter", "exit", "score_halflife",
+                                                   "cost_bps")
+
     # -- data ---------------------------------------------------------------------------
     source: str = "synthetic"         # "synthetic" or a parquet/CSV panel path (README schema)
     n_stocks: int = 200               # synthetic market size
@@ -86,7 +93,17 @@ class TrainConfig(ModelConfig, RuntimeConfig):
     metric_horizon: int = 1           # the horizon whose predictions are scored
     # One-way cost per unit of traded notional, in basis points, charged by sharpe_net
     # (trainers.metrics.turnover): 5 is a liquid large cap's spread and impact at modest size.
-    cost_bps: float = 5.0
+    # A list (e.g. [5, 0, 10, 20]): the first is charged; the test report shows the net
+    # Sharpe at each and the break-even cost.
+    cost_bps: float | tuple[float, ...] = 5.0
+    # -- portfolio ([portfolio] in a study file; trainers.metrics.book) ---------------------
+    # How each date's scores become the long-short book every trading figure (Sharpe, net
+    # Sharpe, turnover) is computed on, for the trials and the baselines alike: legs of the
+    # top/bottom `enter` fraction; a held stock stays while in the top/bottom `exit` fraction
+    # (None = enter: no hold band); scores smoothed over dates with this half-life (0 = off).
+    enter: float = 0.2
+    exit: float | None = None
+    score_halflife: float = 0.0
     # -- graph --------------------------------------------------------------------------
     graph_window: int = 60
     graph_k: int = 10
@@ -102,6 +119,9 @@ class TrainConfig(ModelConfig, RuntimeConfig):
     rank_weight: float = 0.5          # lambda of the Spearman rank-preserving term
     ic_weight: float = 0.0            # weight of the (1 - Pearson IC) term
     quantile_weight: float = 0.1      # weight of the pinball loss of the quantile heads
+    # Weight of the turnover penalty (loss.turnover_penalty): 1 - soft Spearman between the
+    # scores of consecutive dates; > 0 trains on pairs of consecutive dates. 0 = off.
+    turnover_weight: float = 0.0
     rank_strength: float = 1.0        # soft-rank regularisation (smaller = closer to hard)
     # -- optimisation (the runtime's settings are RuntimeConfig's) --------------------------
     epochs: int = 5
@@ -124,6 +144,8 @@ class TrainConfig(ModelConfig, RuntimeConfig):
         if self.leak_threshold is None:
             easy = self.source == "synthetic" and self.market_difficulty == "easy"
             object.__setattr__(self, "leak_threshold", 0.2 if easy else 0.1)
+        if self.exit is None:
+            object.__setattr__(self, "exit", self.enter)
         if self.purge is None and isinstance(self.execution_lag, int) and self.horizons:
             object.__setattr__(self, "purge", max(self.horizons) + self.execution_lag)
         super().__post_init__()
@@ -163,8 +185,17 @@ class TrainConfig(ModelConfig, RuntimeConfig):
                  f"must be >= the longest label horizon plus the execution lag "
                  f"({max(self.horizons)} + {self.execution_lag} dates), or training "
                  "labels overlap validation dates")
-        need(0.0 <= self.cost_bps < 1e4, "cost_bps",
-             "basis points per unit traded, in [0, 10000); 0 charges nothing")
+        need(bool(self.costs) and all(0.0 <= c < 1e4 for c in self.costs), "cost_bps",
+             "basis points per unit traded, in [0, 10000) (0 charges nothing), or a non-empty "
+             "list of them whose first is charged")
+        need(isinstance(self.enter, int | float) and 0.0 < self.enter <= MAX_LEG, "enter",
+             f"the fraction of stocks in each leg, in (0, {MAX_LEG}]")
+        need(isinstance(self.exit, int | float) and isinstance(self.enter, int | float)
+             and self.enter <= self.exit <= MAX_LEG, "exit",
+             f"the hold band: in [enter, {MAX_LEG}] (enter = {self.enter}); a held stock "
+             "stays while in the top/bottom exit fraction")
+        need(isinstance(self.score_halflife, int | float) and self.score_halflife >= 0,
+             "score_halflife", "dates, >= 0 (0 = no smoothing)")
         need(self.metric_horizon in self.horizons, "metric_horizon",
              f"must be one of horizons {list(self.horizons)}")
         if self.graph_window < 2 or self.graph_k < 1:
@@ -176,7 +207,7 @@ class TrainConfig(ModelConfig, RuntimeConfig):
         need(-1.0 <= self.graph_threshold <= 1.0, "graph_threshold", "a correlation, in [-1, 1]")
         for name in ("huber_delta", "rank_strength"):
             need(getattr(self, name) > 0, name, "must be > 0")
-        for name in ("rank_weight", "ic_weight", "quantile_weight"):
+        for name in ("rank_weight", "ic_weight", "quantile_weight", "turnover_weight"):
             need(getattr(self, name) >= 0, name, "must be >= 0")
         need(self.epochs >= 1, "epochs", "must be >= 1")
         need(self.batch_size >= 1, "batch_size", "must be >= 1")
@@ -189,6 +220,21 @@ class TrainConfig(ModelConfig, RuntimeConfig):
             add(problem)
         need(not self.compile, "compile", "not supported by this workload (its batches change "
                                           "shape every step)")
+
+    @property
+    def costs(self) -> tuple[float, ...]:
+        """Every cost of ``cost_bps`` (one for a number)."""
+        return tuple(self.cost_bps) if isinstance(self.cost_bps, tuple) else (self.cost_bps,)
+
+    @property
+    def cost(self) -> float:
+        """The cost ``sharpe_net`` charges: ``cost_bps``, or its first entry."""
+        return self.costs[0] if self.costs else 0.0
+
+    @property
+    def book(self) -> Book:
+        """The long-short book of every trading figure (``trainers.metrics.book``)."""
+        return Book(enter=self.enter, exit=self.exit, halflife=self.score_halflife)
 
     @property
     def reported_steps(self) -> int:

@@ -19,7 +19,9 @@ from trainers.heldout import (
     TRADING_DAYS,
     HeldOut,
     Prediction,
+    ensemble_scores,
     ranking_compare,
+    ranking_costs,
     ranking_moments,
     ranking_returns,
     ranking_score,
@@ -45,19 +47,31 @@ def _check(trained: Any) -> None:
 
 
 def _predict(trial_dir: Path, trained: Any, cache_dir: Path) -> Prediction:
-    from trainers.atft_gat.predict import predict_period
+    """The test rows of the trial's model; for a walk-forward trial also those of its fold
+    ensemble (``context["test_models"]``: ``last_fold`` and ``fold_ensemble``)."""
+    from trainers.atft_gat.predict import fold_model_files, load_trained, predict_period
 
     frame, split, dates = predict_period(trial_dir, cache_dir=cache_dir, trained=trained)
+    context: dict[str, Any] = {"cache_dir": Path(cache_dir), "split": split}
+    files = fold_model_files(trial_dir)
+    if trained.config.cv == "walk_forward" and len(files) > 1:
+        members = [predict_period(trial_dir, cache_dir=cache_dir, trained=load_trained(
+            trial_dir, name=str(f.relative_to(trial_dir))))[0] for f in files[:-1]]
+        context["test_models"] = {"last_fold": frame,
+                                  "fold_ensemble": ensemble_scores([*members, frame])}
+        context["fold_models"] = len(files)
     return Prediction(frame=frame, split=split.ranges(dates),
                       dates={"validation": dates[split.val], "test": dates[split.test]},
-                      context={"cache_dir": Path(cache_dir), "split": split})
+                      context=context)
 
 
 def scoring(config: Any) -> dict[str, Any]:
-    """How this study scores a period: the scored horizon, the cost per unit traded and the
-    annualisation the trainer resolved (252 for a model saved before it was recorded)."""
-    return {"horizon": config.metric_horizon, "cost_bps": config.cost_bps,
-            "periods_per_year": config.periods_per_year or TRADING_DAYS}
+    """How this study scores a period: the scored horizon, the cost per unit traded, the
+    long-short book (``trainers.metrics.book``; the plain quintile book for a model saved
+    before it was settable) and the annualisation the trainer resolved (252 for a model saved
+    before it was recorded)."""
+    return {"horizon": config.metric_horizon, "cost_bps": config.cost,
+            "book": config.book, "periods_per_year": config.periods_per_year or TRADING_DAYS}
 
 
 def _score(frame: Any, trained: Any) -> tuple[dict[str, Any], dict[str, int]]:
@@ -96,9 +110,28 @@ def _refit(trained: Any, trial_dir: Path, out_dir: Path, request: Any) -> dict[s
                                     epochs=epochs))
 
 
-def _moments(frame: Any, trained: Any) -> dict[str, float]:
+def _returns(frame: Any, trained: Any, trial_attrs: Any = None) -> Any:
+    """The per-date long-short of a trial's rows with the book the trial recorded (its own
+    when the study searched the book), else the chosen trial's."""
+    from trainers.attrs import BOOK
+    from trainers.metrics.book import Book
+
+    recorded = (trial_attrs or {}).get(BOOK)
+    if isinstance(recorded, dict):
+        book = Book(**recorded)
+    else:
+        book = trained.config.book if trained is not None else None
+    return ranking_returns(frame, book=book)
+
+
+def _costs(frame: Any, trained: Any) -> dict[str, Any]:
     s = scoring(trained.config)
-    return ranking_moments(frame, horizon=s["horizon"], periods_per_year=s["periods_per_year"])
+    return ranking_costs(frame, costs=trained.config.costs, horizon=s["horizon"],
+                         book=s["book"], periods_per_year=s["periods_per_year"])
+
+
+def _moments(frame: Any, trained: Any, *, net: bool = False) -> dict[str, float]:
+    return ranking_moments(frame, **scoring(trained.config), net=net)
 
 
 def oracle_baseline(config: Any, dates: dict[str, np.ndarray]) -> dict[str, Any] | None:
@@ -185,18 +218,22 @@ def _baselines(trained: Any, prediction: Prediction) -> dict[str, Any] | None:
 def _describe(trained: Any) -> dict[str, Any]:
     s = scoring(trained.config)
     out = {"metric_horizon": s["horizon"], "cost_bps": s["cost_bps"],
-           "periods_per_year": s["periods_per_year"]}
+           "periods_per_year": s["periods_per_year"],
+           "book": {**s["book"].to_json(),
+                    "applies_to": "the trials and every baseline, on validation and test"}}
     config = trained.config
     if config.cv == "walk_forward":
         out["validation_scheme"] = (
             f"purged walk-forward, {config.cv_folds} folds ({config.cv_window} window); "
             "validation figures over every fold's block, each by its own fold's model; the "
-            "test period scored by the last fold's model")
+            "test period scored by the last fold's model and by the fold ensemble (the mean "
+            "of every fold model's per-date standardised scores); [evaluate] test_model "
+            "picks the test row, both are in the report")
     return out
 
 
 HELDOUT = HeldOut(load=_load, digest=_digest, predict=_predict, score=_score,
                   selection_metric="sharpe", check=_check, moments=_moments,
                   baselines=_baselines, describe=_describe, compare=_compare,
-                  tear_sheet=_tear_sheet, returns=ranking_returns, score_new=_score_new,
+                  tear_sheet=_tear_sheet, returns=_returns, costs=_costs, score_new=_score_new,
                   refit=_refit)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
-from losses import rank_preserving_loss
+from losses import rank_preserving_loss, spearman_loss
 from trainers.atft_gat.batch import Batch
 from trainers.atft_gat.config import TrainConfig
 from trainers.atft_gat.model import pinball_loss
@@ -58,4 +59,39 @@ def batch_loss(out: dict[str, torch.Tensor], batch: Batch, config: TrainConfig
     if config.quantile_weight > 0:
         q = pinball_loss(out["quantiles"].float(), batch.y, config.quantiles)
         total = total + config.quantile_weight * q
+    if config.turnover_weight > 0:
+        h = list(config.horizons).index(config.metric_horizon)
+        penalty = turnover_penalty(out["point"][:, h].float(), batch,
+                                   strength=config.rank_strength)
+        if penalty is not None:
+            total = total + config.turnover_weight * penalty
+            parts["turnover"] = float(penalty.detach())
     return total, parts
+
+
+def turnover_penalty(score: torch.Tensor, batch: Batch, *, strength: float
+                     ) -> torch.Tensor | None:
+    """``1 - soft Spearman`` of the scores of the stocks two consecutive dates of the batch
+    share, averaged over those pairs of dates (None when the batch holds no such pair).
+
+    A book's turnover comes from stocks changing rank between rebalances; this term, the
+    ``turnover_weight`` of the loss, pulls each date's ranking towards the next one's. Both
+    dates get a gradient: the soft ranks of one against the hard ranks of the other, each way.
+    ``score``: (N,) the scored horizon's predictions, rows as ``batch``'s.
+    """
+    dates = np.asarray(batch.date)
+    group = batch.group.cpu().numpy()
+    stock = batch.stock.cpu().numpy()
+    terms = []
+    for g in np.flatnonzero(np.diff(dates) == 1):  # slot g and g + 1 are consecutive dates
+        rows_a, rows_b = np.flatnonzero(group == g), np.flatnonzero(group == g + 1)
+        _, ia, ib = np.intersect1d(stock[rows_a], stock[rows_b], return_indices=True)
+        if len(ia) < 3:
+            continue
+        a = score[torch.as_tensor(rows_a[ia], device=score.device)]
+        b = score[torch.as_tensor(rows_b[ib], device=score.device)]
+        terms.append(0.5 * (spearman_loss(b, a.detach(), strength=strength)
+                            + spearman_loss(a, b.detach(), strength=strength)))
+    if not terms:
+        return None
+    return torch.stack(terms).mean()

@@ -49,6 +49,9 @@ from trainers.errors import UserError
 from trainers.heldout import file_digest
 
 MODEL_FILE = "model.pt"
+# A walk-forward trial keeps every fold's model here (fold_<k>.pt, k from 1): the fold
+# ensemble scores the test period with all of them.
+FOLD_MODELS = "fold_models"
 PERIODS = ("val", "test")
 
 
@@ -93,11 +96,20 @@ def model_digest(trial_dir: Path) -> str:
     return file_digest(Path(trial_dir) / MODEL_FILE)
 
 
-def load_trained(trial_dir: Path) -> TrainedModel:
-    """The trained model of ``trial_dir`` (CPU, eval mode); a missing file is a UserError."""
-    path = Path(trial_dir) / MODEL_FILE
+def fold_model_files(trial_dir: Path) -> list[Path]:
+    """A walk-forward trial's fold models (``fold_models/fold_<k>.pt``), in fold order; [] for
+    a holdout trial or one saved before fold models were kept."""
+    folder = Path(trial_dir) / FOLD_MODELS
+    files = [p for p in folder.glob("fold_*.pt") if p.stem.removeprefix("fold_").isdigit()]
+    return sorted(files, key=lambda p: int(p.stem.removeprefix("fold_")))
+
+
+def load_trained(trial_dir: Path, *, name: str = MODEL_FILE) -> TrainedModel:
+    """The trained model of ``trial_dir`` (CPU, eval mode); a missing file is a UserError.
+    ``name``: the file under ``trial_dir`` (``fold_models/fold_2.pt`` for a fold's model)."""
+    path = Path(trial_dir) / name
     if not path.is_file():
-        raise UserError(f"no {MODEL_FILE} in {trial_dir}: the trial did not finish training, or "
+        raise UserError(f"no {name} in {trial_dir}: the trial did not finish training, or "
                         "its outputs are under another --output directory")
     try:
         data = verified_bytes(path)

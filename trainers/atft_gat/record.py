@@ -60,6 +60,7 @@ def record_data(ctx: TrialContext, inp: Inputs, config: TrainConfig, *,
                 coverage: dict[str, Any]) -> None:
     """Size and coverage of the data, and the graph's summary when the model has the graph."""
     graphs = inp.graphs
+    ctx.set_attr(attrs.BOOK, config.book.to_json())
     ctx.set_attr(attrs.DATA, {
         "rows": int(inp.fc.n_rows), "dates": len(inp.source_dates), **coverage,
         "stocks": int(inp.panel.x.shape[1]), "features": list(inp.panel.feature_names),

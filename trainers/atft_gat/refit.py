@@ -37,7 +37,7 @@ from trainers.atft_gat.model import ATFTGATFAN
 from trainers.atft_gat.outputs import save_model
 from trainers.atft_gat.prepare import Inputs, load_features, no_graphs, zscore_targets
 from trainers.atft_gat.record import SELECTED_EPOCH
-from trainers.atft_gat.train import load_graphs, step_sizes, train_epoch
+from trainers.atft_gat.train import epoch_order, load_graphs, step_sizes, train_epoch
 from trainers.context import TrialContext
 from trainers.errors import UserError
 from trainers.runtime import (
@@ -137,7 +137,8 @@ def refit(config: TrainConfig, ctx: TrialContext, *, through: str | None, epochs
         phase = plan[epoch]
         scale = config.finetune_lr_scale if phase == "finetune" else 1.0
         runner.scheduler.base_lrs = [lr * scale for lr in base_lrs]
-        order = np.random.default_rng([ctx.seed, epoch]).permutation(inp.train_dates)
+        order = epoch_order(inp.train_dates, ctx.seed, epoch,
+                            paired=config.turnover_weight > 0)
         fit = train_epoch(runner, inp, config, order, with_graph=phase != "baseline",
                           dates_per_step=dates_per_step, steps=steps_per_epoch,
                           epoch=epoch + 1, epochs=epochs)

@@ -88,8 +88,9 @@ from trainers.errors import UserError
 from trainers.metrics import (
     DEFAULT_COST_BPS,
     DEFAULT_MIN_STOCKS,
-    DEFAULT_QUANTILE,
+    PLAIN,
     TRADING_DAYS_PER_YEAR,
+    Book,
     panel_metrics,
 )
 
@@ -343,7 +344,7 @@ def market_baselines(
     horizon: int = 1,
     selection_dates: Any = None,
     features: Sequence[str] | None = None,
-    quantile: float = DEFAULT_QUANTILE,
+    book: Book = PLAIN,
     min_stocks: int = DEFAULT_MIN_STOCKS,
     cost_bps: float = DEFAULT_COST_BPS,
     periods_per_year: float = TRADING_DAYS_PER_YEAR,
@@ -423,7 +424,7 @@ def market_baselines(
             cost_bps=cost_bps,
             periods_per_year=periods_per_year,
             horizon=horizon,
-            quantile=quantile,
+            book=book,
             min_stocks=min_stocks,
         )
 

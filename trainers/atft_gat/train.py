@@ -79,6 +79,7 @@ from trainers.runtime import (
 # the sibling modules and are re-exported here.
 __all__ = ["Batch", "cache_panel", "cache_source", "epoch_batches", "graph_summary",
            "load_features", "load_graphs", "make_batch", "no_graphs", "pack_dates",
+           "epoch_order",
            "prepare_inputs", "train", "validate", "zscore_targets"]
 
 # An epoch's selection RankIC must beat the best so far by more than this to count as
@@ -116,6 +117,26 @@ def epoch_batches(panel: Panel, y_z: torch.Tensor, graphs: DateGraphs, order: np
             waited = time.perf_counter() - started
             pending = pool.submit(build, nxt) if nxt is not None else None
             yield batch, waited
+
+
+def epoch_order(dates: np.ndarray, seed: int, epoch: int, *, paired: bool) -> np.ndarray:
+    """The order an epoch visits the training dates in; it depends on (seed, epoch) only, so
+    a resumed run replays it exactly.
+
+    ``paired`` (a turnover penalty, ``loss.turnover_penalty``): the dates in pairs of
+    consecutive training dates, the pairs shuffled, so that each step sees a date beside the
+    one after it. Pairs start on even positions in even epochs and on odd ones in odd epochs,
+    so every consecutive pair is seen every two epochs.
+    """
+    rng = np.random.default_rng([seed, epoch])
+    if not paired:
+        return rng.permutation(dates)
+    dates = np.sort(np.asarray(dates))
+    shift = epoch % 2
+    pairs = [dates[i:i + 2] for i in range(shift, len(dates), 2)]
+    if shift and len(dates):
+        pairs.append(dates[:1])
+    return np.concatenate([pairs[i] for i in rng.permutation(len(pairs))]) if pairs else dates
 
 
 @dataclass
@@ -304,7 +325,8 @@ def fit_epochs(runner: StepRunner, inp: Inputs, config: TrainConfig, ctx: TrialC
         runner.scheduler.base_lrs = [lr * scale for lr in base_lrs]
         with_graph = phase != "baseline"
         # Shuffle order depends only on (seed, epoch): a resumed run replays it exactly.
-        order = np.random.default_rng([ctx.seed, epoch]).permutation(inp.train_dates)
+        order = epoch_order(inp.train_dates, ctx.seed, epoch,
+                            paired=config.turnover_weight > 0)
         resumed = (EpochFit.from_state(partial) if partial and partial["epoch"] == epoch
                    else None)
         partial = None
@@ -365,6 +387,8 @@ def step_sizes(inp: Inputs, config: TrainConfig) -> tuple[int, int, int]:
     the rows of a typical step, over the dates the trial reads."""
     stocks_per_date = float(inp.panel.present.sum()) / max(1, len(inp.panel.dates))
     dates_per_step = max(1, int(config.batch_size // max(1.0, stocks_per_date)))
+    if config.turnover_weight > 0:  # whole pairs of consecutive dates (epoch_order) per step
+        dates_per_step = max(2, dates_per_step - dates_per_step % 2)
     steps_per_epoch = math.ceil(len(inp.train_dates) / dates_per_step)
     if config.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
@@ -465,7 +489,7 @@ def validate(runner: StepRunner, panel: Panel, y_z: torch.Tensor, graphs: DateGr
     preds = {k: v[keep] for k, v in preds.items()}
     # An h-day target: Sharpe on non-overlapping h-day periods, annualised with sqrt(252 / h).
     metrics = panel_metrics(preds["date"], preds["pred"], preds["target"], codes=preds["code"],
-                            horizon=config.metric_horizon, cost_bps=config.cost_bps,
-                            periods_per_year=config.periods_per_year)
+                            horizon=config.metric_horizon, cost_bps=config.cost,
+                            book=config.book, periods_per_year=config.periods_per_year)
     metrics["val_loss"] = float(np.average(losses, weights=weights))
     return metrics, preds

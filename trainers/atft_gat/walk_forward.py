@@ -18,8 +18,11 @@ attrs ``folds`` (each fold's ``train`` and ``validation`` first and last dates) 
 ``fold_metrics`` (each fold's figures, epochs and selected epoch) show the rest.
 
 The saved ``model.pt`` is the last fold's model, trained on the most dates and validated on
-the latest block: ``hpo.evaluate`` opens the test period with it (the README says so), and
-``hpo.refit`` trains the configuration again on every date once the test period is open.
+the latest block; every fold's model is kept as ``fold_models/fold_<k>.pt``. ``hpo.evaluate``
+scores the test period with both the last fold's model and the **fold ensemble** (the mean of
+the fold models' per-date standardised scores: the K models the validation figures describe),
+``[evaluate] test_model`` says which one is the report's test row; ``hpo.refit`` trains the
+configuration again on every date once the test period is open.
 
 Checkpoints: after every epoch (the fold's runner, its epoch-selection state, the finished
 folds' predictions), inside an epoch on a stop or every ``checkpoint_every_s`` (``train.py``'s
@@ -39,6 +42,7 @@ from trainers import attrs
 from trainers.atft_gat.config import TrainConfig
 from trainers.atft_gat.inputs import fold_inputs, load_study_panel
 from trainers.atft_gat.outputs import save_model, write_predictions
+from trainers.atft_gat.predict import FOLD_MODELS
 from trainers.atft_gat.prepare import coverage, with_calendar
 from trainers.atft_gat.record import PERIODS_PER_YEAR, record_data, record_run, record_timing
 from trainers.atft_gat.train import fit_epochs, new_model
@@ -64,8 +68,8 @@ def combined(done: list[dict[str, Any]], config: TrainConfig) -> dict[str, float
     docstring)."""
     preds = {k: np.concatenate([d["preds"][k] for d in done]) for k in done[0]["preds"]}
     metrics = panel_metrics(preds["date"], preds["pred"], preds["target"], codes=preds["code"],
-                            horizon=config.metric_horizon, cost_bps=config.cost_bps,
-                            periods_per_year=config.periods_per_year)
+                            horizon=config.metric_horizon, cost_bps=config.cost,
+                            book=config.book, periods_per_year=config.periods_per_year)
     weights = [d["n_dates"] for d in done]
     metrics["val_loss"] = float(np.average([d["metrics"]["val_loss"] for d in done],
                                            weights=weights))
@@ -144,7 +148,12 @@ def train(config: TrainConfig, ctx: TrialContext) -> dict[str, float]:
         ctx.set_attr(FOLD_METRICS, fold_metrics(done))
         write_folds(ctx, done)  # a trial pruned after this fold keeps the folds it finished
         last = k == len(folds) - 1
-        if last:  # before the report: a pruned last fold still leaves its model
+        # Every fold's model, for the fold ensemble of the test period (hpo.evaluate); before
+        # the report, so a pruned fold still leaves its model.
+        (ctx.output_dir / FOLD_MODELS).mkdir(parents=True, exist_ok=True)
+        save_model(ctx.output_dir / FOLD_MODELS / f"fold_{k + 1}.pt", runner, config,
+                   panel=inp.panel, with_graph=fitted.with_graph)
+        if last:
             save_model(ctx.output_dir / "model.pt", runner, config, panel=inp.panel,
                        with_graph=fitted.with_graph)
         ctx.report(k + 1, {**running, "fold": k + 1,

@@ -14,6 +14,8 @@ date with few.
   ``predictions_metrics_with_se``, moving-block bootstrap standard errors over dates, and
   ``paired_difference``, one ranking minus another with a paired standard error.
 * :mod:`trainers.metrics.sharpe`: ``sharpe_moments`` and the deflated Sharpe ratio.
+* :mod:`trainers.metrics.book`: ``Book``, how a date's scores become the long-short book's
+  weights (leg size, hold bands, score smoothing); every figure that trades uses it.
 * :mod:`trainers.metrics.turnover`: the long-short book's turnover and its return net of
   ``cost_bps`` (``DEFAULT_COST_BPS`` = 5), behind ``turnover`` and ``sharpe_net``.
 
@@ -34,6 +36,7 @@ NaN policy:
 
 from __future__ import annotations
 
+from trainers.metrics.book import PLAIN, Book
 from trainers.metrics.bootstrap import (
     DEFAULT_BOOT_SEED,
     DEFAULT_N_BOOT,
@@ -62,6 +65,8 @@ from trainers.metrics.sharpe import (
 from trainers.metrics.turnover import DEFAULT_COST_BPS
 
 __all__ = [
+    "PLAIN",
+    "Book",
     "DEFAULT_BOOT_SEED",
     "DEFAULT_COST_BPS",
     "DEFAULT_MIN_STOCKS",

@@ -18,9 +18,9 @@ import math
 import numpy as np
 import polars as pl
 
+from trainers.metrics.book import PLAIN, Book
 from trainers.metrics.cross_section import (
     DEFAULT_MIN_STOCKS,
-    DEFAULT_QUANTILE,
     TRADING_DAYS_PER_YEAR,
     _check_horizon,
     _date_positions,
@@ -48,7 +48,7 @@ def panel_metrics_with_se(
     codes: np.ndarray | None = None,
     horizon: int = 1,
     cost_bps: float = DEFAULT_COST_BPS,
-    quantile: float = DEFAULT_QUANTILE,
+    book: Book = PLAIN,
     min_stocks: int = DEFAULT_MIN_STOCKS,
     periods_per_year: int = TRADING_DAYS_PER_YEAR,
     n_boot: int = DEFAULT_N_BOOT,
@@ -72,7 +72,7 @@ def panel_metrics_with_se(
     if n_boot < 2:
         raise ValueError(f"n_boot must be >= 2 (a standard deviation needs two); got {n_boot}")
     per_date = per_date_metrics(dates, pred, target, codes=codes, horizon=horizon,
-                                cost_bps=cost_bps, quantile=quantile, min_stocks=min_stocks)
+                                cost_bps=cost_bps, book=book, min_stocks=min_stocks)
     position = _date_positions(dates, per_date["date"].to_numpy())
     values = _summaries(per_date, position, horizon, periods_per_year)
     n_grid = int(position.max()) + 1 if len(position) else 0
@@ -137,7 +137,7 @@ def paired_difference(
     *,
     horizon: int = 1,
     cost_bps: float = DEFAULT_COST_BPS,
-    quantile: float = DEFAULT_QUANTILE,
+    book: Book = PLAIN,
     min_stocks: int = DEFAULT_MIN_STOCKS,
     periods_per_year: int = TRADING_DAYS_PER_YEAR,
     n_boot: int = DEFAULT_N_BOOT,
@@ -168,7 +168,7 @@ def paired_difference(
         per_date = per_date_metrics(
             frame["date"].to_numpy(), frame["pred"].to_numpy(), frame["target"].to_numpy(),
             codes=frame["code"].to_numpy() if "code" in frame.columns else None,
-            horizon=horizon, cost_bps=cost_bps, quantile=quantile, min_stocks=min_stocks)
+            horizon=horizon, cost_bps=cost_bps, book=book, min_stocks=min_stocks)
         position = np.searchsorted(grid, per_date["date"].to_numpy())
         sides.append((per_date, position,
                       _summaries(per_date, position, horizon, periods_per_year)))
@@ -195,7 +195,7 @@ def predictions_metrics_with_se(
     *,
     horizon: int = 1,
     cost_bps: float = DEFAULT_COST_BPS,
-    quantile: float = DEFAULT_QUANTILE,
+    book: Book = PLAIN,
     min_stocks: int = DEFAULT_MIN_STOCKS,
     periods_per_year: int = TRADING_DAYS_PER_YEAR,
     n_boot: int = DEFAULT_N_BOOT,
@@ -218,7 +218,7 @@ def predictions_metrics_with_se(
         codes=predictions["code"].to_numpy() if "code" in predictions.columns else None,
         horizon=horizon,
         cost_bps=cost_bps,
-        quantile=quantile,
+        book=book,
         min_stocks=min_stocks,
         periods_per_year=periods_per_year,
         n_boot=n_boot,

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
+from trainers.metrics.book import PLAIN, Book, build_books, smooth_scores
 from trainers.metrics.registry import METRICS, PerDate
 from trainers.metrics.turnover import (
     DEFAULT_COST_BPS,
@@ -34,7 +35,7 @@ from trainers.metrics.turnover import (
     net_long_short,
 )
 
-DEFAULT_QUANTILE = 0.2  # quintile legs, the usual equity long-short convention
+DEFAULT_QUANTILE = PLAIN.enter  # quintile legs, the usual equity long-short convention
 DEFAULT_MIN_STOCKS = 5  # see trainers.metrics' NaN policy: smallest cross-section worth scoring
 TRADING_DAYS_PER_YEAR = 252
 
@@ -55,7 +56,7 @@ def calendar_periods_per_year(dates: np.ndarray) -> float:
 
 
 def _check_inputs(
-    dates: np.ndarray, pred: np.ndarray, target: np.ndarray, quantile: float, min_stocks: int
+    dates: np.ndarray, pred: np.ndarray, target: np.ndarray, book: Book, min_stocks: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     dates = np.asarray(dates)
     pred = np.asarray(pred, dtype=np.float64)
@@ -70,10 +71,8 @@ def _check_inputs(
             f"dates, pred and target must have the same length; got {len(dates)}, "
             f"{len(pred)}, {len(target)}"
         )
-    if not 0.0 < quantile <= 0.5:
-        raise ValueError(
-            f"quantile must be in (0, 0.5] so the two legs cannot overlap; got {quantile}"
-        )
+    if not isinstance(book, Book):
+        raise ValueError(f"book must be a trainers.metrics.book.Book; got {book!r}")
     if min_stocks < 2:
         raise ValueError(
             f"min_stocks must be >= 2 (a correlation needs two points); got {min_stocks}"
@@ -172,7 +171,7 @@ def per_date_metrics(
     codes: np.ndarray | None = None,
     horizon: int = 1,
     cost_bps: float = DEFAULT_COST_BPS,
-    quantile: float = DEFAULT_QUANTILE,
+    book: Book = PLAIN,
     min_stocks: int = DEFAULT_MIN_STOCKS,
 ) -> pl.DataFrame:
     """One row per usable date, sorted by date: ``date, n, rank_ic, ic, long_short, hits, n_hit,
@@ -189,7 +188,7 @@ def per_date_metrics(
     come from numpy's SIMD argsort along the stock axis. No Python loop over dates or rows.
     Memory is a few float64 copies of that matrix (about 24 MB each at 750 x 4,000).
     """
-    dates, pred, target = _check_inputs(dates, pred, target, quantile, min_stocks)
+    dates, pred, target = _check_inputs(dates, pred, target, book, min_stocks)
     horizon = _check_horizon(horizon)
     all_dates = dates
     code_ids, n_codes = _code_ids(codes, len(dates))
@@ -246,32 +245,24 @@ def per_date_metrics(
             np.square(rank_p).sum(1) * np.square(t_ranks_sorted).sum(1)
         )
 
-    # Legs: the target in ascending pred order; bottom = first n_leg, top = last n_leg valid.
-    # The epsilon keeps e.g. 0.2 * 15 = 3.0000000000000004 from rounding down to 2.
-    n_leg = np.maximum(1.0, np.floor(n * quantile + 1e-9))  # (G,)
-    t_by_p = np.take_along_axis(t, order_p, axis=1)  # (G, M)
-    position = np.arange(width)[None, :]
-    bottom = np.where(position < n_leg[:, None], t_by_p, 0.0).sum(1)
-    in_top = (position >= (n - n_leg)[:, None]) & (position < n[:, None])
-    top = np.where(in_top, t_by_p, 0.0).sum(1)
-    long_short = (top - bottom) / n_leg
-
     rows = np.arange(n_dates)
     last = lay.counts - 1
-    constant = (p_sorted[:, 0] == p_sorted[rows, last]) | (t_sorted[:, 0] == t_sorted[rows, last])
-    for series in (rank_ic, ic, long_short):
+    constant_t = t_sorted[:, 0] == t_sorted[rows, last]
+    constant = (p_sorted[:, 0] == p_sorted[rows, last]) | constant_t
+    for series in (rank_ic, ic):
         series[constant] = np.nan
 
-    turnover = np.full(n_dates, np.nan)
-    if n_codes:
-        formed = np.isfinite(long_short)
-        code_by_rank = np.take_along_axis(lay.dense(code_ids, 0), order_p, axis=1)
-        books = book_matrix(code_by_rank.astype(np.int64), lay.counts, n_leg.astype(np.int64),
-                            formed, n_codes)
-        turnover = book_turnover(books, _date_positions(all_dates, lay.dates), formed, horizon)
-        long_short_net = net_long_short(long_short, turnover, cost_bps)
+    if book.plain:
+        long_short, turnover = _plain_book(lay, t, order_p, code_ids, n_codes, constant,
+                                           book, all_dates, horizon)
     else:
-        long_short_net = np.full(n_dates, np.nan)
+        if not n_codes:
+            raise ValueError("a book with score smoothing or hold bands needs codes (a stock "
+                             "identity per row): it follows each stock from date to date")
+        long_short, turnover = _managed_book(lay, p, t, padding, code_ids, n_codes, constant_t,
+                                             book, all_dates, horizon)
+    long_short_net = (net_long_short(long_short, turnover, cost_bps) if n_codes
+                      else np.full(n_dates, np.nan))
     return pl.DataFrame(
         {
             "date": lay.dates,
@@ -285,6 +276,58 @@ def per_date_metrics(
             "long_short_net": long_short_net,
         }
     )
+
+
+def _plain_book(lay: _Layout, t: np.ndarray, order_p: np.ndarray, code_ids: np.ndarray,
+                n_codes: int, constant: np.ndarray, book: Book, all_dates: np.ndarray,
+                horizon: int) -> tuple[np.ndarray, np.ndarray]:
+    """Long-short and turnover of the plain book (top and bottom ``k`` by pred), vectorised:
+    the target in ascending pred order; bottom = first ``k``, top = last ``k`` valid."""
+    n = lay.counts.astype(np.float64)
+    n_leg = book.legs(lay.counts)[0].astype(np.float64)  # (G,)
+    t_by_p = np.take_along_axis(t, order_p, axis=1)  # (G, M)
+    position = np.arange(t.shape[1])[None, :]
+    bottom = np.where(position < n_leg[:, None], t_by_p, 0.0).sum(1)
+    in_top = (position >= (n - n_leg)[:, None]) & (position < n[:, None])
+    top = np.where(in_top, t_by_p, 0.0).sum(1)
+    long_short = (top - bottom) / n_leg
+    long_short[constant] = np.nan
+    turnover = np.full(len(lay.dates), np.nan)
+    if n_codes:
+        formed = np.isfinite(long_short)
+        code_by_rank = np.take_along_axis(lay.dense(code_ids, 0), order_p, axis=1)
+        books = book_matrix(code_by_rank.astype(np.int64), lay.counts, n_leg.astype(np.int64),
+                            formed, n_codes)
+        turnover = book_turnover(books, _date_positions(all_dates, lay.dates), formed, horizon)
+    return long_short, turnover
+
+
+def _managed_book(lay: _Layout, p: np.ndarray, t: np.ndarray, padding: np.ndarray,
+                  code_ids: np.ndarray, n_codes: int, constant_t: np.ndarray, book: Book,
+                  all_dates: np.ndarray, horizon: int) -> tuple[np.ndarray, np.ndarray]:
+    """Long-short and turnover of a book with smoothing and/or hold bands
+    (:mod:`trainers.metrics.book`). ``p``, ``t``: (G, M) with +inf padding."""
+    from scipy import sparse
+
+    valid = ~padding
+    code = lay.dense(code_ids, 0).astype(np.int64)  # (G, M)
+    score = (smooth_scores(p, code, valid, lay.counts, n_codes, book.halflife)
+             if book.halflife > 0 else np.where(valid, p, 0.0))
+    score[padding] = np.inf
+    order = np.argsort(score, axis=1)
+    s_sorted = np.take_along_axis(score, order, axis=1)
+    order = _order_ties_by_column(order, s_sorted)
+    rows = np.arange(len(lay.dates))
+    formed = ~((s_sorted[:, 0] == s_sorted[rows, lay.counts - 1]) | constant_t)
+    code_by_rank = np.take_along_axis(code, order, axis=1)
+    position = _date_positions(all_dates, lay.dates)
+    r, c, w = build_books(code_by_rank, lay.counts, formed, position, horizon, book, n_codes)
+    books = sparse.csr_matrix((w, (r, c)), shape=(len(lay.dates), n_codes))
+    target = sparse.csr_matrix((np.where(valid, t, 0.0)[valid], (np.nonzero(valid)[0],
+                               code[valid])), shape=books.shape)
+    long_short = np.asarray(books.multiply(target).sum(axis=1)).ravel()
+    long_short[~formed] = np.nan
+    return long_short, book_turnover(books, position, formed, horizon)
 
 
 def _code_ids(codes: np.ndarray | None, n_rows: int) -> tuple[np.ndarray, int]:
@@ -347,7 +390,7 @@ def panel_metrics(
     codes: np.ndarray | None = None,
     horizon: int = 1,
     cost_bps: float = DEFAULT_COST_BPS,
-    quantile: float = DEFAULT_QUANTILE,
+    book: Book = PLAIN,
     min_stocks: int = DEFAULT_MIN_STOCKS,
     periods_per_year: int = TRADING_DAYS_PER_YEAR,
 ) -> dict[str, float]:
@@ -363,7 +406,7 @@ def panel_metrics(
     """
     horizon = _check_horizon(horizon)
     per_date = per_date_metrics(dates, pred, target, codes=codes, horizon=horizon,
-                                cost_bps=cost_bps, quantile=quantile, min_stocks=min_stocks)
+                                cost_bps=cost_bps, book=book, min_stocks=min_stocks)
     position = (
         _date_positions(dates, per_date["date"].to_numpy())
         if horizon > 1

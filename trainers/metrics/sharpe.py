@@ -14,14 +14,15 @@ import math
 import numpy as np
 
 from trainers.metrics._reduce import horizon_sharpe
+from trainers.metrics.book import PLAIN, Book
 from trainers.metrics.cross_section import (
     DEFAULT_MIN_STOCKS,
-    DEFAULT_QUANTILE,
     TRADING_DAYS_PER_YEAR,
     _check_horizon,
     _date_positions,
     per_date_metrics,
 )
+from trainers.metrics.turnover import DEFAULT_COST_BPS
 
 
 def sharpe_moments(
@@ -29,8 +30,11 @@ def sharpe_moments(
     pred: np.ndarray,
     target: np.ndarray,
     *,
+    codes: np.ndarray | None = None,
     horizon: int = 1,
-    quantile: float = DEFAULT_QUANTILE,
+    cost_bps: float = DEFAULT_COST_BPS,
+    net: bool = False,
+    book: Book = PLAIN,
     min_stocks: int = DEFAULT_MIN_STOCKS,
     periods_per_year: int = TRADING_DAYS_PER_YEAR,
 ) -> dict[str, float]:
@@ -42,13 +46,17 @@ def sharpe_moments(
     estimators ``scipy.stats.skew`` / ``kurtosis(fisher=False)`` of every usable per-date
     long-short, overlapping or not: each is an h-day return) and ``periods_per_year``
     (``periods_per_year / horizon``, to convert annualised figures). NaN where undefined.
+    ``net``: of the long-short net of ``cost_bps`` (needs ``codes``; the Sharpe a study that
+    selects on ``sharpe_net`` deflates) instead of the gross one. ``book``: how scores become
+    weights (:mod:`trainers.metrics.book`).
     """
     from scipy import stats
 
     horizon = _check_horizon(horizon)
-    per_date = per_date_metrics(dates, pred, target, quantile=quantile, min_stocks=min_stocks)
+    per_date = per_date_metrics(dates, pred, target, codes=codes, horizon=horizon,
+                                cost_bps=cost_bps, book=book, min_stocks=min_stocks)
     position = _date_positions(dates, per_date["date"].to_numpy())
-    long_short = per_date["long_short"].to_numpy()
+    long_short = per_date["long_short_net" if net else "long_short"].to_numpy()
     per_year = periods_per_year / horizon
     sharpe = horizon_sharpe(long_short, position, horizon, periods_per_year)
     finite = long_short[np.isfinite(long_short)]
