@@ -68,7 +68,7 @@ def pick_trial(study: optuna.Study, model: str, heldout: Any) -> optuna.trial.Fr
 
 
 def predict(study: optuna.Study, *, source: Path, output: Path, out: Path, model: str = "chosen",
-            dates: str = "last") -> dict[str, Any]:
+            dates: str = "last", fold_ensemble: bool = False) -> dict[str, Any]:
     """Score ``source`` and write ``out`` (module docstring); returns the metadata."""
     from hpo.evaluate import heldout_or_error
 
@@ -91,6 +91,10 @@ def predict(study: optuna.Study, *, source: Path, output: Path, out: Path, model
         folder = trial_dir(output, study.study_name, trial_number)
     trained = heldout.load(folder)
     scored = heldout.score_new(trained, str(source), dates, Path(output) / "cache")
+    members: list[str] = []
+    if fold_ensemble:
+        scored, members = _fold_ensemble(heldout, folder, trial_number, scored, source=source,
+                                         dates=dates, cache_dir=Path(output) / "cache")
     frame = with_ranks(scored.frame)
     meta = {"study": study.study_name, "workload": study.user_attrs.get(attrs.WORKLOAD),
             "trial": trial_number, "model": model, "model_sha256": heldout.digest(folder),
@@ -100,6 +104,10 @@ def predict(study: optuna.Study, *, source: Path, output: Path, out: Path, model
             "columns": {"score": "the model's prediction of the scored horizon's return",
                         "rank": "1 = the highest score of its date",
                         "quantile": f"1-{N_QUANTILES}, {N_QUANTILES} = the top fifth"}}
+    if members:
+        meta["fold_ensemble"] = {
+            "members_sha256": members,
+            "score": "the mean of the fold models' per-date z-scored predictions"}
     if refit_entry is not None:
         meta["refit"] = {k: refit_entry[k] for k in ("id", "time", "through", "fit", "epochs")}
     if out.suffix.lower() == ".parquet":
@@ -117,6 +125,24 @@ def predict(study: optuna.Study, *, source: Path, output: Path, out: Path, model
                            durable=False)
         atomic_write_bytes(out, buf.getvalue(), durable=False)
     return meta
+
+
+def _fold_ensemble(heldout: Any, folder: Path, trial_number: int, scored: Any, *, source: Path,
+                   dates: str, cache_dir: Path) -> tuple[Any, list[str]]:
+    """The scores of every fold model of a walk-forward trial, averaged as standardised
+    per-date scores (the model its validation figures describe); the members' SHA-256."""
+    import dataclasses
+
+    from trainers.heldout import ensemble_scores
+
+    found = heldout.members(folder) if heldout.members is not None else []
+    if len(found) < 2:
+        raise UserError(f"trial {trial_number} has no fold models to average (a holdout trial, "
+                        "or one trained before fold models were kept); drop --fold-ensemble")
+    frames = [heldout.score_new(m, str(source), dates, cache_dir).frame for _, m in found]
+    ensemble = ensemble_scores(frames, column="score")
+    return (dataclasses.replace(scored, frame=ensemble),
+            [file_digest(path) for path, _ in found])
 
 
 def read_metadata(path: Path) -> dict[str, Any]:
@@ -144,6 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="chosen",
                    help="chosen (the held-out report's rule), trial:N, or refit (the newest "
                    "hpo.refit of the chosen configuration) (default: chosen)")
+    p.add_argument("--fold-ensemble", action="store_true",
+                   help="a walk-forward trial: score with the mean of every fold model's "
+                   "standardised scores instead of the last fold's model")
     p.add_argument("--dates", default="last",
                    help="last, all or START:END (ISO dates, inclusive; default: last)")
     p.add_argument("--storage", default=None,
@@ -162,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         study = open_existing_study(args.study, storage=args.storage, output=args.output)[0]
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         meta = predict(study, source=args.source, output=args.output, out=args.out,
-                       model=args.model, dates=args.dates)
+                       model=args.model, dates=args.dates, fold_ensemble=args.fold_ensemble)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER

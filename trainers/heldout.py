@@ -38,6 +38,9 @@ protocol, in the order ``hpo.evaluate`` uses it, for each trial of the best tria
    configuration trained again, with ``request.seed``, on every date through
    ``request.through`` (None: the panel's last), its model written to ``out_dir`` in the
    format ``load`` reads (``hpo.refit``; ``hpo.predict --model refit`` scores with it).
+14. Optional ``members(trial_dir)`` -> ``[(model file, trained), ...]``: the models whose
+   mean standardised score is the trial's ensemble (a walk-forward trial's fold models), for
+   ``hpo.predict --fold-ensemble``; [] when the trial has none.
 11. Optional ``returns(rows, trained, trial_attrs)`` -> a frame ``date, ret``: the per-date
    return of a strategy built on the rows (for the ranking workloads the long-short, with the
    book the trial recorded in its user attrs ``trial_attrs``). With it the report gains the
@@ -140,6 +143,7 @@ class HeldOut:
     costs: Callable[[Any, Any], dict[str, Any]] | None = None
     score_new: Callable[[Any, str, str, Path], Any] | None = None
     refit: Callable[[Any, Path, Path, RefitRequest], Mapping[str, Any]] | None = None
+    members: Callable[[Path], list[tuple[Path, Any]]] | None = None
 
     def __post_init__(self) -> None:
         missing = [m for m in self.table if m not in self.reported]
@@ -186,24 +190,27 @@ def ranking_returns(frame: Any, *, book: Any = None) -> Any:
     return pl.DataFrame({"date": per_date["date"], "ret": per_date["long_short"]})
 
 
-def ensemble_scores(frames: list[Any]) -> Any:
-    """``date, code, pred, target`` rows whose ``pred`` is the mean over ``frames`` (the same
-    rows scored by several models) of each model's per-date standardised score: z-scored
-    across the date's stocks (a constant date reads 0), so no model weighs more for its scale.
-    Rows in the first frame's order; a row some model did not score is dropped."""
+def ensemble_scores(frames: list[Any], column: str = "pred") -> Any:
+    """Rows whose ``column`` is the mean over ``frames`` (the same rows scored by several
+    models) of each model's per-date standardised score: z-scored across the date's stocks (a
+    constant date reads 0), so no model weighs more for its scale. The other columns (e.g.
+    ``target``) and the row order are the first frame's; a row some model did not score is
+    dropped."""
     import polars as pl
 
     def z(frame: Any, i: int) -> Any:
-        pred = pl.col("pred")
-        score = ((pred - pred.mean().over("date")) / pred.std(ddof=0).over("date"))
+        value = pl.col(column)
+        score = ((value - value.mean().over("date")) / value.std(ddof=0).over("date"))
         return frame.select("date", "code", score.fill_nan(0.0).alias(f"z{i}"))
 
-    out = frames[0].select("date", "code", "target")
+    first = frames[0]
+    others = [c for c in first.columns if c not in ("date", "code", column)]
+    out = first.select("date", "code", *others)
     for i, frame in enumerate(frames):
         out = out.join(z(frame, i), on=["date", "code"], how="inner", maintain_order="left")
-    columns = [f"z{i}" for i in range(len(frames))]
-    return out.select("date", "code", (pl.sum_horizontal(columns) / len(frames)).alias("pred"),
-                      "target")
+    zs = [f"z{i}" for i in range(len(frames))]
+    return out.select("date", "code", (pl.sum_horizontal(zs) / len(frames)).alias(column),
+                      *others).select(first.columns)
 
 
 def ranking_costs(frame: Any, *, costs: tuple[float, ...], horizon: int = 1,

@@ -102,3 +102,12 @@ def test_a_panel_that_does_not_fit_is_refused_and_nothing_written(study: Path, c
     assert _predict(study, "--source", str(study / "panel.parquet"), "--model", "trial:9",
                     "--out", str(out)) == 2
     assert "is not a complete trial" in capsys.readouterr().err
+
+
+def test_fold_ensemble_of_a_holdout_trial_is_refused(study: Path, capsys) -> None:
+    out = study / "never.parquet"
+    assert _predict(study, "--source", str(study / "panel.parquet"), "--fold-ensemble",
+                    "--out", str(out)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: trial ") and "no fold models to average" in err
+    assert "drop --fold-ensemble" in err and not out.exists()

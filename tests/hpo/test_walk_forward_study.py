@@ -99,3 +99,34 @@ def test_the_fold_ensemble_is_the_mean_of_the_fold_models_scores(ran: Path) -> N
     chosen = next(t for t in report["trials"] if t["chosen"])
     assert chosen["test_model"] == "fold_ensemble"
     assert chosen["test"] == chosen["test_models"]["fold_ensemble"]
+
+
+def test_predict_scores_new_dates_with_the_fold_ensemble(ran: Path, tmp_path: Path) -> None:
+    """hpo.predict --fold-ensemble: the mean of every fold model's standardised scores, the
+    same as the report's fold ensemble on the test dates; refused for a trial without fold
+    models."""
+    import json
+
+    import numpy as np
+
+    from hpo.heldout import REPORT_FILE
+    from hpo.predict import main as predict_main
+    from hpo.predict import read_metadata
+    from trainers.atft_gat.heldout import HELDOUT
+    from trainers.atft_gat.synthetic import generate_market
+
+    generate_market(n_stocks=24, n_dates=220, seed=0, difficulty="easy").write_parquet(
+        tmp_path / "panel.parquet")
+    report = json.loads((ran / "wf" / REPORT_FILE).read_text())
+    first, last = report["test_dates"]
+    out = tmp_path / "scores.parquet"
+    assert predict_main(["--study", "wf", "--output", str(ran), "--source",
+                         str(tmp_path / "panel.parquet"), "--dates", f"{first}:{last}",
+                         "--fold-ensemble", "--out", str(out)]) == 0
+    trial_dir = ran / "wf" / f"trial_{report['chosen']}"
+    want = HELDOUT.predict(trial_dir, HELDOUT.load(trial_dir), ran / "cache").context[
+        "test_models"]["fold_ensemble"]
+    got = pl.read_parquet(out).join(want, on=["date", "code"], how="inner")
+    assert got.height == want.height
+    np.testing.assert_allclose(got["score"].to_numpy(), got["pred"].to_numpy(), atol=1e-9)
+    assert len(read_metadata(out)["fold_ensemble"]["members_sha256"]) == 3

@@ -65,6 +65,13 @@ def _predict(trial_dir: Path, trained: Any, cache_dir: Path) -> Prediction:
                       context=context)
 
 
+def _members(trial_dir: Path) -> list[tuple[Path, Any]]:
+    from trainers.atft_gat.predict import fold_model_files, load_trained
+
+    return [(f, load_trained(trial_dir, name=str(f.relative_to(trial_dir))))
+            for f in fold_model_files(trial_dir)]
+
+
 def scoring(config: Any) -> dict[str, Any]:
     """How this study scores a period: the scored horizon, the cost per unit traded, the
     long-short book (``trainers.metrics.book``; the plain quintile book for a model saved
@@ -236,4 +243,4 @@ HELDOUT = HeldOut(load=_load, digest=_digest, predict=_predict, score=_score,
                   selection_metric="sharpe", check=_check, moments=_moments,
                   baselines=_baselines, describe=_describe, compare=_compare,
                   tear_sheet=_tear_sheet, returns=_returns, costs=_costs, score_new=_score_new,
-                  refit=_refit)
+                  refit=_refit, members=_members)
