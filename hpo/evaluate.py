@@ -361,13 +361,13 @@ def _build_report(study: optuna.Study, front: list[FrozenTrial], chosen: FrozenT
     chosen_row = next(r for r in trials if r["chosen"])
     ranges = dict(chosen_pred.split)
     dsr = psr = pbo = None
-    effective = None
+    correlation = None
     if heldout.returns is not None:
         matrix, columns = validation_returns(study, heldout, output, sorted(sharpes), model)
         pbo = overfitting(matrix, columns, blocks=pbo_blocks)
         from trainers.metrics.overfitting import effective_trials
 
-        effective = {**effective_trials(matrix), "trials": columns} if columns else None
+        correlation = effective_trials(matrix)["mean_correlation"] if columns else None
     deflated = metric if metric in SHARPES else DSR_METRIC
     if heldout.moments is not None and deflated in chosen_row["validation"]:
         by_state: dict[str, int] = {}
@@ -379,7 +379,8 @@ def _build_report(study: optuna.Study, front: list[FrozenTrial], chosen: FrozenT
                  else "Sharpe (gross)")
         dsr = deflation(chosen_row["validation"][deflated]["value"],
                         heldout.moments(chosen_val, model, **net), sharpes=sharpes,
-                        effective=effective, states=by_state, label=label, metric=deflated)
+                        correlation=correlation, states=by_state, label=label,
+                        metric=deflated)
         psr = psr_of_test(chosen_row["test"][deflated]["value"],
                           heldout.moments(chosen_test, model, **net), label=label)
     baselines = heldout.baselines(model, chosen_pred) if heldout.baselines else None

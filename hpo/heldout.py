@@ -155,10 +155,6 @@ def footnotes(summary: dict[str, Any]) -> list[str]:
             "the chosen trial's ")
         line = (f"deflated Sharpe ratio of trial {summary.get('chosen')}'s {of}, "
                 f"{dsr.get('n_trials')} trials searched: {value:.3f}")
-        eff = dsr.get("effective_value")
-        if isinstance(eff, int | float) and math.isfinite(eff):
-            line += (f"; with the effective number of trials "
-                     f"({dsr.get('effective_n_trials'):.1f}): {eff:.3f}")
         lines.append(line)
     lines += cost_lines(summary.get("costs"))
     lines += seeds_lines(summary.get("seeds_ensemble"))

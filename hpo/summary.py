@@ -62,9 +62,7 @@ def summary_of(report: dict[str, Any]) -> dict[str, Any]:
         "costs": _cost_summary(report.get("costs"), report["chosen"]),
         "seeds_ensemble": _seeds_summary(report.get("seeds_ensemble")),
         "deflated_sharpe": ({k: dsr[k] for k in ("value", "n_trials", "of") if k in dsr}
-                            | ({"effective_value": dsr["effective"]["value"],
-                                "effective_n_trials": dsr["effective"]["n_trials"]}
-                               if dsr.get("effective") else {}) if dsr else None),
+                            if dsr else None),
         "pbo": ({k: pbo.get(k) for k in ("value", "blocks", "trials", "reason")}
                 if (pbo := report.get("pbo")) else None),
         "test_openings": len(report.get("test_openings") or []),

@@ -147,10 +147,7 @@ def figures(report: dict[str, Any]) -> dict[str, Any]:
         "chosen_minus_baseline_test": versus,
         "best_baseline_on_validation": (report.get("versus_baseline") or {}).get("baseline"),
         "deflated_sharpe": report["deflated_sharpe"]["value"],
-        "deflated_sharpe_effective": (report["deflated_sharpe"].get("effective") or {}).get(
-            "value"),
-        "effective_n_trials": (report["deflated_sharpe"].get("effective") or {}).get(
-            "n_trials"),
+        "trials_mean_correlation": report["deflated_sharpe"].get("trials_mean_correlation"),
         "pbo": (report.get("pbo") or {}).get("value"),
         "validation_sharpe_chosen": best["validation"]["sharpe"]["value"],
         "gap": best["validation"]["sharpe"]["value"] - best["test"]["sharpe"]["value"],
@@ -223,13 +220,12 @@ def print_market(result: dict[str, Any]) -> None:
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
     for r in table:
         print("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
-    eff = result.get("deflated_sharpe_effective")
+    rho = result.get("trials_mean_correlation")
     pbo = result.get("pbo")
     print(f"  validation Sharpe of the chosen trial {result['validation_sharpe_chosen']:+.3f}, "
           f"gap to test {result['gap']:+.3f}; deflated Sharpe ratio "
           f"{result['deflated_sharpe']:.3f} ({result['n_trials']} trials)"
-          + (f", {eff:.3f} with {result['effective_n_trials']:.1f} effective trials"
-             if isinstance(eff, float) else "")
+          + (f", trials' mean return correlation {rho:.2f}" if isinstance(rho, float) else "")
           + (f"; PBO {pbo:.2f}" if isinstance(pbo, float) else "")
           + f"; study {result['study_seconds']:.0f} s")
 
