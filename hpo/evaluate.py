@@ -66,6 +66,8 @@ from hpo.luck import (
     finite_number,
     overfitting,
     psr_of_test,
+    returns_of,
+    scoring_cost,
     searched_sharpes,
     validation_returns,
 )
@@ -180,12 +182,6 @@ def _existing_id(out_dir: Path) -> str | None:
     if preds_sha != _sha256((out_dir / PREDICTIONS_FILE).read_bytes()):
         return None  # the predictions file was changed or replaced: rebuild both
     return report.get("report_id")
-
-
-def scoring_cost(model: Any, heldout: HeldOut) -> Any:
-    """The cost per unit traded the study's net figures charge, as its report names it."""
-    described = heldout.describe(model) if heldout.describe else {}
-    return described.get("cost_bps", math.nan)
 
 
 def selection_metric(study: optuna.Study, heldout: HeldOut) -> str:
@@ -363,8 +359,9 @@ def _build_report(study: optuna.Study, front: list[FrozenTrial], chosen: FrozenT
     dsr = psr = pbo = None
     correlation = None
     if heldout.returns is not None:
-        matrix, columns = validation_returns(study, heldout, output, sorted(sharpes), model)
-        pbo = overfitting(matrix, columns, blocks=pbo_blocks)
+        matrix, columns, left_out = validation_returns(study, heldout, output,
+                                                       sorted(sharpes), model)
+        pbo = overfitting(matrix, columns, blocks=pbo_blocks, left_out=left_out)
         from trainers.metrics.overfitting import effective_trials
 
         correlation = effective_trials(matrix)["mean_correlation"] if columns else None
@@ -380,7 +377,8 @@ def _build_report(study: optuna.Study, front: list[FrozenTrial], chosen: FrozenT
         dsr = deflation(chosen_row["validation"][deflated]["value"],
                         heldout.moments(chosen_val, model, **net), sharpes=sharpes,
                         correlation=correlation, states=by_state, label=label,
-                        metric=deflated)
+                        metric=deflated, returns=returns_of(heldout, chosen_val, model,
+                                                             chosen, net=bool(net)))
         psr = psr_of_test(chosen_row["test"][deflated]["value"],
                           heldout.moments(chosen_test, model, **net), label=label)
     baselines = heldout.baselines(model, chosen_pred) if heldout.baselines else None

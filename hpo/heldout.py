@@ -154,15 +154,35 @@ def footnotes(summary: dict[str, Any]) -> list[str]:
         of = str(dsr.get("of") or "the chosen trial's validation Sharpe").removeprefix(
             "the chosen trial's ")
         line = (f"deflated Sharpe ratio of trial {summary.get('chosen')}'s {of}, "
-                f"{dsr.get('n_trials')} trials searched: {value:.3f}")
+                f"{dsr.get('n_trials')} trials searched: ")
+        verdict_ = str(dsr.get("verdict") or "judged")
+        if verdict_ != "judged":
+            line += verdict_
+        else:
+            line += f"{value:.3f}"
+            interval = dsr.get("interval")
+            if interval:
+                line += f" (bootstrap 5-95 %: {interval[0]:.2f} to {interval[1]:.2f})"
         lines.append(line)
     lines += cost_lines(summary.get("costs"))
     lines += seeds_lines(summary.get("seeds_ensemble"))
     pbo = summary.get("pbo") or {}
-    if isinstance(pbo.get("value"), int | float):
-        lines.append(f"probability of backtest overfitting (CSCV, {pbo.get('blocks')} blocks "
-                     f"of the validation dates, {len(pbo.get('trials') or [])} trials): "
-                     f"{pbo['value']:.2f} (0.5 = the pick is luck; near 0 = it holds up)")
+    if isinstance(pbo.get("value"), int | float) or pbo.get("verdict"):
+        left = pbo.get("left_out") or []
+        head = (f"probability of backtest overfitting (CSCV, {pbo.get('blocks')} blocks of "
+                f"{pbo.get('dates', '?')} validation dates, {len(pbo.get('trials') or [])} "
+                "complete trials"
+                + (f"; left out, scored on fewer dates: trial(s) "
+                   f"{', '.join(str(n) for n in left)}" if left else "") + "): ")
+        verdict_ = str(pbo.get("verdict") or "judged")
+        if verdict_ != "judged" or not isinstance(pbo.get("value"), int | float):
+            lines.append(head + verdict_)
+        else:
+            null = pbo.get("null_interval")
+            lines.append(head + f"{pbo['value']:.2f} (0.5 = the pick is luck; near 0 = it "
+                         "holds up" + (f"; pure noise at this size gives {null[0]:.2f} to "
+                                       f"{null[1]:.2f}, 90 % of the time" if null else "")
+                         + ")")
     line = verdict(summary)
     if line:
         lines.append(line)

@@ -16,6 +16,7 @@ the trials and records every input.
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 from typing import Any
@@ -70,11 +71,14 @@ def searched_sharpes(study: optuna.Study, metric: str = DSR_METRIC) -> dict[int,
 
 
 def validation_returns(study: optuna.Study, heldout: HeldOut, output: Path,
-                       numbers: list[int], trained: Any = None) -> tuple[np.ndarray, list[int]]:
-    """(dates, trials) matrix of the validation long-short returns of the trials ``numbers``
-    that stored validation rows (``HeldOut.validation``), on the dates all of them share;
-    the trial numbers of its columns. ``trained``: the chosen trial's model; ``HeldOut.returns``
-    gets it with each trial's user attrs (a trial's own book, where it searched one)."""
+                       numbers: list[int], trained: Any = None
+                       ) -> tuple[np.ndarray, list[int], list[int]]:
+    """(dates, trials) matrix of the validation long-short returns of the **complete** trials
+    among ``numbers``: those scored on every validation date any of them was (a walk-forward
+    trial pruned after k folds has k blocks and is left out, never allowed to shrink the
+    dates); the trial numbers of its columns; the trials left out. ``trained``: the chosen
+    trial's model; ``HeldOut.returns`` gets it with each trial's user attrs (a trial's own
+    book, where it searched one)."""
     by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
     series = {}
     for n in numbers:
@@ -84,33 +88,100 @@ def validation_returns(study: optuna.Study, heldout: HeldOut, output: Path,
             continue
         series[n] = heldout.returns(frame, trained, dict(by_number[n].user_attrs))
     if not series:
-        return np.zeros((0, 0)), []
-    common = None
-    for frame in series.values():
-        dates = set(frame["date"].to_list())
-        common = dates if common is None else common & dates
-    keep = sorted(common or ())
-    cols = sorted(series)
+        return np.zeros((0, 0)), [], []
+    dates = {n: set(frame["date"].to_list()) for n, frame in series.items()}
+    every = set().union(*dates.values())
+    cols = sorted(n for n in series if dates[n] >= every)
+    left_out = sorted(set(series) - set(cols))
+    keep = sorted(every)
     matrix = np.column_stack([
         series[n].filter(pl.col("date").is_in(keep)).sort("date")["ret"].to_numpy()
-        for n in cols]) if keep else np.zeros((0, len(cols)))
-    return matrix, cols
+        for n in cols]) if keep and cols else np.zeros((len(keep), len(cols)))
+    return matrix, cols, left_out
 
 
-def overfitting(matrix: np.ndarray, trials: list[int], *, blocks: int) -> dict[str, Any]:
-    """The probability of backtest overfitting of the trials' validation returns (CSCV,
-    ``trainers.metrics.overfitting``); ``value`` None with the reason when it cannot be
-    computed."""
+# Below these the luck statistics are printed as "too few trials to judge": with fewer trials
+# one study's PBO under pure noise spans most of [0, 1] (the null interval shows it), and a
+# CSCV block of fewer dates has no Sharpe ratio worth ranking.
+MIN_JUDGED_TRIALS = 8
+MIN_DATES_PER_BLOCK = 4
+TOO_FEW = "too few trials to judge"
+NULL_RUNS = 100  # pure-noise studies behind the PBO's null interval (seeded)
+INTERVAL = (5.0, 95.0)  # percentiles of every interval reported
+
+
+@functools.lru_cache(maxsize=32)
+def pbo_null_interval(n_trials: int, n_dates: int, blocks: int) -> tuple[float, float]:
+    """The 5th and 95th percentiles of the PBO of ``n_trials`` skill-less trials with i.i.d.
+    normal returns over ``n_dates`` dates (``NULL_RUNS`` simulated studies, seed 0): the
+    spread luck alone gives a study of this size."""
     from trainers.metrics.overfitting import probability_of_backtest_overfitting
 
-    base = {"of": "the trials' daily validation long-short returns (Sharpe ratio as the "
-                  "performance)", "blocks": blocks, "trials": trials, "dates": len(matrix)}
+    rng = np.random.default_rng(0)
+    values = [probability_of_backtest_overfitting(rng.normal(size=(n_dates, n_trials)),
+                                                  blocks=blocks)["value"]
+              for _ in range(NULL_RUNS)]
+    low, high = np.percentile(values, INTERVAL)
+    return float(low), float(high)
+
+
+def overfitting(matrix: np.ndarray, trials: list[int], *, blocks: int,
+                left_out: list[int] | None = None) -> dict[str, Any]:
+    """The probability of backtest overfitting of the complete trials' validation returns
+    (CSCV, ``trainers.metrics.overfitting``), with the pure-noise interval for its size and a
+    verdict; ``value`` None with the reason when it cannot be computed."""
+    from trainers.metrics.overfitting import probability_of_backtest_overfitting
+
+    base = {"of": "the complete trials' daily validation long-short returns (Sharpe ratio as "
+                  "the performance)", "blocks": blocks, "trials": trials,
+            "left_out": left_out or [], "dates": len(matrix)}
     try:
         got = probability_of_backtest_overfitting(matrix, blocks=blocks)
     except ValueError as exc:
-        return {**base, "value": None, "reason": str(exc)}
+        return {**base, "value": None, "reason": str(exc), "verdict": TOO_FEW}
     got.pop("logits")
-    return {**base, **{k: v for k, v in got.items() if k != "trials"}}
+    out = {**base, **{k: v for k, v in got.items() if k != "trials"}}
+    if len(trials) < MIN_JUDGED_TRIALS or got["rows_per_block"] < MIN_DATES_PER_BLOCK:
+        out["verdict"] = (f"{TOO_FEW} ({len(trials)} complete trials, {got['rows_per_block']} "
+                          f"dates per block; needs >= {MIN_JUDGED_TRIALS} and >= "
+                          f"{MIN_DATES_PER_BLOCK})")
+    else:
+        out["verdict"] = "judged"
+    out["null_interval"] = list(pbo_null_interval(len(trials), len(matrix), blocks))
+    return out
+
+
+def dsr_interval(returns: np.ndarray, *, n_trials: int, sharpe_variance: float,
+                 runs: int = 200, seed: int = 0) -> list[float] | None:
+    """5th-95th percentile of the DSR over a moving-block bootstrap of the chosen trial's
+    per-date returns (blocks of ~T^(1/3) dates; ``sharpe_variance`` per period, the searched
+    trials' held fixed). None with fewer than 10 returns."""
+    from scipy import stats
+
+    from trainers.metrics import deflated_sharpe_ratio
+
+    x = np.asarray(returns, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    t = len(x)
+    if t < 10:
+        return None
+    block = max(1, round(t ** (1.0 / 3.0)))
+    rng = np.random.default_rng(seed)
+    starts = rng.integers(0, t - block + 1, size=(runs, math.ceil(t / block)))
+    idx = (starts[:, :, None] + np.arange(block)).reshape(runs, -1)[:, :t]
+    values = []
+    for rep in x[idx]:
+        sd = rep.std(ddof=1)
+        if not sd > 0:
+            continue
+        values.append(deflated_sharpe_ratio(
+            float(rep.mean() / sd), n_trials=n_trials, sharpe_variance=sharpe_variance,
+            n_obs=t, skew=float(stats.skew(rep)), kurtosis=float(stats.kurtosis(rep,
+                                                                               fisher=False))))
+    values = [v for v in values if math.isfinite(v)]
+    if len(values) < 2:
+        return None
+    return [float(v) for v in np.percentile(values, INTERVAL)]
 
 
 # What the null simulation of tests/trainers/test_dsr_calibration.py shows of the figure.
@@ -124,13 +195,15 @@ DSR_CALIBRATION = ("raw number of trials with the variance of their Sharpe ratio
 def deflation(chosen_sharpe: float, moments: dict[str, float], *,
               sharpes: dict[int, float], correlation: float | None = None,
               states: dict[str, int] | None = None, label: str = "Sharpe (gross)",
-              metric: str = DSR_METRIC) -> dict[str, Any]:
+              metric: str = DSR_METRIC, returns: np.ndarray | None = None) -> dict[str, Any]:
     """The deflated Sharpe ratio of the chosen trial's validation Sharpe (Bailey and Lopez de
     Prado 2014), with every input it used. ``moments``: the chosen trial's validation
     long-short moments (per period skewness, non-excess kurtosis, non-overlapping periods,
     periods per year); ``sharpes``: the annualised validation Sharpe of every trial searched
     (the raw count: calibrated, ``DSR_CALIBRATION``); ``correlation``: the mean pairwise
-    correlation of the trials' validation returns, reported as a description only."""
+    correlation of the trials' validation returns, reported as a description only;
+    ``returns``: the chosen trial's per-date validation returns, for the bootstrap interval
+    (1-date targets only: an h-day target's overlapping returns are not its periods)."""
     from trainers.metrics import deflated_sharpe_ratio, expected_max_sharpe
 
     values = np.array(list(sharpes.values()), dtype=np.float64)
@@ -152,7 +225,32 @@ def deflation(chosen_sharpe: float, moments: dict[str, float], *,
            "sharpe_variance": variance,
            "expected_max_sharpe": benchmark * math.sqrt(ppy), "n_obs": int(m["n_obs"]),
            "skew": m["skew"], "kurtosis": m["kurtosis"], "periods_per_year": ppy,
-           "trials_mean_correlation": correlation, "calibration": DSR_CALIBRATION}
+           "trials_mean_correlation": correlation, "calibration": DSR_CALIBRATION,
+           "interval": (dsr_interval(returns, n_trials=n_trials,
+                                     sharpe_variance=variance / ppy)
+                        if returns is not None and int(m["n_obs"]) == int(
+                            np.isfinite(returns).sum()) else None),
+           "interval_of": "5th-95th percentile over a moving-block bootstrap of the chosen "
+                          "trial's validation dates",
+           "verdict": (f"{TOO_FEW} ({n_trials} searched; needs >= {MIN_JUDGED_TRIALS})"
+                       if n_trials < MIN_JUDGED_TRIALS else "judged")}
+
+
+def returns_of(heldout: HeldOut, frame: Any, model: Any, trial: FrozenTrial, *,
+                net: bool) -> Any:
+    """The chosen trial's per-date validation returns, gross or net (None without the hook,
+    or for a net Sharpe when the hook gives no ``ret_net``)."""
+    if heldout.returns is None:
+        return None
+    series = heldout.returns(frame, model, dict(trial.user_attrs))
+    column = "ret_net" if net else "ret"
+    return series[column].to_numpy() if column in series.columns else None
+
+
+def scoring_cost(model: Any, heldout: HeldOut) -> Any:
+    """The cost per unit traded the study's net figures charge, as its report names it."""
+    described = heldout.describe(model) if heldout.describe else {}
+    return described.get("cost_bps", math.nan)
 
 
 def psr_of_test(test_sharpe: float, moments: dict[str, float], *,

@@ -61,9 +61,11 @@ def summary_of(report: dict[str, Any]) -> dict[str, Any]:
         "versus_baseline": versus_row(report.get("versus_baseline"), table),
         "costs": _cost_summary(report.get("costs"), report["chosen"]),
         "seeds_ensemble": _seeds_summary(report.get("seeds_ensemble")),
-        "deflated_sharpe": ({k: dsr[k] for k in ("value", "n_trials", "of") if k in dsr}
+        "deflated_sharpe": ({k: dsr[k] for k in ("value", "n_trials", "of", "verdict",
+                                                  "interval") if k in dsr}
                             if dsr else None),
-        "pbo": ({k: pbo.get(k) for k in ("value", "blocks", "trials", "reason")}
+        "pbo": ({k: pbo.get(k) for k in ("value", "blocks", "trials", "reason", "verdict",
+                                          "null_interval", "left_out", "dates")}
                 if (pbo := report.get("pbo")) else None),
         "test_openings": len(report.get("test_openings") or []),
         "first_opened": (report.get("test_openings") or [{}])[0].get("time"),

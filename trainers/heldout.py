@@ -177,17 +177,20 @@ def ranking_compare(a: Any, b: Any, *, horizon: int = 1, cost_bps: float = DEFAU
     return {name: raw[name] for name in reported if name in raw}
 
 
-def ranking_returns(frame: Any, *, book: Any = None) -> Any:
-    """``date, ret``: the per-date long-short of the rows' book (the plain quintile book by
-    default)."""
+def ranking_returns(frame: Any, *, book: Any = None,
+                    cost_bps: float = DEFAULT_COST_BPS) -> Any:
+    """``date, ret, ret_net``: the per-date long-short of the rows' book (the plain quintile
+    book by default), gross and net of ``cost_bps`` (NaN net without a ``code`` column)."""
     import polars as pl
 
     from trainers.metrics import per_date_metrics
 
     codes = frame["code"].to_numpy() if "code" in frame.columns else None
     per_date = per_date_metrics(frame["date"].to_numpy(), frame["pred"].to_numpy(),
-                                frame["target"].to_numpy(), codes=codes, book=book or PLAIN)
-    return pl.DataFrame({"date": per_date["date"], "ret": per_date["long_short"]})
+                                frame["target"].to_numpy(), codes=codes, book=book or PLAIN,
+                                cost_bps=cost_bps)
+    return pl.DataFrame({"date": per_date["date"], "ret": per_date["long_short"],
+                         "ret_net": per_date["long_short_net"]})
 
 
 def ensemble_scores(frames: list[Any], column: str = "pred") -> Any:

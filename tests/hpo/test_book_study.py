@@ -198,8 +198,8 @@ def test_searched_book_settings_rescore_each_trial(tmp_path: Path) -> None:
     assert len(books) >= 2  # the search tried more than one book
     first = done[0]
     trained = HELDOUT.load(out / "searched" / f"trial_{first.number}")
-    matrix, columns = validation_returns(study, HELDOUT, out, [t.number for t in done],
-                                         trained)
+    matrix, columns, _ = validation_returns(study, HELDOUT, out,
+                                            [t.number for t in done], trained)
     for j, n in enumerate(columns):
         t = study.trials[n]
         frame = pl.read_parquet(out / "searched" / f"trial_{n}" / "predictions.parquet")

@@ -122,13 +122,15 @@ def _returns(frame: Any, trained: Any, trial_attrs: Any = None) -> Any:
     when the study searched the book), else the chosen trial's."""
     from trainers.attrs import BOOK
     from trainers.metrics.book import Book
+    from trainers.metrics.turnover import DEFAULT_COST_BPS
 
     recorded = (trial_attrs or {}).get(BOOK)
     if isinstance(recorded, dict):
         book = Book(**recorded)
     else:
         book = trained.config.book if trained is not None else None
-    return ranking_returns(frame, book=book)
+    cost = trained.config.cost if trained is not None else DEFAULT_COST_BPS
+    return ranking_returns(frame, book=book, cost_bps=cost)
 
 
 def _costs(frame: Any, trained: Any) -> dict[str, Any]:
