@@ -137,8 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     for note in notes:
         print(f"note: {note}")
     from hpo.heldout import describe
+    from hpo.progress import evaluate_command
 
-    for line in describe(study):
+    for line in describe(study, command=evaluate_command(url, args.study, args.output)):
         print(line)
     return EXIT_OK
 

@@ -244,16 +244,26 @@ def current_summary(study: optuna.Study) -> tuple[dict[str, Any] | None, bool]:
     return summary, [t["number"] for t in summary.get("trials", [])] == front
 
 
-def describe(study: optuna.Study, *, indent: str = "  ") -> list[str]:
+def stale_line(summary: dict[str, Any], command: str) -> str:
+    """The note that the test report describes an older front, with the command that works
+    as printed: the test period was opened already, so a new front is a new look
+    (``--reopen``, recorded in the study's test_openings)."""
+    evaluated = ", ".join(str(t["number"]) for t in summary.get("trials", []))
+    return (f"held-out test report: out of date (made for trial(s) {evaluated}; the front "
+            f"changed since); looking at the test period again for the new front is recorded "
+            f"as another opening: {command} --reopen")
+
+
+def describe(study: optuna.Study, *, indent: str = "  ", command: str | None = None
+             ) -> list[str]:
     """Lines for the terminal: the side-by-side table, or a note that the test report is
-    missing or out of date (never a table for a front it was not computed on)."""
+    missing or out of date (never a table for a front it was not computed on). ``command``:
+    the ``hpo.evaluate`` command for this study's storage and output, as the caller ran it."""
     summary, current = current_summary(study)
-    command = f"python -m hpo.evaluate --study {study.study_name}"
     if summary is None:
         return []
     if not current:
-        evaluated = ", ".join(str(t["number"]) for t in summary.get("trials", []))
-        return [f"held-out test report: out of date (made for trial(s) {evaluated}; the front "
-                f"changed since); refresh it with {command}"]
+        return [stale_line(summary, command or
+                           f"python -m hpo.evaluate --study {study.study_name}")]
     return render_lines(summary, indent=indent)
 

@@ -13,7 +13,7 @@ import os
 import socket
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from hpo.pruners import get_kind
 from hpo.pruning import MOASHA, epoch_values_key, records_at
 from hpo.study import trial_dir, trial_seed
 from trainers.config import from_mapping, to_mapping
-from trainers.context import TrialContext, atomic_write_bytes, atomic_write_json
+from trainers.context import TrialContext, atomic_write_bytes, atomic_write_json, resume_point
 from trainers.errors import StopRequested, TrialFailed, TrialPruned, UserError
 from trainers.progress import ProgressRecord
 from trainers.registry import get_workload
@@ -185,8 +185,13 @@ class StudyTrialContext(TrialContext):
             source = (self.trial.number if own_exists
                       else self._predecessors.get(self.resume_dir, None))
             self.set_attr("resumed_from", {"trial": source, "epoch": int(state.get("epoch", 0))})
-            self.log(f"resuming from trial {source} at epoch {state.get('epoch', 0)}")
         return state
+
+    def resume_line(self, state: Mapping[str, Any]) -> str:
+        own = self.checkpoint_path.exists()
+        source = self.trial.number if own else self._predecessors.get(self.resume_dir, None)
+        whose = "its own checkpoint" if own else f"trial {source}"
+        return f"trial {self.trial.number} resumes {whose} at {resume_point(state)}"
 
 
 def _finite_or_none(value: Any) -> float | None:

@@ -14,7 +14,7 @@ from optuna.trial import FrozenTrial, TrialState
 from hpo import attrs
 from hpo.config import StudySpec
 from hpo.pruning import epochs_saved
-from hpo.results import best_trials
+from hpo.results import best_trials, trial_counts
 from hpo.storage import mask_url
 
 log = logging.getLogger("hpo")
@@ -91,18 +91,19 @@ def evaluate_command(url: str, study_name: str, output: Path) -> str:
            f"{shlex.quote(mask_url(url))} --output {shlex.quote(str(output))}"
 
 
-def print_summary(study: optuna.Study, spec: StudySpec, url: str, target: int) -> None:
+def print_summary(study: optuna.Study, spec: StudySpec, url: str, target: int,
+                  output: Path = Path("output")) -> None:
     trials = study.get_trials(deepcopy=False)
-    counts = {s.name: 0 for s in TrialState}
-    for t in trials:
-        counts[t.state.name] += 1
-    finished = counts["COMPLETE"] + counts["PRUNED"]
+    counts = trial_counts(trials)
+    finished = counts["complete"] + counts["pruned"]
     saved_epochs = epochs_saved(trials)[1]
     saved = f" (saved {saved_epochs} epochs)" if saved_epochs else ""
+    stops = "".join(f", {counts[k]} {k}" for k in ("interrupted", "preempted", "environment",
+                                                    "surplus") if counts[k])
     print(f"\nstudy {spec.name}: {finished}/{target} finished "
-          f"({counts['COMPLETE']} complete, {counts['PRUNED']} pruned{saved}, "
-          f"{counts['FAIL']} failed, "
-          f"{counts['RUNNING']} running, {counts['WAITING']} waiting)")
+          f"({counts['complete']} complete, {counts['pruned']} pruned{saved}, "
+          f"{counts['failed']} failed{stops}, "
+          f"{counts['running']} running, {counts['waiting']} waiting)")
     best = best_trials(study)
     if best:
         names = spec.metric_names
@@ -119,7 +120,7 @@ def print_summary(study: optuna.Study, spec: StudySpec, url: str, target: int) -
             print("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
     from hpo.heldout import describe
 
-    for line in describe(study):
+    for line in describe(study, command=evaluate_command(url, spec.name, output)):
         print(line)
     print(f"\nwatch it in a browser: {dashboard_command(url, spec.name)}")
     if "***" in mask_url(url):

@@ -13,7 +13,33 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from hpo import attrs
 from trainers.context import atomic_write_json
+
+STATE_KEYS = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned",
+              TrialState.FAIL: "failed", TrialState.RUNNING: "running",
+              TrialState.WAITING: "waiting"}
+# The counts every table shows, in order: a trial stopped by a signal is "preempted" (SIGTERM)
+# or "interrupted" (Ctrl-C), the machine's fault "environment", a race for the last slot
+# "surplus": none of them a failure of the trial (each is queued again or not needed).
+COUNT_KEYS = ("complete", "pruned", "failed", "running", "waiting", "surplus", "preempted",
+              "interrupted", "environment")
+
+
+def trial_counts(trials: list[FrozenTrial]) -> dict[str, int]:
+    """How many trials are in each of ``COUNT_KEYS``."""
+    counts = dict.fromkeys(COUNT_KEYS, 0)
+    for t in trials:
+        stopped = t.state == TrialState.FAIL and t.user_attrs.get(attrs.STOPPED_BY)
+        if t.state == TrialState.FAIL and t.user_attrs.get(attrs.ENVIRONMENT_FAULT):
+            counts["environment"] += 1  # the machine's fault (hpo.faults): queued again
+        elif t.state == TrialState.FAIL and t.user_attrs.get(attrs.SURPLUS):
+            counts["surplus"] += 1  # lost the race for the last slot: not a real failure
+        elif stopped:  # stopped by a signal and queued again: not a failure of the trial
+            counts["preempted" if stopped == "SIGTERM" else "interrupted"] += 1
+        elif t.state in STATE_KEYS:
+            counts[STATE_KEYS[t.state]] += 1
+    return counts
 
 # Bulky per-epoch history stays in the per-trial metrics.json, not in the study-wide export.
 _EXPORT_SKIP_ATTRS = ("history",)

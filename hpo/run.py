@@ -192,7 +192,7 @@ def _run(args: argparse.Namespace, n_workers: int, *, gpu_pinning: bool) -> int:
                                    pbo_blocks=spec.evaluate.pbo_blocks,
                                    test_model=spec.evaluate.test_model,
                                    seeds=spec.evaluate.seeds)
-        print_summary(study, spec, url, target)
+        print_summary(study, spec, url, target, output)
     return code
 
 

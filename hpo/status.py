@@ -28,19 +28,17 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo import attrs
-from hpo.heldout import current_summary, render_lines
+from hpo.heldout import current_summary, render_lines, stale_line
 from hpo.loading import open_existing_study
+from hpo.progress import evaluate_command
 from hpo.pruning import epochs_saved
-from hpo.results import best_trials, metric_names
+from hpo.results import best_trials, metric_names, trial_counts
 from hpo.storage import mask_url
 from trainers.cli import OneLineParser
 from trainers.errors import UserError
 
 EXIT_OK, EXIT_USER, EXIT_INTERRUPTED = 0, 2, 130
 DEFAULT_WATCH_S = 10.0
-STATE_KEYS = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned",
-              TrialState.FAIL: "failed", TrialState.RUNNING: "running",
-              TrialState.WAITING: "waiting"}
 _sleep = time.sleep  # replaced in tests
 
 
@@ -170,24 +168,13 @@ def failures(trials: list[FrozenTrial], *, limit: int = SHOWN_FAILURES) -> list[
 
 
 def collect_status(study: optuna.Study, storage: optuna.storages.BaseStorage, *,
-                   grace_period: float, url: str = "",
+                   grace_period: float, url: str = "", output: Path | None = None,
                    now: datetime | None = None) -> dict[str, Any]:
     """Everything ``hpo.status`` shows, as a JSON-able dict (the ``--json`` output)."""
     now = now or datetime.now()
     names = metric_names(study)
     trials = study.get_trials(deepcopy=False)
-    counts = dict.fromkeys(["complete", "pruned", "failed", "running", "waiting", "surplus",
-                            "preempted", "interrupted", "environment"], 0)
-    for t in trials:
-        stopped = t.state == TrialState.FAIL and t.user_attrs.get(attrs.STOPPED_BY)
-        if t.state == TrialState.FAIL and t.user_attrs.get(attrs.ENVIRONMENT_FAULT):
-            counts["environment"] += 1  # the machine's fault (hpo.faults): queued again
-        elif t.state == TrialState.FAIL and t.user_attrs.get(attrs.SURPLUS):
-            counts["surplus"] += 1  # lost the race for the last slot: not a real failure
-        elif stopped:  # stopped by a signal and queued again: not a failure of the trial
-            counts["preempted" if stopped == "SIGTERM" else "interrupted"] += 1
-        elif t.state in STATE_KEYS:
-            counts[STATE_KEYS[t.state]] += 1
+    counts = trial_counts(trials)
     finished = counts["complete"] + counts["pruned"]
     target = study.user_attrs.get(attrs.TARGET)
     durations = [t.duration.total_seconds() for t in trials
@@ -253,6 +240,8 @@ def collect_status(study: optuna.Study, storage: optuna.storages.BaseStorage, *,
         # test period was never opened); "test_report_current" is False once the front moved.
         "test_report": test_report,
         "test_report_current": current,
+        "evaluate_command": (evaluate_command(url, study.study_name, output)
+                             if url and output is not None else None),
         # hpo.refit: the newest refit of the chosen configuration (None before the first).
         "refits": len(study.user_attrs.get(attrs.REFITS) or []),
         "latest_refit": (study.user_attrs.get(attrs.REFITS) or [None])[-1],
@@ -351,8 +340,8 @@ def render(status: dict[str, Any]) -> str:
         if s.get("test_report_current"):
             lines += render_lines(s["test_report"])
         else:
-            lines.append("held-out test report: out of date (the front changed since); "
-                         f"refresh it with python -m hpo.evaluate --study {s['study']}")
+            lines.append(stale_line(s["test_report"], s.get("evaluate_command") or
+                                    f"python -m hpo.evaluate --study {s['study']}"))
     latest = s.get("latest_refit")
     if latest:
         lines.append(f"refits: {s['refits']}, newest {latest['id']} of trial {latest['trial']} "
@@ -432,7 +421,8 @@ def _show(args: argparse.Namespace, study: optuna.Study, storage: Any, url: str,
         record = trial_history(study, args.trial)
         text = json.dumps(record) if args.json else render_history(record)
     else:
-        status = collect_status(study, storage, grace_period=grace, url=url)
+        status = collect_status(study, storage, grace_period=grace, url=url,
+                                output=args.output)
         text = json.dumps(status) if args.json else render(status)
     if args.watch is not None and not args.json and sys.stdout.isatty():
         print("\x1b[H\x1b[2J", end="")  # clear the terminal before redrawing

@@ -14,6 +14,7 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +135,19 @@ def _checksum(data: bytes) -> dict[str, Any]:
     import blake3
 
     return {"bytes": len(data), "blake3": blake3.blake3(data).hexdigest()}
+
+
+def resume_point(state: Mapping[str, Any]) -> str:
+    """Where a run continues from a checkpoint ``state``, 1-based: ``epoch 2, step 4`` (the
+    next epoch and the next step in it; a walk-forward trial names its fold too)."""
+    epoch = int(state.get("epoch", 0))
+    partial = state.get("partial")
+    steps = len(partial.get("losses", ())) if isinstance(partial, Mapping) else 0
+    where = f"epoch {epoch + 1}, step {steps + 1}"
+    folds = state.get("walk_forward")
+    if isinstance(folds, Mapping) and "fold" in folds:
+        where = f"fold {int(folds['fold']) + 1}, {where}"
+    return where
 
 
 def write_with_checksum(path: Path, data: bytes) -> None:
@@ -330,7 +344,12 @@ class TrialContext:
                         else "starting from scratch"))
         if state is not None:
             self.history = list(state.get("history", []))
+            self.log(self.resume_line(state))
         return state
+
+    def resume_line(self, state: Mapping[str, Any]) -> str:
+        """The one line a resumed run logs: where it continues (``resume_point``)."""
+        return f"resuming at {resume_point(state)}"
 
     def _checkpoint_candidates(self) -> list[Path]:
         out = [self.checkpoint_path, self.checkpoint_path.with_name(PREVIOUS_CHECKPOINT_NAME)]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 import shutil
 from pathlib import Path
 
@@ -225,7 +226,7 @@ def test_a_changed_front_gets_a_fresh_report_and_trials_never_see_test_figures(
         user_attrs={**template.user_attrs, "sharpe": 99.0}))
     old = _report(copy)
     assert status_main(["--study", "held", "--output", str(copy)]) == 0
-    assert "out of date" in capsys.readouterr().out
+    hint = next(line for line in capsys.readouterr().out.splitlines() if "out of date" in line)
     before = [(t.values, t.user_attrs, t.system_attrs) for t in _study(copy).trials]
 
     capsys.readouterr()
@@ -233,7 +234,10 @@ def test_a_changed_front_gets_a_fresh_report_and_trials_never_see_test_figures(
     err = capsys.readouterr().err
     assert "was opened 1 time(s)" in err and "Pass --reopen" in err
     assert _report(copy) == old  # nothing looked at, nothing written
-    assert main(["--study", "held", "--output", str(copy), "--reopen"]) == 0
+    # the hint status printed works as printed (storage, output and --reopen included)
+    command = shlex.split(hint[hint.index("python -m hpo.evaluate"):])
+    assert command[:3] == ["python", "-m", "hpo.evaluate"] and command[-1] == "--reopen"
+    assert main(command[3:]) == 0
     assert "warning: the test period has been looked at 2 times" in capsys.readouterr().out
     new = _report(copy)
     assert new["report_id"] != old["report_id"]

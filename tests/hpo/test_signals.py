@@ -59,6 +59,11 @@ def test_sigterm_mid_trial_requeues_and_next_run_resumes(tmp_path: Path, pg_url:
     assert_study_consistent(trials, target=2)
     assert trials[1].state == TrialState.COMPLETE
     assert trials[1].user_attrs["resumed_from"] == {"trial": 0, "epoch": stopped_at}
+    log = again.log_path.read_text()  # type: ignore[attr-defined]
+    # one line says where the retry continues; the final table calls the stop what it was
+    assert log.count("resumes") == 1
+    assert f"trial 1 resumes trial 0 at epoch {stopped_at + 1}, step 1" in log
+    assert "1 preempted" in log and "1 failed" not in log
     assert [h["epoch"] for h in trials[1].user_attrs["history"]] == [1, 2, 3, 4]
     # the retry was not stopped; the preemption stays counted along the chain
     assert trials[1].user_attrs["stopped_by"] is None

@@ -115,7 +115,6 @@ def train(config: TrainConfig, ctx: TrialContext) -> dict[str, float]:
             runner.load_state_dict(state["runner"])
             start, best, stale = int(state["epoch"]), state["best"], state["stale"]
             history = list(saved["history"])
-            ctx.log(f"resumed fold {k + 1}/{len(folds)} after epoch {start}")
 
         def report(epoch: int, row: dict[str, Any], history: list = history) -> None:
             history.append({"epoch": epoch, **row})

@@ -62,8 +62,7 @@ def resume(runner: StepRunner, ctx: TrialContext, *, config: Any,
                         "was written by another recipe: use a fresh output directory")
     # Checkpoints of atft_gat written before this module kept the runner's state at the top.
     runner.load_state_dict(state["runner"] if "runner" in state else state)
-    epoch = int(state["epoch"])
-    ctx.log(f"resumed after epoch {epoch}")
+    epoch = int(state["epoch"])  # ctx.restore logged where the run continues
     return epoch, {**{name: state[name] for name in fresh},
                    **{name: state.get(name, default) for name, default in maybe.items()}}
 

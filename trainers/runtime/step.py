@@ -466,7 +466,6 @@ class StepRunner:
         self._set_attr(attrs.MICRO_BATCH, self.micro_batch)
         if self.oom_retries:
             self._set_attr(attrs.OOM_RETRIES, list(self.oom_retries))
-        self._log(f"runtime: resumed at step {self.step_count}, micro_batch={self.micro_batch}")
 
 
 def _positive_int(name: str, value: Any) -> int:
