@@ -29,8 +29,10 @@ TABLE_METRICS = ("sharpe", "rank_ic", "ic", "icir")
 
 def read_summary(study: optuna.Study) -> dict[str, Any] | None:
     """The study's test-report summary, or None when the test period was never opened."""
-    summary = study.user_attrs.get(SUMMARY_ATTR)
-    return summary if isinstance(summary, dict) else None
+    from hpo.records import record
+
+    summary = record(study, SUMMARY_ATTR)
+    return summary if isinstance(summary, dict) and "trials" in summary else None
 
 
 def _cell(figure: dict[str, Any] | None) -> str:

@@ -32,6 +32,7 @@ from hpo.heldout import current_summary, render_lines, stale_line
 from hpo.loading import open_existing_study
 from hpo.progress import evaluate_command
 from hpo.pruning import epochs_saved
+from hpo.records import record
 from hpo.results import best_trials, metric_names, trial_counts
 from hpo.storage import mask_url
 from trainers.cli import OneLineParser
@@ -147,7 +148,7 @@ def _values(names: list[str], trial: FrozenTrial) -> dict[str, float]:
 def _total_epochs(study: optuna.Study, trial: FrozenTrial) -> int | None:
     epochs = trial.params.get("epochs")
     if epochs is None:
-        epochs = (study.user_attrs.get(attrs.SPEC) or {}).get("fixed", {}).get("epochs")
+        epochs = (record(study, attrs.SPEC) or {}).get("fixed", {}).get("epochs")
     return int(epochs) if isinstance(epochs, int | float) else None
 
 

@@ -15,13 +15,14 @@ import optuna
 from hpo import attrs
 from hpo.config import StudySpec
 from hpo.pruners import get_kind
+from hpo.records import record, set_record
 from hpo.storage import mask_url, open_storage
 from trainers.errors import UserError
 
 log = logging.getLogger("hpo")
 
 FINGERPRINT_ATTR = "fingerprint"
-SPEC_ATTR = "spec"
+SPEC_ATTR = "spec"  # a record (hpo.records): long
 TARGET_ATTR = "n_trials_target"
 # numpy's RandomState (behind every Optuna sampler) takes seeds below 2**32.
 _SEED_MODULUS = 2**32
@@ -159,7 +160,7 @@ def open_study(spec: StudySpec, url: str, *, force: bool, target: int, worker_in
                 "the file) or another storage")
         stored = existing.user_attrs.get(FINGERPRINT_ATTR)
         if stored is not None and stored != spec.fingerprint():
-            change = _describe_change(existing.user_attrs.get(SPEC_ATTR, {}),
+            change = _describe_change(record(existing, SPEC_ATTR) or {},
                                       spec.fingerprint_content())
             if not force:
                 raise UserError(
@@ -168,7 +169,7 @@ def open_study(spec: StudySpec, url: str, *, force: bool, target: int, worker_in
                     "comparable. Use a new study name, or --force to continue anyway")
             log.warning("study file changed (%s); continuing because of --force", change)
             existing.set_user_attr(FINGERPRINT_ATTR, spec.fingerprint())
-            existing.set_user_attr(SPEC_ATTR, spec.fingerprint_content())
+            set_record(existing, SPEC_ATTR, spec.fingerprint_content())
         n_stored = len(existing.get_trials(deepcopy=False))
         existing.sampler = make_sampler(spec, n_stored=n_stored, worker_index=worker_index)
         existing.pruner = make_pruner(spec)
@@ -188,7 +189,7 @@ def open_study(spec: StudySpec, url: str, *, force: bool, target: int, worker_in
                           quiet=quiet)
     study.set_metric_names(spec.metric_names)
     study.set_user_attr(FINGERPRINT_ATTR, spec.fingerprint())
-    study.set_user_attr(SPEC_ATTR, spec.fingerprint_content())
+    set_record(study, SPEC_ATTR, spec.fingerprint_content())
     study.set_user_attr(TARGET_ATTR, target)
     study.set_user_attr("workload", spec.workload)
     study.set_user_attr("description", spec.description)

@@ -73,9 +73,23 @@ def summary_of(report: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def short_summary(summary: dict[str, Any]) -> dict[str, Any]:
+    """The one-line form kept as the study user attr (``optuna studies`` prints it): the
+    report, the chosen trial and its headline test figures."""
+    chosen = next((t for t in summary.get("trials", []) if t.get("chosen")), None) or {}
+    test = {k: round(v["value"], 4) for k, v in (chosen.get("test") or {}).items()
+            if isinstance(v, dict) and isinstance(v.get("value"), int | float)}
+    return {"file": summary.get("file"), "report_id": str(summary.get("report_id"))[:12],
+            "chosen": summary.get("chosen"), "test_dates": summary.get("test_dates"),
+            "test": test}
+
+
 def publish_summary(study: optuna.Study, report: dict[str, Any]) -> None:
     """The summary as the study user attr and in the study's dashboard note."""
     from hpo.artifacts import save_study_note
+    from hpo.records import set_record
 
-    study.set_user_attr(SUMMARY_ATTR, summary_of(report))
+    summary = summary_of(report)
+    set_record(study, SUMMARY_ATTR, summary)  # what the tables render
+    study.set_user_attr(SUMMARY_ATTR, short_summary(summary))
     save_study_note(study)

@@ -132,14 +132,17 @@ BASELINES = ("best_feature", "linear")
 TARGET_TURNOVER_RATIO = 1.2
 TARGET_MARKETS_WON = 4  # of 5
 TARGET_GROSS_LOST = 0.25
+# Expected return per SD of each real-like feature, in idiosyncratic SDs: 0.04 made the best
+# feature's test Sharpe 7.8 on 200 stocks (far above real daily features); 0.01 gives ~2.
+PREMIUM = 0.01
 
 
 def real_like_panel(path: Path, *, n_stocks: int, n_dates: int, seed: int) -> None:
     """A daily panel from a simulated price path, features from past returns only (module
     docstring). Returns: market beta x market + sector + idiosyncratic noise with slowly
-    varying volatility, plus a premium of 0.04 cross-sectional SDs on 12-1 momentum and -0.04
-    on the 5-day return (so the best features' RankIC is a few hundredths, as on real
-    equities)."""
+    varying volatility, plus a premium of ``PREMIUM`` idiosyncratic SDs per cross-sectional
+    SD of 12-1 momentum and minus that on the 5-day return (the best features' RankIC is about
+    0.01-0.02 and their gross Sharpe 1-3 on 200 stocks, as for real daily equity features)."""
     import polars as pl
 
     rng = np.random.default_rng(seed)
@@ -160,7 +163,7 @@ def real_like_panel(path: Path, *, n_stocks: int, n_dates: int, seed: int) -> No
             past = returns[:t]
             mom = past[-252:-21].sum(0)
             rev = past[-5:].sum(0)
-            premium = 0.04 * np.std(idio) * (_z(mom) - _z(rev))
+            premium = PREMIUM * np.std(idio) * (_z(mom) - _z(rev))
         returns[t] = beta * market + sectors + idio + premium
     cum = np.cumsum(returns, axis=0)  # log-price path
 

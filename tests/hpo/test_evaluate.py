@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 from scipy import stats
 
 from hpo.evaluate import CHOICE_RULE_FRONT, main
-from hpo.heldout import PREDICTIONS_FILE, REPORT_FILE, SUMMARY_ATTR, render_lines
+from hpo.heldout import PREDICTIONS_FILE, REPORT_FILE, read_summary, render_lines
 from hpo.run import main as run_main
 from tests.hpo.test_run import study_file
 from tests.trainers.test_turnover import naive_turnover_and_net
@@ -192,7 +192,7 @@ def test_baselines_beside_the_trials(ran: Path) -> None:
             assert row["sharpe"]["se"] > 0 and math.isfinite(row["rank_ic"]["value"])
             assert row["n_dates"]["value"] == report["trials"][0][period]["n_dates"]["value"]
         assert str(linear["alpha"]) in linear["validation_rank_ic_by_alpha"]
-    summary = _study(ran / "out").user_attrs[SUMMARY_ATTR]
+    summary = read_summary(_study(ran / "out"))
     labels = list(summary["baselines"])
     assert labels == ["oracle", f"best feature ({best['feature']})", "ridge (every feature)"]
     assert summary["report_id"] == report["report_id"]
@@ -339,7 +339,7 @@ def test_the_chosen_trial_minus_its_best_baseline_with_a_paired_se(ran: Path) ->
             expected = chosen[period][name]["value"] - base[period][best][name]["value"]
             assert versus[period][name]["value"] == pytest.approx(expected, abs=1e-12)
             assert versus[period][name]["se"] > 0
-    lines = render_lines(_study(out).user_attrs[SUMMARY_ATTR])
+    lines = render_lines(read_summary(_study(out)))
     assert any(line.strip().startswith(f"chosen - {versus['label']}") for line in lines)
     assert any(f"on test, trial {report['chosen']} against {versus['label']}" in line
                for line in lines)
@@ -461,5 +461,25 @@ def test_pbo_is_cscv_over_the_trials_validation_returns(ran: Path) -> None:
     assert "effective" not in dsr and "P(DSR > 0.95)" in dsr["calibration"]
     assert dsr["trials_mean_correlation"] == pytest.approx(
         effective_trials(matrix)["mean_correlation"], rel=1e-12)
-    lines = render_lines(_study(out).user_attrs[SUMMARY_ATTR])
+    lines = render_lines(read_summary(_study(out)))
     assert any("probability of backtest overfitting" in line for line in lines)
+
+
+def test_study_user_attrs_stay_short_for_optunas_own_tables(ran: Path) -> None:
+    """`optuna studies` prints every study user attr: the bulky records (the study file's
+    content, the full test-report summary) are study system attrs; the user attr test_report
+    is one line (chosen trial, headline test figures, where the report is)."""
+    import json as json_
+    import subprocess
+    import sys
+
+    study = _study(ran / "out")
+    attrs_ = study.user_attrs
+    assert "spec" not in attrs_
+    assert set(attrs_["test_report"]) == {"file", "report_id", "chosen", "test_dates", "test"}
+    assert len(json_.dumps(attrs_)) < 1200
+    cli = Path(sys.executable).with_name("optuna")  # the console script beside this Python
+    out = subprocess.run([str(cli), "studies", "--storage",
+                          f"sqlite:///{ran / 'out' / 'hpo.db'}"], capture_output=True,
+                         text=True, check=True).stdout
+    assert max(len(line) for line in out.splitlines()) < 1400

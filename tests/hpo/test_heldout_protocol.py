@@ -15,7 +15,7 @@ import polars as pl
 import pytest
 
 from hpo.evaluate import choice_rule_front, main
-from hpo.heldout import PREDICTIONS_FILE, REPORT_FILE, SUMMARY_ATTR
+from hpo.heldout import PREDICTIONS_FILE, REPORT_FILE, read_summary
 from hpo.run import main as run_main
 from tests.conftest import REPO
 from trainers.heldout import HeldOut, ranking_score
@@ -80,7 +80,7 @@ def test_run_opens_the_test_period_of_a_plugged_in_workload(ran: Path) -> None:
     # The workload's baseline is scored on the same dates and shown beside the trials.
     base = report["baselines"]["test"]["signal_feature"]
     assert base["rank_ic"]["value"] > 0.1
-    summary = study.user_attrs[SUMMARY_ATTR]
+    summary = read_summary(study)
     assert list(summary["baselines"]) == ["feature +f_signal"]
     assert summary["report_id"] == report["report_id"]
 

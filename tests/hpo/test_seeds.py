@@ -12,7 +12,7 @@ import optuna
 import polars as pl
 import pytest
 
-from hpo.heldout import REPORT_FILE, render_lines
+from hpo.heldout import REPORT_FILE, read_summary, render_lines
 from hpo.run import main as run_main
 from hpo.seeds import member_seeds
 from tests.hpo.test_evaluate import STUDY
@@ -77,6 +77,6 @@ def test_the_ensemble_is_the_mean_of_its_members_scores(ran: Path) -> None:
                                           - chosen["test"]["sharpe"]["value"])
     assert diff["se"] > 0
 
-    summary = study.user_attrs["test_report"]
+    summary = read_summary(study)
     text = "\n".join(render_lines(summary))
     assert f"seeds ensemble of trial {chosen['number']} (3 seeds) on test: sharpe" in text

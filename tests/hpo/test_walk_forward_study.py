@@ -9,6 +9,7 @@ import optuna
 import polars as pl
 import pytest
 
+from hpo.heldout import read_summary
 from hpo.refit import main as refit_main
 from hpo.run import main as run_main
 from tests.hpo.test_evaluate import STUDY
@@ -39,7 +40,7 @@ def test_every_trial_reports_its_folds(ran: Path) -> None:
 
 
 def test_the_report_says_how_the_test_period_was_scored(ran: Path) -> None:
-    summary = _study(ran).user_attrs["test_report"]
+    summary = read_summary(_study(ran))
     assert "last fold's model" in summary["validation_scheme"]
     folds = _study(ran).trials[0].user_attrs["folds"]
     assert summary["validation_dates"] == [folds[0]["validation"][0], folds[-1]["validation"][1]]
