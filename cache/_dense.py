@@ -42,7 +42,7 @@ from cache._panel import (
     resolve_columns,
 )
 from cache._source import Source, _first_line
-from cache.errors import CacheError
+from cache.errors import CacheError, writing
 from cache.feature_cache import batch_schema
 from cache.spec import CODE_COLUMN, DATE_COLUMN, CacheSpec
 
@@ -235,7 +235,7 @@ class _Stats:
         self.target_count[d] = n_target
 
     def save(self, path: Path) -> None:
-        with open(path, "wb") as f:
+        with writing(path), open(path, "wb") as f:
             np.savez(f, count=self.count, mean=self.mean, m2=self.m2, present=self.present,
                      target_count=self.target_count)
             f.flush()

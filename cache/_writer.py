@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from cache._dense import STATS_FILE, Built, Keys, write_dense
+from cache.errors import writing
 from cache.feature_cache import (
     DATA_FILE,
     FORMAT_VERSION,
@@ -44,7 +45,7 @@ def _fsync_file(path: Path) -> int:
 
 
 def _write_synced(path: Path, write: Callable[[Any], None]) -> int:
-    with open(path, "wb") as f:
+    with writing(path), open(path, "wb") as f:
         write(f)
         f.flush()
         os.fsync(f.fileno())
@@ -64,10 +65,11 @@ def write_cache_files(directory: Path, *, keys: Keys,
     build mid-way so it can be killed there. Returns the manifest as written.
     """
     metadata = {META_KEY: manifest["key"].encode(), META_VERSION: str(FORMAT_VERSION).encode()}
-    built: Built = write_dense(directory / DATA_FILE, directory / STATS_FILE, keys=keys,
-                               chunks=chunks, features=features, targets=targets, spec=spec,
-                               metadata=metadata, where=where)
-    data_bytes = _fsync_file(directory / DATA_FILE)
+    with writing(directory / DATA_FILE):  # the statistics file names its own path
+        built: Built = write_dense(directory / DATA_FILE, directory / STATS_FILE, keys=keys,
+                                   chunks=chunks, features=features, targets=targets,
+                                   spec=spec, metadata=metadata, where=where)
+        data_bytes = _fsync_file(directory / DATA_FILE)
     if after_data is not None:
         after_data()
     index_bytes = _write_synced(

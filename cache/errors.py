@@ -9,6 +9,12 @@ without importing anything from here.
 
 from __future__ import annotations
 
+import contextlib
+import errno as _errno
+import os as _os
+import shutil as _shutil
+from collections.abc import Iterator
+
 
 class CacheError(ValueError):
     """A problem in the cache's input, with a message that says how to fix it."""
@@ -43,3 +49,47 @@ def check_free_space(path: str, needed: int, *, error: type[NoSpace] = NoSpace) 
     free = shutil.disk_usage(where).free
     if free < needed:
         raise error(path, needed=needed, free=free)
+
+
+# An OS error that is the machine's, not the program's: a full disk, a quota, a read-only
+# filesystem. Arrow reports a full disk as an OSError without errno, by its message.
+FULL_ERRNOS = (_errno.ENOSPC, _errno.EDQUOT)
+FULL_MESSAGES = ("No space left on device", "Disk quota exceeded")
+
+
+def free_bytes(path: str | _os.PathLike[str]) -> int | None:
+    """Free bytes on the filesystem holding ``path`` (its nearest existing parent)."""
+    current = _os.path.abspath(path)
+    while True:
+        try:
+            return _shutil.disk_usage(current).free
+        except OSError:
+            parent = _os.path.dirname(current)
+            if parent == current:
+                return None
+            current = parent
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and (exc.errno in FULL_ERRNOS
+                                         or any(m in str(exc) for m in FULL_MESSAGES))
+
+
+@contextlib.contextmanager
+def writing(path: str | _os.PathLike[str], *, needed: int | None = None) -> Iterator[None]:
+    """Every write the service makes goes through this: a full disk or quota becomes a
+    :class:`NoSpace` naming ``path`` (the file being written), its filesystem's free bytes and
+    the bytes it tried to write (``needed``, where known); a read-only filesystem an OSError
+    carrying ``path``. A write call (``os.write``, Arrow's writers) does not know its path;
+    this does, so no fault line says "?"."""
+    try:
+        yield
+    except NoSpace:
+        raise
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise NoSpace(str(path), needed=needed, free=free_bytes(path)) from exc
+        if exc.errno == _errno.EROFS and not exc.filename:
+            raise OSError(exc.errno, exc.strerror or "Read-only file system", str(path)) \
+                from exc
+        raise

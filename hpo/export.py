@@ -24,6 +24,7 @@ from typing import Any
 
 import optuna
 
+from cache.errors import writing
 from hpo import attrs
 from hpo.loading import open_existing_study
 from hpo.pruning import epochs_saved
@@ -82,7 +83,7 @@ def write_csv(study: optuna.Study, path: Path) -> Path:
     columns, rows = trial_rows(study)
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="") as f:
+    with writing(path), tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)

@@ -19,10 +19,9 @@
 from __future__ import annotations
 
 import errno
-import shutil
 from pathlib import Path
 
-from cache.errors import NoSpace
+from cache.errors import NoSpace, free_bytes, is_disk_full
 from trainers.errors import DiskFull
 
 ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
@@ -32,36 +31,31 @@ class EnvironmentFault(Exception):
     """The trial stopped on an environment fault; it was queued again. ``str`` is the line."""
 
 
-def environment_fault(exc: BaseException) -> str | None:
+def environment_fault(exc: BaseException, *, where: Path | None = None) -> str | None:
     """The one-line description of ``exc`` (or of an exception it wraps) when it is an
-    environment fault, else None."""
+    environment fault, else None. ``where``: the directory the failed work wrote under, named
+    when the error itself carries no path (every write of the service goes through
+    ``cache.errors.writing``, which gives it one)."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
         if isinstance(current, NoSpace):  # the service's own check: the bytes are known
             return str(current)
-        if isinstance(current, OSError) and current.errno in ENVIRONMENT_ERRNOS:
-            return describe_os_error(current)
+        if isinstance(current, OSError) and (current.errno in ENVIRONMENT_ERRNOS
+                                             or is_disk_full(current)):
+            return describe_os_error(current, where=where)
         current = current.__cause__ or current.__context__
     return None
 
 
-def describe_os_error(exc: OSError) -> str:
-    """An ENOSPC / EDQUOT / EROFS as one line naming the path and the free bytes there."""
-    path = exc.filename or "?"
+def describe_os_error(exc: OSError, *, where: Path | None = None) -> str:
+    """An ENOSPC / EDQUOT / EROFS as one line naming the path and the free bytes there (the
+    file the error names, else a file under ``where``)."""
+    path = exc.filename or (f"a file under {where}" if where is not None else "a file")
+    probe = Path(exc.filename) if exc.filename else where
     if exc.errno == errno.EROFS:
         return (f"read-only filesystem at {path}; make it writable (or choose another "
                 "--output) and rerun the same command")
-    free = free_bytes(Path(path)) if exc.filename else None
+    free = free_bytes(probe) if probe is not None else None
     return str(DiskFull(path, needed=None, free=free))
-
-
-def free_bytes(path: Path) -> int | None:
-    """Free bytes on the filesystem holding ``path`` (its nearest existing parent)."""
-    for candidate in (path, *path.parents):
-        try:
-            return shutil.disk_usage(candidate).free
-        except OSError:
-            continue
-    return None

@@ -284,7 +284,7 @@ class Objective:
             ctx.set_attr("fail_reason", str(exc))
             raise
         except Exception as exc:  # a crash in one trial must not end an overnight study
-            fault = environment_fault(exc)
+            fault = environment_fault(exc, where=out)
             if fault is not None:  # the machine's, not the trial's: queued again, not charged
                 ctx.set_attr("fail_reason", f"environment: {fault}; retried later")
                 ctx.set_attr(attrs.ENVIRONMENT_FAULT, fault)

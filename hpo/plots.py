@@ -18,6 +18,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from cache.errors import writing
 from hpo.results import metric_names
 
 # Importances and parallel coordinates compare trials against each other and parameters
@@ -124,9 +125,11 @@ def write_plots(study: optuna.Study, out_dir: Path) -> tuple[list[Path], list[st
         for plot in plots:
             html, png = out_dir / f"{plot.stem}.html", out_dir / f"{plot.stem}.png"
             try:
-                plot.html().write_html(html, include_plotlyjs=True, full_html=True,
-                                       include_mathjax=False)
-                _save_png(plot.png(), png)
+                with writing(html):
+                    plot.html().write_html(html, include_plotlyjs=True, full_html=True,
+                                           include_mathjax=False)
+                with writing(png):
+                    _save_png(plot.png(), png)
             except (ValueError, RuntimeError) as exc:
                 # e.g. importances of parameters that never varied: note it, keep exporting.
                 html.unlink(missing_ok=True)
