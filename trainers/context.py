@@ -144,7 +144,9 @@ def resume_point(state: Mapping[str, Any]) -> str:
     next epoch and the next step in it; a walk-forward trial names its fold too)."""
     epoch = int(state.get("epoch", 0))
     partial = state.get("partial")
-    steps = len(partial.get("losses", ())) if isinstance(partial, Mapping) else 0
+    steps = 0
+    if isinstance(partial, Mapping):
+        steps = int(partial["steps"]) if "steps" in partial else len(partial.get("losses", ()))
     where = f"epoch {epoch + 1}, step {steps + 1}"
     folds = state.get("walk_forward")
     if isinstance(folds, Mapping) and "fold" in folds:

@@ -30,11 +30,14 @@ from trainers.condor.data import (
 from trainers.condor.model import CondorBrain
 from trainers.context import TrialContext
 from trainers.runtime import (
+    PARTIAL,
     StepRunner,
     configure_threads,
     resume,
+    resume_part,
     save_checkpoint,
     seed_everything,
+    step_boundary,
 )
 
 # Per-epoch shuffles are seeded from (run seed, epoch) so a resumed run replays exactly the
@@ -87,7 +90,7 @@ def train(config: TrainConfig, ctx: TrialContext) -> dict[str, float]:
     ctx.set_attr(attrs.N_TRAIN, n_train)
     ctx.set_attr(attrs.N_VAL, len(data.val_index))
     ctx.set_attr(attrs.BASELINES, baselines(data, train_strikes, train_pop, train_regime))
-    start_epoch, _ = resume(runner, ctx, config=config)
+    start_epoch, saved = resume(runner, ctx, config=config, optional=PARTIAL)
 
     def loss_on(index: torch.Tensor) -> torch.Tensor:
         return multitask_loss(runner.model(gather_windows(data, index)),
@@ -99,13 +102,19 @@ def train(config: TrainConfig, ctx: TrialContext) -> dict[str, float]:
         shuffle = torch.Generator().manual_seed(ctx.seed * _EPOCH_SEED_STRIDE + epoch)
         order = torch.randperm(n_train, generator=shuffle).to(runner.device)
         model.train()
-        loss_sum = 0.0
-        for batch in order.split(config.batch_size):
+        # A step checkpoint of this epoch: skip the steps it ran (the order is the same).
+        part = resume_part(saved, epoch)
+        part.state.setdefault("loss_sum", 0.0)
+        for i, batch in enumerate(order.split(config.batch_size)):
+            if i < part.steps:
+                continue
+            step_boundary(runner, ctx, config=config, part=part)
             index = data.train_index[batch]  # (B, 2) (path, anchor day)
-            loss_sum += runner.step(len(batch), lambda s, index=index: loss_on(index[s])) * len(
-                batch)
+            part.state["loss_sum"] += runner.step(
+                len(batch), lambda s, index=index: loss_on(index[s])) * len(batch)
+            part.steps = i + 1
         metrics = {**evaluate(model, data, runner=runner, scale=scale),
-                   "train_loss": loss_sum / n_train}
+                   "train_loss": part.state["loss_sum"] / n_train}
         ctx.report(epoch + 1, metrics)
         ctx.log(f"epoch {epoch + 1}/{config.epochs} " +
                 " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))

@@ -18,11 +18,14 @@ from trainers.denoise.config import TrainConfig
 from trainers.denoise.data import DenoiseData, add_noise, build_data, clean_signals
 from trainers.denoise.model import TwoLayerDenoiser, langevin_noise, squared_error
 from trainers.runtime import (
+    PARTIAL,
     StepRunner,
     configure_threads,
     resume,
+    resume_part,
     save_checkpoint,
     seed_everything,
+    step_boundary,
 )
 
 # Per-epoch generators are seeded from (run seed, epoch) so that a resumed run draws exactly
@@ -50,7 +53,8 @@ def train(config: TrainConfig, ctx: TrialContext) -> dict[str, float]:
     ctx.set_attr(attrs.N_PARAMS, sum(p.numel() for p in model.parameters()))
     # Predicting all zeros misses every hot coordinate by exactly 1: the trivial baseline.
     ctx.set_attr(attrs.ZERO_OUTPUT_TEST_LOSS, float(config.sparsity))
-    start_epoch, saved = resume(runner, ctx, config=config, extra={"train_seconds": 0.0})
+    start_epoch, saved = resume(runner, ctx, config=config, extra={"train_seconds": 0.0},
+                                optional=PARTIAL)
     train_seconds = float(saved["train_seconds"])
 
     train_support = data.train_support.to(runner.device)
@@ -61,8 +65,20 @@ def train(config: TrainConfig, ctx: TrialContext) -> dict[str, float]:
         order = torch.randperm(config.n_train, generator=torch.Generator().manual_seed(epoch_seed))
         noise_gen = torch.Generator(device=runner.device).manual_seed(epoch_seed)
         model.train()
-        started, loss_sum, n_seen = time.perf_counter(), 0.0, 0
-        for batch_idx in order.split(config.batch_size):
+        # A step checkpoint of this epoch: skip the steps it ran, with the noise generator
+        # where it was (the order is the same).
+        part = resume_part(saved, epoch)
+        part.state.setdefault("loss_sum", 0.0)
+        part.state.setdefault("n_seen", 0)
+        if "noise" in part.state:
+            noise_gen.set_state(part.state["noise"])
+        started = time.perf_counter()
+        for i, batch_idx in enumerate(order.split(config.batch_size)):
+            if i < part.steps:
+                continue
+            part.state["noise"] = noise_gen.get_state()
+            step_boundary(runner, ctx, config=config, part=part, extra={
+                "train_seconds": train_seconds + time.perf_counter() - started})
             clean = clean_signals(train_support[batch_idx.to(runner.device)], d=config.d)
             noisy = add_noise(clean, noise_var=config.noise_var, generator=noise_gen)  # (B, d)
             loss = runner.step(
@@ -73,8 +89,10 @@ def train(config: TrainConfig, ctx: TrialContext) -> dict[str, float]:
             if config.optimizer == "sgld":
                 langevin_noise(model, lr=runner.lr, temperature=config.sgld_temperature,
                                generator=noise_gen)
-            loss_sum += loss * len(batch_idx)
-            n_seen += len(batch_idx)
+            part.state["loss_sum"] += loss * len(batch_idx)
+            part.state["n_seen"] += len(batch_idx)
+            part.steps = i + 1
+        loss_sum, n_seen = part.state["loss_sum"], part.state["n_seen"]
         train_seconds += time.perf_counter() - started
 
         metrics = {

@@ -30,11 +30,14 @@ from trainers.lm.data import (
 )
 from trainers.lm.model import GPT, next_byte_loss
 from trainers.runtime import (
+    PARTIAL,
     StepRunner,
     configure_threads,
     resume,
+    resume_part,
     save_checkpoint,
     seed_everything,
+    step_boundary,
 )
 
 # Per-epoch window draws are seeded from (run seed, epoch): a resumed run sees exactly the
@@ -65,7 +68,8 @@ def train(config: TrainConfig, ctx: TrialContext) -> dict[str, float]:
     ctx.set_attr(attrs.UNIFORM_VAL_LOSS, math.log(VOCAB_SIZE))
     ctx.set_attr(attrs.UNIGRAM_VAL_LOSS, unigram_cross_entropy(data.train, data.val))
     start_epoch, saved = resume(runner, ctx, config=config,
-                                extra={"train_seconds": 0.0, "train_tokens": 0})
+                                extra={"train_seconds": 0.0, "train_tokens": 0},
+                                optional=PARTIAL)
     train_seconds, train_tokens = float(saved["train_seconds"]), int(saved["train_tokens"])
 
     def loss_on(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -82,11 +86,21 @@ def train(config: TrainConfig, ctx: TrialContext) -> dict[str, float]:
         starts = torch.randint(len(data.train) - config.block_size - 1,
                                (steps * calls_per_step, config.batch_size), generator=gen)
         model.train()
-        started, loss_sum = time.perf_counter(), 0.0
-        for call_starts in starts:  # (B,) window starts of one runtime call
+        # A step checkpoint of this epoch: skip the calls it ran (the windows are the same).
+        part = resume_part(saved, epoch)
+        part.state.setdefault("loss_sum", 0.0)
+        started = time.perf_counter()
+        for i, call_starts in enumerate(starts):  # (B,) window starts of one runtime call
+            if i < part.steps:
+                continue
+            step_boundary(runner, ctx, config=config, part=part, extra={
+                "train_seconds": train_seconds + time.perf_counter() - started,
+                "train_tokens": train_tokens})
             x, y = runner.to_device(*windows(data.train, call_starts, config.block_size))
-            loss_sum += runner.step(len(call_starts),
-                                    lambda s, x=x, y=y: loss_on(x[s], y[s]))
+            part.state["loss_sum"] += runner.step(len(call_starts),
+                                                  lambda s, x=x, y=y: loss_on(x[s], y[s]))
+            part.steps = i + 1
+        loss_sum = part.state["loss_sum"]
         if runner.device.type == "cuda":
             torch.cuda.synchronize(runner.device)  # time the work, not its queueing
         train_seconds += time.perf_counter() - started

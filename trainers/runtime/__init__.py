@@ -4,7 +4,8 @@
 * :mod:`trainers.runtime.device`: threads, seeds, device and precision, RNG state, OOM.
 * :mod:`trainers.runtime.optim`: optimizers and learning-rate schedules.
 * :mod:`trainers.runtime.step`: :class:`StepRunner`, the step loop (usage in its docstring).
-* :mod:`trainers.runtime.resume`: :func:`resume` and :func:`save_checkpoint` of a recipe.
+* :mod:`trainers.runtime.resume`: :func:`resume` and :func:`save_checkpoint` of a recipe, and
+  :func:`step_boundary` / :func:`resume_part` for step checkpoints inside an epoch.
 * :mod:`trainers.runtime.faults`: out-of-memory and NaN injection from the environment.
 * :mod:`trainers.runtime.memory`: activation checkpointing and DataLoader settings.
 """
@@ -33,7 +34,14 @@ from trainers.runtime.device import (
 from trainers.runtime.faults import INJECT_NAN_ENV, INJECT_OOM_ENV, INJECT_TRIALS_ENV
 from trainers.runtime.memory import dataloader_kwargs, maybe_checkpoint
 from trainers.runtime.optim import WarmupSchedule, build_optimizer, build_scheduler, param_groups
-from trainers.runtime.resume import resume, save_checkpoint
+from trainers.runtime.resume import (
+    PARTIAL,
+    EpochPart,
+    resume,
+    resume_part,
+    save_checkpoint,
+    step_boundary,
+)
 from trainers.runtime.step import StepRunner
 
 __all__ = [
@@ -58,7 +66,11 @@ __all__ = [
     "release_host_memory",
     "maybe_checkpoint",
     "param_groups",
+    "PARTIAL",
+    "EpochPart",
     "resume",
+    "resume_part",
+    "step_boundary",
     "rng_state",
     "save_checkpoint",
     "seed_everything",

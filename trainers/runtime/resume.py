@@ -91,3 +91,49 @@ def _saved_settings(state: Mapping[str, Any], config: Any) -> dict[str, Any]:
         if f.name not in saved and f.default is not dataclasses.MISSING:
             saved[f.name] = list(f.default) if isinstance(f.default, tuple) else f.default
     return saved
+
+
+@dataclasses.dataclass
+class EpochPart:
+    """How far a recipe got inside epoch ``epoch`` (0-based): the runtime steps it ran and the
+    running state it keeps across them (loss sums, token counts, a generator's state). A step
+    checkpoint saves it under ``partial``; :func:`resume_part` gives it back to the epoch it
+    belongs to, whose first ``steps`` steps the recipe then skips (its batch order depends on
+    the seed and the epoch only, so the rest replays exactly)."""
+
+    epoch: int
+    steps: int = 0
+    state: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def to_state(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "steps": self.steps, "state": dict(self.state)}
+
+
+def resume_part(saved: Mapping[str, Any], epoch: int) -> EpochPart:
+    """The part of ``epoch`` a step checkpoint holds (``resume(..., optional=PARTIAL)``'s
+    ``partial``), or a fresh one when the checkpoint was written at an epoch's end."""
+    partial = saved.get("partial")
+    if isinstance(partial, Mapping) and int(partial.get("epoch", -1)) == epoch:
+        return EpochPart(epoch=epoch, steps=int(partial["steps"]),
+                         state=dict(partial.get("state") or {}))
+    return EpochPart(epoch=epoch)
+
+
+# The optional checkpoint entry of a recipe that resumes mid-epoch (``resume``'s ``optional``).
+PARTIAL = {"partial": None}
+
+
+def step_boundary(runner: StepRunner, ctx: TrialContext, *, config: Any, part: EpochPart,
+                  extra: Mapping[str, Any] | None = None) -> None:
+    """Call before each runtime step inside an epoch: on a stop request (SIGTERM, Ctrl-C) or
+    when ``checkpoint_every_s`` has passed, save a step checkpoint holding the runner at this
+    step and ``part`` (and the recipe's ``extra`` epoch-end state), then stop on a request.
+    A resumed run continues at this very step and ends with the uninterrupted values."""
+    from trainers.errors import StopRequested
+
+    reason = ctx.should_stop()
+    if reason or ctx.checkpoint_due():
+        save_checkpoint(runner, ctx, config=config, epoch=part.epoch,
+                        extra={**(extra or {}), "partial": part.to_state()})
+    if reason:
+        raise StopRequested(reason)
