@@ -43,6 +43,9 @@ class Workload:
         default_objectives: ``default_objectives(settings) -> [(metric, direction), ...]``,
             the objectives of a study file that lists none (``settings``: its [data],
             [portfolio] and [trainer] tables). None: a study must list its objectives.
+        init_study: ``init_study(panel_path, name) -> text`` of a study file that runs on a
+            user's panel, or a one-line ``UserError`` listing every problem of the panel
+            (``python -m hpo.init``). None: the workload has no such writer.
     """
 
     name: str
@@ -53,6 +56,7 @@ class Workload:
     heldout: HeldOut | None = None
     preflight: Callable[[Any], None] | None = None
     default_objectives: Callable[[Mapping[str, Any]], list[tuple[str, str]]] | None = None
+    init_study: Callable[[Any, str], str] | None = None
 
 
 def workload_names() -> list[str]:

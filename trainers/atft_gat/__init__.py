@@ -56,6 +56,12 @@ def generate_panel(**options: Any) -> pl.DataFrame:
         raise CacheError(str(exc)) from exc
 
 
+def _init_study(panel: Any, name: str) -> str:
+    from trainers.atft_gat.init import init_study
+
+    return init_study(panel, name)
+
+
 def _default_objectives(settings: Mapping[str, Any]) -> list[tuple[str, str]]:
     """On a file panel the study selects on the Sharpe ratio net of costs (a signal has to
     earn its trading); the synthetic market, a demonstration, on the gross one."""
@@ -75,4 +81,5 @@ WORKLOAD = Workload(
     heldout=HELDOUT,
     preflight=_preflight,
     default_objectives=_default_objectives,
+    init_study=_init_study,
 )
