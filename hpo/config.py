@@ -29,6 +29,9 @@ STUDIES_DIR = Path(__file__).resolve().parent.parent / "studies"
 
 DIRECTIONS = ("maximize", "minimize")
 SAMPLERS = ("tpe", "nsga2", "gp", "random", "grid")
+# Which model scores a walk-forward trial's test period: its last fold's, or the mean of every
+# fold model's standardised scores (the K models its validation figures come from).
+TEST_MODELS = ("last_fold", "fold_ensemble")
 
 _TOP_KEYS = {
     "name", "description", "workload", "n_trials", "timeout_s", "objectives", "sampler",
@@ -73,6 +76,19 @@ class EvaluateSpec:
     # The chosen configuration trained with this many seeds (its own and N - 1 more) and
     # their averaged scores reported on test beside the single model (hpo.seeds); 1 = off.
     seeds: int = 1
+
+    def problems(self) -> list[tuple[str, str]]:
+        """``(setting, what is wrong)`` of every bad setting: the one rule for the study
+        file's [evaluate] and ``hpo.evaluate``'s flags."""
+        out = []
+        if self.pbo_blocks < 2 or self.pbo_blocks % 2:
+            out.append(("pbo_blocks", f"must be even and >= 2, got {self.pbo_blocks}"))
+        if self.test_model not in TEST_MODELS:
+            out.append(("test_model", f"got {self.test_model!r}; allowed: "
+                                      f"{', '.join(TEST_MODELS)}"))
+        if self.seeds < 1:
+            out.append(("seeds", f"must be >= 1 (1: no seeds ensemble), got {self.seeds}"))
+        return out
 
 
 @dataclass(frozen=True)
@@ -316,14 +332,8 @@ def parse_study(raw: Mapping[str, Any], *, path: Path, check_workload: bool = Tr
                      f"must be >= 0 seconds (0: at epoch ends only), got {run.checkpoint_every_s}")
     if not run.preempt_grace_s > 0:
         problems.add("run.preempt_grace_s", f"must be > 0 seconds, got {run.preempt_grace_s}")
-    if evaluate.test_model not in ("last_fold", "fold_ensemble"):
-        problems.add("evaluate.test_model", f"got {evaluate.test_model!r}; allowed: last_fold, "
-                                            "fold_ensemble")
-    if evaluate.seeds < 1:
-        problems.add("evaluate.seeds", f"must be >= 1 (1: no seeds ensemble), got "
-                                       f"{evaluate.seeds}")
-    if evaluate.pbo_blocks < 2 or evaluate.pbo_blocks % 2:
-        problems.add("evaluate.pbo_blocks", f"must be even and >= 2, got {evaluate.pbo_blocks}")
+    for key, problem in evaluate.problems():
+        problems.add(f"evaluate.{key}", problem)
     if storage.heartbeat_interval < 1 or storage.grace_period <= storage.heartbeat_interval:
         problems.add("storage", "need heartbeat_interval >= 1 and grace_period > "
                                 f"heartbeat_interval, got {storage.heartbeat_interval} and "

@@ -52,6 +52,7 @@ from optuna.trial import FrozenTrial
 
 from hpo import attrs
 from hpo.comparisons import best_of, versus_baselines
+from hpo.config import TEST_MODELS, EvaluateSpec
 from hpo.heldout import (
     METRICS_VERSION,
     PREDICTIONS_FILE,
@@ -102,10 +103,7 @@ def choice_rule_front(metric: str, direction: str = "maximize") -> str:
 
 
 CHOICE_RULE_FRONT = choice_rule_front(DSR_METRIC)
-# Which model scores a walk-forward trial's test period: its last fold's, or the mean of
-# every fold model's standardised scores (the K models its validation figures come from).
-TEST_MODELS = ("last_fold", "fold_ensemble")
-DEFAULT_TEST_MODEL = "last_fold"
+DEFAULT_TEST_MODEL = EvaluateSpec.test_model
 # The Sharpe ratios a study can select on; the deflated Sharpe ratio deflates the one it did.
 SHARPES = (DSR_METRIC, "sharpe_net")
 
@@ -246,14 +244,12 @@ def evaluate_study(study: optuna.Study, *, output: Path, force: bool = False,
         raise UserError(f"study {study.study_name!r} {exc}") from None
     digests = {n: heldout.digest(d) for n, d in dirs.items()}
     sharpes = searched_sharpes(study, metric=metric if metric in SHARPES else DSR_METRIC)
-    if test_model not in TEST_MODELS:
-        raise UserError(f"test_model must be one of {', '.join(TEST_MODELS)}, got "
-                        f"{test_model!r}")
+    bad = EvaluateSpec(pbo_blocks=pbo_blocks, test_model=test_model, seeds=seeds).problems()
+    if bad:
+        raise UserError("; ".join(f"{key} {problem}" for key, problem in bad))
     identity = {**_identity(study, front, chosen, digests, sharpes), "pbo_blocks": pbo_blocks}
     if test_model != DEFAULT_TEST_MODEL:  # reports made before the setting keep their id
         identity["test_model"] = test_model
-    if seeds < 1:
-        raise UserError(f"seeds must be >= 1 (1: no seeds ensemble), got {seeds}")
     if seeds > 1:
         identity["seeds"] = seeds
     rid = report_id(identity)
@@ -478,10 +474,13 @@ def main(argv: list[str] | None = None) -> int:
     from hpo.loading import open_existing_study
 
     try:
+        bad = EvaluateSpec(pbo_blocks=args.pbo_blocks, test_model=args.test_model,
+                           seeds=args.seeds).problems()
+        if bad:  # before anything is opened
+            raise UserError("; ".join(f"--{key.replace('_', '-')} {problem}"
+                                      for key, problem in bad))
         study = open_existing_study(args.study, storage=args.storage, output=args.output)[0]
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        if args.pbo_blocks < 2 or args.pbo_blocks % 2:
-            raise UserError(f"--pbo-blocks must be even and >= 2, got {args.pbo_blocks}")
         result = evaluate_study(study, output=args.output, force=args.force,
                                 reopen=args.reopen, pbo_blocks=args.pbo_blocks,
                                 test_model=args.test_model, seeds=args.seeds)

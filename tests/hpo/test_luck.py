@@ -94,3 +94,26 @@ def test_the_dsr_says_when_it_has_too_few_trials_and_carries_an_interval(n_trial
     low, high = out["interval"]
     assert 0 <= low < high <= 1 and low <= out["value"] <= high
     assert deflation(sharpe, _moments(125), sharpes=sharpes, returns=returns)["interval"] is None
+
+
+def test_evaluate_settings_have_one_rule_for_the_file_and_the_flags(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """[evaluate] pbo_blocks, test_model and seeds are checked by EvaluateSpec.problems for the
+    study file and for hpo.evaluate's flags alike: every problem at once, one line each."""
+    from hpo.config import EvaluateSpec, load_study_spec
+    from hpo.evaluate import main as evaluate_main
+    from tests.hpo.test_evaluate import STUDY
+    from trainers.errors import UserError
+
+    bad = EvaluateSpec(pbo_blocks=3, test_model="median", seeds=0).problems()
+    assert [key for key, _ in bad] == ["pbo_blocks", "test_model", "seeds"]
+    path = tmp_path / "held.toml"
+    path.write_text(STUDY + '\n[evaluate]\npbo_blocks = 3\ntest_model = "median"\nseeds = 0\n')
+    with pytest.raises(UserError) as got:
+        load_study_spec(str(path))
+    assert all(f"[evaluate.{key}]" in str(got.value) for key, _ in bad)
+    assert evaluate_main(["--study", "nothing", "--output", str(tmp_path), "--pbo-blocks", "3",
+                          "--seeds", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("error: --pbo-blocks must be even")
+    assert "--seeds must be >= 1" in err
