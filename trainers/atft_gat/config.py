@@ -23,6 +23,7 @@ from trainers.runtime import RuntimeConfig
 PHASE_KINDS = ("baseline", "graph", "finetune")
 BASE_LOSSES = ("huber", "mse")
 NAN_POLICIES = ("mask", "fill", "refuse")
+LEAK_GUARD_MODES = ("refuse", "warn")
 # The keys of trainers.atft_gat.synthetic.DIFFICULTIES (a test keeps them equal); not imported
 # from there so that the config does not load the generator.
 MARKET_DIFFICULTIES = ("realistic", "easy")
@@ -63,6 +64,9 @@ class TrainConfig(ModelConfig, RuntimeConfig):
     # or 0.2 on the easy synthetic market, whose planted features are unrealistically strong.
     leak_threshold: float | None = None
     allow_features: tuple[str, ...] = ()
+    # "refuse" (a suspect feature stops the trial in one line) or "warn" (the same line is
+    # logged and kept as the trial attr leak_warning, and training goes on).
+    leak_guard: str = "refuse"
     cache_dir: str = ""               # "" = the run's shared cache directory (ctx.cache_dir)
     val_fraction: float = 0.2
     # Last share of the usable dates held out as the test period: no trial, early stopping,
@@ -162,6 +166,8 @@ class TrainConfig(ModelConfig, RuntimeConfig):
              f"allowed: {', '.join(MARKET_DIFFICULTIES)}")
         if self.n_stocks < 2 or self.n_dates < 2:
             add(f"n_stocks={self.n_stocks}, n_dates={self.n_dates}: need >= 2 each")
+        need(self.leak_guard in LEAK_GUARD_MODES, "leak_guard",
+             f"allowed: {', '.join(LEAK_GUARD_MODES)}")
         need(0.0 < self.leak_threshold <= 1.0, "leak_threshold",
              "must be in (0, 1]; 1 switches the guard off")
         test_ok = 0.0 <= self.test_fraction < 1.0

@@ -23,7 +23,7 @@ from trainers.atft_gat.prepare import (
     no_graphs,
     zscore_targets,
 )
-from trainers.atft_gat.record import record_feature_scores
+from trainers.atft_gat.record import LEAK_WARNING, record_feature_scores
 from trainers.context import TrialContext
 from trainers.errors import UserError
 from trainers.progress import phase_of
@@ -121,8 +121,15 @@ def load_study_panel(config: TrainConfig, ctx: TrialContext) -> StudyPanel:
     graph_seconds = time.perf_counter() - t_graph
     scores = leak_scores(fc, panel, train_dates, config)
     record_feature_scores(ctx, scores)
-    check_features(scores, threshold=config.leak_threshold,
-                   allow=config.allow_features)
+    try:
+        check_features(scores, threshold=config.leak_threshold,
+                       allow=config.allow_features)
+    except UserError as exc:
+        if config.leak_guard != "warn":
+            raise
+        # The user knows better: the refusal becomes a warning, recorded with the trial.
+        ctx.set_attr(LEAK_WARNING, str(exc))
+        ctx.log(f"warning (leak_guard = \"warn\"): {exc}")
     release_host_memory()  # and the guard's ranks
     return StudyPanel(fc=fc, split=dsplit, source_dates=source_dates, panel=panel,
                       graphs=graphs, graph_seconds=graph_seconds,

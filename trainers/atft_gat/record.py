@@ -27,6 +27,8 @@ FINAL_BATCH_SIZE = "final_batch_size"  # the micro-batch after any out-of-memory
 PERIODS_PER_YEAR = "periods_per_year"  # the annualisation every Sharpe ratio used
 
 LEAK_GUARD = "leak_guard"  # the timing test's [own date, one date older] RankICs
+# With [data] leak_guard = "warn": the refusal the guard would have made, kept as a warning.
+LEAK_WARNING = "leak_warning"
 # Features whose leakage-guard RankIC is kept as a trial attr (the largest in magnitude).
 LISTED_SCORES = 10
 

@@ -102,6 +102,11 @@ def test_a_leaked_feature_is_refused_by_name_and_score(tmp_path: Path, market) -
     assert ctx.attrs["feature_rank_ic"]["alpha_7"] > 0.3
     with pytest.raises(UserError, match="allow_features lists alpha_8, which is not a feature"):
         _run(tmp_path, frame, "typo", allow_features=("alpha_8",))
+    # leak_guard = "warn": the same refusal becomes a warning kept with the trial.
+    warned = _run(tmp_path, frame, "warned", leak_guard="warn")
+    assert warned.attrs["leak_warning"].startswith("feature(s) alpha_7 (threshold test")
+    with pytest.raises(UserError, match="leak_guard.*allowed: refuse, warn"):
+        _run(tmp_path, frame, "badmode", leak_guard="ignore")
 
 
 def _guard(frame: pl.DataFrame, features: list[str], horizons=(1, 5, 10, 20)):
