@@ -19,6 +19,7 @@ from typing import Any
 from hpo.pruners import PRUNER_KEYS as PRUNER_KEYS  # re-exported: the study file's keys
 from hpo.pruners import SINGLE_OBJECTIVE_PRUNERS as SINGLE_OBJECTIVE_PRUNERS
 from hpo.pruners import PrunerSpec, pruner_problems
+from hpo.samplers import SAMPLERS as SAMPLERS  # re-exported: the study file's names
 from hpo.space import PARAM_TYPES as PARAM_TYPES  # re-exported
 from hpo.space import Param as Param
 from hpo.space import is_number, parse_param
@@ -28,7 +29,7 @@ from trainers.errors import UserError
 STUDIES_DIR = Path(__file__).resolve().parent.parent / "studies"
 
 DIRECTIONS = ("maximize", "minimize")
-SAMPLERS = ("tpe", "nsga2", "gp", "random", "grid")
+
 # Which model scores a walk-forward trial's test period: its last fold's, or the mean of every
 # fold model's standardised scores (the K models its validation figures come from).
 TEST_MODELS = ("last_fold", "fold_ensemble")

@@ -16,6 +16,7 @@ from hpo import attrs
 from hpo.config import StudySpec
 from hpo.pruners import get_kind
 from hpo.records import record, set_record
+from hpo.samplers import BUILDERS, build_sampler
 from hpo.storage import mask_url, open_storage
 from trainers.errors import UserError
 
@@ -66,19 +67,9 @@ def make_sampler(spec: StudySpec, *, n_stored: int = 0, worker_index: int = 0
     s = spec.sampler
     seed = None if s.seed is None else sampler_seed(s.seed, n_stored=n_stored,
                                                     worker_index=worker_index)
-    if s.name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=s.n_startup_trials,
-                                          multivariate=True, constant_liar=True)
-    if s.name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed)
-    if s.name == "gp":
-        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=s.n_startup_trials)
-    if s.name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if s.name == "grid":
-        return optuna.samplers.GridSampler({p.name: p.grid_values() for p in spec.search_space},
-                                           seed=seed)
-    raise UserError(f"unknown sampler {s.name!r}")
+    if s.name not in BUILDERS:
+        raise UserError(f"unknown sampler {s.name!r}; allowed: {', '.join(BUILDERS)}")
+    return build_sampler(s, spec.search_space, seed)
 
 
 def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
