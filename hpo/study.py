@@ -183,6 +183,8 @@ def open_study(spec: StudySpec, url: str, *, force: bool, target: int, worker_in
     set_record(study, SPEC_ATTR, spec.fingerprint_content())
     study.set_user_attr(TARGET_ATTR, target)
     study.set_user_attr("workload", spec.workload)
+    # short, for `optuna studies` (the study file's full content is the record hpo:spec)
+    study.set_user_attr("objectives", [f"{o.metric} ({o.direction})" for o in spec.objectives])
     study.set_user_attr("description", spec.description)
     # -- dashboard note (hpo.artifacts): the description shown on the study page --
     from hpo.artifacts import save_study_note

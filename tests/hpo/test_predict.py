@@ -108,6 +108,8 @@ def test_fold_ensemble_of_a_holdout_trial_is_refused(study: Path, capsys) -> Non
     out = study / "never.parquet"
     assert _predict(study, "--source", str(study / "panel.parquet"), "--fold-ensemble",
                     "--out", str(out)) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: trial ") and "no fold models to average" in err
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
+    assert len(err) == 1 and err[0].startswith("error: trial ")
+    err = err[0]
+    assert "no fold models to average" in err
     assert "drop --fold-ensemble" in err and not out.exists()
