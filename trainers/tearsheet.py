@@ -3,17 +3,24 @@
 :func:`tear_sheet` takes prediction rows (``date, code, pred, target``) of the chosen model and
 of each baseline on the same dates and writes, into one directory:
 
-* ``tear_sheet_cumulative.png``: the cumulative long-short return, gross (solid) and net of
-  ``cost_bps`` per unit traded (dashed), one line each (for an h-day target each date's
-  h-day long-short is divided by h: the h staggered books of ``sharpe`` each hold 1/h);
+* ``tear_sheet_cumulative.png``: the compounded long-short equity ``prod(1 + r) - 1``, gross
+  (solid) and net of ``cost_bps`` per unit traded (dashed), one line each (for an h-day target
+  each date's h-day long-short is divided by h: the h staggered books of ``sharpe`` each hold
+  1/h);
+* ``tear_sheet_drawdown.png``: the net equity's drawdown from its running peak (underwater),
+  each model, with its maximum drawdown in the legend;
+* ``tear_sheet_rolling_sharpe.png``: the net long-short's Sharpe ratio over the trailing
+  ``ROLLING_SHARPE_DATES`` dates, annualised, each model;
 * ``tear_sheet_rank_ic.png``: the chosen model's per-date RankIC (bars) and its rolling mean,
   and the baselines' rolling means;
-* ``tear_sheet_quantiles.png``: the mean target of each prediction quintile (per date, then
-  averaged over dates): a model that ranks well rises from the first to the last;
+* ``tear_sheet_quantiles.png``: the mean **demeaned** target of each prediction quintile (per
+  date the target minus that date's mean, as alphalens demeans: the market's drift removed,
+  then averaged over dates): a model that ranks well rises from below 0 to above;
 * ``tear_sheet_turnover.png``: the rolling mean of each model's turnover;
 * ``tear_sheet.html``: a table of each model's figures (``panel_metrics``: Sharpe, net Sharpe,
-  RankIC, turnover) and the four figures embedded, so the one file is the whole sheet (no
-  network, nothing beside it needed).
+  RankIC, turnover; and from the net returns, :func:`return_stats`: annual return
+  (compounded), annual volatility, maximum drawdown) and the six figures embedded, so the one
+  file is the whole sheet (no network, nothing beside it needed).
 
 Everything is drawn from the rows given with the same definitions as the metrics
 (:mod:`trainers.metrics`): nothing here chooses anything.
@@ -32,29 +39,78 @@ import numpy as np
 import polars as pl
 
 HTML_NAME = "tear_sheet.html"
-PNG_NAMES = ("tear_sheet_cumulative.png", "tear_sheet_rank_ic.png",
+PNG_NAMES = ("tear_sheet_cumulative.png", "tear_sheet_drawdown.png",
+             "tear_sheet_rolling_sharpe.png", "tear_sheet_rank_ic.png",
              "tear_sheet_quantiles.png", "tear_sheet_turnover.png")
+# Trailing window of the rolling Sharpe ratio: about a quarter of trading dates.
+ROLLING_SHARPE_DATES = 63
 # Rolling windows (in dates) of the RankIC and turnover lines: about a trading month.
 ROLLING_DATES = 20
 N_QUANTILES = 5
 TABLE = ("sharpe", "sharpe_net", "rank_ic", "turnover")
+# From the net returns (return_stats), after TABLE's columns.
+RETURN_STATS = ("annual_return", "annual_volatility", "max_drawdown")
 DPI = 90
 
 
 def quantile_returns(frame: pl.DataFrame, n_quantiles: int = N_QUANTILES,
                      min_stocks: int = 5) -> np.ndarray:
-    """(n_quantiles,) mean target of each prediction quantile: per date (dates with at least
-    ``min_stocks`` finite rows; ties broken by row order), then the mean over dates."""
+    """(n_quantiles,) mean demeaned target of each prediction quantile: per date (dates with
+    at least ``min_stocks`` finite rows; ties broken by row order) the target minus the date's
+    mean, averaged in each quantile, then the mean over dates."""
     rows = frame.filter(pl.col("pred").is_finite() & pl.col("target").is_finite())
     rows = rows.with_columns(n=pl.len().over("date")).filter(pl.col("n") >= min_stocks)
     if rows.height == 0:
         return np.full(n_quantiles, np.nan)
     rank = pl.col("pred").rank("ordinal").over("date") - 1
     bucket = (rank * n_quantiles // pl.col("n")).alias("q")
-    per_date = rows.with_columns(bucket).group_by("date", "q").agg(pl.col("target").mean())
+    demeaned = (pl.col("target") - pl.col("target").mean().over("date")).alias("target")
+    per_date = rows.with_columns(bucket, demeaned).group_by("date", "q").agg(
+        pl.col("target").mean())
     means = per_date.group_by("q").agg(pl.col("target").mean()).sort("q")
     out = np.full(n_quantiles, np.nan)
     out[means["q"].to_numpy().astype(int)] = means["target"].to_numpy()
+    return out
+
+
+def return_stats(returns: np.ndarray, periods_per_year: float) -> dict[str, float]:
+    """Annual return (compounded: ``prod(1 + r) ** (periods_per_year / n) - 1``), annual
+    volatility (``std(r, ddof=1) * sqrt(periods_per_year)``) and maximum drawdown (the
+    largest fall of the equity ``prod(1 + r)`` from its running peak, as a negative fraction)
+    of per-period returns ``r`` (NaN periods count as 0: no position)."""
+    r = np.nan_to_num(np.asarray(returns, dtype=np.float64))
+    if len(r) < 2:
+        return dict.fromkeys(RETURN_STATS, float("nan"))
+    equity = np.cumprod(1.0 + r)
+    peak = np.maximum.accumulate(np.concatenate([[1.0], equity]))[1:]
+    return {"annual_return": float(equity[-1] ** (periods_per_year / len(r)) - 1.0),
+            "annual_volatility": float(r.std(ddof=1) * np.sqrt(periods_per_year)),
+            "max_drawdown": float((equity / peak - 1.0).min())}
+
+
+def _net_returns(per_date: pl.DataFrame, horizon: int) -> np.ndarray:
+    """Each date's net long-short as the book's return that date (an h-day return / h)."""
+    return per_date["long_short_net"].to_numpy() / horizon
+
+
+def _drawdown(returns: np.ndarray) -> np.ndarray:
+    equity = np.cumprod(1.0 + np.nan_to_num(returns))
+    return equity / np.maximum.accumulate(np.concatenate([[1.0], equity]))[1:] - 1.0
+
+
+def rolling_window(n_dates: int) -> int:
+    """The rolling Sharpe's window: ``ROLLING_SHARPE_DATES``, shortened to half the period
+    (at least 5 dates) when the period is shorter than two windows."""
+    return min(ROLLING_SHARPE_DATES, max(5, n_dates // 2))
+
+
+def _rolling_sharpe(returns: np.ndarray, window: int, periods_per_year: float) -> np.ndarray:
+    r = np.nan_to_num(returns)
+    out = np.full(len(r), np.nan)
+    for i in range(window - 1, len(r)):
+        part = r[i - window + 1:i + 1]
+        sd = part.std(ddof=1)
+        out[i] = part.mean() / sd * np.sqrt(periods_per_year) if sd > 0 else np.nan
     return out
 
 
@@ -93,7 +149,8 @@ def _png(fig: Any) -> bytes:
 
 
 def _figures(series: Mapping[str, pl.DataFrame], quantiles: Mapping[str, np.ndarray], *,
-             horizon: int, cost_bps: float, title: str) -> list[bytes]:
+             horizon: int, cost_bps: float, title: str,
+             periods_per_year: float = 252.0) -> list[bytes]:
     from matplotlib.figure import Figure
 
     colors = [f"C{i}" for i in range(len(series))]
@@ -105,12 +162,43 @@ def _figures(series: Mapping[str, pl.DataFrame], quantiles: Mapping[str, np.ndar
         for column, style, suffix in (("long_short", "-", "gross"),
                                       ("long_short_net", "--", "net")):
             ret = np.nan_to_num(pd[column].to_numpy() / horizon)
-            ax.plot(dates, np.cumsum(ret), style, color=color, label=f"{label}, {suffix}")
+            ax.plot(dates, np.cumprod(1.0 + ret) - 1.0, style, color=color,
+                    label=f"{label}, {suffix}")
     ax.axhline(0.0, color="0.6", lw=0.8)
-    ax.set_ylabel("cumulative long-short return")
+    ax.set_ylabel("compounded long-short return")
     _dates_axis(ax)
-    ax.set_title(f"{title}: cumulative long-short, gross and net of {cost_bps:g} bps")
+    ax.set_title(f"{title}: compounded long-short, gross and net of {cost_bps:g} bps")
     ax.legend(fontsize=7, ncol=2)
+    ax.grid(alpha=0.3)
+    out.append(_png(fig))
+
+    fig = Figure(figsize=(8.0, 3.0), layout="constrained")
+    ax = fig.subplots()
+    for (label, pd), color in zip(series.items(), colors, strict=True):
+        dd = _drawdown(_net_returns(pd, horizon))
+        worst = float(dd.min()) if len(dd) else 0.0
+        ax.fill_between(pd["date"].to_numpy(), dd, 0.0, color=color, alpha=0.2, lw=0)
+        ax.plot(pd["date"].to_numpy(), dd, color=color, lw=0.8,
+                label=f"{label} (max {worst:.1%})")
+    _dates_axis(ax)
+    ax.set_ylabel("drawdown (net)")
+    ax.set_title(f"{title}: net drawdown from the running peak")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    out.append(_png(fig))
+
+    fig = Figure(figsize=(8.0, 3.0), layout="constrained")
+    ax = fig.subplots()
+    window = rolling_window(max(len(pd) for pd in series.values()))
+    for (label, pd), color in zip(series.items(), colors, strict=True):
+        ax.plot(pd["date"].to_numpy(),
+                _rolling_sharpe(_net_returns(pd, horizon), window, periods_per_year),
+                color=color, label=label)
+    ax.axhline(0.0, color="0.4", lw=0.8)
+    _dates_axis(ax)
+    ax.set_ylabel(f"Sharpe, trailing {window} dates")
+    ax.set_title(f"{title}: rolling net Sharpe ratio (annualised)")
+    ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     out.append(_png(fig))
 
@@ -141,8 +229,8 @@ def _figures(series: Mapping[str, pl.DataFrame], quantiles: Mapping[str, np.ndar
     ax.set_xticks(x, [f"Q{i + 1}" for i in x])
     ax.axhline(0.0, color="0.4", lw=0.8)
     ax.set_xlabel("prediction quintile (Q1 lowest)")
-    ax.set_ylabel("mean target")
-    ax.set_title(f"{title}: mean target by prediction quintile")
+    ax.set_ylabel("mean target minus the date's mean")
+    ax.set_title(f"{title}: demeaned target by prediction quintile")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3, axis="y")
     out.append(_png(fig))
@@ -177,14 +265,17 @@ def _html(title: str, figures: Mapping[str, Mapping[str, float]], pngs: list[byt
     def cell(v: float) -> str:
         return f"{v:.4g}" if isinstance(v, float) and np.isfinite(v) else "-"
 
-    head = "".join(f"<th>{html.escape(n)}</th>" for n in TABLE)
+    head = "".join(f"<th>{html.escape(n)}</th>" for n in (*TABLE, *RETURN_STATS))
     rows = "".join(f"<tr><td>{html.escape(label)}</td>"
-                   + "".join(f"<td>{cell(f.get(n))}</td>" for n in TABLE) + "</tr>"
-                   for label, f in figures.items())
-    captions = (f"Cumulative long-short return ({_book_words(book)}), gross "
+                   + "".join(f"<td>{cell(f.get(n))}</td>" for n in (*TABLE, *RETURN_STATS))
+                   + "</tr>" for label, f in figures.items())
+    captions = (f"Compounded long-short return ({_book_words(book)}), gross "
                 f"and net of {cost_bps:g} bps per unit traded",
+                "Net drawdown from the running peak (underwater)",
+                f"Net Sharpe ratio over the trailing {ROLLING_SHARPE_DATES} dates (half the "
+                "period when shorter), annualised",
                 f"Per-date RankIC and its {ROLLING_DATES}-date trailing mean",
-                "Mean target of each prediction quintile",
+                "Mean demeaned target of each prediction quintile",
                 f"Turnover: weight traded per rebalance, {ROLLING_DATES}-date trailing mean")
     images = "".join(
         f'<figure><img alt="{html.escape(c)}" src="data:image/png;base64,'
@@ -222,7 +313,11 @@ def tear_sheet(frames: Mapping[str, pl.DataFrame], out_dir: Path, *, title: str,
                                     horizon=horizon, cost_bps=cost_bps, book=book,
                                     periods_per_year=periods_per_year)
                for label, f in frames.items()}
-    pngs = _figures(series, quantiles, horizon=horizon, cost_bps=cost_bps, title=title)
+    for label, per_date in series.items():
+        figures[label] = {**figures[label],
+                          **return_stats(_net_returns(per_date, horizon), periods_per_year)}
+    pngs = _figures(series, quantiles, horizon=horizon, cost_bps=cost_bps, title=title,
+                    periods_per_year=periods_per_year)
     first = next(iter(frames.values()))["date"]
     dates = f"{first.min()} to {first.max()}"
     out_dir = Path(out_dir)

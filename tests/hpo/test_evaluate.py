@@ -346,10 +346,12 @@ def test_the_chosen_trial_minus_its_best_baseline_with_a_paired_se(ran: Path) ->
 
 
 def test_the_tear_sheet_is_written_and_attached_to_the_study(ran: Path) -> None:
-    """Four PNGs and one self-contained HTML page beside the report, their figures those of
-    the report, every file an artifact of the study (what optuna-dashboard lists)."""
+    """Six PNGs and one self-contained HTML page beside the report, their figures those of
+    the report and of the net returns (annual return, volatility, maximum drawdown recomputed
+    here), every file an artifact of the study (what optuna-dashboard lists)."""
     import re
 
+    from trainers.metrics import per_date_metrics
     from trainers.tearsheet import HTML_NAME, PNG_NAMES, quantile_returns
 
     out = ran / "out"
@@ -359,19 +361,34 @@ def test_the_tear_sheet_is_written_and_attached_to_the_study(ran: Path) -> None:
     for name in PNG_NAMES:
         assert (folder / name).read_bytes().startswith(b"\x89PNG")
     page = (folder / HTML_NAME).read_text()
-    assert page.count("data:image/png;base64,") == 4 and "http" not in page
+    assert page.count("data:image/png;base64,") == len(PNG_NAMES) == 6 and "http" not in page
     chosen = next(t for t in report["trials"] if t["chosen"])
     row = re.search(rf"<tr><td>trial {chosen['number']} \(chosen\)</td>(.*?)</tr>", page)
     cells = re.findall(r"<td>([^<]*)</td>", row.group(1))
-    for cell, name in zip(cells, ("sharpe", "sharpe_net", "rank_ic", "turnover"), strict=True):
+    for cell, name in zip(cells[:4], ("sharpe", "sharpe_net", "rank_ic", "turnover"),
+                          strict=True):
         assert float(cell) == pytest.approx(chosen["test"][name]["value"], rel=1e-3)
+    # annual return (compounded), annual volatility and maximum drawdown of the net returns
+    test_rows = pl.read_parquet(folder / PREDICTIONS_FILE).filter(
+        pl.col("trial") == chosen["number"])
+    net = np.nan_to_num(per_date_metrics(
+        test_rows["date"].to_numpy(), test_rows["pred"].to_numpy(),
+        test_rows["target"].to_numpy(), codes=test_rows["code"].to_numpy())[
+        "long_short_net"].to_numpy())
+    equity = np.cumprod(1 + net)
+    peak = np.maximum.accumulate(np.concatenate([[1.0], equity]))[1:]
+    ppy = report["periods_per_year"]
+    want = (equity[-1] ** (ppy / len(net)) - 1, net.std(ddof=1) * np.sqrt(ppy),
+            (equity / peak - 1).min())
+    for cell, value in zip(cells[4:], want, strict=True):
+        assert float(cell) == pytest.approx(value, rel=1e-3, abs=1e-12)
     feature = report["baselines"]["test"]["best_feature"]["feature"]
     for label in ("ridge (every feature)", f"best feature ({feature})"):
         assert f"<td>{label}</td>" in page
     assert "5 bps per unit traded" in page
     names = {m.filename for m in optuna.artifacts.get_all_artifact_meta(_study(out))}
     assert {HTML_NAME, *PNG_NAMES} <= names
-    # The quintile chart's numbers: the chosen trial's mean target per prediction quintile.
+    # The quintile chart's numbers: the chosen trial's mean demeaned target per quintile.
     preds = pl.read_parquet(folder / PREDICTIONS_FILE)
     rows = preds.filter(pl.col("trial") == chosen["number"])
     q = quantile_returns(rows)
@@ -380,8 +397,9 @@ def test_the_tear_sheet_is_written_and_attached_to_the_study(ran: Path) -> None:
         order = np.argsort(day["pred"].to_numpy(), kind="stable")
         buckets = np.arange(len(order)) * 5 // len(order)
         target = day["target"].to_numpy()[order]
+        target = target - target.mean()
         by_hand.append([target[buckets == k].mean() for k in range(5)])
-    np.testing.assert_allclose(q, np.mean(by_hand, axis=0), rtol=1e-9)
+    np.testing.assert_allclose(q, np.mean(by_hand, axis=0), rtol=1e-9, atol=1e-15)
 
 
 def test_a_resumed_study_keeps_its_report_until_reopened(tmp_path: Path, capsys) -> None:
