@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import sys
 from pathlib import Path
@@ -24,13 +25,13 @@ from typing import Any
 
 import optuna
 
-from cache.errors import writing
 from hpo import attrs
 from hpo.loading import open_existing_study
 from hpo.pruning import epochs_saved
 from hpo.results import metric_names, write_results
 from hpo.storage import mask_url
 from trainers.cli import OneLineParser
+from trainers.context import atomic_write_bytes
 from trainers.errors import UserError
 
 EXIT_OK, EXIT_USER = 0, 2
@@ -82,12 +83,12 @@ def trial_rows(study: optuna.Study) -> tuple[list[str], list[dict[str, Any]]]:
 def write_csv(study: optuna.Study, path: Path) -> Path:
     columns, rows = trial_rows(study)
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with writing(path), tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(path)
+    buf = io.StringIO(newline="")
+    writer = csv.DictWriter(buf, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    # the one atomic writer: a full disk names this file and leaves no temp file behind
+    atomic_write_bytes(path, buf.getvalue().encode(), durable=False)
     return path
 
 

@@ -87,13 +87,13 @@ def _cache_index(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def _export_csv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    import csv
+    import os
 
     from hpo.export import write_csv
 
     study = optuna.create_study()
     study.add_trial(optuna.trial.create_trial(value=1.0))
-    monkeypatch.setattr(csv.DictWriter, "writeheader", _full)
+    monkeypatch.setattr(os, "fdopen", _FullFile)
     path = tmp_path / "trials.csv"
     write_csv(study, path)
     return path
@@ -123,3 +123,79 @@ def test_each_kind_of_write_names_its_file(write: Any, tmp_path: Path,
 def test_a_pathless_error_names_the_output_directory(tmp_path: Path) -> None:
     line = _line(FULL, where=tmp_path / "trial_3")
     assert f"a file under {tmp_path / 'trial_3'}" in line and "free space unknown" not in line
+
+
+# -- the same on a real full filesystem -------------------------------------------------------
+@pytest.fixture
+def full_disk(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A 4 MB tmpfs filled to leave 256 KB (skipped where mount is refused)."""
+    import subprocess
+
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.strip() or 'not root'}")
+    try:
+        filler = mount / "filler"
+        filler.write_bytes(b"\0" * (4 * 1024 * 1024 - 256 * 1024))
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def _real_model(disk: Path) -> Path:
+    from trainers.context import atomic_write_bytes
+
+    path = disk / "out" / "demo" / "trial_0" / "model.pt"
+    atomic_write_bytes(path, b"w" * (1024 * 1024))
+    return path
+
+
+def _real_predictions(disk: Path) -> Path:
+    import polars as pl
+
+    from trainers.atft_gat.outputs import write_predictions
+
+    path = disk / "out" / "demo" / "trial_0" / "predictions.parquet"
+    rng = np.random.default_rng(0)
+    n = 200_000
+    write_predictions(path, {"date": np.repeat(np.arange(100), n // 100),
+                             "code": np.tile(np.arange(n // 100).astype(str), 100),
+                             "pred": rng.normal(size=n), "target": rng.normal(size=n)})
+    assert pl.read_parquet(path).height == n  # not reached
+    return path
+
+
+def _real_cache_file(disk: Path) -> Path:
+    from cache._io import atomic_write
+
+    path = disk / "out" / "cache" / "abc" / "graph.npz"
+    atomic_write(path, lambda f: np.savez(f, x=np.random.default_rng(0).normal(size=200_000)))
+    return path
+
+
+def _real_export(disk: Path) -> Path:
+    from hpo.export import write_csv
+
+    study = optuna.create_study()
+    for i in range(3000):
+        study.add_trial(optuna.trial.create_trial(value=float(i),
+                                                  user_attrs={"note": "x" * 200}))
+    path = disk / "out" / "demo" / "trials.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_csv(study, path)
+    return path
+
+
+@pytest.mark.parametrize("write", [_real_model, _real_predictions, _real_cache_file,
+                                   _real_export])
+def test_a_real_full_disk_names_the_file_of_each_write(write: Any, full_disk: Path) -> None:
+    with pytest.raises(OSError) as got:
+        write(full_disk)
+    line = _line(got.value)
+    assert line.startswith("no space left on device for ") and str(full_disk) in line
+    assert "free space unknown" not in line
+    leftovers = [p for p in full_disk.rglob("*") if p.is_file() and p.name != "filler"]
+    assert all(p.stat().st_size == 0 for p in leftovers) or not leftovers  # no half file
