@@ -5,10 +5,12 @@ Per-date quantities (``per_date_metrics``), one cross-section at a time:
 * ``rank_ic``: Spearman correlation of pred vs target within the date (Pearson of the
   average ranks, ties share their mean rank, as :func:`scipy.stats.spearmanr`).
 * ``ic``: Pearson correlation of pred vs target within the date.
-* ``long_short``: equal-weight mean target of the top ``quantile`` of stocks by pred minus that
-  of the bottom ``quantile``. Each leg holds ``max(1, floor(quantile * n))`` stocks. Ties in
-  pred are broken by row order (stable sort; a cache panel is sorted by code, so the tie-break
-  is by code), which makes the legs deterministic.
+* ``long_short``: the return of the date's long-short **book** (:mod:`trainers.metrics.book`):
+  with the plain book, the equal-weight mean target of the top ``enter`` fraction of stocks by
+  pred minus that of the bottom one, each leg ``max(1, floor(enter * n))`` stocks; a book with
+  hold bands or score smoothing picks its legs as that module says. Ties in the ranked score
+  are broken by row order (stable sort; a cache panel is sorted by code, so the tie-break is by
+  code), which makes the legs deterministic.
 * ``hits`` / ``n_hit``: how many rows have ``sign(pred) == sign(target)`` / how many rows have
   a nonzero target. Rows with a zero target are excluded (no direction to guess); a zero pred
   against a nonzero target is a miss.
@@ -185,7 +187,9 @@ def per_date_metrics(
     for the definitions and :mod:`trainers.metrics` for the NaN policy.
 
     Vectorised over a (dates, largest date) matrix: per-date sums are row sums, ranks and legs
-    come from numpy's SIMD argsort along the stock axis. No Python loop over dates or rows.
+    come from numpy's SIMD argsort along the stock axis. No Python loop over dates or rows for
+    the plain book; a book with hold bands or smoothing loops over dates (each book depends on
+    the one before), with vector operations over the date's stocks.
     Memory is a few float64 copies of that matrix (about 24 MB each at 750 x 4,000).
     """
     dates, pred, target = _check_inputs(dates, pred, target, book, min_stocks)
