@@ -101,7 +101,10 @@ def predict(study: optuna.Study, *, source: Path, output: Path, out: Path, model
             "features": list(trained.feature_names), "source": str(source),
             "source_sha256": file_digest(Path(source)), "dates": scored.dates,
             "skipped_for_history": scored.skipped, "rows": frame.height,
-            "columns": {"score": "the model's prediction of the scored horizon's return",
+            "columns": {"score": "the model's cross-sectional score for the scored horizon "
+                                 "(trained on per-date z-scored returns: it ranks the "
+                                 "date's stocks, higher = expected to do better; not a "
+                                 "return forecast)",
                         "rank": "1 = the highest score of its date",
                         "quantile": f"1-{N_QUANTILES}, {N_QUANTILES} = the top fifth"}}
     if members:
