@@ -53,6 +53,9 @@ def test_a_trial_scored_on_fewer_dates_is_left_out_not_the_dates(tmp_path: Path)
     np.testing.assert_array_equal(matrix[:, 2], series["trial_3"]["ret"].to_numpy())
     pbo = overfitting(matrix, cols, blocks=4, left_out=left)
     assert pbo["dates"] == 40 and pbo["left_out"] == [2]
+    # the PBO is the one of the complete trials alone: adding the short trial changes nothing
+    alone, _, _ = validation_returns(study, _Stub(series), tmp_path, [0, 1, 3])
+    assert overfitting(alone, [0, 1, 3], blocks=4)["value"] == pbo["value"]
     assert pbo["verdict"].startswith(TOO_FEW)  # 3 complete trials
 
 
