@@ -195,12 +195,13 @@ def test_exported_plots_render_offline(tmp_path: Path, browser: Any) -> None:
 def test_the_tear_sheet_renders_in_the_dashboard(tmp_path: Path, browser: Any,
                                                  dashboard_server: Any) -> None:
     """hpo.run opens the test period of a tiny ATFT-GAT study; the tear sheet it attaches is
-    listed by optuna-dashboard and, served by it, shows its table and its four charts."""
+    listed by optuna-dashboard and, served by it, shows its table and its six charts."""
     import json
 
     from selenium.webdriver.support.ui import WebDriverWait
 
     from tests.hpo.test_evaluate import STUDY
+    from trainers.tearsheet import PNG_NAMES
 
     (tmp_path / "held.toml").write_text(STUDY.replace("n_trials = 3", "n_trials = 2"))
     out = tmp_path / "out"
@@ -214,11 +215,12 @@ def test_the_tear_sheet_renders_in_the_dashboard(tmp_path: Path, browser: Any,
 
     browser.get(f"{base}/artifacts/{study_id}/{listed['tear_sheet.html']}")
     WebDriverWait(browser, PAGE_TIMEOUT_S).until(
-        lambda d: d.execute_script("return document.images.length") == 4)
+        lambda d: d.execute_script("return document.images.length") == len(PNG_NAMES))
     widths = browser.execute_script(
         "return Array.from(document.images).map(i => i.complete ? i.naturalWidth : 0)")
     assert all(w > 300 for w in widths), widths
     text = _wait_for_text(browser, "held: trial", "(chosen)", "ridge (every feature)",
-                          "sharpe_net", "Mean target of each prediction quintile")
+                          "sharpe_net", "Mean demeaned target of each prediction quintile",
+                          "max_drawdown", "Net drawdown from the running peak")
     assert "nothing was chosen on these dates" in text
     _screenshot(browser, "tear_sheet.png")
