@@ -75,3 +75,26 @@ def run_cli(args: list[str], *, cwd: Path = REPO, env: dict | None = None,
     full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
     return subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[object]:
+    """``tmpfs(size_mb)``: a real tmpfs of that size mounted under ``tmp_path`` (unmounted
+    after the test); the test is skipped where the machine refuses the mount."""
+    mounted: list[Path] = []
+
+    def mount(size_mb: int) -> Path:
+        point = tmp_path / f"disk{len(mounted)}"
+        point.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs",
+                               str(point)], capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.strip() or 'not root'}")
+        mounted.append(point)
+        return point
+
+    try:
+        yield mount
+    finally:
+        for point in mounted:
+            subprocess.run(["umount", "-l", str(point)], capture_output=True)

@@ -142,6 +142,17 @@ def _dates_axis(ax: Any) -> None:
     ax.xaxis.set_major_formatter(ConciseDateFormatter(locator))
 
 
+def _dated_chart(fig: Any, ax: Any, *, ylabel: str, title: str, ncol: int = 1) -> bytes:
+    """A chart over dates, finished the one way every chart of the sheet is: labels, legend,
+    grid, PNG bytes."""
+    _dates_axis(ax)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=7, ncol=ncol)
+    ax.grid(alpha=0.3)
+    return _png(fig)
+
+
 def _png(fig: Any) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, dpi=DPI, format="png", metadata={"Software": None})
@@ -165,12 +176,9 @@ def _figures(series: Mapping[str, pl.DataFrame], quantiles: Mapping[str, np.ndar
             ax.plot(dates, np.cumprod(1.0 + ret) - 1.0, style, color=color,
                     label=f"{label}, {suffix}")
     ax.axhline(0.0, color="0.6", lw=0.8)
-    ax.set_ylabel("compounded long-short return")
-    _dates_axis(ax)
-    ax.set_title(f"{title}: compounded long-short, gross and net of {cost_bps:g} bps")
-    ax.legend(fontsize=7, ncol=2)
-    ax.grid(alpha=0.3)
-    out.append(_png(fig))
+    out.append(_dated_chart(
+        fig, ax, ylabel="compounded long-short return", ncol=2,
+        title=f"{title}: compounded long-short, gross and net of {cost_bps:g} bps"))
 
     fig = Figure(figsize=(8.0, 3.0), layout="constrained")
     ax = fig.subplots()
@@ -180,12 +188,8 @@ def _figures(series: Mapping[str, pl.DataFrame], quantiles: Mapping[str, np.ndar
         ax.fill_between(pd["date"].to_numpy(), dd, 0.0, color=color, alpha=0.2, lw=0)
         ax.plot(pd["date"].to_numpy(), dd, color=color, lw=0.8,
                 label=f"{label} (max {worst:.1%})")
-    _dates_axis(ax)
-    ax.set_ylabel("drawdown (net)")
-    ax.set_title(f"{title}: net drawdown from the running peak")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    out.append(_png(fig))
+    out.append(_dated_chart(fig, ax, ylabel="drawdown (net)",
+                            title=f"{title}: net drawdown from the running peak"))
 
     fig = Figure(figsize=(8.0, 3.0), layout="constrained")
     ax = fig.subplots()
@@ -195,12 +199,8 @@ def _figures(series: Mapping[str, pl.DataFrame], quantiles: Mapping[str, np.ndar
                 _rolling_sharpe(_net_returns(pd, horizon), window, periods_per_year),
                 color=color, label=label)
     ax.axhline(0.0, color="0.4", lw=0.8)
-    _dates_axis(ax)
-    ax.set_ylabel(f"Sharpe, trailing {window} dates")
-    ax.set_title(f"{title}: rolling net Sharpe ratio (annualised)")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    out.append(_png(fig))
+    out.append(_dated_chart(fig, ax, ylabel=f"Sharpe, trailing {window} dates",
+                            title=f"{title}: rolling net Sharpe ratio (annualised)"))
 
     fig = Figure(figsize=(8.0, 3.6), layout="constrained")
     ax = fig.subplots()
@@ -212,12 +212,7 @@ def _figures(series: Mapping[str, pl.DataFrame], quantiles: Mapping[str, np.ndar
         ax.plot(pd["date"].to_numpy(), _rolling(pd["rank_ic"].to_numpy(), ROLLING_DATES),
                 color=color, label=f"{label}, {ROLLING_DATES}-date mean")
     ax.axhline(0.0, color="0.4", lw=0.8)
-    ax.set_ylabel("RankIC")
-    _dates_axis(ax)
-    ax.set_title(f"{title}: per-date RankIC")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    out.append(_png(fig))
+    out.append(_dated_chart(fig, ax, ylabel="RankIC", title=f"{title}: per-date RankIC"))
 
     fig = Figure(figsize=(8.0, 3.6), layout="constrained")
     ax = fig.subplots()
@@ -241,12 +236,8 @@ def _figures(series: Mapping[str, pl.DataFrame], quantiles: Mapping[str, np.ndar
         ax.plot(pd["date"].to_numpy(), _rolling(pd["turnover"].to_numpy(), ROLLING_DATES),
                 color=color, label=label)
     ax.set_ylim(0.0, 4.0)
-    _dates_axis(ax)
-    ax.set_ylabel(f"turnover ({ROLLING_DATES}-date mean)")
-    ax.set_title(f"{title}: weight traded per rebalance (0 to 4)")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    out.append(_png(fig))
+    out.append(_dated_chart(fig, ax, ylabel=f"turnover ({ROLLING_DATES}-date mean)",
+                            title=f"{title}: weight traded per rebalance (0 to 4)"))
     return out
 
 

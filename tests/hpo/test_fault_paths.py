@@ -127,22 +127,11 @@ def test_a_pathless_error_names_the_output_directory(tmp_path: Path) -> None:
 
 # -- the same on a real full filesystem -------------------------------------------------------
 @pytest.fixture
-def full_disk(tmp_path: Path):  # type: ignore[no-untyped-def]
-    """A 4 MB tmpfs filled to leave 256 KB (skipped where mount is refused)."""
-    import subprocess
-
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.strip() or 'not root'}")
-    try:
-        filler = mount / "filler"
-        filler.write_bytes(b"\0" * (4 * 1024 * 1024 - 256 * 1024))
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+def full_disk(tmpfs) -> Path:  # type: ignore[no-untyped-def]
+    """A 4 MB tmpfs filled to leave 256 KB."""
+    mount = tmpfs(4)
+    (mount / "filler").write_bytes(b"\0" * (4 * 1024 * 1024 - 256 * 1024))
+    return mount
 
 
 def _real_model(disk: Path) -> Path:
