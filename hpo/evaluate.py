@@ -63,6 +63,7 @@ from hpo.luck import (
     COUNTED_STATES,
     DEFAULT_PBO_BLOCKS,
     DSR_METRIC,
+    deflated_metric,
     deflation,
     finite_number,
     overfitting,
@@ -104,8 +105,6 @@ def choice_rule_front(metric: str, direction: str = "maximize") -> str:
 
 CHOICE_RULE_FRONT = choice_rule_front(DSR_METRIC)
 DEFAULT_TEST_MODEL = EvaluateSpec.test_model
-# The Sharpe ratios a study can select on; the deflated Sharpe ratio deflates the one it did.
-SHARPES = (DSR_METRIC, "sharpe_net")
 
 
 @dataclass(frozen=True)
@@ -226,6 +225,9 @@ def evaluate_study(study: optuna.Study, *, output: Path, force: bool = False,
     a later look at another front or other models raises :class:`ReopenRequired` unless
     ``reopen``, and is recorded too. Recomputing figures already seen is not a new look.
     """
+    bad = EvaluateSpec(pbo_blocks=pbo_blocks, test_model=test_model, seeds=seeds).problems()
+    if bad:  # before anything is loaded
+        raise UserError("; ".join(f"{key} {problem}" for key, problem in bad))
     heldout = heldout_or_error(study)
     front = best_trials(study)
     if not front:
@@ -243,10 +245,7 @@ def evaluate_study(study: optuna.Study, *, output: Path, force: bool = False,
     except UserError as exc:
         raise UserError(f"study {study.study_name!r} {exc}") from None
     digests = {n: heldout.digest(d) for n, d in dirs.items()}
-    sharpes = searched_sharpes(study, metric=metric if metric in SHARPES else DSR_METRIC)
-    bad = EvaluateSpec(pbo_blocks=pbo_blocks, test_model=test_model, seeds=seeds).problems()
-    if bad:
-        raise UserError("; ".join(f"{key} {problem}" for key, problem in bad))
+    sharpes = searched_sharpes(study, metric=deflated_metric(metric))
     identity = {**_identity(study, front, chosen, digests, sharpes), "pbo_blocks": pbo_blocks}
     if test_model != DEFAULT_TEST_MODEL:  # reports made before the setting keep their id
         identity["test_model"] = test_model
@@ -331,14 +330,14 @@ def _build_report(study: optuna.Study, front: list[FrozenTrial], chosen: FrozenT
             prediction = dataclasses.replace(prediction, frame=alternatives[test_model])
         val_frame = heldout.validation(dirs[t.number])
         validation, boot = heldout.score(val_frame, model)
-        test, _ = heldout.score(prediction.frame, model)
+        scored = {name: heldout.score(frame, model)[0] for name, frame in alternatives.items()}
+        test = scored.get(test_model) or heldout.score(prediction.frame, model)[0]
         row = {"number": t.number, "chosen": t.number == chosen.number,
                "values": dict(zip(names, t.values, strict=False)),
                "params": t.params, "validation": validation, "test": test}
         if alternatives:
             row["test_model"] = test_model if test_model in alternatives else "last_fold"
-            row["test_models"] = {name: heldout.score(frame, model)[0]
-                                  for name, frame in alternatives.items()}
+            row["test_models"] = scored
             if t.number == chosen.number and len(alternatives) == 2:
                 a, b = (alternatives[n] for n in ("fold_ensemble", "last_fold"))
                 row["fold_ensemble_minus_last_fold"] = (
@@ -361,7 +360,7 @@ def _build_report(study: optuna.Study, front: list[FrozenTrial], chosen: FrozenT
         from trainers.metrics.overfitting import effective_trials
 
         correlation = effective_trials(matrix)["mean_correlation"] if columns else None
-    deflated = metric if metric in SHARPES else DSR_METRIC
+    deflated = deflated_metric(metric)
     if heldout.moments is not None and deflated in chosen_row["validation"]:
         by_state: dict[str, int] = {}
         for t in study.get_trials(deepcopy=False, states=COUNTED_STATES):

@@ -32,6 +32,8 @@ from trainers.heldout import HeldOut
 
 # The deflated Sharpe ratio is a statistic of the Sharpe ratio, whatever picks the trial.
 DSR_METRIC = "sharpe"
+# The Sharpe ratios a study can select on; the deflated Sharpe ratio deflates the one it did.
+SHARPES = (DSR_METRIC, "sharpe_net")
 DEFAULT_PBO_BLOCKS = 16  # trainers.metrics.overfitting's: C(16, 8) = 12,870 CSCV splits
 
 
@@ -55,6 +57,12 @@ def _last_figure(t: FrozenTrial, metric: str) -> float | None:
         if isinstance(row, dict) and finite_number(row.get(metric)):
             return float(row[metric])
     return None
+
+
+def deflated_metric(metric: str) -> str:
+    """The Sharpe ratio the deflated Sharpe ratio deflates: the one selected on (gross or
+    net), or the gross one when the study selected on another figure."""
+    return metric if metric in SHARPES else DSR_METRIC
 
 
 def searched_sharpes(study: optuna.Study, metric: str = DSR_METRIC) -> dict[int, float]:

@@ -49,14 +49,15 @@ def _check(trained: Any) -> None:
 def _predict(trial_dir: Path, trained: Any, cache_dir: Path) -> Prediction:
     """The test rows of the trial's model; for a walk-forward trial also those of its fold
     ensemble (``context["test_models"]``: ``last_fold`` and ``fold_ensemble``)."""
-    from trainers.atft_gat.predict import fold_model_files, load_trained, predict_period
+    from trainers.atft_gat.predict import fold_model_files, predict_period
 
     frame, split, dates = predict_period(trial_dir, cache_dir=cache_dir, trained=trained)
     context: dict[str, Any] = {"cache_dir": Path(cache_dir), "split": split}
     files = fold_model_files(trial_dir)
     if trained.config.cv == "walk_forward" and len(files) > 1:
-        members = [predict_period(trial_dir, cache_dir=cache_dir, trained=load_trained(
-            trial_dir, name=str(f.relative_to(trial_dir))))[0] for f in files[:-1]]
+        # the last fold's model is ``trained`` itself: its rows are ``frame``
+        members = [predict_period(trial_dir, cache_dir=cache_dir,
+                                  trained=_load_member(trial_dir, f))[0] for f in files[:-1]]
         context["test_models"] = {"last_fold": frame,
                                   "fold_ensemble": ensemble_scores([*members, frame])}
         context["fold_models"] = len(files)
@@ -65,11 +66,16 @@ def _predict(trial_dir: Path, trained: Any, cache_dir: Path) -> Prediction:
                       context=context)
 
 
-def _members(trial_dir: Path) -> list[tuple[Path, Any]]:
-    from trainers.atft_gat.predict import fold_model_files, load_trained
+def _load_member(trial_dir: Path, file: Path) -> Any:
+    from trainers.atft_gat.predict import load_trained
 
-    return [(f, load_trained(trial_dir, name=str(f.relative_to(trial_dir))))
-            for f in fold_model_files(trial_dir)]
+    return load_trained(trial_dir, name=str(file.relative_to(trial_dir)))
+
+
+def _members(trial_dir: Path) -> list[tuple[Path, Any]]:
+    from trainers.atft_gat.predict import fold_model_files
+
+    return [(f, _load_member(trial_dir, f)) for f in fold_model_files(trial_dir)]
 
 
 def scoring(config: Any) -> dict[str, Any]:
