@@ -60,9 +60,11 @@ class TrainConfig(ModelConfig, RuntimeConfig):
                                       # are never filled, a missing one is masked
     missing_indicator: bool = False   # also feed a 0/1 "was imputed" channel per feature
     # The leakage guard (trainers/atft_gat/leakage.py): a feature whose training-date RankIC
-    # with any target reaches this is refused, unless listed in allow_features. None = 0.1,
-    # or 0.2 on the easy synthetic market, whose planted features are unrealistically strong.
-    leak_threshold: float | None = None
+    # with any target is clearly above leak_threshold, whose edge fades faster than its values,
+    # or that changes every date and would earn an annualised Sharpe above leak_sharpe on its
+    # own, is refused unless listed in allow_features.
+    leak_threshold: float = 0.2
+    leak_sharpe: float = 6.0
     allow_features: tuple[str, ...] = ()
     # "refuse" (a suspect feature stops the trial in one line) or "warn" (the same line is
     # logged and kept as the trial attr leak_warning, and training goes on).
@@ -145,9 +147,6 @@ class TrainConfig(ModelConfig, RuntimeConfig):
         # and every saved config holds the values the run used.
         if self.execution_lag is None:
             object.__setattr__(self, "execution_lag", 0 if self.source == "synthetic" else 1)
-        if self.leak_threshold is None:
-            easy = self.source == "synthetic" and self.market_difficulty == "easy"
-            object.__setattr__(self, "leak_threshold", 0.2 if easy else 0.1)
         if self.exit is None:
             object.__setattr__(self, "exit", self.enter)
         if self.purge is None and isinstance(self.execution_lag, int) and self.horizons:
@@ -170,6 +169,8 @@ class TrainConfig(ModelConfig, RuntimeConfig):
              f"allowed: {', '.join(LEAK_GUARD_MODES)}")
         need(0.0 < self.leak_threshold <= 1.0, "leak_threshold",
              "must be in (0, 1]; 1 switches the guard off")
+        need(self.leak_sharpe > 0, "leak_sharpe",
+             "must be > 0 (an annualised Sharpe ratio); a large value switches the size test off")
         test_ok = 0.0 <= self.test_fraction < 1.0
         need(test_ok, "test_fraction", "must be in [0, 1); 0 holds out no test period")
         if test_ok and 0.0 < self.val_fraction < 1.0:

@@ -123,7 +123,7 @@ def load_study_panel(config: TrainConfig, ctx: TrialContext) -> StudyPanel:
     record_feature_scores(ctx, scores)
     try:
         check_features(scores, threshold=config.leak_threshold,
-                       allow=config.allow_features)
+                       allow=config.allow_features, sharpe_ceiling=config.leak_sharpe)
     except UserError as exc:
         if config.leak_guard != "warn":
             raise

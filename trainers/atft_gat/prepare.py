@@ -82,16 +82,18 @@ def leak_scores(fc: FeatureCache, panel: Panel, train_dates: np.ndarray,
     """The leakage guard's figures (``trainers.atft_gat.leakage``) on (a sample of) the
     training dates: every feature against every target, and the timing test on the shortest
     horizon; from the cache's sidecar when an earlier trial measured them."""
-    dates = guard_dates(train_dates)
+    dates = guard_dates(train_dates, n_stocks=panel.x.shape[1])
     targets = tuple(panel.target_names)
     timing = int(np.argmin(config.horizons))
-    params = {"guard": 3, "targets": list(targets), "timing": targets[timing],
+    params = {"guard": 4, "periods_per_year": config.periods_per_year,
+              "targets": list(targets), "timing": targets[timing],
               "lag": config.execution_lag, "dates": [str(panel.dates[d]) for d in dates]}
     stored = fc.load_sidecar(SIDECAR, params=params)
     if stored is None:
         scores = guard_scores(panel.x, panel.y, panel.present, dates,
                               features=tuple(panel.feature_names), targets=targets,
-                              horizons=tuple(config.horizons), timing_index=timing)
+                              horizons=tuple(config.horizons), timing_index=timing,
+                              periods_per_year=config.periods_per_year or 252.0)
         fc.save_sidecar(SIDECAR, scores.to_arrays(), params=params)
         return scores
     return GuardScores(features=tuple(panel.feature_names), targets=targets,

@@ -26,7 +26,8 @@ STEP_SECONDS = "step_seconds"
 FINAL_BATCH_SIZE = "final_batch_size"  # the micro-batch after any out-of-memory halving
 PERIODS_PER_YEAR = "periods_per_year"  # the annualisation every Sharpe ratio used
 
-LEAK_GUARD = "leak_guard"  # the timing test's [own date, one date older] RankICs
+# the timing and size tests' [own date, one date older] RankICs, persistence and implied Sharpe
+LEAK_GUARD = "leak_guard"
 # With [data] leak_guard = "warn": the refusal the guard would have made, kept as a warning.
 LEAK_WARNING = "leak_warning"
 # Features whose leakage-guard RankIC is kept as a trial attr (the largest in magnitude).
@@ -35,14 +36,18 @@ LISTED_SCORES = 10
 
 def record_feature_scores(ctx: TrialContext, scores: GuardScores) -> None:
     """The leakage guard's scores of the ``LISTED_SCORES`` features closest to a target: each
-    one's RankIC of largest magnitude over the targets, and the timing test's figures."""
+    one's RankIC of largest magnitude over the targets, and the timing and size tests'
+    figures."""
     ranked = sorted(scores.strongest().items(), key=lambda kv: -abs(kv[1]))[:LISTED_SCORES]
     ctx.set_attr(attrs.FEATURE_RANK_IC, dict(ranked))
     index = {f: j for j, f in enumerate(scores.features)}
     ctx.set_attr(LEAK_GUARD, {
         "timing_target": scores.timing_target,
-        "timing": {f: [round(float(scores.now[index[f]]), 6),
-                       round(float(scores.older[index[f]]), 6)] for f, _ in ranked}})
+        "columns": ["rank_ic", "rank_ic_a_date_older", "persistence", "sharpe"],
+        "timing": {f: [round(float(scores.now[index[f]]), 4),
+                       round(float(scores.older[index[f]]), 4),
+                       round(float(scores.persistence[index[f]]), 3),
+                       round(float(scores.sharpe[index[f]]), 2)] for f, _ in ranked}})
 
 
 def record_split(ctx: TrialContext, inp: Inputs) -> None:

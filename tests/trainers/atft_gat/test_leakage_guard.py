@@ -12,12 +12,14 @@ import pytest
 import torch
 from scipy import stats
 
+from scripts import bench_leak_guard as bench
 from trainers.atft_gat.config import TrainConfig
 from trainers.atft_gat.leakage import (
     check_features,
     feature_rank_ic,
     guard_scores,
     rank_ic_stats,
+    timing_flags,
 )
 from trainers.atft_gat.synthetic import FEATURE_NAMES, generate_market
 from trainers.atft_gat.train import train
@@ -124,8 +126,9 @@ def _guard(frame: pl.DataFrame, features: list[str], horizons=(1, 5, 10, 20)):
 
 def test_every_leak_kind_is_refused_and_genuine_features_pass() -> None:
     """The four leaks measured on the realistic market: a renamed 20-day and 10-day forward
-    return, the target plus 4.5 sd of noise (caught by the threshold, against their own
-    horizon or the 1-day one), and a weak leak under the threshold (caught by timing)."""
+    return (threshold test, against their own horizon), the target plus 4.5 sd of noise and a
+    weak leak under the threshold (size test: gone a date later, they would earn a Sharpe no
+    real feature earns)."""
     market = generate_market(n_stocks=150, n_dates=400, seed=2, difficulty="realistic")
     rng = np.random.default_rng(0)
     z = (pl.col("ret_1d") - pl.col("ret_1d").mean().over("date")) / pl.col("ret_1d").std().over(
@@ -134,28 +137,80 @@ def test_every_leak_kind_is_refused_and_genuine_features_pass() -> None:
     leaks = market.with_columns(
         fwd_20=pl.col("ret_20d"), fwd_10=pl.col("ret_10d"),
         noisy=pl.col("ret_1d") + 4.5 * sd * pl.Series(rng.standard_normal(market.height)),
-        # the issue's weak leak, scaled to score just under the threshold on this panel
+        # the issue's weak leak, scaled to score under the threshold on this panel
         weak=0.09 * z + pl.Series(rng.standard_normal(market.height)))
     features = [*FEATURE_NAMES, "fwd_20", "fwd_10", "noisy", "weak"]
     scores = _guard(leaks, features)
     with pytest.raises(UserError) as err:
-        check_features(scores, threshold=0.1, allow=())
+        check_features(scores, threshold=0.2, allow=())
     message = str(err.value)
     assert "\n" not in message
     assert re.search(r"fwd_20 \(threshold test: RankIC \+1\.000 ± 0\.000 with ret_20d\)",
                      message)
     assert re.search(r"fwd_10 \(threshold test: RankIC \+1\.000 ± 0\.000 with ret_10d\)",
                      message)
-    assert re.search(r"noisy \(threshold test: RankIC \+0\.[12]\d+ ± 0\.0\d+ with ret_1d\)",
-                     message)
-    weak = re.search(r"weak \(timing test: RankIC \+(0\.\d+) with ret_1d on its own date, "
-                     r"([+-]0\.\d+) when one date older\)", message)
-    assert weak and 0.05 < float(weak.group(1)) < 0.1  # under the threshold
+    for name in ("noisy", "weak"):
+        found = re.search(name + r" \(size test: RankIC \+(0\.\d+) with ret_1d, gone a date "
+                          r"later, would earn an annualised Sharpe of (\d+\.\d) ± \d+\.\d on "
+                          r"this panel, above leak_sharpe 6\)", message)
+        assert found and float(found.group(2)) > 10, message
+    assert 0.05 < scores.now[features.index("weak")] < 0.1  # under the threshold
     for name in FEATURE_NAMES:
         assert f"{name} (" not in message
-    # The genuine features alone pass, on both markets, at each market's default threshold.
-    check_features(_guard(market, list(FEATURE_NAMES)), threshold=0.1, allow=())
+    # The genuine features alone pass, on both markets, at the defaults.
+    check_features(_guard(market, list(FEATURE_NAMES)), threshold=0.2, allow=())
     easy = generate_market(n_stocks=150, n_dates=400, seed=2, difficulty="easy")
     check_features(_guard(easy, list(FEATURE_NAMES)), threshold=0.2, allow=())
     # allow_features vouches for a column.
-    check_features(scores, threshold=0.1, allow=("fwd_20", "fwd_10", "noisy", "weak"))
+    check_features(scores, threshold=0.2, allow=("fwd_20", "fwd_10", "noisy", "weak"))
+
+
+@pytest.mark.parametrize("n_stocks", [20, 500])
+def test_planted_leaks_and_genuine_signals_on_20_and_500_stocks(n_stocks: int) -> None:
+    """The issue's matrix (``scripts/bench_leak_guard.py``, one seed, 1,000 dates): every
+    off-by-one momentum and forward sum is refused on both panels, every leak on 500 stocks;
+    every genuine feature whose values persist (0.3, 0.5, 0.9) passes at RankIC up to 0.08,
+    and so does every feature of the real-data-like panel. What no guard can do, measured and
+    asserted as such: a leak of one date's return and a genuine signal renewed every date have
+    the same law, so on 20 stocks the leaks at RankIC 0.05 and 0.1 pass like a renewed genuine
+    feature does, and on 500 stocks a renewed genuine feature at 0.05 or more is refused
+    like the leak (its rank bet would earn a Sharpe over 15; at 0.02, about 7, in half the
+    seeds)."""
+    features, targets = bench.planted_panel(n_stocks, 1000, seed=0)
+    refused = bench.guard(features, targets)
+    leaks = set(bench.leak_names())
+    genuine = set(features) - leaks
+    renewed = {bench.genuine_name(0.0, ic) for ic in bench.GENUINE_ICS}
+    ambiguous_leaks = {"target+noise 0.05", "target+noise 0.1"}
+    if n_stocks == 20:
+        assert leaks - ambiguous_leaks <= refused
+        assert not refused & genuine
+    else:
+        assert leaks <= refused
+        assert {bench.genuine_name(0.0, 0.05), bench.genuine_name(0.0, 0.08)} <= refused
+    assert not refused & (genuine - renewed)
+    feats, label = bench.real_like(n_stocks, 600, seed=0)
+    assert bench.guard(feats, label, horizons=(1,)) == set()
+
+
+def test_the_timing_test_reads_the_feature_persistence() -> None:
+    """The same edge that vanishes a date older is a leak when the feature's values persist
+    (an off-by-one momentum) and a genuine renewed signal when they do not."""
+    features, targets = bench.planted_panel(200, 800, seed=3)
+    names = ("off-by-one mom 60", bench.genuine_name(0.0, 0.08), bench.genuine_name(0.9, 0.05))
+    x = torch.as_tensor(np.stack([features[n] for n in names], axis=-1))
+    y = torch.as_tensor(targets[:, :, :1])
+    present = torch.ones(x.shape[:2], dtype=torch.bool)
+    scores = guard_scores(x, y, present, np.arange(1, x.shape[0] - 20), features=names,
+                          targets=("ret_1d",), horizons=(1,), timing_index=0)
+    mom, renewed, persistent = range(3)
+    assert scores.persistence[mom] > 0.95 and abs(scores.persistence[renewed]) < 0.05
+    assert abs(scores.older[mom]) < 0.25 * scores.now[mom]  # the edge is gone a date older
+    assert abs(scores.older[renewed]) < 0.25 * scores.now[renewed]  # here too
+    assert scores.older[persistent] > 0.7 * scores.now[persistent]
+    # only the momentum loses more edge than its persistence explains
+    assert timing_flags(scores).tolist() == [True, False, False]
+    with pytest.raises(UserError, match=r"off-by-one mom 60 \(timing test: RankIC \+0\.1\d+ "
+                                        r"with ret_1d on its own date, [+-]0\.0\d+ when one date "
+                                        r"older, although its persistence is 0\.9\d\)"):
+        check_features(scores, threshold=0.2, allow=(), sharpe_ceiling=100.0)
