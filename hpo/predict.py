@@ -67,6 +67,19 @@ def pick_trial(study: optuna.Study, model: str, heldout: Any) -> optuna.trial.Fr
     return t
 
 
+def model_folder(study: optuna.Study, output: Path, model: str, heldout: Any
+                 ) -> tuple[int, Path, dict[str, Any] | None]:
+    """The trial number, model folder and (for ``refit``) refit entry that ``--model``
+    names: ``chosen``, ``trial:N`` or ``refit`` (the newest ``hpo.refit``)."""
+    if model == "refit":
+        from hpo.refit import newest_refit
+
+        refit_entry, folder = newest_refit(study, output)
+        return int(refit_entry["trial"]), folder, refit_entry
+    number = pick_trial(study, model, heldout).number
+    return number, trial_dir(output, study.study_name, number), None
+
+
 def predict(study: optuna.Study, *, source: Path, output: Path, out: Path, model: str = "chosen",
             dates: str = "last", fold_ensemble: bool = False) -> dict[str, Any]:
     """Score ``source`` and write ``out`` (module docstring); returns the metadata."""
@@ -80,15 +93,7 @@ def predict(study: optuna.Study, *, source: Path, output: Path, out: Path, model
     if heldout.score_new is None:
         raise UserError(f"workload {study.user_attrs.get(attrs.WORKLOAD)!r} cannot score new "
                         "data yet")
-    refit_entry = None
-    if model == "refit":
-        from hpo.refit import newest_refit
-
-        refit_entry, folder = newest_refit(study, output)
-        trial_number = int(refit_entry["trial"])
-    else:
-        trial_number = pick_trial(study, model, heldout).number
-        folder = trial_dir(output, study.study_name, trial_number)
+    trial_number, folder, refit_entry = model_folder(study, output, model, heldout)
     trained = heldout.load(folder)
     scored = heldout.score_new(trained, str(source), dates, Path(output) / "cache")
     members: list[str] = []

@@ -248,7 +248,8 @@ def panel_baselines(view: PanelView, periods: Mapping[str, np.ndarray], *,
     ``periods[validation_key]``).
 
     Returns ``{"best_feature": {...choice}, "linear": {"alpha", ...}, "frames": {period:
-    {"best_feature": frame, "linear": frame}}}``.
+    {"best_feature": frame, "linear": frame}}, "predictors": {name: predict(x_raw)}}`` (the
+    fitted predictors, to score other dates with ``baseline_frames``).
     """
     best = choose_best_feature(view, train_dates)
     j, sign = best["index"], best["sign"]
@@ -279,4 +280,12 @@ def panel_baselines(view: PanelView, periods: Mapping[str, np.ndarray], *,
                    "largest_weights": {view.feature_names[int(k)]: float(ridge.weights[k])
                                        for k in top}},
         "frames": frames,
+        "predictors": {"best_feature": best_predict, "linear": ridge.predict},
     }
+
+
+def baseline_frames(view: PanelView, dates: np.ndarray,
+                    predictors: Mapping[str, Any]) -> dict[str, Any]:
+    """``date, code, pred, target`` rows of ``dates`` (indices into ``view``) for each fitted
+    predictor of ``panel_baselines`` (e.g. dates after the study, in a longer panel)."""
+    return _frames(view, dates, predictors)

@@ -230,6 +230,13 @@ def _baselines(trained: Any, prediction: Prediction) -> dict[str, Any] | None:
     return out
 
 
+def _live(trained: Any, source: str, cache_dir: Path, split: Any, validation: Any
+          ) -> dict[str, Any]:
+    from trainers.atft_gat.monitor import live
+
+    return live(trained, source, cache_dir, split, validation, scoring(trained.config))
+
+
 def _describe(trained: Any) -> dict[str, Any]:
     s = scoring(trained.config)
     out = {"metric_horizon": s["horizon"], "cost_bps": s["cost_bps"],
@@ -251,4 +258,4 @@ HELDOUT = HeldOut(load=_load, digest=_digest, predict=_predict, score=_score,
                   selection_metric="sharpe", check=_check, moments=_moments,
                   baselines=_baselines, describe=_describe, compare=_compare,
                   tear_sheet=_tear_sheet, returns=_returns, costs=_costs, score_new=_score_new,
-                  refit=_refit, members=_members)
+                  refit=_refit, members=_members, live=_live)

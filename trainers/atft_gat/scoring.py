@@ -45,6 +45,8 @@ class Scored:
     frame: pl.DataFrame
     skipped: list[str]
     dates: list[str]
+    panel: Any = None  # the lagged panel the scores came from (its raw features, targets)
+    wanted: Any = None  # the scored dates' indices into ``panel``
 
 
 def _read(source: str, columns: list[str]) -> pl.DataFrame:
@@ -132,8 +134,11 @@ def resolve_dates(spec: str, calendar: list[Any]) -> list[int]:
     return picked
 
 
-def score_panel(trained: Any, source: str, *, dates: str, cache_dir: Path) -> Scored:
-    """Scores of ``trained`` on ``source``'s requested dates (module docstring)."""
+def score_panel(trained: Any, source: str, *, dates: str, cache_dir: Path,
+                with_target: bool = False) -> Scored:
+    """Scores of ``trained`` on ``source``'s requested dates (module docstring);
+    ``with_target``: the rows also carry ``target``, the scored horizon's return after the
+    execution lag (NaN where not yet realised)."""
     from cache import CacheSpec, load_or_build, source_columns
     from trainers.atft_gat.data import cache_panel
     from trainers.atft_gat.graph import REFRESH_DATES
@@ -179,9 +184,12 @@ def score_panel(trained: Any, source: str, *, dates: str, cache_dir: Path) -> Sc
     graphs = (load_graphs(fc, panel, config) if trained.with_graph
               else no_graphs(len(panel.dates)))
     panel = replace(panel, feature_mean=trained.feature_mean, feature_std=trained.feature_std)
-    cols = forward_dates(trained, panel, graphs,
-                         np.array([i - start for i in wanted], dtype=np.int64))
+    local = np.array([i - start for i in wanted], dtype=np.int64)
+    cols = forward_dates(trained, panel, graphs, local)
     scores = pl.DataFrame({"date": cols["date"].astype("datetime64[D]"),
                            "code": cols["code"].astype(str),
                            "score": cols["pred"].astype(np.float64)})
-    return Scored(frame=scores, skipped=skipped, dates=[str(calendar[i]) for i in wanted])
+    if with_target:
+        scores = scores.with_columns(target=pl.Series(cols["target"].astype(np.float64)))
+    return Scored(frame=scores, skipped=skipped, dates=[str(calendar[i]) for i in wanted],
+                  panel=panel, wanted=local)
