@@ -110,10 +110,10 @@ def verdict(live: dict[str, Any], validation: dict[str, Any]) -> str:
     return f"in line: {text} (within 2 SE, or above)"
 
 
-def _fmt(f: dict[str, Any], digits: int = 2) -> str:
+def _fmt(f: dict[str, Any], digits: int = 2, sign: str = "+") -> str:
     if not math.isfinite(f["value"]):
         return "n/a"
-    return f"{f['value']:+.{digits}f} ± {f['se']:.{digits}f}"
+    return f"{f['value']:{sign}.{digits}f} ± {f['se']:.{digits}f}"
 
 
 def table(rows: dict[str, dict[str, Any]]) -> list[tuple[str, ...]]:
@@ -121,7 +121,7 @@ def table(rows: dict[str, dict[str, Any]]) -> list[tuple[str, ...]]:
     out = [("", "dates", "RankIC", "Sharpe", "net Sharpe", "turnover")]
     for label, f in rows.items():
         out.append((label, str(f["dates"]), _fmt(f["rank_ic"], 4), _fmt(f["sharpe"]),
-                    _fmt(f["sharpe_net"]), _fmt(f["turnover"], 3)))
+                    _fmt(f["sharpe_net"]), _fmt(f["turnover"], 3, sign="")))
     return out
 
 

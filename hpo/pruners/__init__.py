@@ -10,7 +10,7 @@ kind's keys), :mod:`hpo.study` builds the pruner with :func:`get_kind`, and
 are; the shared MO-ASHA machinery (per-epoch records, the rung rule) is :mod:`hpo.pruning`.
 
 Adding a pruner: write ``hpo/pruners/<name>.py`` defining ``KIND = PrunerKind(...)``, add its
-module to ``_MODULES`` below, and give its name and keys a line in the README's "Pruning"
+module to ``_MODULES`` below, and give its name and keys a line in docs/study-files.md "Pruning"
 section (tests/test_docs.py checks). A key shared with another kind is the same :class:`Key`
 (import it from that kind's module), so both read it with one default.
 """

@@ -162,7 +162,7 @@ graph_source = "{info["graph_source"]}"  # realised past returns, for the correl
 val_fraction = {val_fraction}
 test_fraction = 0.2            # never read by a trial; hpo.evaluate opens it once
 
-[portfolio]                    # README "The book: turnover control"
+[portfolio]                    # docs/workloads.md "The book: turnover control"
 cost_bps = [5, 0, 10, 20]      # the first is charged; the report shows each and the break-even
 
 [trainer]                      # a CPU-sized preset: raise epochs and max_steps_per_epoch on a GPU

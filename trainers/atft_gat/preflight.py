@@ -50,7 +50,7 @@ def preflight(config: TrainConfig) -> None:
                    f"{usable} (and metric_horizon to one of them), or add the missing columns")
         else:
             fix = ("it has no ret_<h>d column: add the forward return of each horizon as "
-                   "ret_1d, ret_5d, ... (README: Your own panel)")
+                   "ret_1d, ret_5d, ... (docs/workloads.md: Your own panel)")
         raise UserError(f"{where} has no target column(s) {', '.join(missing)} for horizons = "
                         f"{list(config.horizons)}; {fix}")
     absent = [c for c in config.features if c not in columns]

@@ -62,7 +62,7 @@ Difficulty (``difficulty``, ``DIFFICULTIES``): named presets of ``own_strength``
 * ``"realistic"`` (the default) is calibrated on real daily equity signals: the oracle's 1-day
   RankIC is about 0.04 with a daily RankIC IR about 0.2, its quintile long-short Sharpe ratio
   about 3 before costs, and no raw feature reaches a RankIC of 0.03 (``f_own`` about 0.015).
-  Figures measured over seeds and sizes are in the README.
+  Figures measured over seeds and sizes are in docs/workloads.md.
 * ``"easy"``: the market this module shipped first, bit for bit (same seed, same frame): the
   oracle's 1-day RankIC is about 0.15 (IR 0.8, Sharpe about 12), and raw ``f_own`` alone gets a
   Sharpe ratio about 6 at the demo's size. For quick demos and for tests that need a model to
@@ -122,8 +122,8 @@ class Difficulty:
 
 
 DIFFICULTIES = {
-    # Calibrated (README, "Synthetic market"): oracle RankIC ~0.04, daily IR ~0.2, long-short
-    # Sharpe ~3; the payoff noise sets the IR, the strengths the RankIC.
+    # Calibrated (docs/workloads.md, "Synthetic market"): oracle RankIC ~0.04, daily IR ~0.2,
+    # long-short Sharpe ~3; the payoff noise sets the IR, the strengths the RankIC.
     "realistic": Difficulty(own_strength=0.04, peer_strength=0.03, payoff_noise=4.5),
     # The first market: oracle RankIC ~0.15, IR ~0.8, Sharpe ~12. Quick demos and tests only.
     "easy": Difficulty(own_strength=0.10, peer_strength=0.13, payoff_noise=0.0),
