@@ -20,6 +20,7 @@ from typing import Any, BinaryIO
 import optuna
 
 from hpo import attrs
+from hpo.records import trial_attrs
 
 log = logging.getLogger("hpo")
 
@@ -200,7 +201,7 @@ def upload_trial_artifacts(trial: optuna.Trial, *, trial_dir: Path, output_dir: 
 
 def _upload(trial: optuna.Trial, trial_dir: Path,
             store: optuna.artifacts.FileSystemArtifactStore, metric_names: list[str]) -> list[str]:
-    history = list(trial.user_attrs.get(attrs.HISTORY) or [])
+    history = list(trial_attrs(trial).get(attrs.HISTORY) or [])
     if len(history) < MIN_CURVE_EPOCHS:
         history = []
     if history:

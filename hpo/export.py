@@ -28,6 +28,7 @@ import optuna
 from hpo import attrs
 from hpo.loading import open_existing_study
 from hpo.pruning import epochs_saved
+from hpo.records import trial_attrs
 from hpo.results import metric_names, write_results
 from hpo.storage import mask_url
 from trainers.cli import OneLineParser
@@ -58,7 +59,7 @@ def trial_rows(study: optuna.Study) -> tuple[list[str], list[dict[str, Any]]]:
     names = metric_names(study)
     trials = study.get_trials(deepcopy=False)
     params = list(dict.fromkeys(p for t in trials for p in t.params))
-    keys = list(dict.fromkeys(k for t in trials for k in t.user_attrs
+    keys = list(dict.fromkeys(k for t in trials for k in trial_attrs(t)
                               if k not in _CSV_SKIP_ATTRS))
     columns = ["number", "state", *(f"values_{n}" for n in names), "datetime_start",
                "datetime_complete", "duration_s", *(f"params_{p}" for p in params),
@@ -75,7 +76,7 @@ def trial_rows(study: optuna.Study) -> tuple[list[str], list[dict[str, Any]]]:
         for p in params:
             row[f"params_{p}"] = t.params.get(p)
         for k in keys:
-            row[f"user_attrs_{k}"] = t.user_attrs.get(k)
+            row[f"user_attrs_{k}"] = trial_attrs(t).get(k)
         rows.append({k: _cell(v) for k, v in row.items()})
     return columns, rows
 

@@ -27,6 +27,7 @@ import polars as pl
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo import attrs
+from hpo.records import trial_attrs
 from hpo.study import trial_dir
 from trainers.heldout import HeldOut
 
@@ -53,7 +54,7 @@ def _last_figure(t: FrozenTrial, metric: str) -> float | None:
     value = t.user_attrs.get(metric)
     if finite_number(value):
         return float(value)
-    for row in reversed(t.user_attrs.get(attrs.HISTORY) or []):
+    for row in reversed(trial_attrs(t).get(attrs.HISTORY) or []):
         if isinstance(row, dict) and finite_number(row.get(metric)):
             return float(row[metric])
     return None
@@ -94,7 +95,7 @@ def validation_returns(study: optuna.Study, heldout: HeldOut, output: Path,
             frame = heldout.validation(trial_dir(output, study.study_name, n))
         except (OSError, ValueError):  # pruned or failed before it wrote predictions
             continue
-        series[n] = heldout.returns(frame, trained, dict(by_number[n].user_attrs))
+        series[n] = heldout.returns(frame, trained, trial_attrs(by_number[n]))
     if not series:
         return np.zeros((0, 0)), [], []
     dates = {n: set(frame["date"].to_list()) for n, frame in series.items()}
@@ -250,7 +251,7 @@ def returns_of(heldout: HeldOut, frame: Any, model: Any, trial: FrozenTrial, *,
     or for a net Sharpe when the hook gives no ``ret_net``)."""
     if heldout.returns is None:
         return None
-    series = heldout.returns(frame, model, dict(trial.user_attrs))
+    series = heldout.returns(frame, model, trial_attrs(trial))
     column = "ret_net" if net else "ret"
     return series[column].to_numpy() if column in series.columns else None
 

@@ -166,6 +166,7 @@ def monitor(study: optuna.Study, *, source: Path, output: Path, model: str = "ch
     summary."""
     from hpo.evaluate import heldout_or_error
     from hpo.predict import model_folder
+    from hpo.records import trial_attrs
     from hpo.study import trial_dir
     from trainers.attrs import DATE_SPLIT
     from trainers.context import atomic_write_bytes
@@ -177,7 +178,7 @@ def monitor(study: optuna.Study, *, source: Path, output: Path, model: str = "ch
         raise UserError("this study's workload cannot score live dates yet")
     number, folder, _ = model_folder(study, output, model, heldout)
     trial = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
-    split = trial.user_attrs.get(DATE_SPLIT)
+    split = trial_attrs(trial).get(DATE_SPLIT)
     if not split:
         raise UserError(f"trial {number} recorded no date split; rerun the study")
     trained = heldout.load(folder)

@@ -27,6 +27,7 @@ from hpo.config import SINGLE_OBJECTIVE_PRUNERS, Param, PrunerSpec, RunSpec, Stu
 from hpo.faults import EnvironmentFault, environment_fault
 from hpo.pruners import get_kind
 from hpo.pruning import MOASHA, epoch_values_key, records_at
+from hpo.records import set_trial_attr
 from hpo.study import trial_dir, trial_seed
 from trainers.config import from_mapping, to_mapping
 from trainers.context import TrialContext, atomic_write_bytes, atomic_write_json, resume_point
@@ -117,7 +118,7 @@ class StudyTrialContext(TrialContext):
 
     def set_attr(self, key: str, value: Any) -> None:
         super().set_attr(key, value)
-        self.trial.set_user_attr(key, self.attrs[key])
+        set_trial_attr(self.trial, key, self.attrs[key])
 
     def on_progress(self, record: ProgressRecord) -> None:
         # At most every progress_every_s, and at each phase's end: never once per step.
@@ -132,7 +133,7 @@ class StudyTrialContext(TrialContext):
 
     def report(self, epoch: int, metrics: dict[str, float]) -> None:
         super().report(epoch, metrics)
-        self.trial.set_user_attr("history", self.history)
+        set_trial_attr(self.trial, attrs.HISTORY, self.history)
         self.trial.set_user_attr("epoch", int(epoch))
         vector = [_finite_or_none(metrics.get(name)) for name in self._metric_names]
         # Written through at once (one small row per epoch, not one growing attr): other

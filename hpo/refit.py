@@ -32,6 +32,7 @@ import optuna
 
 from hpo import attrs
 from hpo.openings import test_openings
+from hpo.records import trial_attrs
 from hpo.study import trial_dir
 from trainers.cli import OneLineParser
 from trainers.context import atomic_write_json
@@ -105,7 +106,7 @@ def refit(study: optuna.Study, *, output: Path, through: str | None = None,
     out_dir = refit_dir(output, study.study_name, refit_id)
     _prepare_dir(out_dir, {"trial": trial.number, "through": through, "seed": seed})
     result = heldout.refit(trained, folder, out_dir, RefitRequest(
-        seed=seed, through=through, trial_attrs=dict(trial.user_attrs),
+        seed=seed, through=through, trial_attrs=trial_attrs(trial),
         cache_dir=Path(output) / "cache", progress=progress))
     entry = {"id": refit_id, "time": datetime.now(UTC).isoformat(timespec="seconds"),
              "trial": trial.number, "through": result["through"], "fit": list(result["fit"]),

@@ -14,6 +14,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo import attrs
+from hpo.records import trial_attrs
 from trainers.context import atomic_write_json
 
 STATE_KEYS = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned",
@@ -59,7 +60,7 @@ def trial_record(trial: FrozenTrial, metric_names: list[str]) -> dict[str, Any]:
         "state": trial.state.name,
         "values": values,
         "params": trial.params,
-        "user_attrs": {k: v for k, v in trial.user_attrs.items()
+        "user_attrs": {k: v for k, v in trial_attrs(trial).items()
                        if k not in _EXPORT_SKIP_ATTRS},
         "datetime_start": _iso(trial.datetime_start),
         "datetime_complete": _iso(trial.datetime_complete),

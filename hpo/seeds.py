@@ -24,6 +24,7 @@ import numpy as np
 from optuna.trial import FrozenTrial
 
 from hpo import attrs
+from hpo.records import trial_attrs
 from trainers.errors import UserError
 from trainers.heldout import HeldOut, Prediction, RefitRequest, ensemble_scores
 
@@ -61,7 +62,7 @@ def seeds_ensemble(chosen: FrozenTrial, heldout: HeldOut, model: Any, prediction
     for k, member_seed in enumerate(seeds[1:], start=1):
         member_dir = folder / f"seed_{k}"
         heldout.refit(model, trial_dir, member_dir, RefitRequest(
-            seed=member_seed, through=through, trial_attrs=dict(chosen.user_attrs),
+            seed=member_seed, through=through, trial_attrs=trial_attrs(chosen),
             cache_dir=cache_dir, progress=False))
         member = heldout.load(member_dir)
         frames.append(heldout.predict(member_dir, member, cache_dir).frame)

@@ -32,7 +32,7 @@ from hpo.heldout import current_summary, render_lines, stale_line
 from hpo.loading import open_existing_study
 from hpo.progress import evaluate_command
 from hpo.pruning import epochs_saved
-from hpo.records import record
+from hpo.records import record, trial_attrs
 from hpo.results import best_trials, metric_names, trial_counts
 from hpo.storage import mask_url
 from trainers.cli import OneLineParser
@@ -187,7 +187,7 @@ def collect_status(study: optuna.Study, storage: optuna.storages.BaseStorage, *,
         if t.state != TrialState.RUNNING:
             continue
         age = ages.get(t.number)
-        history = t.user_attrs.get(attrs.HISTORY) or []
+        history = trial_attrs(t).get(attrs.HISTORY) or []
         running.append({
             "number": t.number,
             "epoch": t.user_attrs.get(attrs.EPOCH),
@@ -361,7 +361,7 @@ def trial_history(study: optuna.Study, number: int) -> dict[str, Any]:
     t = match[0]
     return {"study": study.study_name, "number": t.number, "state": t.state.name,
             "values": _values(metric_names(study), t) if t.values else None,
-            "params": t.params, "history": t.user_attrs.get(attrs.HISTORY) or []}
+            "params": t.params, "history": trial_attrs(t).get(attrs.HISTORY) or []}
 
 
 def render_history(record: dict[str, Any]) -> str:

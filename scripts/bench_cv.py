@@ -87,6 +87,7 @@ def run_study(args: argparse.Namespace, market_seed: int, mode: str) -> dict[str
 
     from hpo.evaluate import evaluate_study
     from hpo.loading import load_existing_study, open_existing_storage
+    from hpo.records import trial_attrs
     from hpo.run import main as run_main
     from hpo.study import trial_dir
     from trainers.registry import get_workload
@@ -110,9 +111,9 @@ def run_study(args: argparse.Namespace, market_seed: int, mode: str) -> dict[str
     heldout = get_workload("atft_gat").heldout
     selection, test, model_epochs, rows = [], [], 0, {}
     for t in study.get_trials(deepcopy=False):
-        folds = t.user_attrs.get("fold_metrics")
+        folds = trial_attrs(t).get("fold_metrics")
         model_epochs += (sum(f["epochs"] for f in folds) if folds
-                         else len(t.user_attrs.get("history") or []))
+                         else len(trial_attrs(t).get("history") or []))
         if t.state != TrialState.COMPLETE:
             continue
         folder = trial_dir(output, study.study_name, t.number)

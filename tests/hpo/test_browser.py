@@ -155,7 +155,8 @@ def test_dashboard_shows_postgres_study(pg_url: str, tmp_path: Path, browser: An
 
     browser.get(f"{base}/dashboard/studies/{study_id}/trials")
     text = _wait_for_text(browser, "4 Trials", "Artifacts")
-    for name in ("metrics.json", "learning_curve.png", "checkpoint.pt", "history",
+    # the per-epoch history is the learning-curve note and artifact (a record, not a user attr)
+    for name in ("metrics.json", "learning_curve.png", "checkpoint.pt", "epoch",
                  "Learning curve (trial 0)"):
         assert name in text
     _screenshot(browser, "dashboard_trials.png")

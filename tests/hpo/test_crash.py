@@ -24,6 +24,7 @@ import optuna
 import pytest
 from optuna.trial import FrozenTrial, TrialState
 
+from hpo.records import trial_attrs
 from hpo.run import main
 from tests.conftest import REPO
 
@@ -208,8 +209,8 @@ def test_interrupted_then_resumed_trial_matches_uninterrupted(
     assert resumed.values == reference.values
     for metric in ("loss", "score", "x"):
         assert resumed.user_attrs[metric] == reference.user_attrs[metric]
-    assert [h["epoch"] for h in resumed.user_attrs["history"]] == [1, 2, 3, 4, 5]
-    assert resumed.user_attrs["history"] == reference.user_attrs["history"]
+    assert [h["epoch"] for h in trial_attrs(resumed)["history"]] == [1, 2, 3, 4, 5]
+    assert trial_attrs(resumed)["history"] == trial_attrs(reference)["history"]
 
 
 def test_twice_interrupted_trial_resumes_from_the_newest_predecessor(
@@ -320,7 +321,7 @@ def test_kill_9_mid_epoch_is_retried_and_resumed(tmp_path: Path, pg_url: str,
     assert retry.state == TrialState.COMPLETE
     assert retry.params == trials[0].params
     assert retry.user_attrs["resumed_from"] == {"trial": 0, "epoch": 2}
-    assert [h["epoch"] for h in retry.user_attrs["history"]] == [1, 2, 3, 4]
+    assert [h["epoch"] for h in trial_attrs(retry)["history"]] == [1, 2, 3, 4]
     # the study-wide export agrees with storage after the crash
     exported = json.loads((out / "crash" / "all_trials.json").read_text())
     assert exported["counts"] == {"FAIL": 1, "COMPLETE": 2}
@@ -424,7 +425,7 @@ def test_postgres_restart_mid_study_completes(tmp_path: Path, throwaway_pg: Thro
     # every finished trial ran all its epochs (resumed ones included)
     for t in trials:
         if t.state == TrialState.COMPLETE:
-            assert [h["epoch"] for h in t.user_attrs["history"]] == [1, 2, 3]
+            assert [h["epoch"] for h in trial_attrs(t)["history"]] == [1, 2, 3]
 
 
 def test_postgres_engine_is_pinged_and_pooled_small(pg_url: str) -> None:

@@ -501,3 +501,27 @@ def test_study_user_attrs_stay_short_for_optunas_own_tables(ran: Path) -> None:
                           f"sqlite:///{ran / 'out' / 'hpo.db'}"], capture_output=True,
                          text=True, check=True).stdout
     assert max(len(line) for line in out.splitlines()) < 1400
+
+
+def test_trial_user_attrs_stay_short_for_optunas_own_tables(ran: Path) -> None:
+    """`optuna trials` prints every trial user attr: the per-epoch history, the data, split,
+    graph and leakage-guard summaries and the timings are trial records (hpo.records), so a
+    trial's row holds its metrics, book and reasons; every reader sees the records through
+    ``trial_attrs``."""
+    import json as json_
+    import subprocess
+    import sys
+
+    from hpo.records import TRIAL_RECORDS, trial_attrs
+
+    study = _study(ran / "out")
+    for t in study.trials:
+        assert not TRIAL_RECORDS & set(t.user_attrs), sorted(t.user_attrs)
+        merged = trial_attrs(t)
+        assert {"history", "data", "date_split", "leak_guard"} <= set(merged)
+        assert len(json_.dumps(t.user_attrs)) < 1200
+    cli = Path(sys.executable).with_name("optuna")
+    out = subprocess.run([str(cli), "trials", "--study-name", study.study_name, "--storage",
+                          f"sqlite:///{ran / 'out' / 'hpo.db'}"], capture_output=True,
+                         text=True, check=True).stdout
+    assert max(len(line) for line in out.splitlines()) < 1600

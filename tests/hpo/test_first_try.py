@@ -14,6 +14,7 @@ import polars as pl
 import pytest
 from optuna.trial import TrialState
 
+from hpo.records import trial_attrs
 from hpo.run import main
 from hpo.status import main as status_main
 from trainers.metrics import calendar_periods_per_year
@@ -135,7 +136,7 @@ def test_a_failed_first_try_keeps_its_reason_and_the_fixed_file_runs(tmp_path: P
     # A file panel trades from the next date, annualises with its own calendar (every business
     # day of 7 months: 263 a year) and says so, in the trial and in the test report.
     days = pl.read_parquet(panel)["date"].unique().to_numpy()
-    assert trials[0].user_attrs["date_split"]["lag"] == 1
+    assert trial_attrs(trials[0])["date_split"]["lag"] == 1
     assert trials[0].user_attrs["periods_per_year"] == calendar_periods_per_year(days) == 263
     report = json.loads((tmp_path / "out" / "mine" / "test_report.json").read_text())
     assert report["periods_per_year"] == 263

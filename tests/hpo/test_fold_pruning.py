@@ -7,6 +7,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
+from hpo.records import trial_attrs
 from hpo.run import main
 
 STUDY = """
@@ -56,10 +57,10 @@ def test_a_trial_worse_on_every_fold_stops_after_three_and_keeps_its_folds(
     for pruned in (trials[1], trials[2]):
         assert pruned.user_attrs["pruned_at_epoch"] == 3
         assert pruned.user_attrs["epochs_planned"] == 4
-        assert [f["fold"] for f in pruned.user_attrs["fold_metrics"]] == [1, 2, 3]
+        assert [f["fold"] for f in trial_attrs(pruned)["fold_metrics"]] == [1, 2, 3]
         assert "wilcoxon" in pruned.user_attrs["prune_reason"]
         # the folds' own figures went to the pruner, at instance ids 0..2
-        own = [f["score"] for f in pruned.user_attrs["fold_metrics"]]
+        own = [f["score"] for f in trial_attrs(pruned)["fold_metrics"]]
         assert [pruned.intermediate_values[s] for s in range(3)] == own
 
 

@@ -13,6 +13,7 @@ import torch
 from hpo.evaluate import main as evaluate_main
 from hpo.predict import main as predict_main
 from hpo.predict import read_metadata
+from hpo.records import trial_attrs
 from hpo.refit import main
 from hpo.run import main as run_main
 from tests.hpo.test_predict import FILE_STUDY
@@ -70,7 +71,7 @@ def test_refit_is_refused_until_the_test_period_is_opened_then_recorded(
     panel = pl.read_parquet(study / "panel.parquet")
     assert entry["through"] == str(panel["date"].max())
     # The refit learns from the validation and test dates too: far more dates than the trial.
-    assert entry["fit_dates"] > trial.user_attrs["data"]["train_dates"] + 60
+    assert entry["fit_dates"] > trial_attrs(trial)["data"]["train_dates"] + 60
 
     # It is the chosen configuration with its seed, trained directly on the same dates.
     trained = load_trained(out / "held" / f"trial_{chosen}")

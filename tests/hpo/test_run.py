@@ -9,6 +9,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from hpo.records import trial_attrs
 from hpo.run import main
 from tests.conftest import run_cli
 from tests.hpo.test_config import TOY
@@ -51,7 +52,7 @@ def test_run_reaches_target_and_rerun_adds_nothing(tmp_path: Path, storage_url: 
         metrics = json.loads((out / "toy" / f"trial_{t.number}" / "metrics.json").read_text())
         assert metrics["objectives"]["loss"] == t.values[0]
         assert t.user_attrs["loss"] == t.values[0]
-        assert [h["epoch"] for h in t.user_attrs["history"]] == [1, 2]
+        assert [h["epoch"] for h in trial_attrs(t)["history"]] == [1, 2]
 
 
 def test_n_trials_flag_raises_target_and_resumes(tmp_path: Path) -> None:

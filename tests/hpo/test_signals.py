@@ -12,6 +12,7 @@ from pathlib import Path
 
 from optuna.trial import TrialState
 
+from hpo.records import trial_attrs
 from tests.hpo.test_crash import (
     Workers,
     args_for,
@@ -64,7 +65,7 @@ def test_sigterm_mid_trial_requeues_and_next_run_resumes(tmp_path: Path, pg_url:
     assert log.count("resumes") == 1
     assert f"trial 1 resumes trial 0 at epoch {stopped_at + 1}, step 1" in log
     assert "1 preempted" in log and "1 failed" not in log
-    assert [h["epoch"] for h in trials[1].user_attrs["history"]] == [1, 2, 3, 4]
+    assert [h["epoch"] for h in trial_attrs(trials[1])["history"]] == [1, 2, 3, 4]
     # the retry was not stopped; the preemption stays counted along the chain
     assert trials[1].user_attrs["stopped_by"] is None
     assert trials[1].user_attrs["preempted"]["count"] == 1

@@ -10,6 +10,7 @@ import polars as pl
 import pytest
 
 from hpo.heldout import read_summary
+from hpo.records import trial_attrs
 from hpo.refit import main as refit_main
 from hpo.run import main as run_main
 from tests.hpo.test_evaluate import STUDY
@@ -33,7 +34,7 @@ def _study(out: Path) -> optuna.Study:
 def test_every_trial_reports_its_folds(ran: Path) -> None:
     for t in _study(ran).trials:
         assert t.state == optuna.trial.TrialState.COMPLETE
-        assert len(t.user_attrs["folds"]) == 3 and len(t.user_attrs["fold_metrics"]) == 3
+        assert len(t.user_attrs["folds"]) == 3 and len(trial_attrs(t)["fold_metrics"]) == 3
         assert t.user_attrs["epochs_planned"] == 3  # a trial reports once per fold
         rows = pl.read_parquet(ran / "wf" / f"trial_{t.number}" / "predictions.parquet")
         assert rows["fold"].unique().sort().to_list() == [1, 2, 3]
@@ -50,7 +51,7 @@ def test_a_walk_forward_pick_refits_with_its_last_folds_epochs(ran: Path) -> Non
     assert refit_main(["--study", "wf", "--output", str(ran), "--quiet"]) == 0
     entry = _study(ran).user_attrs["refits"][-1]
     chosen = _study(ran).trials[entry["trial"]]
-    assert entry["epochs"] == chosen.user_attrs["fold_metrics"][-1]["epochs"] == 1
+    assert entry["epochs"] == trial_attrs(chosen)["fold_metrics"][-1]["epochs"] == 1
 
 
 def test_the_fold_ensemble_is_the_mean_of_the_fold_models_scores(ran: Path) -> None:

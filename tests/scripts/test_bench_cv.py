@@ -11,6 +11,7 @@ from typing import Any
 import optuna
 import pytest
 
+from hpo.records import trial_attrs
 from scripts import bench_cv
 from trainers.atft_gat.predict import load_trained, predict_period
 from trainers.heldout import ranking_score
@@ -35,8 +36,8 @@ def test_the_modes_sample_the_same_configurations(bench: dict[str, Any]) -> None
     params = [[t.params for t in _study(bench, mode)[0].trials] for mode in bench_cv.MODES]
     assert params[0] == params[1] == params[2]
     wf = _study(bench, "walk_forward")[0]
-    assert all(t.user_attrs["date_split"].get("folds") for t in wf.trials)
-    assert "folds" not in _study(bench, "holdout")[0].trials[0].user_attrs["date_split"]
+    assert all(trial_attrs(t)["date_split"].get("folds") for t in wf.trials)
+    assert "folds" not in trial_attrs(_study(bench, "holdout")[0].trials[0])["date_split"]
 
 
 def test_test_scores_are_each_trials_own_model_on_the_test_dates(bench: dict[str, Any]) -> None:
@@ -59,7 +60,7 @@ def test_compute_is_counted_in_model_epochs(bench: dict[str, Any]) -> None:
     assert studies["walk_forward"]["model_epochs"] == 9  # x 3 folds
     pruned = studies["walk_forward_pruned"]
     assert pruned["model_epochs"] == 9 - sum(
-        3 - len(t.user_attrs["fold_metrics"]) for t in _study(bench, "walk_forward_pruned")[0]
+        3 - len(trial_attrs(t)["fold_metrics"]) for t in _study(bench, "walk_forward_pruned")[0]
         .trials)
 
 
