@@ -156,7 +156,8 @@ def share_startup(source: Any, study: Any, n_startup: int) -> None:
     for t in done:
         study.add_trial(optuna.trial.create_trial(
             params=t.params, distributions=t.distributions, values=t.values,
-            user_attrs={**t.user_attrs, "shared_from": f"{source.study_name}#{t.number}"}))
+            user_attrs={**t.user_attrs, "shared_from": f"{source.study_name}#{t.number}"},
+            system_attrs={k: v for k, v in t.system_attrs.items() if k.startswith("hpo:")}))
 
 
 def run_one(sampler: str, seed: int, *, n_trials: int, n_startup: int, out_dir: Path,
