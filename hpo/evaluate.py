@@ -282,7 +282,7 @@ def evaluate_study(study: optuna.Study, *, output: Path, force: bool = False,
         report["files"]["tear_sheet"] = TEAR_SHEET
         paths = heldout.tear_sheet(sheet_frames, trained[chosen.number], out_dir,
                                    f"{study.study_name}: trial {chosen.number} on the test "
-                                   "period")
+                                   "period", render_lines(summary_of(report)))
         attach_tear_sheet(study, paths, output=Path(output))
     atomic_write_json(report_path, report)
     report = json.loads(report_path.read_text())  # as readers see it: NaN stored as null

@@ -52,9 +52,10 @@ protocol, in the order ``hpo.evaluate`` uses it, for each trial of the best tria
    book the trial recorded in its user attrs ``trial_attrs``). With it the report gains the
    probability of backtest overfitting over the trials' validation returns and the effective
    number of trials of the deflated Sharpe ratio.
-10. Optional ``tear_sheet(frames, trained, out_dir, title)`` -> the files written: a
-   human-readable sheet of the test period (``frames``: label -> test rows, the chosen trial
-   first, then each baseline); ``hpo.evaluate`` attaches them to the study as artifacts.
+10. Optional ``tear_sheet(frames, trained, out_dir, title, report_lines)`` -> the files
+   written: a human-readable sheet of the test period (``frames``: label -> test rows, the
+   chosen trial first, then each baseline; ``report_lines``: the report's console lines);
+   ``hpo.evaluate`` attaches them to the study as artifacts.
 
 ``selection_metric`` (a user attr every trial writes) picks the chosen trial of a Pareto front,
 in the workload's natural direction for it; ``table`` is what the compact tables show.
@@ -144,7 +145,7 @@ class HeldOut:
     baselines: Callable[[Any, Prediction], dict[str, Any] | None] | None = None
     describe: Callable[[Any], dict[str, Any]] | None = None
     compare: Callable[[Any, Any, Any], dict[str, Any]] | None = None
-    tear_sheet: Callable[[Mapping[str, Any], Any, Path, str], list[Path]] | None = None
+    tear_sheet: Callable[[Mapping[str, Any], Any, Path, str, Any], list[Path]] | None = None
     returns: Callable[[Any, Any, Any], Any] | None = None
     costs: Callable[[Any, Any], dict[str, Any]] | None = None
     score_new: Callable[[Any, str, str, Path], Any] | None = None

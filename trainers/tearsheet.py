@@ -17,10 +17,20 @@ of each baseline on the same dates and writes, into one directory:
   date the target minus that date's mean, as alphalens demeans: the market's drift removed,
   then averaged over dates): a model that ranks well rises from below 0 to above;
 * ``tear_sheet_turnover.png``: the rolling mean of each model's turnover;
-* ``tear_sheet.html``: a table of each model's figures (``panel_metrics``: Sharpe, net Sharpe,
-  RankIC, turnover; and from the net returns, :func:`return_stats`: annual return
-  (compounded), annual volatility, maximum drawdown) and the six figures embedded, so the one
-  file is the whole sheet (no network, nothing beside it needed).
+* ``tear_sheet_monthly.png``: the chosen model's net return of each calendar month,
+  compounded within the month (as quantstats' monthly returns table), as a year x month
+  heatmap;
+* ``tear_sheet_ic_histogram.png``: the distribution of the chosen model's per-date RankIC,
+  with its mean, SD and t-statistic;
+* ``tear_sheet_ic_decay.png``: each model's mean RankIC against the scored-horizon return
+  starting 0 to ``DECAY_LAGS`` dates later (alphalens' IC by holding period, read as decay),
+  with two standard errors;
+* ``tear_sheet.html``: the held-out report's own lines when given (validation beside test
+  with standard errors, the deflated Sharpe ratio, the PBO, the test openings), a table of
+  each model's figures (``panel_metrics``: Sharpe, net Sharpe, RankIC, turnover; and from the
+  net returns, :func:`return_stats`: annual return (compounded), annual volatility, maximum
+  drawdown) and the nine figures embedded, so the one file is the whole sheet (no network,
+  nothing beside it needed).
 
 Everything is drawn from the rows given with the same definitions as the metrics
 (:mod:`trainers.metrics`): nothing here chooses anything.
@@ -31,7 +41,7 @@ from __future__ import annotations
 import base64
 import html
 import io
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +51,10 @@ import polars as pl
 HTML_NAME = "tear_sheet.html"
 PNG_NAMES = ("tear_sheet_cumulative.png", "tear_sheet_drawdown.png",
              "tear_sheet_rolling_sharpe.png", "tear_sheet_rank_ic.png",
-             "tear_sheet_quantiles.png", "tear_sheet_turnover.png")
+             "tear_sheet_quantiles.png", "tear_sheet_turnover.png", "tear_sheet_monthly.png",
+             "tear_sheet_ic_histogram.png", "tear_sheet_ic_decay.png")
+# Lags (dates) of the RankIC decay chart: the return starting 0..DECAY_LAGS dates later.
+DECAY_LAGS = 10
 # Trailing window of the rolling Sharpe ratio: about a quarter of trading dates.
 ROLLING_SHARPE_DATES = 63
 # Rolling windows (in dates) of the RankIC and turnover lines: about a trading month.
@@ -86,6 +99,41 @@ def return_stats(returns: np.ndarray, periods_per_year: float) -> dict[str, floa
     return {"annual_return": float(equity[-1] ** (periods_per_year / len(r)) - 1.0),
             "annual_volatility": float(r.std(ddof=1) * np.sqrt(periods_per_year)),
             "max_drawdown": float((equity / peak - 1.0).min())}
+
+
+def monthly_returns(dates: np.ndarray, returns: np.ndarray) -> pl.DataFrame:
+    """``year, month, ret``: each calendar month's return compounded from per-date returns
+    (``prod(1 + r) - 1``; NaN dates count as 0), in calendar order."""
+    frame = pl.DataFrame({"date": np.asarray(dates).astype("datetime64[D]"),
+                          "r": np.nan_to_num(np.asarray(returns, dtype=np.float64))})
+    return (frame.group_by(pl.col("date").dt.year().alias("year"),
+                           pl.col("date").dt.month().alias("month"))
+            .agg(((pl.col("r") + 1.0).product() - 1.0).alias("ret"))
+            .sort("year", "month"))
+
+
+def ic_decay(frame: pl.DataFrame, lags: int = DECAY_LAGS) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, standard error) over dates of the RankIC between each date's predictions and the
+    target of the same stocks ``k`` dates later, for k = 0..``lags`` (dates of the frame's
+    own calendar; the standard error treats dates as independent)."""
+    from trainers.metrics import per_date_metrics
+
+    days = frame["date"].unique().sort()
+    index = pl.DataFrame({"date": days, "i": np.arange(len(days))})
+    rows = frame.select("date", "code", "pred", "target").join(index, on="date")
+    mean, se = np.full(lags + 1, np.nan), np.full(lags + 1, np.nan)
+    for k in range(lags + 1):
+        later = rows.select("code", (pl.col("i") - k).alias("i"),
+                            pl.col("target").alias("later"))
+        pairs = rows.join(later, on=["code", "i"]).sort("date", "code")
+        if not pairs.height:
+            continue
+        ic = per_date_metrics(pairs["date"].to_numpy(), pairs["pred"].to_numpy(),
+                              pairs["later"].to_numpy())["rank_ic"].to_numpy()
+        ic = ic[np.isfinite(ic)]
+        if len(ic) > 1:
+            mean[k], se[k] = ic.mean(), ic.std(ddof=1) / np.sqrt(len(ic))
+    return mean, se
 
 
 def _net_returns(per_date: pl.DataFrame, horizon: int) -> np.ndarray:
@@ -159,7 +207,8 @@ def _png(fig: Any) -> bytes:
     return buf.getvalue()
 
 
-def _figures(series: Mapping[str, pl.DataFrame], quantiles: Mapping[str, np.ndarray], *,
+def _figures(series: Mapping[str, pl.DataFrame], quantiles: Mapping[str, np.ndarray],
+             decay: Mapping[str, tuple[np.ndarray, np.ndarray]], *,
              horizon: int, cost_bps: float, title: str,
              periods_per_year: float = 252.0) -> list[bytes]:
     from matplotlib.figure import Figure
@@ -238,7 +287,72 @@ def _figures(series: Mapping[str, pl.DataFrame], quantiles: Mapping[str, np.ndar
     ax.set_ylim(0.0, 4.0)
     out.append(_dated_chart(fig, ax, ylabel=f"turnover ({ROLLING_DATES}-date mean)",
                             title=f"{title}: weight traded per rebalance (0 to 4)"))
+    out.append(_monthly_chart(chosen, first, horizon=horizon, title=title))
+    out.append(_ic_histogram(chosen["rank_ic"].to_numpy(), first, title=title))
+    out.append(_decay_chart(decay, colors, title=title))
     return out
+
+
+def _monthly_chart(per_date: pl.DataFrame, label: str, *, horizon: int, title: str) -> bytes:
+    from matplotlib.figure import Figure
+
+    months = monthly_returns(per_date["date"].to_numpy(), _net_returns(per_date, horizon))
+    years = sorted(set(months["year"].to_list()))
+    grid = np.full((len(years), 12), np.nan)
+    for y, m, r in months.iter_rows():
+        grid[years.index(y), m - 1] = r
+    fig = Figure(figsize=(8.0, 1.2 + 0.45 * len(years)), layout="constrained")
+    ax = fig.subplots()
+    limit = float(np.nanmax(np.abs(grid))) if np.isfinite(grid).any() else 1.0
+    ax.imshow(grid, cmap="RdYlGn", vmin=-limit, vmax=limit, aspect="auto")
+    for (i, j), r in np.ndenumerate(grid):
+        if np.isfinite(r):
+            ax.text(j, i, f"{r:.1%}", ha="center", va="center", fontsize=7)
+    ax.set_xticks(range(12), ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep",
+                              "Oct", "Nov", "Dec"])
+    ax.set_yticks(range(len(years)), [str(y) for y in years])
+    ax.set_title(f"{title}: {label}, net return by month (compounded)")
+    return _png(fig)
+
+
+def _ic_histogram(ic: np.ndarray, label: str, *, title: str) -> bytes:
+    from matplotlib.figure import Figure
+
+    ic = ic[np.isfinite(ic)]
+    fig = Figure(figsize=(8.0, 3.0), layout="constrained")
+    ax = fig.subplots()
+    if len(ic) > 1:
+        sd = ic.std(ddof=1)
+        t = ic.mean() / sd * np.sqrt(len(ic)) if sd > 0 else float("nan")
+        ax.hist(ic, bins=min(40, max(5, len(ic) // 4)), color="C0", alpha=0.7)
+        ax.axvline(ic.mean(), color="C3", lw=1.2,
+                   label=f"mean {ic.mean():+.4f}, SD {sd:.4f}, t {t:.2f} ({len(ic)} dates)")
+        ax.legend(fontsize=7)
+    ax.axvline(0.0, color="0.4", lw=0.8)
+    ax.set_xlabel("RankIC of a date")
+    ax.set_ylabel("dates")
+    ax.set_title(f"{title}: {label}, distribution of the per-date RankIC")
+    return _png(fig)
+
+
+def _decay_chart(decay: Mapping[str, tuple[np.ndarray, np.ndarray]], colors: list[str], *,
+                 title: str) -> bytes:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8.0, 3.0), layout="constrained")
+    ax = fig.subplots()
+    width = 0.8 / max(len(decay), 1)
+    for i, ((label, (mean, se)), color) in enumerate(zip(decay.items(), colors, strict=True)):
+        x = np.arange(len(mean)) + (i - (len(decay) - 1) / 2) * width
+        ax.bar(x, np.nan_to_num(mean), width, yerr=2 * np.nan_to_num(se), color=color,
+               label=label, capsize=2)
+    ax.axhline(0.0, color="0.4", lw=0.8)
+    ax.set_xlabel("dates between the prediction and the start of the return")
+    ax.set_ylabel("mean RankIC (± 2 SE)")
+    ax.set_title(f"{title}: RankIC as the signal ages")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3, axis="y")
+    return _png(fig)
 
 
 def _book_words(book: Any) -> str:
@@ -252,7 +366,7 @@ def _book_words(book: Any) -> str:
 
 def _html(title: str, figures: Mapping[str, Mapping[str, float]], pngs: list[bytes], *,
           horizon: int, cost_bps: float, book: Any, periods_per_year: float,
-          dates: str) -> str:
+          dates: str, report_lines: Sequence[str] = ()) -> str:
     def cell(v: float) -> str:
         return f"{v:.4g}" if isinstance(v, float) and np.isfinite(v) else "-"
 
@@ -267,11 +381,19 @@ def _html(title: str, figures: Mapping[str, Mapping[str, float]], pngs: list[byt
                 "period when shorter), annualised",
                 f"Per-date RankIC and its {ROLLING_DATES}-date trailing mean",
                 "Mean demeaned target of each prediction quintile",
-                f"Turnover: weight traded per rebalance, {ROLLING_DATES}-date trailing mean")
+                f"Turnover: weight traded per rebalance, {ROLLING_DATES}-date trailing mean",
+                "Net return of each calendar month, compounded within the month",
+                "Distribution of the per-date RankIC",
+                f"Mean RankIC against the return starting 0 to {DECAY_LAGS} dates later, "
+                "with two standard errors (the signal's decay)")
     images = "".join(
         f'<figure><img alt="{html.escape(c)}" src="data:image/png;base64,'
         f'{base64.b64encode(p).decode()}"><figcaption>{html.escape(c)}</figcaption></figure>'
         for c, p in zip(captions, pngs, strict=True))
+    report = ("<h2>The held-out report</h2><p>Validation (what the study selected on) beside "
+              "test, ± standard errors; the deflated Sharpe ratio, the probability of backtest "
+              "overfitting and the test openings, as the console printed them:</p><pre>"
+              + html.escape("\n".join(report_lines)) + "</pre>") if report_lines else ""
     note = (f"Test dates {html.escape(dates)}; {horizon}-date target; Sharpe ratios annualised "
             f"with {periods_per_year:g} periods a year; costs {cost_bps:g} bps per unit traded. "
             "These are held-out figures: nothing was chosen on these dates.")
@@ -280,16 +402,18 @@ def _html(title: str, figures: Mapping[str, Mapping[str, float]], pngs: list[byt
             "margin:2em;max-width:60em}table{border-collapse:collapse}td,th{border:1px solid "
             "#ccc;padding:.3em .6em;text-align:right}td:first-child{text-align:left}"
             "img{max-width:100%}</style></head><body>"
-            f"<h1>{html.escape(title)}</h1><p>{note}</p><h2>Figures</h2><table><tr><th></th>"
-            f"{head}</tr>{rows}</table><h2>Charts</h2>{images}</body></html>\n")
+            f"<h1>{html.escape(title)}</h1><p>{note}</p>{report}<h2>Figures</h2><table>"
+            f"<tr><th></th>{head}</tr>{rows}</table><h2>Charts</h2>{images}</body></html>\n")
 
 
 def tear_sheet(frames: Mapping[str, pl.DataFrame], out_dir: Path, *, title: str,
                horizon: int = 1, cost_bps: float = 5.0, book: Any = None,
-               periods_per_year: float = 252.0) -> list[Path]:
+               periods_per_year: float = 252.0,
+               report_lines: Sequence[str] = ()) -> list[Path]:
     """Write the tear sheet of ``frames`` (label -> rows; the first is the model, the others
     its baselines, on the same dates) into ``out_dir``; returns the HTML file and the PNGs.
-    Each file is replaced atomically."""
+    ``report_lines``: the held-out report's text, shown above the figures. Each file is
+    replaced atomically."""
     from trainers.context import atomic_write_bytes
     from trainers.metrics import PLAIN, panel_metrics
 
@@ -307,7 +431,8 @@ def tear_sheet(frames: Mapping[str, pl.DataFrame], out_dir: Path, *, title: str,
     for label, per_date in series.items():
         figures[label] = {**figures[label],
                           **return_stats(_net_returns(per_date, horizon), periods_per_year)}
-    pngs = _figures(series, quantiles, horizon=horizon, cost_bps=cost_bps, title=title,
+    decay = {label: ic_decay(f) for label, f in frames.items()}
+    pngs = _figures(series, quantiles, decay, horizon=horizon, cost_bps=cost_bps, title=title,
                     periods_per_year=periods_per_year)
     first = next(iter(frames.values()))["date"]
     dates = f"{first.min()} to {first.max()}"
@@ -318,6 +443,6 @@ def tear_sheet(frames: Mapping[str, pl.DataFrame], out_dir: Path, *, title: str,
         atomic_write_bytes(out_dir / name, data, durable=False)
         paths.append(out_dir / name)
     page = _html(title, figures, pngs, horizon=horizon, cost_bps=cost_bps, book=book,
-                 periods_per_year=periods_per_year, dates=dates)
+                 periods_per_year=periods_per_year, dates=dates, report_lines=report_lines)
     atomic_write_bytes(out_dir / HTML_NAME, page.encode(), durable=False)
     return [out_dir / HTML_NAME, *paths]

@@ -196,7 +196,8 @@ def test_exported_plots_render_offline(tmp_path: Path, browser: Any) -> None:
 def test_the_tear_sheet_renders_in_the_dashboard(tmp_path: Path, browser: Any,
                                                  dashboard_server: Any) -> None:
     """hpo.run opens the test period of a tiny ATFT-GAT study; the tear sheet it attaches is
-    listed by optuna-dashboard and, served by it, shows its table and its six charts."""
+    listed by optuna-dashboard and, served by it, shows the report's lines, its table and its
+    nine charts."""
     import json
 
     from selenium.webdriver.support.ui import WebDriverWait
@@ -222,6 +223,8 @@ def test_the_tear_sheet_renders_in_the_dashboard(tmp_path: Path, browser: Any,
     assert all(w > 300 for w in widths), widths
     text = _wait_for_text(browser, "held: trial", "(chosen)", "ridge (every feature)",
                           "sharpe_net", "Mean demeaned target of each prediction quintile",
-                          "max_drawdown", "Net drawdown from the running peak")
+                          "max_drawdown", "Net drawdown from the running peak",
+                          "Net return of each calendar month", "the signal's decay",
+                          "The held-out report", "deflated Sharpe ratio")
     assert "nothing was chosen on these dates" in text
     _screenshot(browser, "tear_sheet.png")

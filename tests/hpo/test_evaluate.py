@@ -346,9 +346,10 @@ def test_the_chosen_trial_minus_its_best_baseline_with_a_paired_se(ran: Path) ->
 
 
 def test_the_tear_sheet_is_written_and_attached_to_the_study(ran: Path) -> None:
-    """Six PNGs and one self-contained HTML page beside the report, their figures those of
-    the report and of the net returns (annual return, volatility, maximum drawdown recomputed
-    here), every file an artifact of the study (what optuna-dashboard lists)."""
+    """Nine PNGs and one self-contained HTML page beside the report, their figures those of
+    the report and of the net returns (annual return, volatility, maximum drawdown, monthly
+    returns and the RankIC decay recomputed here), the report's own lines on the page, every
+    file an artifact of the study (what optuna-dashboard lists)."""
     import re
 
     from trainers.metrics import per_date_metrics
@@ -361,7 +362,11 @@ def test_the_tear_sheet_is_written_and_attached_to_the_study(ran: Path) -> None:
     for name in PNG_NAMES:
         assert (folder / name).read_bytes().startswith(b"\x89PNG")
     page = (folder / HTML_NAME).read_text()
-    assert page.count("data:image/png;base64,") == len(PNG_NAMES) == 6 and "http" not in page
+    assert page.count("data:image/png;base64,") == len(PNG_NAMES) == 9 and "http" not in page
+    # the report's own lines: validation beside test with SEs, DSR, PBO, openings
+    for words in ("validation sharpe", "deflated Sharpe ratio",
+                  "probability of backtest overfitting", "test period opened 1 time(s)"):
+        assert words in page, words
     chosen = next(t for t in report["trials"] if t["chosen"])
     row = re.search(rf"<tr><td>trial {chosen['number']} \(chosen\)</td>(.*?)</tr>", page)
     cells = re.findall(r"<td>([^<]*)</td>", row.group(1))
@@ -400,6 +405,33 @@ def test_the_tear_sheet_is_written_and_attached_to_the_study(ran: Path) -> None:
         target = target - target.mean()
         by_hand.append([target[buckets == k].mean() for k in range(5)])
     np.testing.assert_allclose(q, np.mean(by_hand, axis=0), rtol=1e-9, atol=1e-15)
+    # Monthly returns: each calendar month's net returns compounded (quantstats' definition).
+    from trainers.tearsheet import ic_decay, monthly_returns
+
+    per_date = per_date_metrics(rows["date"].to_numpy(), rows["pred"].to_numpy(),
+                                rows["target"].to_numpy(), codes=rows["code"].to_numpy())
+    months = monthly_returns(per_date["date"].to_numpy(), per_date["long_short_net"].to_numpy())
+    for year, month, value in months.iter_rows():
+        part = per_date.filter((pl.col("date").dt.year() == year)
+                               & (pl.col("date").dt.month() == month))
+        assert value == pytest.approx(
+            np.prod(1 + np.nan_to_num(part["long_short_net"].to_numpy())) - 1, rel=1e-12)
+    assert months.height == len({(d.year, d.month) for d in per_date["date"].to_list()})
+    # Decay: lag 0 is the report's test RankIC; lag 2 pairs each date's predictions with the
+    # same stocks' target two test dates later (scipy's Spearman, date by date).
+    from scipy import stats
+
+    mean, se = ic_decay(rows, lags=2)
+    assert mean[0] == pytest.approx(chosen["test"]["rank_ic"]["value"], rel=1e-9)
+    days = rows["date"].unique().sort().to_list()
+    by_date = {d: rows.filter(pl.col("date") == d) for d in days}
+    lagged = []
+    for d, later in zip(days, days[2:], strict=False):
+        pair = by_date[d].join(by_date[later].select("code", pl.col("target").alias("t2")),
+                               on="code")
+        lagged.append(stats.spearmanr(pair["pred"], pair["t2"]).statistic)
+    assert mean[2] == pytest.approx(np.mean(lagged), rel=1e-9)
+    assert se[2] == pytest.approx(np.std(lagged, ddof=1) / np.sqrt(len(lagged)), rel=1e-9)
 
 
 def test_a_resumed_study_keeps_its_report_until_reopened(tmp_path: Path, capsys) -> None:

@@ -95,10 +95,12 @@ def _compare(a: Any, b: Any, trained: Any) -> dict[str, Any]:
     return ranking_compare(a, b, **scoring(trained.config))
 
 
-def _tear_sheet(frames: Any, trained: Any, out_dir: Path, title: str) -> list[Path]:
+def _tear_sheet(frames: Any, trained: Any, out_dir: Path, title: str,
+                report_lines: Any = ()) -> list[Path]:
     from trainers.tearsheet import tear_sheet
 
-    return tear_sheet(frames, out_dir, title=title, **scoring(trained.config))
+    return tear_sheet(frames, out_dir, title=title, report_lines=tuple(report_lines),
+                      **scoring(trained.config))
 
 
 def _score_new(trained: Any, source: str, dates: str, cache_dir: Path) -> Any:
