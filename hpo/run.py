@@ -87,7 +87,7 @@ def _parse_workers(value: str) -> int | str:
     return n
 
 
-def _storage_overrides(args: argparse.Namespace) -> dict[str, int]:
+def _storage_overrides(args: RunRequest) -> dict[str, int]:
     """The crash-safety flags that were given, checked like the study file's [storage]."""
     given = {"heartbeat_interval": args.heartbeat_interval, "grace_period": args.grace_period,
              "max_retry": args.max_retry}
@@ -118,23 +118,49 @@ def _limit_threads(n_workers: int) -> None:
         os.environ.setdefault(var, threads)
 
 
+@dataclasses.dataclass(frozen=True)
+class RunRequest:
+    """What ``hpo.run`` is asked to do: the command line's options as typed fields (the
+    names of ``build_parser``'s destinations), built by ``main`` from argv and by
+    ``hpo.api.run_study`` from keyword arguments."""
+
+    study: str
+    storage: str | None = None
+    output: Path = Path("output")
+    n_trials: int | None = None
+    timeout: float | None = None
+    workers: str = "1"
+    heartbeat_interval: int | None = None
+    grace_period: int | None = None
+    max_retry: int | None = None
+    force: bool = False
+    quiet: bool = False
+    worker_index: int | None = None
+
+
+def run_request(request: RunRequest) -> int:
+    """Run or resume the study of ``request`` (module docstring); returns the exit code and
+    raises ``UserError`` for a user error (nothing written)."""
+    workers = _parse_workers(str(request.workers))
+    if request.n_trials is not None and request.n_trials < 1:
+        raise UserError(f"--n-trials must be >= 1, got {request.n_trials}")
+    if request.timeout is not None and request.timeout <= 0:
+        raise UserError(f"--timeout must be > 0 seconds, got {request.timeout}")
+    if workers == "auto":
+        workers_n = _visible_gpus() or 1  # no GPU: one worker, in this process
+    else:
+        workers_n = int(workers)
+    if request.worker_index is None:
+        _limit_threads(workers_n)
+    return _run(request, workers_n, gpu_pinning=(workers == "auto"))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
                         stream=sys.stderr)
     try:
-        workers = _parse_workers(args.workers)
-        if args.n_trials is not None and args.n_trials < 1:
-            raise UserError(f"--n-trials must be >= 1, got {args.n_trials}")
-        if args.timeout is not None and args.timeout <= 0:
-            raise UserError(f"--timeout must be > 0 seconds, got {args.timeout}")
-        if workers == "auto":
-            workers_n = _visible_gpus() or 1  # no GPU: one worker, in this process
-        else:
-            workers_n = int(workers)
-        if args.worker_index is None:
-            _limit_threads(workers_n)
-        return _run(args, workers_n, gpu_pinning=(workers == "auto"))
+        return run_request(RunRequest(**vars(args)))
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER
@@ -146,7 +172,7 @@ def _visible_gpus() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def _run(args: argparse.Namespace, n_workers: int, *, gpu_pinning: bool) -> int:
+def _run(args: RunRequest, n_workers: int, *, gpu_pinning: bool) -> int:
     import optuna
 
     from hpo.config import load_study_spec
@@ -278,7 +304,7 @@ def pinned_devices(n: int) -> list[str]:
     return [str(i) for i in range(n)]
 
 
-def _spawn_workers(args: argparse.Namespace, url: str, n: int, *, gpu_pinning: bool) -> int:
+def _spawn_workers(args: RunRequest, url: str, n: int, *, gpu_pinning: bool) -> int:
     """Start ``n`` worker processes on this host against the (already created) study.
 
     Each worker runs in its own session, so a Ctrl-C in the terminal reaches only this
