@@ -27,7 +27,7 @@ from hpo.config import SINGLE_OBJECTIVE_PRUNERS, Param, PrunerSpec, RunSpec, Stu
 from hpo.faults import EnvironmentFault, environment_fault
 from hpo.pruners import get_kind
 from hpo.pruning import MOASHA, epoch_values_key, records_at
-from hpo.records import set_trial_attr
+from hpo.records import set_trial_attr, trial_attrs
 from hpo.study import trial_dir, trial_seed
 from trainers.config import from_mapping, to_mapping
 from trainers.context import TrialContext, atomic_write_bytes, atomic_write_json, resume_point
@@ -37,8 +37,8 @@ from trainers.registry import get_workload
 
 # The trainer's attr (and the study's) holding the calendar split every trial shares.
 SPLIT_ATTR = "date_split"
-# Trial user attrs that belong to one attempt; a retried trial inherits its predecessor's
-# user attrs from Optuna, so these are cleared to keep the dashboard truthful.
+# Trial attrs that belong to one attempt; a retried trial inherits its predecessor's user and
+# system attrs from Optuna, so these are cleared to keep the dashboard truthful.
 _PER_ATTEMPT_ATTRS = ("history", "epoch", "fail_reason", "prune_reason", "oom_retries",
                       attrs.PROGRESS,
                       PRUNED_AT_ATTR, "mo_asha")
@@ -222,9 +222,10 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
         spec = self.spec
+        inherited = trial_attrs(trial)
         for key in _PER_ATTEMPT_ATTRS:
-            if key in trial.user_attrs:
-                trial.set_user_attr(key, None)
+            if key in inherited:
+                set_trial_attr(trial, key, None)
         params = {p.name: suggest(trial, p) for p in spec.search_space}
         overrides = dict(trial.user_attrs.get(attrs.ENQUEUED_OVERRIDES) or {})
         settings = {**spec.fixed_settings(), **overrides, **params}

@@ -10,8 +10,9 @@ back to those.
 Trials likewise (``optuna trials`` prints every trial user attr): the per-epoch ``history``, the
 data and split summaries, the graph's, the leakage guard's and the timings are trial system attrs
 ``hpo:<key>`` (``TRIAL_RECORDS``); the metrics, the book, the failure and pruning reasons stay
-user attrs. ``trial_attrs(trial)`` is the merged view every reader uses. A retried trial does
-not inherit them (Optuna copies only user attrs to the retry), as it should not.
+user attrs. ``trial_attrs(trial)`` is the merged view every reader uses. Optuna copies both
+kinds to a retried trial; the objective clears the per-attempt ones (the history among them)
+when the retry starts, as it always cleared the user attrs.
 """
 
 from __future__ import annotations
