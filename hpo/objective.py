@@ -26,7 +26,7 @@ from hpo.attrs import PRUNED_AT as PRUNED_AT_ATTR
 from hpo.config import SINGLE_OBJECTIVE_PRUNERS, Param, PrunerSpec, RunSpec, StudySpec
 from hpo.faults import EnvironmentFault, environment_fault
 from hpo.pruners import get_kind
-from hpo.pruning import MOASHA, epoch_values_key, records_at
+from hpo.pruning import MOASHAPruner, epoch_values_key
 from hpo.records import set_trial_attr, trial_attrs
 from hpo.study import trial_dir, trial_seed
 from trainers.config import from_mapping, to_mapping
@@ -111,9 +111,6 @@ class StudyTrialContext(TrialContext):
         self._metric_names = list(metric_names)
         self._pruner = pruner
         self._max_epochs = max_epochs
-        self._mo_asha = (MOASHA(tuple(directions), min_epochs=pruner.min_epochs, eta=pruner.eta,
-                                min_trials_at_rung=pruner.min_trials_at_rung)
-                         if pruner.name == "mo_asha" else None)
         self._rungs: list[dict[str, int]] = []
 
     def set_attr(self, key: str, value: Any) -> None:
@@ -160,23 +157,23 @@ class StudyTrialContext(TrialContext):
             if self._pruner.name in SINGLE_OBJECTIVE_PRUNERS and self.trial.should_prune():
                 raise optuna.TrialPruned(f"pruned by the {self._pruner.name} pruner at epoch "
                                          f"{epoch}")
-        if self._mo_asha is not None and self._mo_asha.is_rung(
-                int(epoch), max_epochs=self._max_epochs or int(epoch) + 1):
-            missing = [n for n in self._metric_names if n not in metrics]
+        pruner = self.trial.study.pruner
+        if isinstance(pruner, MOASHAPruner):  # it owns the decision; Optuna's should_prune
+            missing = [n for n in self._metric_names if n not in metrics]  # refuses MO studies
             if missing:
                 # Not reported is not "diverged": ranked as the worst, every trial but the
                 # first would be pruned. Without the numbers the rule stands aside.
                 self.set_attr("mo_asha", f"not applied: the trainer reports no {missing} per "
                                          "epoch")
                 return
-            trials = self.trial.study.get_trials(deepcopy=False)
-            records = records_at(trials, int(epoch))
-            records[self.trial.number] = vector  # what this process wrote, whatever was read
-            decision = self._mo_asha.decide(self.trial.number, int(epoch), records)
-            self._rungs.append({"epoch": int(epoch), "place": decision.position + 1,
-                                "of": decision.n_at_rung, "kept": decision.n_kept})
-            self.set_attr("mo_asha", self._rungs)
-            if decision.prune:
+            stop = pruner.prune(self.trial.study,
+                                self.trial.storage.get_trial(self.trial._trial_id))
+            decision = pruner.last
+            if decision is not None:
+                self._rungs.append({"epoch": decision.rung, "place": decision.position + 1,
+                                    "of": decision.n_at_rung, "kept": decision.n_kept})
+                self.set_attr("mo_asha", self._rungs)
+            if stop and decision is not None:
                 raise optuna.TrialPruned(decision.reason())
 
     def restore(self) -> dict[str, Any] | None:

@@ -1,8 +1,9 @@
 """The machinery pruning shares: per-epoch objective vectors, pruned-trial counts, MO-ASHA's rule.
 
 The pruner kinds a study file can name, each with its keys and its Optuna pruner, are the
-modules of :mod:`hpo.pruners`; ``mo_asha`` there gives Optuna a NopPruner, and the objective
-applies the rule below instead.
+modules of :mod:`hpo.pruners`; ``mo_asha`` there builds :class:`MOASHAPruner`, an Optuna pruner
+object that owns the rule below; the objective asks it at each epoch (Optuna's own
+``should_prune`` refuses multi-objective studies).
 
 Optuna's ``trial.report`` / ``should_prune`` refuse multi-objective studies, so every epoch's
 objective vector is stored here as a trial system attr ``epoch_values:<epoch>`` (one small row
@@ -32,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import optuna
 
 from hpo import attrs
 
@@ -179,6 +181,41 @@ class MOASHA:
         keep = max(1, n // self.eta)  # the top 1/eta; the best always goes on
         position = order.index(trial)
         return RungDecision(position >= keep, epoch, position, n, keep)
+
+
+class MOASHAPruner(optuna.pruners.BasePruner):
+    """MO-ASHA as an Optuna pruner object that owns its decision (``[pruner] name =
+    "mo_asha"``). ``prune(study, trial)`` looks at the trial's newest stored objective vector
+    (system attr ``epoch_values:<epoch>``); when that epoch is a rung (``min_epochs * eta**k``
+    below the trial's ``epochs_planned``) it ranks the vector against every trial that reached
+    the rung (:func:`records_at`, :class:`MOASHA`) in the study's directions, keeps the
+    decision in ``last`` and returns whether the trial stops. Optuna's ``Trial.should_prune``
+    refuses multi-objective studies, so the objective calls ``prune`` itself."""
+
+    def __init__(self, *, min_epochs: int = 1, eta: int = 3, min_trials_at_rung: int = 3
+                 ) -> None:
+        self.min_epochs, self.eta, self.min_trials_at_rung = min_epochs, eta, min_trials_at_rung
+        self.last: RungDecision | None = None
+
+    def rule(self, study: Any) -> MOASHA:
+        return MOASHA(tuple(d.name.lower() for d in study.directions),
+                      min_epochs=self.min_epochs, eta=self.eta,
+                      min_trials_at_rung=self.min_trials_at_rung)
+
+    def prune(self, study: Any, trial: Any) -> bool:
+        self.last = None
+        vectors = epoch_values(trial.system_attrs)
+        if not vectors:
+            return False
+        epoch = max(vectors)
+        planned = trial.user_attrs.get(attrs.EPOCHS_PLANNED)
+        rule = self.rule(study)
+        if not rule.is_rung(epoch, max_epochs=int(planned) if planned else epoch + 1):
+            return False
+        records = records_at(study.get_trials(deepcopy=False), epoch)
+        records[trial.number] = vectors[epoch]  # this trial's own, whatever else was read
+        self.last = rule.decide(trial.number, epoch, records)
+        return self.last.prune
 
 
 def records_at(trials: Iterable[Any], epoch: int) -> dict[int, list[float | None]]:

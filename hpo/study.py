@@ -73,8 +73,8 @@ def make_sampler(spec: StudySpec, *, n_stored: int = 0, worker_index: int = 0
 
 
 def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
-    """The Optuna pruner of the study's [pruner] kind (see hpo.pruners); ``mo_asha`` and
-    ``none`` leave Optuna a NopPruner (MO-ASHA is applied by the objective, see hpo.pruning)."""
+    """The Optuna pruner of the study's [pruner] kind (see hpo.pruners): ``none`` a
+    NopPruner, ``mo_asha`` the MOASHAPruner the objective asks each epoch (hpo.pruning)."""
     return get_kind(spec.pruner.name).build(spec.pruner)
 
 

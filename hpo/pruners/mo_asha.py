@@ -1,8 +1,9 @@
 """``mo_asha``: multi-objective asynchronous successive halving, for any number of objectives.
 
-Optuna has no multi-objective pruner (``trial.report`` refuses such studies), so Optuna gets a
-NopPruner and the objective applies the rule itself at each rung: :class:`hpo.pruning.MOASHA`
-over the per-epoch objective vectors every trial stores.
+Optuna has no multi-objective pruner (``trial.report`` and ``should_prune`` refuse such
+studies), so the study's pruner is :class:`hpo.pruning.MOASHAPruner`, an Optuna pruner object
+that owns the decision over the per-epoch objective vectors every trial stores; the objective
+asks it at each epoch, as Optuna's ``should_prune`` would.
 """
 
 from __future__ import annotations
@@ -21,7 +22,10 @@ KEYS = (
 
 
 def build(spec: Any) -> optuna.pruners.BasePruner:
-    return optuna.pruners.NopPruner()
+    from hpo.pruning import MOASHAPruner
+
+    return MOASHAPruner(min_epochs=spec.min_epochs, eta=spec.eta,
+                        min_trials_at_rung=spec.min_trials_at_rung)
 
 
 KIND = PrunerKind(name="mo_asha", keys=KEYS, build=build, single_objective=False)

@@ -14,6 +14,7 @@ from hpo.config import PrunerSpec, parse_study
 from hpo.pruners import KINDS, Key, PrunerKind, _spec_class, get_kind
 from hpo.pruning import (
     MOASHA,
+    MOASHAPruner,
     epoch_values,
     epoch_values_key,
     epochs_saved,
@@ -174,7 +175,9 @@ def test_mo_asha_is_accepted_on_a_multi_objective_study() -> None:
     spec = parse_study(_raw({"name": "mo_asha", "min_epochs": 2, "eta": 2,
                              "min_trials_at_rung": 4}, objectives=2), path=Path("s.toml"))
     assert spec.pruner == PrunerSpec(name="mo_asha", min_epochs=2, eta=2, min_trials_at_rung=4)
-    assert isinstance(make_pruner(spec), optuna.pruners.NopPruner)
+    built = make_pruner(spec)  # a real Optuna pruner object that owns the MO-ASHA decision
+    assert isinstance(built, MOASHAPruner) and isinstance(built, optuna.pruners.BasePruner)
+    assert (built.min_epochs, built.eta, built.min_trials_at_rung) == (2, 2, 4)
 
 
 @pytest.mark.parametrize("pruner, cls, attrs", [
@@ -281,3 +284,31 @@ def test_out_of_range_percentile_names_the_range() -> None:
     with pytest.raises(UserError, match=r"\[pruner.percentile\] must be in \[0, 100\], "
                                         r"got 120.0"):
         parse_study(_raw({"name": "percentile", "percentile": 120}), path=Path("s.toml"))
+
+
+def test_the_mo_asha_pruner_decides_from_the_stored_vectors() -> None:
+    """``MOASHAPruner.prune(study, trial)``: at a rung, the trial's stored vector ranked
+    against every trial that reached the rung, in the study's directions; off a rung, or with
+    too few trials there, nothing is pruned."""
+    from hpo.pruning import epoch_values_key
+
+    study = optuna.create_study(directions=["maximize", "maximize"])
+    pruner = MOASHAPruner(min_epochs=1, eta=3, min_trials_at_rung=3)
+
+    def trial_with(vectors: dict[int, list[float]], planned: int = 9) -> optuna.trial.FrozenTrial:
+        t = study.ask()
+        t.set_user_attr("epochs_planned", planned)
+        for epoch, vector in vectors.items():
+            study._storage.set_trial_system_attr(t._trial_id, epoch_values_key(epoch), vector)
+        return study._storage.get_trial(t._trial_id)
+
+    best = trial_with({1: [3.0, 3.0]})
+    assert pruner.prune(study, best) is False and pruner.last.n_at_rung == 1  # too few
+    trial_with({1: [2.0, 2.0]})
+    worst = trial_with({1: [1.0, 1.0]})
+    assert pruner.prune(study, worst) is True
+    assert pruner.last.reason() == ("pruned by mo_asha at epoch 1: place 3 of 3 trials at "
+                                    "this rung, only the top 1 go on")
+    assert pruner.prune(study, best) is False and pruner.last.position == 0
+    off_rung = trial_with({1: [3.0, 3.0], 2: [0.0, 0.0]})  # epoch 2 is no rung (1, 3, 9)
+    assert pruner.prune(study, off_rung) is False and pruner.last is None
