@@ -74,6 +74,11 @@ class Progress:
                                                                if self.durations else None),
                  values, _fmt_duration(time.monotonic() - self.started), _fmt_duration(eta),
                  best_txt)
+        if self.announce and len(self.durations) == 1 and remaining:
+            # Once, after the first trial: what the whole study will take at this pace.
+            log.info("expect about %s a trial here, so about %s for the %d trial(s) left of "
+                     "this worker's share (more --workers, or a GPU, to go faster)",
+                     _fmt_duration(self.durations[0]), _fmt_duration(eta), remaining)
 
     def done(self, study: optuna.Study) -> None:
         if self.announce:

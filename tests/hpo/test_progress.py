@@ -74,3 +74,16 @@ def test_quiet_prints_no_progress(tmp_path: Path, caplog) -> None:
     caplog.clear()
     assert run_main(["--study", str(study), "--output", str(tmp_path / "out2")]) == 0
     assert "train 30/30 steps" in "\n".join(r.getMessage() for r in caplog.records)
+
+
+def test_the_first_trial_says_what_the_study_will_take(tmp_path: Path, caplog) -> None:
+    study = tmp_path / "pace.toml"
+    study.write_text(TOY.replace("n_trials = 4", "n_trials = 3")
+                     .replace('description = "toy"', 'name = "pace"\ndescription = "toy"'))
+    caplog.set_level("INFO")
+    assert run_main(["--study", str(study), "--output", str(tmp_path / "out"), "--quiet"]) == 0
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("expect")]
+    assert len(lines) == 1, lines  # once, after the first trial
+    assert re.fullmatch(r"expect about \d+:\d\d a trial here, so about \d+:\d\d for the 2 "
+                        r"trial\(s\) left of this worker's share \(more --workers, or a GPU, "
+                        r"to go faster\)", lines[0]), lines[0]
