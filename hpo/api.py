@@ -48,11 +48,9 @@ def run_study(study: str | Path, *, output: str | Path = "output", storage: str 
 def load_study(name: str, *, output: str | Path = "output",
                storage: str | None = None) -> optuna.Study:
     """The existing study ``name`` (a ``UserError`` naming the studies there when absent)."""
-    from hpo.loading import open_existing_study
+    from hpo.loading import study_for_command
 
-    study = open_existing_study(name, storage=storage, output=Path(output))[0]
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return study
+    return study_for_command(name, storage=storage, output=Path(output))
 
 
 def evaluate(name: str, *, output: str | Path = "output", storage: str | None = None,

@@ -470,7 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from hpo.loading import open_existing_study
+    from hpo.loading import study_for_command
 
     try:
         bad = EvaluateSpec(pbo_blocks=args.pbo_blocks, test_model=args.test_model,
@@ -478,8 +478,7 @@ def main(argv: list[str] | None = None) -> int:
         if bad:  # before anything is opened
             raise UserError("; ".join(f"--{key.replace('_', '-')} {problem}"
                                       for key, problem in bad))
-        study = open_existing_study(args.study, storage=args.storage, output=args.output)[0]
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study = study_for_command(args.study, storage=args.storage, output=args.output)
         result = evaluate_study(study, output=args.output, force=args.force,
                                 reopen=args.reopen, pbo_blocks=args.pbo_blocks,
                                 test_model=args.test_model, seeds=args.seeds)

@@ -66,6 +66,7 @@ def trial_rows(study: optuna.Study) -> tuple[list[str], list[dict[str, Any]]]:
                *(f"user_attrs_{k}" for k in keys)]
     rows = []
     for t in trials:
+        merged = trial_attrs(t)
         row: dict[str, Any] = {"number": t.number, "state": t.state.name}
         for i, n in enumerate(names):
             row[f"values_{n}"] = t.values[i] if t.values else None
@@ -76,7 +77,7 @@ def trial_rows(study: optuna.Study) -> tuple[list[str], list[dict[str, Any]]]:
         for p in params:
             row[f"params_{p}"] = t.params.get(p)
         for k in keys:
-            row[f"user_attrs_{k}"] = trial_attrs(t).get(k)
+            row[f"user_attrs_{k}"] = merged.get(k)
         rows.append({k: _cell(v) for k, v in row.items()})
     return columns, rows
 

@@ -43,3 +43,11 @@ def open_existing_study(name: str, *, storage: str | None, output: Path
     url = resolve_url(storage, output)
     opened = open_existing_storage(url)
     return load_existing_study(opened, name, url), opened, url
+
+
+def study_for_command(name: str, *, storage: str | None, output: Path) -> optuna.Study:
+    """``open_existing_study``'s study, with Optuna's own logging down to warnings (what
+    every read-only command and ``hpo.api`` does before working on it)."""
+    study = open_existing_study(name, storage=storage, output=output)[0]
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return study

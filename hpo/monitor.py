@@ -231,11 +231,10 @@ def build_parser() -> OneLineParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from hpo.loading import open_existing_study
+    from hpo.loading import study_for_command
 
     try:
-        study = open_existing_study(args.study, storage=args.storage, output=args.output)[0]
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study = study_for_command(args.study, storage=args.storage, output=args.output)
         summary = monitor(study, source=args.source, output=args.output, model=args.model)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -139,11 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
                         force=True)
-    from hpo.loading import open_existing_study
+    from hpo.loading import study_for_command
 
     try:
-        study = open_existing_study(args.study, storage=args.storage, output=args.output)[0]
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study = study_for_command(args.study, storage=args.storage, output=args.output)
         entry = refit(study, output=args.output, through=args.through,
                       progress=not args.quiet)
     except UserError as exc:

@@ -13,8 +13,7 @@ import polars as pl
 import pytest
 
 from hpo.monitor import MIN_LIVE_DATES, figures, main, verdict
-from hpo.run import main as run_main
-from tests.hpo.test_predict import FILE_STUDY
+from tests.hpo.test_predict import run_file_study
 from trainers.atft_gat.synthetic import generate_market
 from trainers.metrics import per_date_metrics
 
@@ -33,11 +32,7 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
         root / "panel.parquet")
     market.write_parquet(root / "grown.parquet")
     market.filter(pl.col("date") <= days[229]).write_parquet(root / "early.parquet")
-    text = FILE_STUDY.replace("{source}", (root / "panel.parquet").as_posix())
-    text = "\n".join(line for line in text.splitlines()
-                     if not line.startswith(("n_stocks", "n_dates", "market_difficulty")))
-    (root / "held.toml").write_text(text + "\n")
-    assert run_main(["--study", str(root / "held.toml"), "--output", str(root / "out")]) == 0
+    run_file_study(root)
     return root
 
 

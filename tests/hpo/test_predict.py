@@ -27,12 +27,18 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("predict")
     market = generate_market(n_stocks=24, n_dates=220, seed=0, difficulty="easy")
     market.write_parquet(root / "panel.parquet")
+    run_file_study(root)
+    return root
+
+
+def run_file_study(root: Path) -> None:
+    """Run the held study (FILE_STUDY) on ``root/panel.parquet`` to its target, output under
+    ``root/out``."""
     text = FILE_STUDY.replace("{source}", (root / "panel.parquet").as_posix())
     text = "\n".join(line for line in text.splitlines()
                      if not line.startswith(("n_stocks", "n_dates", "market_difficulty")))
     (root / "held.toml").write_text(text + "\n")
     assert run_main(["--study", str(root / "held.toml"), "--output", str(root / "out")]) == 0
-    return root
 
 
 def _predict(root: Path, *args: str) -> int:
