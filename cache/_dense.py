@@ -95,7 +95,8 @@ def iter_chunks(source: Source, frame: pl.DataFrame | None, columns: list[str],
             yield chunk if convert is None else convert(chunk)
         return
     assert source.path is not None and source.kind == "parquet"
-    chunks = _parquet_chunks(source.path, columns)
+    chunks = (source.canonical(c) for c in _parquet_chunks(
+        source.path, [source.source_name(c) for c in columns]))
     yield from _prefetched(chunks if convert is None else map(convert, chunks))
 
 

@@ -52,6 +52,9 @@ def resolve_columns(schema: dict[str, pl.DataType | None], spec: CacheSpec, *, w
                 unclaimed.remove(close[0])  # one present column explains one missing name
                 hints.append(f"{close[0]!r} for {name!r}")
         hint = f" (did you mean {', '.join(hints)}?)" if hints else ""
+        if DATE_COLUMN in missing or CODE_COLUMN in missing:
+            hint += (" (a panel whose keys have other names: set date_column / code_column, "
+                     "[data] in a study file)")
         expected = [DATE_COLUMN, CODE_COLUMN, *targets]
         feature_note = (f" and the features {_listing(list(spec.feature_columns))}"
                         if spec.feature_columns else "")

@@ -65,6 +65,41 @@ class Source:
     options: dict[str, Any] = field(default_factory=dict)
     frame: pl.DataFrame | None = None
     stat_signature: list[int] | None = None  # file sources: taken when the hash was made
+    # The source's names of the key columns that are not ``date``/``code`` (CacheSpec's
+    # date_column/code_column) -> the key name; everything past the reader sees key names.
+    renames: dict[str, str] = field(default_factory=dict)
+
+    def source_name(self, column: str) -> str:
+        """The name ``column`` (a key name or any other column) has in the source."""
+        back = {key: src for src, key in self.renames.items()}
+        return back.get(column, column)
+
+    def canonical_names(self, names: list[str]) -> list[str]:
+        """The source's column names as the cache sees them, or a CacheError naming a mapped
+        key column that is absent, or a column that would take a key column's name."""
+        for src, key in self.renames.items():
+            option = "date_column" if key == "date" else "code_column"
+            if src not in names:
+                raise CacheError(f"{self.describe_short()} has no column {src!r} ({option}); "
+                                 f"found {', '.join(names) or 'no columns'}; set [data] "
+                                 f"{option} to the column that holds the {key}s")
+            if key in names:
+                raise CacheError(f"{self.describe_short()} has both {src!r} ({option}) and a "
+                                 f"column {key!r}: drop or rename {key!r}, or set {option} = "
+                                 f"{key!r}")
+        return [self.renames.get(n, n) for n in names]
+
+    def canonical(self, frame: pl.DataFrame, *, whole: bool = False) -> pl.DataFrame:
+        """``frame`` (read from the source; ``whole``: all its columns, so a mapped key
+        column must be among them) with its key columns under the key names."""
+        if not self.renames:
+            return frame
+        if whole:
+            self.canonical_names(list(frame.columns))
+        return frame.rename({s: k for s, k in self.renames.items() if s in frame.columns})
+
+    def describe_short(self) -> str:
+        return f"{self.kind} {self.path}" if self.path is not None else f"source {self.id}"
 
     def describe(self) -> dict[str, Any]:
         """The manifest's record of the source (no content hash: the caller adds it)."""
@@ -79,7 +114,18 @@ class Source:
         return out
 
 
-def resolve_source(source: str | Path | pl.DataFrame, *, source_id: str | None) -> Source:
+def resolve_source(source: str | Path | pl.DataFrame, *, source_id: str | None,
+                   renames: dict[str, str] | None = None) -> Source:
+    """The source; ``renames`` (source name -> key name) maps a panel's key columns."""
+    resolved = _resolve(source, source_id=source_id)
+    if renames:
+        resolved.renames = dict(renames)
+        if resolved.frame is not None:
+            resolved.frame = resolved.canonical(resolved.frame, whole=True)
+    return resolved
+
+
+def _resolve(source: str | Path | pl.DataFrame, *, source_id: str | None) -> Source:
     if isinstance(source, pl.DataFrame):
         return Source("dataframe", source_id or "dataframe", frame=source)
     if isinstance(source, str) and (source == SYNTHETIC_PREFIX
@@ -301,29 +347,31 @@ def file_schema(source: Source) -> dict[str, pl.DataType]:
     _check_not_empty(source.path)
     try:
         if source.kind == "parquet":
-            return dict(pl.read_parquet_schema(source.path))
-        header = pl.read_csv(source.path, n_rows=0, infer_schema=False)
+            schema = dict(pl.read_parquet_schema(source.path))
+        else:
+            schema = dict(pl.read_csv(source.path, n_rows=0, infer_schema=False).schema)
     except (pl.exceptions.PolarsError, OSError) as exc:
         raise CacheError(f"cannot read {source.kind} {source.path}: {_first_line(exc)}") from exc
-    return dict(header.schema)
+    return dict(zip(source.canonical_names(list(schema)), schema.values(), strict=True))
 
 
 def read_file(source: Source, columns: list[str] | None, *, string_columns: tuple[str, ...],
               ) -> pl.DataFrame:
     """Parse the file; ``columns`` None reads every column (CSV types from the whole file)."""
     assert source.path is not None
+    named = [source.source_name(c) for c in columns] if columns is not None else None
     try:
         if source.kind == "parquet":
-            return pl.read_parquet(source.path, columns=columns)
+            return source.canonical(pl.read_parquet(source.path, columns=named))
         # Codes stay strings ("0001" must not become 1); dates are parsed by the panel
         # check so a bad one is reported by value. Types are inferred from every row so
         # a float late in an integer-looking column does not fail the read.
-        return pl.read_csv(
+        return source.canonical(pl.read_csv(
             source.path,
-            columns=columns,
-            schema_overrides={c: pl.String for c in string_columns},
+            columns=named,
+            schema_overrides={source.source_name(c): pl.String for c in string_columns},
             infer_schema_length=None,
-        )
+        ))
     except (pl.exceptions.PolarsError, OSError) as exc:
         raise CacheError(f"cannot read {source.kind} {source.path}: {_first_line(exc)}") from exc
 

@@ -96,7 +96,7 @@ def _fingerprint(source: Source, spec: CacheSpec, *, cache_root: Path, rehash: b
     if source.kind in ("parquet", "csv"):
         return file_content_hash(source, cache_root=cache_root, rehash=rehash)
     if source.kind == "synthetic":
-        source.frame = generate_synthetic(source.options)
+        source.frame = source.canonical(generate_synthetic(source.options), whole=True)
     assert source.frame is not None
     return frame_content_hash(source.frame, _frame_columns(source.frame, spec, _where(source)))
 
@@ -237,7 +237,7 @@ def _ensure(source: str | Path | pl.DataFrame, cache_root: str | Path, spec: Cac
     if not isinstance(spec, CacheSpec):
         raise TypeError(f"spec must be a CacheSpec, got {type(spec).__name__}")
     cache_root = Path(cache_root)
-    resolved = resolve_source(source, source_id=source_id)
+    resolved = resolve_source(source, source_id=source_id, renames=spec.renames())
     if spec.target_columns is None:
         if resolved.kind in ("parquet", "csv"):
             raise CacheError(f"{_where(resolved)}: name its target columns (the forward returns "
@@ -315,10 +315,12 @@ def build_cache(source: str | Path | pl.DataFrame, cache_root: str | Path,
                    rehash=rehash, lock_timeout=lock_timeout)
 
 
-def source_columns(source: str | Path | pl.DataFrame) -> list[str]:
+def source_columns(source: str | Path | pl.DataFrame, spec: CacheSpec | None = None
+                   ) -> list[str]:
     """The column names of a file or frame source, reading no data (a parquet footer or a CSV
-    header); ``[]`` for the synthetic market, whose columns are generated."""
-    src = resolve_source(source, source_id=None)
+    header); ``[]`` for the synthetic market, whose columns are generated. With ``spec``, its
+    key columns are named ``date`` and ``code`` (a CacheError if absent)."""
+    src = resolve_source(source, source_id=None, renames=spec.renames() if spec else None)
     if src.kind == "synthetic":
         return []
     if src.frame is not None:
@@ -337,9 +339,9 @@ def check_source(source: str | Path | pl.DataFrame, spec: CacheSpec) -> dict[str
     Returns ``{"features", "targets", "dates", "codes", "first_date", "last_date"}``: the
     columns, the panel's size and its first and last date (ISO).
     """
-    src = resolve_source(source, source_id=None)
+    src = resolve_source(source, source_id=None, renames=spec.renames())
     if src.kind == "synthetic":
-        src.frame = generate_synthetic(src.options)
+        src.frame = src.canonical(generate_synthetic(src.options), whole=True)
     where = _where(src)
     if src.path is not None and not src.path.exists():
         raise CacheError(f"{where} does not exist; check the path")

@@ -37,12 +37,17 @@ class CacheSpec:
             the manifest's ``nan.bad_values``.
         fill_value: the replacement under ``"fill"`` (ignored otherwise, and then not part
             of the key).
+        date_column, code_column: the source's names of the key columns, read as ``date`` and
+            ``code`` (a panel with ``trade_date`` and ``ticker`` needs no rewrite). Part of the
+            key only when they differ from the defaults, so existing caches keep their keys.
     """
 
     feature_columns: tuple[str, ...] | None = None
     target_columns: tuple[str, ...] | None = None
     nan_policy: str = "refuse"
     fill_value: float = 0.0
+    date_column: str = DATE_COLUMN
+    code_column: str = CODE_COLUMN
 
     def __post_init__(self) -> None:
         # Lists are accepted for convenience; the frozen spec keeps tuples so it hashes.
@@ -82,7 +87,19 @@ class CacheSpec:
         both = sorted(set(features) & set(targets))
         if both:
             problems.append(f"{', '.join(both)} is both a feature and a target")
+        for kind, name in (("date_column", self.date_column), ("code_column", self.code_column)):
+            if not isinstance(name, str) or not name:
+                problems.append(f"{kind}={name!r} must be a column name")
+            elif name in (*features, *targets):
+                problems.append(f"{kind}={name!r} is also a feature or target column")
+        if self.date_column == self.code_column:
+            problems.append(f"date_column and code_column are both {self.date_column!r}")
         return problems
+
+    def renames(self) -> dict[str, str]:
+        """Source name -> key name, for the key columns whose source name differs."""
+        return {src: key for src, key in ((self.date_column, DATE_COLUMN),
+                                          (self.code_column, CODE_COLUMN)) if src != key}
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form stored in the manifest and hashed into the key.
@@ -97,6 +114,8 @@ class CacheSpec:
         }
         if self.nan_policy == "fill":
             out["fill_value"] = float(self.fill_value)
+        if self.renames():
+            out["key_columns"] = [self.date_column, self.code_column]
         return out
 
     @classmethod
@@ -107,4 +126,6 @@ class CacheSpec:
             target_columns=tuple(data.get("target_columns") or DEFAULT_TARGETS),
             nan_policy=data.get("nan_policy", "refuse"),
             fill_value=float(data.get("fill_value", 0.0)),
+            **dict(zip(("date_column", "code_column"),
+                       data.get("key_columns") or KEY_COLUMNS, strict=True)),
         )

@@ -7,16 +7,18 @@ Example:
 
 It reads the panel (parquet or CSV, the schema of docs/workloads.md "Your own panel": ``date``,
 ``code``, numeric features, forward-return targets ``ret_<h>d``) and reports **every** problem
-at once, each with its fix: a missing ``date`` or ``code`` column (with the columns that look
-like one), dates that do not parse, duplicated (date, code) rows, non-numeric feature columns,
-no target or an empty one, too few dates for a train | validation | test split, and no column
-of realised past returns for the correlation graph. With none it writes a commented study file
-that runs on the panel: the horizons its targets have (the shortest scored), a ``graph_source``
-it found (the feature that equals each stock's previous-date ``ret_1d``, or one named like it),
-an execution lag of 1, a validation window sized to the panel, a CPU-sized preset
-(``max_steps_per_epoch``), the net Sharpe objective (the default on a file panel) with a cost
-list, and a small search space including the book. An existing ``--out`` is never overwritten
-without ``--force``; nothing is written when there is a problem (exit 2).
+at once, each with its fix: a missing ``date`` or ``code`` column (a column that looks like
+one, e.g. ``trade_date`` or ``ticker``, is not a problem: the study file names it as ``[data]
+date_column`` / ``code_column``), dates that do not parse, duplicated (date, code) rows,
+non-numeric feature columns, no target or an empty one, too few dates for a train | validation
+| test split, and no column of realised past returns for the correlation graph. With none it
+writes a commented study file that runs on the panel: the horizons its targets have (the
+shortest scored), a ``graph_source`` it found (the feature that equals each stock's
+previous-date ``ret_1d``, or one named like it), an execution lag of 1, a validation window
+sized to the panel, a CPU-sized preset (``max_steps_per_epoch``), the net Sharpe objective (the
+default on a file panel) with a cost list, and a small search space including the book. An
+existing ``--out`` is never overwritten without ``--force``; nothing is written when there is a
+problem (exit 2).
 """
 
 from __future__ import annotations

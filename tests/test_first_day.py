@@ -48,7 +48,7 @@ def panels(root: Path) -> None:
     first = market.filter(pl.col("date") <= days[259]).rename({"code": "ticker"})
     first = first.with_columns(pl.lit(None, dtype=pl.Float64).alias("ret_20d"))
     first.write_parquet(root / "panel.parquet")
-    market.drop("ret_20d").write_parquet(root / "panel_later.parquet")
+    market.drop("ret_20d").rename({"code": "ticker"}).write_parquet(root / "panel_later.parquet")
 
 
 def test_the_first_day_transcript_runs_as_printed(tmp_path: Path) -> None:

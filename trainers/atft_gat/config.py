@@ -56,6 +56,8 @@ class TrainConfig(ModelConfig, RuntimeConfig):
     market_seed: int = 0              # the synthetic market's own seed (not the trial's)
     market_difficulty: str = "realistic"  # synthetic: "realistic" (calibrated) or "easy" (demos)
     features: tuple[str, ...] = ()    # () = every numeric non-target column
+    date_column: str = "date"         # the panel's names of its date and stock columns
+    code_column: str = "code"
     nan_policy: str = "mask"          # what a NaN/inf feature does (see cache.spec); targets
                                       # are never filled, a missing one is masked
     missing_indicator: bool = False   # also feed a 0/1 "was imputed" channel per feature
@@ -156,6 +158,11 @@ class TrainConfig(ModelConfig, RuntimeConfig):
     def _check(self, checks: Checks) -> None:
         need, add = checks.need, checks.add
         need(self.nan_policy in NAN_POLICIES, "nan_policy", f"allowed: {', '.join(NAN_POLICIES)}")
+        for name in ("date_column", "code_column"):
+            need(isinstance(getattr(self, name), str) and bool(getattr(self, name)), name,
+                 "must be the name of a column of the panel")
+        need(self.date_column != self.code_column, "code_column",
+             "must differ from date_column")
         need(self.base_loss in BASE_LOSSES, "base_loss", f"allowed: {', '.join(BASE_LOSSES)}")
         need(0.0 < self.val_fraction < 1.0, "val_fraction", "must be in (0, 1)")
         need(self.cv in CV_KINDS, "cv", f"allowed: {', '.join(CV_KINDS)}")

@@ -45,14 +45,18 @@ def inspect_panel(path: Path) -> tuple[dict[str, Any], list[str]]:
     frame = _read(path)
     columns = list(frame.columns)
     problems: list[str] = []
-    keys = {"date", "code"}
+    mapped: dict[str, str] = {}
     for key, like in (("date", DATE_LIKE), ("code", CODE_LIKE)):
         if key not in columns:
             guess = [c for c in _looks_like(columns, like) if c != key]
-            hint = (f"rename {guess[0]!r} to {key!r}" if guess
-                    else f"add a {key!r} column")
-            keys.update(guess[:1])  # not a feature, whatever its name
-            problems.append(f"no {key!r} column ({hint}); columns: {', '.join(columns)}")
+            if guess:  # the study file names it: [data] date_column / code_column
+                mapped[guess[0]] = key
+            else:
+                problems.append(f"no {key!r} column (add one, or name yours in the study "
+                                f"file's [data] {key}_column); columns: {', '.join(columns)}")
+    frame = frame.rename(mapped)
+    columns = list(frame.columns)
+    keys = {"date", "code"}
     targets = sorted((int(m.group(1)), c) for c in columns if (m := TARGET.fullmatch(c)))
     features = [c for c in columns if c not in keys and not TARGET.fullmatch(c)
                 and not c.startswith("fwd_")]
@@ -67,6 +71,7 @@ def inspect_panel(path: Path) -> tuple[dict[str, Any], list[str]]:
         problems.append(f"non-numeric feature column(s) {', '.join(wrong)}: convert them to "
                         "numbers or drop them")
     info: dict[str, Any] = {"path": path, "rows": frame.height, "targets": targets,
+                            "key_columns": {key: name for name, key in mapped.items()},
                             "features": [c for c in features
                                          if frame.schema[c].is_numeric()]}
     if "date" in columns:
@@ -119,6 +124,13 @@ def _graph_source(frame: Any, features: list[str], targets: list[tuple[int, str]
     return named[0] if named else None
 
 
+def _key_lines(info: dict[str, Any]) -> str:
+    """``[data]`` lines naming the panel's own key columns (none when they are date, code)."""
+    return "".join(f'{key}_column = "{name}"{" " * max(1, 22 - len(key) - len(name))}'
+                   f"# the panel's {key} column\n"
+                   for key, name in sorted(info.get("key_columns", {}).items()))
+
+
 def study_text(info: dict[str, Any], *, name: str) -> str:
     """The commented study file for ``info`` (``inspect_panel``'s)."""
     horizons = [h for h, _ in info["targets"]]
@@ -154,7 +166,7 @@ n_startup_trials = 6
 
 [data]
 source = "{Path(info["path"]).as_posix()}"
-horizons = {horizons}             # from the panel's targets: {names}
+{_key_lines(info)}horizons = {horizons}             # from the panel's targets: {names}
 metric_horizon = {min(horizons)}          # the horizon the figures trade
 execution_lag = {lag}            # features of the close of t trade from t + 1
 purge = {purge}                    # >= longest horizon + lag: no training label reaches validation

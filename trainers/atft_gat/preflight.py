@@ -33,11 +33,13 @@ def preflight(config: TrainConfig) -> None:
     """Raise ``UserError`` with a one-line fix for any problem of the panel (module doc)."""
     if config.source == "synthetic":
         return
-    from cache import CacheError, CacheSpec, check_source, source_columns
+    from cache import CacheError, check_source, source_columns
+    from trainers.atft_gat.prepare import cache_spec
 
     where = f"panel {config.source}"
+    spec = cache_spec(config)
     try:
-        columns = source_columns(config.source)
+        columns = source_columns(config.source, spec)
     except CacheError as exc:
         raise UserError(str(exc)) from None
     wanted = [f"ret_{h}d" for h in config.horizons]
@@ -62,8 +64,6 @@ def preflight(config: TrainConfig) -> None:
         raise UserError(f"{where} has no column {config.graph_source!r}{listed} for "
                         "graph_source (the correlation graph is built from a column of realised "
                         "past returns); set [data] graph_source to one, or use_graph = false")
-    spec = CacheSpec(feature_columns=config.features or None, target_columns=tuple(wanted),
-                     nan_policy=config.nan_policy)
     try:
         found = check_source(config.source, spec)
     except CacheError as exc:

@@ -70,11 +70,19 @@ def cache_source(config: TrainConfig) -> str:
     return config.source
 
 
-def load_features(config: TrainConfig, cache_dir: Path) -> FeatureCache:
-    spec = CacheSpec(feature_columns=config.features or None,
+def cache_spec(config: TrainConfig) -> CacheSpec:
+    """The cache spec of the study's panel: its features, one target per horizon, the NaN
+    policy and the panel's names of the key columns."""
+    keys = ({"date_column": config.date_column, "code_column": config.code_column}
+            if config.source != "synthetic" else {})
+    return CacheSpec(feature_columns=config.features or None,
                      target_columns=tuple(f"ret_{h}d" for h in config.horizons),
-                     nan_policy=config.nan_policy)
-    return load_or_build(cache_source(config), Path(config.cache_dir or cache_dir), spec)
+                     nan_policy=config.nan_policy, **keys)
+
+
+def load_features(config: TrainConfig, cache_dir: Path) -> FeatureCache:
+    return load_or_build(cache_source(config), Path(config.cache_dir or cache_dir),
+                         cache_spec(config))
 
 
 def leak_scores(fc: FeatureCache, panel: Panel, train_dates: np.ndarray,

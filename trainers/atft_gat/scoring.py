@@ -49,16 +49,22 @@ class Scored:
     wanted: Any = None  # the scored dates' indices into ``panel``
 
 
-def _read(source: str, columns: list[str]) -> pl.DataFrame:
+def _read(source: str, columns: list[str], keys: dict[str, str] | None = None
+          ) -> pl.DataFrame:
+    """``columns`` of the panel (key names ``date``/``code``; ``keys`` maps the panel's own
+    names of the key columns to them)."""
     path = Path(source)
+    back = {key: name for name, key in (keys or {}).items()}
+    named = [back.get(c, c) for c in columns]
     try:
         if path.suffix.lower() in (".csv", ".txt") or path.name.lower().endswith(".csv.gz"):
-            frame = pl.read_csv(path, columns=columns, infer_schema_length=10_000,
-                                schema_overrides={CODE: pl.Utf8})
+            frame = pl.read_csv(path, columns=named, infer_schema_length=10_000,
+                                schema_overrides={back.get(CODE, CODE): pl.Utf8})
         else:
-            frame = pl.read_parquet(path, columns=columns)
+            frame = pl.read_parquet(path, columns=named)
     except (pl.exceptions.PolarsError, OSError) as exc:
         raise UserError(f"cannot read panel {source}: {str(exc).splitlines()[0]}") from None
+    frame = frame.rename(keys or {})
     if frame.schema[DATE] == pl.Utf8:
         frame = frame.with_columns(pl.col(DATE).str.to_date(strict=False))
     elif frame.schema[DATE] != pl.Date:
@@ -147,12 +153,16 @@ def score_panel(trained: Any, source: str, *, dates: str, cache_dir: Path,
 
     config = trained.config
     features = tuple(trained.feature_names)
-    columns = source_columns(source)
+    key_spec = CacheSpec(date_column=config.date_column, code_column=config.code_column)
+    keys = key_spec.renames()
+    columns = source_columns(source, key_spec)
     schema = (dict(pl.read_parquet_schema(source))
               if not str(source).lower().endswith((".csv", ".csv.gz", ".txt")) else None)
+    if schema is not None:
+        schema = {keys.get(k, k): v for k, v in schema.items()}
     check_columns(source, columns, schema, features)
     targets = [f"ret_{h}d" for h in config.horizons]
-    frame = _read(source, [DATE, CODE, *features, *[t for t in targets if t in columns]])
+    frame = _read(source, [DATE, CODE, *features, *[t for t in targets if t in columns]], keys)
     if schema is None:  # CSV: the types are known once read
         check_columns(source, columns, dict(frame.schema), features)
     calendar = frame[DATE].unique().sort().to_list()
