@@ -183,8 +183,9 @@ def monitor(study: optuna.Study, *, source: Path, output: Path, model: str = "ch
         raise UserError(f"trial {number} recorded no date split; rerun the study")
     trained = heldout.load(folder)
     validation_rows = heldout.validation(trial_dir(output, study.study_name, number))
-    out = heldout.live(trained, str(source), Path(output) / "cache", split, validation_rows)
     folder_out = Path(output) / study.study_name / FOLDER
+    out = heldout.live(trained, str(source), Path(output) / "cache", split, validation_rows,
+                       folder_out)
     history_path = folder_out / HISTORY
     old = pl.read_parquet(history_path) if history_path.is_file() else None
     history, added = merge_history(old, out["series"], model_sha256=heldout.digest(folder),

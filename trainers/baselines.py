@@ -203,6 +203,51 @@ def fit_ridges(x: np.ndarray, y: np.ndarray,
                   alpha=float(a)) for a in alphas]
 
 
+@dataclass(frozen=True)
+class Fitted:
+    """The two fitted baselines, to score other dates and to keep between runs (``to_bytes``,
+    ``load``: one ``.npz``, no pickle)."""
+
+    feature: str  # the best feature's label, its sign first: "+f_own"
+    index: int  # its column among the features
+    sign: float
+    ridge: Ridge
+
+    def predictors(self) -> dict[str, Any]:
+        """``{name: predict(x_raw)}`` for ``baseline_frames``."""
+        j, sign = self.index, self.sign
+
+        def best_predict(x: np.ndarray) -> np.ndarray:
+            return sign * _impute_median(x[:, [j]])[:, 0]
+
+        return {"best_feature": best_predict, "linear": self.ridge.predict}
+
+    def to_bytes(self, key: str) -> bytes:
+        """The ``.npz`` bytes of the fit, tagged with ``key`` (what it was fitted on)."""
+        import io
+
+        buf = io.BytesIO()
+        np.savez(buf, key=np.array(key), feature=np.array(self.feature),
+                 index=np.array(self.index), sign=np.array(self.sign),
+                 mean=self.ridge.mean, std=self.ridge.std, weights=self.ridge.weights,
+                 alpha=np.array(self.ridge.alpha))
+        return buf.getvalue()
+
+    @classmethod
+    def load(cls, path: Any, key: str) -> Fitted | None:
+        """The fit saved at ``path`` when it was fitted on ``key``, else None."""
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                if str(z["key"]) != key:
+                    return None
+                return cls(feature=str(z["feature"]), index=int(z["index"]),
+                           sign=float(z["sign"]),
+                           ridge=Ridge(mean=z["mean"], std=z["std"], weights=z["weights"],
+                                       alpha=float(z["alpha"])))
+        except (OSError, KeyError, ValueError):
+            return None
+
+
 def _frames(view: PanelView, dates: np.ndarray, predictors: Mapping[str, Any]) -> dict[str, Any]:
     """``date, code, pred, target`` rows of ``dates`` for each ``predict(x_raw) -> pred``,
     reading each date once."""
@@ -248,15 +293,10 @@ def panel_baselines(view: PanelView, periods: Mapping[str, np.ndarray], *,
     ``periods[validation_key]``).
 
     Returns ``{"best_feature": {...choice}, "linear": {"alpha", ...}, "frames": {period:
-    {"best_feature": frame, "linear": frame}}, "predictors": {name: predict(x_raw)}}`` (the
-    fitted predictors, to score other dates with ``baseline_frames``).
+    {"best_feature": frame, "linear": frame}}, "predictors": {name: predict(x_raw)}, "fitted":
+    Fitted}`` (the fitted predictors, to score other dates with ``baseline_frames``).
     """
     best = choose_best_feature(view, train_dates)
-    j, sign = best["index"], best["sign"]
-
-    def best_predict(x: np.ndarray) -> np.ndarray:
-        return sign * _impute_median(x[:, [j]])[:, 0]
-
     rng = np.random.default_rng(SEED)
     fit_x, fit_y = _fit_rows(view, np.asarray(train_dates), rng)
     ridges = fit_ridges(fit_x, fit_y)
@@ -265,9 +305,8 @@ def panel_baselines(view: PanelView, periods: Mapping[str, np.ndarray], *,
     scores = [_mean_rank_ic(val[str(i)]) for i in range(len(ridges))]
     scores = [s if np.isfinite(s) else -np.inf for s in scores]
     ridge = ridges[int(np.argmax(scores))]
-    frames = {name: _frames(view, idx, {"best_feature": best_predict,
-                                        "linear": ridge.predict})
-              for name, idx in periods.items()}
+    fitted = Fitted(feature=best["feature"], index=best["index"], sign=best["sign"], ridge=ridge)
+    frames = {name: _frames(view, idx, fitted.predictors()) for name, idx in periods.items()}
     top = np.argsort(-np.abs(ridge.weights))[:5]
     return {
         "best_feature": {k: best[k] for k in ("feature", "selection_rank_ic",
@@ -280,7 +319,8 @@ def panel_baselines(view: PanelView, periods: Mapping[str, np.ndarray], *,
                    "largest_weights": {view.feature_names[int(k)]: float(ridge.weights[k])
                                        for k in top}},
         "frames": frames,
-        "predictors": {"best_feature": best_predict, "linear": ridge.predict},
+        "predictors": fitted.predictors(),
+        "fitted": fitted,
     }
 
 

@@ -41,12 +41,14 @@ protocol, in the order ``hpo.evaluate`` uses it, for each trial of the best tria
 14. Optional ``members(trial_dir)`` -> ``[(model file, trained), ...]``: the models whose
    mean standardised score is the trial's ensemble (a walk-forward trial's fold models), for
    ``hpo.predict --fold-ensemble``; [] when the trial has none.
-15. Optional ``live(trained, source, cache_dir, split, validation)`` -> the model and the
+15. Optional ``live(trained, source, cache_dir, split, validation, state)`` -> the model and the
    baselines on the dates of ``source`` after the study's test period whose label is
    realised, and the trial's ``validation`` rows, as per-date figures: ``{"after", "series":
    {name: frame}, "labels", "validation": frame, "periods_per_year", "horizon",
    "cost_bps"}``, frames ``date, rank_ic, long_short, long_short_net, turnover``
-   (``hpo.monitor``); ``split`` is the study's recorded date split.
+   (``hpo.monitor``); ``split`` is the study's recorded date split; ``state`` a folder kept
+   between runs where the workload keeps what it scored and fitted, so a run scores only the
+   dates after the last one scored.
 11. Optional ``returns(rows, trained, trial_attrs)`` -> a frame ``date, ret``: the per-date
    return of a strategy built on the rows (for the ranking workloads the long-short, with the
    book the trial recorded in its user attrs ``trial_attrs``). With it the report gains the
@@ -151,7 +153,7 @@ class HeldOut:
     score_new: Callable[[Any, str, str, Path], Any] | None = None
     refit: Callable[[Any, Path, Path, RefitRequest], Mapping[str, Any]] | None = None
     members: Callable[[Path], list[tuple[Path, Any]]] | None = None
-    live: Callable[[Any, str, Path, Mapping[str, Any], Any], dict[str, Any]] | None = None
+    live: Callable[[Any, str, Path, Mapping[str, Any], Any, Path], dict[str, Any]] | None = None
 
     def __post_init__(self) -> None:
         missing = [m for m in self.table if m not in self.reported]

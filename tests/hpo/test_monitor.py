@@ -152,3 +152,50 @@ def test_the_verdict_separates_a_decayed_signal_from_noise() -> None:
                          figures(_days(rng.normal(0.05, 0.1, 300)), **scale)
                          ).startswith("WEAKER") for _ in range(400))
     assert weaker / 400 < 0.06
+
+
+def _fresh_copy(study: Path, name: str) -> Path:
+    """The study's output copied without its monitor folder: a first morning."""
+    import shutil
+
+    root = study / name
+    shutil.copytree(study / "out", root / "out")
+    shutil.rmtree(root / "out" / "held" / "monitor", ignore_errors=True)
+    for panel in ("early.parquet", "grown.parquet"):
+        shutil.copy(study / panel, root / panel)
+    return root
+
+
+def test_a_morning_scores_only_the_new_dates_and_reuses_the_fitted_baselines(
+        study: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    import trainers.atft_gat.scoring as scoring
+    import trainers.baselines as baselines
+
+    steps, once = _fresh_copy(study, "steps"), _fresh_copy(study, "once")
+    requested: list[str] = []
+    real = scoring.score_panel
+
+    def spy(trained, source, *, dates, **kw):  # noqa: ANN001, ANN003, ANN202
+        requested.append(dates)
+        return real(trained, source, dates=dates, **kw)
+
+    monkeypatch.setattr(scoring, "score_panel", spy)
+    assert _monitor(steps, "early.parquet") == 0
+    folder = steps / "out" / "held" / "monitor"
+    assert (folder / "scores.parquet").is_file() and (folder / "baselines.npz").is_file()
+    last = pl.read_parquet(folder / "scores.parquet")["date"].max()
+    assert _monitor(steps, "early.parquet") == 0  # nothing realised since: nothing scored
+    assert len(requested) == 1
+    monkeypatch.setattr(baselines, "panel_baselines", lambda *a, **k: pytest.fail("refitted"))
+    assert _monitor(steps, "grown.parquet") == 0
+    assert requested[1] == f"{last + (date(2000, 1, 2) - date(2000, 1, 1))}:"
+    monkeypatch.undo()
+    assert _monitor(once, "grown.parquet") == 0
+    capsys.readouterr()
+    a = pl.read_parquet(folder / "monitor.parquet").drop("scored_at", "model_sha256")
+    b = pl.read_parquet(once / "out" / "held" / "monitor" / "monitor.parquet").drop(
+        "scored_at", "model_sha256")
+    assert a.height == b.height > 0
+    for column in ("rank_ic", "long_short", "long_short_net", "turnover"):
+        np.testing.assert_allclose(a[column].to_numpy(), b[column].to_numpy(), atol=1e-12,
+                                   equal_nan=True)

@@ -232,11 +232,12 @@ def _baselines(trained: Any, prediction: Prediction) -> dict[str, Any] | None:
     return out
 
 
-def _live(trained: Any, source: str, cache_dir: Path, split: Any, validation: Any
-          ) -> dict[str, Any]:
+def _live(trained: Any, source: str, cache_dir: Path, split: Any, validation: Any,
+          state: Path | None = None) -> dict[str, Any]:
     from trainers.atft_gat.monitor import live
 
-    return live(trained, source, cache_dir, split, validation, scoring(trained.config))
+    return live(trained, source, cache_dir, split, validation, scoring(trained.config),
+                state=state)
 
 
 def _describe(trained: Any) -> dict[str, Any]:

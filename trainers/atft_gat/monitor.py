@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping
 from datetime import date, timedelta
 from pathlib import Path
@@ -26,6 +27,9 @@ import numpy as np
 import polars as pl
 
 from trainers.errors import UserError
+
+SCORES = "scores.parquet"  # every scored live row: series, date, code, pred, target
+BASELINES = "baselines.npz"  # the fitted baselines and what they were fitted on
 
 
 def _dates_in(dates: np.ndarray, first: str, last: str) -> np.ndarray:
@@ -41,58 +45,104 @@ def fit_periods(split: Mapping[str, Any]) -> tuple[list[str], list[str]]:
     return list(part["train"]), list(part["val"])
 
 
-def _fitted(trained: Any, cache_dir: Path, split: Mapping[str, Any]) -> dict[str, Any]:
-    """The baselines fitted on the study's own panel (``panel_baselines``)."""
+def _fitted(trained: Any, cache_dir: Path, split: Mapping[str, Any],
+            state: Path | None) -> Any:
+    """The baselines fitted on the study's own panel (``panel_baselines``), kept in
+    ``state`` and reused while the model's panel, features and fit periods are the same."""
+    import json
+
     from trainers.atft_gat.data import cache_panel
     from trainers.atft_gat.train import load_features
-    from trainers.baselines import PanelView, panel_baselines
+    from trainers.baselines import Fitted, PanelView, panel_baselines
+    from trainers.context import atomic_write_bytes
 
     config = trained.config
+    train, val = fit_periods(split)
+    key = json.dumps({"source": config.source, "features": list(trained.feature_names),
+                      "horizon": config.metric_horizon, "lag": config.execution_lag,
+                      "train": train, "val": val}, sort_keys=True)
+    path = state / BASELINES if state is not None else None
+    if path is not None and path.is_file():
+        kept = Fitted.load(path, key)
+        if kept is not None:
+            return kept
     fc = load_features(config, Path(cache_dir))
     panel = cache_panel(fc).lagged(config.execution_lag)
     h = list(config.horizons).index(config.metric_horizon)
     view = PanelView(x=panel.x, y=panel.y[:, :, h], present=panel.present, dates=panel.dates,
                      codes=panel.codes, feature_names=panel.feature_names)
-    train, val = fit_periods(split)
-    return panel_baselines(view, {"validation": _dates_in(panel.dates, *val)},
-                           train_dates=_dates_in(panel.dates, *train))
+    fitted = panel_baselines(view, {"validation": _dates_in(panel.dates, *val)},
+                             train_dates=_dates_in(panel.dates, *train))["fitted"]
+    if path is not None:
+        atomic_write_bytes(path, fitted.to_bytes(key), durable=False)
+    return fitted
+
+
+def _known(state: Path | None) -> pl.DataFrame | None:
+    path = state / SCORES if state is not None else None
+    if path is None or not path.is_file():
+        return None
+    return pl.read_parquet(path)
 
 
 def live(trained: Any, source: str, cache_dir: Path, split: Mapping[str, Any],
-         validation: Any, s: Mapping[str, Any]) -> dict[str, Any]:
+         validation: Any, s: Mapping[str, Any], state: Path | None = None) -> dict[str, Any]:
     """Per-date figures of the model and the baselines after the test period (module
     docstring), and of the trial's ``validation`` rows: ``{"after", "series": {name: frame},
-    "labels": {name: label}, "validation": frame, "periods_per_year", "horizon",
-    "cost_bps"}``, each frame ``date, rank_ic, long_short, long_short_net, turnover``; ``s``:
-    how the study scores a period (``heldout.scoring``)."""
-    from trainers.atft_gat.scoring import score_panel
+    "labels": {name: label}, "validation": frame, "periods_per_year", "horizon", "cost_bps",
+    "scored_dates"}`` (the dates the model scored in this run), each frame ``date, rank_ic,
+    long_short, long_short_net, turnover``; ``s``: how the study scores a period
+    (``heldout.scoring``). ``state``: a folder kept between runs, where the scored rows and
+    the fitted baselines are kept, so that a run scores only the dates after the last one
+    scored."""
+    from trainers.atft_gat.scoring import checked_columns, panel_calendar, score_panel
     from trainers.baselines import PanelView, baseline_frames
+    from trainers.context import atomic_write_bytes
 
     if trained.config.source == "synthetic":
         raise UserError("the study ran on the synthetic market: hpo.monitor scores a panel "
                         "file that grows with new dates; run a study on your panel first")
     end = split.get("test", split.get("val"))[1]
-    first = (date.fromisoformat(end) + timedelta(days=1)).isoformat()
-    try:
-        scored = score_panel(trained, source, dates=f"{first}:", cache_dir=Path(cache_dir),
-                             with_target=True)
-    except UserError as exc:
-        if "selects none of the panel's dates" in str(exc):
-            raise UserError(f"panel {source} has no date after the study's test period (it "
-                            f"ends {end}); append the new dates' rows and run again") from None
-        raise
-    rows = scored.frame.rename({"score": "pred"})
-    panel = scored.panel
-    h = list(trained.config.horizons).index(trained.config.metric_horizon)
-    view = PanelView(x=panel.x, y=panel.y[:, :, h], present=panel.present, dates=panel.dates,
-                     codes=panel.codes, feature_names=panel.feature_names)
-    fitted = _fitted(trained, cache_dir, split)
-    frames = {"model": rows.filter(pl.col("target").is_finite()),
-              **baseline_frames(view, scored.wanted, fitted["predictors"])}
-    best = fitted["best_feature"]["feature"]
-    return {"after": end,
-            "series": {name: days(frame, s) for name, frame in frames.items()},
-            "labels": {"model": "model", "best_feature": f"best feature ({best})",
+    checked_columns(trained, source)
+    calendar = panel_calendar(source, trained.config)
+    if not calendar or calendar[-1] <= date.fromisoformat(end):
+        raise UserError(f"panel {source} has no date after the study's test period (it "
+                        f"ends {end}); append the new dates' rows and run again")
+    known = _known(state)
+    done = known.filter(pl.col("series") == "model")["date"].max() if known is not None \
+        else None
+    last = done if done is not None else date.fromisoformat(end)
+    scored = None
+    if calendar[-1] > last:  # else every date with a realised return is scored already
+        scored = score_panel(trained, source, dates=f"{last + timedelta(days=1)}:",
+                             cache_dir=Path(cache_dir), with_target=True)
+    fitted = _fitted(trained, cache_dir, split, state)  # after the panel passed its checks
+    rows = known
+    if scored is not None:
+        panel = scored.panel
+        h = list(trained.config.horizons).index(trained.config.metric_horizon)
+        view = PanelView(x=panel.x, y=panel.y[:, :, h], present=panel.present,
+                         dates=panel.dates, codes=panel.codes, feature_names=panel.feature_names)
+        frames = {"model": scored.frame.rename({"score": "pred"}),
+                  **baseline_frames(view, scored.wanted, fitted.predictors())}
+        new = pl.concat([f.filter(pl.col("target").is_finite())
+                         .select(pl.lit(name).alias("series"), pl.col("date").cast(pl.Date),
+                                 pl.col("code").cast(pl.String), pl.col("pred").cast(pl.Float64),
+                                 pl.col("target").cast(pl.Float64))
+                         for name, f in frames.items()])
+        if new.height:
+            rows = new if known is None else pl.concat([known, new])
+            if state is not None:
+                buf = io.BytesIO()
+                rows.write_parquet(buf)
+                atomic_write_bytes(state / SCORES, buf.getvalue(), durable=False)
+    if rows is None or not rows.height:
+        raise UserError(f"panel {source}: no date after the study's test period (it ends "
+                        f"{end}) has its return realised yet; run again once one has")
+    series = {name: days(rows.filter(pl.col("series") == name).drop("series"), s)
+              for name in ("model", "best_feature", "linear")}
+    return {"after": end, "series": series, "scored_dates": len(scored.dates) if scored else 0,
+            "labels": {"model": "model", "best_feature": f"best feature ({fitted.feature})",
                        "linear": "ridge (every feature)"},
             "validation": days(validation, s), "periods_per_year": s["periods_per_year"],
             "horizon": s["horizon"], "cost_bps": s["cost_bps"]}

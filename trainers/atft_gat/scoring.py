@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from cache import CacheSpec
 from trainers.errors import UserError
 
 TARGET = re.compile(r"ret_(\d+)d")
@@ -49,22 +50,37 @@ class Scored:
     wanted: Any = None  # the scored dates' indices into ``panel``
 
 
-def _read(source: str, columns: list[str], keys: dict[str, str] | None = None
-          ) -> pl.DataFrame:
+def _is_csv(source: str) -> bool:
+    name = Path(source).name.lower()
+    return name.endswith((".csv", ".txt", ".csv.gz"))
+
+
+def _read(source: str, columns: list[str], keys: dict[str, str] | None = None,
+          since: Any = None) -> pl.DataFrame:
     """``columns`` of the panel (key names ``date``/``code``; ``keys`` maps the panel's own
-    names of the key columns to them)."""
+    names of the key columns to them), the rows dated ``since`` or later when given (a
+    parquet file is scanned: row groups wholly before ``since`` are skipped)."""
     path = Path(source)
     back = {key: name for name, key in (keys or {}).items()}
     named = [back.get(c, c) for c in columns]
     try:
-        if path.suffix.lower() in (".csv", ".txt") or path.name.lower().endswith(".csv.gz"):
+        if _is_csv(source):
             frame = pl.read_csv(path, columns=named, infer_schema_length=10_000,
-                                schema_overrides={back.get(CODE, CODE): pl.Utf8})
+                                schema_overrides={back.get(CODE, CODE): pl.Utf8}
+                                if CODE in columns else None)
         else:
-            frame = pl.read_parquet(path, columns=named)
+            lazy = pl.scan_parquet(path).select(named)
+            if since is not None:
+                column = pl.col(back.get(DATE, DATE))
+                kind = pl.read_parquet_schema(path)[back.get(DATE, DATE)]
+                bound = (pl.lit(since) if kind == pl.Date else
+                         pl.lit(since.isoformat()) if kind == pl.Utf8 else None)
+                if bound is not None:  # other types are filtered once parsed, below
+                    lazy = lazy.filter(column >= bound)
+            frame = lazy.collect()
     except (pl.exceptions.PolarsError, OSError) as exc:
         raise UserError(f"cannot read panel {source}: {str(exc).splitlines()[0]}") from None
-    frame = frame.rename(keys or {})
+    frame = frame.rename(keys or {}, strict=False)
     if frame.schema[DATE] == pl.Utf8:
         frame = frame.with_columns(pl.col(DATE).str.to_date(strict=False))
     elif frame.schema[DATE] != pl.Date:
@@ -72,7 +88,40 @@ def _read(source: str, columns: list[str], keys: dict[str, str] | None = None
     if frame[DATE].null_count():
         raise UserError(f"panel {source}: {frame[DATE].null_count()} date value(s) are not "
                         "dates (ISO YYYY-MM-DD)")
-    return frame.with_columns(pl.col(CODE).cast(pl.Utf8))
+    if since is not None:
+        frame = frame.filter(pl.col(DATE) >= since)
+    return frame.with_columns(pl.col(CODE).cast(pl.Utf8)) if CODE in columns else frame
+
+
+def key_names(config: Any) -> dict[str, str]:
+    """The panel's own names of the key columns -> ``date``/``code`` (``[data] date_column``,
+    ``code_column``)."""
+    return CacheSpec(date_column=config.date_column, code_column=config.code_column).renames()
+
+
+def checked_columns(trained: Any, source: str) -> tuple[list[str], dict[str, Any] | None]:
+    """The panel's columns (key names ``date``/``code``) and, for parquet, their types, after
+    the one-line refusal of a panel whose feature columns are not the model's (a CSV's types
+    are checked once read)."""
+    from cache import CacheError, source_columns
+
+    config = trained.config
+    keys = key_names(config)
+    try:
+        columns = source_columns(source, CacheSpec(date_column=config.date_column,
+                                                   code_column=config.code_column))
+    except CacheError as exc:
+        raise UserError(str(exc)) from None
+    schema = dict(pl.read_parquet_schema(source)) if not _is_csv(source) else None
+    if schema is not None:
+        schema = {keys.get(k, k): v for k, v in schema.items()}
+    check_columns(source, columns, schema, tuple(trained.feature_names))
+    return columns, schema
+
+
+def panel_calendar(source: str, config: Any) -> list[Any]:
+    """The panel's dates, sorted, reading its date column only."""
+    return _read(source, [DATE], key_names(config))[DATE].unique().sort().to_list()
 
 
 def check_columns(source: str, columns: list[str], schema: dict[str, Any] | None,
@@ -145,7 +194,7 @@ def score_panel(trained: Any, source: str, *, dates: str, cache_dir: Path,
     """Scores of ``trained`` on ``source``'s requested dates (module docstring);
     ``with_target``: the rows also carry ``target``, the scored horizon's return after the
     execution lag (NaN where not yet realised)."""
-    from cache import CacheSpec, load_or_build, source_columns
+    from cache import load_or_build
     from trainers.atft_gat.data import cache_panel
     from trainers.atft_gat.graph import REFRESH_DATES
     from trainers.atft_gat.predict import forward_dates
@@ -153,19 +202,17 @@ def score_panel(trained: Any, source: str, *, dates: str, cache_dir: Path,
 
     config = trained.config
     features = tuple(trained.feature_names)
-    key_spec = CacheSpec(date_column=config.date_column, code_column=config.code_column)
-    keys = key_spec.renames()
-    columns = source_columns(source, key_spec)
-    schema = (dict(pl.read_parquet_schema(source))
-              if not str(source).lower().endswith((".csv", ".csv.gz", ".txt")) else None)
-    if schema is not None:
-        schema = {keys.get(k, k): v for k, v in schema.items()}
-    check_columns(source, columns, schema, features)
+    keys = key_names(config)
+    columns, schema = checked_columns(trained, source)
     targets = [f"ret_{h}d" for h in config.horizons]
-    frame = _read(source, [DATE, CODE, *features, *[t for t in targets if t in columns]], keys)
-    if schema is None:  # CSV: the types are known once read
+    wanted_columns = [DATE, CODE, *features, *[t for t in targets if t in columns]]
+    frame = None
+    if schema is None:  # CSV: read once, whole; the types are known once read
+        frame = _read(source, wanted_columns, keys)
         check_columns(source, columns, dict(frame.schema), features)
-    calendar = frame[DATE].unique().sort().to_list()
+        calendar = frame[DATE].unique().sort().to_list()
+    else:  # parquet: the date column first, then only the rows the scored dates need
+        calendar = panel_calendar(source, config)
     wanted = resolve_dates(dates, calendar)
     history = max(config.lookback - 1, config.graph_window if trained.with_graph else 0)
     skipped = [str(calendar[i]) for i in wanted if i < history]
@@ -182,7 +229,8 @@ def score_panel(trained: Any, source: str, *, dates: str, cache_dir: Path,
     block = (wanted[0] // REFRESH_DATES) * REFRESH_DATES
     first_read = min(wanted[0] - history, block - config.graph_window)
     start = max(0, (first_read // REFRESH_DATES) * REFRESH_DATES)
-    frame = frame.filter(pl.col(DATE) >= calendar[start])
+    frame = (frame.filter(pl.col(DATE) >= calendar[start]) if frame is not None
+             else _read(source, wanted_columns, keys, since=calendar[start]))
     frame = frame.with_columns(*[pl.lit(None, dtype=pl.Float64).alias(t) for t in targets
                                  if t not in frame.columns])
     spec = CacheSpec(feature_columns=features, target_columns=tuple(targets),
