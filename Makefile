@@ -1,5 +1,5 @@
 # The two commands of the README. Each sets everything up first (scripts/setup.sh is idempotent).
-.PHONY: setup demo test test-optuna-storage test-slurm lint
+.PHONY: setup demo test test-optuna-storage test-slurm test-reference lint
 
 setup:
 	./scripts/setup.sh
@@ -21,6 +21,12 @@ test-slurm: setup
 	@command -v slurmctld >/dev/null || (command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] \
 		&& apt-get install -y -q slurm-wlm munge >/dev/null) || true
 	HPO_TEST_SLURM=1 .venv/bin/python -m pytest -v tests/hpo/test_slurm.py
+
+# The tear sheet's figures against quantstats and alphalens (installed here, outside `make
+# test`: they are not dependencies of the service). Seconds, once installed.
+test-reference: setup
+	.venv/bin/python -m pip install -q -e '.[reference]'
+	.venv/bin/python -m pytest -v tests/trainers/test_tearsheet_reference.py
 
 lint: setup
 	.venv/bin/ruff check .
