@@ -130,7 +130,7 @@ class StudySpec:
     n_trials: int
     timeout_s: float | None
     enqueue: tuple[Enqueued, ...] = field(default=())
-    # [portfolio]: the long-short book's settings (the workload's PORTFOLIO_FIELDS), fixed
+    # [portfolio]: the long-short book's settings (the workload's portfolio_fields), fixed
     # settings like [data]'s.
     portfolio: Mapping[str, Any] = field(default_factory=dict)
     evaluate: EvaluateSpec = field(default_factory=EvaluateSpec)
@@ -309,7 +309,7 @@ def parse_study(raw: Mapping[str, Any], *, path: Path, check_workload: bool = Tr
             problems.add(f"search_space.{p.name}", "is also a fixed setting in [trainer]/[data]/"
                                                    "[portfolio]; remove one of them")
     if workload is not None and portfolio:
-        allowed = getattr(workload.config_cls, "PORTFOLIO_FIELDS", ())
+        allowed = workload.portfolio_fields
         for key in sorted(set(portfolio) - set(allowed)):
             problems.add(f"portfolio.{key}", "is not a portfolio setting of the "
                          f"{workload.name} workload; allowed: "

@@ -238,7 +238,7 @@ class Objective:
         seed = trial_seed(spec.sampler.seed, spec.name, history[0] if history else trial.number)
         single = spec.metric_names[0] if len(spec.objectives) == 1 else None
         # The steps a trial reports: its epochs, or its folds under walk-forward validation.
-        max_epochs = getattr(config, "reported_steps", None) or getattr(config, "epochs", None)
+        max_epochs = self.workload.reported_steps(config)
         ctx = StudyTrialContext(trial, output_dir=out, seed=seed, predecessors=predecessors,
                                 metric_names=spec.metric_names, directions=spec.directions,
                                 pruner=spec.pruner,

@@ -45,7 +45,7 @@ def seeds_ensemble(chosen: FrozenTrial, heldout: HeldOut, model: Any, prediction
     base = {"n_seeds": n_seeds}
     if heldout.refit is None:
         return {**base, "reason": "the workload cannot train a configuration again (no refit)"}
-    if getattr(model.config, "cv", "holdout") == "walk_forward":
+    if heldout.members is not None and len(heldout.members(trial_dir)) > 1:
         return {**base, "reason": "a walk-forward trial is already an ensemble of its fold "
                                   "models: see test_models"}
     seed = chosen.user_attrs.get(attrs.SEED)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import enum
 import functools
 import math
 import types
@@ -102,6 +103,8 @@ def _describe(tp: Any) -> str:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
     if tp is type(None):
         return "none"
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return "one of " + ", ".join(repr(m.value) for m in tp)
     return getattr(tp, "__name__", str(tp))
 
 
@@ -129,6 +132,11 @@ def coerce(value: Any, tp: Any) -> Any:
         if value in typing.get_args(tp):
             return value
         raise TypeError(f"expected {_describe(tp)}")
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):  # parsed here, once
+        try:
+            return tp(value)
+        except ValueError:
+            raise TypeError(f"expected {_describe(tp)}") from None
     if origin is tuple:
         if not isinstance(value, list | tuple):
             raise TypeError(f"expected {_describe(tp)}")
@@ -208,6 +216,8 @@ def to_mapping(config: Any) -> dict[str, Any]:
     out = {}
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
+        if isinstance(value, enum.Enum):
+            value = value.value
         out[f.name] = list(value) if isinstance(value, tuple) else value
     return out
 
@@ -228,6 +238,9 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         elif typing.get_origin(base) is tuple:
             item = typing.get_args(base)[0]
             parser.add_argument(flag, dest=name, nargs="+", type=item,
+                                default=argparse.SUPPRESS, help=help_text)
+        elif isinstance(base, type) and issubclass(base, enum.Enum):
+            parser.add_argument(flag, dest=name, choices=[m.value for m in base],
                                 default=argparse.SUPPRESS, help=help_text)
         elif typing.get_origin(base) is typing.Literal:
             choices = typing.get_args(base)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -46,6 +47,15 @@ class Workload:
         init_study: ``init_study(panel_path, name) -> text`` of a study file that runs on a
             user's panel, or a one-line ``UserError`` listing every problem of the panel
             (``python -m hpo.init``). None: the workload has no such writer.
+        steps: ``steps(config) -> int``, how many times a trial of ``config`` reports to the
+            study (``ctx.report``: its pruners' steps), e.g. its epochs, or its folds under
+            walk-forward validation. None: the config's ``epochs`` field when it has one, else
+            unknown (pruners that need the number, such as Hyperband's, then take their own).
+        portfolio_fields: the config fields a study file may set in its ``[portfolio]`` table
+            (the long-short book's settings); () for a workload that builds no book.
+
+    ``hpo`` reads a workload only through these attributes and the methods below: it never
+    probes a config object for attributes.
     """
 
     name: str
@@ -57,6 +67,18 @@ class Workload:
     preflight: Callable[[Any], None] | None = None
     default_objectives: Callable[[Mapping[str, Any]], list[tuple[str, str]]] | None = None
     init_study: Callable[[Any, str], str] | None = None
+    steps: Callable[[Any], int] | None = None
+    portfolio_fields: tuple[str, ...] = ()
+
+    def reported_steps(self, config: Any) -> int | None:
+        """How many times a trial of ``config`` reports (``steps``; module docstring)."""
+        if self.steps is not None:
+            return int(self.steps(config))
+        if "epochs" in {f.name for f in dataclasses.fields(self.config_cls)}:
+            epochs = config.epochs
+            return epochs if isinstance(epochs, int) and not isinstance(epochs, bool) else None
+        return None
+
 
 
 def workload_names() -> list[str]:

@@ -22,10 +22,6 @@ class FoldConfig:
     quality: float = 0.0
     cv_folds: int = 4
 
-    @property
-    def reported_steps(self) -> int:
-        return self.cv_folds
-
 
 def train(config: FoldConfig, ctx: TrialContext) -> dict[str, float]:
     done: list[dict[str, float]] = []
@@ -38,6 +34,8 @@ def train(config: FoldConfig, ctx: TrialContext) -> dict[str, float]:
     return {"score": running}
 
 
+# The contract a walk-forward workload states (trainers.registry.Workload): it reports once
+# per fold, so its pruners' steps are its folds.
 WORKLOAD = Workload(name="toy_folds", config_cls=FoldConfig, train=train,
-                    metrics={"score": "maximize"},
+                    metrics={"score": "maximize"}, steps=lambda config: config.cv_folds,
                     description="Per-fold scores known in advance (test workload).")

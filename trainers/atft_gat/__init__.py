@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from trainers.atft_gat.config import TrainConfig
+from trainers.atft_gat.folds import CV
 from trainers.atft_gat.heldout import HELDOUT
 from trainers.context import TrialContext
 from trainers.errors import UserError
@@ -24,7 +25,7 @@ def _train(config: TrainConfig, ctx: TrialContext) -> dict[str, Any]:
     # Imported on first use: validating a study file must not load the cache and data stack.
     from cache import CacheError
 
-    if config.cv == "walk_forward":
+    if config.cv is CV.WALK_FORWARD:
         from trainers.atft_gat.walk_forward import train
     else:
         from trainers.atft_gat.train import train
@@ -82,4 +83,6 @@ WORKLOAD = Workload(
     preflight=_preflight,
     default_objectives=_default_objectives,
     init_study=_init_study,
+    steps=lambda config: config.reported_steps,
+    portfolio_fields=TrainConfig.PORTFOLIO_FIELDS,
 )

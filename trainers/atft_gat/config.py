@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import ClassVar
 
-from trainers.atft_gat.folds import CV_KINDS, CV_WINDOWS
+from trainers.atft_gat.folds import CV, CV_KINDS, CV_WINDOWS, CVWindow
 from trainers.atft_gat.model import ModelConfig
 from trainers.config import Checks
 from trainers.metrics.book import MAX_FRACTION as MAX_LEG
@@ -84,9 +84,9 @@ class TrainConfig(ModelConfig, RuntimeConfig):
     # consecutive blocks, each scored by a model trained only on the dates before it; see
     # trainers/atft_gat/folds.py). cv_window: "expanding" (every earlier date) or "rolling"
     # (as many dates as fold 1's training).
-    cv: str = "holdout"
+    cv: CV = CV.HOLDOUT
     cv_folds: int = 4
-    cv_window: str = "expanding"
+    cv_window: CVWindow = CVWindow.EXPANDING
     # Dates between train|val and val|test (>= horizon + lag); None = max(horizons) +
     # execution_lag, the least that keeps every training label out of validation.
     purge: int | None = None
@@ -147,6 +147,10 @@ class TrainConfig(ModelConfig, RuntimeConfig):
     def __post_init__(self) -> None:
         # The data-dependent defaults, resolved before the checks so that they are checked too
         # and every saved config holds the values the run used.
+        for name, kind in (("cv", CV), ("cv_window", CVWindow)):  # a string from code
+            value = getattr(self, name)
+            if not isinstance(value, kind) and value in tuple(kind):
+                object.__setattr__(self, name, kind(value))
         if self.execution_lag is None:
             object.__setattr__(self, "execution_lag", 0 if self.source == "synthetic" else 1)
         if self.exit is None:
@@ -165,8 +169,9 @@ class TrainConfig(ModelConfig, RuntimeConfig):
              "must differ from date_column")
         need(self.base_loss in BASE_LOSSES, "base_loss", f"allowed: {', '.join(BASE_LOSSES)}")
         need(0.0 < self.val_fraction < 1.0, "val_fraction", "must be in (0, 1)")
-        need(self.cv in CV_KINDS, "cv", f"allowed: {', '.join(CV_KINDS)}")
-        need(self.cv_window in CV_WINDOWS, "cv_window", f"allowed: {', '.join(CV_WINDOWS)}")
+        need(isinstance(self.cv, CV), "cv", f"allowed: {', '.join(CV_KINDS)}")
+        need(isinstance(self.cv_window, CVWindow), "cv_window",
+             f"allowed: {', '.join(CV_WINDOWS)}")
         need(2 <= self.cv_folds <= 100, "cv_folds", "must be in [2, 100]")
         need(self.market_difficulty in MARKET_DIFFICULTIES, "market_difficulty",
              f"allowed: {', '.join(MARKET_DIFFICULTIES)}")
@@ -254,7 +259,7 @@ class TrainConfig(ModelConfig, RuntimeConfig):
     def reported_steps(self) -> int:
         """How many times a trial reports to the study (its pruners' steps): once per epoch,
         or once per fold under walk-forward validation."""
-        return self.cv_folds if self.cv == "walk_forward" else self.epochs
+        return self.cv_folds if self.cv is CV.WALK_FORWARD else self.epochs
 
     def _phase_problems(self) -> list[str]:
         if not self.phases:

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from trainers.atft_gat.folds import Fold, walk_forward_folds
+from trainers.atft_gat.folds import CV, Fold, walk_forward_folds
 from trainers.errors import UserError
 
 # A feature whose training spread is below this is constant: it is centred, not scaled.
@@ -246,7 +246,7 @@ def study_split(config: Any, dates: np.ndarray) -> DateSplit:
                        horizon=max(config.horizons), lag=config.execution_lag,
                        val_start=val_start,
                        test_start=start_index(dates, config.test_start, name="test_start"))
-    if getattr(config, "cv", "holdout") != "walk_forward":
+    if config.cv is not CV.WALK_FORWARD:
         return split
     folds = walk_forward_folds(val_end=int(split.val[-1]), folds=config.cv_folds,
                                purge=config.purge, window=config.cv_window,

@@ -31,13 +31,29 @@ The folds depend only on the panel's length and the data settings, never on a tr
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 
 import numpy as np
 
 from trainers.errors import UserError
 
-CV_KINDS = ("holdout", "walk_forward")
-CV_WINDOWS = ("expanding", "rolling")
+
+class CV(StrEnum):
+    """How a trial is validated (``[trainer] cv``), parsed once when the config is made."""
+
+    HOLDOUT = "holdout"  # one block before the test period
+    WALK_FORWARD = "walk_forward"  # cv_folds blocks, each scored by a model trained before it
+
+
+class CVWindow(StrEnum):
+    """The training dates of a walk-forward fold (``cv_window``)."""
+
+    EXPANDING = "expanding"  # every earlier date
+    ROLLING = "rolling"  # as many dates as fold 1's training
+
+
+CV_KINDS = tuple(c.value for c in CV)
+CV_WINDOWS = tuple(w.value for w in CVWindow)
 
 
 @dataclass(frozen=True)

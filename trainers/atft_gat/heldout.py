@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from trainers.atft_gat.folds import CV
 from trainers.errors import UserError
 from trainers.heldout import (
     TRADING_DAYS,
@@ -54,7 +55,7 @@ def _predict(trial_dir: Path, trained: Any, cache_dir: Path) -> Prediction:
     frame, split, dates = predict_period(trial_dir, cache_dir=cache_dir, trained=trained)
     context: dict[str, Any] = {"cache_dir": Path(cache_dir), "split": split}
     files = fold_model_files(trial_dir)
-    if trained.config.cv == "walk_forward" and len(files) > 1:
+    if trained.config.cv is CV.WALK_FORWARD and len(files) > 1:
         # the last fold's model is ``trained`` itself: its rows are ``frame``
         members = [predict_period(trial_dir, cache_dir=cache_dir,
                                   trained=_load_member(trial_dir, f))[0] for f in files[:-1]]
@@ -247,7 +248,7 @@ def _describe(trained: Any) -> dict[str, Any]:
            "book": {**s["book"].to_json(),
                     "applies_to": "the trials and every baseline, on validation and test"}}
     config = trained.config
-    if config.cv == "walk_forward":
+    if config.cv is CV.WALK_FORWARD:
         out["validation_scheme"] = (
             f"purged walk-forward, {config.cv_folds} folds ({config.cv_window} window); "
             "validation figures over every fold's block, each by its own fold's model; the "

@@ -40,6 +40,7 @@ from trainers import attrs
 from trainers.atft_gat.batch import Batch, make_batch, pack_dates
 from trainers.atft_gat.config import TrainConfig
 from trainers.atft_gat.data import Panel, cache_panel
+from trainers.atft_gat.folds import CV
 from trainers.atft_gat.graph import DateGraphs
 from trainers.atft_gat.inputs import load_graphs, prepare_inputs
 from trainers.atft_gat.loss import batch_loss, scoring_loss
@@ -210,7 +211,7 @@ def train_epoch(runner: StepRunner, inp: Inputs, config: TrainConfig, order: np.
 # -- the recipe ----------------------------------------------------------------------------
 def train(config: TrainConfig, ctx: TrialContext) -> dict[str, float]:
     """One holdout trial (module docstring); walk-forward validation is ``walk_forward.py``."""
-    if config.cv == "walk_forward":
+    if config.cv is CV.WALK_FORWARD:
         raise ValueError("a walk-forward trial runs trainers.atft_gat.walk_forward.train")
     t_setup = time.perf_counter()
     seed_everything(ctx.seed)

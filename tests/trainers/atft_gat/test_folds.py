@@ -8,7 +8,7 @@ import pytest
 
 from trainers.atft_gat.config import TrainConfig
 from trainers.atft_gat.data import study_split
-from trainers.atft_gat.folds import walk_forward_folds
+from trainers.atft_gat.folds import CV, walk_forward_folds
 from trainers.config import from_mapping
 from trainers.errors import UserError
 
@@ -69,8 +69,9 @@ def test_settings_that_cannot_fold_are_refused_in_one_line() -> None:
         with pytest.raises(UserError) as err:
             from_mapping(TrainConfig, bad, where="[data]")
         problems.append(str(err.value))
-    assert "allowed: holdout, walk_forward" in problems[0]
-    assert "allowed: expanding, rolling" in problems[1]
+    assert "cv: expected one of 'holdout', 'walk_forward', got 'kfold'" in problems[0]
+    assert "cv_window: expected one of 'expanding', 'rolling', got 'sliding'" in problems[1]
+    assert TrainConfig(cv="walk_forward").cv is CV.WALK_FORWARD  # parsed once, where made
     assert "cv_folds" in problems[2]
 
 
