@@ -43,7 +43,7 @@ def versus_baselines(heldout: HeldOut, model: Any, baselines: dict[str, Any] | N
     """The chosen trial minus each baseline that came with prediction rows, on validation and
     on test, with paired standard errors (``HeldOut.compare``); None without baselines or a
     comparison."""
-    if not baselines or not frames or heldout.compare is None:
+    if not baselines or not frames or not heldout.supports("compare"):
         return None
     out = {}
     for name, on_val in (frames.get("validation") or {}).items():

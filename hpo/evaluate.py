@@ -278,7 +278,7 @@ def evaluate_study(study: optuna.Study, *, output: Path, force: bool = False,
         seen = record_opening(study, seen, front=front, chosen=chosen, report_id=rid,
                               look_id=look)
     report["test_openings"] = seen
-    if heldout.tear_sheet is not None:
+    if heldout.supports("tear_sheet"):
         report["files"]["tear_sheet"] = TEAR_SHEET
         paths = heldout.tear_sheet(sheet_frames, trained[chosen.number], out_dir,
                                    f"{study.study_name}: trial {chosen.number} on the test "
@@ -341,7 +341,7 @@ def _build_report(study: optuna.Study, front: list[FrozenTrial], chosen: FrozenT
             if t.number == chosen.number and len(alternatives) == 2:
                 a, b = (alternatives[n] for n in ("fold_ensemble", "last_fold"))
                 row["fold_ensemble_minus_last_fold"] = (
-                    heldout.compare(a, b, model) if heldout.compare else None)
+                    heldout.compare(a, b, model) if heldout.supports("compare") else None)
         trials.append(row)
         frames.append(prediction.frame.with_columns(pl.lit(t.number, pl.Int64).alias("trial"))
                       .select("trial", "date", "code", "pred", "target"))
@@ -353,7 +353,7 @@ def _build_report(study: optuna.Study, front: list[FrozenTrial], chosen: FrozenT
     ranges = dict(chosen_pred.split)
     dsr = psr = pbo = None
     correlation = None
-    if heldout.returns is not None:
+    if heldout.supports("returns"):
         matrix, columns, left_out = validation_returns(study, heldout, output,
                                                        sorted(sharpes), model)
         pbo = overfitting(matrix, columns, blocks=pbo_blocks, left_out=left_out)
@@ -361,7 +361,7 @@ def _build_report(study: optuna.Study, front: list[FrozenTrial], chosen: FrozenT
 
         correlation = effective_trials(matrix)["mean_correlation"] if columns else None
     deflated = deflated_metric(metric)
-    if heldout.moments is not None and deflated in chosen_row["validation"]:
+    if heldout.supports("moments") and deflated in chosen_row["validation"]:
         by_state: dict[str, int] = {}
         for t in study.get_trials(deepcopy=False, states=COUNTED_STATES):
             if t.number in sharpes:
@@ -376,7 +376,7 @@ def _build_report(study: optuna.Study, front: list[FrozenTrial], chosen: FrozenT
                                                              chosen, net=bool(net)))
         psr = psr_of_test(chosen_row["test"][deflated]["value"],
                           heldout.moments(chosen_test, model, **net), label=label)
-    baselines = heldout.baselines(model, chosen_pred) if heldout.baselines else None
+    baselines = heldout.baselines(model, chosen_pred) if heldout.supports("baselines") else None
     baseline_frames = baselines.pop("frames", None) if baselines else None
     directions = get_workload(study.user_attrs[attrs.WORKLOAD]).metrics
     versus_all = versus_baselines(heldout, model, baselines, baseline_frames,
@@ -393,7 +393,7 @@ def _build_report(study: optuna.Study, front: list[FrozenTrial], chosen: FrozenT
                                   n_seeds=seeds)
         ensemble.pop("_frame", None)
     costs = None
-    if heldout.costs is not None:
+    if heldout.supports("costs"):
         costs = {"chosen": {period: heldout.costs(frame, model) for period, frame in
                             (("validation", chosen_val), ("test", chosen_test))},
                  "baselines_test": {
@@ -407,7 +407,7 @@ def _build_report(study: optuna.Study, front: list[FrozenTrial], chosen: FrozenT
         "split": ranges,
         "validation_dates": ranges.get("val"),
         "test_dates": ranges.get("test"),
-        **(heldout.describe(model) if heldout.describe else {}),
+        **(heldout.describe(model) if heldout.supports("describe") else {}),
         "objectives": names,
         "kind": "best_trial" if len(names) == 1 else "pareto_front",
         "chosen": chosen.number,

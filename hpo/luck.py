@@ -249,7 +249,7 @@ def returns_of(heldout: HeldOut, frame: Any, model: Any, trial: FrozenTrial, *,
                 net: bool) -> Any:
     """The chosen trial's per-date validation returns, gross or net (None without the hook,
     or for a net Sharpe when the hook gives no ``ret_net``)."""
-    if heldout.returns is None:
+    if not heldout.supports("returns"):
         return None
     series = heldout.returns(frame, model, trial_attrs(trial))
     column = "ret_net" if net else "ret"
@@ -258,7 +258,7 @@ def returns_of(heldout: HeldOut, frame: Any, model: Any, trial: FrozenTrial, *,
 
 def scoring_cost(model: Any, heldout: HeldOut) -> Any:
     """The cost per unit traded the study's net figures charge, as its report names it."""
-    described = heldout.describe(model) if heldout.describe else {}
+    described = heldout.describe(model) if heldout.supports("describe") else {}
     return described.get("cost_bps", math.nan)
 
 

@@ -174,7 +174,7 @@ def monitor(study: optuna.Study, *, source: Path, output: Path, model: str = "ch
     if not Path(source).is_file():
         raise UserError(f"--source {source} does not exist")
     heldout = heldout_or_error(study)
-    if heldout.live is None:
+    if not heldout.supports("live"):
         raise UserError("this study's workload cannot score live dates yet")
     number, folder, _ = model_folder(study, output, model, heldout)
     trial = next(t for t in study.get_trials(deepcopy=False) if t.number == number)

@@ -30,7 +30,13 @@ from hpo.pruning import MOASHAPruner, epoch_values_key
 from hpo.records import set_trial_attr, trial_attrs
 from hpo.study import trial_dir, trial_seed
 from trainers.config import from_mapping, to_mapping
-from trainers.context import TrialContext, atomic_write_bytes, atomic_write_json, resume_point
+from trainers.context import (
+    Report,
+    TrialContext,
+    atomic_write_bytes,
+    atomic_write_json,
+    resume_point,
+)
 from trainers.errors import StopRequested, TrialFailed, TrialPruned, UserError
 from trainers.progress import ProgressRecord
 from trainers.registry import get_workload
@@ -128,8 +134,17 @@ class StudyTrialContext(TrialContext):
         except Exception:  # noqa: BLE001 - a note is a convenience, never a failure
             pass
 
-    def report(self, epoch: int, metrics: dict[str, float]) -> None:
-        super().report(epoch, metrics)
+    def report(self, epoch: int, metrics: Mapping[str, Any], *,
+               instance: Mapping[str, Any] | None = None) -> Report:
+        report = super().report(epoch, metrics, instance=instance)
+        self._to_study(report)
+        return report
+
+    def _to_study(self, report: Report) -> None:
+        """The step to the study: the history attr, the epoch's objective vector, the pruners
+        (a single-objective one on the step's own figure where it pairs steps, else on the
+        running one)."""
+        epoch, metrics = report.step, report.figures
         set_trial_attr(self.trial, attrs.HISTORY, self.history)
         self.trial.set_user_attr("epoch", int(epoch))
         vector = [_finite_or_none(metrics.get(name)) for name in self._metric_names]
@@ -143,8 +158,8 @@ class StudyTrialContext(TrialContext):
         kind = get_kind(self._pruner.name)
         if kind.per_instance and len(self._metric_names) == 1:
             # The step's own figure (a fold's), not the running one.
-            own = metrics.get("instance")
-            if not isinstance(own, dict):
+            own = report.instance
+            if own is None:
                 self.set_attr(kind.name, "not applied: the trainer reports no per-fold "
                                          "figures (set [data] cv = \"walk_forward\")")
                 return

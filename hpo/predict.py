@@ -90,7 +90,7 @@ def predict(study: optuna.Study, *, source: Path, output: Path, out: Path, model
     if not Path(source).is_file():
         raise UserError(f"--source {source} does not exist")
     heldout = heldout_or_error(study)
-    if heldout.score_new is None:
+    if not heldout.supports("score_new"):
         raise UserError(f"workload {study.user_attrs.get(attrs.WORKLOAD)!r} cannot score new "
                         "data yet")
     trial_number, folder, refit_entry = model_folder(study, output, model, heldout)
@@ -143,7 +143,7 @@ def _fold_ensemble(heldout: Any, folder: Path, trial_number: int, scored: Any, *
 
     from trainers.heldout import ensemble_scores
 
-    found = heldout.members(folder) if heldout.members is not None else []
+    found = heldout.members(folder) if heldout.supports("members") else []
     if len(found) < 2:
         raise UserError(f"trial {trial_number} has no fold models to average (a holdout trial, "
                         "or one trained before fold models were kept); drop --fold-ensemble")

@@ -89,7 +89,7 @@ def refit(study: optuna.Study, *, output: Path, through: str | None = None,
         except ValueError:
             raise UserError(f"--through {through!r} is not a date; use YYYY-MM-DD") from None
     heldout = heldout_or_error(study)
-    if heldout.refit is None:
+    if not heldout.supports("refit"):
         raise UserError(f"workload {study.user_attrs.get(attrs.WORKLOAD)!r} cannot refit yet")
     if not test_openings(study):
         raise UserError(f"the test period of study {study.study_name!r} has not been opened: a "

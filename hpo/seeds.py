@@ -43,9 +43,9 @@ def seeds_ensemble(chosen: FrozenTrial, heldout: HeldOut, model: Any, prediction
     """Train, predict and score the seeds ensemble (module docstring); the report's
     ``seeds_ensemble`` entry, or one with a ``reason`` when the workload or trial cannot."""
     base = {"n_seeds": n_seeds}
-    if heldout.refit is None:
+    if not heldout.supports("refit"):
         return {**base, "reason": "the workload cannot train a configuration again (no refit)"}
-    if heldout.members is not None and len(heldout.members(trial_dir)) > 1:
+    if heldout.supports("members") and len(heldout.members(trial_dir)) > 1:
         return {**base, "reason": "a walk-forward trial is already an ensemble of its fold "
                                   "models: see test_models"}
     seed = chosen.user_attrs.get(attrs.SEED)
@@ -75,5 +75,5 @@ def seeds_ensemble(chosen: FrozenTrial, heldout: HeldOut, model: Any, prediction
             "members_test": [{k: m[k] for k in ("sharpe", "sharpe_net", "rank_ic")
                               if k in m} for m in members],
             "ensemble_minus_single": (heldout.compare(ensemble, prediction.frame, model)
-                                      if heldout.compare else None),
+                                      if heldout.supports("compare") else None),
             "_frame": ensemble}

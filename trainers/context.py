@@ -14,6 +14,7 @@ import math
 import os
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -187,6 +188,24 @@ def check_resumable(state: dict[str, Any], config: Any, ctx: TrialContext) -> No
         )
 
 
+@dataclass(frozen=True)
+class Report:
+    """One step a trial reports to its study (``TrialContext.report``)."""
+
+    step: int  # 1-based: the epochs completed, or the folds under walk-forward validation
+    figures: Mapping[str, Any]  # the running figures (the objectives among them)
+    # The step's own figures where each step is an instance of its own (a walk-forward fold):
+    # what pruners that pair steps across trials (Optuna's Wilcoxon) compare.
+    instance: Mapping[str, Any] | None = None
+
+    def row(self) -> dict[str, Any]:
+        """The history's row (``history.json``, the trial attr ``history``)."""
+        row = {"epoch": self.step, **{k: _json_safe(v) for k, v in self.figures.items()}}
+        if self.instance is not None:
+            row["instance"] = _json_safe(dict(self.instance))
+        return row
+
+
 class TrialContext:
     """Per-run context handed to ``train(config, ctx)``.
 
@@ -250,14 +269,19 @@ class TrialContext:
         end); a study stores it on the trial."""
 
     # -- per-epoch progress --------------------------------------------------------------
-    def report(self, epoch: int, metrics: dict[str, float]) -> None:
-        """Record one epoch's metrics; the history is rewritten atomically each time (not
-        fsynced: the durable copy travels in the checkpoint)."""
-        row = {"epoch": int(epoch), **{k: _json_safe(v) for k, v in metrics.items()}}
-        self.history.append(row)
+    def report(self, epoch: int, metrics: Mapping[str, Any], *,
+               instance: Mapping[str, Any] | None = None) -> Report:
+        """Record one step (an epoch, or a fold): its running ``metrics`` and, where the step
+        is an instance of its own (a walk-forward fold), that step's own figures
+        (``instance``). The history is rewritten atomically each time (not fsynced: the
+        durable copy travels in the checkpoint). Returns the typed :class:`Report`."""
+        report = Report(step=int(epoch), figures=dict(metrics),
+                        instance=dict(instance) if instance is not None else None)
+        self.history.append(report.row())
         # one epoch per line (the rows are JSON-safe already)
         text = json_text(self.history, levels=1) + "\n"
         atomic_write_bytes(self.output_dir / HISTORY_NAME, text.encode(), durable=False)
+        return report
 
     # -- stopping ------------------------------------------------------------------------
     def request_stop(self, reason: str) -> None:

@@ -1,8 +1,9 @@
 """The held-out capability: what a workload offers so that ``hpo.evaluate`` can open its test
 period once, after the study has chosen, without knowing the workload.
 
-A workload that holds out a test period sets ``Workload.heldout = HeldOut(...)``. The
-protocol, in the order ``hpo.evaluate`` uses it, for each trial of the best trial / front:
+A workload that holds out a test period sets ``Workload.heldout`` to an instance of a subclass
+of :class:`HeldOut`, overriding the methods below. The protocol, in the order ``hpo.evaluate``
+uses it, for each trial of the best trial / front:
 
 1. ``load(trial_dir)`` -> the trained model, whatever the workload needs to predict (raise
    ``UserError`` when the trial saved none); ``check(trained)`` raises ``UserError`` when the
@@ -17,9 +18,10 @@ protocol, in the order ``hpo.evaluate`` uses it, for each trial of the best tria
 5. ``score(frame, trained)`` -> ``(metrics, bootstrap)``: ``{name: {"value", "se"}}`` for every
    name in ``reported`` and the bootstrap's settings; the same function scores validation and
    test, so the two columns are comparable.
-6. Optional ``moments(frame, trained)`` -> ``{"n_obs", "skew", "kurtosis",
-   "periods_per_year"}`` of the long-short returns: with it the report gains the deflated
-   Sharpe ratio of the chosen trial's validation Sharpe and the PSR of its test Sharpe.
+6. Optional ``moments(frame, trained, net=False)`` -> ``{"n_obs", "skew", "kurtosis",
+   "periods_per_year"}`` of the long-short returns (``net``: after costs): with it the report
+   gains the deflated Sharpe ratio of the chosen trial's validation Sharpe and the PSR of its
+   test Sharpe.
 7. Optional ``baselines(trained, prediction)`` -> ``{"validation": {name: metrics},
    "test": {name: metrics}}`` (``metrics`` as ``score``'s values or plain numbers, a ``label``
    key names the row in tables; a None entry is left out), or None. An optional ``"frames"``
@@ -29,6 +31,15 @@ protocol, in the order ``hpo.evaluate`` uses it, for each trial of the best tria
 9. Optional ``compare(rows_a, rows_b, trained)`` -> ``{name: {"value", "se"}}``: every
    figure of ``a`` minus ``b`` on the same dates, with a paired standard error. With it and
    baseline frames, the report says by how much the chosen trial beats its best baseline.
+10. Optional ``tear_sheet(frames, trained, out_dir, title, report_lines)`` -> the files
+   written: a human-readable sheet of the test period (``frames``: label -> test rows, the
+   chosen trial first, then each baseline; ``report_lines``: the report's console lines);
+   ``hpo.evaluate`` attaches them to the study as artifacts.
+11. Optional ``returns(rows, trained, trial_attrs)`` -> a frame ``date, ret``: the per-date
+   return of a strategy built on the rows (for the ranking workloads the long-short, with the
+   book the trial recorded in its user attrs ``trial_attrs``). With it the report gains the
+   probability of backtest overfitting over the trials' validation returns and the effective
+   number of trials of the deflated Sharpe ratio.
 12. Optional ``score_new(trained, source, dates, cache_dir)`` -> an object with ``frame``
    (``date, code, score``), ``skipped`` and ``dates``: the model on a panel the study never
    saw, through the training pipeline (``hpo.predict``); ``dates`` is ``last``, ``all`` or
@@ -41,23 +52,16 @@ protocol, in the order ``hpo.evaluate`` uses it, for each trial of the best tria
 14. Optional ``members(trial_dir)`` -> ``[(model file, trained), ...]``: the models whose
    mean standardised score is the trial's ensemble (a walk-forward trial's fold models), for
    ``hpo.predict --fold-ensemble``; [] when the trial has none.
-15. Optional ``live(trained, source, cache_dir, split, validation, state)`` -> the model and the
-   baselines on the dates of ``source`` after the study's test period whose label is
+15. Optional ``live(trained, source, cache_dir, split, validation, state)`` -> the model and
+   the baselines on the dates of ``source`` after the study's test period whose label is
    realised, and the trial's ``validation`` rows, as per-date figures: ``{"after", "series":
    {name: frame}, "labels", "validation": frame, "periods_per_year", "horizon",
    "cost_bps"}``, frames ``date, rank_ic, long_short, long_short_net, turnover``
    (``hpo.monitor``); ``split`` is the study's recorded date split; ``state`` a folder kept
    between runs where the workload keeps what it scored and fitted, so a run scores only the
    dates after the last one scored.
-11. Optional ``returns(rows, trained, trial_attrs)`` -> a frame ``date, ret``: the per-date
-   return of a strategy built on the rows (for the ranking workloads the long-short, with the
-   book the trial recorded in its user attrs ``trial_attrs``). With it the report gains the
-   probability of backtest overfitting over the trials' validation returns and the effective
-   number of trials of the deflated Sharpe ratio.
-10. Optional ``tear_sheet(frames, trained, out_dir, title, report_lines)`` -> the files
-   written: a human-readable sheet of the test period (``frames``: label -> test rows, the
-   chosen trial first, then each baseline; ``report_lines``: the report's console lines);
-   ``hpo.evaluate`` attaches them to the study as artifacts.
+16. Optional ``costs(frame, trained)`` -> the rows' figures at every cost of the study's cost
+   list and the break-even cost (``ranking_costs``): the report's cost table.
 
 ``selection_metric`` (a user attr every trial writes) picks the chosen trial of a Pareto front,
 in the workload's natural direction for it; ``table`` is what the compact tables show.
@@ -67,7 +71,7 @@ in the workload's natural direction for it; ``table`` is what the compact tables
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -126,39 +130,97 @@ def read_validation(trial_dir: Path) -> Any:
     return pl.read_parquet(Path(trial_dir) / VALIDATION_PREDICTIONS)
 
 
-def _no_check(trained: Any) -> None:
-    return None
-
-
-@dataclass(frozen=True)
 class HeldOut:
-    """A workload's held-out capability (module docstring: the protocol)."""
+    """A workload's held-out capability (module docstring: the protocol), as a base class.
 
-    load: Callable[[Path], Any]
-    digest: Callable[[Path], str]
-    predict: Callable[[Path, Any, Path], Prediction]
-    score: Callable[[Any, Any], tuple[dict[str, Any], dict[str, int]]]
+    Subclass it and override ``load``, ``digest``, ``predict`` and ``score`` (required) and
+    whichever optional capabilities the workload has (``OPTIONAL``); ``supports(name)`` says
+    whether a subclass overrides one, and ``hpo`` asks it before calling. ``check`` and
+    ``validation`` have defaults. ``selection_metric``, ``reported`` and ``table`` are class
+    attributes; ``table`` must name reported figures (checked when the subclass is made).
+    """
+
     selection_metric: str = "sharpe"
     reported: tuple[str, ...] = RANKING_REPORTED
     table: tuple[str, ...] = RANKING_TABLE
-    check: Callable[[Any], None] = _no_check
-    validation: Callable[[Path], Any] = read_validation
-    moments: Callable[[Any, Any], dict[str, float]] | None = None
-    baselines: Callable[[Any, Prediction], dict[str, Any] | None] | None = None
-    describe: Callable[[Any], dict[str, Any]] | None = None
-    compare: Callable[[Any, Any, Any], dict[str, Any]] | None = None
-    tear_sheet: Callable[[Mapping[str, Any], Any, Path, str, Any], list[Path]] | None = None
-    returns: Callable[[Any, Any, Any], Any] | None = None
-    costs: Callable[[Any, Any], dict[str, Any]] | None = None
-    score_new: Callable[[Any, str, str, Path], Any] | None = None
-    refit: Callable[[Any, Path, Path, RefitRequest], Mapping[str, Any]] | None = None
-    members: Callable[[Path], list[tuple[Path, Any]]] | None = None
-    live: Callable[[Any, str, Path, Mapping[str, Any], Any, Path], dict[str, Any]] | None = None
+    REQUIRED = ("load", "digest", "predict", "score")
+    OPTIONAL = ("moments", "baselines", "describe", "compare", "tear_sheet", "returns",
+                "costs", "score_new", "refit", "members", "live")
 
-    def __post_init__(self) -> None:
-        missing = [m for m in self.table if m not in self.reported]
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        missing = [m for m in cls.table if m not in cls.reported]
         if missing:
-            raise ValueError(f"HeldOut.table names {missing}, which are not in reported")
+            raise ValueError(f"{cls.__name__}.table names {missing}, which are not in "
+                             "reported")
+
+    def supports(self, capability: str) -> bool:
+        """Whether this workload has the optional ``capability`` (it overrides the method)."""
+        if capability not in self.OPTIONAL:
+            raise ValueError(f"{capability!r} is not an optional held-out capability; "
+                             f"they are {', '.join(self.OPTIONAL)}")
+        return getattr(type(self), capability) is not getattr(HeldOut, capability)
+
+    def _absent(self, capability: str) -> NotImplementedError:
+        return NotImplementedError(f"{type(self).__name__} has no {capability!r} capability "
+                                   f"(ask supports({capability!r}) first)")
+
+    # -- required: steps 1, 2, 3 and 5 --------------------------------------------------------
+    def load(self, trial_dir: Path) -> Any:
+        raise self._absent("load")
+
+    def digest(self, trial_dir: Path) -> str:
+        raise self._absent("digest")
+
+    def predict(self, trial_dir: Path, trained: Any, cache_dir: Path) -> Prediction:
+        raise self._absent("predict")
+
+    def score(self, frame: Any, trained: Any) -> tuple[dict[str, Any], dict[str, int]]:
+        raise self._absent("score")
+
+    # -- with defaults: steps 1 and 4 --------------------------------------------------------
+    def check(self, trained: Any) -> None:
+        return None
+
+    def validation(self, trial_dir: Path) -> Any:
+        return read_validation(trial_dir)
+
+    # -- optional: steps 6 to 15 --------------------------------------------------------------
+    def moments(self, frame: Any, trained: Any, *, net: bool = False) -> dict[str, float]:
+        raise self._absent("moments")
+
+    def baselines(self, trained: Any, prediction: Prediction) -> dict[str, Any] | None:
+        raise self._absent("baselines")
+
+    def describe(self, trained: Any) -> dict[str, Any]:
+        raise self._absent("describe")
+
+    def compare(self, rows_a: Any, rows_b: Any, trained: Any) -> dict[str, Any]:
+        raise self._absent("compare")
+
+    def tear_sheet(self, frames: Mapping[str, Any], trained: Any, out_dir: Path, title: str,
+                   report_lines: Any = ()) -> list[Path]:
+        raise self._absent("tear_sheet")
+
+    def returns(self, rows: Any, trained: Any, trial_attrs: Any) -> Any:
+        raise self._absent("returns")
+
+    def costs(self, frame: Any, trained: Any) -> dict[str, Any]:
+        raise self._absent("costs")
+
+    def score_new(self, trained: Any, source: str, dates: str, cache_dir: Path) -> Any:
+        raise self._absent("score_new")
+
+    def refit(self, trained: Any, trial_dir: Path, out_dir: Path,
+              request: RefitRequest) -> Mapping[str, Any]:
+        raise self._absent("refit")
+
+    def members(self, trial_dir: Path) -> list[tuple[Path, Any]]:
+        raise self._absent("members")
+
+    def live(self, trained: Any, source: str, cache_dir: Path, split: Mapping[str, Any],
+             validation: Any, state: Path | None = None) -> dict[str, Any]:
+        raise self._absent("live")
 
 
 def ranking_score(frame: Any, *, horizon: int = 1, cost_bps: float = DEFAULT_COST_BPS,

@@ -95,8 +95,19 @@ def test_evaluate_reruns_unchanged(ran: Path, capsys: pytest.CaptureFixture) -> 
 
 def test_a_table_metric_must_be_reported() -> None:
     with pytest.raises(ValueError, match="not in reported"):
-        HeldOut(load=print, digest=str, predict=print, score=print, reported=("sharpe",),
-                table=("sharpe", "ic"))
+        type("Bad", (HeldOut,), {"reported": ("sharpe",), "table": ("sharpe", "ic")})
+
+
+def test_optional_capabilities_are_methods_a_workload_overrides() -> None:
+    from tests.hpo.toy_heldout import HELDOUT as TOY
+    from trainers.atft_gat.heldout import HELDOUT as ATFT
+
+    assert all(ATFT.supports(c) for c in HeldOut.OPTIONAL)
+    assert [c for c in HeldOut.OPTIONAL if TOY.supports(c)] == ["moments", "baselines"]
+    with pytest.raises(NotImplementedError, match="has no 'refit' capability"):
+        TOY.refit(None, Path("."), Path("."), None)
+    with pytest.raises(ValueError, match="not an optional held-out capability"):
+        TOY.supports("load")
 
 
 def test_a_workload_that_cannot_refit_or_score_new_data_says_so_in_one_line(

@@ -2,7 +2,7 @@
 configuration's ``quality`` plus that fold's difficulty, known in advance.
 
 It reports as a walk-forward trainer does (``trainers.atft_gat.walk_forward``): once per
-fold, the running mean as the objective and the fold's own figure under ``instance``, and the
+fold, the running mean as the objective and the fold's own figure as its ``instance``, and the
 finished folds in the attr ``fold_metrics``.
 """
 
@@ -30,7 +30,7 @@ def train(config: FoldConfig, ctx: TrialContext) -> dict[str, float]:
         done.append({"fold": k + 1, "score": own})
         ctx.set_attr("fold_metrics", done)
         running = sum(d["score"] for d in done) / len(done)
-        ctx.report(k + 1, {"score": running, "instance": {"score": own}})
+        ctx.report(k + 1, {"score": running}, instance={"score": own})
     return {"score": running}
 
 

@@ -148,9 +148,32 @@ def baselines(trained: Trained, prediction: Prediction) -> dict[str, Any]:
     return out
 
 
-HELDOUT = HeldOut(load=load, digest=lambda d: file_digest(Path(d) / MODEL_FILE),
-                  predict=predict, score=lambda f, _t: ranking_score(f), check=check,
-                  moments=lambda f, _t: ranking_moments(f), baselines=baselines)
+class ToyHeldOut(HeldOut):
+    """The protocol's required steps, plus moments and the signal-feature baseline."""
+
+    def load(self, trial_dir: Path) -> Trained:
+        return load(trial_dir)
+
+    def digest(self, trial_dir: Path) -> str:
+        return file_digest(Path(trial_dir) / MODEL_FILE)
+
+    def check(self, trained: Trained) -> None:
+        check(trained)
+
+    def predict(self, trial_dir: Path, trained: Trained, cache_dir: Path) -> Prediction:
+        return predict(trial_dir, trained, cache_dir)
+
+    def score(self, frame, trained):  # noqa: ANN001, ANN201
+        return ranking_score(frame)
+
+    def moments(self, frame, trained, *, net: bool = False):  # noqa: ANN001, ANN201
+        return ranking_moments(frame, net=net)
+
+    def baselines(self, trained: Trained, prediction: Prediction) -> dict[str, Any]:
+        return baselines(trained, prediction)
+
+
+HELDOUT = ToyHeldOut()
 
 WORKLOAD = Workload(name="toy_heldout", config_cls=RankConfig, train=train,
                     metrics={"sharpe": "maximize", "rank_ic": "maximize",

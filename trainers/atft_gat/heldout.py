@@ -258,8 +258,62 @@ def _describe(trained: Any) -> dict[str, Any]:
     return out
 
 
-HELDOUT = HeldOut(load=_load, digest=_digest, predict=_predict, score=_score,
-                  selection_metric="sharpe", check=_check, moments=_moments,
-                  baselines=_baselines, describe=_describe, compare=_compare,
-                  tear_sheet=_tear_sheet, returns=_returns, costs=_costs, score_new=_score_new,
-                  refit=_refit, members=_members, live=_live)
+class RankingHeldOut(HeldOut):
+    """ATFT-GAT-FAN's held-out capability: every step of the protocol
+    (``trainers.heldout``) through the study's scoring (``scoring``)."""
+
+    selection_metric = "sharpe"
+
+    def load(self, trial_dir: Path) -> Any:
+        return _load(trial_dir)
+
+    def digest(self, trial_dir: Path) -> str:
+        return _digest(trial_dir)
+
+    def check(self, trained: Any) -> None:
+        _check(trained)
+
+    def predict(self, trial_dir: Path, trained: Any, cache_dir: Path) -> Prediction:
+        return _predict(trial_dir, trained, cache_dir)
+
+    def score(self, frame: Any, trained: Any) -> tuple[dict[str, Any], dict[str, int]]:
+        return _score(frame, trained)
+
+    def moments(self, frame: Any, trained: Any, *, net: bool = False) -> dict[str, float]:
+        return _moments(frame, trained, net=net)
+
+    def baselines(self, trained: Any, prediction: Prediction) -> dict[str, Any] | None:
+        return _baselines(trained, prediction)
+
+    def describe(self, trained: Any) -> dict[str, Any]:
+        return _describe(trained)
+
+    def compare(self, rows_a: Any, rows_b: Any, trained: Any) -> dict[str, Any]:
+        return _compare(rows_a, rows_b, trained)
+
+    def tear_sheet(self, frames: Any, trained: Any, out_dir: Path, title: str,
+                   report_lines: Any = ()) -> list[Path]:
+        return _tear_sheet(frames, trained, out_dir, title, report_lines)
+
+    def returns(self, rows: Any, trained: Any, trial_attrs: Any = None) -> Any:
+        return _returns(rows, trained, trial_attrs)
+
+    def costs(self, frame: Any, trained: Any) -> dict[str, Any]:
+        return _costs(frame, trained)
+
+    def score_new(self, trained: Any, source: str, dates: str, cache_dir: Path) -> Any:
+        return _score_new(trained, source, dates, cache_dir)
+
+    def refit(self, trained: Any, trial_dir: Path, out_dir: Path, request: Any
+              ) -> dict[str, Any]:
+        return _refit(trained, trial_dir, out_dir, request)
+
+    def members(self, trial_dir: Path) -> list[tuple[Path, Any]]:
+        return _members(trial_dir)
+
+    def live(self, trained: Any, source: str, cache_dir: Path, split: Any, validation: Any,
+             state: Path | None = None) -> dict[str, Any]:
+        return _live(trained, source, cache_dir, split, validation, state)
+
+
+HELDOUT = RankingHeldOut()

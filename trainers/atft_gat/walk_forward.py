@@ -46,10 +46,9 @@ from trainers.atft_gat.predict import FOLD_MODELS
 from trainers.atft_gat.prepare import coverage, with_calendar
 from trainers.atft_gat.record import PERIODS_PER_YEAR, record_data, record_run, record_timing
 from trainers.atft_gat.train import fit_epochs, new_model
-from trainers.config import to_mapping
-from trainers.context import TrialContext, check_resumable
+from trainers.context import TrialContext
 from trainers.metrics import panel_metrics
-from trainers.runtime import seed_everything
+from trainers.runtime import load_runner, resume_state, save_checkpoint, seed_everything
 
 FOLDS = "folds"  # trial attr: each fold's train and validation first and last dates
 FOLD_METRICS = "fold_metrics"  # trial attr: each fold's own figures
@@ -95,8 +94,11 @@ def train(config: TrainConfig, ctx: TrialContext) -> dict[str, float]:
     record_timing(ctx, setup_seconds=time.perf_counter() - t_setup,
                   graph_seconds=study.graph_seconds)
 
-    state = ctx.restore()
-    saved = (state or {}).get(STATE_KEY) or {"fold": 0, "done": [], "history": []}
+    # The shared resume path (trainers.runtime.resume): the checkpoint is read and checked
+    # against the settings first; fold k's runner is put back once fold k's model is built.
+    state, kept = resume_state(ctx, config=config, optional={
+        STATE_KEY: None, "best": None, "stale": 0, "partial": None})
+    saved = kept[STATE_KEY] or {"fold": 0, "done": [], "history": []}
     done: list[dict[str, Any]] = list(saved["done"])
     epoch_seconds: list[float] = []
     step_seconds: list[float] = []
@@ -111,9 +113,7 @@ def train(config: TrainConfig, ctx: TrialContext) -> dict[str, float]:
         start, best, stale = 0, {"ic": -math.inf, "epoch": 0, "weights": None}, 0
         history: list[dict[str, Any]] = []
         if inside:
-            check_resumable(state, config, ctx)
-            runner.load_state_dict(state["runner"])
-            start, best, stale = int(state["epoch"]), state["best"], state["stale"]
+            start, best, stale = load_runner(runner, state), kept["best"], kept["stale"]
             history = list(saved["history"])
 
         def report(epoch: int, row: dict[str, Any], history: list = history) -> None:
@@ -122,16 +122,15 @@ def train(config: TrainConfig, ctx: TrialContext) -> dict[str, float]:
         def checkpoint(epoch: int, best: dict[str, Any], stale: int,
                        partial: dict[str, Any] | None = None, k: int = k,
                        history: list = history, runner: Any = runner) -> None:
-            ctx.checkpoint({"runner": runner.state_dict(), "config": to_mapping(config),
-                            "best": best, "stale": stale, "partial": partial,
-                            STATE_KEY: {"fold": k, "done": done, "history": history}},
-                           epoch=epoch)
+            save_checkpoint(runner, ctx, config=config, epoch=epoch, extra={
+                "best": best, "stale": stale, "partial": partial,
+                STATE_KEY: {"fold": k, "done": done, "history": history}})
 
         fitted = fit_epochs(runner, inp, config, ctx, fit_plan, start_epoch=start, best=best,
                             stale=stale, report=report, checkpoint=checkpoint,
                             epochs_done=start if inside else 0,
                             label=f"fold {k + 1}/{len(folds)} ",
-                            partial=state.get("partial") if inside else None)
+                            partial=kept["partial"] if inside else None)
         final_batch = runner.micro_batch
         if not math.isfinite(fitted.metrics.get("train_loss", math.nan)) and history:
             # resumed after the fold's last epoch: its loss is in the fold's history
@@ -155,12 +154,11 @@ def train(config: TrainConfig, ctx: TrialContext) -> dict[str, float]:
         if last:
             save_model(ctx.output_dir / "model.pt", runner, config, panel=inp.panel,
                        with_graph=fitted.with_graph)
-        ctx.report(k + 1, {**running, "fold": k + 1,
-                           "instance": {m: fitted.metrics.get(m) for m in FOLD_FIGURES}})
-        if not last:  # the next fold starts fresh from here
-            ctx.checkpoint({"config": to_mapping(config),
-                            STATE_KEY: {"fold": k + 1, "done": done, "history": []}},
-                           epoch=0)
+        ctx.report(k + 1, {**running, "fold": k + 1},
+                   instance={m: fitted.metrics.get(m) for m in FOLD_FIGURES})
+        if not last:  # the next fold starts fresh from here: no runner in this checkpoint
+            save_checkpoint(None, ctx, config=config, epoch=0,
+                            extra={STATE_KEY: {"fold": k + 1, "done": done, "history": []}})
         ctx.log(f"fold {k + 1}/{len(folds)} rank_ic={fitted.metrics['rank_ic']:.4f} "
                 f"sharpe={fitted.metrics['sharpe']:.3f}; over {k + 1} fold(s) "
                 f"rank_ic={running['rank_ic']:.4f} sharpe={running['sharpe']:.3f}")

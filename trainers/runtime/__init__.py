@@ -37,8 +37,10 @@ from trainers.runtime.optim import WarmupSchedule, build_optimizer, build_schedu
 from trainers.runtime.resume import (
     PARTIAL,
     EpochPart,
+    load_runner,
     resume,
     resume_part,
+    resume_state,
     save_checkpoint,
     step_boundary,
 )
@@ -68,8 +70,10 @@ __all__ = [
     "param_groups",
     "PARTIAL",
     "EpochPart",
+    "load_runner",
     "resume",
     "resume_part",
+    "resume_state",
     "step_boundary",
     "rng_state",
     "save_checkpoint",

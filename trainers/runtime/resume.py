@@ -50,35 +50,54 @@ def resume(runner: StepRunner, ctx: TrialContext, *, config: Any,
         UserError: the checkpoint was written with other run settings (machine settings
             such as ``device`` may differ), or lacks one of the ``extra`` names.
     """
+    state, saved = resume_state(ctx, config=config, extra=extra, optional=optional)
+    if state is None:
+        return 0, saved
+    return load_runner(runner, state), saved
+
+
+def resume_state(ctx: TrialContext, *, config: Any, extra: Mapping[str, Any] | None = None,
+                 optional: Mapping[str, Any] | None = None
+                 ) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """``resume`` in two steps, for a recipe that needs its saved state before it can build
+    the runner (a walk-forward trial builds fold k's model): the newest checkpoint, checked
+    against ``config`` (None when there is none), and the recipe's ``extra`` / ``optional``
+    state as ``resume`` returns it. ``load_runner`` then puts the runner back."""
     fresh = dict(extra or {})
     maybe = dict(optional or {})
     state = ctx.restore()
     if state is None or "epoch" not in state:
-        return 0, {**fresh, **maybe}
+        return None, {**fresh, **maybe}
     check_resumable({**state, "config": _saved_settings(state, config)}, config, ctx)
     missing = sorted(set(fresh) - set(state))
     if missing:
         raise UserError(f"the checkpoint in {ctx.output_dir} has no {', '.join(missing)}; it "
                         "was written by another recipe: use a fresh output directory")
-    # Checkpoints of atft_gat written before this module kept the runner's state at the top.
-    runner.load_state_dict(state["runner"] if "runner" in state else state)
-    epoch = int(state["epoch"])  # ctx.restore logged where the run continues
-    return epoch, {**{name: state[name] for name in fresh},
+    return state, {**{name: state[name] for name in fresh},
                    **{name: state.get(name, default) for name, default in maybe.items()}}
 
 
-def save_checkpoint(runner: StepRunner, ctx: TrialContext, *, config: Any, epoch: int,
+def load_runner(runner: StepRunner, state: Mapping[str, Any]) -> int:
+    """Put ``state``'s runner back (model, optimizer, scheduler, scaler, counters, RNG);
+    returns the epochs it had completed (``ctx.restore`` logged where the run continues)."""
+    # Checkpoints of atft_gat written before this module kept the runner's state at the top.
+    runner.load_state_dict(state["runner"] if "runner" in state else state)
+    return int(state["epoch"])
+
+
+def save_checkpoint(runner: StepRunner | None, ctx: TrialContext, *, config: Any, epoch: int,
                     extra: Mapping[str, Any] | None = None) -> None:
     """Save everything an exact resume after ``epoch`` completed epochs needs, atomically:
     the runner's state, the resolved config (to refuse a resume with other settings) and the
-    recipe's ``extra`` state (see :func:`resume`)."""
+    recipe's ``extra`` state (see :func:`resume`). ``runner`` None: a checkpoint between two
+    models (a walk-forward trial between folds), whose next model starts fresh."""
     extra = dict(extra or {})
     clash = sorted(RESERVED_KEYS & set(extra))
     if clash:
         raise ValueError(f"extra state may not be named {', '.join(clash)}; those keys are the "
                          "checkpoint's own")
-    ctx.checkpoint({"runner": runner.state_dict(), "config": to_mapping(config), **extra},
-                   epoch=epoch)
+    runner_state = {"runner": runner.state_dict()} if runner is not None else {}
+    ctx.checkpoint({**runner_state, "config": to_mapping(config), **extra}, epoch=epoch)
 
 
 def _saved_settings(state: Mapping[str, Any], config: Any) -> dict[str, Any]:

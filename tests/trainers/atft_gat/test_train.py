@@ -186,10 +186,11 @@ class StopAfter(TrialContext):
         super().__init__(*args, **kwargs)
         self.stop_at = epochs
 
-    def report(self, epoch: int, metrics: dict[str, float]) -> None:
-        super().report(epoch, metrics)
+    def report(self, epoch: int, metrics: dict[str, float], **kw):  # noqa: ANN003, ANN201
+        report = super().report(epoch, metrics, **kw)
         if epoch == self.stop_at:
             self.request_stop("SIGTERM")
+        return report
 
 
 def test_interrupted_then_resumed_equals_uninterrupted(tmp_path: Path) -> None:
