@@ -75,7 +75,7 @@ class EvaluateSpec:
     # (the mean of every fold model's per-date standardised scores); both are reported.
     test_model: str = "last_fold"
     # The chosen configuration trained with this many seeds (its own and N - 1 more) and
-    # their averaged scores reported on test beside the single model (hpo.seeds); 1 = off.
+    # their averaged scores reported on test beside the single model (hpo.heldout.seeds); 1 = off.
     seeds: int = 1
 
     def problems(self) -> list[tuple[str, str]]:

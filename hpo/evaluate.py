@@ -51,7 +51,6 @@ import polars as pl
 from optuna.trial import FrozenTrial
 
 from hpo import attrs
-from hpo.comparisons import best_of, versus_baselines
 from hpo.config import TEST_MODELS, EvaluateSpec
 from hpo.heldout import (
     METRICS_VERSION,
@@ -59,7 +58,8 @@ from hpo.heldout import (
     REPORT_FILE,
     render_lines,
 )
-from hpo.luck import (
+from hpo.heldout.comparisons import best_of, versus_baselines
+from hpo.heldout.luck import (
     COUNTED_STATES,
     DEFAULT_PBO_BLOCKS,
     DSR_METRIC,
@@ -73,16 +73,16 @@ from hpo.luck import (
     searched_sharpes,
     validation_returns,
 )
-from hpo.objective import trial_dir
-from hpo.openings import (
+from hpo.heldout.openings import (
     LOOK_KEYS,
     ReopenRequired,
     record_opening,
     reopen_message,
     test_openings,
 )
+from hpo.heldout.summary import publish_summary, summary_of
+from hpo.objective import trial_dir
 from hpo.results import best_trials, metric_names
-from hpo.summary import publish_summary, summary_of
 from trainers.attrs import DATE_SPLIT
 from trainers.cli import OneLineParser
 from trainers.context import atomic_write_bytes, atomic_write_json
@@ -385,7 +385,7 @@ def _build_report(study: optuna.Study, front: list[FrozenTrial], chosen: FrozenT
                      direction=directions.get(metric, "maximize"))
     ensemble = None
     if seeds > 1:
-        from hpo.seeds import seeds_ensemble
+        from hpo.heldout.seeds import seeds_ensemble
 
         ensemble = seeds_ensemble(chosen, heldout, model, chosen_pred,
                                   trial_dir=dirs[chosen.number],

@@ -10,7 +10,7 @@ service storage (``hpo.storage.open_storage``: pooling, SQLite's write-ahead log
 Optuna's trial cache as ``optuna.storages.get_storage`` wraps it. Every worker and command
 accepts ``--storage grpc://HOST:PORT`` (or ``$HPO_STORAGE``); the proxy holds a handful of
 database connections whatever the number of workers, where each direct worker holds up to four.
-Heartbeats go through it as trial system attrs (``hpo.grpc_storage``), so a dead worker's trial
+Heartbeats go through it as trial system attrs (``hpo.storage.remote``), so a dead worker's trial
 is failed and retried as on PostgreSQL. The proxy keeps no state of its own: restart it and
 the workers carry on once it answers again.
 
@@ -26,7 +26,7 @@ import signal
 import sys
 from pathlib import Path
 
-from hpo.grpc_storage import DEFAULT_PORT
+from hpo.storage.remote import DEFAULT_PORT
 from trainers.cli import OneLineParser
 from trainers.errors import UserError
 

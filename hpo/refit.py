@@ -31,7 +31,7 @@ from typing import Any
 import optuna
 
 from hpo import attrs
-from hpo.openings import test_openings
+from hpo.heldout.openings import test_openings
 from hpo.records import trial_attrs
 from hpo.study import trial_dir
 from trainers.cli import OneLineParser

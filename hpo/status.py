@@ -56,10 +56,10 @@ def heartbeat_ages(storage: optuna.storages.BaseStorage, study_id: int) -> dict[
     import sqlalchemy
 
     engine = getattr(storage, "engine", None)
-    if engine is None:  # behind the proxy (hpo.grpc_storage): the heartbeat attr, this clock
+    if engine is None:  # behind the proxy (hpo.storage.remote): the heartbeat attr, this clock
         import time
 
-        from hpo.grpc_storage import HEARTBEAT_ATTR
+        from hpo.storage.remote import HEARTBEAT_ATTR
 
         now = time.time()
         running = storage.get_all_trials(study_id, deepcopy=False,

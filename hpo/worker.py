@@ -34,7 +34,7 @@ from hpo.objective import Objective
 from hpo.progress import Progress
 from hpo.results import ParetoFront, write_results
 from hpo.storage import worker_trials
-from hpo.storage_errors import caused_by, is_connection_error
+from hpo.storage.errors import caused_by, is_connection_error
 from trainers.errors import StopRequested, TrialFailed
 
 log = logging.getLogger("hpo")

@@ -195,8 +195,8 @@ def _open(url: str, kwargs: dict[str, Any]) -> optuna.storages.RDBStorage:
 
 def _enter_grpc(self: Any) -> Any:
     """Optuna's ``grpc_rdb`` supplier with the service on both sides (module docstring)."""
-    from hpo.grpc_storage import HeartbeatGrpcStorageProxy
     from hpo.storage import open_storage
+    from hpo.storage.remote import HeartbeatGrpcStorageProxy
 
     kwargs = _settings(dict(self.extra_args))
     self.backend_storage = open_storage(_fresh_url(self))

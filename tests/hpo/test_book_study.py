@@ -174,7 +174,7 @@ def test_searched_book_settings_rescore_each_trial(tmp_path: Path) -> None:
     """Book settings searched like hyperparameters: each trial's objectives are recomputable
     from its predictions file and its own book, and the PBO reads each trial's returns with
     that trial's book."""
-    from hpo.luck import validation_returns
+    from hpo.heldout.luck import validation_returns
     from trainers.atft_gat.heldout import HELDOUT
     from trainers.heldout import ranking_returns
 

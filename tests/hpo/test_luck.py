@@ -12,7 +12,7 @@ import optuna
 import polars as pl
 import pytest
 
-from hpo.luck import (
+from hpo.heldout.luck import (
     MIN_JUDGED_TRIALS,
     TOO_FEW,
     deflation,

@@ -13,8 +13,8 @@ import polars as pl
 import pytest
 
 from hpo.heldout import REPORT_FILE, read_summary, render_lines
+from hpo.heldout.seeds import member_seeds
 from hpo.run import main as run_main
-from hpo.seeds import member_seeds
 from tests.hpo.test_evaluate import STUDY
 
 

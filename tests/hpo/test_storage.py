@@ -1,4 +1,4 @@
-"""What ``hpo.service_storage.ServiceRDBStorage`` adds to Optuna's ``RDBStorage``, each against
+"""What ``hpo.storage.service.ServiceRDBStorage`` adds to Optuna's ``RDBStorage``, each against
 plain Optuna: heartbeats that survive a database restart, a final state write retried through a
 short outage (connection errors only), worker trials born with a heartbeat, pickling.
 
@@ -23,9 +23,9 @@ import pytest
 import sqlalchemy
 from optuna.trial import TrialState
 
-from hpo import service_storage
 from hpo.storage import open_storage, worker_trials
-from hpo.storage_errors import is_connection_error
+from hpo.storage import service as service_storage
+from hpo.storage.errors import is_connection_error
 
 
 @contextmanager

@@ -37,7 +37,7 @@ import optuna
 from optuna.storages._rdb import models
 from optuna.trial import TrialState
 
-from hpo.storage_errors import is_connection_error, short_reason
+from hpo.storage.errors import is_connection_error, short_reason
 
 log = logging.getLogger("hpo")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hpo.luck import finite_number
+from hpo.heldout.luck import finite_number
 from trainers.heldout import HeldOut
 
 

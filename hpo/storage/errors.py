@@ -1,6 +1,6 @@
 """What an error out of the study storage means: the database is out, or the write is bad.
 
-Read by :mod:`hpo.storage` (opening a storage), :mod:`hpo.service_storage` (the storage class,
+Read by :mod:`hpo.storage` (opening a storage), :mod:`hpo.storage.service` (the storage class,
 which rides out short outages) and :mod:`hpo.worker` (which rides out long ones). It imports
 nothing of ``hpo``, so those modules depend on it and not on each other; SQLAlchemy is
 imported only when an error is classified.

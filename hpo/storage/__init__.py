@@ -4,7 +4,7 @@ Optuna's RDB storage is the coordination engine for many workers and hosts; this
 chooses its settings: ``pool_pre_ping`` (PostgreSQL restarts), a small pool per process (many
 workers must not exhaust the server's connection limit), heartbeats, the callback that
 re-enqueues a trial whose worker died, and SQLite's write-ahead log. The storage class itself
-(:class:`hpo.service_storage.ServiceRDBStorage`) keeps Optuna's semantics: Optuna's own storage
+(:class:`hpo.storage.service.ServiceRDBStorage`) keeps Optuna's semantics: Optuna's own storage
 tests pass against it.
 """
 
@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from hpo.storage_errors import short_reason
+from hpo.storage.errors import short_reason
 from trainers.errors import UserError
 
 log = logging.getLogger("hpo")
@@ -101,7 +101,7 @@ def open_storage(
         sqlalchemy.engine.make_url(url)
     except (sqlalchemy.exc.ArgumentError, ValueError) as exc:
         raise UserError(f"bad storage URL {mask_url(url)}: {short_reason(exc)}") from None
-    from hpo.service_storage import ServiceRDBStorage
+    from hpo.storage.service import ServiceRDBStorage
 
     callback = _stale_trial_callback(heartbeat_interval, max_retry)
     try:
@@ -169,13 +169,13 @@ def _stale_trial_callback(heartbeat_interval: int | None, max_retry: int | None)
 def _open_grpc(url: str, *, heartbeat_interval: int | None, grace_period: int | None,
                max_retry: int | None) -> Any:
     """A ``grpc://HOST:PORT`` storage: the client of ``python -m hpo.proxy``
-    (:mod:`hpo.grpc_storage`)."""
+    (:mod:`hpo.storage.remote`)."""
     try:
         import grpc  # noqa: F401 - the proxy client needs it
     except ImportError:
         raise UserError("a grpc:// storage needs grpcio and protobuf: pip install grpcio "
                         "protobuf") from None
-    from hpo.grpc_storage import open_grpc_storage
+    from hpo.storage.remote import open_grpc_storage
 
     return open_grpc_storage(url, heartbeat_interval=heartbeat_interval,
                              grace_period=grace_period,
@@ -212,7 +212,7 @@ def _use_sqlite_wal(engine: Any) -> None:
 @contextmanager
 def worker_trials(study: Any) -> Iterator[None]:
     """Trials that this thread starts inside the block (``study.optimize`` of the service's
-    worker) are born with their first heartbeat; see :mod:`hpo.service_storage`. A storage of
+    worker) are born with their first heartbeat; see :mod:`hpo.storage.service`. A storage of
     another kind is left as it is."""
     storage = study._storage
     backend = getattr(storage, "_backend", storage)  # Optuna wraps an RDBStorage in a cache

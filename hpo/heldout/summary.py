@@ -7,8 +7,8 @@ from typing import Any
 
 import optuna
 
-from hpo.comparisons import baseline_rows, versus_row
 from hpo.heldout import REPORT_FILE, SUMMARY_ATTR, TABLE_METRICS
+from hpo.heldout.comparisons import baseline_rows, versus_row
 
 
 def _cost_summary(costs: dict[str, Any] | None, chosen: int) -> dict[str, Any] | None:
