@@ -92,7 +92,10 @@ def run(tmp_path: Path, study: Path, *extra: str) -> int:
      r"no column 'past_ret' for graph_source .* use_graph = false"),
     ({}, 'horizons = [1]\nfeatures = ["mom", "size"]', r"no column\(s\) size named in features"),
     ({}, 'horizons = [1]\ntest_start = "2019-06-03"',
-     r"test_start = '2019-06-03' is outside panel .*\(2021-01-04 to 2021-08-13\)"),
+     r"panel .*: test_start = '2019-06-03' is outside the panel's dates \(2021-01-04 to "
+     r"2021-08-13\)"),
+    ({"n_dates": 60}, 'horizons = [1]\ncv = "walk_forward"\ncv_folds = 50',
+     r"panel .*: the 4\d pre-test dates are too few for 50 walk-forward folds"),
 ])
 def test_a_mistake_in_the_panel_writes_nothing(tmp_path: Path, capsys, panel_kw: dict,
                                                 data: str, expected: str) -> None:

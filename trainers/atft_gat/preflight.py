@@ -10,7 +10,9 @@ one line and exit code 2 and leaves nothing behind. The checks, in order:
    columns;
 3. everything the cache build checks (``cache.check_source``): numeric types, parseable dates
    and codes, one row per (date, code);
-4. ``val_start`` / ``test_start`` fall inside the panel's dates.
+4. the study's split on the panel's dates, by the rule training uses (``data.study_split``):
+   ``val_start`` / ``test_start`` inside the dates, enough dates for training, validation and
+   test, and under walk-forward validation for every fold.
 
 The synthetic market needs none of this: its generator's settings are checked with the config.
 """
@@ -18,6 +20,8 @@ The synthetic market needs none of this: its generator's settings are checked wi
 from __future__ import annotations
 
 import re
+
+import numpy as np
 
 from trainers.atft_gat.config import TrainConfig
 from trainers.errors import UserError
@@ -34,7 +38,9 @@ def preflight(config: TrainConfig) -> None:
     if config.source == "synthetic":
         return
     from cache import CacheError, check_source, source_columns
+    from trainers.atft_gat.data import study_split
     from trainers.atft_gat.prepare import cache_spec
+    from trainers.atft_gat.scoring import panel_calendar
 
     where = f"panel {config.source}"
     spec = cache_spec(config)
@@ -65,11 +71,14 @@ def preflight(config: TrainConfig) -> None:
                         "graph_source (the correlation graph is built from a column of realised "
                         "past returns); set [data] graph_source to one, or use_graph = false")
     try:
-        found = check_source(config.source, spec)
+        check_source(config.source, spec)
     except CacheError as exc:
         raise UserError(str(exc)) from None
-    for name in ("val_start", "test_start"):
-        day = getattr(config, name)
-        if day and not found["first_date"] < day <= found["last_date"]:
-            raise UserError(f"{name} = {day!r} is outside {where}'s dates ({found['first_date']} "
-                            f"to {found['last_date']}); choose a date inside them")
+    # The study's split on the panel's calendar, by the rule training uses (data.study_split):
+    # val_start / test_start inside the dates, and enough dates for the periods and, under
+    # walk-forward validation, for every fold.
+    calendar = np.array(panel_calendar(config.source, config), dtype="datetime64[D]")
+    try:
+        study_split(config, calendar)
+    except UserError as exc:
+        raise UserError(f"{where}: {exc}") from None
