@@ -62,6 +62,21 @@ class StorageSpec:
     grace_period: int = 120
     max_retry: int = 2
 
+    def problems(self) -> list[tuple[str, str]]:
+        """``(setting, what is wrong)`` of every bad setting: the one rule for the study
+        file's [storage] and ``hpo.run``'s flags."""
+        out = []
+        if self.heartbeat_interval < 1:
+            out.append(("heartbeat_interval",
+                        f"must be >= 1 second, got {self.heartbeat_interval}"))
+        elif self.grace_period <= self.heartbeat_interval:
+            out.append(("grace_period", f"({self.grace_period} s) must be longer than the "
+                                        f"heartbeat interval ({self.heartbeat_interval} s), or "
+                                        "live trials would be failed as dead"))
+        if self.max_retry < 0:
+            out.append(("max_retry", f"must be >= 0, got {self.max_retry}"))
+        return out
+
 
 @dataclass(frozen=True)
 class EvaluateSpec:
@@ -70,7 +85,8 @@ class EvaluateSpec:
     ``hpo.evaluate --reopen`` looks again. Not part of the fingerprint: it changes no trial."""
 
     auto: bool = True
-    pbo_blocks: int = 16  # blocks of the validation dates for the PBO (even)
+    # Blocks of the validation dates for the PBO (even): C(16, 8) = 12,870 CSCV splits.
+    pbo_blocks: int = 16
     # A walk-forward study's test row: "last_fold" (its last fold's model) or "fold_ensemble"
     # (the mean of every fold model's per-date standardised scores); both are reported.
     test_model: str = "last_fold"
@@ -335,12 +351,8 @@ def parse_study(raw: Mapping[str, Any], *, path: Path, check_workload: bool = Tr
         problems.add("run.preempt_grace_s", f"must be > 0 seconds, got {run.preempt_grace_s}")
     for key, problem in evaluate.problems():
         problems.add(f"evaluate.{key}", problem)
-    if storage.heartbeat_interval < 1 or storage.grace_period <= storage.heartbeat_interval:
-        problems.add("storage", "need heartbeat_interval >= 1 and grace_period > "
-                                f"heartbeat_interval, got {storage.heartbeat_interval} and "
-                                f"{storage.grace_period}")
-    if storage.max_retry < 0:
-        problems.add("storage.max_retry", f"must be >= 0, got {storage.max_retry}")
+    for key, problem in storage.problems():
+        problems.add(f"storage.{key}", problem)
     if sampler.name == "grid":
         for p in params:
             if p.kind == "float" and p.step is None:

@@ -61,7 +61,6 @@ from hpo.heldout import (
 from hpo.heldout.comparisons import best_of, versus_baselines
 from hpo.heldout.luck import (
     COUNTED_STATES,
-    DEFAULT_PBO_BLOCKS,
     DSR_METRIC,
     deflated_metric,
     deflation,
@@ -215,7 +214,7 @@ def heldout_or_error(study: optuna.Study) -> HeldOut:
 
 
 def evaluate_study(study: optuna.Study, *, output: Path, force: bool = False,
-                   reopen: bool = False, pbo_blocks: int = DEFAULT_PBO_BLOCKS,
+                   reopen: bool = False, pbo_blocks: int = EvaluateSpec.pbo_blocks,
                    test_model: str = DEFAULT_TEST_MODEL, seeds: int = 1) -> Evaluation:
     """Predict the test period for the chosen trials and write the report (module docstring).
 
@@ -309,7 +308,7 @@ def attach_tear_sheet(study: optuna.Study, paths: list[Path], *, output: Path) -
 def _build_report(study: optuna.Study, front: list[FrozenTrial], chosen: FrozenTrial,
                   rule: str, heldout: HeldOut, *, dirs: dict[int, Path],
                   trained: dict[int, Any], output: Path, identity: dict[str, Any], rid: str,
-                  sharpes: dict[int, float], pbo_blocks: int = DEFAULT_PBO_BLOCKS,
+                  sharpes: dict[int, float], pbo_blocks: int = EvaluateSpec.pbo_blocks,
                   metric: str = DSR_METRIC, test_model: str = DEFAULT_TEST_MODEL,
                   seeds: int = 1) -> dict[str, Any]:
     names = metric_names(study)
@@ -451,9 +450,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true",
                    help="recompute the report even when the existing one is up to date (the "
                    "figures already seen: never a new look at the test period)")
-    p.add_argument("--pbo-blocks", type=int, default=DEFAULT_PBO_BLOCKS,
+    p.add_argument("--pbo-blocks", type=int, default=EvaluateSpec.pbo_blocks,
                    help="blocks of the validation dates for the probability of backtest "
-                   f"overfitting (even; default {DEFAULT_PBO_BLOCKS})")
+                   f"overfitting (even; default {EvaluateSpec.pbo_blocks})")
     p.add_argument("--test-model", choices=TEST_MODELS, default=DEFAULT_TEST_MODEL,
                    help="a walk-forward study's test row: the last fold's model or the fold "
                    "ensemble (both are in the report; default: the study file's [evaluate] "

@@ -99,15 +99,9 @@ def apply_storage_overrides(spec: StudySpec, overrides: dict[str, int]) -> Study
     if not overrides:
         return spec
     storage = dataclasses.replace(spec.storage, **overrides)
-    if storage.heartbeat_interval < 1:
-        raise UserError(f"--heartbeat-interval must be >= 1 second, got "
-                        f"{storage.heartbeat_interval}")
-    if storage.grace_period <= storage.heartbeat_interval:
-        raise UserError(f"the grace period ({storage.grace_period} s) must be longer than the "
-                        f"heartbeat interval ({storage.heartbeat_interval} s), or live trials "
-                        "would be failed as dead; raise --grace-period")
-    if storage.max_retry < 0:
-        raise UserError(f"--max-retry must be >= 0, got {storage.max_retry}")
+    bad = storage.problems()  # the rule of the study file's [storage] (hpo.config)
+    if bad:
+        raise UserError("; ".join(f"--{key.replace('_', '-')} {problem}" for key, problem in bad))
     return dataclasses.replace(spec, storage=storage)
 
 

@@ -35,7 +35,6 @@ from trainers.heldout import HeldOut
 DSR_METRIC = "sharpe"
 # The Sharpe ratios a study can select on; the deflated Sharpe ratio deflates the one it did.
 SHARPES = (DSR_METRIC, "sharpe_net")
-DEFAULT_PBO_BLOCKS = 16  # trainers.metrics.overfitting's: C(16, 8) = 12,870 CSCV splits
 
 
 def finite_number(value: Any) -> bool:

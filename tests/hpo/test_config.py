@@ -167,3 +167,21 @@ cost_bps = 10.0
     assert spec.fixed_settings()["cost_bps"] == 10.0
     with pytest.raises(UserError, match=r"cost_bps"):
         load_study_spec(str(write(tmp_path, text.replace("10.0", "-1.0"), "bad.toml")))
+
+
+def test_storage_settings_follow_one_rule_in_the_file_and_on_the_command_line(
+        tmp_path: Path) -> None:
+    """[storage] and hpo.run's flags are checked by the same StorageSpec.problems."""
+    from hpo.config import StorageSpec
+    from hpo.run import apply_storage_overrides
+
+    text = TOY + "\n[storage]\nheartbeat_interval = 10\ngrace_period = 10\nmax_retry = -1\n"
+    with pytest.raises(UserError) as err:
+        load_study_spec(str(write(tmp_path, text)))
+    for key, problem in StorageSpec(10, 10, -1).problems():
+        assert f"[storage.{key}] {problem}" in str(err.value)
+    spec = load_study_spec(str(write(tmp_path, TOY)))
+    with pytest.raises(UserError, match=r"^--grace-period \(10 s\) must be longer than the "
+                       r"heartbeat interval \(10 s\).*; --max-retry must be >= 0, got -1$"):
+        apply_storage_overrides(spec, {"heartbeat_interval": 10, "grace_period": 10,
+                                       "max_retry": -1})

@@ -107,7 +107,7 @@ def test_storage_flags_override_the_study_file(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--grace-period", "1"], "error: the grace period (1 s) must be longer than the "
+    (["--grace-period", "1"], "error: --grace-period (1 s) must be longer than the "
                               "heartbeat interval (1 s)"),
     (["--heartbeat-interval", "0"], "error: --heartbeat-interval must be >= 1 second, got 0"),
     (["--max-retry", "-1"], "error: --max-retry must be >= 0, got -1"),
