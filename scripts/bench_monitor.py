@@ -41,6 +41,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a plain script from a checkout
     sys.path.insert(0, str(REPO))
 
+from scripts.bench_predict import save_model, size_arguments  # noqa: E402
+
 
 def write_panel(path: Path, *, stocks: int, dates: int, features: int, seed: int = 0) -> None:
     """A random panel in date order, one row group per date: features ``f000...``, the past
@@ -66,23 +68,6 @@ def write_panel(path: Path, *, stocks: int, dates: int, features: int, seed: int
         writer = writer or pq.ParquetWriter(path, table.schema)
         writer.write_table(table)
     writer.close()
-
-
-def save_model(trial_dir: Path, panel: Path, names: list[str], *, hidden: int) -> None:
-    import torch
-
-    from trainers.atft_gat.config import TrainConfig
-    from trainers.atft_gat.model import ATFTGATFAN
-    from trainers.config import to_mapping
-
-    config = TrainConfig(source=str(panel), horizons=(1,), metric_horizon=1, purge=2,
-                         hidden_size=hidden, features=tuple(names), batch_size=4000)
-    model = ATFTGATFAN(config.model_config(), n_features=len(names))
-    trial_dir.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": model.state_dict(), "config": to_mapping(config),
-                "feature_names": names, "feature_mean": torch.zeros(len(names)),
-                "feature_std": torch.ones(len(names)), "with_graph": True},
-               trial_dir / "model.pt")
 
 
 def morning(folder: Path, state: bool) -> dict:
@@ -119,14 +104,9 @@ def _in_fresh_process(folder: Path, state: bool) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--stocks", type=int, default=4000)
-    p.add_argument("--features", type=int, default=300)
+    size_arguments(p, "monitor")
     p.add_argument("--history", type=int, default=300, help="the study's dates")
     p.add_argument("--live", type=int, default=20, help="dates after the study, first morning")
-    p.add_argument("--hidden", type=int, default=64, help="the model's hidden size")
-    p.add_argument("--dir", type=Path, default=Path("output/bench/monitor"))
-    p.add_argument("--out", type=Path, default=Path("output/bench/monitor.json"))
-    p.add_argument("--keep", action="store_true", help="keep the panel and the caches")
     args = p.parse_args(argv)
 
     import numpy as np
@@ -154,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         del first
         write_s = time.perf_counter() - t0
         names = [c for c in grown.columns if c not in ("date", "code", "ret_1d")]
-        save_model(folder / "trial_0", panel, names, hidden=args.hidden)
+        save_model(folder / "trial_0", names, hidden=args.hidden, source=str(panel), purge=2)
         h = args.history
         cut = [0, h // 2, h // 2 + h // 4, h - 1]
         split = {"train": [str(days[cut[0]]), str(days[cut[1] - 1])],

@@ -52,15 +52,18 @@ def write_panel(path: Path, *, stocks: int, dates: int, features: int, seed: int
     return names
 
 
-def save_model(trial_dir: Path, names: list[str], *, hidden: int) -> None:
+def save_model(trial_dir: Path, names: list[str], *, hidden: int,
+               source: str = "panel.parquet", **settings: object) -> None:
+    """A trial's ``model.pt`` of the production study's shape (random weights) on ``names``;
+    ``settings``: more of its TrainConfig."""
     import torch
 
     from trainers.atft_gat.config import TrainConfig
     from trainers.atft_gat.model import ATFTGATFAN
     from trainers.config import to_mapping
 
-    config = TrainConfig(source="panel.parquet", horizons=(1,), metric_horizon=1,
-                         hidden_size=hidden, features=tuple(names), batch_size=4000)
+    config = TrainConfig(source=source, horizons=(1,), metric_horizon=1, hidden_size=hidden,
+                         features=tuple(names), batch_size=4000, **settings)
     model = ATFTGATFAN(config.model_config(), n_features=len(names))
     trial_dir.mkdir(parents=True, exist_ok=True)
     torch.save({"model": model.state_dict(), "config": to_mapping(config),
@@ -69,15 +72,21 @@ def save_model(trial_dir: Path, names: list[str], *, hidden: int) -> None:
                trial_dir / "model.pt")
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def size_arguments(p: argparse.ArgumentParser, name: str) -> None:
+    """The options of a seed-sized scoring benchmark: panel and model size, where it works
+    and writes (``output/bench/<name>``), and whether it keeps its panel."""
     p.add_argument("--stocks", type=int, default=4000)
     p.add_argument("--features", type=int, default=300)
-    p.add_argument("--dates", type=int, default=250, help="dates of history in the panel")
     p.add_argument("--hidden", type=int, default=64, help="the model's hidden size")
-    p.add_argument("--dir", type=Path, default=Path("output/bench/predict"))
-    p.add_argument("--out", type=Path, default=Path("output/bench/predict.json"))
-    p.add_argument("--keep", action="store_true", help="keep the panel and the cache")
+    p.add_argument("--dir", type=Path, default=Path(f"output/bench/{name}"))
+    p.add_argument("--out", type=Path, default=Path(f"output/bench/{name}.json"))
+    p.add_argument("--keep", action="store_true", help="keep the panel and the caches")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    size_arguments(p, "predict")
+    p.add_argument("--dates", type=int, default=250, help="dates of history in the panel")
     args = p.parse_args(argv)
 
     import torch
