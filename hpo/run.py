@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import os
 import signal
@@ -132,6 +133,21 @@ class RunRequest:
     worker_index: int | None = None
 
 
+# A spawned worker's RunRequest, as JSON in its environment: workers receive the request the
+# parent resolved, not options turned back into argv (their argv only names them in `ps`).
+WORKER_REQUEST_ENV = "HPO_WORKER_REQUEST"
+
+
+def request_to_json(request: RunRequest) -> str:
+    return json.dumps({k: str(v) if isinstance(v, Path) else v
+                       for k, v in dataclasses.asdict(request).items()})
+
+
+def request_from_json(text: str) -> RunRequest:
+    data = json.loads(text)
+    return RunRequest(**{**data, "output": Path(data["output"])})
+
+
 def run_request(request: RunRequest) -> int:
     """Run or resume the study of ``request`` (module docstring); returns the exit code and
     raises ``UserError`` for a user error (nothing written)."""
@@ -153,8 +169,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
                         stream=sys.stderr)
+    request = RunRequest(**vars(args))
+    if args.worker_index is not None and WORKER_REQUEST_ENV in os.environ:
+        request = request_from_json(os.environ.pop(WORKER_REQUEST_ENV))  # spawned: the spec
     try:
-        return run_request(RunRequest(**vars(args)))
+        return run_request(request)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER
@@ -313,18 +332,11 @@ def _spawn_workers(args: RunRequest, url: str, n: int, *, gpu_pinning: bool) -> 
         env["HPO_STORAGE"] = url
         if gpu_pinning:
             env["CUDA_VISIBLE_DEVICES"] = devices[i]
+        env[WORKER_REQUEST_ENV] = request_to_json(dataclasses.replace(
+            args, storage=None, workers="1", worker_index=i))
+        # argv names the worker in `ps`; what it runs is the request above
         cmd = [sys.executable, "-m", "hpo.run", "--study", str(args.study),
-               "--output", str(args.output), "--worker-index", str(i)]
-        if args.n_trials is not None:
-            cmd += ["--n-trials", str(args.n_trials)]
-        if args.timeout is not None:
-            cmd += ["--timeout", str(args.timeout)]
-        if args.force:
-            cmd.append("--force")
-        if args.quiet:
-            cmd.append("--quiet")
-        for key, value in _storage_overrides(args).items():
-            cmd += [f"--{key.replace('_', '-')}", str(value)]
+               "--worker-index", str(i)]
         procs.append(subprocess.Popen(cmd, env=env, start_new_session=True))
     log.info("started %d workers (pids %s)", n, " ".join(str(p.pid) for p in procs))
 

@@ -85,9 +85,13 @@ def test_workers_auto_pins_one_visible_gpu_per_worker(
         # the URL travels in the environment (a password would show in `ps` otherwise)
         assert p.env["HPO_STORAGE"] == url and url not in p.cmd
         assert p.kwargs["start_new_session"] is True
-        flags = p.cmd[p.cmd.index("--heartbeat-interval"):]
-        assert flags[:6] == ["--heartbeat-interval", "2", "--grace-period", "9",
-                             "--max-retry", "4"]
+        # the worker receives the parent's request, not options rebuilt as argv
+        request = hpo.run.request_from_json(p.env[hpo.run.WORKER_REQUEST_ENV])
+        assert (request.heartbeat_interval, request.grace_period, request.max_retry,
+                request.worker_index, request.workers, request.storage) == (2, 9, 4, i, "1",
+                                                                              None)
+        assert request.study == str(path) and request.output == tmp_path / "out"
+        assert "--heartbeat-interval" not in p.cmd
     assert len(trials_of(url, "gpus")) == 0  # the parent only created the study
 
 
