@@ -55,22 +55,24 @@ DEFAULT_TRIALS = 8
 
 def study_text(args: argparse.Namespace, *, mode: str, market_seed: int) -> str:
     """The benchmark's study file for ``mode``: bench_selection_bias's study, selecting on
-    validation RankIC with the random sampler, and the mode's validation and pruner."""
-    text = BASE_STUDY.format(
+    validation RankIC with the random sampler, and the mode's validation and pruner (built
+    as a mapping and written with ``hpo.studyfile.dump_study``)."""
+    import tomllib
+
+    from hpo.studyfile import dump_study
+
+    raw = tomllib.loads(BASE_STUDY.format(
         n_trials=args.n_trials, seed=args.seed, startup=args.n_trials, n_stocks=args.n_stocks,
         n_dates=args.n_dates, market_seed=market_seed, epochs=args.epochs, steps=args.steps,
-        batch_size=args.batch_size)
-    text = text.replace('name = "selection_bias"', f'name = "cv_{mode}"')
-    text = text.replace('metric = "sharpe"', 'metric = "rank_ic"')
-    text = text.replace('name = "tpe"', 'name = "random"')
-    text = "\n".join(line for line in text.splitlines()
-                     if not line.startswith("n_startup_trials")) + "\n"
+        batch_size=args.batch_size))
+    raw["name"] = f"cv_{mode}"
+    raw["objectives"][0]["metric"] = "rank_ic"
+    raw["sampler"] = {"name": "random", "seed": args.seed}
     if mode != "holdout":
-        text = text.replace("purge = 20\n", f'purge = 20\ncv = "walk_forward"\n'
-                                            f"cv_folds = {args.folds}\n")
+        raw["data"].update(cv="walk_forward", cv_folds=args.folds)
     if mode == "walk_forward_pruned":
-        text = text.replace("[storage]", '[pruner]\nname = "wilcoxon"\n[storage]')
-    return text
+        raw["pruner"] = {"name": "wilcoxon"}
+    return dump_study(raw)
 
 
 def spearman(a: list[float], b: list[float]) -> float:
@@ -85,10 +87,10 @@ def run_study(args: argparse.Namespace, market_seed: int, mode: str) -> dict[str
     """One fresh study; its figures and the chosen trial's test rows."""
     from optuna.trial import TrialState
 
+    from hpo import api
     from hpo.evaluate import evaluate_study
     from hpo.loading import load_existing_study, open_existing_storage
     from hpo.records import trial_attrs
-    from hpo.run import main as run_main
     from hpo.study import trial_dir
     from trainers.registry import get_workload
 
@@ -100,8 +102,7 @@ def run_study(args: argparse.Namespace, market_seed: int, mode: str) -> dict[str
     output = workdir / "out"
     url = f"sqlite:///{output / 'hpo.db'}"
     started = time.perf_counter()
-    code = run_main(["--study", str(study_path), "--output", str(output), "--storage", url,
-                     "--quiet"])
+    code = api.run_study(study_path, output=output, storage=url, quiet=True)
     elapsed = time.perf_counter() - started
     if code != 0:
         raise SystemExit(f"error: the {mode} study of market {market_seed} ended with exit "
