@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import ClassVar
 
-from trainers.atft_gat.folds import CV, CV_KINDS, CV_WINDOWS, CVWindow
+from trainers.atft_gat.folds import CV, CV_KINDS, CV_WINDOWS, CVWindow, split_problems
 from trainers.atft_gat.model import ModelConfig
 from trainers.config import Checks
 from trainers.metrics.book import MAX_FRACTION as MAX_LEG
@@ -168,7 +168,6 @@ class TrainConfig(ModelConfig, RuntimeConfig):
         need(self.date_column != self.code_column, "code_column",
              "must differ from date_column")
         need(self.base_loss in BASE_LOSSES, "base_loss", f"allowed: {', '.join(BASE_LOSSES)}")
-        need(0.0 < self.val_fraction < 1.0, "val_fraction", "must be in (0, 1)")
         need(isinstance(self.cv, CV), "cv", f"allowed: {', '.join(CV_KINDS)}")
         need(isinstance(self.cv_window, CVWindow), "cv_window",
              f"allowed: {', '.join(CV_WINDOWS)}")
@@ -183,11 +182,14 @@ class TrainConfig(ModelConfig, RuntimeConfig):
              "must be in (0, 1]; 1 switches the guard off")
         need(self.leak_sharpe > 0, "leak_sharpe",
              "must be > 0 (an annualised Sharpe ratio); a large value switches the size test off")
-        test_ok = 0.0 <= self.test_fraction < 1.0
-        need(test_ok, "test_fraction", "must be in [0, 1); 0 holds out no test period")
-        if test_ok and 0.0 < self.val_fraction < 1.0:
-            need(self.val_fraction + self.test_fraction < 0.9, "test_fraction",
-                 "val_fraction + test_fraction must stay below 0.9")
+        # The split's rules, in their one home (folds.split_problems; date_split uses it too).
+        horizon = max(self.horizons) if self.horizons and all(
+            isinstance(h, int) for h in self.horizons) else None
+        purge = self.purge if isinstance(self.purge, int) else None
+        for name, _value, rule in split_problems(
+                val_fraction=self.val_fraction, test_fraction=self.test_fraction,
+                horizon=horizon, lag=self.execution_lag, purge=purge):
+            need(False, "horizons" if name == "horizon" else name, rule)
         for name in ("val_start", "test_start"):
             need(_iso_date(getattr(self, name)), name,
                  'an ISO date such as "2019-01-02", or "" to use the fraction')
@@ -197,13 +199,6 @@ class TrainConfig(ModelConfig, RuntimeConfig):
                  f"must come before test_start={self.test_start!r}")
         need(self.periods_per_year == 0 or 1 <= self.periods_per_year <= 366 * 24,
              "periods_per_year", "0 (from the calendar) or the periods in a year, e.g. 252")
-        lag_ok = self.execution_lag in (0, 1)
-        need(lag_ok, "execution_lag", "must be 0 (trade at the close of t) or 1 (from t + 1)")
-        if lag_ok and self.horizons:
-            need(self.purge >= max(self.horizons) + self.execution_lag, "purge",
-                 f"must be >= the longest label horizon plus the execution lag "
-                 f"({max(self.horizons)} + {self.execution_lag} dates), or training "
-                 "labels overlap validation dates")
         need(bool(self.costs) and all(0.0 <= c < 1e4 for c in self.costs), "cost_bps",
              "basis points per unit traded, in [0, 10000) (0 charges nothing), or a non-empty "
              "list of them whose first is charged")

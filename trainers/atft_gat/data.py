@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from trainers.atft_gat.folds import CV, Fold, walk_forward_folds
+from trainers.atft_gat.folds import CV, Fold, split_problems, walk_forward_folds
 from trainers.errors import UserError
 
 # A feature whose training spread is below this is constant: it is centred, not scaled.
@@ -269,24 +269,10 @@ def date_split(n_dates: int, *, val_fraction: float, test_fraction: float, purge
     validation from ``val_start`` to the second purge gap. Every problem with the settings is
     reported at once; a panel too short for them is a UserError naming the counts.
     """
-    problems = []
-    if not 0.0 < val_fraction < 1.0:
-        problems.append(f"val_fraction must be in (0, 1), got {val_fraction}")
-    if not 0.0 <= test_fraction < 1.0:
-        problems.append(f"test_fraction must be in [0, 1), got {test_fraction}")
-    elif val_fraction + test_fraction >= 0.9:
-        problems.append(f"val_fraction + test_fraction = {val_fraction + test_fraction:g} "
-                        "leaves under 10 % of the dates for training")
-    if horizon < 0:
-        problems.append(f"horizon must be >= 0, got {horizon}")
-    if lag not in (0, 1):
-        problems.append(f"execution_lag must be 0 or 1, got {lag}")
-    if purge < horizon + lag:
-        problems.append(
-            f"purge={purge} must be >= the longest label horizon plus the execution lag "
-            f"({horizon} + {lag} dates), or training labels overlap validation dates")
+    problems = split_problems(val_fraction=val_fraction, test_fraction=test_fraction,
+                              horizon=horizon, lag=lag, purge=purge)
     if problems:
-        raise UserError("; ".join(problems))
+        raise UserError("; ".join(f"{name}={value!r}: {rule}" for name, value, rule in problems))
     last = n_dates - 1 - horizon - lag  # the last date whose label lies inside the sample
     usable = last + 1
     if test_start is not None:

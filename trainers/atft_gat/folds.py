@@ -56,6 +56,36 @@ CV_KINDS = tuple(c.value for c in CV)
 CV_WINDOWS = tuple(w.value for w in CVWindow)
 
 
+def split_problems(*, val_fraction: float, test_fraction: float, horizon: int | None,
+                   lag: object, purge: int | None) -> list[tuple[str, object, str]]:
+    """``(setting, value, rule)`` of every split setting that breaks its rule: the one home
+    of these rules, for the config's checks (``TrainConfig``) and ``data.date_split``.
+    ``horizon`` (the longest) or ``purge`` None: the purge rule is not checked yet."""
+    out: list[tuple[str, object, str]] = []
+    val_ok = 0.0 < val_fraction < 1.0
+    if not val_ok:
+        out.append(("val_fraction", val_fraction, "must be in (0, 1)"))
+    test_ok = 0.0 <= test_fraction < 1.0
+    if not test_ok:
+        out.append(("test_fraction", test_fraction,
+                    "must be in [0, 1); 0 holds out no test period"))
+    elif val_ok and val_fraction + test_fraction >= 0.9:
+        out.append(("test_fraction", test_fraction,
+                    "val_fraction + test_fraction must stay below 0.9 (at least 10 % of the "
+                    "dates train)"))
+    if lag not in (0, 1):
+        out.append(("execution_lag", lag,
+                    "must be 0 (trade at the close of t) or 1 (from t + 1)"))
+    if horizon is not None and horizon < 0:
+        out.append(("horizon", horizon, "must be >= 0"))
+    elif horizon is not None and purge is not None and isinstance(lag, int) \
+            and purge < horizon + lag:
+        out.append(("purge", purge, f"must be >= the longest label horizon plus the execution "
+                                    f"lag ({horizon} + {lag} dates), or training labels "
+                                    "overlap validation dates"))
+    return out
+
+
 @dataclass(frozen=True)
 class Fold:
     """One fold: the dates its model trains on and the block it is validated on."""

@@ -251,9 +251,9 @@ def test_study_split_finds_the_first_date_on_or_after_each_start() -> None:
 
 
 def test_date_split_reports_every_problem_and_short_panels() -> None:
-    with pytest.raises(UserError, match="val_fraction.*test_fraction.*execution_lag.*purge=5"):
+    with pytest.raises(UserError, match="val_fraction.*test_fraction.*execution_lag.*purge=5:"):
         date_split(100, val_fraction=1.5, test_fraction=-0.1, purge=5, horizon=20, lag=2)
-    with pytest.raises(UserError, match="purge=20 must be >= .*20 \\+ 1"):
+    with pytest.raises(UserError, match="purge=20: must be >= .*20 \\+ 1"):
         date_split(100, val_fraction=0.2, test_fraction=0.2, purge=20, horizon=20, lag=1)
     with pytest.raises(UserError, match="too few.*0 training dates"):
         date_split(60, val_fraction=0.3, test_fraction=0.3, purge=20, horizon=20)

@@ -138,3 +138,20 @@ def test_execution_lag_scores_the_next_dates_return(tmp_path: Path, market) -> N
                                       "ret_1d"), on=["next", "code"])
     assert joined.height == preds.height > 0
     assert np.allclose(joined["target"].to_numpy(), joined["ret_1d"].to_numpy(), atol=1e-7)
+
+
+def test_the_split_rules_have_one_home_for_the_config_and_the_split() -> None:
+    """A bad split setting is refused in the same words by the config and by date_split."""
+    from trainers.atft_gat.config import TrainConfig
+    from trainers.atft_gat.folds import split_problems
+    from trainers.errors import UserError
+
+    bad = {"val_fraction": 0.5, "test_fraction": 0.45, "purge": 3, "execution_lag": 1}
+    rules = split_problems(val_fraction=0.5, test_fraction=0.45, horizon=20, lag=1, purge=3)
+    assert [name for name, _, _ in rules] == ["test_fraction", "purge"]
+    with pytest.raises(UserError) as from_config:
+        TrainConfig(**bad)
+    with pytest.raises(UserError) as from_split:
+        date_split(300, val_fraction=0.5, test_fraction=0.45, purge=3, horizon=20, lag=1)
+    for _, _, rule in rules:
+        assert rule in str(from_config.value) and rule in str(from_split.value)
