@@ -336,8 +336,9 @@ def check_source(source: str | Path | pl.DataFrame, spec: CacheSpec) -> dict[str
     their types, parseable dates and codes, no duplicate (date, code) row. A mistake is a
     ``CacheError``, exactly as the build would raise it. Reads the key columns (a CSV whole).
 
-    Returns ``{"features", "targets", "dates", "codes", "first_date", "last_date"}``: the
-    columns, the panel's size and its first and last date (ISO).
+    Returns ``{"features", "targets", "dates", "codes", "first_date", "last_date",
+    "calendar"}``: the columns, the panel's size, its first and last date (ISO) and every
+    date (ascending ``datetime64[D]``).
     """
     src = resolve_source(source, source_id=None, renames=spec.renames())
     if src.kind == "synthetic":
@@ -352,4 +353,4 @@ def check_source(source: str | Path | pl.DataFrame, spec: CacheSpec) -> dict[str
     keys = read_keys(iter_chunks(src, frame, [DATE_COLUMN, CODE_COLUMN]), where)
     return {"features": features, "targets": targets, "dates": len(keys.dates),
             "codes": len(keys.codes), "first_date": str(keys.dates[0]),
-            "last_date": str(keys.dates[-1])}
+            "last_date": str(keys.dates[-1]), "calendar": keys.dates}

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import re
 
-import numpy as np
-
 from trainers.atft_gat.config import TrainConfig
 from trainers.errors import UserError
 
@@ -40,7 +38,6 @@ def preflight(config: TrainConfig) -> None:
     from cache import CacheError, check_source, source_columns
     from trainers.atft_gat.data import study_split
     from trainers.atft_gat.prepare import cache_spec
-    from trainers.atft_gat.scoring import panel_calendar
 
     where = f"panel {config.source}"
     spec = cache_spec(config)
@@ -71,14 +68,13 @@ def preflight(config: TrainConfig) -> None:
                         "graph_source (the correlation graph is built from a column of realised "
                         "past returns); set [data] graph_source to one, or use_graph = false")
     try:
-        check_source(config.source, spec)
+        found = check_source(config.source, spec)
     except CacheError as exc:
         raise UserError(str(exc)) from None
-    # The study's split on the panel's calendar, by the rule training uses (data.study_split):
-    # val_start / test_start inside the dates, and enough dates for the periods and, under
-    # walk-forward validation, for every fold.
-    calendar = np.array(panel_calendar(config.source, config), dtype="datetime64[D]")
+    # The study's split on the panel's calendar (read by the check above), by the rule
+    # training uses (data.study_split): val_start / test_start inside the dates, and enough
+    # dates for the periods and, under walk-forward validation, for every fold.
     try:
-        study_split(config, calendar)
+        study_split(config, found["calendar"])
     except UserError as exc:
         raise UserError(f"{where}: {exc}") from None

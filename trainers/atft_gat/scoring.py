@@ -93,10 +93,14 @@ def _read(source: str, columns: list[str], keys: dict[str, str] | None = None,
     return frame.with_columns(pl.col(CODE).cast(pl.Utf8)) if CODE in columns else frame
 
 
+def _key_spec(config: Any) -> CacheSpec:
+    """The panel's own names of its key columns (``[data] date_column``, ``code_column``)."""
+    return CacheSpec(date_column=config.date_column, code_column=config.code_column)
+
+
 def key_names(config: Any) -> dict[str, str]:
-    """The panel's own names of the key columns -> ``date``/``code`` (``[data] date_column``,
-    ``code_column``)."""
-    return CacheSpec(date_column=config.date_column, code_column=config.code_column).renames()
+    """The panel's own names of the key columns -> ``date``/``code``."""
+    return _key_spec(config).renames()
 
 
 def checked_columns(trained: Any, source: str) -> tuple[list[str], dict[str, Any] | None]:
@@ -105,11 +109,10 @@ def checked_columns(trained: Any, source: str) -> tuple[list[str], dict[str, Any
     are checked once read)."""
     from cache import CacheError, source_columns
 
-    config = trained.config
-    keys = key_names(config)
+    spec = _key_spec(trained.config)
+    keys = spec.renames()
     try:
-        columns = source_columns(source, CacheSpec(date_column=config.date_column,
-                                                   code_column=config.code_column))
+        columns = source_columns(source, spec)
     except CacheError as exc:
         raise UserError(str(exc)) from None
     schema = dict(pl.read_parquet_schema(source)) if not _is_csv(source) else None
