@@ -42,7 +42,7 @@ from trainers.atft_gat.synthetic import (  # noqa: E402
     generate_market,
     market_baselines,
 )
-from trainers.metrics import panel_metrics  # noqa: E402
+from trainers.metrics import Scoring, panel_metrics  # noqa: E402
 
 SIZES = ((100, 360), (500, 750), (1000, 1500))  # the demo study, the README, production
 FIGURES = ("rank_ic", "rank_icir", "sharpe")
@@ -62,14 +62,14 @@ def one_market(
     )
     out: dict[str, object] = {"oracle_1d_all_dates": {k: whole[k] for k in FIGURES}}
     # The best raw feature chosen and scored on the whole sample: in-sample, so flattered.
-    in_sample = market_baselines((frame, oracle), days, horizon=1)["best_feature"]
+    in_sample = market_baselines((frame, oracle), days)["best_feature"]
     assert in_sample["chosen_on"] == "report dates (in-sample)"
     out["best_feature_1d_all_dates_in_sample"] = {k: in_sample[k] for k in FIGURES}
     out["best_feature_1d_all_dates_in_sample"]["name"] = (
         "-" if in_sample["sign"] < 0 else ""
     ) + in_sample["name"]
     for horizon in (1, 20):
-        base = market_baselines((frame, oracle), report, horizon=horizon)
+        base = market_baselines((frame, oracle), report, scoring=Scoring(horizon=horizon))
         best = base["best_feature"]
         out[f"oracle_{horizon}d"] = {k: base["oracle"][k] for k in FIGURES}
         out[f"best_feature_{horizon}d"] = {k: best[k] for k in FIGURES}

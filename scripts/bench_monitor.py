@@ -74,7 +74,6 @@ def morning(folder: Path, state: bool) -> dict:
     """One morning in this process: ``live`` on the panel, timed."""
     import polars as pl
 
-    from trainers.atft_gat.heldout import scoring
     from trainers.atft_gat.monitor import live
     from trainers.atft_gat.predict import load_trained
 
@@ -83,7 +82,7 @@ def morning(folder: Path, state: bool) -> dict:
     meta = json.loads((folder / "study.json").read_text())
     validation = pl.read_parquet(folder / "validation.parquet")
     out = live(trained, str(folder / "panel.parquet"), folder / "cache", meta["split"],
-               validation, scoring(trained.config), state=folder / "state" if state else None)
+               validation, trained.config.scoring, state=folder / "state" if state else None)
     seconds = time.perf_counter() - started
     model = out["series"]["model"]
     return {"seconds": round(seconds, 2), "live_dates": model.height,

@@ -205,7 +205,7 @@ def figures(report: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     """One panel's figures from its test report and test predictions (module docstring)."""
     import polars as pl
 
-    from trainers.metrics import PLAIN, Book, panel_metrics
+    from trainers.metrics import Book, Scoring, panel_metrics
 
     chosen = next(t for t in report["trials"] if t["chosen"])
     base = report["baselines"]["test"]
@@ -219,7 +219,7 @@ def figures(report: dict[str, Any], out_dir: Path) -> dict[str, Any]:
         pl.col("trial") == chosen["number"])
     plain = panel_metrics(preds["date"].to_numpy(), preds["pred"].to_numpy(),
                           preds["target"].to_numpy(), codes=preds["code"].to_numpy(),
-                          book=PLAIN, periods_per_year=report.get("periods_per_year") or 252)
+                          scoring=Scoring(periods_per_year=report.get("periods_per_year") or 252))
     booked = rows["chosen"]["sharpe"]["value"]
     lost = (1.0 - booked / plain["sharpe"]) if plain["sharpe"] > 0 else None
     versus = {name: {m: v["test"][m] for m in COMPARED if m in v["test"]}

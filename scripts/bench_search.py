@@ -123,7 +123,7 @@ def heldout_rank_ic(out_dir: Path, study_name: str, number: int, *,
     from hpo.objective import trial_dir
     from trainers.atft_gat.predict import load_trained, predict_period
     from trainers.errors import UserError
-    from trainers.metrics import predictions_metrics_with_se
+    from trainers.metrics import Scoring, predictions_metrics_with_se
 
     directory = trial_dir(out_dir, study_name, number)
     trained = load_trained(directory)
@@ -133,7 +133,8 @@ def heldout_rank_ic(out_dir: Path, study_name: str, number: int, *,
     if recorded_split is not None and recorded_split != ranges:
         raise UserError(f"{directory}: the data now splits into {ranges}, the study was run on "
                         f"{recorded_split}; rerun the bench into a fresh --dir")
-    metrics = predictions_metrics_with_se(frame, horizon=trained.config.metric_horizon)
+    metrics = predictions_metrics_with_se(
+        frame, scoring=Scoring(horizon=trained.config.metric_horizon))
     return {"value": _finite(metrics["rank_ic"]["value"]),
             "se": _finite(metrics["rank_ic"]["se"]),
             "n_dates": int(metrics["n_dates"]["value"]), "test_dates": ranges.get("test"),

@@ -79,10 +79,7 @@ from typing import Any
 import numpy as np
 
 from trainers.metrics import registry
-from trainers.metrics.book import PLAIN
-from trainers.metrics.turnover import DEFAULT_COST_BPS
-
-TRADING_DAYS = 252  # the annualisation when a workload names none
+from trainers.metrics.scoring import SCORING, Scoring
 
 # The trial's validation predictions, written by the trainer: date, code, pred, target.
 VALIDATION_PREDICTIONS = "predictions.parquet"
@@ -223,44 +220,40 @@ class HeldOut:
         raise self._absent("live")
 
 
-def ranking_score(frame: Any, *, horizon: int = 1, cost_bps: float = DEFAULT_COST_BPS,
-                  book: Any = None, periods_per_year: float = TRADING_DAYS,
+def ranking_score(frame: Any, scoring: Scoring = SCORING, *,
                   reported: tuple[str, ...] = RANKING_REPORTED
                   ) -> tuple[dict[str, Any], dict[str, int]]:
     """Cross-sectional figures with moving-block bootstrap SEs of ``date, pred, target`` rows
     (``trainers.metrics.predictions_metrics_with_se``), limited to ``reported``."""
     from trainers.metrics import predictions_metrics_with_se
 
-    raw = predictions_metrics_with_se(frame, horizon=horizon, cost_bps=cost_bps,
-                                      book=book or PLAIN, periods_per_year=periods_per_year)
+    raw = predictions_metrics_with_se(frame, scoring=scoring)
     boot = {k: int(v) for k, v in raw.pop("bootstrap").items()}
     return {name: raw[name] for name in reported}, boot
 
 
-def ranking_compare(a: Any, b: Any, *, horizon: int = 1, cost_bps: float = DEFAULT_COST_BPS,
-                    book: Any = None, periods_per_year: float = TRADING_DAYS,
+def ranking_compare(a: Any, b: Any, scoring: Scoring = SCORING, *,
                     reported: tuple[str, ...] = RANKING_REPORTED) -> dict[str, Any]:
     """Figures of rows ``a`` minus those of rows ``b`` with paired moving-block bootstrap SEs
     (``trainers.metrics.paired_difference``), limited to ``reported``."""
     from trainers.metrics import paired_difference
 
-    raw = paired_difference(a, b, horizon=horizon, cost_bps=cost_bps, book=book or PLAIN,
-                            periods_per_year=periods_per_year)
+    raw = paired_difference(a, b, scoring=scoring)
     return {name: raw[name] for name in reported if name in raw}
 
 
-def ranking_returns(frame: Any, *, book: Any = None,
-                    cost_bps: float = DEFAULT_COST_BPS) -> Any:
-    """``date, ret, ret_net``: the per-date long-short of the rows' book (the plain quintile
-    book by default), gross and net of ``cost_bps`` (NaN net without a ``code`` column)."""
+def ranking_returns(frame: Any, scoring: Scoring = SCORING) -> Any:
+    """``date, ret, ret_net``: the per-date long-short of the rows' book (``scoring``'s; each
+    date's book traded against the previous date's, whatever the scored horizon), gross and
+    net of ``scoring.cost_bps`` (NaN net without a ``code`` column)."""
     import polars as pl
 
     from trainers.metrics import per_date_metrics
 
     codes = frame["code"].to_numpy() if "code" in frame.columns else None
     per_date = per_date_metrics(frame["date"].to_numpy(), frame["pred"].to_numpy(),
-                                frame["target"].to_numpy(), codes=codes, book=book or PLAIN,
-                                cost_bps=cost_bps)
+                                frame["target"].to_numpy(), codes=codes,
+                                scoring=scoring.replace(horizon=1))
     return pl.DataFrame({"date": per_date["date"], "ret": per_date["long_short"],
                          "ret_net": per_date["long_short_net"]})
 
@@ -288,25 +281,24 @@ def ensemble_scores(frames: list[Any], column: str = "pred") -> Any:
                       *others).select(first.columns)
 
 
-def ranking_costs(frame: Any, *, costs: tuple[float, ...], horizon: int = 1,
-                  book: Any = None, periods_per_year: float = TRADING_DAYS) -> dict[str, Any]:
+def ranking_costs(frame: Any, costs: tuple[float, ...],
+                  scoring: Scoring = SCORING) -> dict[str, Any]:
     """The net Sharpe ratio (with its bootstrap SE) of ``date, code, pred, target`` rows at
-    each cost of ``costs`` (bps per unit traded), and the break-even cost: the cost at which
-    the mean net long-short return is zero, ``1e4 * sum(long_short) / sum(turnover)`` over
-    the scored dates (0 when the book loses before costs; None when it never trades)."""
+    each cost of ``costs`` (bps per unit traded; ``scoring``'s own cost is not used), and the
+    break-even cost: the cost at which the mean net long-short return is zero,
+    ``1e4 * sum(long_short) / sum(turnover)`` over the scored dates (0 when the book loses
+    before costs; None when it never trades)."""
     import math
 
     from trainers.metrics import per_date_metrics, predictions_metrics_with_se
 
-    book = book or PLAIN
     at = {}
     for cost in costs:
-        raw = predictions_metrics_with_se(frame, horizon=horizon, cost_bps=cost, book=book,
-                                          periods_per_year=periods_per_year)
+        raw = predictions_metrics_with_se(frame, scoring=scoring.replace(cost_bps=cost))
         at[f"{cost:g}"] = {"value": raw["sharpe_net"]["value"], "se": raw["sharpe_net"]["se"]}
     per_date = per_date_metrics(frame["date"].to_numpy(), frame["pred"].to_numpy(),
                                 frame["target"].to_numpy(), codes=frame["code"].to_numpy(),
-                                horizon=horizon, cost_bps=0.0, book=book)
+                                scoring=scoring.replace(cost_bps=0.0))
     gross = per_date["long_short"].to_numpy()
     traded = np.nan_to_num(per_date["turnover"].to_numpy(), nan=0.0)[np.isfinite(gross)]
     total, spent = float(np.nansum(gross)), float(traded.sum())
@@ -317,16 +309,13 @@ def ranking_costs(frame: Any, *, costs: tuple[float, ...], horizon: int = 1,
     return {"grid_bps": [float(c) for c in costs], "sharpe_net": at, "break_even_bps": even}
 
 
-def ranking_moments(frame: Any, *, horizon: int = 1, cost_bps: float = DEFAULT_COST_BPS,
-                    book: Any = None, net: bool = False,
-                    periods_per_year: float = TRADING_DAYS) -> dict[str, float]:
+def ranking_moments(frame: Any, scoring: Scoring = SCORING, *,
+                    net: bool = False) -> dict[str, float]:
     """Skewness, kurtosis, non-overlapping periods and periods per year of the long-short
     returns of ``date, pred, target`` rows (``trainers.metrics.sharpe_moments``); ``net``:
-    of the returns net of ``cost_bps`` (needs a ``code`` column)."""
+    of the returns net of ``scoring.cost_bps`` (needs a ``code`` column)."""
     from trainers.metrics import sharpe_moments
 
     codes = frame["code"].to_numpy() if "code" in frame.columns else None
     return sharpe_moments(frame["date"].to_numpy(), frame["pred"].to_numpy(),
-                          frame["target"].to_numpy(), codes=codes, horizon=horizon,
-                          cost_bps=cost_bps, book=book or PLAIN, net=net,
-                          periods_per_year=periods_per_year)
+                          frame["target"].to_numpy(), codes=codes, scoring=scoring, net=net)

@@ -48,6 +48,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from trainers.metrics.scoring import SCORING, Scoring
+
 HTML_NAME = "tear_sheet.html"
 PNG_NAMES = ("tear_sheet_cumulative.png", "tear_sheet_drawdown.png",
              "tear_sheet_rolling_sharpe.png", "tear_sheet_rank_ic.png",
@@ -162,13 +164,12 @@ def _rolling_sharpe(returns: np.ndarray, window: int, periods_per_year: float) -
     return out
 
 
-def _per_date(frame: pl.DataFrame, *, horizon: int, cost_bps: float,
-              book: Any) -> pl.DataFrame:
+def _per_date(frame: pl.DataFrame, scoring: Scoring) -> pl.DataFrame:
     from trainers.metrics import per_date_metrics
 
     return per_date_metrics(frame["date"].to_numpy(), frame["pred"].to_numpy(),
                             frame["target"].to_numpy(), codes=frame["code"].to_numpy(),
-                            horizon=horizon, cost_bps=cost_bps, book=book)
+                            scoring=scoring)
 
 
 def _rolling(values: np.ndarray, window: int) -> np.ndarray:
@@ -209,9 +210,11 @@ def _png(fig: Any) -> bytes:
 
 def _figures(series: Mapping[str, pl.DataFrame], quantiles: Mapping[str, np.ndarray],
              decay: Mapping[str, tuple[np.ndarray, np.ndarray]], *,
-             horizon: int, cost_bps: float, title: str,
-             periods_per_year: float = 252.0) -> list[bytes]:
+             scoring: Scoring, title: str) -> list[bytes]:
     from matplotlib.figure import Figure
+
+    horizon, cost_bps = scoring.horizon, scoring.cost_bps
+    periods_per_year = scoring.periods_per_year
 
     colors = [f"C{i}" for i in range(len(series))]
     out = []
@@ -365,8 +368,10 @@ def _book_words(book: Any) -> str:
 
 
 def _html(title: str, figures: Mapping[str, Mapping[str, float]], pngs: list[bytes], *,
-          horizon: int, cost_bps: float, book: Any, periods_per_year: float,
-          dates: str, report_lines: Sequence[str] = ()) -> str:
+          scoring: Scoring, dates: str, report_lines: Sequence[str] = ()) -> str:
+    horizon, cost_bps, book = scoring.horizon, scoring.cost_bps, scoring.book
+    periods_per_year = scoring.periods_per_year
+
     def cell(v: float) -> str:
         return f"{v:.4g}" if isinstance(v, float) and np.isfinite(v) else "-"
 
@@ -407,33 +412,29 @@ def _html(title: str, figures: Mapping[str, Mapping[str, float]], pngs: list[byt
 
 
 def tear_sheet(frames: Mapping[str, pl.DataFrame], out_dir: Path, *, title: str,
-               horizon: int = 1, cost_bps: float = 5.0, book: Any = None,
-               periods_per_year: float = 252.0,
+               scoring: Scoring = SCORING,
                report_lines: Sequence[str] = ()) -> list[Path]:
     """Write the tear sheet of ``frames`` (label -> rows; the first is the model, the others
     its baselines, on the same dates) into ``out_dir``; returns the HTML file and the PNGs.
     ``report_lines``: the held-out report's text, shown above the figures. Each file is
     replaced atomically."""
     from trainers.context import atomic_write_bytes
-    from trainers.metrics import PLAIN, panel_metrics
+    from trainers.metrics import panel_metrics
 
-    book = book or PLAIN
     if not frames:
         raise ValueError("tear_sheet needs at least one frame of prediction rows")
-    series = {label: _per_date(f, horizon=horizon, cost_bps=cost_bps, book=book)
-              for label, f in frames.items()}
+    series = {label: _per_date(f, scoring) for label, f in frames.items()}
     quantiles = {label: quantile_returns(f) for label, f in frames.items()}
     figures = {label: panel_metrics(f["date"].to_numpy(), f["pred"].to_numpy(),
                                     f["target"].to_numpy(), codes=f["code"].to_numpy(),
-                                    horizon=horizon, cost_bps=cost_bps, book=book,
-                                    periods_per_year=periods_per_year)
+                                    scoring=scoring)
                for label, f in frames.items()}
     for label, per_date in series.items():
         figures[label] = {**figures[label],
-                          **return_stats(_net_returns(per_date, horizon), periods_per_year)}
+                          **return_stats(_net_returns(per_date, scoring.horizon),
+                                         scoring.periods_per_year)}
     decay = {label: ic_decay(f) for label, f in frames.items()}
-    pngs = _figures(series, quantiles, decay, horizon=horizon, cost_bps=cost_bps, title=title,
-                    periods_per_year=periods_per_year)
+    pngs = _figures(series, quantiles, decay, scoring=scoring, title=title)
     first = next(iter(frames.values()))["date"]
     dates = f"{first.min()} to {first.max()}"
     out_dir = Path(out_dir)
@@ -442,7 +443,7 @@ def tear_sheet(frames: Mapping[str, pl.DataFrame], out_dir: Path, *, title: str,
     for name, data in zip(PNG_NAMES, pngs, strict=True):
         atomic_write_bytes(out_dir / name, data, durable=False)
         paths.append(out_dir / name)
-    page = _html(title, figures, pngs, horizon=horizon, cost_bps=cost_bps, book=book,
-                 periods_per_year=periods_per_year, dates=dates, report_lines=report_lines)
+    page = _html(title, figures, pngs, scoring=scoring, dates=dates,
+                 report_lines=report_lines)
     atomic_write_bytes(out_dir / HTML_NAME, page.encode(), durable=False)
     return [out_dir / HTML_NAME, *paths]

@@ -18,7 +18,7 @@ from hpo.heldout import REPORT_FILE
 from hpo.run import main as run_main
 from tests.hpo.test_evaluate import STUDY
 from tests.trainers.test_book import naive_books
-from trainers.metrics import Book
+from trainers.metrics import Book, Scoring
 
 PORTFOLIO = """
 [portfolio]
@@ -203,7 +203,7 @@ def test_searched_book_settings_rescore_each_trial(tmp_path: Path) -> None:
     for j, n in enumerate(columns):
         t = study.trials[n]
         frame = pl.read_parquet(out / "searched" / f"trial_{n}" / "predictions.parquet")
-        own = ranking_returns(frame, book=Book(exit=t.params["exit"],
-                                               halflife=t.params["score_halflife"]))
+        own = ranking_returns(frame, scoring=Scoring(book=Book(exit=t.params["exit"],
+                                               halflife=t.params["score_halflife"])))
         np.testing.assert_allclose(matrix[:, j], own.sort("date")["ret"].to_numpy()[
             -len(matrix):], equal_nan=True)

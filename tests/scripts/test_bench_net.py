@@ -12,7 +12,7 @@ import polars as pl
 import pytest
 
 from scripts import bench_net
-from trainers.metrics import panel_metrics
+from trainers.metrics import Scoring, panel_metrics
 
 
 def test_the_real_like_panel_has_past_only_features(tmp_path: Path) -> None:
@@ -53,7 +53,7 @@ def test_each_panel_reports_the_chosen_book_beside_the_plain_one(bench: dict[str
             pl.col("trial") == chosen["number"])
         plain = panel_metrics(rows["date"].to_numpy(), rows["pred"].to_numpy(),
                               rows["target"].to_numpy(), codes=rows["code"].to_numpy(),
-                              periods_per_year=test["periods_per_year"])
+                              scoring=Scoring(periods_per_year=test["periods_per_year"]))
         assert panel["chosen_plain_book"]["turnover"] == pytest.approx(plain["turnover"])
         assert panel["book"] == {k: test["book"][k] for k in ("enter", "exit", "halflife")}
     synthetic = report["panels"][0]

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from trainers.metrics import Book, panel_metrics, per_date_metrics
+from trainers.metrics import Book, Scoring, panel_metrics, per_date_metrics
 from trainers.metrics.book import PLAIN
 
 
@@ -107,7 +107,8 @@ BOOKS = [Book(), Book(exit=0.3), Book(enter=0.1, exit=0.4), Book(halflife=3.0),
 @pytest.mark.parametrize("horizon", [1, 3])
 def test_book_matches_a_plain_loop(book: Book, horizon: int) -> None:
     dates, codes, pred, target = _panel()
-    got = per_date_metrics(dates, pred, target, codes=codes, book=book, horizon=horizon)
+    got = per_date_metrics(dates, pred, target, codes=codes,
+                           scoring=Scoring(book=book, horizon=horizon))
     _, gross, turnover, net = naive_books(dates, codes, pred, target, book, horizon=horizon)
     grid = sorted(set(dates.tolist()))
     by_pos = {grid.index(np.datetime64(r["date"], "D")): r for r in got.iter_rows(named=True)}
@@ -139,7 +140,7 @@ def test_hold_band_membership_matches_the_loop(monkeypatch: pytest.MonkeyPatch) 
         return seen["triplets"]
 
     monkeypatch.setattr(cs, "build_books", spy)
-    per_date_metrics(dates, pred, target, codes=codes, book=book)
+    per_date_metrics(dates, pred, target, codes=codes, scoring=Scoring(book=book))
     names = np.unique(codes)
     got: dict[int, dict[str, float]] = {}
     for r, c, w in zip(*seen["triplets"], strict=True):
@@ -155,21 +156,26 @@ def test_plain_settings_reproduce_the_vectorised_book() -> None:
     import trainers.metrics.book as book_mod
 
     dates, codes, pred, target = _panel(seed=5)
-    plain = per_date_metrics(dates, pred, target, codes=codes, horizon=2)
+    plain = per_date_metrics(dates, pred, target, codes=codes, scoring=Scoring(horizon=2))
     forced = Book()
     object.__setattr__(forced, "exit", 0.2 + 1e-12)  # not .plain, but the same legs
     assert not forced.plain and book_mod.PLAIN.plain
-    looped = per_date_metrics(dates, pred, target, codes=codes, horizon=2, book=forced)
+    looped = per_date_metrics(
+        dates, pred, target, codes=codes, scoring=Scoring(horizon=2, book=forced)
+    )
     for col in ("long_short", "turnover", "long_short_net", "rank_ic"):
-        np.testing.assert_allclose(looped[col].to_numpy(), plain[col].to_numpy(),
-                                   rtol=0, atol=1e-15, equal_nan=True)
+        np.testing.assert_allclose(
+            looped[col].to_numpy(), plain[col].to_numpy(), rtol=0, atol=1e-15, equal_nan=True
+        )
 
 
 def test_smoothing_and_bands_lower_turnover() -> None:
     dates, codes, pred, target = _panel(seed=1, n_dates=120, churn=False)
     base = panel_metrics(dates, pred, target, codes=codes)
-    smoothed = panel_metrics(dates, pred, target, codes=codes, book=Book(halflife=5.0))
-    banded = panel_metrics(dates, pred, target, codes=codes, book=Book(exit=0.4))
+    smoothed = panel_metrics(
+        dates, pred, target, codes=codes, scoring=Scoring(book=Book(halflife=5.0))
+    )
+    banded = panel_metrics(dates, pred, target, codes=codes, scoring=Scoring(book=Book(exit=0.4)))
     assert smoothed["turnover"] < 0.6 * base["turnover"]
     assert banded["turnover"] < 0.6 * base["turnover"]
     assert smoothed["rank_ic"] == base["rank_ic"]  # the model's own ranking quality
@@ -188,11 +194,16 @@ def test_a_stock_that_leaves_restarts_its_average() -> None:
     assert out[1, 0] == pytest.approx(0.5 * z1[0] + 0.5 * 1.0)
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"enter": 0.0}, "enter must be in"), ({"enter": 0.6}, "enter must be in"),
-    ({"exit": 0.1}, "exit must be in"), ({"exit": 0.7}, "exit must be in"),
-    ({"halflife": -1.0}, "halflife must be >= 0"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"enter": 0.0}, "enter must be in"),
+        ({"enter": 0.6}, "enter must be in"),
+        ({"exit": 0.1}, "exit must be in"),
+        ({"exit": 0.7}, "exit must be in"),
+        ({"halflife": -1.0}, "halflife must be >= 0"),
+    ],
+)
 def test_bad_book_settings_are_refused(kwargs: dict[str, float], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         Book(**kwargs)
@@ -201,5 +212,5 @@ def test_bad_book_settings_are_refused(kwargs: dict[str, float], message: str) -
 def test_a_managed_book_needs_codes() -> None:
     dates, codes, pred, target = _panel()
     with pytest.raises(ValueError, match="needs codes"):
-        per_date_metrics(dates, pred, target, book=Book(halflife=2.0))
+        per_date_metrics(dates, pred, target, scoring=Scoring(book=Book(halflife=2.0)))
     assert PLAIN.plain

@@ -12,6 +12,7 @@ from scipy import stats
 from trainers.metrics import (
     PER_DATE_COLUMNS,
     Book,
+    Scoring,
     deflated_sharpe_ratio,
     expected_max_sharpe,
     panel_metrics,
@@ -78,7 +79,9 @@ def test_per_date_matches_reference(seed: int, quantile: float, sort_by_date: bo
     if sort_by_date:  # the common layout (a cache panel); rows of a date keep their order
         order = np.argsort(dates, kind="stable")
         dates, pred, target = dates[order], pred[order], target[order]
-    got = per_date_metrics(dates, pred, target, book=Book(enter=quantile), min_stocks=5)
+    got = per_date_metrics(
+        dates, pred, target, scoring=Scoring(book=Book(enter=quantile), min_stocks=5)
+    )
     ref = _reference(dates, pred, target, quantile, 5)
 
     assert tuple(got.columns) == PER_DATE_COLUMNS
@@ -139,7 +142,7 @@ def test_hand_computed_small_panel() -> None:
     # Date 0 hits: signs equal on rows 1, 2, 4 -> 3 of 5; date 1: rows 0, 3, 4 -> 3 of 4.
     assert got["hits"].to_list() == [3, 3]
     assert got["n_hit"].to_list() == [5, 4]
-    m = panel_metrics(dates, pred, target, periods_per_year=4)
+    m = panel_metrics(dates, pred, target, scoring=Scoring(periods_per_year=4))
     assert m["hit_rate"] == pytest.approx(6 / 9)
     # Two daily long-shorts 0.06, 0.07: mean 0.065, std (ddof=1) 0.00707..., times sqrt(4).
     assert m["sharpe"] == pytest.approx(0.065 / np.std([0.06, 0.07], ddof=1) * 2)
@@ -195,11 +198,15 @@ def test_perfect_and_inverse_predictions() -> None:
     [
         ({"book": "top"}, "book must be a trainers.metrics.book.Book"),
         ({"min_stocks": 1}, "min_stocks must be >= 2"),
+        ({"cost_bps": -1.0}, "cost_bps must be a finite number >= 0"),
+        ({"cost_bps": float("nan")}, "cost_bps must be a finite number >= 0"),
+        ({"periods_per_year": 0}, "periods_per_year must be a finite number > 0"),
     ],
 )
 def test_bad_options_are_rejected(kwargs: dict[str, float], message: str) -> None:
+    """A bad setting fails where the ``Scoring`` is made, before any figure is computed."""
     with pytest.raises(ValueError, match=message):
-        panel_metrics(np.zeros(5), np.arange(5.0), np.arange(5.0), **kwargs)
+        panel_metrics(np.zeros(5), np.arange(5.0), np.arange(5.0), scoring=Scoring(**kwargs))
 
 
 def test_mismatched_lengths_are_rejected() -> None:
@@ -214,7 +221,7 @@ def test_heavy_ties_match_reference(seed: int) -> None:
     dates = np.repeat(np.arange(30), rng.integers(1, 40, size=30))
     pred = rng.integers(-1, 2, size=len(dates)).astype(float)
     target = rng.integers(-1, 2, size=len(dates)).astype(float)
-    got = per_date_metrics(dates, pred, target, min_stocks=3)
+    got = per_date_metrics(dates, pred, target, scoring=Scoring(min_stocks=3))
     ref = _reference(dates, pred, target, 0.2, 3)
     assert got["date"].to_list() == sorted(ref)
     for row in got.iter_rows(named=True):
@@ -272,7 +279,7 @@ def test_horizon_sharpe_is_the_mean_of_non_overlapping_phases_by_hand() -> None:
     for k in range(h):
         ls = np.array([ref[d]["long_short"] for d in range(k, 403, h) if d in ref])
         phase_sharpes.append(ls.mean() / ls.std(ddof=1) * math.sqrt(252 / h))
-    got = panel_metrics(dates, pred, target, horizon=h)
+    got = panel_metrics(dates, pred, target, scoring=Scoring(horizon=h))
     assert got["sharpe"] == pytest.approx(np.mean(phase_sharpes), rel=1e-12)
     # The overlapping convention it replaces: every date's h-day return, times sqrt(252).
     every_date = np.array([r["long_short"] for r in ref.values()])
@@ -292,21 +299,25 @@ def test_horizon_sharpe_matches_the_daily_strategy_not_sqrt_h_times_it() -> None
     h, n_days = 20, 6000
     dates, pred, target, ls_daily = _fixed_legs_panel(n_days, h, daily_sharpe=0.1, seed=2)
     daily = ls_daily.mean() / ls_daily.std(ddof=1) * math.sqrt(252)
-    honest = panel_metrics(dates, pred, target, horizon=h)["sharpe"]
-    overlapping = panel_metrics(dates, pred, target, horizon=1)["sharpe"]
+    honest = panel_metrics(dates, pred, target, scoring=Scoring(horizon=h))["sharpe"]
+    overlapping = panel_metrics(dates, pred, target, scoring=Scoring(horizon=1))["sharpe"]
     assert honest == pytest.approx(daily, abs=0.35)  # SE of the estimate ~0.3 at 300 periods
     assert overlapping > 3.0 * honest
 
 
 def test_horizon_one_is_the_daily_sharpe() -> None:
     dates, pred, target = _random_panel(4)
-    assert panel_metrics(dates, pred, target, horizon=1) == panel_metrics(dates, pred, target)
+    assert panel_metrics(dates, pred, target, scoring=Scoring(horizon=1)) == panel_metrics(
+        dates, pred, target
+    )
 
 
 @pytest.mark.parametrize("horizon", [0, -1, 1.5, True])
 def test_bad_horizon_is_rejected(horizon: object) -> None:
     with pytest.raises(ValueError, match="horizon must be a whole number of dates >= 1"):
-        panel_metrics(np.zeros(5), np.arange(5.0), np.arange(5.0), horizon=horizon)
+        panel_metrics(
+            np.zeros(5), np.arange(5.0), np.arange(5.0), scoring=Scoring(horizon=horizon)
+        )
 
 
 # -- standard errors --------------------------------------------------------------------------
@@ -365,7 +376,7 @@ def test_bootstrap_se_sees_the_overlap_of_h_day_targets() -> None:
     target = (csum[h : h + n_days] - csum[:n_days]).reshape(-1)
     dates = np.repeat(np.arange(n_days), n_stocks)
     pred = np.tile(signal, n_days)
-    got = panel_metrics_with_se(dates, pred, target, horizon=h)
+    got = panel_metrics_with_se(dates, pred, target, scoring=Scoring(horizon=h))
     rank_ic = per_date_metrics(dates, pred, target)["rank_ic"].to_numpy()
     naive = rank_ic.std(ddof=1) / math.sqrt(n_days)
     assert got["rank_ic"]["se"] > 2.0 * naive
@@ -386,11 +397,11 @@ def test_bootstrap_is_reproducible_and_seeded() -> None:
 def test_se_options_and_small_samples() -> None:
     dates, pred, target = _iid_panel(30, 20, ic=0.1, seed=1)
     with pytest.raises(ValueError, match="block_length must be a positive multiple of horiz"):
-        panel_metrics_with_se(dates, pred, target, horizon=5, block_length=7)
+        panel_metrics_with_se(dates, pred, target, scoring=Scoring(horizon=5), block_length=7)
     with pytest.raises(ValueError, match="n_boot must be >= 2"):
         panel_metrics_with_se(dates, pred, target, n_boot=1)
     # 30 dates hold fewer than two blocks of 20: no standard error, but the values are there.
-    got = panel_metrics_with_se(dates, pred, target, horizon=20)
+    got = panel_metrics_with_se(dates, pred, target, scoring=Scoring(horizon=20))
     assert math.isnan(got["sharpe"]["se"]) and math.isnan(got["rank_ic"]["se"])
     assert got["rank_ic"]["value"] == panel_metrics(dates, pred, target)["rank_ic"]
 
@@ -400,9 +411,10 @@ def test_predictions_frame_gives_the_same_figures() -> None:
     frame = pl.DataFrame(
         {"date": dates, "code": np.tile(np.arange(15), 120), "pred": pred, "target": target}
     )
-    got = predictions_metrics_with_se(frame, horizon=5, n_boot=100)
-    assert got == panel_metrics_with_se(dates, pred, target, codes=frame["code"].to_numpy(),
-                                        horizon=5, n_boot=100)
+    got = predictions_metrics_with_se(frame, scoring=Scoring(horizon=5), n_boot=100)
+    assert got == panel_metrics_with_se(
+        dates, pred, target, codes=frame["code"].to_numpy(), scoring=Scoring(horizon=5), n_boot=100
+    )
     with pytest.raises(ValueError, match=r"lacks column\(s\) \['pred'\]"):
         predictions_metrics_with_se(frame.drop("pred"))
 
@@ -487,9 +499,9 @@ def test_deflated_sharpe_ratio_rejects_bad_inputs() -> None:
 @pytest.mark.parametrize("horizon", [1, 5])
 def test_sharpe_moments_feed_the_deflated_sharpe_ratio(horizon: int) -> None:
     dates, pred, target, _ = _fixed_legs_panel(600, horizon, daily_sharpe=0.1, seed=4)
-    got = sharpe_moments(dates, pred, target, horizon=horizon)
+    got = sharpe_moments(dates, pred, target, scoring=Scoring(horizon=horizon))
     ls = per_date_metrics(dates, pred, target)["long_short"].to_numpy()
-    annual = panel_metrics(dates, pred, target, horizon=horizon)["sharpe"]
+    annual = panel_metrics(dates, pred, target, scoring=Scoring(horizon=horizon))["sharpe"]
     assert got["periods_per_year"] == 252 / horizon
     assert got["sharpe"] == pytest.approx(annual / math.sqrt(252 / horizon), rel=1e-12)
     assert got["n_obs"] == 600 / horizon

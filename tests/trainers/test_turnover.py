@@ -11,6 +11,7 @@ import pytest
 
 from trainers.metrics import (
     DEFAULT_COST_BPS,
+    Scoring,
     panel_metrics,
     panel_metrics_with_se,
     predictions_metrics_with_se,
@@ -98,9 +99,12 @@ def test_a_hand_example_replacing_one_stock_of_each_leg() -> None:
 def test_turnover_and_net_sharpe_equal_the_definitions(horizon: int) -> None:
     dates, codes, pred, target = _panel()
     for cost in (0.0, 5.0, 25.0):
-        got = panel_metrics(dates, pred, target, codes=codes, horizon=horizon, cost_bps=cost)
-        turnover, sharpe_net = naive_turnover_and_net(dates, codes, pred, target,
-                                                      horizon=horizon, cost_bps=cost)
+        got = panel_metrics(
+            dates, pred, target, codes=codes, scoring=Scoring(horizon=horizon, cost_bps=cost)
+        )
+        turnover, sharpe_net = naive_turnover_and_net(
+            dates, codes, pred, target, horizon=horizon, cost_bps=cost
+        )
         assert got["turnover"] == pytest.approx(turnover, rel=1e-12)
         assert got["sharpe_net"] == pytest.approx(sharpe_net, rel=1e-10)
         if cost == 0.0:
@@ -128,7 +132,9 @@ def test_a_slower_signal_turns_over_less_and_keeps_more_of_its_sharpe() -> None:
     figures = {}
     for name, persistence in (("fast", 0.2), ("slow", 0.97)):
         dates, codes, pred, target = _panel(persistence=persistence)
-        figures[name] = panel_metrics(dates, pred, target, codes=codes, cost_bps=20.0)
+        figures[name] = panel_metrics(
+            dates, pred, target, codes=codes, scoring=Scoring(cost_bps=20.0)
+        )
     fast, slow = figures["fast"], figures["slow"]
     assert slow["turnover"] < fast["turnover"]
     assert (slow["sharpe"] - slow["sharpe_net"]) < (fast["sharpe"] - fast["sharpe_net"])
@@ -156,8 +162,9 @@ def test_a_paired_difference_cancels_the_shared_noise() -> None:
     se_a = predictions_metrics_with_se(a, n_boot=200)
     se_b = predictions_metrics_with_se(b, n_boot=200)
     for name in ("sharpe", "rank_ic", "sharpe_net", "turnover"):
-        assert diff[name]["value"] == pytest.approx(se_a[name]["value"] - se_b[name]["value"],
-                                                    rel=1e-12, abs=1e-15)
+        assert diff[name]["value"] == pytest.approx(
+            se_a[name]["value"] - se_b[name]["value"], rel=1e-12, abs=1e-15
+        )
         unpaired = math.hypot(se_a[name]["se"], se_b[name]["se"])
         assert 0 < diff[name]["se"] < 0.8 * unpaired, name
     same = paired_difference(a, a, n_boot=50)

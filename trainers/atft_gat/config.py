@@ -18,6 +18,7 @@ from trainers.atft_gat.model import ModelConfig
 from trainers.config import Checks
 from trainers.metrics.book import MAX_FRACTION as MAX_LEG
 from trainers.metrics.book import Book
+from trainers.metrics.scoring import TRADING_DAYS_PER_YEAR, Scoring
 from trainers.runtime import RuntimeConfig
 
 PHASE_KINDS = ("baseline", "graph", "finetune")
@@ -249,6 +250,14 @@ class TrainConfig(ModelConfig, RuntimeConfig):
     def book(self) -> Book:
         """The long-short book of every trading figure (``trainers.metrics.book``)."""
         return Book(enter=self.enter, exit=self.exit, halflife=self.score_halflife)
+
+    @property
+    def scoring(self) -> Scoring:
+        """How this study scores a period (``trainers.metrics.scoring``): the scored horizon,
+        the cost ``sharpe_net`` charges, the book and the annualisation the trainer resolved
+        (252 for a model saved before it was recorded)."""
+        return Scoring(horizon=self.metric_horizon, cost_bps=self.cost, book=self.book,
+                       periods_per_year=self.periods_per_year or TRADING_DAYS_PER_YEAR)
 
     @property
     def reported_steps(self) -> int:

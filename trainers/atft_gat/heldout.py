@@ -17,7 +17,6 @@ import numpy as np
 from trainers.atft_gat.folds import CV
 from trainers.errors import UserError
 from trainers.heldout import (
-    TRADING_DAYS,
     HeldOut,
     Prediction,
     ensemble_scores,
@@ -27,6 +26,7 @@ from trainers.heldout import (
     ranking_returns,
     ranking_score,
 )
+from trainers.metrics.scoring import Scoring
 
 
 def _load(trial_dir: Path) -> Any:
@@ -79,21 +79,12 @@ def _members(trial_dir: Path) -> list[tuple[Path, Any]]:
     return [(f, _load_member(trial_dir, f)) for f in fold_model_files(trial_dir)]
 
 
-def scoring(config: Any) -> dict[str, Any]:
-    """How this study scores a period: the scored horizon, the cost per unit traded, the
-    long-short book (``trainers.metrics.book``; the plain quintile book for a model saved
-    before it was settable) and the annualisation the trainer resolved (252 for a model saved
-    before it was recorded)."""
-    return {"horizon": config.metric_horizon, "cost_bps": config.cost,
-            "book": config.book, "periods_per_year": config.periods_per_year or TRADING_DAYS}
-
-
 def _score(frame: Any, trained: Any) -> tuple[dict[str, Any], dict[str, int]]:
-    return ranking_score(frame, **scoring(trained.config))
+    return ranking_score(frame, trained.config.scoring)
 
 
 def _compare(a: Any, b: Any, trained: Any) -> dict[str, Any]:
-    return ranking_compare(a, b, **scoring(trained.config))
+    return ranking_compare(a, b, trained.config.scoring)
 
 
 def _tear_sheet(frames: Any, trained: Any, out_dir: Path, title: str,
@@ -101,7 +92,7 @@ def _tear_sheet(frames: Any, trained: Any, out_dir: Path, title: str,
     from trainers.tearsheet import tear_sheet
 
     return tear_sheet(frames, out_dir, title=title, report_lines=tuple(report_lines),
-                      **scoring(trained.config))
+                      scoring=trained.config.scoring)
 
 
 def _score_new(trained: Any, source: str, dates: str, cache_dir: Path) -> Any:
@@ -131,25 +122,20 @@ def _returns(frame: Any, trained: Any, trial_attrs: Any = None) -> Any:
     when the study searched the book), else the chosen trial's."""
     from trainers.attrs import BOOK
     from trainers.metrics.book import Book
-    from trainers.metrics.turnover import DEFAULT_COST_BPS
 
+    s = trained.config.scoring if trained is not None else Scoring()
     recorded = (trial_attrs or {}).get(BOOK)
     if isinstance(recorded, dict):
-        book = Book(**recorded)
-    else:
-        book = trained.config.book if trained is not None else None
-    cost = trained.config.cost if trained is not None else DEFAULT_COST_BPS
-    return ranking_returns(frame, book=book, cost_bps=cost)
+        s = s.replace(book=Book(**recorded))
+    return ranking_returns(frame, s)
 
 
 def _costs(frame: Any, trained: Any) -> dict[str, Any]:
-    s = scoring(trained.config)
-    return ranking_costs(frame, costs=trained.config.costs, horizon=s["horizon"],
-                         book=s["book"], periods_per_year=s["periods_per_year"])
+    return ranking_costs(frame, trained.config.costs, trained.config.scoring)
 
 
 def _moments(frame: Any, trained: Any, *, net: bool = False) -> dict[str, float]:
-    return ranking_moments(frame, **scoring(trained.config), net=net)
+    return ranking_moments(frame, trained.config.scoring, net=net)
 
 
 def oracle_baseline(config: Any, dates: dict[str, np.ndarray]) -> dict[str, Any] | None:
@@ -171,8 +157,7 @@ def oracle_baseline(config: Any, dates: dict[str, np.ndarray]) -> dict[str, Any]
     if config.execution_lag:
         market = market.with_columns(
             pl.col(target).shift(-config.execution_lag).over("code"))
-    return {period: market_baselines(market, dates[period],
-                                     **scoring(config))["oracle"]
+    return {period: market_baselines(market, dates[period], scoring=config.scoring)["oracle"]
             for period in ("validation", "test")}
 
 
@@ -210,7 +195,7 @@ def panel_baselines_of(trained: Any, prediction: Prediction) -> dict[str, Any]:
 
 
 def _baselines(trained: Any, prediction: Prediction) -> dict[str, Any] | None:
-    s = scoring(trained.config)
+    s = trained.config.scoring
     fitted = panel_baselines_of(trained, prediction)
     oracle = oracle_baseline(trained.config, dict(prediction.dates))
     out: dict[str, Any] = {}
@@ -220,11 +205,11 @@ def _baselines(trained: Any, prediction: Prediction) -> dict[str, Any] | None:
             rows["oracle"] = oracle[period]
         best = fitted["best_feature"]
         rows["best_feature"] = {
-            **ranking_score(fitted["frames"][period]["best_feature"], **s)[0],
+            **ranking_score(fitted["frames"][period]["best_feature"], s)[0],
             **best, "label": f"best feature ({best['feature']})"}
         linear = fitted["linear"]
         rows["linear"] = {
-            **ranking_score(fitted["frames"][period]["linear"], **s)[0],
+            **ranking_score(fitted["frames"][period]["linear"], s)[0],
             **linear, "label": "ridge (every feature)"}
         out[period] = rows
     out["frames"] = {period: {name: fitted["frames"][period][name]
@@ -237,15 +222,15 @@ def _live(trained: Any, source: str, cache_dir: Path, split: Any, validation: An
           state: Path | None = None) -> dict[str, Any]:
     from trainers.atft_gat.monitor import live
 
-    return live(trained, source, cache_dir, split, validation, scoring(trained.config),
+    return live(trained, source, cache_dir, split, validation, trained.config.scoring,
                 state=state)
 
 
 def _describe(trained: Any) -> dict[str, Any]:
-    s = scoring(trained.config)
-    out = {"metric_horizon": s["horizon"], "cost_bps": s["cost_bps"],
-           "periods_per_year": s["periods_per_year"],
-           "book": {**s["book"].to_json(),
+    s = trained.config.scoring
+    out = {"metric_horizon": s.horizon, "cost_bps": s.cost_bps,
+           "periods_per_year": s.periods_per_year,
+           "book": {**s.book.to_json(),
                     "applies_to": "the trials and every baseline, on validation and test"}}
     config = trained.config
     if config.cv is CV.WALK_FORWARD:

@@ -27,6 +27,7 @@ import numpy as np
 import polars as pl
 
 from trainers.errors import UserError
+from trainers.metrics.scoring import Scoring
 
 SCORES = "scores.parquet"  # every scored live row: series, date, code, pred, target
 BASELINES = "baselines.npz"  # the fitted baselines and what they were fitted on
@@ -86,13 +87,13 @@ def _known(state: Path | None) -> pl.DataFrame | None:
 
 
 def live(trained: Any, source: str, cache_dir: Path, split: Mapping[str, Any],
-         validation: Any, s: Mapping[str, Any], state: Path | None = None) -> dict[str, Any]:
+         validation: Any, s: Scoring, state: Path | None = None) -> dict[str, Any]:
     """Per-date figures of the model and the baselines after the test period (module
     docstring), and of the trial's ``validation`` rows: ``{"after", "series": {name: frame},
     "labels": {name: label}, "validation": frame, "periods_per_year", "horizon", "cost_bps",
     "scored_dates"}`` (the dates the model scored in this run), each frame ``date, rank_ic,
     long_short, long_short_net, turnover``; ``s``: how the study scores a period
-    (``heldout.scoring``). ``state``: a folder kept between runs, where the scored rows and
+    (the config's ``scoring``). ``state``: a folder kept between runs, where the scored rows and
     the fitted baselines are kept, so that a run scores only the dates after the last one
     scored."""
     from trainers.atft_gat.scoring import checked_columns, panel_calendar, score_panel
@@ -144,11 +145,11 @@ def live(trained: Any, source: str, cache_dir: Path, split: Mapping[str, Any],
     return {"after": end, "series": series, "scored_dates": len(scored.dates) if scored else 0,
             "labels": {"model": "model", "best_feature": f"best feature ({fitted.feature})",
                        "linear": "ridge (every feature)"},
-            "validation": days(validation, s), "periods_per_year": s["periods_per_year"],
-            "horizon": s["horizon"], "cost_bps": s["cost_bps"]}
+            "validation": days(validation, s), "periods_per_year": s.periods_per_year,
+            "horizon": s.horizon, "cost_bps": s.cost_bps}
 
 
-def days(rows: Any, s: Mapping[str, Any]) -> Any:
+def days(rows: Any, s: Scoring) -> Any:
     """Per-date figures of ``date, code, pred, target`` rows through the study's book
     (``scoring``'s horizon, cost and book)."""
     from trainers.metrics import per_date_metrics
@@ -156,6 +157,5 @@ def days(rows: Any, s: Mapping[str, Any]) -> Any:
     rows = rows.sort("date", "code")
     return per_date_metrics(rows["date"].to_numpy(), rows["pred"].to_numpy(),
                             rows["target"].to_numpy(), codes=rows["code"].to_numpy(),
-                            horizon=s["horizon"], cost_bps=s["cost_bps"], book=s["book"]
-                            ).select("date", "rank_ic", "long_short", "long_short_net",
+                            scoring=s).select("date", "rank_ic", "long_short", "long_short_net",
                                      "turnover")

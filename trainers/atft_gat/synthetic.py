@@ -85,14 +85,7 @@ import polars as pl
 from scipy.signal import lfilter
 
 from trainers.errors import UserError
-from trainers.metrics import (
-    DEFAULT_COST_BPS,
-    DEFAULT_MIN_STOCKS,
-    PLAIN,
-    TRADING_DAYS_PER_YEAR,
-    Book,
-    panel_metrics,
-)
+from trainers.metrics import SCORING, Scoring, panel_metrics
 
 # Daily volatilities of the return components. The cluster factor is the largest so that
 # within-cluster correlation (~0.65) stands far above the cross-cluster one (~0.15).
@@ -341,16 +334,13 @@ def market_baselines(
     market: pl.DataFrame | tuple[pl.DataFrame, pl.DataFrame],
     dates: Any,
     *,
-    horizon: int = 1,
+    scoring: Scoring = SCORING,
     selection_dates: Any = None,
     features: Sequence[str] | None = None,
-    book: Book = PLAIN,
-    min_stocks: int = DEFAULT_MIN_STOCKS,
-    cost_bps: float = DEFAULT_COST_BPS,
-    periods_per_year: float = TRADING_DAYS_PER_YEAR,
 ) -> dict[str, Any]:
     """What a trial scored on ``dates`` should be read against: the planted oracle and the best
-    raw feature, scored with ``panel_metrics`` on the ``ret_{horizon}d`` target of ``dates``.
+    raw feature, scored with ``panel_metrics`` (``scoring``: horizon, cost, book...) on the
+    ``ret_{horizon}d`` target of ``dates``.
 
     Args:
         market: a frame with ``date``, ``code``, the feature columns and ``ret_{horizon}d``,
@@ -375,6 +365,7 @@ def market_baselines(
         ranks best reversed. ``chosen_on`` is ``"earlier dates"``, ``"selection dates"`` or
         ``"report dates (in-sample)"``. The oracle is ``oracle_forecast(horizon)``.
     """
+    horizon = scoring.horizon
     if isinstance(market, tuple):
         frame, oracle = market
         market = frame.with_columns(
@@ -421,11 +412,7 @@ def market_baselines(
             pred[rows],
             target[rows],
             codes=None if codes is None else codes[rows],
-            cost_bps=cost_bps,
-            periods_per_year=periods_per_year,
-            horizon=horizon,
-            book=book,
-            min_stocks=min_stocks,
+            scoring=scoring,
         )
 
     best, best_ic = features[0], -math.inf

@@ -490,7 +490,6 @@ def validate(runner: StepRunner, panel: Panel, y_z: torch.Tensor, graphs: DateGr
     preds = {k: v[keep] for k, v in preds.items()}
     # An h-day target: Sharpe on non-overlapping h-day periods, annualised with sqrt(252 / h).
     metrics = panel_metrics(preds["date"], preds["pred"], preds["target"], codes=preds["code"],
-                            horizon=config.metric_horizon, cost_bps=config.cost,
-                            book=config.book, periods_per_year=config.periods_per_year)
+                            scoring=config.scoring)
     metrics["val_loss"] = float(np.average(losses, weights=weights))
     return metrics, preds

@@ -67,8 +67,7 @@ def combined(done: list[dict[str, Any]], config: TrainConfig) -> dict[str, float
     docstring)."""
     preds = {k: np.concatenate([d["preds"][k] for d in done]) for k in done[0]["preds"]}
     metrics = panel_metrics(preds["date"], preds["pred"], preds["target"], codes=preds["code"],
-                            horizon=config.metric_horizon, cost_bps=config.cost,
-                            book=config.book, periods_per_year=config.periods_per_year)
+                            scoring=config.scoring)
     weights = [d["n_dates"] for d in done]
     metrics["val_loss"] = float(np.average([d["metrics"]["val_loss"] for d in done],
                                            weights=weights))

@@ -14,6 +14,8 @@ date with few.
   ``predictions_metrics_with_se``, moving-block bootstrap standard errors over dates, and
   ``paired_difference``, one ranking minus another with a paired standard error.
 * :mod:`trainers.metrics.sharpe`: ``sharpe_moments`` and the deflated Sharpe ratio.
+* :mod:`trainers.metrics.scoring`: ``Scoring``, the settings every figure shares (horizon,
+  cost, book, smallest cross-section, annualisation): every function here takes ``scoring=``.
 * :mod:`trainers.metrics.book`: ``Book``, how a date's scores become the long-short book's
   weights (leg size, hold bands, score smoothing); every figure that trades uses it.
 * :mod:`trainers.metrics.turnover`: the long-short book's turnover and its return net of
@@ -47,13 +49,17 @@ from trainers.metrics.bootstrap import (
     predictions_metrics_with_se,
 )
 from trainers.metrics.cross_section import (
-    DEFAULT_MIN_STOCKS,
     DEFAULT_QUANTILE,
     PER_DATE_COLUMNS,
-    TRADING_DAYS_PER_YEAR,
     calendar_periods_per_year,
     panel_metrics,
     per_date_metrics,
+)
+from trainers.metrics.scoring import (
+    DEFAULT_MIN_STOCKS,
+    SCORING,
+    TRADING_DAYS_PER_YEAR,
+    Scoring,
 )
 from trainers.metrics.sharpe import (
     EULER_GAMMA,
@@ -74,7 +80,9 @@ __all__ = [
     "DEFAULT_QUANTILE",
     "EULER_GAMMA",
     "PER_DATE_COLUMNS",
+    "SCORING",
     "SE_METRICS",
+    "Scoring",
     "TRADING_DAYS_PER_YEAR",
     "default_block_length",
     "calendar_periods_per_year",

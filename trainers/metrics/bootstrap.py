@@ -18,17 +18,9 @@ import math
 import numpy as np
 import polars as pl
 
-from trainers.metrics.book import PLAIN, Book
-from trainers.metrics.cross_section import (
-    DEFAULT_MIN_STOCKS,
-    TRADING_DAYS_PER_YEAR,
-    _check_horizon,
-    _date_positions,
-    _summaries,
-    per_date_metrics,
-)
+from trainers.metrics.cross_section import _date_positions, _summaries, per_date_metrics
 from trainers.metrics.registry import METRICS, RESAMPLED, Replicates, with_se
-from trainers.metrics.turnover import DEFAULT_COST_BPS
+from trainers.metrics.scoring import SCORING, Scoring
 
 DEFAULT_N_BOOT = 1000  # bootstrap replicates: the SE's own relative error is ~1/sqrt(2B) ~ 2%
 DEFAULT_BOOT_SEED = 0
@@ -46,11 +38,7 @@ def panel_metrics_with_se(
     target: np.ndarray,
     *,
     codes: np.ndarray | None = None,
-    horizon: int = 1,
-    cost_bps: float = DEFAULT_COST_BPS,
-    book: Book = PLAIN,
-    min_stocks: int = DEFAULT_MIN_STOCKS,
-    periods_per_year: int = TRADING_DAYS_PER_YEAR,
+    scoring: Scoring = SCORING,
     n_boot: int = DEFAULT_N_BOOT,
     block_length: int | None = None,
     seed: int = DEFAULT_BOOT_SEED,
@@ -68,11 +56,9 @@ def panel_metrics_with_se(
     ``horizon`` (default: ``default_block_length(D, horizon)``). With fewer than two blocks'
     worth of dates, or fewer than 2 usable replicates, an SE is NaN.
     """
-    horizon = _check_horizon(horizon)
-    if n_boot < 2:
-        raise ValueError(f"n_boot must be >= 2 (a standard deviation needs two); got {n_boot}")
-    per_date = per_date_metrics(dates, pred, target, codes=codes, horizon=horizon,
-                                cost_bps=cost_bps, book=book, min_stocks=min_stocks)
+    _check_n_boot(n_boot)
+    horizon, periods_per_year = scoring.horizon, scoring.periods_per_year
+    per_date = per_date_metrics(dates, pred, target, codes=codes, scoring=scoring)
     position = _date_positions(dates, per_date["date"].to_numpy())
     values = _summaries(per_date, position, horizon, periods_per_year)
     n_grid = int(position.max()) + 1 if len(position) else 0
@@ -135,11 +121,7 @@ def paired_difference(
     a: pl.DataFrame,
     b: pl.DataFrame,
     *,
-    horizon: int = 1,
-    cost_bps: float = DEFAULT_COST_BPS,
-    book: Book = PLAIN,
-    min_stocks: int = DEFAULT_MIN_STOCKS,
-    periods_per_year: int = TRADING_DAYS_PER_YEAR,
+    scoring: Scoring = SCORING,
     n_boot: int = DEFAULT_N_BOOT,
     block_length: int | None = None,
     seed: int = DEFAULT_BOOT_SEED,
@@ -154,21 +136,15 @@ def paired_difference(
     below the two SEs combined when the two rankings are alike. Returns ``{name: {"value",
     "se"}}`` for every metric plus ``"bootstrap"``; ``se`` is NaN where a metric has none.
     """
-    horizon = _check_horizon(horizon)
-    if n_boot < 2:
-        raise ValueError(f"n_boot must be >= 2 (a standard deviation needs two); got {n_boot}")
+    _check_n_boot(n_boot)
+    horizon, periods_per_year = scoring.horizon, scoring.periods_per_year
     frames = (a, b)
     for frame in frames:
-        missing = [c for c in ("date", "pred", "target") if c not in frame.columns]
-        if missing:
-            raise ValueError(f"predictions frame lacks column(s) {missing}; got {frame.columns}")
+        _check_frame(frame)
     grid = np.unique(np.concatenate([f["date"].to_numpy() for f in frames]))
     sides = []
     for frame in frames:
-        per_date = per_date_metrics(
-            frame["date"].to_numpy(), frame["pred"].to_numpy(), frame["target"].to_numpy(),
-            codes=frame["code"].to_numpy() if "code" in frame.columns else None,
-            horizon=horizon, cost_bps=cost_bps, book=book, min_stocks=min_stocks)
+        per_date = per_date_metrics(*_columns(frame), codes=_codes(frame), scoring=scoring)
         position = np.searchsorted(grid, per_date["date"].to_numpy())
         sides.append((per_date, position,
                       _summaries(per_date, position, horizon, periods_per_year)))
@@ -193,11 +169,7 @@ def paired_difference(
 def predictions_metrics_with_se(
     predictions: pl.DataFrame,
     *,
-    horizon: int = 1,
-    cost_bps: float = DEFAULT_COST_BPS,
-    book: Book = PLAIN,
-    min_stocks: int = DEFAULT_MIN_STOCKS,
-    periods_per_year: int = TRADING_DAYS_PER_YEAR,
+    scoring: Scoring = SCORING,
     n_boot: int = DEFAULT_N_BOOT,
     block_length: int | None = None,
     seed: int = DEFAULT_BOOT_SEED,
@@ -205,24 +177,31 @@ def predictions_metrics_with_se(
     """``panel_metrics_with_se`` on a predictions frame with columns ``date, pred, target``
     and, for turnover and the net Sharpe ratio, ``code`` (others are ignored), e.g. a
     trial's ``predictions.parquet``."""
-    missing = [c for c in ("date", "pred", "target") if c not in predictions.columns]
+    _check_frame(predictions)
+    return panel_metrics_with_se(*_columns(predictions), codes=_codes(predictions),
+                                 scoring=scoring, n_boot=n_boot, block_length=block_length,
+                                 seed=seed)
+
+
+def _check_n_boot(n_boot: int) -> None:
+    if n_boot < 2:
+        raise ValueError(f"n_boot must be >= 2 (a standard deviation needs two); got {n_boot}")
+
+
+def _check_frame(frame: pl.DataFrame) -> None:
+    missing = [c for c in ("date", "pred", "target") if c not in frame.columns]
     if missing:
         raise ValueError(
             f"predictions frame lacks column(s) {missing}; it needs date, pred and target, "
-            f"got {predictions.columns}"
+            f"got {frame.columns}"
         )
-    return panel_metrics_with_se(
-        predictions["date"].to_numpy(),
-        predictions["pred"].to_numpy(),
-        predictions["target"].to_numpy(),
-        codes=predictions["code"].to_numpy() if "code" in predictions.columns else None,
-        horizon=horizon,
-        cost_bps=cost_bps,
-        book=book,
-        min_stocks=min_stocks,
-        periods_per_year=periods_per_year,
-        n_boot=n_boot,
-        block_length=block_length,
-        seed=seed,
-    )
+
+
+def _columns(frame: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return frame["date"].to_numpy(), frame["pred"].to_numpy(), frame["target"].to_numpy()
+
+
+def _codes(frame: pl.DataFrame) -> np.ndarray | None:
+    """The frame's ``code`` column (stock identities, for turnover), None without one."""
+    return frame["code"].to_numpy() if "code" in frame.columns else None
 

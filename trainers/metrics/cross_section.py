@@ -30,16 +30,14 @@ import polars as pl
 
 from trainers.metrics.book import PLAIN, Book, build_books, smooth_scores
 from trainers.metrics.registry import METRICS, PerDate
+from trainers.metrics.scoring import SCORING, TRADING_DAYS_PER_YEAR, Scoring
 from trainers.metrics.turnover import (
-    DEFAULT_COST_BPS,
     book_matrix,
     book_turnover,
     net_long_short,
 )
 
 DEFAULT_QUANTILE = PLAIN.enter  # quintile legs, the usual equity long-short convention
-DEFAULT_MIN_STOCKS = 5  # see trainers.metrics' NaN policy: smallest cross-section worth scoring
-TRADING_DAYS_PER_YEAR = 252
 
 PER_DATE_COLUMNS = ("date", "n", "rank_ic", "ic", "long_short", "hits", "n_hit", "turnover",
                     "long_short_net")
@@ -58,7 +56,7 @@ def calendar_periods_per_year(dates: np.ndarray) -> float:
 
 
 def _check_inputs(
-    dates: np.ndarray, pred: np.ndarray, target: np.ndarray, book: Book, min_stocks: int
+    dates: np.ndarray, pred: np.ndarray, target: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     dates = np.asarray(dates)
     pred = np.asarray(pred, dtype=np.float64)
@@ -72,12 +70,6 @@ def _check_inputs(
         raise ValueError(
             f"dates, pred and target must have the same length; got {len(dates)}, "
             f"{len(pred)}, {len(target)}"
-        )
-    if not isinstance(book, Book):
-        raise ValueError(f"book must be a trainers.metrics.book.Book; got {book!r}")
-    if min_stocks < 2:
-        raise ValueError(
-            f"min_stocks must be >= 2 (a correlation needs two points); got {min_stocks}"
         )
     return dates, pred, target
 
@@ -171,10 +163,7 @@ def per_date_metrics(
     target: np.ndarray,
     *,
     codes: np.ndarray | None = None,
-    horizon: int = 1,
-    cost_bps: float = DEFAULT_COST_BPS,
-    book: Book = PLAIN,
-    min_stocks: int = DEFAULT_MIN_STOCKS,
+    scoring: Scoring = SCORING,
 ) -> pl.DataFrame:
     """One row per usable date, sorted by date: ``date, n, rank_ic, ic, long_short, hits, n_hit,
     turnover, long_short_net``.
@@ -192,8 +181,8 @@ def per_date_metrics(
     the one before), with vector operations over the date's stocks.
     Memory is a few float64 copies of that matrix (about 24 MB each at 750 x 4,000).
     """
-    dates, pred, target = _check_inputs(dates, pred, target, book, min_stocks)
-    horizon = _check_horizon(horizon)
+    dates, pred, target = _check_inputs(dates, pred, target)
+    horizon, book, min_stocks = scoring.horizon, scoring.book, scoring.min_stocks
     all_dates = dates
     code_ids, n_codes = _code_ids(codes, len(dates))
     keep = np.isfinite(pred) & np.isfinite(target)
@@ -265,7 +254,7 @@ def per_date_metrics(
                              "identity per row): it follows each stock from date to date")
         long_short, turnover = _managed_book(lay, p, t, padding, code_ids, n_codes, constant_t,
                                              book, all_dates, horizon)
-    long_short_net = (net_long_short(long_short, turnover, cost_bps) if n_codes
+    long_short_net = (net_long_short(long_short, turnover, scoring.cost_bps) if n_codes
                       else np.full(n_dates, np.nan))
     return pl.DataFrame(
         {
@@ -347,14 +336,6 @@ def _code_ids(codes: np.ndarray | None, n_rows: int) -> tuple[np.ndarray, int]:
     return ids.reshape(-1).astype(np.int64), len(uniq)
 
 
-def _check_horizon(horizon: int) -> int:
-    if isinstance(horizon, bool) or not isinstance(horizon, int | np.integer) or horizon < 1:
-        raise ValueError(
-            f"horizon must be a whole number of dates >= 1 (the target's length); got {horizon!r}"
-        )
-    return int(horizon)
-
-
 def _date_positions(dates: np.ndarray, usable: np.ndarray) -> np.ndarray:
     """Index of each usable date among all distinct dates of the input (usable or not)."""
     dates = np.asarray(dates)
@@ -392,11 +373,7 @@ def panel_metrics(
     target: np.ndarray,
     *,
     codes: np.ndarray | None = None,
-    horizon: int = 1,
-    cost_bps: float = DEFAULT_COST_BPS,
-    book: Book = PLAIN,
-    min_stocks: int = DEFAULT_MIN_STOCKS,
-    periods_per_year: int = TRADING_DAYS_PER_YEAR,
+    scoring: Scoring = SCORING,
 ) -> dict[str, float]:
     """Summaries of the per-date series, as plain floats.
 
@@ -408,12 +385,10 @@ def panel_metrics(
     charge ``cost_bps`` per unit traded. Definitions in :mod:`trainers.metrics.registry` and
     :mod:`trainers.metrics.turnover`, NaN policy in :mod:`trainers.metrics`.
     """
-    horizon = _check_horizon(horizon)
-    per_date = per_date_metrics(dates, pred, target, codes=codes, horizon=horizon,
-                                cost_bps=cost_bps, book=book, min_stocks=min_stocks)
+    per_date = per_date_metrics(dates, pred, target, codes=codes, scoring=scoring)
     position = (
         _date_positions(dates, per_date["date"].to_numpy())
-        if horizon > 1
+        if scoring.horizon > 1
         else np.arange(per_date.height)
     )
-    return _summaries(per_date, position, horizon, periods_per_year)
+    return _summaries(per_date, position, scoring.horizon, scoring.periods_per_year)

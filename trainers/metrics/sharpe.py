@@ -14,15 +14,8 @@ import math
 import numpy as np
 
 from trainers.metrics._reduce import horizon_sharpe
-from trainers.metrics.book import PLAIN, Book
-from trainers.metrics.cross_section import (
-    DEFAULT_MIN_STOCKS,
-    TRADING_DAYS_PER_YEAR,
-    _check_horizon,
-    _date_positions,
-    per_date_metrics,
-)
-from trainers.metrics.turnover import DEFAULT_COST_BPS
+from trainers.metrics.cross_section import _date_positions, per_date_metrics
+from trainers.metrics.scoring import SCORING, Scoring
 
 
 def sharpe_moments(
@@ -31,12 +24,8 @@ def sharpe_moments(
     target: np.ndarray,
     *,
     codes: np.ndarray | None = None,
-    horizon: int = 1,
-    cost_bps: float = DEFAULT_COST_BPS,
+    scoring: Scoring = SCORING,
     net: bool = False,
-    book: Book = PLAIN,
-    min_stocks: int = DEFAULT_MIN_STOCKS,
-    periods_per_year: int = TRADING_DAYS_PER_YEAR,
 ) -> dict[str, float]:
     """The inputs of ``deflated_sharpe_ratio`` for one trial's long-short, in per-period units.
 
@@ -52,9 +41,8 @@ def sharpe_moments(
     """
     from scipy import stats
 
-    horizon = _check_horizon(horizon)
-    per_date = per_date_metrics(dates, pred, target, codes=codes, horizon=horizon,
-                                cost_bps=cost_bps, book=book, min_stocks=min_stocks)
+    horizon, periods_per_year = scoring.horizon, scoring.periods_per_year
+    per_date = per_date_metrics(dates, pred, target, codes=codes, scoring=scoring)
     position = _date_positions(dates, per_date["date"].to_numpy())
     long_short = per_date["long_short_net" if net else "long_short"].to_numpy()
     per_year = periods_per_year / horizon

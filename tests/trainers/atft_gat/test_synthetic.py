@@ -26,7 +26,7 @@ from trainers.atft_gat.synthetic import (
     stock_codes,
 )
 from trainers.errors import UserError
-from trainers.metrics import panel_metrics
+from trainers.metrics import Scoring, panel_metrics
 
 
 @pytest.fixture(scope="module")
@@ -335,7 +335,7 @@ def test_market_baselines_choose_on_earlier_dates(easy_market, horizon: int) -> 
     frame, oracle = easy_market
     days = np.unique(frame["date"].to_numpy())
     report = days[200:]
-    got = market_baselines((frame, oracle), report, horizon=horizon)
+    got = market_baselines((frame, oracle), report, scoring=Scoring(horizon=horizon))
     dates = frame["date"].to_numpy()
     target = frame[f"ret_{horizon}d"].to_numpy()
     in_report = dates >= report[0]
@@ -354,20 +354,20 @@ def test_market_baselines_choose_on_earlier_dates(easy_market, horizon: int) -> 
         sign * frame[best].to_numpy()[in_report],
         target[in_report],
         codes=codes[in_report],
-        horizon=horizon,
+        scoring=Scoring(horizon=horizon),
     )
     assert {k: bf[k] for k in expected} == pytest.approx(expected, rel=1e-9)
     forecast = oracle_forecast(oracle, horizon)
     assert got["oracle"] == pytest.approx(
         panel_metrics(dates[in_report], forecast[in_report], target[in_report],
-                      codes=codes[in_report], horizon=horizon),
+                      codes=codes[in_report], scoring=Scoring(horizon=horizon)),
         rel=1e-9,
     )
     # The joined frame gives the same.
     joined = frame.join(
         oracle.select("date", "code", "oracle_own", "oracle_peer"), on=["date", "code"]
     )
-    assert market_baselines(joined, report, horizon=horizon) == got
+    assert market_baselines(joined, report, scoring=Scoring(horizon=horizon)) == got
 
 
 def test_market_baselines_label_in_sample_and_given_selections(easy_market) -> None:
@@ -383,7 +383,7 @@ def test_market_baselines_label_in_sample_and_given_selections(easy_market) -> N
     real = market_baselines(frame, days[200:], features=["f_own", "f_ret_5d_past"])
     assert real["oracle"] is None and real["best_feature"]["name"] in ("f_own", "f_ret_5d_past")
     with pytest.raises(UserError, match="no target column 'ret_3d' for horizon=3"):
-        market_baselines(frame, days[200:], horizon=3)
+        market_baselines(frame, days[200:], scoring=Scoring(horizon=3))
     with pytest.raises(UserError, match=r"feature column\(s\) \['f_x'\] not in the market"):
         market_baselines(frame, days[200:], features=["f_x"])
     assert math.isfinite(real["best_feature"]["rank_ic"])

@@ -17,7 +17,7 @@ from trainers.atft_gat.config import TrainConfig
 from trainers.atft_gat.data import study_split
 from trainers.atft_gat.synthetic import generate_market
 from trainers.context import TrialContext
-from trainers.metrics import panel_metrics
+from trainers.metrics import Scoring, panel_metrics
 
 WF = {**TINY, "n_dates": 220, "epochs": 2, "cv": "walk_forward", "cv_folds": 3}
 
@@ -39,23 +39,32 @@ def test_objectives_recompute_from_the_predictions_of_every_fold(ran) -> None:
     assert preds.columns == ["date", "code", "pred", "target", "fold"]
     assert preds["fold"].unique().sort().to_list() == [1, 2, 3]
     config = TrainConfig(**WF)
-    again = panel_metrics(preds["date"].to_numpy(), preds["pred"].to_numpy(),
-                          preds["target"].to_numpy(), codes=preds["code"].to_numpy(),
-                          horizon=1, cost_bps=config.cost_bps, periods_per_year=252)
+    again = panel_metrics(
+        preds["date"].to_numpy(),
+        preds["pred"].to_numpy(),
+        preds["target"].to_numpy(),
+        codes=preds["code"].to_numpy(),
+        scoring=Scoring(horizon=1, cost_bps=config.cost_bps, periods_per_year=252),
+    )
     for name in ("rank_ic", "sharpe", "sharpe_net", "turnover", "ic"):
         assert metrics[name] == pytest.approx(again[name], abs=1e-12), name
     per_fold = ctx.attrs["fold_metrics"]
     for fold in per_fold:
         rows = preds.filter(pl.col("fold") == fold["fold"])
-        own = panel_metrics(rows["date"].to_numpy(), rows["pred"].to_numpy(),
-                            rows["target"].to_numpy(), codes=rows["code"].to_numpy(),
-                            horizon=1, cost_bps=config.cost_bps, periods_per_year=252)
+        own = panel_metrics(
+            rows["date"].to_numpy(),
+            rows["pred"].to_numpy(),
+            rows["target"].to_numpy(),
+            codes=rows["code"].to_numpy(),
+            scoring=Scoring(horizon=1, cost_bps=config.cost_bps, periods_per_year=252),
+        )
         assert fold["rank_ic"] == pytest.approx(own["rank_ic"], abs=1e-12)
         assert fold["epochs"] == 2
     # val_loss is the folds' date-weighted mean; the trial reported once per fold
     n = [preds.filter(pl.col("fold") == f)["date"].n_unique() for f in (1, 2, 3)]
     assert metrics["val_loss"] == pytest.approx(
-        np.average([f["val_loss"] for f in per_fold], weights=n), abs=1e-12)
+        np.average([f["val_loss"] for f in per_fold], weights=n), abs=1e-12
+    )
     assert [h["epoch"] for h in ctx.history] == [1, 2, 3]
     assert ctx.history[0]["instance"]["rank_ic"] == pytest.approx(per_fold[0]["rank_ic"])
     assert ctx.history[-1]["rank_ic"] == pytest.approx(metrics["rank_ic"])
@@ -76,7 +85,8 @@ def test_the_folds_attr_names_each_folds_dates(ran) -> None:
 
 
 def test_every_fold_reads_only_dates_before_its_block_and_the_test_period(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Record, per batch, the dates a training step reads and the panel it was cut from."""
     seen: list[tuple[str, np.datetime64, np.ndarray]] = []
     make_batch = train_module.make_batch
@@ -96,7 +106,7 @@ def test_every_fold_reads_only_dates_before_its_block_and_the_test_period(
         assert np.max(dates) <= end < test_start
         fold = next(f for f in folds if f["validation"][1] == str(end))
         training = dates <= np.datetime64(fold["train"][1])
-        scored = (dates >= np.datetime64(fold["validation"][0]))
+        scored = dates >= np.datetime64(fold["validation"][0])
         assert np.all(training | scored)  # nothing from the purge gap
 
 
@@ -122,14 +132,14 @@ class KilledAfter(TrialContext):
 # Checkpoints: fold 1 epochs 1-2 (1, 2), fold 1 done (3), fold 2 epoch 1 (4), ...
 @pytest.mark.parametrize("after", [2, 3, 4])
 def test_a_killed_trial_resumes_inside_its_fold_to_the_uninterrupted_values(
-        ran, tmp_path: Path, after: int) -> None:
+    ran, tmp_path: Path, after: int
+) -> None:
     metrics, ctx = ran
     torch.set_num_threads(1)
     config = TrainConfig(**WF)
     folder = tmp_path / "killed"
     with pytest.raises(Killed):
-        WORKLOAD.train(config, KilledAfter(folder, seed=0, cache_dir=ctx.cache_dir,
-                                           after=after))
+        WORKLOAD.train(config, KilledAfter(folder, seed=0, cache_dir=ctx.cache_dir, after=after))
     if after == 3:  # fold 1 finished: its rows are on disk, as a pruned trial keeps them
         kept = pl.read_parquet(folder / "predictions.parquet")
         assert kept["fold"].unique().to_list() == [1]
@@ -137,7 +147,8 @@ def test_a_killed_trial_resumes_inside_its_fold_to_the_uninterrupted_values(
     resumed = WORKLOAD.train(config, again)
     assert resumed == metrics
     assert pl.read_parquet(folder / "predictions.parquet").equals(
-        pl.read_parquet(ctx.output_dir / "predictions.parquet"))
+        pl.read_parquet(ctx.output_dir / "predictions.parquet")
+    )
     first = torch.load(ctx.output_dir / "model.pt", weights_only=False)["model"]
     second = torch.load(folder / "model.pt", weights_only=False)["model"]
     assert all(torch.equal(first[k], second[k]) for k in first)
