@@ -27,14 +27,13 @@ import optuna
 
 from hpo import attrs
 from hpo.artifacts import artifact_dir, artifact_store, has_study_note, save_study_note
+from hpo.cli import EXIT_OK, add_study_flags, command_parser, log_to_stderr, one_line_errors
 from hpo.loading import load_existing_study, open_existing_storage
 from hpo.storage import mask_url, resolve_url
-from trainers.cli import OneLineParser
 from trainers.errors import UserError
 
 log = logging.getLogger("hpo")
 
-EXIT_OK, EXIT_USER = 0, 2
 DEFAULT_HOST = "127.0.0.1"  # no login in optuna-dashboard: never listen on a network by default
 DEFAULT_PORT = 8080
 DEFAULT_OUTPUT = Path("output")
@@ -114,17 +113,15 @@ def bind(app: Any, *, host: str, port: int) -> WSGIServer:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = OneLineParser(
-        prog="python -m hpo.dashboard",
-        description="Serve optuna-dashboard for the studies in a storage, with their trial "
+    p = command_parser(
+        "dashboard",
+        "Serve optuna-dashboard for the studies in a storage, with their trial "
         "artifacts. Example: python -m hpo.dashboard --study demo --port 8080")
     p.add_argument("--study", default=None,
                    help="check that this study exists and print its page's address (e.g. demo)")
-    p.add_argument("--storage", default=None,
-                   help="storage URL (default: $HPO_STORAGE, else sqlite:///<output>/hpo.db)")
-    p.add_argument("--output", type=Path, default=None,
-                   help="directory holding the embedded database and artifacts/ (default: "
-                   "the --study's own output directory when it is on this host, else output)")
+    add_study_flags(p, study=None, output_default=None,
+                    output="directory holding the embedded database and artifacts/ (default: "
+                    "the --study's own output directory when it is on this host, else output)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT,
                    help=f"port to listen on (default: {DEFAULT_PORT}), e.g. --port 8081")
     p.add_argument("--host", default=DEFAULT_HOST,
@@ -133,19 +130,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
-                        stream=sys.stderr)
-    try:
-        if not 0 <= args.port <= 65535:
-            raise UserError(f"--port must be between 0 and 65535, got {args.port}")
-        url = resolve_url(args.storage, args.output or DEFAULT_OUTPUT)
-        app, study_id, output = build_app(url, output=args.output, study=args.study)
-        server = bind(app, host=args.host, port=args.port)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USER
+    log_to_stderr()
+    if not 0 <= args.port <= 65535:
+        raise UserError(f"--port must be between 0 and 65535, got {args.port}")
+    url = resolve_url(args.storage, args.output or DEFAULT_OUTPUT)
+    app, study_id, output = build_app(url, output=args.output, study=args.study)
+    server = bind(app, host=args.host, port=args.port)
     host, port = server.server_address[:2]
     shown = f"[{host}]" if ":" in str(host) else host
     page = f"http://{shown}:{port}/dashboard/"

@@ -51,6 +51,7 @@ import polars as pl
 from optuna.trial import FrozenTrial
 
 from hpo import attrs
+from hpo.cli import EXIT_OK, add_study_flags, command_parser, one_line_errors
 from hpo.config import TEST_MODELS, EvaluateSpec
 from hpo.heldout import (
     METRICS_VERSION,
@@ -83,13 +84,11 @@ from hpo.heldout.summary import publish_summary, summary_of
 from hpo.objective import trial_dir
 from hpo.results import best_trials, metric_names
 from trainers.attrs import DATE_SPLIT
-from trainers.cli import OneLineParser
 from trainers.context import atomic_write_bytes, atomic_write_json
 from trainers.errors import UserError
 from trainers.heldout import HeldOut
 from trainers.registry import get_workload, workload_names
 
-EXIT_OK, EXIT_USER = 0, 2
 TEAR_SHEET = "tear_sheet.html"
 log = logging.getLogger("hpo")
 CHOICE_RULE_SINGLE = "the best trial of the study's objective"
@@ -436,17 +435,13 @@ def _build_report(study: optuna.Study, front: list[FrozenTrial], chosen: FrozenT
 
 # -- CLI --------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    p = OneLineParser(
-        prog="python -m hpo.evaluate",
-        description="Predict the held-out test period with the chosen trials' saved models "
+    p = command_parser(
+        "evaluate",
+        "Predict the held-out test period with the chosen trials' saved models "
         "and write <output>/<study>/test_report.json and test_predictions.parquet. "
         "Example: python -m hpo.evaluate --study demo")
-    p.add_argument("--study", required=True, help="the study name in storage (e.g. demo)")
-    p.add_argument("--storage", default=None,
-                   help="storage URL (default: $HPO_STORAGE, else sqlite:///<output>/hpo.db)")
-    p.add_argument("--output", type=Path, default=Path("output"),
-                   help="the study's output directory: trial models, feature cache, embedded "
-                   "database; the report goes to <output>/<study>/ (default: output)")
+    add_study_flags(p, output="the study's output directory: trial models, feature cache, "
+                    "embedded database; the report goes to <output>/<study>/ (default: output)")
     p.add_argument("--force", action="store_true",
                    help="recompute the report even when the existing one is up to date (the "
                    "figures already seen: never a new look at the test period)")
@@ -467,23 +462,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from hpo.loading import study_for_command
 
-    try:
-        bad = EvaluateSpec(pbo_blocks=args.pbo_blocks, test_model=args.test_model,
-                           seeds=args.seeds).problems()
-        if bad:  # before anything is opened
-            raise UserError("; ".join(f"--{key.replace('_', '-')} {problem}"
-                                      for key, problem in bad))
-        study = study_for_command(args.study, storage=args.storage, output=args.output)
-        result = evaluate_study(study, output=args.output, force=args.force,
-                                reopen=args.reopen, pbo_blocks=args.pbo_blocks,
-                                test_model=args.test_model, seeds=args.seeds)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USER
+    bad = EvaluateSpec(pbo_blocks=args.pbo_blocks, test_model=args.test_model,
+                       seeds=args.seeds).problems()
+    if bad:  # before anything is opened
+        raise UserError("; ".join(f"--{key.replace('_', '-')} {problem}"
+                                  for key, problem in bad))
+    study = study_for_command(args.study, storage=args.storage, output=args.output)
+    result = evaluate_study(study, output=args.output, force=args.force,
+                            reopen=args.reopen, pbo_blocks=args.pbo_blocks,
+                            test_model=args.test_model, seeds=args.seeds)
     state = "written" if result.changed else "unchanged (same front, models and split)"
     print(f"test report {result.path}: {state}")
     print("\n".join(render_lines(summary_of(result.report))))

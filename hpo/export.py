@@ -26,16 +26,14 @@ from typing import Any
 import optuna
 
 from hpo import attrs
+from hpo.cli import EXIT_OK, add_study_flags, command_parser, one_line_errors
 from hpo.loading import open_existing_study
 from hpo.pruning import epochs_saved
 from hpo.records import trial_attrs
 from hpo.results import metric_names, write_results
 from hpo.storage import mask_url
-from trainers.cli import OneLineParser
 from trainers.context import atomic_write_bytes
-from trainers.errors import UserError
 
-EXIT_OK, EXIT_USER = 0, 2
 CSV_NAME = "trials.csv"
 PLOTS_DIRNAME = "plots"
 # Per-epoch history is a list per trial: it stays in metrics.json / history.json, not the CSV.
@@ -108,27 +106,20 @@ def export_study(study: optuna.Study, out_dir: Path) -> tuple[list[Path], list[s
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = OneLineParser(
-        prog="python -m hpo.export",
-        description="Export a study's trials (JSON, CSV) and plots (HTML + PNG) to "
+    p = command_parser(
+        "export",
+        "Export a study's trials (JSON, CSV) and plots (HTML + PNG) to "
         "<output>/<study>/. Example: python -m hpo.export --study demo")
-    p.add_argument("--study", required=True, help="the study name in storage (e.g. demo)")
-    p.add_argument("--storage", default=None,
-                   help="storage URL (default: $HPO_STORAGE, else sqlite:///<output>/hpo.db)")
-    p.add_argument("--output", type=Path, default=Path("output"),
-                   help="directory holding the embedded database; files go to "
-                   "<output>/<study>/ (default: output)")
+    add_study_flags(p, output="directory holding the embedded database; files go to "
+                    "<output>/<study>/ (default: output)")
     return p
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        study, _, url = open_existing_study(args.study, storage=args.storage,
-                                            output=args.output)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USER
+    study, _, url = open_existing_study(args.study, storage=args.storage,
+                                        output=args.output)
     out_dir = args.output / args.study
     files, notes = export_study(study, out_dir)
     n_plots = sum(1 for f in files if f.parent.name == PLOTS_DIRNAME and f.suffix == ".html")

@@ -29,11 +29,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from trainers.cli import OneLineParser
+from hpo.cli import EXIT_OK, command_parser, one_line_errors
 from trainers.context import atomic_write_bytes
 from trainers.errors import UserError
 
-EXIT_OK, EXIT_USER = 0, 2
+
 def writer(workload: str | None) -> Any:
     """The ``init_study`` of ``workload``, or of the one workload that has it."""
     from trainers.registry import get_workload, workload_names
@@ -65,9 +65,9 @@ def init(panel: Path, out: Path, *, force: bool = False, workload: str | None = 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = OneLineParser(
-        prog="python -m hpo.init",
-        description="Check a panel and write a study file that runs on it. Example: python -m "
+    p = command_parser(
+        "init",
+        "Check a panel and write a study file that runs on it. Example: python -m "
         "hpo.init --panel data/panel.parquet --out studies/mine.toml")
     p.add_argument("--panel", required=True, type=Path,
                    help="the panel: parquet or CSV with date, code, features and ret_<h>d")
@@ -79,13 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        out = init(args.panel, args.out, force=args.force, workload=args.workload)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USER
+    out = init(args.panel, args.out, force=args.force, workload=args.workload)
     print(f"wrote {out}; run it with: python -m hpo.run --study {out}")
     return EXIT_OK
 

@@ -34,11 +34,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from trainers.cli import OneLineParser
+from hpo.cli import EXIT_OK, OneLineParser, command_parser, one_line_errors
 from trainers.context import atomic_write_bytes
 from trainers.errors import UserError
 
-EXIT_OK, EXIT_USER = 0, 2
 PROXY_PORT = 13000
 # SIGTERM this long before SLURM's time limit; hpo.run stops its trial at the next step.
 DEFAULT_SIGNAL_S = 120
@@ -210,9 +209,9 @@ def write_k8s(args: argparse.Namespace) -> str:
 
 # -- the command ------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    p = OneLineParser(
-        prog="python -m hpo.launch",
-        description="Launch a study's workers on SLURM (a job array) or Kubernetes (manifests). "
+    p = command_parser(
+        "launch",
+        "Launch a study's workers on SLURM (a job array) or Kubernetes (manifests). "
         "Example: python -m hpo.launch slurm --study production --workers 16 "
         "--gpus-per-worker 1 --storage postgresql+psycopg2://hpo@db:5432/hpo --submit")
     sub = p.add_subparsers(dest="engine", required=True, parser_class=OneLineParser)
@@ -260,20 +259,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        if args.workers < 1:
-            raise UserError(f"--workers must be >= 1, got {args.workers}")
-        if args.gpus_per_worker < 0 or args.cpus_per_worker < 1:
-            raise UserError("--gpus-per-worker must be >= 0 and --cpus-per-worker >= 1")
-        from hpo.config import load_study_spec
+    if args.workers < 1:
+        raise UserError(f"--workers must be >= 1, got {args.workers}")
+    if args.gpus_per_worker < 0 or args.cpus_per_worker < 1:
+        raise UserError("--gpus-per-worker must be >= 0 and --cpus-per-worker >= 1")
+    from hpo.config import load_study_spec
 
-        load_study_spec(args.study)  # a missing or broken study file, before anything is written
-        line = launch_slurm(args) if args.engine == "slurm" else write_k8s(args)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USER
+    load_study_spec(args.study)  # a missing or broken study file, before anything is written
+    line = launch_slurm(args) if args.engine == "slurm" else write_k8s(args)
     print(line)
     return EXIT_OK
 

@@ -37,10 +37,9 @@ import numpy as np
 import optuna
 import polars as pl
 
-from trainers.cli import OneLineParser
+from hpo.cli import EXIT_OK, OneLineParser, add_study_flags, command_parser, one_line_errors
 from trainers.errors import UserError
 
-EXIT_OK, EXIT_USER = 0, 2
 FOLDER = "monitor"
 HISTORY = "monitor.parquet"
 CHART = "monitor.png"
@@ -211,35 +210,28 @@ def monitor(study: optuna.Study, *, source: Path, output: Path, model: str = "ch
 
 
 def build_parser() -> OneLineParser:
-    p = OneLineParser(
-        prog="python -m hpo.monitor",
-        description="Score the dates after the study's test period whose returns are "
+    p = command_parser(
+        "monitor",
+        "Score the dates after the study's test period whose returns are "
         "realised, beside the baselines, and say whether the live signal still behaves like "
         "the validated one. Example: python -m hpo.monitor --study production --source "
         "panel.parquet")
-    p.add_argument("--study", required=True, help="the study name in storage")
+    add_study_flags(p)
     p.add_argument("--source", required=True, type=Path,
                    help="the study's panel grown with the new dates (parquet or CSV)")
     p.add_argument("--model", default="chosen",
                    help="chosen, trial:N, or refit (the newest hpo.refit) (default: chosen)")
-    p.add_argument("--storage", default=None,
-                   help="storage URL (default: $HPO_STORAGE, else sqlite:///<output>/hpo.db)")
-    p.add_argument("--output", type=Path, default=Path("output"),
-                   help="the study's output directory (default: output)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     return p
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from hpo.loading import study_for_command
 
-    try:
-        study = study_for_command(args.study, storage=args.storage, output=args.output)
-        summary = monitor(study, source=args.source, output=args.output, model=args.model)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USER
+    study = study_for_command(args.study, storage=args.storage, output=args.output)
+    summary = monitor(study, source=args.source, output=args.output, model=args.model)
     if args.json:
         print(json.dumps(summary, indent=1))
         return EXIT_OK

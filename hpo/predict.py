@@ -28,13 +28,12 @@ import optuna
 import polars as pl
 
 from hpo import attrs
+from hpo.cli import EXIT_OK, add_study_flags, command_parser, one_line_errors
 from hpo.study import trial_dir
-from trainers.cli import OneLineParser
 from trainers.context import atomic_write_bytes
 from trainers.errors import UserError
 from trainers.heldout import file_digest
 
-EXIT_OK, EXIT_USER = 0, 2
 METADATA_KEY = b"hpo"
 N_QUANTILES = 5
 SUFFIXES = (".parquet", ".csv")
@@ -164,12 +163,13 @@ def read_metadata(path: Path) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = OneLineParser(
-        prog="python -m hpo.predict",
-        description="Score a panel the study never saw with the chosen trial's model, through "
+    p = command_parser(
+        "predict",
+        "Score a panel the study never saw with the chosen trial's model, through "
         "the training pipeline; writes date, code, score, rank, quantile. Example: python -m "
         "hpo.predict --study production --source panel.parquet --dates last --out today.parquet")
-    p.add_argument("--study", required=True, help="the study name in storage")
+    add_study_flags(p, output="the study's output directory: trial models and feature cache "
+                    "(default: output)")
     p.add_argument("--source", required=True, type=Path,
                    help="the panel to score (parquet or CSV, the schema of the study's panel; "
                    "target columns may be absent)")
@@ -183,25 +183,17 @@ def build_parser() -> argparse.ArgumentParser:
                    "standardised scores instead of the last fold's model")
     p.add_argument("--dates", default="last",
                    help="last, all or START:END (ISO dates, inclusive; default: last)")
-    p.add_argument("--storage", default=None,
-                   help="storage URL (default: $HPO_STORAGE, else sqlite:///<output>/hpo.db)")
-    p.add_argument("--output", type=Path, default=Path("output"),
-                   help="the study's output directory: trial models and feature cache "
-                   "(default: output)")
     return p
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from hpo.loading import study_for_command
 
-    try:
-        study = study_for_command(args.study, storage=args.storage, output=args.output)
-        meta = predict(study, source=args.source, output=args.output, out=args.out,
-                       model=args.model, dates=args.dates, fold_ensemble=args.fold_ensemble)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USER
+    study = study_for_command(args.study, storage=args.storage, output=args.output)
+    meta = predict(study, source=args.source, output=args.output, out=args.out,
+                   model=args.model, dates=args.dates, fold_ensemble=args.fold_ensemble)
     skipped = (f"; skipped for lack of history: {', '.join(meta['skipped_for_history'])}"
                if meta["skipped_for_history"] else "")
     print(f"scored {meta['rows']} rows on {len(meta['dates'])} date(s) "

@@ -24,13 +24,11 @@ import argparse
 import logging
 import signal
 import sys
-from pathlib import Path
 
+from hpo.cli import add_study_flags, command_parser, log_to_stderr, one_line_errors
 from hpo.storage.remote import DEFAULT_PORT
-from trainers.cli import OneLineParser
 from trainers.errors import UserError
 
-EXIT_USER = 2
 log = logging.getLogger("hpo")
 
 
@@ -41,16 +39,15 @@ class _Stop(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = OneLineParser(
-        prog="python -m hpo.proxy",
-        description="Serve the study storage to many workers through Optuna's gRPC storage "
+    p = command_parser(
+        "proxy",
+        "Serve the study storage to many workers through Optuna's gRPC storage "
         "proxy; workers use --storage grpc://HOST:PORT. Example: python -m hpo.proxy --storage "
         "postgresql+psycopg2://hpo@db:5432/hpo --host 0.0.0.0 --port 13000")
-    p.add_argument("--storage", default=None,
-                   help="the database behind the proxy (default: $HPO_STORAGE, else "
-                   "sqlite:///<output>/hpo.db); not a grpc:// URL")
-    p.add_argument("--output", type=Path, default=Path("output"),
-                   help="where the default SQLite file lives (default: output)")
+    add_study_flags(p, study=None,
+                    storage="the database behind the proxy (default: $HPO_STORAGE, else "
+                    "sqlite:///<output>/hpo.db); not a grpc:// URL",
+                    output="where the default SQLite file lives (default: output)")
     p.add_argument("--host", default="127.0.0.1",
                    help="the address to listen on (default: 127.0.0.1; 0.0.0.0 for every "
                    "interface)")
@@ -73,13 +70,12 @@ def serve(url: str, *, host: str, port: int) -> None:
     run_grpc_proxy_server(storage, host=host, port=port)
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
-                        force=True)
+    log_to_stderr(force=True)
     if not 0 < args.port < 65536:
-        print(f"error: --port {args.port} is not a port; use 1-65535", file=sys.stderr)
-        return EXIT_USER
+        raise UserError(f"--port {args.port} is not a port; use 1-65535")
     from hpo.storage import resolve_url
 
     def stop(signum: int, _frame: object) -> None:
@@ -88,9 +84,6 @@ def main(argv: list[str] | None = None) -> int:
     old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         serve(resolve_url(args.storage, args.output), host=args.host, port=args.port)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USER
     except _Stop as exc:
         log.info("storage proxy stopped (%s)", signal.Signals(exc.signum).name)
         return 128 + exc.signum

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import shutil
 import sys
 from datetime import UTC, date, datetime
@@ -31,15 +30,14 @@ from typing import Any
 import optuna
 
 from hpo import attrs
+from hpo.cli import EXIT_OK, add_study_flags, command_parser, log_to_stderr, one_line_errors
 from hpo.heldout.openings import test_openings
 from hpo.records import trial_attrs
 from hpo.study import trial_dir
-from trainers.cli import OneLineParser
 from trainers.context import atomic_write_json
 from trainers.errors import UserError
 from trainers.heldout import RefitRequest
 
-EXIT_OK, EXIT_USER = 0, 2
 REQUEST_FILE = "refit.json"  # what a refit directory was started for
 
 
@@ -118,36 +116,28 @@ def refit(study: optuna.Study, *, output: Path, through: str | None = None,
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = OneLineParser(
-        prog="python -m hpo.refit",
-        description="Train the study's chosen configuration again, with its seed and selected "
+    p = command_parser(
+        "refit",
+        "Train the study's chosen configuration again, with its seed and selected "
         "epochs, on every date through --through; allowed once hpo.evaluate has opened the test "
         "period. Example: python -m hpo.refit --study production --through 2026-11-30")
-    p.add_argument("--study", required=True, help="the study name in storage")
+    add_study_flags(p)
     p.add_argument("--through", default=None,
                    help="the last date the refit may read, YYYY-MM-DD (its last fit date is "
                    "this minus the study's purge; default: the panel's last date)")
-    p.add_argument("--storage", default=None,
-                   help="storage URL (default: $HPO_STORAGE, else sqlite:///<output>/hpo.db)")
-    p.add_argument("--output", type=Path, default=Path("output"),
-                   help="the study's output directory (default: output)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     return p
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
-                        force=True)
+    log_to_stderr(force=True)
     from hpo.loading import study_for_command
 
-    try:
-        study = study_for_command(args.study, storage=args.storage, output=args.output)
-        entry = refit(study, output=args.output, through=args.through,
-                      progress=not args.quiet)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USER
+    study = study_for_command(args.study, storage=args.storage, output=args.output)
+    entry = refit(study, output=args.output, through=args.through,
+                  progress=not args.quiet)
     print(f"refit {entry['id']} of trial {entry['trial']}: {entry['epochs']} epoch(s) on "
           f"{entry['fit_dates']} dates ({entry['fit'][0]} to {entry['fit'][1]}, read through "
           f"{entry['through']}) -> {args.output / entry['dir']} (model "

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from hpo.cli import add_study_flags, command_parser, log_to_stderr, one_line_errors
 from trainers.errors import UserError
 
 if TYPE_CHECKING:
@@ -39,19 +40,11 @@ EXIT_OK, EXIT_FAILED, EXIT_USER, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 13
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from trainers.cli import OneLineParser
-
-    p = OneLineParser(
-        prog="python -m hpo.run",
-        description="Run (or resume) the Optuna study defined in studies/<NAME>.toml. "
-        "Example: python -m hpo.run --study demo --n-trials 8",
-    )
-    p.add_argument("--study", required=True,
-                   help="a study name in studies/ (e.g. production, demo) or a path to a .toml")
-    p.add_argument("--storage", default=None,
-                   help="storage URL (default: $HPO_STORAGE, else sqlite:///<output>/hpo.db)")
-    p.add_argument("--output", type=Path, default=Path("output"),
-                   help="directory for trial outputs and the embedded database (default: output)")
+    p = command_parser("run", "Run (or resume) the Optuna study defined in "
+                       "studies/<NAME>.toml. Example: python -m hpo.run --study demo --n-trials 8")
+    add_study_flags(p, study="a study name in studies/ (e.g. production, demo) or a path to a "
+                    ".toml", output="directory for trial outputs and the embedded database "
+                    "(default: output)")
     p.add_argument("--n-trials", type=int, default=None,
                    help="study-wide target of finished trials (default: the study file's)")
     p.add_argument("--timeout", type=float, default=None,
@@ -165,18 +158,14 @@ def run_request(request: RunRequest) -> int:
     return _run(request, workers_n, gpu_pinning=(workers == "auto"))
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
-                        stream=sys.stderr)
+    log_to_stderr()
     request = RunRequest(**vars(args))
     if args.worker_index is not None and WORKER_REQUEST_ENV in os.environ:
         request = request_from_json(os.environ.pop(WORKER_REQUEST_ENV))  # spawned: the spec
-    try:
-        return run_request(request)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USER
+    return run_request(request)
 
 
 def _visible_gpus() -> int:

@@ -28,6 +28,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo import attrs
+from hpo.cli import add_study_flags, command_parser, one_line_errors
 from hpo.heldout import current_summary, render_lines, stale_line
 from hpo.loading import open_existing_study
 from hpo.progress import evaluate_command
@@ -35,7 +36,6 @@ from hpo.pruning import epochs_saved
 from hpo.records import record, trial_attrs
 from hpo.results import best_trials, metric_names, trial_counts
 from hpo.storage import mask_url
-from trainers.cli import OneLineParser
 from trainers.errors import UserError
 
 EXIT_OK, EXIT_USER, EXIT_INTERRUPTED = 0, 2, 130
@@ -376,15 +376,11 @@ def render_history(record: dict[str, Any]) -> str:
 
 # -- CLI --------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    p = OneLineParser(
-        prog="python -m hpo.status",
-        description="Progress, ETA, running trials, zombies and best values of a study, read "
+    p = command_parser(
+        "status",
+        "Progress, ETA, running trials, zombies and best values of a study, read "
         "live from its storage. Example: python -m hpo.status --study demo --watch 30")
-    p.add_argument("--study", required=True, help="the study name in storage (e.g. demo)")
-    p.add_argument("--storage", default=None,
-                   help="storage URL (default: $HPO_STORAGE, else sqlite:///<output>/hpo.db)")
-    p.add_argument("--output", type=Path, default=Path("output"),
-                   help="directory holding the embedded database (default: output)")
+    add_study_flags(p, output="directory holding the embedded database (default: output)")
     p.add_argument("--watch", nargs="?", type=float, const=DEFAULT_WATCH_S, default=None,
                    metavar="SECONDS", help="redraw every SECONDS (default "
                    f"{DEFAULT_WATCH_S:g}) until Ctrl-C, e.g. --watch 30")
@@ -398,22 +394,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        if args.watch is not None and args.watch <= 0:
-            raise UserError(f"--watch must be > 0 seconds, got {args.watch:g}")
-        if args.grace_period is not None and args.grace_period <= 0:
-            raise UserError(f"--grace-period must be > 0 seconds, got {args.grace_period:g}")
-        study, storage, url = open_existing_study(args.study, storage=args.storage,
-                                                  output=args.output)
-        grace = args.grace_period
-        if grace is None:
-            grace = float(default_grace_period(args.study)[0])
-        return _loop(args, study, storage, url, grace)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USER
+    if args.watch is not None and args.watch <= 0:
+        raise UserError(f"--watch must be > 0 seconds, got {args.watch:g}")
+    if args.grace_period is not None and args.grace_period <= 0:
+        raise UserError(f"--grace-period must be > 0 seconds, got {args.grace_period:g}")
+    study, storage, url = open_existing_study(args.study, storage=args.storage,
+                                              output=args.output)
+    grace = args.grace_period
+    if grace is None:
+        grace = float(default_grace_period(args.study)[0])
+    return _loop(args, study, storage, url, grace)
 
 
 def _show(args: argparse.Namespace, study: optuna.Study, storage: Any, url: str,
