@@ -38,7 +38,6 @@ import math
 import shutil
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -46,25 +45,18 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a plain script from a checkout
     sys.path.insert(0, str(REPO))
 
-from scripts.bench_selection_bias import STUDY as BASE_STUDY  # noqa: E402
+from scripts.bench_selection_bias import study as selection_bias_study  # noqa: E402
 from scripts.bench_selection_bias import verdict  # noqa: E402
+from scripts.bench_study import run_fresh  # noqa: E402
 
 MODES = ("holdout", "walk_forward", "walk_forward_pruned")
 DEFAULT_TRIALS = 8
 
 
-def study_text(args: argparse.Namespace, *, mode: str, market_seed: int) -> str:
-    """The benchmark's study file for ``mode``: bench_selection_bias's study, selecting on
-    validation RankIC with the random sampler, and the mode's validation and pruner (built
-    as a mapping and written with ``hpo.studyfile.dump_study``)."""
-    import tomllib
-
-    from hpo.studyfile import dump_study
-
-    raw = tomllib.loads(BASE_STUDY.format(
-        n_trials=args.n_trials, seed=args.seed, startup=args.n_trials, n_stocks=args.n_stocks,
-        n_dates=args.n_dates, market_seed=market_seed, epochs=args.epochs, steps=args.steps,
-        batch_size=args.batch_size))
+def cv_study(args: argparse.Namespace, *, mode: str, market_seed: int) -> dict[str, Any]:
+    """The benchmark's study for ``mode``: bench_selection_bias's study, selecting on
+    validation RankIC with the random sampler, and the mode's validation and pruner."""
+    raw = selection_bias_study(args, market_seed)
     raw["name"] = f"cv_{mode}"
     raw["objectives"][0]["metric"] = "rank_ic"
     raw["sampler"] = {"name": "random", "seed": args.seed}
@@ -72,7 +64,7 @@ def study_text(args: argparse.Namespace, *, mode: str, market_seed: int) -> str:
         raw["data"].update(cv="walk_forward", cv_folds=args.folds)
     if mode == "walk_forward_pruned":
         raw["pruner"] = {"name": "wilcoxon"}
-    return dump_study(raw)
+    return raw
 
 
 def spearman(a: list[float], b: list[float]) -> float:
@@ -87,27 +79,15 @@ def run_study(args: argparse.Namespace, market_seed: int, mode: str) -> dict[str
     """One fresh study; its figures and the chosen trial's test rows."""
     from optuna.trial import TrialState
 
-    from hpo import api
     from hpo.evaluate import evaluate_study
-    from hpo.loading import load_existing_study, open_existing_storage
     from hpo.records import trial_attrs
     from hpo.study import trial_dir
     from trainers.registry import get_workload
 
-    workdir = args.workdir / f"market_{market_seed}" / mode
-    shutil.rmtree(workdir, ignore_errors=True)
-    workdir.mkdir(parents=True)
-    study_path = workdir / "study.toml"
-    study_path.write_text(study_text(args, mode=mode, market_seed=market_seed))
-    output = workdir / "out"
-    url = f"sqlite:///{output / 'hpo.db'}"
-    started = time.perf_counter()
-    code = api.run_study(study_path, output=output, storage=url, quiet=True)
-    elapsed = time.perf_counter() - started
-    if code != 0:
-        raise SystemExit(f"error: the {mode} study of market {market_seed} ended with exit "
-                         f"code {code}")
-    study = load_existing_study(open_existing_storage(url), f"cv_{mode}", url)
+    study, output, elapsed = run_fresh(
+        cv_study(args, mode=mode, market_seed=market_seed),
+        args.workdir / f"market_{market_seed}" / mode,
+        what=f"the {mode} study of market {market_seed}")
     report = evaluate_study(study, output=output).report  # written by hpo.run already
     heldout = get_workload("atft_gat").heldout
     selection, test, model_epochs, rows = [], [], 0, {}

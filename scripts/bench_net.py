@@ -38,9 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shutil
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -50,81 +48,17 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a plain script from a checkout
     sys.path.insert(0, str(REPO))
 
-STUDY = """
-name = "net"
-description = "bench_net: selected net of costs, book searched"
-workload = "atft_gat"
-n_trials = {n_trials}
-[[objectives]]
-metric = "sharpe_net"
-direction = "maximize"
-[sampler]
-name = "tpe"
-seed = {seed}
-n_startup_trials = {startup}
-[storage]
-heartbeat_interval = 30
-grace_period = 600
-[data]
-{data}
-val_fraction = 0.2
-test_fraction = 0.2
-[portfolio]
-cost_bps = [5, 0, 10, 20]
-[trainer]
-epochs = {epochs}
-max_steps_per_epoch = {steps}
-batch_size = {batch_size}
-hidden_size = 16
-attn_heads = 2
-gat_heads = 2
-gat_layers = 1
-lookback = 10
-graph_k = 6
-warmup_steps = 5
-[search_space.lr]
-type = "float"
-low = 3e-4
-high = 1e-2
-log = true
-[search_space.dropout]
-type = "float"
-low = 0.0
-high = 0.3
-[search_space.rank_weight]
-type = "float"
-low = 0.0
-high = 1.0
-[search_space.weight_decay]
-type = "float"
-low = 1e-6
-high = 1e-2
-log = true
-[search_space.exit]
-type = "float"
-low = 0.2
-high = 0.5
-[search_space.score_halflife]
-type = "float"
-low = 0.0
-high = 10.0
-[search_space.turnover_weight]
-type = "float"
-low = 0.0
-high = 2.0
-"""
-SYNTHETIC = """source = "synthetic"
-n_stocks = {n_stocks}
-n_dates = {n_dates}
-market_seed = {market_seed}
-market_difficulty = "realistic"
-purge = 20"""
-FILE = """source = "{path}"
-horizons = [1]
-metric_horizon = 1
-execution_lag = 1
-graph_source = "f_ret_1d_past"
-purge = 2"""
+from scripts import bench_study  # noqa: E402
+
+NAME = "net"
+DESCRIPTION = "bench_net: selected net of costs, book searched"
+# The small study's search (scripts.bench_study) and the book's and the loss's turnover control.
+SPACE = {**bench_study.SPACE,
+         "exit": {"type": "float", "low": 0.2, "high": 0.5},
+         "score_halflife": {"type": "float", "low": 0.0, "high": 10.0},
+         "turnover_weight": {"type": "float", "low": 0.0, "high": 2.0}}
+FILE_DATA = {"horizons": [1], "metric_horizon": 1, "execution_lag": 1,
+             "graph_source": "f_ret_1d_past", "purge": 2}
 DEFAULT_TRIALS = 6
 COST = "5"  # the cost the study charges (the first of its list), as the report keys it
 COMPARED = ("sharpe", "sharpe_net", "turnover")
@@ -245,36 +179,31 @@ def figures(report: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     }
 
 
+def study(args: argparse.Namespace, data: dict[str, Any]) -> dict[str, Any]:
+    """The study of one panel (``data``: its ``[data]``), as a mapping: selected on
+    ``sharpe_net``, costs 5 (charged), 0, 10 and 20 bps, the book searched."""
+    raw = bench_study.small_study(NAME, DESCRIPTION, args, data=data, metric="sharpe_net",
+                                  space=SPACE)
+    raw["portfolio"] = {"cost_bps": [5, 0, 10, 20]}
+    return raw
+
+
 def run_panel(args: argparse.Namespace, kind: str, seed: int) -> dict[str, Any]:
     """One fresh study on one panel; its figures."""
     from hpo.evaluate import evaluate_study
-    from hpo.loading import load_existing_study, open_existing_storage
-    from hpo.run import main as run_main
 
     workdir = args.workdir / f"{kind}_{seed}"
-    shutil.rmtree(workdir, ignore_errors=True)
-    workdir.mkdir(parents=True)
     if kind == "synthetic":
-        data = SYNTHETIC.format(n_stocks=args.n_stocks, n_dates=args.n_dates, market_seed=seed)
+        data = bench_study.synthetic_data(args, seed)
     else:
-        panel = workdir / "panel.parquet"
+        panel = args.workdir / f"panel_{seed}.parquet"
+        panel.parent.mkdir(parents=True, exist_ok=True)
         real_like_panel(panel, n_stocks=args.n_stocks, n_dates=args.n_dates, seed=seed)
-        data = FILE.format(path=panel.as_posix())
-    study_path = workdir / "net.toml"
-    study_path.write_text(STUDY.format(
-        n_trials=args.n_trials, seed=args.seed, startup=max(2, args.n_trials // 3), data=data,
-        epochs=args.epochs, steps=args.steps, batch_size=args.batch_size))
-    output = workdir / "out"
-    url = f"sqlite:///{output / 'hpo.db'}"
-    started = time.perf_counter()
-    code = run_main(["--study", str(study_path), "--output", str(output), "--storage", url,
-                     "--quiet"])
-    elapsed = time.perf_counter() - started
-    if code != 0:
-        raise SystemExit(f"error: the study of {kind} panel {seed} ended with exit code {code}")
-    study = load_existing_study(open_existing_storage(url), "net", url)
-    report = evaluate_study(study, output=output).report  # written by hpo.run already
-    return {**figures(report, output / "net"), "panel": f"{kind} {seed}", "kind": kind,
+        data = {"source": panel.as_posix(), **FILE_DATA}
+    found, output, elapsed = bench_study.run_fresh(study(args, data), workdir,
+                                                   what=f"{kind} panel {seed}")
+    report = evaluate_study(found, output=output).report  # written by hpo.run already
+    return {**figures(report, output / NAME), "panel": f"{kind} {seed}", "kind": kind,
             "seed": seed, "study_seconds": round(elapsed, 1)}
 
 

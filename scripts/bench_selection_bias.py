@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -35,75 +33,18 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a plain script from a checkout
     sys.path.insert(0, str(REPO))
 
-# The study: cheap per trial (one small model, one graph epoch), so that a dozen trials fit in
-# ~15 minutes of a 2-core machine; the search space holds only settings that do not change
-# the cost of a trial, so trial times stay comparable.
-STUDY = """
-name = "selection_bias"
-description = "bench_selection_bias: validation-best trial vs the held-out test period"
-workload = "atft_gat"
-n_trials = {n_trials}
-[[objectives]]
-metric = "sharpe"
-direction = "maximize"
-[sampler]
-name = "tpe"
-seed = {seed}
-n_startup_trials = {startup}
-[storage]
-heartbeat_interval = 30
-grace_period = 600
-[data]
-source = "synthetic"
-n_stocks = {n_stocks}
-n_dates = {n_dates}
-market_seed = {market_seed}
-market_difficulty = "realistic"
-val_fraction = 0.2
-test_fraction = 0.2
-purge = 20
-[trainer]
-epochs = {epochs}
-max_steps_per_epoch = {steps}
-batch_size = {batch_size}
-hidden_size = 16
-attn_heads = 2
-gat_heads = 2
-gat_layers = 1
-lookback = 10
-graph_k = 6
-warmup_steps = 5
-[search_space.lr]
-type = "float"
-low = 3e-4
-high = 1e-2
-log = true
-[search_space.dropout]
-type = "float"
-low = 0.0
-high = 0.3
-[search_space.edge_dropout]
-type = "float"
-low = 0.0
-high = 0.6
-[search_space.rank_weight]
-type = "float"
-low = 0.0
-high = 1.0
-[search_space.ic_weight]
-type = "float"
-low = 0.0
-high = 0.5
-[search_space.weight_decay]
-type = "float"
-low = 1e-6
-high = 1e-2
-log = true
-[search_space.fan_top_k]
-type = "int"
-low = 1
-high = 3
-"""
+from scripts import bench_study  # noqa: E402
+
+# The search: the small study's settings (scripts.bench_study) with the graph's and the loss's,
+# in the order TPE draws them.
+SPACE = {"lr": bench_study.SPACE["lr"], "dropout": bench_study.SPACE["dropout"],
+         "edge_dropout": {"type": "float", "low": 0.0, "high": 0.6},
+         "rank_weight": bench_study.SPACE["rank_weight"],
+         "ic_weight": {"type": "float", "low": 0.0, "high": 0.5},
+         "weight_decay": bench_study.SPACE["weight_decay"],
+         "fan_top_k": {"type": "int", "low": 1, "high": 3}}
+NAME = "selection_bias"
+DESCRIPTION = "bench_selection_bias: validation-best trial vs the held-out test period"
 # Trials per market by default: few enough that 3 markets fit in ~30 minutes on 2 CPU cores,
 # enough that the validation-best trial is selected among several.
 DEFAULT_TRIALS = 8
@@ -178,29 +119,20 @@ def verdict(diff: dict[str, Any], metric: str) -> str:
     return down if value <= -2 * se else "no difference"
 
 
+def study(args: argparse.Namespace, market_seed: int) -> dict[str, Any]:
+    """The study of one market, as a mapping (``scripts.bench_study.small_study``)."""
+    return bench_study.small_study(NAME, DESCRIPTION, args, space=SPACE,
+                                   data=bench_study.synthetic_data(args, market_seed))
+
+
 def run_market(args: argparse.Namespace, market_seed: int) -> dict[str, Any]:
     """One fresh study on the market of ``market_seed``; its figures (see ``figures``)."""
     from hpo.evaluate import evaluate_study
-    from hpo.loading import load_existing_study, open_existing_storage
-    from hpo.run import main as run_main
 
-    workdir = args.workdir / f"market_{market_seed}"
-    shutil.rmtree(workdir, ignore_errors=True)
-    workdir.mkdir(parents=True)
-    study_path = workdir / "selection_bias.toml"
-    study_path.write_text(STUDY.format(
-        n_trials=args.n_trials, seed=args.seed, startup=max(2, args.n_trials // 3),
-        n_stocks=args.n_stocks, n_dates=args.n_dates, market_seed=market_seed,
-        epochs=args.epochs, steps=args.steps, batch_size=args.batch_size))
-    output = workdir / "out"
-    url = f"sqlite:///{output / 'hpo.db'}"
-    started = time.perf_counter()
-    code = run_main(["--study", str(study_path), "--output", str(output), "--storage", url])
-    elapsed = time.perf_counter() - started
-    if code != 0:
-        raise SystemExit(f"error: the study of market {market_seed} ended with exit code {code}")
-    study = load_existing_study(open_existing_storage(url), "selection_bias", url)
-    report = evaluate_study(study, output=output).report  # written by hpo.run already
+    found, output, elapsed = bench_study.run_fresh(
+        study(args, market_seed), args.workdir / f"market_{market_seed}",
+        what=f"market {market_seed}")
+    report = evaluate_study(found, output=output).report  # written by hpo.run already
     return {**figures(report), "market_seed": market_seed, "study_seconds": round(elapsed, 1)}
 
 
