@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from hpo.config import Param, available_studies, load_study_spec, resolve_study_path
+from tests.hpo.toy_workload import SPACE_TOML
 from trainers.errors import UserError
 
 TOY = """
@@ -21,19 +22,7 @@ name = "tpe"
 seed = 1
 [trainer]
 epochs = 2
-[search_space.lr]
-type = "float"
-low = 0.01
-high = 0.5
-log = true
-[search_space.width]
-type = "int"
-low = 1
-high = 4
-[search_space.optimizer]
-type = "categorical"
-choices = ["sgd", "momentum"]
-"""
+""" + SPACE_TOML
 
 
 def write(tmp_path: Path, text: str, name: str = "toy.toml") -> Path:

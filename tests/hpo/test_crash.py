@@ -27,6 +27,7 @@ from optuna.trial import FrozenTrial, TrialState
 from hpo.records import trial_attrs
 from hpo.run import main
 from tests.conftest import REPO
+from tests.hpo.toy_workload import SPACE_TOML
 
 STUDY = """
 name = "{name}"
@@ -46,19 +47,7 @@ sleep_s = {sleep_s}
 heartbeat_interval = 1
 grace_period = 3
 max_retry = 2
-[search_space.lr]
-type = "float"
-low = 0.01
-high = 0.5
-log = true
-[search_space.width]
-type = "int"
-low = 1
-high = 4
-[search_space.optimizer]
-type = "categorical"
-choices = ["sgd", "momentum"]
-{extra}
+""" + SPACE_TOML + """{extra}
 """
 
 FIXED = '''

@@ -74,3 +74,18 @@ def train(config: ToyConfig, ctx: TrialContext) -> dict[str, float]:
 WORKLOAD = Workload(name="toy", config_cls=ToyConfig, train=train,
                     metrics={"loss": "minimize", "score": "maximize", "x": "minimize"},
                     description="Gradient descent on width * x^2 (test workload).")
+
+# The toy's search space as a study file writes it (tests add it to their study files).
+SPACE_TOML = """[search_space.lr]
+type = "float"
+low = 0.01
+high = 0.5
+log = true
+[search_space.width]
+type = "int"
+low = 1
+high = 4
+[search_space.optimizer]
+type = "categorical"
+choices = ["sgd", "momentum"]
+"""
