@@ -13,9 +13,9 @@ import optuna
 import polars as pl
 import pytest
 
+from hpo import api
 from hpo.config import load_study_spec
 from hpo.heldout import REPORT_FILE
-from hpo.run import main as run_main
 from tests.hpo.test_evaluate import STUDY
 from tests.trainers.test_book import naive_books
 from trainers.metrics import Book, Scoring
@@ -52,7 +52,7 @@ def ran(tmp_path_factory: pytest.TempPathFactory) -> Path:
                                                                      "n_trials = 2")
             .replace('metric = "sharpe"', 'metric = "sharpe_net"'))
     (root / "booked.toml").write_text(text + PORTFOLIO)
-    assert run_main(["--study", str(root / "booked.toml"), "--output", str(root / "out")]) == 0
+    assert api.run_study(str(root / "booked.toml"), output=str(root / "out")) == 0
     return root
 
 
@@ -183,7 +183,7 @@ def test_searched_book_settings_rescore_each_trial(tmp_path: Path) -> None:
             .replace('metric = "sharpe"', 'metric = "sharpe_net"') + SEARCHED)
     (tmp_path / "searched.toml").write_text(text)
     out = tmp_path / "out"
-    assert run_main(["--study", str(tmp_path / "searched.toml"), "--output", str(out)]) == 0
+    assert api.run_study(str(tmp_path / "searched.toml"), output=str(out)) == 0
     study = optuna.load_study(study_name="searched", storage=f"sqlite:///{out / 'hpo.db'}")
     done = [t for t in study.trials if t.state.name == "COMPLETE"]
     books = set()

@@ -23,8 +23,8 @@ from typing import Any
 import optuna
 import pytest
 
+from hpo import api
 from hpo.export import main as export_main
-from hpo.run import main as run_main
 from tests.conftest import REPO
 from tests.hpo.test_dashboard import MULTI
 from tests.hpo.test_run import study_file
@@ -143,7 +143,7 @@ def test_dashboard_shows_postgres_study(pg_url: str, tmp_path: Path, browser: An
     path = study_file(tmp_path, MULTI.replace('description = "toy"',
                                               'description = "toy descent, two objectives"'))
     out = tmp_path / "out"
-    assert run_main(["--study", str(path), "--storage", pg_url, "--output", str(out)]) == 0
+    assert api.run_study(str(path), storage=pg_url, output=str(out)) == 0
     study_id = optuna.load_study(study_name="toy", storage=pg_url)._study_id
 
     base = dashboard_server(["--study", "toy", "--storage", pg_url, "--output", str(out)])
@@ -207,7 +207,7 @@ def test_the_tear_sheet_renders_in_the_dashboard(tmp_path: Path, browser: Any,
 
     (tmp_path / "held.toml").write_text(STUDY.replace("n_trials = 3", "n_trials = 2"))
     out = tmp_path / "out"
-    assert run_main(["--study", str(tmp_path / "held.toml"), "--output", str(out)]) == 0
+    assert api.run_study(str(tmp_path / "held.toml"), output=str(out)) == 0
     url = f"sqlite:///{out / 'hpo.db'}"
     study_id = optuna.load_study(study_name="held", storage=url)._study_id
     base = dashboard_server(["--study", "held", "--storage", url, "--output", str(out)])

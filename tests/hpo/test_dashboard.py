@@ -14,11 +14,10 @@ from wsgiref.util import setup_testing_defaults
 import optuna
 import pytest
 
-from hpo import dashboard
+from hpo import api, dashboard
 from hpo.artifacts import LEARNING_CURVE_NAME
 from hpo.dashboard import bind, build_app, main
 from hpo.records import trial_attrs
-from hpo.run import main as run_main
 from tests.hpo.test_config import TOY
 from tests.hpo.test_run import study_file
 
@@ -35,7 +34,7 @@ def ran(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
                                          'description = "toy descent, two objectives"'))
     out = tmp / "out"
     url = f"sqlite:///{tmp / 'hpo.db'}"
-    assert run_main(["--study", str(path), "--storage", url, "--output", str(out)]) == 0
+    assert api.run_study(str(path), storage=url, output=str(out)) == 0
     return url, out
 
 
@@ -224,7 +223,7 @@ def test_failed_trial_publishes_its_traceback_and_curve(tmp_path: Path, monkeypa
     url = f"sqlite:///{tmp_path / 'hpo.db'}"
     out = tmp_path / "out"
     # every trial crashes: the worker gives up after 5 in a row (exit 1)
-    assert run_main(["--study", str(path), "--storage", url, "--output", str(out)]) == 1
+    assert api.run_study(str(path), storage=url, output=str(out)) == 1
     app, study_id, _ = build_app(url, output=out, study="toy")
     data = json.loads(call(app, f"/api/studies/{study_id}")[1])
     first = data["trials"][0]

@@ -20,6 +20,7 @@ import pytest
 from optuna.trial import TrialState
 from scipy import stats
 
+from hpo import api
 from hpo.evaluate import CHOICE_RULE_FRONT, main
 from hpo.heldout import PREDICTIONS_FILE, REPORT_FILE, read_summary, render_lines
 from hpo.run import main as run_main
@@ -74,7 +75,7 @@ def ran(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The study, run to its target by ``hpo.run`` (which writes the test report)."""
     root = tmp_path_factory.mktemp("evaluate")
     (root / "held.toml").write_text(STUDY)
-    assert run_main(["--study", str(root / "held.toml"), "--output", str(root / "out")]) == 0
+    assert api.run_study(str(root / "held.toml"), output=str(root / "out")) == 0
     return root
 
 
@@ -308,7 +309,7 @@ def test_workload_without_test_period_and_unknown_study(tmp_path: Path,
                                                         capsys: pytest.CaptureFixture) -> None:
     path = study_file(tmp_path)
     out = tmp_path / "out"
-    assert run_main(["--study", str(path), "--output", str(out)]) == 0
+    assert api.run_study(str(path), output=str(out)) == 0
     capsys.readouterr()
     assert main(["--study", "toy", "--output", str(out)]) == 2
     err = capsys.readouterr().err
@@ -441,9 +442,9 @@ def test_a_resumed_study_keeps_its_report_until_reopened(tmp_path: Path, capsys)
     study_path = tmp_path / "held.toml"
     study_path.write_text(STUDY.replace("n_trials = 3", "n_trials = 2"))
     out = tmp_path / "out"
-    assert run_main(["--study", str(study_path), "--output", str(out)]) == 0
+    assert api.run_study(str(study_path), output=str(out)) == 0
     first = _report(out)
-    assert run_main(["--study", str(study_path), "--output", str(out), "--n-trials", "5"]) == 0
+    assert api.run_study(str(study_path), output=str(out), n_trials=5) == 0
     study = _study(out)
     assert len(study.trials) == 5
     assert len(study.user_attrs["test_openings"]) == 1
@@ -459,7 +460,7 @@ def test_auto_false_leaves_the_test_period_closed(tmp_path: Path) -> None:
     study_path.write_text(STUDY.replace("n_trials = 3", "n_trials = 1")
                           + "[evaluate]\nauto = false\n")
     out = tmp_path / "out"
-    assert run_main(["--study", str(study_path), "--output", str(out)]) == 0
+    assert api.run_study(str(study_path), output=str(out)) == 0
     assert not (out / "held" / REPORT_FILE).exists()
     assert "test_openings" not in _study(out).user_attrs
     assert main(["--study", "held", "--output", str(out)]) == 0  # the first look, by hand

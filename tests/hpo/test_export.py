@@ -11,8 +11,8 @@ import optuna
 import pytest
 from optuna.distributions import FloatDistribution
 
+from hpo import api
 from hpo.export import main
-from hpo.run import main as run_main
 from tests.hpo.test_dashboard import MULTI, PNG_MAGIC
 from tests.hpo.test_run import study_file
 
@@ -23,7 +23,7 @@ def test_export_multi_objective_study(tmp_path: Path, capsys: pytest.CaptureFixt
     path = study_file(tmp_path, MULTI)
     out = tmp_path / "out"
     url = f"sqlite:///{tmp_path / 'hpo.db'}"
-    assert run_main(["--study", str(path), "--storage", url, "--output", str(out)]) == 0
+    assert api.run_study(str(path), storage=url, output=str(out)) == 0
     (out / "toy" / "all_trials.json").unlink()  # export rewrites it from storage
     capsys.readouterr()
 

@@ -14,9 +14,9 @@ import optuna
 import polars as pl
 import pytest
 
+from hpo import api
 from hpo.evaluate import choice_rule_front, main
 from hpo.heldout import PREDICTIONS_FILE, REPORT_FILE, read_summary
-from hpo.run import main as run_main
 from tests.conftest import REPO
 from trainers.heldout import HeldOut, ranking_score
 
@@ -47,7 +47,7 @@ log = true
 def ran(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("protocol")
     (root / "ranker.toml").write_text(STUDY)
-    assert run_main(["--study", str(root / "ranker.toml"), "--output", str(root / "out")]) == 0
+    assert api.run_study(str(root / "ranker.toml"), output=str(root / "out")) == 0
     return root / "out"
 
 

@@ -12,7 +12,6 @@ import pytest
 from hpo import api
 from hpo.config import load_study_spec
 from hpo.init import main
-from hpo.run import main as run_main
 from trainers.atft_gat.synthetic import generate_market
 
 
@@ -68,8 +67,7 @@ def test_a_good_panel_gets_a_study_file_that_runs(market: Path, tmp_path: Path,
     assert spec.metric_names == ["sharpe_net", "rank_ic"]
     assert main(["--panel", str(market), "--out", str(out)]) == 2  # never overwritten
     assert "pass --force" in capsys.readouterr().err
-    assert run_main(["--study", str(out), "--output", str(tmp_path / "out"), "--n-trials", "1",
-                     "--quiet"]) == 0
+    assert api.run_study(str(out), output=str(tmp_path / "out"), n_trials=1, quiet=True) == 0
 
 
 def test_a_panel_with_its_own_key_names_gets_them_in_the_study_file(
@@ -89,8 +87,7 @@ def test_a_panel_with_its_own_key_names_gets_them_in_the_study_file(
     assert "date_column" not in tomllib.loads(plain.read_text())["data"]
     values = []
     for i, study in enumerate((out, plain)):
-        assert run_main(["--study", str(study), "--output", str(tmp_path / f"out{i}"),
-                         "--n-trials", "1", "--quiet"]) == 0
+        assert api.run_study(study, output=tmp_path / f"out{i}", n_trials=1, quiet=True) == 0
         trial = api.load_study("own", output=tmp_path / f"out{i}").trials[0]
         values.append(trial.values)
     assert all(values)

@@ -10,9 +10,9 @@ import numpy as np
 import polars as pl
 import pytest
 
+from hpo import api
 from hpo.heldout import PREDICTIONS_FILE, REPORT_FILE
 from hpo.predict import main, read_metadata
-from hpo.run import main as run_main
 from tests.hpo.test_evaluate import STUDY
 from trainers.atft_gat.synthetic import generate_market
 
@@ -38,7 +38,7 @@ def run_file_study(root: Path) -> None:
     text = "\n".join(line for line in text.splitlines()
                      if not line.startswith(("n_stocks", "n_dates", "market_difficulty")))
     (root / "held.toml").write_text(text + "\n")
-    assert run_main(["--study", str(root / "held.toml"), "--output", str(root / "out")]) == 0
+    assert api.run_study(str(root / "held.toml"), output=str(root / "out")) == 0
 
 
 def _predict(root: Path, *args: str) -> int:

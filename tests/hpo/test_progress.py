@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from hpo.run import main as run_main
+from hpo import api
 from hpo.status import main as status_main
 from tests.conftest import REPO
 from tests.hpo.test_config import TOY
@@ -67,12 +67,12 @@ def test_quiet_prints_no_progress(tmp_path: Path, caplog) -> None:
     study.write_text(SLOW.replace("sleep_s = 3.0", "sleep_s = 0.3")
                      .replace('description = "toy"', 'name = "quiet"\ndescription = "toy"'))
     caplog.set_level("INFO")
-    assert run_main(["--study", str(study), "--output", str(tmp_path / "out"), "--quiet"]) == 0
+    assert api.run_study(str(study), output=str(tmp_path / "out"), quiet=True) == 0
     text = "\n".join(r.getMessage() for r in caplog.records)
     assert "[1/1]" in text  # the per-trial line stays
     assert "train 30/30 steps" not in text and "steps/s" not in text
     caplog.clear()
-    assert run_main(["--study", str(study), "--output", str(tmp_path / "out2")]) == 0
+    assert api.run_study(str(study), output=str(tmp_path / "out2")) == 0
     assert "train 30/30 steps" in "\n".join(r.getMessage() for r in caplog.records)
 
 
@@ -81,7 +81,7 @@ def test_the_first_trial_says_what_the_study_will_take(tmp_path: Path, caplog) -
     study.write_text(TOY.replace("n_trials = 4", "n_trials = 3")
                      .replace('description = "toy"', 'name = "pace"\ndescription = "toy"'))
     caplog.set_level("INFO")
-    assert run_main(["--study", str(study), "--output", str(tmp_path / "out"), "--quiet"]) == 0
+    assert api.run_study(str(study), output=str(tmp_path / "out"), quiet=True) == 0
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("expect")]
     assert len(lines) == 1, lines  # once, after the first trial
     assert re.fullmatch(r"expect about \d+:\d\d a trial here, so about \d+:\d\d for the 2 "

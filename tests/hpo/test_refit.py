@@ -10,12 +10,12 @@ import polars as pl
 import pytest
 import torch
 
+from hpo import api
 from hpo.evaluate import main as evaluate_main
 from hpo.predict import main as predict_main
 from hpo.predict import read_metadata
 from hpo.records import trial_attrs
 from hpo.refit import main
-from hpo.run import main as run_main
 from tests.hpo.test_predict import FILE_STUDY
 from trainers.atft_gat.predict import load_trained
 from trainers.atft_gat.refit import refit
@@ -33,7 +33,7 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
     text = "\n".join(line for line in text.splitlines()
                      if not line.startswith(("n_stocks", "n_dates", "market_difficulty")))
     (root / "held.toml").write_text(text + "\n[evaluate]\nauto = false\n")
-    assert run_main(["--study", str(root / "held.toml"), "--output", str(root / "out")]) == 0
+    assert api.run_study(str(root / "held.toml"), output=str(root / "out")) == 0
     return root
 
 

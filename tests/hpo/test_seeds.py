@@ -12,9 +12,9 @@ import optuna
 import polars as pl
 import pytest
 
+from hpo import api
 from hpo.heldout import REPORT_FILE, read_summary, render_lines
 from hpo.heldout.seeds import member_seeds
-from hpo.run import main as run_main
 from tests.hpo.test_evaluate import STUDY
 
 
@@ -25,7 +25,7 @@ def ran(tmp_path_factory: pytest.TempPathFactory) -> Path:
                                                                      "n_trials = 2")
             + "\n[evaluate]\nseeds = 3\n")
     (root / "seeded.toml").write_text(text)
-    assert run_main(["--study", str(root / "seeded.toml"), "--output", str(root / "out")]) == 0
+    assert api.run_study(str(root / "seeded.toml"), output=str(root / "out")) == 0
     return root / "out"
 
 

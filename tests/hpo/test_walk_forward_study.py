@@ -9,10 +9,10 @@ import optuna
 import polars as pl
 import pytest
 
+from hpo import api
 from hpo.heldout import read_summary
 from hpo.records import trial_attrs
 from hpo.refit import main as refit_main
-from hpo.run import main as run_main
 from tests.hpo.test_evaluate import STUDY
 
 WF_STUDY = STUDY.replace('name = "held"', 'name = "wf"').replace(
@@ -23,7 +23,7 @@ WF_STUDY = STUDY.replace('name = "held"', 'name = "wf"').replace(
 def ran(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("wf_study")
     (root / "wf.toml").write_text(WF_STUDY)
-    assert run_main(["--study", str(root / "wf.toml"), "--output", str(root / "out")]) == 0
+    assert api.run_study(str(root / "wf.toml"), output=str(root / "out")) == 0
     return root / "out"
 
 
