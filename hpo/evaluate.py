@@ -59,6 +59,7 @@ from hpo.heldout import (
     REPORT_FILE,
     render_lines,
 )
+from hpo.heldout.blend import blend_with_baseline
 from hpo.heldout.comparisons import best_of, versus_baselines
 from hpo.heldout.luck import (
     COUNTED_STATES,
@@ -381,6 +382,8 @@ def _build_report(study: optuna.Study, front: list[FrozenTrial], chosen: FrozenT
                                   {"validation": chosen_val, "test": chosen_test})
     versus = best_of(versus_all, baselines, metric=metric,
                      direction=directions.get(metric, "maximize"))
+    blend = blend_with_baseline(heldout, model, {"validation": chosen_val, "test": chosen_test},
+                                baselines, baseline_frames)
     ensemble = None
     if seeds > 1:
         from hpo.heldout.seeds import seeds_ensemble
@@ -419,6 +422,7 @@ def _build_report(study: optuna.Study, front: list[FrozenTrial], chosen: FrozenT
         "deflated_sharpe": dsr,
         "costs": costs,
         "seeds_ensemble": ensemble,
+        "blend": blend,
         "pbo": pbo,
         "test_psr": psr,
         "baselines": baselines,

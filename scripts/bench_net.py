@@ -158,6 +158,11 @@ def figures(report: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     lost = (1.0 - booked / plain["sharpe"]) if plain["sharpe"] > 0 else None
     versus = {name: {m: v["test"][m] for m in COMPARED if m in v["test"]}
               for name, v in (report.get("versus_baselines") or {}).items()}
+    blend = report.get("blend")  # the chosen model and ridge, equal z-weights
+    if blend:
+        rows["blend"] = {m: _figure(blend["test"], m) for m in COMPARED}
+        versus["blend - linear"] = {m: blend["minus_baseline"]["test"][m] for m in COMPARED
+                                    if m in blend["minus_baseline"]["test"]}
     oracle_turnover = rows.get("oracle", {}).get("turnover", {}).get("value")
     costs = report.get("costs") or {}
     return {
@@ -235,10 +240,11 @@ def print_panel(r: dict[str, Any]) -> None:
 
 
 def pooled(results: list[dict[str, Any]]) -> dict[str, Any]:
-    """Chosen minus each baseline, net Sharpe on test: mean over panels with the SE of the
-    mean (the per-panel paired SEs combined; panels are independent) and panels won."""
+    """Chosen minus each baseline, and the blend of chosen and ridge minus ridge, net Sharpe
+    on test: mean over panels with the SE of the mean (the per-panel paired SEs combined;
+    panels are independent) and panels won."""
     out: dict[str, Any] = {}
-    for name in BASELINES:
+    for name in (*BASELINES, "blend - linear"):
         diffs = [r["chosen_minus_baseline_test"].get(name, {}).get("sharpe_net")
                  for r in results]
         diffs = [d for d in diffs if d and isinstance(d.get("se"), int | float)]
@@ -305,9 +311,11 @@ def main(argv: list[str] | None = None) -> int:
         path.write_text(json.dumps({"settings": settings, "panels": results, "pooled": pool,
                                     "targets": targets(results, pool)}, indent=1) + "\n")
     pool = pooled(results)
-    print("\npooled over panels, test net Sharpe (5 bps), chosen minus baseline:")
+    print("\npooled over panels, test net Sharpe (5 bps), chosen minus each baseline and the "
+          "blend of chosen and ridge minus ridge:")
     for name, p in pool.items():
-        print(f"  {name}: {p['mean']:+.2f} ± {p['se']:.2f} (chosen ahead on {p['won']} of "
+        label = name if name.startswith("blend") else f"chosen - {name}"
+        print(f"  {label}: {p['mean']:+.2f} ± {p['se']:.2f} (ahead on {p['won']} of "
               f"{p['panels']}; {'better by > 2 SE' if p['by_2se'] else 'not by 2 SE'})")
     print("targets:")
     for name, t in targets(results, pool).items():

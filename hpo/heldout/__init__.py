@@ -147,6 +147,40 @@ def seeds_lines(ensemble: dict[str, Any] | None) -> list[str]:
             + ", ".join(f"{k} {fmt(diff.get(k))}" for k in diff)]
 
 
+WORDS, TURNOVER_WORDS = ("better", "worse"), ("more", "less")
+
+
+def _signed(figure: Any, *, words: tuple[str, str] = WORDS) -> str:
+    """``+0.41±0.35 (no difference)``: a paired difference and what ``VERDICT_SES`` SEs say."""
+    if not isinstance(figure, dict) or not isinstance(figure.get("value"), int | float):
+        return "-"
+    value, se = figure["value"], figure.get("se")
+    if not (isinstance(se, int | float) and math.isfinite(se) and se > 0):
+        return f"{value:+.3g}"
+    word = (words[0] if value >= VERDICT_SES * se else
+            words[1] if value <= -VERDICT_SES * se else "no difference")
+    return f"{value:+.3g}±{se:.2g} ({word})"
+
+
+def blend_lines(blend: dict[str, Any] | None) -> list[str]:
+    """The chosen model blended with ridge (``hpo.heldout.blend``) on test, and its paired
+    leads over ridge and over the chosen model alone."""
+    if not blend:
+        return []
+    test = blend.get("test") or {}
+
+    def leads(diff: dict[str, Any]) -> str:
+        return ", ".join(f"{k} {_signed(f, words=TURNOVER_WORDS if k == 'turnover' else WORDS)}"
+                         for k, f in diff.items())
+
+    head = ", ".join(f"{k} {f['value']:+.3g}±{f['se']:.2g}" if isinstance(f.get("se"), float)
+                     else f"{k} {f['value']:+.3g}" for k, f in test.items()
+                     if isinstance(f.get("value"), int | float))
+    return [f"chosen + {blend['with']}, equal weights of per-date z-scores, on test: {head}",
+            f"  minus {blend['with']} (paired): {leads(blend.get('minus_baseline') or {})}",
+            f"  minus the chosen model alone (paired): {leads(blend.get('minus_chosen') or {})}"]
+
+
 def footnotes(summary: dict[str, Any]) -> list[str]:
     """What the table's marks and figures mean, one line each."""
     dsr = summary.get("deflated_sharpe") or {}
@@ -168,6 +202,7 @@ def footnotes(summary: dict[str, Any]) -> list[str]:
         lines.append(line)
     lines += cost_lines(summary.get("costs"))
     lines += seeds_lines(summary.get("seeds_ensemble"))
+    lines += blend_lines(summary.get("blend"))
     pbo = summary.get("pbo") or {}
     if isinstance(pbo.get("value"), int | float) or pbo.get("verdict"):
         left = pbo.get("left_out") or []

@@ -8,6 +8,7 @@ from typing import Any
 import optuna
 
 from hpo.heldout import REPORT_FILE, SUMMARY_ATTR, TABLE_METRICS
+from hpo.heldout.blend import blend_summary
 from hpo.heldout.comparisons import baseline_rows, versus_row
 
 
@@ -61,6 +62,7 @@ def summary_of(report: dict[str, Any]) -> dict[str, Any]:
         "versus_baseline": versus_row(report.get("versus_baseline"), table),
         "costs": _cost_summary(report.get("costs"), report["chosen"]),
         "seeds_ensemble": _seeds_summary(report.get("seeds_ensemble")),
+        "blend": blend_summary(report.get("blend")),
         "deflated_sharpe": ({k: dsr[k] for k in ("value", "n_trials", "of", "verdict",
                                                   "interval") if k in dsr}
                             if dsr else None),

@@ -197,6 +197,18 @@ def test_baselines_beside_the_trials(ran: Path) -> None:
     labels = list(summary["baselines"])
     assert labels == ["oracle", f"best feature ({best['feature']})", "ridge (every feature)"]
     assert summary["report_id"] == report["report_id"]
+    # The chosen trial blended with ridge (hpo.heldout.blend), on the same dates; its paired
+    # differences are the differences of the figures.
+    blend, chosen = report["blend"], next(t for t in report["trials"] if t["chosen"])
+    assert blend["with"] == "ridge (every feature)"
+    for period in ("validation", "test"):
+        assert blend[period]["n_dates"]["value"] == chosen[period]["n_dates"]["value"]
+        assert blend["minus_baseline"][period]["sharpe_net"]["value"] == pytest.approx(
+            blend[period]["sharpe_net"]["value"]
+            - report["baselines"][period]["linear"]["sharpe_net"]["value"], abs=1e-9)
+    assert blend["minus_chosen"]["test"]["rank_ic"]["value"] == pytest.approx(
+        blend["test"]["rank_ic"]["value"] - chosen["test"]["rank_ic"]["value"], abs=1e-12)
+    assert summary["blend"]["with"] == "ridge (every feature)"
 
 
 def test_rerun_leaves_the_same_file_and_force_rewrites_the_same_bytes(
