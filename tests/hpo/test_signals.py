@@ -91,8 +91,8 @@ def test_status_shows_preempted_apart_from_failed(tmp_path: Path, pg_url: str,
 
 def test_a_trial_that_misses_the_grace_period_leaves_on_time_and_is_not_charged(
         tmp_path: Path, pg_url: str, workers: Workers) -> None:  # noqa: F811
-    # one epoch takes 30 s: the trial would only stop at its end
-    path = write_study(tmp_path, name="grace", n_trials=1, epochs=2, sleep_s=30,
+    # one epoch takes 15 s: the trial would only stop at its end, over 10 s after the signal
+    path = write_study(tmp_path, name="grace", n_trials=1, epochs=2, sleep_s=15,
                        extra="[run]\npreempt_grace_s = 1\n")
     path.write_text(path.read_text().replace("max_retry = 2", "max_retry = 0"))
     out = tmp_path / "out"
