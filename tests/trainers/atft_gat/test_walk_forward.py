@@ -38,26 +38,19 @@ def test_objectives_recompute_from_the_predictions_of_every_fold(ran) -> None:
     preds = pl.read_parquet(ctx.output_dir / "predictions.parquet")
     assert preds.columns == ["date", "code", "pred", "target", "fold"]
     assert preds["fold"].unique().sort().to_list() == [1, 2, 3]
-    config = TrainConfig(**WF)
-    again = panel_metrics(
-        preds["date"].to_numpy(),
-        preds["pred"].to_numpy(),
-        preds["target"].to_numpy(),
-        codes=preds["code"].to_numpy(),
-        scoring=Scoring(horizon=1, cost_bps=config.cost_bps, periods_per_year=252),
-    )
+    scoring = Scoring(horizon=1, cost_bps=TrainConfig(**WF).cost_bps, periods_per_year=252)
+
+    def figures(rows: pl.DataFrame) -> dict[str, float]:
+        return panel_metrics(rows["date"].to_numpy(), rows["pred"].to_numpy(),
+                             rows["target"].to_numpy(), codes=rows["code"].to_numpy(),
+                             scoring=scoring)
+
+    again = figures(preds)
     for name in ("rank_ic", "sharpe", "sharpe_net", "turnover", "ic"):
         assert metrics[name] == pytest.approx(again[name], abs=1e-12), name
     per_fold = ctx.attrs["fold_metrics"]
     for fold in per_fold:
-        rows = preds.filter(pl.col("fold") == fold["fold"])
-        own = panel_metrics(
-            rows["date"].to_numpy(),
-            rows["pred"].to_numpy(),
-            rows["target"].to_numpy(),
-            codes=rows["code"].to_numpy(),
-            scoring=Scoring(horizon=1, cost_bps=config.cost_bps, periods_per_year=252),
-        )
+        own = figures(preds.filter(pl.col("fold") == fold["fold"]))
         assert fold["rank_ic"] == pytest.approx(own["rank_ic"], abs=1e-12)
         assert fold["epochs"] == 2
     # val_loss is the folds' date-weighted mean; the trial reported once per fold
