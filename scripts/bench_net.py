@@ -231,7 +231,8 @@ def print_panel(r: dict[str, Any]) -> None:
     print("  " + "  ".join([f"{'chosen, plain book':>18}"]
                            + [f"{_fmt(plain[m]):>18}" for m in COMPARED]))
     for name, diff in r["chosen_minus_baseline_test"].items():
-        print("  " + "  ".join([f"{'chosen - ' + name:>18}"]
+        label = name if name.startswith("blend") else f"chosen - {name}"
+        print("  " + "  ".join([f"{label:>18}"]
                                + [f"{_fmt(diff[m]['value'], diff[m]['se']):>18}"
                                   for m in COMPARED if m in diff]))
     lost, ratio = r["gross_sharpe_lost_to_book"], r["turnover_over_oracle"]
