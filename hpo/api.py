@@ -72,14 +72,15 @@ def evaluate(name: str, *, output: str | Path = "output", storage: str | None = 
 
 def predict(name: str, *, source: str | Path, out: str | Path, output: str | Path = "output",
             storage: str | None = None, model: str = "chosen", dates: str = "last",
-            fold_ensemble: bool = False) -> dict[str, Any]:
+            fold_ensemble: bool = False, blend: bool = False) -> dict[str, Any]:
     """Score ``source`` with the study's model into ``out`` (``python -m hpo predict``);
     returns the file's metadata."""
     from hpo.predict import predict as predict_panel
 
     study = load_study(name, output=output, storage=storage)
     return predict_panel(study, source=Path(source), output=Path(output), out=Path(out),
-                         model=model, dates=dates, fold_ensemble=fold_ensemble)
+                         model=model, dates=dates, fold_ensemble=fold_ensemble,
+                         blend=blend)
 
 
 def refit(name: str, *, output: str | Path = "output", storage: str | None = None,

@@ -80,7 +80,8 @@ def model_folder(study: optuna.Study, output: Path, model: str, heldout: Any
 
 
 def predict(study: optuna.Study, *, source: Path, output: Path, out: Path, model: str = "chosen",
-            dates: str = "last", fold_ensemble: bool = False) -> dict[str, Any]:
+            dates: str = "last", fold_ensemble: bool = False,
+            blend: bool = False) -> dict[str, Any]:
     """Score ``source`` and write ``out`` (module docstring); returns the metadata."""
     from hpo.evaluate import heldout_or_error
 
@@ -92,6 +93,13 @@ def predict(study: optuna.Study, *, source: Path, output: Path, out: Path, model
     if not heldout.supports("score_new"):
         raise UserError(f"workload {study.user_attrs.get(attrs.WORKLOAD)!r} cannot score new "
                         "data yet")
+    if blend and not heldout.supports("baseline_new"):
+        raise UserError(f"workload {study.user_attrs.get(attrs.WORKLOAD)!r} cannot score its "
+                        "baselines on new data; drop --blend")
+    if blend and model == "refit":
+        raise UserError("--blend averages with ridge fitted on the study's training dates, as "
+                        "the report's blend; a refit model was trained on later dates: drop "
+                        "--blend or --model refit")
     trial_number, folder, refit_entry = model_folder(study, output, model, heldout)
     trained = heldout.load(folder)
     scored = heldout.score_new(trained, str(source), dates, Path(output) / "cache")
@@ -99,6 +107,10 @@ def predict(study: optuna.Study, *, source: Path, output: Path, out: Path, model
     if fold_ensemble:
         scored, members = _fold_ensemble(heldout, folder, trial_number, scored, source=source,
                                          dates=dates, cache_dir=Path(output) / "cache")
+    blended = None
+    if blend:
+        scored, blended = _blend(study, heldout, trained, trial_number, scored,
+                                 cache_dir=Path(output) / "cache")
     frame = with_ranks(scored.frame)
     meta = {"study": study.study_name, "workload": study.user_attrs.get(attrs.WORKLOAD),
             "trial": trial_number, "model": model, "model_sha256": heldout.digest(folder),
@@ -115,6 +127,11 @@ def predict(study: optuna.Study, *, source: Path, output: Path, out: Path, model
         meta["fold_ensemble"] = {
             "members_sha256": members,
             "score": "the mean of the fold models' per-date z-scored predictions"}
+    if blended is not None:
+        meta["blend"] = blended
+        meta["columns"]["score"] = ("the mean of the model's and the baseline "
+                                    f"{blended['with']!r}'s per-date z-scored scores, equal "
+                                    "weights (the report's blend)")
     if refit_entry is not None:
         meta["refit"] = {k: refit_entry[k] for k in ("id", "time", "through", "fit", "epochs")}
     if out.suffix.lower() == ".parquet":
@@ -152,6 +169,31 @@ def _fold_ensemble(heldout: Any, folder: Path, trial_number: int, scored: Any, *
             [file_digest(path) for path, _ in found])
 
 
+def _blend(study: optuna.Study, heldout: Any, trained: Any, trial_number: int, scored: Any, *,
+           cache_dir: Path) -> tuple[Any, dict[str, Any]]:
+    """The model's scores averaged with ridge's as the report's blend does
+    (``hpo.heldout.blend``): ridge fitted on the trial's training dates, both z-scored per
+    date, equal weights; the rows both scored."""
+    import dataclasses
+
+    from hpo.heldout.blend import BLENDED_BASELINE
+    from hpo.records import trial_attrs
+    from trainers.attrs import DATE_SPLIT
+    from trainers.heldout import ensemble_scores
+
+    trial = next(t for t in study.get_trials(deepcopy=False) if t.number == trial_number)
+    split = trial_attrs(trial).get(DATE_SPLIT)
+    if not split:
+        raise UserError(f"trial {trial_number} recorded no date split; rerun the study")
+    base = heldout.baseline_new(trained, scored, split, cache_dir, BLENDED_BASELINE)
+    model = scored.frame.rename({"score": "pred"})
+    both = ensemble_scores([model, base]).rename({"pred": "score"})
+    return dataclasses.replace(scored, frame=both), {
+        "with": BLENDED_BASELINE, "weights": {"model": 0.5, BLENDED_BASELINE: 0.5},
+        "fitted_on": {k: v for k, v in split.items() if k in ("train", "val")},
+        "rows_dropped": model.height - both.height}
+
+
 def read_metadata(path: Path) -> dict[str, Any]:
     """The metadata of a scores file written by :func:`predict`."""
     path = Path(path)
@@ -181,6 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fold-ensemble", action="store_true",
                    help="a walk-forward trial: score with the mean of every fold model's "
                    "standardised scores instead of the last fold's model")
+    p.add_argument("--blend", action="store_true",
+                   help="score with the held-out report's blend: the mean of the model's and "
+                   "ridge's per-date z-scores (ridge fitted on the study's training dates)")
     p.add_argument("--dates", default="last",
                    help="last, all or START:END (ISO dates, inclusive; default: last)")
     return p
@@ -193,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
 
     study = study_for_command(args.study, storage=args.storage, output=args.output)
     meta = predict(study, source=args.source, output=args.output, out=args.out,
-                   model=args.model, dates=args.dates, fold_ensemble=args.fold_ensemble)
+                   model=args.model, dates=args.dates, fold_ensemble=args.fold_ensemble,
+                   blend=args.blend)
     skipped = (f"; skipped for lack of history: {', '.join(meta['skipped_for_history'])}"
                if meta["skipped_for_history"] else "")
     print(f"scored {meta['rows']} rows on {len(meta['dates'])} date(s) "

@@ -47,11 +47,14 @@ class PanelView:
     codes: Sequence[str]
     feature_names: Sequence[str]
 
-    def date(self, d: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def date(self, d: int, *, realised: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Features, target and stock indices of the stocks scored on date ``d``: present,
-        with a finite target. Features are float64 with NaN where missing."""
+        with a finite target (``realised``; else every present stock, its target NaN when not
+        yet known). Features are float64 with NaN where missing."""
         y = np.asarray(self.y[d], dtype=np.float64)
-        keep = np.asarray(self.present[d], dtype=bool) & np.isfinite(y)
+        keep = np.asarray(self.present[d], dtype=bool)
+        if realised:
+            keep &= np.isfinite(y)
         idx = np.flatnonzero(keep)
         x = np.asarray(self.x[d], dtype=np.float64)[idx]
         x[~np.isfinite(x)] = np.nan
@@ -248,16 +251,17 @@ class Fitted:
             return None
 
 
-def _frames(view: PanelView, dates: np.ndarray, predictors: Mapping[str, Any]) -> dict[str, Any]:
+def _frames(view: PanelView, dates: np.ndarray, predictors: Mapping[str, Any], *,
+            realised: bool = True) -> dict[str, Any]:
     """``date, code, pred, target`` rows of ``dates`` for each ``predict(x_raw) -> pred``,
-    reading each date once."""
+    reading each date once (``realised``: only rows whose target is known)."""
     import polars as pl
 
     codes = np.asarray(view.codes, dtype=object)
     base: dict[str, list[np.ndarray]] = {"date": [], "code": [], "target": []}
     preds: dict[str, list[np.ndarray]] = {name: [] for name in predictors}
     for d in dates:
-        x, y, idx = view.date(int(d))
+        x, y, idx = view.date(int(d), realised=realised)
         if not len(y):
             continue
         for name, predict in predictors.items():
@@ -324,8 +328,9 @@ def panel_baselines(view: PanelView, periods: Mapping[str, np.ndarray], *,
     }
 
 
-def baseline_frames(view: PanelView, dates: np.ndarray,
-                    predictors: Mapping[str, Any]) -> dict[str, Any]:
+def baseline_frames(view: PanelView, dates: np.ndarray, predictors: Mapping[str, Any], *,
+                    realised: bool = True) -> dict[str, Any]:
     """``date, code, pred, target`` rows of ``dates`` (indices into ``view``) for each fitted
-    predictor of ``panel_baselines`` (e.g. dates after the study, in a longer panel)."""
-    return _frames(view, dates, predictors)
+    predictor of ``panel_baselines`` (e.g. dates after the study, in a longer panel);
+    ``realised=False``: every present stock, as for scoring today's cross-section."""
+    return _frames(view, dates, predictors, realised=realised)

@@ -62,6 +62,11 @@ uses it, for each trial of the best trial / front:
    dates after the last one scored.
 16. Optional ``costs(frame, trained)`` -> the rows' figures at every cost of the study's cost
    list and the break-even cost (``ranking_costs``): the report's cost table.
+17. Optional ``baseline_new(trained, scored, split, cache_dir, name)`` -> ``date, code,
+   pred`` rows of the baseline ``name`` (fitted as the report's, on the training dates of the
+   study's recorded ``split``) on the dates ``score_new`` scored (``scored``, its own return
+   value), realised returns or not: with it ``hpo.predict --blend`` scores with the report's
+   blend of the model and that baseline.
 
 ``selection_metric`` (a user attr every trial writes) picks the chosen trial of a Pareto front,
 in the workload's natural direction for it; ``table`` is what the compact tables show.
@@ -142,7 +147,7 @@ class HeldOut:
     table: tuple[str, ...] = RANKING_TABLE
     REQUIRED = ("load", "digest", "predict", "score")
     OPTIONAL = ("moments", "baselines", "describe", "compare", "tear_sheet", "returns",
-                "costs", "score_new", "refit", "members", "live")
+                "costs", "score_new", "refit", "members", "live", "baseline_new")
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -218,6 +223,10 @@ class HeldOut:
     def live(self, trained: Any, source: str, cache_dir: Path, split: Mapping[str, Any],
              validation: Any, state: Path | None = None) -> dict[str, Any]:
         raise self._absent("live")
+
+    def baseline_new(self, trained: Any, scored: Any, split: Mapping[str, Any],
+                     cache_dir: Path, name: str) -> Any:
+        raise self._absent("baseline_new")
 
 
 def ranking_score(frame: Any, scoring: Scoring = SCORING, *,

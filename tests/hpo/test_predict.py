@@ -119,3 +119,48 @@ def test_fold_ensemble_of_a_holdout_trial_is_refused(study: Path, capsys) -> Non
     err = err[0]
     assert "no fold models to average" in err
     assert "drop --fold-ensemble" in err and not out.exists()
+
+
+def test_blend_scores_are_the_reports_blend_and_reach_today(study: Path) -> None:
+    """``--blend``: the model's and ridge's per-date z-scores averaged as the report's blend;
+    on the test dates its scores give the report's blend figures, and a date with no return
+    yet is scored too (every present stock)."""
+    from trainers.atft_gat.heldout import HELDOUT
+
+    report = json.loads((study / "out" / "held" / REPORT_FILE).read_text())
+    first, last = report["test_dates"]
+    out = study / "blend.parquet"
+    assert _predict(study, "--source", str(study / "panel.parquet"), "--dates",
+                    f"{first}:{last}", "--blend", "--out", str(out)) == 0
+    meta = read_metadata(out)
+    assert meta["blend"]["with"] == "linear" and meta["blend"]["rows_dropped"] == 0
+    assert "report's blend" in meta["columns"]["score"]
+    held = pl.read_parquet(study / "out" / "held" / PREDICTIONS_FILE).filter(
+        pl.col("trial") == report["chosen"])
+    rows = held.join(pl.read_parquet(out), on=["date", "code"], how="inner")
+    assert rows.height == held.height
+    trained = HELDOUT.load(study / "out" / "held" / f"trial_{report['chosen']}")
+    figures = HELDOUT.score(rows.drop("pred").rename({"score": "pred"}), trained)[0]
+    for name in ("sharpe", "sharpe_net", "rank_ic", "turnover"):
+        assert figures[name]["value"] == pytest.approx(report["blend"]["test"][name]["value"],
+                                                       rel=1e-9, abs=1e-12), name
+    # the blend is not the model alone
+    plain = HELDOUT.score(held, trained)[0]
+    assert figures["rank_ic"]["value"] != plain["rank_ic"]["value"]
+    # today, no return yet: every stock of the date is scored
+    panel = pl.read_parquet(study / "panel.parquet")
+    today = panel.filter(pl.col("date") == panel["date"].max()).with_columns(
+        pl.col("date") + pl.duration(days=3))
+    features = [c for c in panel.columns if c.startswith("f_")]
+    pl.concat([panel, today]).select("date", "code", *features).write_parquet(
+        study / "extended_blend.parquet")
+    assert _predict(study, "--source", str(study / "extended_blend.parquet"), "--blend",
+                    "--out", str(study / "today_blend.parquet")) == 0
+    assert pl.read_parquet(study / "today_blend.parquet").height == today.height
+
+
+def test_blend_with_a_refit_model_is_refused(study: Path, capsys) -> None:
+    assert _predict(study, "--source", str(study / "panel.parquet"), "--model", "refit",
+                    "--blend", "--out", str(study / "never.parquet")) == 2
+    assert "drop --blend or --model refit" in capsys.readouterr().err
+    assert not (study / "never.parquet").exists()

@@ -300,5 +300,11 @@ class RankingHeldOut(HeldOut):
              state: Path | None = None) -> dict[str, Any]:
         return _live(trained, source, cache_dir, split, validation, state)
 
+    def baseline_new(self, trained: Any, scored: Any, split: Any, cache_dir: Path,
+                     name: str) -> Any:
+        from trainers.atft_gat.monitor import baseline_rows
+
+        return baseline_rows(trained, scored, split, cache_dir, name)
+
 
 HELDOUT = RankingHeldOut()

@@ -46,7 +46,7 @@ def fit_periods(split: Mapping[str, Any]) -> tuple[list[str], list[str]]:
     return list(part["train"]), list(part["val"])
 
 
-def _fitted(trained: Any, cache_dir: Path, split: Mapping[str, Any],
+def fitted_baselines(trained: Any, cache_dir: Path, split: Mapping[str, Any],
             state: Path | None) -> Any:
     """The baselines fitted on the study's own panel (``panel_baselines``), kept in
     ``state`` and reused while the model's panel, features and fit periods are the same."""
@@ -97,7 +97,7 @@ def live(trained: Any, source: str, cache_dir: Path, split: Mapping[str, Any],
     the fitted baselines are kept, so that a run scores only the dates after the last one
     scored."""
     from trainers.atft_gat.scoring import checked_columns, panel_calendar, score_panel
-    from trainers.baselines import PanelView, baseline_frames
+    from trainers.baselines import baseline_frames
     from trainers.context import atomic_write_bytes
 
     if trained.config.source == "synthetic":
@@ -117,15 +117,12 @@ def live(trained: Any, source: str, cache_dir: Path, split: Mapping[str, Any],
     if calendar[-1] > last:  # else every date with a realised return is scored already
         scored = score_panel(trained, source, dates=f"{last + timedelta(days=1)}:",
                              cache_dir=Path(cache_dir), with_target=True)
-    fitted = _fitted(trained, cache_dir, split, state)  # after the panel passed its checks
+    fitted = fitted_baselines(trained, cache_dir, split, state)  # after the panel's checks
     rows = known
     if scored is not None:
-        panel = scored.panel
-        h = list(trained.config.horizons).index(trained.config.metric_horizon)
-        view = PanelView(x=panel.x, y=panel.y[:, :, h], present=panel.present,
-                         dates=panel.dates, codes=panel.codes, feature_names=panel.feature_names)
         frames = {"model": scored.frame.rename({"score": "pred"}),
-                  **baseline_frames(view, scored.wanted, fitted.predictors())}
+                  **baseline_frames(_view(trained, scored.panel), scored.wanted,
+                                    fitted.predictors())}
         new = pl.concat([f.filter(pl.col("target").is_finite())
                          .select(pl.lit(name).alias("series"), pl.col("date").cast(pl.Date),
                                  pl.col("code").cast(pl.String), pl.col("pred").cast(pl.Float64),
@@ -147,6 +144,31 @@ def live(trained: Any, source: str, cache_dir: Path, split: Mapping[str, Any],
                        "linear": "ridge (every feature)"},
             "validation": days(validation, s), "periods_per_year": s.periods_per_year,
             "horizon": s.horizon, "cost_bps": s.cost_bps}
+
+
+def _view(trained: Any, panel: Any) -> Any:
+    """The baselines' view of a scored panel: its raw features and the scored horizon."""
+    from trainers.baselines import PanelView
+
+    h = list(trained.config.horizons).index(trained.config.metric_horizon)
+    return PanelView(x=panel.x, y=panel.y[:, :, h], present=panel.present, dates=panel.dates,
+                     codes=panel.codes, feature_names=panel.feature_names)
+
+
+def baseline_rows(trained: Any, scored: Any, split: Mapping[str, Any], cache_dir: Path,
+                  name: str) -> Any:
+    """``date, code, pred`` rows of the baseline ``name`` (``best_feature`` or ``linear``),
+    fitted as the report's (``fitted_baselines``), on every stock present on the dates
+    ``score_panel`` scored, whether or not their return is realised (``hpo.predict
+    --blend``)."""
+    from trainers.baselines import baseline_frames
+
+    predictors = fitted_baselines(trained, cache_dir, split, None).predictors()
+    if name not in predictors:
+        raise UserError(f"no baseline {name!r}; the baselines are {', '.join(predictors)}")
+    frames = baseline_frames(_view(trained, scored.panel), scored.wanted,
+                             {name: predictors[name]}, realised=False)
+    return frames[name].select("date", "code", "pred")
 
 
 def days(rows: Any, s: Scoring) -> Any:
