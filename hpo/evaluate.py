@@ -384,6 +384,7 @@ def _build_report(study: optuna.Study, front: list[FrozenTrial], chosen: FrozenT
                      direction=directions.get(metric, "maximize"))
     blend = blend_with_baseline(heldout, model, {"validation": chosen_val, "test": chosen_test},
                                 baselines, baseline_frames)
+    blend_rows = blend.pop("_frame") if blend else None
     ensemble = None
     if seeds > 1:
         from hpo.heldout.seeds import seeds_ensemble
@@ -433,7 +434,9 @@ def _build_report(study: optuna.Study, front: list[FrozenTrial], chosen: FrozenT
                           **{str((baselines or {}).get("test", {}).get(name, {})
                                  .get("label", name)): frame
                              for name, frame in ((baseline_frames or {}).get("test")
-                                                 or {}).items()}},
+                                                 or {}).items()},
+                          **({f"chosen + {blend['with']} (blend)": blend_rows}
+                             if blend_rows is not None else {})},
     }
 
 

@@ -386,6 +386,12 @@ def test_the_tear_sheet_is_written_and_attached_to_the_study(ran: Path) -> None:
     for cell, name in zip(cells[:4], ("sharpe", "sharpe_net", "rank_ic", "turnover"),
                           strict=True):
         assert float(cell) == pytest.approx(chosen["test"][name]["value"], rel=1e-3)
+    # the blend of the chosen trial and ridge is a row of the sheet, with the report's figures
+    blend_row = re.search(
+        r"<tr><td>chosen \+ ridge \(every feature\) \(blend\)</td>(.*?)</tr>", page)
+    blend_cells = re.findall(r"<td>([^<]*)</td>", blend_row.group(1))
+    assert float(blend_cells[1]) == pytest.approx(
+        report["blend"]["test"]["sharpe_net"]["value"], rel=1e-3)
     # annual return (compounded), annual volatility and maximum drawdown of the net returns
     test_rows = pl.read_parquet(folder / PREDICTIONS_FILE).filter(
         pl.col("trial") == chosen["number"])

@@ -65,7 +65,7 @@ def test_new_dates_are_scored_once_beside_the_baselines(study: Path, capsys) -> 
     expected = _realised(study / "early.parquet", end)
     assert live_days.to_list() == expected
     assert f"{len(expected)} new date(s) scored" in first
-    assert set(early["series"].unique()) == {"model", "best_feature", "linear"}
+    assert set(early["series"].unique()) == {"model", "best_feature", "linear", "blend"}
     # Scored again: nothing new, nothing moves.
     assert _monitor(study, "early.parquet") == 0
     assert "0 new date(s) scored" in capsys.readouterr().out
@@ -93,6 +93,21 @@ def test_new_dates_are_scored_once_beside_the_baselines(study: Path, capsys) -> 
                               rows["ret_1d"].to_numpy(), codes=rows["code"].to_numpy())
     got = grown.filter(pl.col("series") == "model").sort("date")
     # the stored early rows were scored with the book's chain from the first live date too
+    np.testing.assert_allclose(got["rank_ic"].to_numpy(), expect["rank_ic"].to_numpy(),
+                               atol=1e-9)
+    np.testing.assert_allclose(got["long_short_net"].to_numpy(),
+                               expect["long_short_net"].to_numpy(), atol=1e-9, equal_nan=True)
+    # The blend's per-date figures are hpo.predict --blend's scores through the same book.
+    blend_out = study / "live_blend.parquet"
+    assert predict_main(["--study", "held", "--output", str(study / "out"), "--source",
+                         str(study / "grown.parquet"), "--dates",
+                         f"{expected[0]}:{everything[-1]}", "--blend", "--out",
+                         str(blend_out)]) == 0
+    rows = pl.read_parquet(blend_out).join(market, on=["date", "code"]).filter(
+        pl.col("ret_1d").is_finite()).sort("date", "code")
+    expect = per_date_metrics(rows["date"].to_numpy(), rows["score"].to_numpy(),
+                              rows["ret_1d"].to_numpy(), codes=rows["code"].to_numpy())
+    got = grown.filter(pl.col("series") == "blend").sort("date")
     np.testing.assert_allclose(got["rank_ic"].to_numpy(), expect["rank_ic"].to_numpy(),
                                atol=1e-9)
     np.testing.assert_allclose(got["long_short_net"].to_numpy(),

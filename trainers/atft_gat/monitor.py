@@ -9,7 +9,8 @@
 2. the best single feature and the ridge fit are fitted as the test report fits them (on the
    study's training dates of its own panel, the penalty chosen on its validation dates; the
    last fold's for a walk-forward study), read from the recorded date split, so a grown panel
-   file moves nothing, and they score the same rows;
+   file moves nothing, and they score the same rows; the blend of the model and ridge
+   (equal per-date z-weights, what ``hpo.predict --blend`` trades) is a series too;
 3. each series becomes per-date figures through the study's book (RankIC, long-short gross
    and net of the study's cost, turnover), the book run from the first date after the test
    period so that its turnover chain is the same every morning.
@@ -99,6 +100,7 @@ def live(trained: Any, source: str, cache_dir: Path, split: Mapping[str, Any],
     from trainers.atft_gat.scoring import checked_columns, panel_calendar, score_panel
     from trainers.baselines import baseline_frames
     from trainers.context import atomic_write_bytes
+    from trainers.heldout import ensemble_scores
 
     if trained.config.source == "synthetic":
         raise UserError("the study ran on the synthetic market: hpo.monitor scores a panel "
@@ -137,11 +139,14 @@ def live(trained: Any, source: str, cache_dir: Path, split: Mapping[str, Any],
     if rows is None or not rows.height:
         raise UserError(f"panel {source}: no date after the study's test period (it ends "
                         f"{end}) has its return realised yet; run again once one has")
-    series = {name: days(rows.filter(pl.col("series") == name).drop("series"), s)
-              for name in ("model", "best_feature", "linear")}
+    by_name = {name: rows.filter(pl.col("series") == name).drop("series").sort("date", "code")
+               for name in ("model", "best_feature", "linear")}
+    # the report's blend (hpo.predict --blend): model and ridge, equal per-date z-weights
+    by_name["blend"] = ensemble_scores([by_name["model"], by_name["linear"]])
+    series = {name: days(frame, s) for name, frame in by_name.items()}
     return {"after": end, "series": series, "scored_dates": len(scored.dates) if scored else 0,
             "labels": {"model": "model", "best_feature": f"best feature ({fitted.feature})",
-                       "linear": "ridge (every feature)"},
+                       "linear": "ridge (every feature)", "blend": "model + ridge (blend)"},
             "validation": days(validation, s), "periods_per_year": s.periods_per_year,
             "horizon": s.horizon, "cost_bps": s.cost_bps}
 
