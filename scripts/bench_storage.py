@@ -101,48 +101,29 @@ WORKLOAD = Workload(name="bench", config_cls=BenchConfig, train=train,
                     metrics={"loss": "minimize", "score": "maximize", "x": "minimize"},
                     description="Instant objective for the storage benchmark.")
 
-STUDY_TOML = """
-name = "{name}"
-description = "storage benchmark"
-workload = "{workload}"
-n_trials = {n_trials}
-[[objectives]]
-metric = "loss"
-direction = "minimize"
-[[objectives]]
-metric = "score"
-direction = "maximize"
-[[objectives]]
-metric = "x"
-direction = "minimize"
-[sampler]
-name = "tpe"
-seed = 0
-n_startup_trials = 10
-[trainer]
-sleep_s = {sleep_s}
-[storage]
-heartbeat_interval = 30
-grace_period = 120
-[search_space.lr]
-type = "float"
-low = 0.01
-high = 0.5
-log = true
-[search_space.width]
-type = "int"
-low = 1
-high = 4
-[search_space.optimizer]
-type = "categorical"
-choices = ["sgd", "momentum"]
-"""
+def study(name: str, *, n_trials: int, sleep_s: float = 0.0) -> dict:
+    """The benchmark's study: three objectives of the instant workload, TPE, a small space."""
+    return {
+        "name": name, "description": "storage benchmark", "workload": WORKLOAD_NAME,
+        "n_trials": n_trials,
+        "objectives": [{"metric": "loss", "direction": "minimize"},
+                       {"metric": "score", "direction": "maximize"},
+                       {"metric": "x", "direction": "minimize"}],
+        "sampler": {"name": "tpe", "seed": 0, "n_startup_trials": 10},
+        "trainer": {"sleep_s": sleep_s},
+        "storage": {"heartbeat_interval": 30, "grace_period": 120},
+        "search_space": {
+            "lr": {"type": "float", "low": 0.01, "high": 0.5, "log": True},
+            "width": {"type": "int", "low": 1, "high": 4},
+            "optimizer": {"type": "categorical", "choices": ["sgd", "momentum"]}},
+    }
 
 
 def write_study(directory: Path, *, name: str, n_trials: int, sleep_s: float = 0.0) -> Path:
+    from hpo.studyfile import dump_study
+
     path = directory / f"{name}.toml"
-    path.write_text(STUDY_TOML.format(name=name, workload=WORKLOAD_NAME, n_trials=n_trials,
-                                      sleep_s=sleep_s))
+    path.write_text(dump_study(study(name, n_trials=n_trials, sleep_s=sleep_s)))
     return path
 
 
