@@ -190,6 +190,8 @@ def study(args: argparse.Namespace, data: dict[str, Any]) -> dict[str, Any]:
     raw = bench_study.small_study(NAME, DESCRIPTION, args, data=data, metric="sharpe_net",
                                   space=SPACE)
     raw["portfolio"] = {"cost_bps": [5, 0, 10, 20]}
+    if args.linear_skip:
+        raw["trainer"]["linear_skip"] = True
     return raw
 
 
@@ -294,6 +296,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=10, help="max steps per epoch")
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0, help="the sampler's seed")
+    parser.add_argument("--linear-skip", action="store_true",
+                        help="the model with its linear path from the last date's features "
+                        "(trainer linear_skip = true)")
     parser.add_argument("--workdir", type=Path, default=Path("output/bench/net_study"))
     parser.add_argument("--out", type=Path, default=Path("output/bench"))
     args = parser.parse_args(argv)

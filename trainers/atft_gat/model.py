@@ -88,6 +88,10 @@ class ModelConfig(CheckedConfig):
     use_fan: bool = True
     fan_top_k: int = 3  # dominant frequency components removed/predicted
     dropout: float = 0.1
+    # A linear path from the last date's features to every head (ridge's form inside the
+    # network, trained with the same loss), zero at initialisation: a lightly trained network
+    # starts from the linear ranking instead of having to rediscover it.
+    linear_skip: bool = False
     horizons: tuple[int, ...] = (1, 5, 10, 20)
     quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)
     grad_checkpointing: bool = False
@@ -95,7 +99,7 @@ class ModelConfig(CheckedConfig):
     def _check(self, checks: Checks) -> None:
         need = checks.need
         for name in ("use_vsn", "vsn_per_feature_grn", "use_temporal_attention", "use_graph",
-                     "graph_features", "use_fan", "grad_checkpointing"):
+                     "graph_features", "use_fan", "grad_checkpointing", "linear_skip"):
             need(isinstance(getattr(self, name), bool), name, "must be true or false")
         for name in ("hidden_size", "lstm_layers", "attn_heads", "gat_layers", "gat_heads",
                      "fan_top_k"):
@@ -190,6 +194,11 @@ class ATFTGATFAN(nn.Module):
         self.head_grn = GatedResidualNetwork(hidden, hidden, hidden, dropout=cfg.dropout)
         self.point_head = nn.Linear(hidden, n_h)
         self.quantile_head = nn.Linear(hidden, n_h * n_q)
+        self.linear: nn.Linear | None = None
+        if cfg.linear_skip:
+            self.linear = nn.Linear(n_features, n_h)
+            nn.init.zeros_(self.linear.weight)
+            nn.init.zeros_(self.linear.bias)
 
     def forward(
         self,
@@ -211,6 +220,7 @@ class ATFTGATFAN(nn.Module):
             )
         out: dict[str, Tensor] = {}
         n = x.shape[0]
+        last = x[:, -1, :]  # (N, F) the last date's own features, for the linear path
         if (self.training and cfg.edge_dropout > 0 and edge_index is not None
                 and edge_index.shape[1] > 0):
             keep = torch.rand(edge_index.shape[1], device=edge_index.device) >= cfg.edge_dropout
@@ -266,6 +276,10 @@ class ATFTGATFAN(nn.Module):
         # Monotone by construction: q_0 free, q_k = q_{k-1} + softplus(.) > q_{k-1}.
         steps = F.softplus(raw[..., 1:])
         out["quantiles"] = torch.cat([raw[..., :1], raw[..., :1] + steps.cumsum(dim=-1)], dim=-1)
+        if self.linear is not None:  # shifts the point and every quantile alike
+            shift = self.linear(last)  # (N, H)
+            out["point"] = out["point"] + shift
+            out["quantiles"] = out["quantiles"] + shift.unsqueeze(-1)
         return out
 
 

@@ -629,3 +629,31 @@ def test_edge_dropout_drops_edges_only_in_training() -> None:
     full = make_model(tiny(gat_layers=1, dropout=0.0, gat_dropout=0.0)).eval()
     torch.testing.assert_close(model(x, edge_index, edge_weight)["point"],
                                full(x, edge_index, edge_weight)["point"], rtol=0, atol=0)
+
+
+def test_the_linear_skip_starts_at_zero_then_shifts_every_head_by_the_last_dates_features(
+) -> None:
+    cfg = tiny(linear_skip=True)
+    x = inputs(12, cfg)
+    edges, weights = random_graph(12, 30)
+    plain, skip = make_model(tiny()), make_model(cfg)
+    plain.eval(), skip.eval()
+    with torch.no_grad():
+        a, b = plain(x, edges, weights), skip(x, edges, weights)
+    # zero at initialisation, and the rest of the network drew the same parameters
+    torch.testing.assert_close(a["point"], b["point"], rtol=0, atol=0)
+    torch.testing.assert_close(a["quantiles"], b["quantiles"], rtol=0, atol=0)
+    with torch.no_grad():
+        skip.linear.weight.copy_(torch.tensor([[1.0, -2.0, 0.5], [0.0, 3.0, 0.0]]))
+        skip.linear.bias.copy_(torch.tensor([0.1, -0.1]))
+        c = skip(x, edges, weights)
+    shift = x[:, -1, :] @ skip.linear.weight.T + skip.linear.bias  # the last date, own features
+    torch.testing.assert_close(c["point"], a["point"] + shift)
+    torch.testing.assert_close(c["quantiles"], a["quantiles"] + shift.unsqueeze(-1))
+    # trained with the network's loss: a ranking of the last date's first feature is learnt
+    skip.train()
+    out = skip(x, edges, weights)
+    loss = -(out["point"][:, 0] * x[:, -1, 0]).mean()
+    loss.backward()
+    assert skip.linear.weight.grad[0, 0] < 0  # the step raises the first feature's weight
+    assert "linear.weight" not in param_names(make_model(tiny()))
