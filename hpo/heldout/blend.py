@@ -26,9 +26,9 @@ def blend_with_baseline(heldout: HeldOut, model: Any, chosen: Mapping[str, Any],
                         baselines: Mapping[str, Any] | None,
                         baseline_frames: Mapping[str, Any] | None,
                         name: str = BLENDED_BASELINE) -> dict[str, Any] | None:
-    """The report's ``blend`` entry (module docstring), its test rows under ``_frame``;
-    None when the workload gave no rows
-    of the baseline ``name`` for both periods or cannot compare two sets of rows."""
+    """The report's ``blend`` entry (module docstring), its test rows under ``_frame``; None
+    when the workload gave no rows of the baseline ``name`` for both periods or cannot compare
+    two sets of rows."""
     frames = {p: (baseline_frames or {}).get(p, {}).get(name) for p in PERIODS}
     if any(f is None for f in frames.values()) or not heldout.supports("compare"):
         return None

@@ -48,7 +48,7 @@ def fit_periods(split: Mapping[str, Any]) -> tuple[list[str], list[str]]:
 
 
 def fitted_baselines(trained: Any, cache_dir: Path, split: Mapping[str, Any],
-            state: Path | None) -> Any:
+                     state: Path | None) -> Any:
     """The baselines fitted on the study's own panel (``panel_baselines``), kept in
     ``state`` and reused while the model's panel, features and fit periods are the same."""
     import json
